@@ -1,0 +1,74 @@
+"""The HTTP API: create_app(settings, ...) builds a Starlette app from a plain routes list."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api import tasks
+from api.errors import EXCEPTION_HANDLERS
+from orchestrator.connections import Connections
+from orchestrator.keys import Keys
+from orchestrator.projection import Projection
+from orchestrator.settings import Settings
+from orchestrator.store import EventStore
+
+
+class AppContext(msgspec.Struct):
+    """What the handlers use, built once per app."""
+
+    settings: Settings
+    store: EventStore
+    projection: Projection
+    catalog: Any
+
+
+async def healthz(request: Request) -> Response:
+    try:
+        await request.app.state.ctx.store.redis.ping()
+    except Exception as e:  # any failure to get an answer means unhealthy
+        return JSONResponse({"status": "unavailable", "error": str(e)}, status_code=503,
+                            headers={"Retry-After": "2"})
+    return JSONResponse({"status": "ok"})
+
+
+routes = [
+    Route("/healthz", healthz),
+    Route("/api/backtests", tasks.submit, methods=["POST"]),
+    Route("/api/backtests/tasks", tasks.list_tasks),
+    Route("/api/backtests/tasks/{task_id}", tasks.get_task),
+    Route("/api/backtests/tasks/{task_id}", tasks.cancel, methods=["DELETE"]),
+    Route("/api/backtests/tasks/{task_id}/events", tasks.events),
+    Route("/api/backtests/tasks/{task_id}/result", tasks.result),
+    Route("/api/datasets", tasks.datasets),
+]
+
+
+def create_app(settings: Settings, *, catalog: Any, connections: Connections | None = None) -> Starlette:
+    """The API app. Given `connections`, it uses them (embedded mode shares them with the other
+    roles); otherwise its lifespan opens its own and closes them on shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        conns = connections or Connections(settings)
+        keys = Keys(prefix=settings.prefix)
+        app.state.ctx = AppContext(
+            settings=settings,
+            store=EventStore(conns.commands, keys),
+            projection=Projection(conns.commands, keys),
+            catalog=catalog,
+        )
+        try:
+            yield
+        finally:
+            if connections is None:
+                await conns.close()
+
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

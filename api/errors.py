@@ -1,0 +1,92 @@
+"""Domain errors -> HTTP responses, in one place. Every error body names its field when it has one."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+import redis.exceptions
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
+
+# How long a client should wait before retrying while Redis is unreachable.
+RETRY_AFTER_SECONDS = 2
+
+
+class FieldProblem(msgspec.Struct, frozen=True):
+    field: str | None
+    message: str
+
+
+class ApiError(Exception):
+    """A 4xx answer with a machine-readable body: {"error": code, "message": ..., "fields": [...]}."""
+
+    def __init__(self, status: int, code: str, message: str, fields: list[FieldProblem] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.fields = fields or []
+        self.headers = headers
+
+    @classmethod
+    def invalid(cls, field: str | None, message: str) -> ApiError:
+        return cls(422, "validation_failed", f"{field or 'body'}: {message}", [FieldProblem(field, message)])
+
+
+_AT = re.compile(r"^(?P<detail>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_NAMED = re.compile(r"(?:required|unknown) field `(?P<name>[^`]+)`")
+
+
+def from_validation_error(error: msgspec.ValidationError) -> ApiError:
+    """msgspec's "Expected `int`, got `str` - at `$.params.fast`" -> field `params.fast`."""
+    match = _AT.match(str(error))
+    assert match is not None
+    detail, path = match["detail"], (match["path"] or "").lstrip(".")
+    named = _NAMED.search(detail)
+    if named:
+        path = f"{path}.{named['name']}" if path else named["name"]
+    return ApiError.invalid(path or None, detail)
+
+
+def _body(error: ApiError) -> dict[str, Any]:
+    return {"error": error.code, "message": error.message,
+            "fields": [msgspec.to_builtins(f) for f in error.fields]}
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(_body(exc), status_code=exc.status, headers=exc.headers)
+
+
+async def domain_error(request: Request, exc: Exception) -> Response:
+    match exc:
+        case TaskNotFound():
+            error = ApiError(404, "task_not_found", str(exc), [FieldProblem("task_id", "no such task")])
+        case TaskConflict(status=status):
+            error = ApiError(400, "task_not_cancellable", str(exc),
+                             [FieldProblem("status", f"task is {status}")])
+        case IdempotencyConflict():
+            error = ApiError(409, "idempotency_conflict", str(exc),
+                             [FieldProblem("Idempotency-Key", "already used with a different body")])
+        case _:
+            raise exc
+    return await api_error(request, error)
+
+
+async def redis_unavailable(request: Request, exc: Exception) -> Response:
+    error = ApiError(503, "store_unavailable", f"the event store is unreachable: {exc}",
+                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return await api_error(request, error)
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ApiError: api_error,
+    TaskNotFound: domain_error,
+    TaskConflict: domain_error,
+    IdempotencyConflict: domain_error,
+    redis.exceptions.ConnectionError: redis_unavailable,
+    redis.exceptions.TimeoutError: redis_unavailable,
+}

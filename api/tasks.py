@@ -1,0 +1,151 @@
+"""Handlers for backtests: submit, get, list, cancel, events, result; and the datasets."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from api.errors import ApiError, FieldProblem, from_validation_error
+from consumers.engine.validation import check_spec
+from orchestrator.codec import iso_ms
+from orchestrator.events import TERMINAL_STATUSES, StoredEvent
+from orchestrator.spec import BacktestSpec
+from orchestrator.state import TaskState, to_api
+
+STATUSES = ("queued", "running", *sorted(TERMINAL_STATUSES))
+MAX_PAGE = 500
+_IDEMPOTENCY_KEY_MAX = 200
+
+
+def _ctx(request: Request) -> Any:
+    return request.app.state.ctx
+
+
+def _task_id(request: Request) -> str:
+    raw = request.path_params["task_id"]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise ApiError.invalid("task_id", f"{raw!r} is not a UUID") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    too_large = ApiError(413, "body_too_large", f"request body over {limit} bytes",
+                         [FieldProblem(None, f"over {limit} bytes")])
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def _decode_spec(body: bytes) -> BacktestSpec:
+    try:
+        return msgspec.json.decode(body, type=BacktestSpec)
+    except msgspec.ValidationError as e:
+        raise from_validation_error(e) from None
+    except msgspec.DecodeError as e:
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {e}",
+                       [FieldProblem(None, str(e))]) from None
+
+
+async def submit(request: Request) -> Response:
+    ctx = _ctx(request)
+    body = await _read_body(request, ctx.settings.max_body_bytes)
+    spec = _decode_spec(body)
+    problems = check_spec(spec, ctx.catalog)
+    if problems:
+        raise ApiError(422, "validation_failed", "; ".join(f"{p.field}: {p.message}" for p in problems),
+                       [FieldProblem(p.field, p.message) for p in problems])
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (0 < len(key) <= _IDEMPOTENCY_KEY_MAX and key.isprintable()):
+        raise ApiError.invalid("Idempotency-Key", f"must be 1 to {_IDEMPOTENCY_KEY_MAX} printable characters")
+    submitted = await ctx.store.submit(
+        str(uuid.uuid4()), spec, by=request.scope.get("user"), idempotency_key=key, body=body
+    )
+    status = "queued"
+    headers = {"Location": f"/api/backtests/tasks/{submitted.task_id}"}
+    if not submitted.created:
+        headers["Idempotent-Replayed"] = "true"
+        state = await ctx.projection.current(submitted.task_id, ctx.store)
+        status = state.status if state else status
+    return JSONResponse({"task_id": submitted.task_id, "status": status}, status_code=202, headers=headers)
+
+
+async def _current(request: Request, task_id: str) -> TaskState:
+    ctx = _ctx(request)
+    state = await ctx.projection.current(task_id, ctx.store)
+    if state is None:
+        raise ApiError(404, "task_not_found", f"task {task_id} does not exist",
+                       [FieldProblem("task_id", "no such task")])
+    return state
+
+
+async def get_task(request: Request) -> Response:
+    return JSONResponse(to_api(await _current(request, _task_id(request))))
+
+
+async def cancel(request: Request) -> Response:
+    ctx = _ctx(request)
+    task_id = _task_id(request)
+    await ctx.store.cancel(task_id, by=request.scope.get("user"))
+    return JSONResponse(to_api(await _current(request, task_id)))
+
+
+async def list_tasks(request: Request) -> Response:
+    params = request.query_params
+    unknown = set(params) - {"status", "limit", "cursor"}
+    if unknown:
+        raise ApiError.invalid(sorted(unknown)[0], "unknown query parameter")
+    status = params.get("status")
+    if status is not None and status not in STATUSES:
+        raise ApiError.invalid("status", f"must be one of {', '.join(STATUSES)}")
+    raw_limit = params.get("limit", "50")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise ApiError.invalid("limit", f"must be an integer from 1 to {MAX_PAGE}")
+    cursor = params.get("cursor")
+    if cursor is not None and ("|" not in cursor or len(cursor) > 80):
+        raise ApiError.invalid("cursor", "not a cursor this API returned")
+    tasks, next_cursor = await _ctx(request).projection.list_tasks(
+        status=status, limit=int(raw_limit), cursor=cursor
+    )
+    return JSONResponse({"tasks": [to_api(t) for t in tasks], "next_cursor": next_cursor})
+
+
+def event_to_api(stored: StoredEvent) -> dict[str, Any]:
+    data = msgspec.to_builtins(stored.event)
+    event_type = data.pop("type")
+    return {"id": stored.id, "type": event_type, "time": iso_ms(stored.at_ms),
+            "task_id": data.pop("task_id"), "seq": data.pop("seq"), "attempt": data.pop("attempt"),
+            "data": data}
+
+
+async def events(request: Request) -> Response:
+    task_id = _task_id(request)
+    history = await _ctx(request).store.task_events(task_id)
+    if not history:
+        raise ApiError(404, "task_not_found", f"task {task_id} does not exist",
+                       [FieldProblem("task_id", "no such task")])
+    return JSONResponse({"task_id": task_id, "events": [event_to_api(e) for e in history]})
+
+
+async def result(request: Request) -> Response:
+    task_id = _task_id(request)
+    state = await _current(request, task_id)
+    if state.status != "completed":
+        raise ApiError(404, "result_not_available", f"task {task_id} is {state.status}, not completed",
+                       [FieldProblem("status", f"task is {state.status}")])
+    stored = await _ctx(request).store.result(task_id)
+    return Response(stored or b"{}", media_type="application/json")
+
+
+async def datasets(request: Request) -> Response:
+    return JSONResponse({"datasets": msgspec.to_builtins(_ctx(request).catalog.datasets())})

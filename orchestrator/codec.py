@@ -1,0 +1,96 @@
+"""Events <-> stream entry fields. Encoders and decoders are built once and reused."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from orchestrator.errors import EventDecodeError
+from orchestrator.events import EVENT_TYPES, AnyEvent, Event, StoredEvent
+
+_json_encoder = msgspec.json.Encoder()
+_json_decoder = msgspec.json.Decoder()
+_BASE_FIELDS = ("type", "task_id", "seq", "attempt")
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+# (event type, stored version) -> function turning that version's data into the next version's.
+# Old events are upcast when read; the log is never rewritten.
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def encode_json(value: Any) -> bytes:
+    return _json_encoder.encode(value)
+
+
+def decode_json(raw: bytes | str) -> Any:
+    return _json_decoder.decode(raw)
+
+
+def event_data(event: Event) -> bytes:
+    """The JSON `data` field of an event: everything but the fields stored on their own."""
+    payload = msgspec.to_builtins(event)
+    for name in _BASE_FIELDS:
+        payload.pop(name, None)
+    return _json_encoder.encode(payload)
+
+
+def entry_fields(event: Event) -> dict[str, str | bytes | int]:
+    """All stream fields of an event, as the scripts write them."""
+    return {
+        "type": type(event).__struct_config__.tag,  # type: ignore[dict-item]
+        "v": type(event).SCHEMA_VERSION,
+        "task_id": event.task_id,
+        "seq": event.seq,
+        "attempt": event.attempt,
+        "data": event_data(event),
+    }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_entry(entry_id: bytes | str, fields: dict[Any, Any]) -> StoredEvent:
+    """Turn one stream entry into a typed event, upcasting old schema versions on the way."""
+    entry = _text(entry_id)
+    try:
+        get = {_text(k): v for k, v in fields.items()}
+        event_type = _text(get["type"])
+        cls = EVENT_TYPES.get(event_type)
+        if cls is None:
+            raise EventDecodeError(
+                f"entry {entry}: unknown event type {event_type!r}; this Backstream is older than the "
+                "writer of the log: upgrade it before projecting"
+            )
+        version = int(get.get("v", 1))
+        if version > cls.SCHEMA_VERSION:
+            raise EventDecodeError(
+                f"entry {entry}: {event_type} schema version {version} is newer than this Backstream "
+                f"understands ({cls.SCHEMA_VERSION}); upgrade it"
+            )
+        data = _json_decoder.decode(get["data"])
+        while version < cls.SCHEMA_VERSION:
+            data = UPCASTERS[(event_type, version)](data)
+            version += 1
+        data.update(
+            type=event_type,
+            task_id=_text(get["task_id"]),
+            seq=int(get["seq"]),
+            attempt=int(get["attempt"]),
+        )
+        event: AnyEvent = msgspec.convert(data, AnyEvent)
+    except EventDecodeError:
+        raise
+    except (KeyError, ValueError, msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise EventDecodeError(f"entry {entry}: not a valid event: {e}") from e
+    return StoredEvent(id=entry, event=event)
+
+
+def iso_ms(ms: int) -> str:
+    """A stream id's millisecond time as ISO 8601 UTC, the one time format of the API."""
+    moment = dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,86 @@
+"""The events of a task's life: frozen, tagged msgspec Structs joined in one union."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+
+from orchestrator.spec import BacktestSpec
+
+
+class Event(
+    msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True, kw_only=True, omit_defaults=True
+):
+    """Base of every event.
+
+    `task_id`, `seq` (1, 2, 3… per task, assigned by the script that appends the event) and
+    `attempt` (the claim the event belongs to; 0 before the first claim) are stored as their own
+    stream fields so the scripts can set and check them; everything else is the JSON `data`.
+    `SCHEMA_VERSION` is stored with each event; older versions are upcast when read (codec.py).
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+    task_id: str
+    seq: int = 0
+    attempt: int = 0
+
+
+class Submitted(Event, frozen=True, tag="submitted"):
+    spec: BacktestSpec
+    # Who submitted (the token owner when access control is on).
+    by: str | None = None
+
+
+class Started(Event, frozen=True, tag="started"):
+    worker: str
+    # Set when this attempt took the task over from a worker whose lease expired.
+    reclaimed_from: str | None = None
+
+
+class Progress(Event, frozen=True, tag="progress"):
+    progress: float
+
+
+class Completed(Event, frozen=True, tag="completed"):
+    # The result summary (metrics; for a sweep also the best parameters). The full result is
+    # stored beside the task, not in the log.
+    result: dict[str, Any]
+
+
+class Failed(Event, frozen=True, tag="failed"):
+    error: str
+    # The exception class, for the audit trail.
+    error_type: str = "Error"
+
+
+class Cancelled(Event, frozen=True, tag="cancelled"):
+    by: str | None = None
+    # The status the task was in when it was cancelled (queued or running); set by the script.
+    previous_status: str | None = None
+
+
+AnyEvent = Submitted | Started | Progress | Completed | Failed | Cancelled
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    "submitted": Submitted,
+    "started": Started,
+    "progress": Progress,
+    "completed": Completed,
+    "failed": Failed,
+    "cancelled": Cancelled,
+}
+
+# Events that end a task's life; after one of them, nothing else is written for the task.
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+
+class StoredEvent(msgspec.Struct, frozen=True):
+    """An event as read back from the log, with its stream id."""
+
+    id: str
+    event: AnyEvent
+
+    @property
+    def at_ms(self) -> int:
+        return int(self.id.split("-", 1)[0])

@@ -1,0 +1,71 @@
+"""Every stream, group and key Backstream uses, with its retention. Mirrors streams.md."""
+
+from __future__ import annotations
+
+import msgspec
+
+# All keys of one deployment share the hash tag in the prefix (`{bs}` by default), so every
+# script's keys live in one Redis Cluster slot and the scripts stay atomic there too.
+DEFAULT_PREFIX = "{bs}"
+
+# The consumer group of the workers on the work stream.
+WORKER_GROUP = "workers"
+
+# An Idempotency-Key is remembered this long; a client retrying a submit after a day is a new submit.
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+
+
+class Keys(msgspec.Struct, frozen=True):
+    """Key names under one prefix. The projection lives under its own name, so a replay can
+    fold the log into fresh keys beside the live projection."""
+
+    prefix: str = DEFAULT_PREFIX
+    projection_name: str = "proj"
+
+    # The event log: every event of every task, in order. The source of truth; never trimmed
+    # by the system except by an explicit retention policy.
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events"
+
+    # Work items (one per attempt to run a task), read by the worker group; acknowledged
+    # entries are trimmed.
+    @property
+    def work(self) -> str:
+        return f"{self.prefix}:work"
+
+    # The write model of a task: the few fields the command scripts check (status, attempt,
+    # seq, owner). Kept for the task's lifetime.
+    def control(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}"
+
+    # The ids of a task's events in the log, in order: its audit trail index.
+    def task_log(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}:log"
+
+    # The full result of a completed task (equity curve, trades, sweep table), JSON.
+    def result(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}:result"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
+    # --- the projection (derived; can be dropped and rebuilt from the log) ---
+    @property
+    def projection_root(self) -> str:
+        return f"{self.prefix}:{self.projection_name}"
+
+    def projected_task(self, task_id: str) -> str:
+        return f"{self.projection_root}:task:{task_id}"
+
+    # The id of the last event folded into this projection, written with the state it produced.
+    @property
+    def projection_position(self) -> str:
+        return f"{self.projection_root}:position"
+
+    # Tasks newest first: a sorted set ordered by member (`<submit id>|<task id>`), all scores 0.
+    def projected_index(self, status: str | None = None) -> str:
+        return f"{self.projection_root}:index:{status or 'all'}"
+
+    def with_projection(self, name: str) -> Keys:
+        return Keys(prefix=self.prefix, projection_name=name)

@@ -1,0 +1,105 @@
+"""The read side: current-state hashes folded from the log, and how they are read and stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.codec import decode_entry
+from orchestrator.events import StoredEvent
+from orchestrator.keys import Keys
+from orchestrator.scripts import Scripts
+from orchestrator.state import TaskState, evolve, from_hash, index_member, to_hash
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Projection:
+    """One projection (the live one, or a replay's fresh one) under `keys.projection_name`."""
+
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.scripts = Scripts(redis)
+
+    async def position(self) -> str | None:
+        value = await self.redis.get(self.keys.projection_position)
+        return _text(value) if value is not None else None
+
+    async def load(self, task_ids: list[str]) -> dict[str, TaskState]:
+        if not task_ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hgetall(self.keys.projected_task(task_id))
+            replies = await pipe.execute()
+        return {task_id: from_hash(fields) for task_id, fields in zip(task_ids, replies) if fields}
+
+    async def store(
+        self,
+        expected_position: str | None,
+        new_position: str,
+        before: dict[str, TaskState],
+        after: dict[str, TaskState],
+    ) -> bool:
+        """Write the changed states and the new position atomically. False if another projector
+        moved the position since `expected_position` was read (nothing is written then)."""
+        keys: list[str] = [self.keys.projection_position]
+        slots: dict[str, int] = {}
+        args: list[Any] = [expected_position or "", new_position]
+
+        def op(name: str, key: str, *values: Any) -> None:
+            if key not in slots:
+                keys.append(key)
+                slots[key] = len(keys)
+            args.extend((name, slots[key], len(values), *values))
+
+        for task_id, state in after.items():
+            old = before.get(task_id)
+            if old == state:
+                continue
+            fields = to_hash(state)
+            op("HSET", self.keys.projected_task(task_id), *[x for kv in fields.items() for x in kv])
+            member = index_member(state)
+            if old is None:
+                op("ZADD", self.keys.projected_index(), member)
+            elif old.status != state.status:
+                op("ZREM", self.keys.projected_index(old.status), member)
+            if old is None or old.status != state.status:
+                op("ZADD", self.keys.projected_index(state.status), member)
+        reply = await self.scripts.apply(keys=keys, args=args)
+        return _text(reply[0]) == "ok"
+
+    async def read_log(self, after: str | None, count: int, block_ms: int | None) -> list[StoredEvent]:
+        """Events after `after` in log order (XREAD, blocking up to block_ms when given)."""
+        reply = await self.redis.xread({self.keys.events: after or "0-0"}, count=count, block=block_ms)
+        if not reply:
+            return []
+        entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+        return [decode_entry(entry_id, fields) for entry_id, fields in entries]
+
+    async def list_tasks(
+        self, *, status: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[TaskState], str | None]:
+        """Tasks newest first. `cursor` is the index member of the last task of the previous page."""
+        index = self.keys.projected_index(status)
+        upper = f"({cursor}" if cursor else "+"
+        members = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)
+        page = [_text(m) for m in members[:limit]]
+        states = await self.load([m.split("|", 1)[1] for m in page])
+        tasks = [states[m.split("|", 1)[1]] for m in page if m.split("|", 1)[1] in states]
+        return tasks, (page[-1] if len(members) > limit else None)
+
+    async def current(self, task_id: str, store: Any) -> TaskState | None:
+        """The task's state including events the projector has not folded yet (read-your-writes):
+        the projected hash, plus any later events of the task folded here with the same evolve."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.projected_task(task_id))
+            pipe.llen(self.keys.task_log(task_id))
+            fields, logged = await pipe.execute()
+        state = from_hash(fields) if fields else None
+        if logged and (state is None or state.seq < logged):
+            for stored in await store.task_events(task_id, after_seq=state.seq if state else 0):
+                state = evolve(state, stored)
+        return state

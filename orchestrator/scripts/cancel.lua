@@ -1,0 +1,20 @@
+-- Cancel a queued or running task: append `cancelled` and withdraw its work item, so no worker
+-- starts it and the running attempt's next fenced write is refused.
+-- KEYS: control, log, events, work
+-- ARGV: task_id, data, version, group
+local ctl, log, events, work = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local status = redis.call('HGET', ctl, 'status')
+if not status then return {'missing'} end
+if status == 'cancelled' then return {'already'} end
+if is_terminal(status) then return {'conflict', status} end
+local attempt = redis.call('HGET', ctl, 'attempt')
+local id = append(ctl, log, events, ARGV[1], 'cancelled', ARGV[3], attempt,
+  with_field(ARGV[2], 'previous_status', status))
+redis.call('HSET', ctl, 'status', 'cancelled')
+redis.call('HDEL', ctl, 'owner', 'token')
+local msg = redis.call('HGET', ctl, 'msg')
+if msg then
+  redis.call('XACK', work, ARGV[4], msg)
+  redis.call('XDEL', work, msg)
+end
+return {'ok', id}

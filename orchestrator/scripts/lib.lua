@@ -1,0 +1,20 @@
+-- Shared by every command script (prepended when loaded): append one event of a task.
+-- The task's seq counter lives in its control hash; the event id goes to the task's log index.
+local function append(ctl, log, events, task_id, etype, v, attempt, data)
+  local seq = redis.call('HINCRBY', ctl, 'seq', 1)
+  local id = redis.call('XADD', events, '*', 'type', etype, 'v', v, 'task_id', task_id,
+    'seq', seq, 'attempt', attempt, 'data', data)
+  redis.call('RPUSH', log, id)
+  return id
+end
+
+-- Add a field whose value is a known-safe string to a JSON object made by the caller.
+local function with_field(json, key, value)
+  local rest = string.sub(json, 2)
+  if rest ~= '}' then rest = ',' .. rest end
+  return '{"' .. key .. '":"' .. value .. '"' .. rest
+end
+
+local function is_terminal(status)
+  return status == 'completed' or status == 'failed' or status == 'cancelled'
+end

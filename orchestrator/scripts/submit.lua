@@ -1,0 +1,23 @@
+-- Submit a task: append `submitted`, create its control hash, enqueue its work item.
+-- KEYS: control, log, events, work, idempotency
+-- ARGV: task_id, data, schema version, spec json, has idempotency key (1/0), body hash, ttl
+-- Idempotent: re-sending the same call (a client retry) returns the task it created.
+local ctl, log, events, work, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local task_id = ARGV[1]
+if ARGV[5] == '1' then
+  local seen = redis.call('GET', idem)
+  if seen then
+    local sep = string.find(seen, '|', 1, true)
+    local seen_task = string.sub(seen, 1, sep - 1)
+    if string.sub(seen, sep + 1) == ARGV[6] then return {'existing', seen_task} end
+    return {'idempotency_conflict', seen_task}
+  end
+end
+if redis.call('EXISTS', ctl) == 1 then return {'existing', task_id} end
+local id = append(ctl, log, events, task_id, 'submitted', ARGV[3], 0, ARGV[2])
+local msg = redis.call('XADD', work, '*', 'task_id', task_id, 'spec', ARGV[4])
+redis.call('HSET', ctl, 'status', 'queued', 'attempt', 0, 'msg', msg)
+if ARGV[5] == '1' then
+  redis.call('SET', idem, task_id .. '|' .. ARGV[6], 'EX', ARGV[7])
+end
+return {'ok', id}

@@ -1,0 +1,42 @@
+"""Settings, read once from the environment at the edge and passed in explicitly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+from orchestrator.keys import DEFAULT_PREFIX
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    # None means the embedded store (an in-process fake Redis): zero setup, one process.
+    redis_url: str | None = None
+    prefix: str = DEFAULT_PREFIX
+    data_dir: str | None = None
+    # A worker that has not renewed its lease for this long is presumed dead; its task is reclaimed.
+    lease_ms: int = 15_000
+    # How often a running task renews its lease and checks for a cancel.
+    heartbeat_ms: int = 1_000
+    # Progress events are coalesced to at most one per task per this interval.
+    progress_interval_ms: int = 250
+    # The longest a request body may be; larger bodies are refused with 413.
+    max_body_bytes: int = 64 * 1024
+
+    def __repr__(self) -> str:
+        # The URL may carry a password.
+        return f"Settings(redis_url={'<set>' if self.redis_url else None}, prefix={self.prefix!r})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        return cls(
+            redis_url=env.get("REDIS_URL") or None,
+            prefix=env.get("BACKSTREAM_PREFIX", defaults.prefix),
+            data_dir=env.get("BACKSTREAM_DATA_DIR") or None,
+            lease_ms=int(env.get("BACKSTREAM_LEASE_MS", defaults.lease_ms)),
+            heartbeat_ms=int(env.get("BACKSTREAM_HEARTBEAT_MS", defaults.heartbeat_ms)),
+            progress_interval_ms=int(env.get("BACKSTREAM_PROGRESS_INTERVAL_MS", defaults.progress_interval_ms)),
+        )

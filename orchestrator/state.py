@@ -1,0 +1,136 @@
+"""A task's current state, derived from its events by a pure fold: no I/O, no clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from orchestrator.codec import decode_json, encode_json, iso_ms
+from orchestrator.errors import ProjectionGapError
+from orchestrator.events import (
+    Cancelled,
+    Completed,
+    Failed,
+    Progress,
+    Started,
+    StoredEvent,
+    Submitted,
+)
+from orchestrator.spec import BacktestSpec
+
+
+class TaskState(msgspec.Struct, frozen=True, omit_defaults=True):
+    task_id: str
+    status: str
+    spec: BacktestSpec
+    created_at: str
+    # The id of the `submitted` event: orders tasks newest first.
+    submitted_id: str
+    seq: int
+    last_event_id: str
+    progress: float = 0.0
+    attempt: int = 0
+    started_at: str | None = None
+    finished_at: str | None = None
+    worker: str | None = None
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    submitted_by: str | None = None
+    cancelled_by: str | None = None
+
+
+def evolve(state: TaskState | None, stored: StoredEvent) -> TaskState:
+    """The state after one more event. Events out of sequence raise; a repeat is a no-op."""
+    event = stored.event
+    expected = (state.seq if state else 0) + 1
+    if state is not None and event.seq < expected:
+        return state  # already applied: folding is idempotent
+    if event.seq != expected:
+        raise ProjectionGapError(
+            f"task {event.task_id}: event {stored.id} has seq {event.seq}, expected {expected}; "
+            "an earlier event of this task is missing from the log"
+        )
+    at = iso_ms(stored.at_ms)
+    step = {"seq": event.seq, "last_event_id": stored.id}
+    match event:
+        case Submitted(task_id=task_id, spec=spec, by=by):
+            return TaskState(
+                task_id=task_id,
+                status="queued",
+                spec=spec,
+                created_at=at,
+                submitted_id=stored.id,
+                submitted_by=by,
+                **step,  # type: ignore[arg-type]
+            )
+    assert state is not None  # seq 1 is always `submitted`, checked above
+    match event:
+        case Started(attempt=attempt, worker=worker):
+            return msgspec.structs.replace(
+                state, status="running", attempt=attempt, worker=worker, started_at=at, progress=0.0,
+                **step,
+            )
+        case Progress(progress=progress):
+            return msgspec.structs.replace(state, progress=progress, **step)
+        case Completed(result=result):
+            return msgspec.structs.replace(
+                state, status="completed", progress=1.0, result=result, finished_at=at, **step
+            )
+        case Failed(error=error):
+            return msgspec.structs.replace(state, status="failed", error=error, finished_at=at, **step)
+        case Cancelled(by=by):
+            return msgspec.structs.replace(
+                state, status="cancelled", cancelled_by=by, finished_at=at, **step
+            )
+    raise AssertionError(f"unhandled event {event!r}")
+
+
+def fold(events: Iterable[StoredEvent], states: dict[str, TaskState] | None = None) -> dict[str, TaskState]:
+    """Fold events into states by task id (into `states` when given)."""
+    states = {} if states is None else states
+    for stored in events:
+        task_id = stored.event.task_id
+        states[task_id] = evolve(states.get(task_id), stored)
+    return states
+
+
+# --- the projection's hash form: one field per attribute, each value JSON-encoded so that the
+# same state always gives the same bytes (msgspec's float and key order are deterministic).
+
+def to_hash(state: TaskState) -> dict[str, bytes]:
+    return {name: encode_json(value) for name, value in msgspec.structs.asdict(state).items()
+            if value is not None}
+
+
+def from_hash(fields: dict[Any, Any]) -> TaskState:
+    data = {(k.decode() if isinstance(k, bytes) else k): decode_json(v) for k, v in fields.items()}
+    return msgspec.convert(data, TaskState)
+
+
+def index_member(state: TaskState) -> str:
+    """Sort key of a task in the projection's indexes: submit time, then task id."""
+    ms, _, seq = state.submitted_id.partition("-")
+    return f"{int(ms):015d}-{int(seq):06d}|{state.task_id}"
+
+
+def to_api(state: TaskState) -> dict[str, Any]:
+    """The public JSON shape of a task."""
+    body: dict[str, Any] = {
+        "task_id": state.task_id,
+        "status": state.status,
+        "progress": state.progress,
+        "created_at": state.created_at,
+        "started_at": state.started_at,
+        "finished_at": state.finished_at,
+        "attempt": state.attempt,
+        "worker": state.worker,
+        "error": state.error,
+        "result": state.result,
+        "spec": msgspec.to_builtins(state.spec),
+        "submitted_by": state.submitted_by,
+    }
+    if state.status == "cancelled":
+        body["cancelled_by"] = state.cancelled_by
+    return body

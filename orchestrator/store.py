@@ -1,0 +1,177 @@
+"""The write side: every command appends its event through one atomic, idempotent script."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgspec
+
+from orchestrator.codec import decode_entry, encode_json, event_data
+from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
+from orchestrator.events import Cancelled, Completed, Event, Failed, Progress, Started, StoredEvent, Submitted
+from orchestrator.keys import IDEMPOTENCY_TTL_SECONDS, WORKER_GROUP, Keys
+from orchestrator.scripts import Scripts
+from orchestrator.spec import BacktestSpec
+
+
+class SubmitResult(msgspec.Struct, frozen=True):
+    task_id: str
+    # False when an earlier identical submit (same Idempotency-Key, or a re-sent call) made it.
+    created: bool
+
+
+class Claim(msgspec.Struct, frozen=True):
+    # 'ok' (attempt holds the new attempt), 'terminal', 'missing' or 'busy'.
+    outcome: str
+    attempt: int = 0
+
+
+class Fenced(msgspec.Struct, frozen=True):
+    """A worker's write was refused: the task is no longer running under its attempt."""
+
+    status: str
+    attempt: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def body_fingerprint(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+class EventStore:
+    """Appends events through the command scripts and reads a task's events back."""
+
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.scripts = Scripts(redis)
+
+    def _task_keys(self, task_id: str) -> list[str]:
+        k = self.keys
+        return [k.control(task_id), k.task_log(task_id), k.events]
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.keys.work, WORKER_GROUP, id="0", mkstream=True)
+        except Exception as e:  # BUSYGROUP: it exists, which is what we want
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    # --- commands of the API ---
+
+    async def submit(
+        self,
+        task_id: str,
+        spec: BacktestSpec,
+        *,
+        by: str | None = None,
+        idempotency_key: str | None = None,
+        body: bytes = b"",
+    ) -> SubmitResult:
+        event = Submitted(task_id=task_id, spec=spec, by=by)
+        keys = [*self._task_keys(task_id), self.keys.work, self.keys.idempotency(idempotency_key or "-")]
+        reply = await self.scripts.submit(
+            keys=keys,
+            args=[
+                task_id,
+                event_data(event),
+                Submitted.SCHEMA_VERSION,
+                encode_json(spec),
+                "1" if idempotency_key else "0",
+                body_fingerprint(body),
+                IDEMPOTENCY_TTL_SECONDS,
+            ],
+        )
+        outcome, value = _text(reply[0]), _text(reply[1])
+        if outcome == "idempotency_conflict":
+            raise IdempotencyConflict(idempotency_key or "")
+        if outcome == "existing":
+            return SubmitResult(task_id=value, created=False)
+        return SubmitResult(task_id=task_id, created=True)
+
+    async def cancel(self, task_id: str, *, by: str | None = None) -> bool:
+        """Cancel a queued or running task. True if this call cancelled it, False if it already was."""
+        reply = await self.scripts.cancel(
+            keys=[*self._task_keys(task_id), self.keys.work],
+            args=[task_id, event_data(Cancelled(task_id=task_id, by=by)), Cancelled.SCHEMA_VERSION, WORKER_GROUP],
+        )
+        outcome = _text(reply[0])
+        if outcome == "missing":
+            raise TaskNotFound(task_id)
+        if outcome == "conflict":
+            status = _text(reply[1])
+            raise TaskConflict(task_id, status, f"task {task_id} is {status}; only queued or running tasks can be cancelled")
+        return outcome == "ok"
+
+    # --- commands of the workers; every write after the claim is fenced by the attempt ---
+
+    async def claim(self, task_id: str, *, worker: str, token: str, message_id: str, reclaim: bool) -> Claim:
+        reply = await self.scripts.claim(
+            keys=self._task_keys(task_id),
+            args=[
+                task_id,
+                worker,
+                token,
+                event_data(Started(task_id=task_id, worker=worker)),
+                Started.SCHEMA_VERSION,
+                message_id,
+                "1" if reclaim else "0",
+            ],
+        )
+        outcome = _text(reply[0])
+        return Claim(outcome=outcome, attempt=int(reply[1]) if outcome == "ok" else 0)
+
+    async def heartbeat(
+        self, task_id: str, attempt: int, *, worker: str, message_id: str, progress: float | None
+    ) -> Fenced | None:
+        """Renew the lease and, if `progress` is given, record it. Returns Fenced if refused."""
+        data = event_data(Progress(task_id=task_id, progress=progress)) if progress is not None else b""
+        reply = await self.scripts.heartbeat(
+            keys=[*self._task_keys(task_id), self.keys.work],
+            args=[task_id, attempt, WORKER_GROUP, worker, message_id, "0" if progress is None else "1",
+                  data, Progress.SCHEMA_VERSION],
+        )
+        return _fenced(reply)
+
+    async def finish(
+        self, event: Completed | Failed, *, message_id: str, result: bytes = b""
+    ) -> Fenced | None:
+        """Record the attempt's outcome, store the full result, acknowledge the work item."""
+        task_id = event.task_id
+        reply = await self.scripts.finish(
+            keys=[*self._task_keys(task_id), self.keys.work, self.keys.result(task_id)],
+            args=[task_id, event.attempt, WORKER_GROUP, message_id, type(event).__struct_config__.tag,
+                  event_data(event), type(event).SCHEMA_VERSION, result],
+        )
+        return _fenced(reply)
+
+    # --- reads of the log ---
+
+    async def task_events(self, task_id: str, *, after_seq: int = 0) -> list[StoredEvent]:
+        """A task's events in order (those with seq > after_seq), through its log index."""
+        ids = await self.redis.lrange(self.keys.task_log(task_id), after_seq, -1)
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id in ids:
+                pipe.xrange(self.keys.events, entry_id, entry_id)
+            replies = await pipe.execute()
+        return [decode_entry(*entries[0]) for entries in replies if entries]
+
+    async def result(self, task_id: str) -> bytes | None:
+        value = await self.redis.get(self.keys.result(task_id))
+        return bytes(value) if value is not None else None
+
+
+def _fenced(reply: list[Any]) -> Fenced | None:
+    if _text(reply[0]) == "ok":
+        return None
+    return Fenced(status=_text(reply[1]), attempt=int(reply[2]))
+
+
+def is_outcome(event: Event) -> bool:
+    return isinstance(event, (Completed, Failed, Cancelled))

@@ -1,0 +1,171 @@
+"""The command scripts on fakeredis and real Redis: what each command stores, and what it refuses."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from consumers.projector import Projector
+from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
+from orchestrator.events import Cancelled, Completed, Failed, Progress, Started, Submitted
+from orchestrator.keys import WORKER_GROUP
+from orchestrator.projection import Projection
+from orchestrator.spec import BacktestSpec
+from orchestrator.store import EventStore
+from tests.conftest import Backend
+
+SPEC = BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20})
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+async def control(b: Backend, task_id: str) -> dict[str, str]:
+    raw = await b.redis.hgetall(b.keys.control(task_id))
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+async def take(store: EventStore, b: Backend, worker: str = "w1") -> tuple[str, str]:
+    """Read one work item as `worker` the way a worker does; returns (message id, task id)."""
+    reply = await b.redis.xreadgroup(WORKER_GROUP, worker, {b.keys.work: ">"}, count=1)
+    message_id, fields = reply[0][1][0]
+    return message_id.decode(), fields[b"task_id"].decode()
+
+
+async def types(store: EventStore, task_id: str) -> list[str]:
+    return [type(e.event).__name__ for e in await store.task_events(task_id)]
+
+
+@pytest.fixture
+async def store(backend: Backend) -> EventStore:
+    s = EventStore(backend.redis, backend.keys)
+    await s.ensure_group()
+    return s
+
+
+async def test_submit_appends_one_event_and_one_work_item(store: EventStore, backend: Backend) -> None:
+    task_id = new_id()
+    result = await store.submit(task_id, SPEC)
+    assert result.created and result.task_id == task_id
+    events = await store.task_events(task_id)
+    assert [e.event for e in events] == [Submitted(task_id=task_id, seq=1, spec=SPEC)]
+    assert await backend.redis.xlen(backend.keys.work) == 1
+    assert (await control(backend, task_id))["status"] == "queued"
+
+
+async def test_idempotency_key_same_body_returns_same_task_and_appends_nothing(
+    store: EventStore, backend: Backend
+) -> None:
+    first = await store.submit(new_id(), SPEC, idempotency_key="k1", body=b"{a}")
+    again = await store.submit(new_id(), SPEC, idempotency_key="k1", body=b"{a}")
+    assert again.task_id == first.task_id and not again.created
+    assert await backend.redis.xlen(backend.keys.events) == 1
+    with pytest.raises(IdempotencyConflict):
+        await store.submit(new_id(), SPEC, idempotency_key="k1", body=b"{b}")
+    assert await backend.redis.xlen(backend.keys.events) == 1
+
+
+async def test_resent_submit_is_applied_once(store: EventStore, backend: Backend) -> None:
+    task_id = new_id()
+    await store.submit(task_id, SPEC)
+    again = await store.submit(task_id, SPEC)
+    assert not again.created
+    assert await backend.redis.xlen(backend.keys.events) == 1
+
+
+async def test_claim_heartbeat_finish_and_fencing(store: EventStore, backend: Backend) -> None:
+    task_id = new_id()
+    await store.submit(task_id, SPEC)
+    message_id, taken = await take(store, backend)
+    assert taken == task_id
+    claim = await store.claim(task_id, worker="w1", token="t1", message_id=message_id, reclaim=False)
+    assert (claim.outcome, claim.attempt) == ("ok", 1)
+    # A re-sent claim (client retry) is the same claim, not a second attempt.
+    assert (await store.claim(task_id, worker="w1", token="t1", message_id=message_id, reclaim=False)).attempt == 1
+    # Another worker cannot start it without a reclaim...
+    busy = await store.claim(task_id, worker="w2", token="t2", message_id=message_id, reclaim=False)
+    assert busy.outcome == "busy"
+    assert await store.heartbeat(task_id, 1, worker="w1", message_id=message_id, progress=0.5) is None
+    # ...but can take it over once the lease expired; then attempt 1 is fenced off.
+    takeover = await store.claim(task_id, worker="w2", token="t2", message_id=message_id, reclaim=True)
+    assert takeover.attempt == 2
+    fenced = await store.heartbeat(task_id, 1, worker="w1", message_id=message_id, progress=0.9)
+    assert fenced is not None and fenced.attempt == 2
+    late = await store.finish(Completed(task_id=task_id, attempt=1, result={"x": 1}), message_id=message_id)
+    assert late is not None
+    done = await store.finish(Completed(task_id=task_id, attempt=2, result={"x": 2}), message_id=message_id,
+                              result=b'{"full": true}')
+    assert done is None
+    # Re-sending the accepted outcome changes nothing.
+    assert await store.finish(Completed(task_id=task_id, attempt=2, result={"x": 2}), message_id=message_id) is None
+    assert await types(store, task_id) == ["Submitted", "Started", "Progress", "Started", "Completed"]
+    assert (await control(backend, task_id))["status"] == "completed"
+    assert await store.result(task_id) == b'{"full": true}'
+    pending = await backend.redis.xpending(backend.keys.work, WORKER_GROUP)
+    assert pending["pending"] == 0
+    assert await backend.redis.xlen(backend.keys.work) == 0
+
+
+async def test_cancel_rules(store: EventStore, backend: Backend) -> None:
+    queued, running, done, failed = new_id(), new_id(), new_id(), new_id()
+    for task_id in (queued, running, done, failed):
+        await store.submit(task_id, SPEC)
+    assert await store.cancel(queued)
+    assert not await store.cancel(queued)  # harmless the second time
+    assert await types(store, queued) == ["Submitted", "Cancelled"]
+
+    items = [await take(store, backend) for _ in range(3)]
+    by_task = {task_id: message_id for message_id, task_id in items}
+    for task_id in (running, done, failed):
+        await store.claim(task_id, worker="w1", token=task_id, message_id=by_task[task_id], reclaim=False)
+    await store.finish(Completed(task_id=done, attempt=1, result={}), message_id=by_task[done])
+    await store.finish(Failed(task_id=failed, attempt=1, error="boom"), message_id=by_task[failed])
+
+    assert await store.cancel(running)
+    fenced = await store.heartbeat(running, 1, worker="w1", message_id=by_task[running], progress=0.3)
+    assert fenced is not None and fenced.status == "cancelled"
+    cancelled = (await store.task_events(running))[-1].event
+    assert isinstance(cancelled, Cancelled) and cancelled.previous_status == "running"
+
+    for task_id, status in ((done, "completed"), (failed, "failed")):
+        before = await store.task_events(task_id)
+        with pytest.raises(TaskConflict):
+            await store.cancel(task_id)
+        assert await store.task_events(task_id) == before
+        assert (await control(backend, task_id))["status"] == status
+    unknown = new_id()
+    with pytest.raises(TaskNotFound):
+        await store.cancel(unknown)
+    assert await backend.redis.exists(backend.keys.control(unknown)) == 0
+    # Nothing is left pending or queued for the cancelled tasks.
+    assert (await backend.redis.xpending(backend.keys.work, WORKER_GROUP))["pending"] == 0
+    assert await backend.redis.xlen(backend.keys.work) == 0
+
+
+async def test_read_your_writes_before_the_projector_runs(store: EventStore, backend: Backend) -> None:
+    projection = Projection(backend.redis, backend.keys)
+    task_id = new_id()
+    await store.submit(task_id, SPEC)
+    assert (await projection.current(task_id, store)).status == "queued"  # type: ignore[union-attr]
+    await Projector(projection).run(burst=True)
+    await store.cancel(task_id)
+    state = await projection.current(task_id, store)
+    assert state is not None and state.status == "cancelled" and state.seq == 2
+    # The projected hash itself is still behind until the projector runs.
+    behind = (await projection.load([task_id]))[task_id]
+    assert behind.status == "queued"
+    await Projector(projection).run(burst=True)
+    assert (await projection.load([task_id]))[task_id] == state
+
+
+async def test_events_carry_attempts(store: EventStore, backend: Backend) -> None:
+    task_id = new_id()
+    await store.submit(task_id, SPEC)
+    message_id, _ = await take(store, backend)
+    await store.claim(task_id, worker="w9", token="x", message_id=message_id, reclaim=False)
+    events = [e.event for e in await store.task_events(task_id)]
+    assert events[1] == Started(task_id=task_id, seq=2, attempt=1, worker="w9")
+    await store.heartbeat(task_id, 1, worker="w9", message_id=message_id, progress=0.25)
+    assert (await store.task_events(task_id))[-1].event == Progress(task_id=task_id, seq=3, attempt=1, progress=0.25)
