@@ -34,8 +34,8 @@ class Submitted(Event, frozen=True, tag="submitted"):
 
 class Started(Event, frozen=True, tag="started"):
     worker: str
-    # Set when this attempt took the task over from a worker whose lease expired.
-    reclaimed_from: str | None = None
+    # True when this attempt took the task over from a worker whose lease expired.
+    reclaimed: bool = False
 
 
 class Progress(Event, frozen=True, tag="progress"):

@@ -9,7 +9,7 @@ import msgspec
 
 from orchestrator.codec import decode_entry, encode_json, event_data
 from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
-from orchestrator.events import Cancelled, Completed, Event, Failed, Progress, Started, StoredEvent, Submitted
+from orchestrator.events import Cancelled, Completed, Failed, Progress, Started, StoredEvent, Submitted
 from orchestrator.keys import IDEMPOTENCY_TTL_SECONDS, WORKER_GROUP, Keys
 from orchestrator.scripts import Scripts
 from orchestrator.spec import BacktestSpec
@@ -116,7 +116,7 @@ class EventStore:
                 task_id,
                 worker,
                 token,
-                event_data(Started(task_id=task_id, worker=worker)),
+                event_data(Started(task_id=task_id, worker=worker, reclaimed=reclaim)),
                 Started.SCHEMA_VERSION,
                 message_id,
                 "1" if reclaim else "0",
@@ -171,7 +171,3 @@ def _fenced(reply: list[Any]) -> Fenced | None:
     if _text(reply[0]) == "ok":
         return None
     return Fenced(status=_text(reply[1]), attempt=int(reply[2]))
-
-
-def is_outcome(event: Event) -> bool:
-    return isinstance(event, (Completed, Failed, Cancelled))
