@@ -13,7 +13,7 @@ from api.errors import ApiError, FieldProblem, from_validation_error
 from consumers.engine.validation import check_spec
 from orchestrator.codec import iso_ms
 from orchestrator.events import TERMINAL_STATUSES, StoredEvent
-from orchestrator.spec import BacktestSpec
+from orchestrator.spec import BacktestSpec, ParamValue
 from orchestrator.state import TaskState, to_api
 
 STATUSES = ("queued", "running", *sorted(TERMINAL_STATUSES))
@@ -51,10 +51,23 @@ def _decode_spec(body: bytes) -> BacktestSpec:
     try:
         return msgspec.json.decode(body, type=BacktestSpec)
     except msgspec.ValidationError as e:
+        if "`$.params[...]`" in str(e):
+            raise _bad_param(body, e) from None
         raise from_validation_error(e) from None
     except msgspec.DecodeError as e:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {e}",
                        [FieldProblem(None, str(e))]) from None
+
+
+def _bad_param(body: bytes, error: msgspec.ValidationError) -> ApiError:
+    """msgspec locates a bad dict value only as `params[...]`: find which parameter it was."""
+    params = msgspec.json.decode(body).get("params", {})
+    for name, value in params.items():
+        try:
+            msgspec.convert(value, ParamValue)
+        except msgspec.ValidationError:
+            return ApiError.invalid(f"params.{name}", "must be a number or a list of numbers")
+    return from_validation_error(error)
 
 
 async def submit(request: Request) -> Response:
@@ -121,11 +134,12 @@ async def list_tasks(request: Request) -> Response:
 
 
 def event_to_api(stored: StoredEvent) -> dict[str, Any]:
-    data = msgspec.to_builtins(stored.event)
-    event_type = data.pop("type")
-    return {"id": stored.id, "type": event_type, "time": iso_ms(stored.at_ms),
-            "task_id": data.pop("task_id"), "seq": data.pop("seq"), "attempt": data.pop("attempt"),
-            "data": data}
+    event = stored.event
+    data = msgspec.to_builtins(event)
+    for name in ("type", "task_id", "seq", "attempt"):
+        data.pop(name, None)
+    return {"id": stored.id, "type": type(event).__struct_config__.tag, "time": iso_ms(stored.at_ms),
+            "task_id": event.task_id, "seq": event.seq, "attempt": event.attempt, "data": data}
 
 
 async def events(request: Request) -> Response:

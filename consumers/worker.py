@@ -1,4 +1,4 @@
-"""The worker: a member of the consumer group that claims, runs, heartbeats and finishes tasks."""
+"""The worker: a member of the consumer group that takes work and runs it, until told to stop."""
 
 from __future__ import annotations
 
@@ -7,54 +7,30 @@ import time
 import uuid
 from typing import Any
 
-import msgspec
+import redis.exceptions
 import structlog
 
-from consumers.engine.errors import EngineError
-from consumers.engine.runner import start_run
-from orchestrator.codec import encode_json
-from orchestrator.events import Completed, Failed
+from consumers.execution import Assignment, Execution
+from consumers.reclaim import reclaim_expired
 from orchestrator.keys import WORKER_GROUP
 from orchestrator.settings import Settings
-from orchestrator.spec import BacktestSpec
 from orchestrator.store import EventStore
 
 log = structlog.get_logger("backstream.worker")
 
-# How much computing one chunk of a backtest may do before the worker looks up again: the
-# bound on how long a cancel waits for the running task to notice it.
-CHUNK_SECONDS = 0.02
+# An idle read blocks this long before the loop looks at stop requests, reclaims and retries.
+READ_BLOCK_MS = 500
 
-# An idle read blocks this long before the loop checks for a stop request and due reclaims.
-READ_BLOCK_MS = 1000
-
-
-class WorkItem(msgspec.Struct, frozen=True):
-    message_id: str
-    task_id: str
-    spec: BacktestSpec | None
-    # True when the item came from another (presumed dead) consumer's pending list.
-    reclaim: bool
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _work_item(message_id: Any, fields: dict[Any, Any] | None, reclaim: bool) -> WorkItem:
-    fields = {_text(k): v for k, v in (fields or {}).items()}
-    spec_raw = fields.get("spec")
-    return WorkItem(
-        message_id=_text(message_id),
-        task_id=_text(fields.get("task_id", b"")),
-        spec=msgspec.json.decode(spec_raw, type=BacktestSpec) if spec_raw else None,
-        reclaim=reclaim,
-    )
-
-
 class Worker:
-    """Runs up to `concurrency` tasks at once; the backtest kernel computes in threads so the
-    event loop keeps heartbeating and answering cancels."""
+    """Runs up to `concurrency` tasks at once. The backtest kernel computes in threads, so the
+    event loop keeps heartbeating and noticing cancels while it does."""
 
     def __init__(
         self,
@@ -72,162 +48,119 @@ class Worker:
         self.settings = settings
         self.name = name
         self.concurrency = concurrency
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: dict[asyncio.Task[str], Execution] = {}
         self._stopping = asyncio.Event()
-        self._next_reclaim = 0.0
-        self.completed = 0
+        self._releasing = False  # the grace period is over: unfinished tasks go back to the queue
+        self._next_sweep = 0.0
+        self.outcomes: dict[str, int] = {}
 
     def stop(self) -> None:
+        """Stop taking work; running tasks get the grace period, then are released."""
         self._stopping.set()
 
     async def run(self, *, burst: bool = False) -> None:
         """Take and run work until stopped; in burst mode, until no work is left."""
-        await self.store.ensure_group()
         log.info("worker.started", worker=self.name, concurrency=self.concurrency)
+        await self._with_reconnect(self.store.ensure_group)
         # A worker restarted under the same name first takes back what it held before.
-        pending = await self._own_pending()
+        backlog = await self._with_reconnect(self._own_pending)
         while not self._stopping.is_set():
             free = self.concurrency - len(self._running)
             if free <= 0:
-                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+                await self._wait_for_a_slot()
                 continue
-            items = pending[:free] or await self._reclaim(free) or await self._read_new(free, burst)
-            pending = pending[len(items):] if pending else pending
+            items, backlog = backlog[:free], backlog[free:]
             if not items:
-                if not burst:
-                    continue
+                items = await self._with_reconnect(lambda: self._next_items(free, burst))
+            if not items and burst:
                 if not self._running:
                     break
-                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            for item in items:
-                task = asyncio.create_task(self._handle(item))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
-        if self._running:
-            await asyncio.wait(self._running)
-        log.info("worker.stopped", worker=self.name, completed=self.completed)
+                await self._wait_for_a_slot()
+            for message_id, task_id, reclaim in items:
+                self._start(message_id, task_id, reclaim)
+        await self._drain()
+        log.info("worker.stopped", worker=self.name, outcomes=self.outcomes)
 
-    async def _read_new(self, count: int, burst: bool) -> list[WorkItem]:
+    async def _next_items(self, free: int, burst: bool) -> list[tuple[str, str, bool]]:
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            # Reclaims and due retries are looked for a few times per lease, not on every read.
+            self._next_sweep = now + min(self.settings.lease_ms / 4000, 1.0)
+            await self.store.promote_due_retries()
+            reclaimed = await reclaim_expired(self.store.redis, self.store.keys, self.name,
+                                              min_idle_ms=self.settings.lease_ms, count=free)
+            if reclaimed:
+                log.info("worker.reclaimed", count=len(reclaimed))
+                return [(m, t, True) for m, t in reclaimed]
         reply = await self.reader.xreadgroup(
-            WORKER_GROUP, self.name, {self.store.keys.work: ">"}, count=count,
+            WORKER_GROUP, self.name, {self.store.keys.work: ">"}, count=free,
             block=None if burst else READ_BLOCK_MS,
         )
-        return [_work_item(mid, fields, False) for _, entries in reply or [] for mid, fields in entries]
+        return [(_text(m), _text(f[b"task_id"]), False) for _, entries in reply or [] for m, f in entries]
 
-    async def _own_pending(self) -> list[WorkItem]:
-        reply = await self.reader.xreadgroup(
-            WORKER_GROUP, self.name, {self.store.keys.work: "0"}, count=10_000
-        )
-        return [_work_item(mid, fields, True) for _, entries in reply or [] for mid, fields in entries]
+    async def _own_pending(self) -> list[tuple[str, str, bool]]:
+        reply = await self.reader.xreadgroup(WORKER_GROUP, self.name, {self.store.keys.work: "0"}, count=10_000)
+        return [(_text(m), _text(f[b"task_id"]), True) for _, entries in reply or [] for m, f in entries if f]
 
-    async def _reclaim(self, count: int) -> list[WorkItem]:
-        """Take over work whose owner has not renewed its lease (XAUTOCLAIM, paging through the
-        whole pending list). Entries whose work item was deleted are acknowledged and dropped."""
-        now = time.monotonic()
-        if now < self._next_reclaim:
-            return []
-        self._next_reclaim = now + self.settings.lease_ms / 2000
-        redis, keys = self.store.redis, self.store.keys
-        items: list[WorkItem] = []
-        cursor = "0-0"
-        while len(items) < count:
-            reply = await redis.xautoclaim(
-                keys.work, WORKER_GROUP, self.name, min_idle_time=self.settings.lease_ms,
-                start_id=cursor, count=count - len(items),
-            )
-            cursor = _text(reply[0])
-            items += [_work_item(mid, fields, True) for mid, fields in reply[1] if fields]
-            deleted = reply[2] if len(reply) > 2 else []
-            if deleted:
-                await redis.xack(keys.work, WORKER_GROUP, *deleted)
-            if cursor == "0-0":
-                break
-        if items:
-            log.info("worker.reclaimed", worker=self.name, count=len(items))
-        return items
+    async def _wait_for_a_slot(self) -> None:
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait([*self._running, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
 
-    async def _drop(self, item: WorkItem) -> None:
-        redis, keys = self.store.redis, self.store.keys
-        await redis.xack(keys.work, WORKER_GROUP, item.message_id)
-        await redis.xdel(keys.work, item.message_id)
+    def _start(self, message_id: str, task_id: str, reclaim: bool) -> None:
+        task = asyncio.create_task(self._handle(message_id, task_id, reclaim))
+        self._running[task] = None  # type: ignore[assignment]  # filled in once claimed
+        task.add_done_callback(self._finished)
 
-    async def _handle(self, item: WorkItem) -> None:
-        structlog.contextvars.bind_contextvars(task_id=item.task_id, worker=self.name)
-        if item.spec is None:
-            log.warning("task.malformed_work_item", message_id=item.message_id)
-            await self._drop(item)
-            return
-        claim = await self.store.claim(
-            item.task_id, worker=self.name, token=uuid.uuid4().hex, message_id=item.message_id,
-            reclaim=item.reclaim,
-        )
-        if claim.outcome != "ok":
+    def _finished(self, task: asyncio.Task[str]) -> None:
+        self._running.pop(task, None)
+        if not task.cancelled() and task.exception() is None:
+            self.outcomes[task.result()] = self.outcomes.get(task.result(), 0) + 1
+
+    async def _handle(self, message_id: str, task_id: str, reclaim: bool) -> str:
+        structlog.contextvars.bind_contextvars(task_id=task_id, worker=self.name)
+        claim = await self.store.claim(task_id, worker=self.name, token=uuid.uuid4().hex,
+                                       message_id=message_id, reclaim=reclaim,
+                                       max_attempts=self.settings.max_attempts)
+        if claim.outcome != "ok" or claim.spec is None:
             log.info("task.not_claimed", outcome=claim.outcome)
-            if claim.outcome in ("terminal", "missing"):
-                await self._drop(item)
-            return
+            if claim.outcome in ("terminal", "missing", "stale"):
+                await self.store.redis.xack(self.store.keys.work, WORKER_GROUP, message_id)
+                await self.store.redis.xdel(self.store.keys.work, message_id)
+            return "skipped"
         structlog.contextvars.bind_contextvars(attempt=claim.attempt)
-        log.info("task.claimed", reclaim=item.reclaim)
-        try:
-            await self._execute(item, item.spec, claim.attempt)
-        except Exception:
-            log.exception("task.worker_error")
-            raise
+        log.info("task.claimed", reclaim=reclaim)
+        job = Assignment(task_id=task_id, attempt=claim.attempt, message_id=message_id, spec=claim.spec,
+                         budget=claim.budget)
+        execution = Execution(self.store, self.catalog, self.settings, self.name, job)
+        self._running[asyncio.current_task()] = execution  # type: ignore[index]
+        if self._releasing:
+            execution.release_requested.set()
+        return await execution.run()
 
-    async def _execute(self, item: WorkItem, spec: BacktestSpec, attempt: int) -> None:
-        started = time.monotonic()
-        heartbeat_s = self.settings.heartbeat_ms / 1000
-        progress_s = self.settings.progress_interval_ms / 1000
-        try:
-            run = await asyncio.to_thread(start_run, spec, self.catalog)
-            last_beat = last_progress = time.monotonic()
-            reported = 0.0
-            while not run.done:
-                await asyncio.to_thread(run.advance, CHUNK_SECONDS)
-                if run.done:
-                    break
-                if not await self._still_mine(item.task_id, attempt):
-                    return
-                now = time.monotonic()
-                report = now - last_progress >= progress_s and run.progress > reported
-                if report or now - last_beat >= heartbeat_s:
-                    fenced = await self.store.heartbeat(
-                        item.task_id, attempt, worker=self.name, message_id=item.message_id,
-                        progress=run.progress if report else None,
-                    )
-                    if fenced is not None:
-                        log.warning("task.write_refused", write="heartbeat", status=fenced.status,
-                                    current_attempt=fenced.attempt)
-                        return
-                    last_beat = now
-                    if report:
-                        last_progress, reported = now, run.progress
-            outcome = run.outcome()
-            event: Completed | Failed = Completed(task_id=item.task_id, attempt=attempt, result=outcome.summary)
-            result = encode_json(outcome.detail)
-        except EngineError as e:
-            event, result = Failed(task_id=item.task_id, attempt=attempt, error=str(e),
-                                   error_type=type(e).__name__), b""
-        except Exception as e:  # a bug or a resource problem in the engine: recorded, not lost
-            log.exception("task.engine_crashed")
-            event, result = Failed(task_id=item.task_id, attempt=attempt, error=f"{type(e).__name__}: {e}",
-                                   error_type=type(e).__name__), b""
-        fenced = await self.store.finish(event, message_id=item.message_id, result=result)
-        if fenced is not None:
-            log.warning("task.write_refused", write=type(event).__name__.lower(), status=fenced.status,
-                        current_attempt=fenced.attempt)
+    async def _drain(self) -> None:
+        """Let running tasks finish within the grace period, then release the rest to the queue."""
+        if not self._running:
             return
-        self.completed += 1
-        log.info("task.finished", outcome=type(event).__name__.lower(),
-                 seconds=round(time.monotonic() - started, 4))
+        log.info("worker.draining", running=len(self._running), grace_s=self.settings.shutdown_grace_s)
+        _, unfinished = await asyncio.wait(list(self._running), timeout=self.settings.shutdown_grace_s)
+        if unfinished:
+            self._releasing = True
+            for task in unfinished:
+                execution = self._running.get(task)
+                if execution is not None:
+                    execution.release_requested.set()
+            await asyncio.wait(unfinished)
 
-    async def _still_mine(self, task_id: str, attempt: int) -> bool:
-        """Between chunks: is the task still running under this attempt? (A cancel or a
-        takeover stops the run here; nothing more is written for it.)"""
-        status, current = await self.store.redis.hmget(self.store.keys.control(task_id), "status", "attempt")
-        if _text(status) == "running" and int(current or 0) == attempt:
-            return True
-        log.info("task.stopped", reason="cancelled" if _text(status) == "cancelled" else "lost_claim",
-                 status=_text(status))
-        return False
+    async def _with_reconnect(self, call: Any) -> Any:
+        """Redis restarts and network blips are waited out with backoff, not fatal."""
+        delay = 0.1
+        while True:
+            try:
+                return await call()
+            except _REDIS_DOWN as e:
+                if self._stopping.is_set():
+                    return []
+                log.warning("store.unavailable", error=str(e), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

@@ -54,13 +54,34 @@ class Failed(Event, frozen=True, tag="failed"):
     error_type: str = "Error"
 
 
+class RetryScheduled(Event, frozen=True, tag="retry_scheduled"):
+    """The attempt failed with a retryable error; the task runs again after `delay_ms`."""
+
+    error: str
+    error_type: str = "Error"
+    delay_ms: int = 0
+
+
+class Released(Event, frozen=True, tag="released"):
+    """The worker gave the task back unfinished (shutting down); another worker takes it at once."""
+
+    worker: str
+    reason: str = "shutdown"
+
+
+class Requeued(Event, frozen=True, tag="requeued"):
+    """A failed task was sent back to the queue by a user (POST …/retry)."""
+
+    by: str | None = None
+
+
 class Cancelled(Event, frozen=True, tag="cancelled"):
     by: str | None = None
     # The status the task was in when it was cancelled (queued or running); set by the script.
     previous_status: str | None = None
 
 
-AnyEvent = Submitted | Started | Progress | Completed | Failed | Cancelled
+AnyEvent = Submitted | Started | Progress | Completed | Failed | RetryScheduled | Released | Requeued | Cancelled
 
 EVENT_TYPES: dict[str, type[Event]] = {
     "submitted": Submitted,
@@ -68,10 +89,14 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "progress": Progress,
     "completed": Completed,
     "failed": Failed,
+    "retry_scheduled": RetryScheduled,
+    "released": Released,
+    "requeued": Requeued,
     "cancelled": Cancelled,
 }
 
-# Events that end a task's life; after one of them, nothing else is written for the task.
+# Statuses that end a task's life: nothing more is written for it (but a failed task may be
+# requeued by a user).
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 

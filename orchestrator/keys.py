@@ -34,6 +34,17 @@ class Keys(msgspec.Struct, frozen=True):
     def work(self) -> str:
         return f"{self.prefix}:work"
 
+    # Tasks waiting out a retry delay: a sorted set of task ids scored by the ms they are due.
+    @property
+    def delayed(self) -> str:
+        return f"{self.prefix}:delayed"
+
+    # Tasks that failed for good, with the reason: an operator's to-do list. Trimmed only by
+    # the retention policy.
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}:dead"
+
     # The write model of a task: the few fields the command scripts check (status, attempt,
     # seq, owner). Kept for the task's lifetime.
     def control(self, task_id: str) -> str:

@@ -21,6 +21,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_ms: int = 1_000
     # Progress events are coalesced to at most one per task per this interval.
     progress_interval_ms: int = 250
+    # Attempts a task gets (first run included) before it fails for good and is dead-lettered.
+    max_attempts: int = 3
+    # Retry delays grow as base * 2^(attempt-1), capped, with full jitter in the upper half.
+    retry_base_ms: int = 1_000
+    retry_cap_ms: int = 60_000
+    # A task running longer than this is stopped and failed (a spec may ask for less).
+    task_timeout_s: float = 3_600.0
+    # On SIGTERM a worker lets running tasks finish this long, then releases the rest.
+    shutdown_grace_s: float = 10.0
     # The longest a request body may be; larger bodies are refused with 413.
     max_body_bytes: int = 64 * 1024
 
@@ -39,4 +48,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             lease_ms=int(env.get("BACKSTREAM_LEASE_MS", defaults.lease_ms)),
             heartbeat_ms=int(env.get("BACKSTREAM_HEARTBEAT_MS", defaults.heartbeat_ms)),
             progress_interval_ms=int(env.get("BACKSTREAM_PROGRESS_INTERVAL_MS", defaults.progress_interval_ms)),
+            max_attempts=int(env.get("BACKSTREAM_MAX_ATTEMPTS", defaults.max_attempts)),
+            retry_base_ms=int(env.get("BACKSTREAM_RETRY_BASE_MS", defaults.retry_base_ms)),
+            retry_cap_ms=int(env.get("BACKSTREAM_RETRY_CAP_MS", defaults.retry_cap_ms)),
+            task_timeout_s=float(env.get("BACKSTREAM_TASK_TIMEOUT_S", defaults.task_timeout_s)),
+            shutdown_grace_s=float(env.get("BACKSTREAM_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s)),
         )

@@ -36,6 +36,8 @@ class BacktestSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     # Sweeps only: the metric to maximise, and an optional constraint such as "fast < slow".
     objective: str = "sqn"
     constraint: str | None = None
+    # A time limit for this task in seconds (the worker's limit applies when unset or larger).
+    timeout_s: float | None = None
 
     @property
     def is_sweep(self) -> bool:

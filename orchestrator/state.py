@@ -14,6 +14,9 @@ from orchestrator.events import (
     Completed,
     Failed,
     Progress,
+    Released,
+    Requeued,
+    RetryScheduled,
     Started,
     StoredEvent,
     Submitted,
@@ -80,6 +83,14 @@ def evolve(state: TaskState | None, stored: StoredEvent) -> TaskState:
             )
         case Failed(error=error):
             return msgspec.structs.replace(state, status="failed", error=error, finished_at=at, **step)
+        case RetryScheduled(error=error):
+            return msgspec.structs.replace(state, status="queued", error=error, progress=0.0, **step)
+        case Released():
+            return msgspec.structs.replace(state, status="queued", progress=0.0, **step)
+        case Requeued():
+            return msgspec.structs.replace(
+                state, status="queued", progress=0.0, error=None, finished_at=None, result=None, **step
+            )
         case Cancelled(by=by):
             return msgspec.structs.replace(
                 state, status="cancelled", cancelled_by=by, finished_at=at, **step

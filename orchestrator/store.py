@@ -9,7 +9,18 @@ import msgspec
 
 from orchestrator.codec import decode_entry, encode_json, event_data
 from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
-from orchestrator.events import Cancelled, Completed, Failed, Progress, Started, StoredEvent, Submitted
+from orchestrator.events import (
+    Cancelled,
+    Completed,
+    Failed,
+    Progress,
+    Released,
+    Requeued,
+    RetryScheduled,
+    Started,
+    StoredEvent,
+    Submitted,
+)
 from orchestrator.keys import IDEMPOTENCY_TTL_SECONDS, WORKER_GROUP, Keys
 from orchestrator.scripts import Scripts
 from orchestrator.spec import BacktestSpec
@@ -22,9 +33,12 @@ class SubmitResult(msgspec.Struct, frozen=True):
 
 
 class Claim(msgspec.Struct, frozen=True):
-    # 'ok' (attempt holds the new attempt), 'terminal', 'missing' or 'busy'.
+    # 'ok' (attempt and spec are set), or why not: 'terminal', 'missing', 'stale' or 'busy'.
     outcome: str
     attempt: int = 0
+    spec: BacktestSpec | None = None
+    # Where the current run of retries began (the attempt count at the last requeue).
+    budget: int = 0
 
 
 class Fenced(msgspec.Struct, frozen=True):
@@ -96,7 +110,7 @@ class EventStore:
     async def cancel(self, task_id: str, *, by: str | None = None) -> bool:
         """Cancel a queued or running task. True if this call cancelled it, False if it already was."""
         reply = await self.scripts.cancel(
-            keys=[*self._task_keys(task_id), self.keys.work],
+            keys=[*self._task_keys(task_id), self.keys.work, self.keys.delayed],
             args=[task_id, event_data(Cancelled(task_id=task_id, by=by)), Cancelled.SCHEMA_VERSION, WORKER_GROUP],
         )
         outcome = _text(reply[0])
@@ -107,11 +121,28 @@ class EventStore:
             raise TaskConflict(task_id, status, f"task {task_id} is {status}; only queued or running tasks can be cancelled")
         return outcome == "ok"
 
+    async def requeue(self, task_id: str, *, by: str | None = None) -> None:
+        """Send a failed task back to the queue as a new attempt."""
+        reply = await self.scripts.requeue(
+            keys=[*self._task_keys(task_id), self.keys.work],
+            args=[task_id, event_data(Requeued(task_id=task_id, by=by)), Requeued.SCHEMA_VERSION],
+        )
+        outcome = _text(reply[0])
+        if outcome == "missing":
+            raise TaskNotFound(task_id)
+        if outcome == "conflict":
+            status = _text(reply[1])
+            raise TaskConflict(task_id, status, f"task {task_id} is {status}; only failed tasks can be retried")
+
     # --- commands of the workers; every write after the claim is fenced by the attempt ---
 
-    async def claim(self, task_id: str, *, worker: str, token: str, message_id: str, reclaim: bool) -> Claim:
+    async def claim(
+        self, task_id: str, *, worker: str, token: str, message_id: str, reclaim: bool, max_attempts: int
+    ) -> Claim:
+        lost = Failed(task_id=task_id, error=f"the task lost its worker on {max_attempts} attempts",
+                      error_type="WorkerLost")
         reply = await self.scripts.claim(
-            keys=self._task_keys(task_id),
+            keys=[*self._task_keys(task_id), self.keys.work, self.keys.dead_letters],
             args=[
                 task_id,
                 worker,
@@ -120,10 +151,17 @@ class EventStore:
                 Started.SCHEMA_VERSION,
                 message_id,
                 "1" if reclaim else "0",
+                WORKER_GROUP,
+                max_attempts,
+                event_data(lost),
+                Failed.SCHEMA_VERSION,
             ],
         )
         outcome = _text(reply[0])
-        return Claim(outcome=outcome, attempt=int(reply[1]) if outcome == "ok" else 0)
+        if outcome != "ok":
+            return Claim(outcome=outcome)
+        spec = msgspec.json.decode(reply[2], type=BacktestSpec)
+        return Claim(outcome=outcome, attempt=int(reply[1]), spec=spec, budget=int(reply[3] or 0))
 
     async def heartbeat(
         self, task_id: str, attempt: int, *, worker: str, message_id: str, progress: float | None
@@ -138,16 +176,44 @@ class EventStore:
         return _fenced(reply)
 
     async def finish(
-        self, event: Completed | Failed, *, message_id: str, result: bytes = b""
+        self, event: Completed | Failed | RetryScheduled, *, message_id: str, result: bytes = b"",
+        reason: str = "",
     ) -> Fenced | None:
-        """Record the attempt's outcome, store the full result, acknowledge the work item."""
+        """Record the attempt's outcome (storing the full result of a completion, scheduling a
+        retry, or dead-lettering a failure with `reason`) and retire the work item."""
         task_id = event.task_id
+        keys = self.keys
         reply = await self.scripts.finish(
-            keys=[*self._task_keys(task_id), self.keys.work, self.keys.result(task_id)],
+            keys=[*self._task_keys(task_id), keys.work, keys.result(task_id), keys.delayed, keys.dead_letters],
             args=[task_id, event.attempt, WORKER_GROUP, message_id, type(event).__struct_config__.tag,
-                  event_data(event), type(event).SCHEMA_VERSION, result],
+                  event_data(event), type(event).SCHEMA_VERSION, result,
+                  event.delay_ms if isinstance(event, RetryScheduled) else 0, reason],
         )
         return _fenced(reply)
+
+    async def release(self, task_id: str, attempt: int, *, worker: str, message_id: str) -> Fenced | None:
+        """Give an unfinished task back to the queue (on shutdown), for another worker at once."""
+        reply = await self.scripts.release(
+            keys=[*self._task_keys(task_id), self.keys.work],
+            args=[task_id, attempt, WORKER_GROUP, message_id,
+                  event_data(Released(task_id=task_id, worker=worker)), Released.SCHEMA_VERSION],
+        )
+        return _fenced(reply)
+
+    async def promote_due_retries(self, limit: int = 100) -> int:
+        """Give every task whose retry delay has passed a new work item. Returns how many."""
+        now_s, now_us = await self.redis.time()
+        due = await self.redis.zrangebyscore(
+            self.keys.delayed, "-inf", now_s * 1000 + now_us // 1000, start=0, num=limit
+        )
+        promoted = 0
+        for raw in due:
+            task_id = _text(raw)
+            reply = await self.scripts.promote(
+                keys=[self.keys.delayed, self.keys.work, self.keys.control(task_id)], args=[task_id]
+            )
+            promoted += _text(reply[0]) == "ok"
+        return promoted
 
     # --- reads of the log ---
 

@@ -80,16 +80,16 @@ async def test_claim_heartbeat_finish_and_fencing(store: EventStore, backend: Ba
     await store.submit(task_id, SPEC)
     message_id, taken = await take(store, backend)
     assert taken == task_id
-    claim = await store.claim(task_id, worker="w1", token="t1", message_id=message_id, reclaim=False)
+    claim = await store.claim(task_id, worker="w1", token="t1", message_id=message_id, reclaim=False, max_attempts=3)
     assert (claim.outcome, claim.attempt) == ("ok", 1)
     # A re-sent claim (client retry) is the same claim, not a second attempt.
-    assert (await store.claim(task_id, worker="w1", token="t1", message_id=message_id, reclaim=False)).attempt == 1
+    assert (await store.claim(task_id, worker="w1", token="t1", message_id=message_id, reclaim=False, max_attempts=3)).attempt == 1
     # Another worker cannot start it without a reclaim...
-    busy = await store.claim(task_id, worker="w2", token="t2", message_id=message_id, reclaim=False)
+    busy = await store.claim(task_id, worker="w2", token="t2", message_id=message_id, reclaim=False, max_attempts=3)
     assert busy.outcome == "busy"
     assert await store.heartbeat(task_id, 1, worker="w1", message_id=message_id, progress=0.5) is None
     # ...but can take it over once the lease expired; then attempt 1 is fenced off.
-    takeover = await store.claim(task_id, worker="w2", token="t2", message_id=message_id, reclaim=True)
+    takeover = await store.claim(task_id, worker="w2", token="t2", message_id=message_id, reclaim=True, max_attempts=3)
     assert takeover.attempt == 2
     fenced = await store.heartbeat(task_id, 1, worker="w1", message_id=message_id, progress=0.9)
     assert fenced is not None and fenced.attempt == 2
@@ -119,7 +119,7 @@ async def test_cancel_rules(store: EventStore, backend: Backend) -> None:
     items = [await take(store, backend) for _ in range(3)]
     by_task = {task_id: message_id for message_id, task_id in items}
     for task_id in (running, done, failed):
-        await store.claim(task_id, worker="w1", token=task_id, message_id=by_task[task_id], reclaim=False)
+        await store.claim(task_id, worker="w1", token=task_id, message_id=by_task[task_id], reclaim=False, max_attempts=3)
     await store.finish(Completed(task_id=done, attempt=1, result={}), message_id=by_task[done])
     await store.finish(Failed(task_id=failed, attempt=1, error="boom"), message_id=by_task[failed])
 
@@ -164,7 +164,7 @@ async def test_events_carry_attempts(store: EventStore, backend: Backend) -> Non
     task_id = new_id()
     await store.submit(task_id, SPEC)
     message_id, _ = await take(store, backend)
-    await store.claim(task_id, worker="w9", token="x", message_id=message_id, reclaim=False)
+    await store.claim(task_id, worker="w9", token="x", message_id=message_id, reclaim=False, max_attempts=3)
     events = [e.event for e in await store.task_events(task_id)]
     assert events[1] == Started(task_id=task_id, seq=2, attempt=1, worker="w9")
     await store.heartbeat(task_id, 1, worker="w9", message_id=message_id, progress=0.25)

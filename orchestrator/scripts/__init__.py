@@ -23,4 +23,7 @@ class Scripts:
         self.heartbeat: AsyncScript = redis.register_script(lib + _source("heartbeat"))
         self.finish: AsyncScript = redis.register_script(lib + _source("finish"))
         self.cancel: AsyncScript = redis.register_script(lib + _source("cancel"))
+        self.release: AsyncScript = redis.register_script(lib + _source("release"))
+        self.requeue: AsyncScript = redis.register_script(lib + _source("requeue"))
+        self.promote: AsyncScript = redis.register_script(_source("promote"))
         self.apply: AsyncScript = redis.register_script(_source("apply"))

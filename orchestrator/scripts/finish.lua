@@ -1,20 +1,37 @@
--- The owner of an attempt records its outcome (completed or failed), stores the full result,
--- and acknowledges and deletes the work item, all at once. Fenced like heartbeat.lua.
--- KEYS: control, log, events, work, result
--- ARGV: task_id, attempt, group, work message id, outcome type, data, version, result json
--- Idempotent: re-sending the same outcome for the same attempt returns 'ok'.
-local ctl, log, events, work, result = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local outcome = ARGV[5]
+-- The owner of an attempt records its outcome, acknowledging and deleting the work item in the
+-- same step. Fenced: refused unless the task is still running under this very attempt.
+--   completed        stores the full result; the task is done
+--   failed           the task is done; it goes to the dead-letter stream
+--   retry_scheduled  the task waits `delay` ms in the delayed set, then gets a new work item
+-- KEYS: control, log, events, work, result, delayed, dead letters
+-- ARGV: task_id, attempt, group, work message id, outcome, data, version, result json,
+--       retry delay ms, dead-letter reason
+-- Idempotent: re-sending the outcome already stored for this attempt returns 'ok'.
+local ctl, log, events, work, result, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local task_id, outcome, msg = ARGV[1], ARGV[5], ARGV[4]
+local after = outcome
+if outcome == 'retry_scheduled' then after = 'queued' end
 local status = redis.call('HGET', ctl, 'status')
 local attempt = redis.call('HGET', ctl, 'attempt')
-if status == outcome and attempt == ARGV[2] then return {'ok'} end
+if status == after and attempt == ARGV[2] then return {'ok'} end
 if status ~= 'running' or attempt ~= ARGV[2] then
   return {'fenced', status or 'missing', attempt or '0'}
 end
-append(ctl, log, events, ARGV[1], outcome, ARGV[7], attempt, ARGV[6])
-redis.call('HSET', ctl, 'status', outcome)
-redis.call('HDEL', ctl, 'owner', 'token')
-if ARGV[8] ~= '' then redis.call('SET', result, ARGV[8]) end
-redis.call('XACK', work, ARGV[3], ARGV[4])
-redis.call('XDEL', work, ARGV[4])
+if outcome == 'failed' then
+  fail_for_good(ctl, log, events, dead, task_id, ARGV[7], attempt, ARGV[6], ARGV[10])
+else
+  append(ctl, log, events, task_id, outcome, ARGV[7], attempt, ARGV[6])
+  redis.call('HSET', ctl, 'status', after)
+  redis.call('HDEL', ctl, 'owner', 'token')
+end
+if outcome == 'completed' then
+  redis.call('HDEL', ctl, 'spec')
+  if ARGV[8] ~= '' then redis.call('SET', result, ARGV[8]) end
+elseif outcome == 'retry_scheduled' then
+  local now = redis.call('TIME')
+  local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[9])
+  redis.call('ZADD', delayed, due, task_id)
+end
+retire(work, ARGV[3], msg)
+redis.call('HDEL', ctl, 'msg')
 return {'ok'}

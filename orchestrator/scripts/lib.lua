@@ -18,3 +18,20 @@ end
 local function is_terminal(status)
   return status == 'completed' or status == 'failed' or status == 'cancelled'
 end
+
+-- Fail the task for good and put it on the dead-letter stream, with why and how often it ran.
+local function fail_for_good(ctl, log, events, dead, task_id, v, attempt, data, reason)
+  local id = append(ctl, log, events, task_id, 'failed', v, attempt, data)
+  redis.call('HSET', ctl, 'status', 'failed')
+  redis.call('HDEL', ctl, 'owner', 'token')
+  redis.call('XADD', dead, '*', 'task_id', task_id, 'attempt', attempt, 'failed_event', id, 'reason', reason)
+  return id
+end
+
+-- Acknowledge and delete a work item: it is done with, whatever became of its task.
+local function retire(work, group, msg)
+  if msg then
+    redis.call('XACK', work, group, msg)
+    redis.call('XDEL', work, msg)
+  end
+end

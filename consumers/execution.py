@@ -1,0 +1,166 @@
+"""Running one claimed task: compute in chunks, heartbeat, honour cancels, record the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+import redis.exceptions
+import structlog
+
+from consumers.engine.runner import start_run
+from consumers.retry import TaskTimeout, backoff_ms, is_retryable
+from orchestrator.codec import encode_json
+from orchestrator.events import Completed, Failed, RetryScheduled
+from orchestrator.settings import Settings
+from orchestrator.spec import BacktestSpec
+from orchestrator.store import EventStore
+
+log = structlog.get_logger("backstream.worker")
+
+# How much computing one chunk of a backtest may do before the worker looks up again: the
+# bound on how long a cancel waits for the running task to notice it.
+CHUNK_SECONDS = 0.02
+
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+class Assignment(msgspec.Struct, frozen=True):
+    """A claimed attempt of a task."""
+
+    task_id: str
+    attempt: int
+    message_id: str
+    spec: BacktestSpec
+    # The attempt number before this run of retries began (0, or where a user's requeue left it).
+    budget: int = 0
+
+
+class Stop(Exception):
+    """The attempt must stop here without writing anything more (cancelled, or claim lost)."""
+
+
+async def until_stored(call: Any, what: str) -> Any:
+    """Run an idempotent store call until Redis accepts it: an outcome must not be lost to a
+    Redis restart. The scripts make re-sending safe."""
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except _REDIS_DOWN as e:
+            log.warning("store.unavailable", write=what, error=str(e), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class Execution:
+    """One attempt of one task on this worker."""
+
+    def __init__(self, store: EventStore, catalog: Any, settings: Settings, worker: str, job: Assignment) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.settings = settings
+        self.worker = worker
+        self.job = job
+        # Set by the worker when it shuts down: give the task back after the current chunk.
+        self.release_requested = asyncio.Event()
+
+    async def run(self) -> str:
+        """Returns how the attempt ended: completed, failed, retry_scheduled, released or stopped."""
+        job = self.job
+        started = time.monotonic()
+        limit = min(self.settings.task_timeout_s, job.spec.timeout_s or self.settings.task_timeout_s)
+        try:
+            run = await asyncio.to_thread(start_run, job.spec, self.catalog)
+            await self._compute(run, started + limit, limit)
+            if self.release_requested.is_set() and not run.done:
+                return await self._release()
+            outcome = run.outcome()
+            event: Completed | Failed | RetryScheduled = Completed(
+                task_id=job.task_id, attempt=job.attempt, result=outcome.summary)
+            result = encode_json(outcome.detail)
+        except Stop:
+            return "stopped"
+        except Exception as error:
+            event, result = self._failure(error), b""
+        fenced = await until_stored(lambda: self.store.finish(
+            event, message_id=job.message_id, result=result,
+            reason=getattr(event, "error_type", "")), "outcome")
+        outcome_name = type(event).__struct_config__.tag
+        if fenced is not None:
+            log.warning("task.write_refused", write=outcome_name, status=fenced.status,
+                        current_attempt=fenced.attempt)
+            return "stopped"
+        log.info("task.finished", outcome=outcome_name, seconds=round(time.monotonic() - started, 4))
+        return str(outcome_name)
+
+    async def _compute(self, run: Any, deadline: float, limit: float) -> None:
+        heartbeat_s = self.settings.heartbeat_ms / 1000
+        progress_s = self.settings.progress_interval_ms / 1000
+        last_beat = last_progress = time.monotonic()
+        reported = 0.0
+        while not run.done:
+            await asyncio.to_thread(run.advance, CHUNK_SECONDS)
+            if run.done or self.release_requested.is_set():
+                return
+            now = time.monotonic()
+            if now > deadline:
+                raise TaskTimeout(f"the task ran past its time limit of {limit:g} s")
+            await self._check_still_mine()
+            report = now - last_progress >= progress_s and run.progress > reported
+            if report or now - last_beat >= heartbeat_s:
+                await self._heartbeat(run.progress if report else None)
+                last_beat = now
+                if report:
+                    last_progress, reported = now, run.progress
+
+    async def _check_still_mine(self) -> None:
+        """Between chunks: is the task still running under this attempt? A cancel or a takeover
+        stops the run here; nothing more is written for it."""
+        job = self.job
+        try:
+            status, current = await self.store.redis.hmget(self.store.keys.control(job.task_id), "status", "attempt")
+        except _REDIS_DOWN:
+            return  # keep computing; the fenced writes decide later
+        status = status.decode() if status else "missing"
+        if status == "running" and int(current or 0) == job.attempt:
+            return
+        log.info("task.stopped", reason="cancelled" if status == "cancelled" else "lost_claim", status=status)
+        raise Stop
+
+    async def _heartbeat(self, progress: float | None) -> None:
+        job = self.job
+        try:
+            fenced = await self.store.heartbeat(job.task_id, job.attempt, worker=self.worker,
+                                                message_id=job.message_id, progress=progress)
+        except _REDIS_DOWN as e:
+            log.warning("store.unavailable", write="heartbeat", error=str(e))
+            return
+        if fenced is not None:
+            log.warning("task.write_refused", write="heartbeat", status=fenced.status,
+                        current_attempt=fenced.attempt)
+            raise Stop
+
+    async def _release(self) -> str:
+        job = self.job
+        fenced = await until_stored(lambda: self.store.release(
+            job.task_id, job.attempt, worker=self.worker, message_id=job.message_id), "release")
+        if fenced is not None:
+            log.warning("task.write_refused", write="released", status=fenced.status)
+            return "stopped"
+        log.info("task.released")
+        return "released"
+
+    def _failure(self, error: Exception) -> Failed | RetryScheduled:
+        job = self.job
+        message = str(error) or type(error).__name__
+        kind = type(error).__name__
+        if is_retryable(error) and job.attempt - job.budget < self.settings.max_attempts:
+            delay = backoff_ms(job.attempt, self.settings)
+            log.warning("task.attempt_failed", error=message, error_type=kind, retry_in_ms=delay)
+            return RetryScheduled(task_id=job.task_id, attempt=job.attempt, error=message,
+                                  error_type=kind, delay_ms=delay)
+        log.warning("task.failed", error=message, error_type=kind)
+        return Failed(task_id=job.task_id, attempt=job.attempt, error=message, error_type=kind)

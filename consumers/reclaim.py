@@ -1,0 +1,40 @@
+"""Taking over work whose worker stopped renewing its lease (XAUTOCLAIM, paged)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from orchestrator.keys import WORKER_GROUP, Keys
+
+log = structlog.get_logger("backstream.reclaim")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def reclaim_expired(redis: Any, keys: Keys, consumer: str, *, min_idle_ms: int, count: int) -> list[tuple[str, str]]:
+    """Claim up to `count` pending work items idle for `min_idle_ms` or more, as `consumer`.
+
+    XAUTOCLAIM scans at most COUNT*10 pending entries per call, so an empty page with a non-zero
+    cursor means "go on", not "done": this pages until the cursor wraps to 0-0. Pending ids whose
+    entries were deleted (their task ended) come back in the reply's third element; they are
+    acknowledged so they stop cluttering the pending list. Returns (message id, task id) pairs."""
+    taken: list[tuple[str, str]] = []
+    cursor = "0-0"
+    while len(taken) < count:
+        reply = await redis.xautoclaim(
+            keys.work, WORKER_GROUP, consumer, min_idle_time=min_idle_ms, start_id=cursor,
+            count=count - len(taken),
+        )
+        cursor = _text(reply[0])
+        taken += [(_text(mid), _text(fields[b"task_id"])) for mid, fields in reply[1] if fields]
+        deleted = reply[2] if len(reply) > 2 else []
+        if deleted:
+            await redis.xack(keys.work, WORKER_GROUP, *deleted)
+            log.info("work.deleted_entries_acknowledged", count=len(deleted))
+        if cursor == "0-0":
+            break
+    return taken

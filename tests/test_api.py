@@ -1,0 +1,145 @@
+"""The HTTP API on the real app, workers and projector (fakeredis and real Redis)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.conftest import Backend
+from tests.harness import System
+
+BODY: dict[str, Any] = {
+    "strategy": "sma_cross", "symbol": "GOOG", "params": {"fast": 10, "slow": 20},
+    "start": "2005-01-01", "end": "2012-12-31", "cash": 10000, "commission": 0.002,
+}
+
+
+@pytest.fixture
+def system(backend: Backend) -> System:
+    return System(backend)
+
+
+async def test_submit_run_and_read(system: System) -> None:
+    async with system.client() as http:
+        submitted = await http.post("/api/backtests", json=BODY)
+        assert submitted.status_code == 202
+        task_id = submitted.json()["task_id"]
+        assert submitted.json() == {"task_id": task_id, "status": "queued"}
+        queued = (await http.get(f"/api/backtests/tasks/{task_id}")).json()
+        assert queued["status"] == "queued" and queued["attempt"] == 0 and queued["progress"] == 0.0
+
+        await system.run_workers()
+
+        task = (await http.get(f"/api/backtests/tasks/{task_id}")).json()
+        assert task["status"] == "completed" and task["attempt"] == 1 and task["progress"] == 1.0
+        assert task["worker"] == "w1" and task["error"] is None
+        assert task["created_at"] <= task["started_at"] <= task["finished_at"]
+        metrics = task["result"]["metrics"]
+        assert metrics["num_trades"] > 0 and metrics["equity_final"] > 0
+        history = (await http.get(f"/api/backtests/tasks/{task_id}/events")).json()["events"]
+        assert [e["type"] for e in history] == ["submitted", "started", "completed"]
+        assert [e["seq"] for e in history] == [1, 2, 3]
+        assert history[0]["data"]["spec"]["params"] == {"fast": 10, "slow": 20}
+        assert history[1]["data"]["worker"] == "w1" and history[1]["attempt"] == 1
+        detail = (await http.get(f"/api/backtests/tasks/{task_id}/result")).json()
+        assert detail["metrics"] == metrics
+        assert len(detail["trades"]) == metrics["num_trades"]
+
+
+async def test_idempotency_key(system: System, backend: Backend) -> None:
+    async with system.client() as http:
+        headers = {"Idempotency-Key": "run-42"}
+        first = await http.post("/api/backtests", json=BODY, headers=headers)
+        again = await http.post("/api/backtests", json=BODY, headers=headers)
+        assert first.status_code == again.status_code == 202
+        assert again.json()["task_id"] == first.json()["task_id"]
+        other = await http.post("/api/backtests", json={**BODY, "cash": 5000}, headers=headers)
+        assert other.status_code == 409
+        assert other.json()["fields"][0]["field"] == "Idempotency-Key"
+    assert await backend.redis.xlen(backend.keys.events) == 1
+
+
+BAD_BODIES = [
+    (b"{not json", 400, None),
+    (b'["a list"]', 422, None),
+    ({**BODY, "colour": "red"}, 422, "colour"),
+    ({**BODY, "cash": "lots"}, 422, "cash"),
+    ({k: v for k, v in BODY.items() if k != "strategy"}, 422, "strategy"),
+    ({**BODY, "strategy": "astrology"}, 422, "strategy"),
+    ({**BODY, "symbol": "NOPE"}, 422, "symbol"),
+    ({**BODY, "params": {"fast": 20, "slow": 10}}, 422, "params"),
+    ({**BODY, "params": {"fast": "ten", "slow": 20}}, 422, "params.fast"),
+    ({**BODY, "start": "2012-01-01", "end": "2011-01-01"}, 422, "end"),
+    ({**BODY, "start": "2012-02-30"}, 422, "start"),
+    ({**BODY, "cash": -5}, 422, "cash"),
+    ({**BODY, "commission": -0.1}, 422, "commission"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "field"), BAD_BODIES)
+async def test_bad_input_is_refused_naming_the_field(
+    system: System, backend: Backend, body: Any, status: int, field: str | None
+) -> None:
+    async with system.client() as http:
+        kept = (await http.post("/api/backtests", json=BODY)).json()["task_id"]
+        before = await backend.redis.xlen(backend.keys.events)
+        if isinstance(body, bytes):
+            reply = await http.post("/api/backtests", content=body, headers={"content-type": "application/json"})
+        else:
+            reply = await http.post("/api/backtests", json=body)
+        assert reply.status_code == status, reply.text
+        problem = reply.json()
+        assert problem["error"] and problem["message"]
+        if field is not None:
+            assert any(f["field"] == field or (f["field"] or "").startswith(field + ".")
+                       for f in problem["fields"]), problem
+        assert await backend.redis.xlen(backend.keys.events) == before
+        assert (await http.get(f"/api/backtests/tasks/{kept}")).json()["status"] == "queued"
+
+
+async def test_oversized_body_and_bad_ids(system: System, backend: Backend) -> None:
+    async with system.client() as http:
+        huge = {**BODY, "constraint": "x" * 100_000}
+        reply = await http.post("/api/backtests", json=huge)
+        assert reply.status_code == 413 and reply.json()["error"] == "body_too_large"
+        for method in ("GET", "DELETE"):
+            reply = await http.request(method, "/api/backtests/tasks/not-a-uuid")
+            assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == "task_id"
+        for path in ("", "/events", "/result"):
+            reply = await http.get(f"/api/backtests/tasks/{uuid.uuid4()}{path}")
+            assert reply.status_code == 404 and reply.json()["fields"][0]["field"] == "task_id"
+        for query, field in (("status=sleeping", "status"), ("limit=0", "limit"), ("limit=x", "limit"),
+                             ("cursor=zzz", "cursor"), ("colour=1", "colour")):
+            reply = await http.get(f"/api/backtests/tasks?{query}")
+            assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == field
+    assert await backend.redis.xlen(backend.keys.events) == 0
+
+
+async def test_list_newest_first_with_pagination_and_status(system: System) -> None:
+    async with system.client() as http:
+        ids = [(await http.post("/api/backtests", json=BODY)).json()["task_id"] for _ in range(5)]
+        await http.delete(f"/api/backtests/tasks/{ids[1]}")
+        await system.project()
+        seen, cursor = [], None
+        while True:
+            query = "limit=2" + (f"&cursor={cursor}" if cursor else "")
+            page = (await http.get(f"/api/backtests/tasks?{query}")).json()
+            seen += [t["task_id"] for t in page["tasks"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == ids[::-1]
+        cancelled = (await http.get("/api/backtests/tasks?status=cancelled")).json()["tasks"]
+        assert [t["task_id"] for t in cancelled] == [ids[1]]
+        queued = (await http.get("/api/backtests/tasks?status=queued")).json()["tasks"]
+        assert [t["task_id"] for t in queued] == [i for i in ids[::-1] if i != ids[1]]
+
+
+async def test_healthz_and_datasets(system: System) -> None:
+    async with system.client() as http:
+        assert (await http.get("/healthz")).status_code == 200
+        datasets = (await http.get("/api/datasets")).json()["datasets"]
+        symbols = {d["symbol"] for d in datasets}
+        assert {"AAPL", "GOOG", "IBM", "MSFT", "FB"} <= symbols
