@@ -47,6 +47,8 @@ routes = [
     Route("/api/backtests/tasks/{task_id}", tasks.cancel, methods=["DELETE"]),
     Route("/api/backtests/tasks/{task_id}/events", tasks.events),
     Route("/api/backtests/tasks/{task_id}/result", tasks.result),
+    Route("/api/backtests/tasks/{task_id}/retry", tasks.retry, methods=["POST"]),
+    Route("/api/dead-letters", tasks.dead_letters),
     Route("/api/datasets", tasks.datasets),
 ]
 

@@ -66,8 +66,7 @@ async def domain_error(request: Request, exc: Exception) -> Response:
         case TaskNotFound():
             error = ApiError(404, "task_not_found", str(exc), [FieldProblem("task_id", "no such task")])
         case TaskConflict(status=status):
-            error = ApiError(400, "task_not_cancellable", str(exc),
-                             [FieldProblem("status", f"task is {status}")])
+            error = ApiError(400, "invalid_for_status", str(exc), [FieldProblem("status", f"task is {status}")])
         case IdempotencyConflict():
             error = ApiError(409, "idempotency_conflict", str(exc),
                              [FieldProblem("Idempotency-Key", "already used with a different body")])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -16,6 +17,7 @@ from orchestrator.events import TERMINAL_STATUSES, StoredEvent
 from orchestrator.spec import BacktestSpec, ParamValue
 from orchestrator.state import TaskState, to_api
 
+_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 STATUSES = ("queued", "running", *sorted(TERMINAL_STATUSES))
 MAX_PAGE = 500
 _IDEMPOTENCY_KEY_MAX = 200
@@ -111,6 +113,25 @@ async def cancel(request: Request) -> Response:
     task_id = _task_id(request)
     await ctx.store.cancel(task_id, by=request.scope.get("user"))
     return JSONResponse(to_api(await _current(request, task_id)))
+
+
+async def retry(request: Request) -> Response:
+    ctx = _ctx(request)
+    task_id = _task_id(request)
+    await ctx.store.requeue(task_id, by=request.scope.get("user"))
+    return JSONResponse(to_api(await _current(request, task_id)), status_code=202)
+
+
+async def dead_letters(request: Request) -> Response:
+    params = request.query_params
+    raw_limit = params.get("limit", "50")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise ApiError.invalid("limit", f"must be an integer from 1 to {MAX_PAGE}")
+    before = params.get("before")
+    if before is not None and not _STREAM_ID.fullmatch(before):
+        raise ApiError.invalid("before", "must be a stream id such as 1700000000000-0")
+    letters = await _ctx(request).store.dead_letters(limit=int(raw_limit), before=before)
+    return JSONResponse({"dead_letters": letters})
 
 
 async def list_tasks(request: Request) -> Response:

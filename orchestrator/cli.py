@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import structlog
@@ -54,9 +55,17 @@ def _server(settings: Settings, catalog: Any, conns: Connections | None, host: s
 
     from api.app import create_app
 
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises SIGTERM after shutting down, so the process would end "killed by
+            # signal"; a clean shutdown on SIGTERM should exit 0.
+            _on_signals(lambda: self.handle_exit(signal.SIGTERM, None))
+            yield
+
     app = create_app(settings, catalog=catalog, connections=conns)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 async def _run_api(settings: Settings, host: str, port: int) -> None:

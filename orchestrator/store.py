@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from orchestrator.codec import decode_entry, encode_json, event_data
+from orchestrator.codec import decode_entry, decode_json, encode_json, event_data
 from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
 from orchestrator.events import (
     Cancelled,
@@ -21,6 +21,7 @@ from orchestrator.events import (
     StoredEvent,
     Submitted,
 )
+from orchestrator.history import attempt_history
 from orchestrator.keys import IDEMPOTENCY_TTL_SECONDS, WORKER_GROUP, Keys
 from orchestrator.scripts import Scripts
 from orchestrator.spec import BacktestSpec
@@ -139,6 +140,9 @@ class EventStore:
     async def claim(
         self, task_id: str, *, worker: str, token: str, message_id: str, reclaim: bool, max_attempts: int
     ) -> Claim:
+        # A reclaim may end the task (it lost its worker too often): the dead letter then carries
+        # the attempts so far. Reclaims are rare, so reading the task's events for it is cheap.
+        history = encode_json(attempt_history(await self.task_events(task_id))) if reclaim else b"[]"
         lost = Failed(task_id=task_id, error=f"the task lost its worker on {max_attempts} attempts",
                       error_type="WorkerLost")
         reply = await self.scripts.claim(
@@ -155,6 +159,7 @@ class EventStore:
                 max_attempts,
                 event_data(lost),
                 Failed.SCHEMA_VERSION,
+                history,
             ],
         )
         outcome = _text(reply[0])
@@ -183,11 +188,15 @@ class EventStore:
         retry, or dead-lettering a failure with `reason`) and retire the work item."""
         task_id = event.task_id
         keys = self.keys
+        history = b"[]"
+        if isinstance(event, Failed):
+            events = await self.task_events(task_id)
+            history = encode_json(attempt_history([*events, StoredEvent(id="0-0", event=event)]))
         reply = await self.scripts.finish(
             keys=[*self._task_keys(task_id), keys.work, keys.result(task_id), keys.delayed, keys.dead_letters],
             args=[task_id, event.attempt, WORKER_GROUP, message_id, type(event).__struct_config__.tag,
                   event_data(event), type(event).SCHEMA_VERSION, result,
-                  event.delay_ms if isinstance(event, RetryScheduled) else 0, reason],
+                  event.delay_ms if isinstance(event, RetryScheduled) else 0, reason, history],
         )
         return _fenced(reply)
 
@@ -227,6 +236,17 @@ class EventStore:
                 pipe.xrange(self.keys.events, entry_id, entry_id)
             replies = await pipe.execute()
         return [decode_entry(*entries[0]) for entries in replies if entries]
+
+    async def dead_letters(self, *, limit: int, before: str | None) -> list[dict[str, Any]]:
+        """Dead letters newest first (ids before `before` when given)."""
+        entries = await self.redis.xrevrange(self.keys.dead_letters, f"({before}" if before else "+", "-", count=limit)
+        letters = []
+        for entry_id, fields in entries:
+            get = {_text(k): _text(v) for k, v in fields.items()}
+            letters.append({"id": _text(entry_id), "task_id": get["task_id"], "attempt": int(get["attempt"]),
+                            "reason": get["reason"], "failed_event": get["failed_event"],
+                            "history": decode_json(get.get("history", "[]"))})
+        return letters
 
     async def result(self, task_id: str) -> bytes | None:
         value = await self.redis.get(self.keys.result(task_id))

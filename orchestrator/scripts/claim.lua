@@ -1,7 +1,7 @@
 -- A worker claims a task it read from the work stream: a new attempt begins.
 -- KEYS: control, log, events, work, dead letters
 -- ARGV: task_id, worker, claim token, data, schema version, work message id, reclaim (1/0),
---       group, max attempts, failed-event data, failed schema version
+--       group, max attempts, failed-event data, failed schema version, attempt history json
 -- Returns {'ok', attempt, spec, retry budget start} or {'terminal'|'missing'|'busy'|'stale', status}.
 -- Idempotent by claim token: a re-sent claim returns the attempt it already made.
 local ctl, log, events, work, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -20,7 +20,7 @@ if status == 'running' and ARGV[7] ~= '1' then return {'busy', status} end
 local attempt = tonumber(redis.call('HGET', ctl, 'attempt'))
 if status == 'running' and attempt - tonumber(redis.call('HGET', ctl, 'budget') or 0) >= tonumber(ARGV[9]) then
   -- It lost its worker on every attempt it was allowed: a poison task, not a transient crash.
-  fail_for_good(ctl, log, events, dead, task_id, ARGV[11], attempt, ARGV[10], 'worker_lost')
+  fail_for_good(ctl, log, events, dead, task_id, ARGV[11], attempt, ARGV[10], 'worker_lost', ARGV[12])
   retire(work, ARGV[8], msg)
   return {'terminal', 'failed'}
 end

@@ -5,7 +5,7 @@
 --   retry_scheduled  the task waits `delay` ms in the delayed set, then gets a new work item
 -- KEYS: control, log, events, work, result, delayed, dead letters
 -- ARGV: task_id, attempt, group, work message id, outcome, data, version, result json,
---       retry delay ms, dead-letter reason
+--       retry delay ms, dead-letter reason, attempt history json
 -- Idempotent: re-sending the outcome already stored for this attempt returns 'ok'.
 local ctl, log, events, work, result, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local task_id, outcome, msg = ARGV[1], ARGV[5], ARGV[4]
@@ -18,7 +18,7 @@ if status ~= 'running' or attempt ~= ARGV[2] then
   return {'fenced', status or 'missing', attempt or '0'}
 end
 if outcome == 'failed' then
-  fail_for_good(ctl, log, events, dead, task_id, ARGV[7], attempt, ARGV[6], ARGV[10])
+  fail_for_good(ctl, log, events, dead, task_id, ARGV[7], attempt, ARGV[6], ARGV[10], ARGV[11])
 else
   append(ctl, log, events, task_id, outcome, ARGV[7], attempt, ARGV[6])
   redis.call('HSET', ctl, 'status', after)

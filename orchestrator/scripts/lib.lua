@@ -20,11 +20,12 @@ local function is_terminal(status)
 end
 
 -- Fail the task for good and put it on the dead-letter stream, with why and how often it ran.
-local function fail_for_good(ctl, log, events, dead, task_id, v, attempt, data, reason)
+local function fail_for_good(ctl, log, events, dead, task_id, v, attempt, data, reason, history)
   local id = append(ctl, log, events, task_id, 'failed', v, attempt, data)
   redis.call('HSET', ctl, 'status', 'failed')
   redis.call('HDEL', ctl, 'owner', 'token')
-  redis.call('XADD', dead, '*', 'task_id', task_id, 'attempt', attempt, 'failed_event', id, 'reason', reason)
+  redis.call('XADD', dead, '*', 'task_id', task_id, 'attempt', attempt, 'failed_event', id,
+    'reason', reason, 'history', history)
   return id
 end
 

@@ -1,0 +1,166 @@
+"""Real processes for end-to-end and fault tests: `backstream` roles and private Redis servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], T], *, timeout: float, what: str, every: float = 0.05) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        pause.wait(every)
+
+
+class Role:
+    """One `backstream` process, its JSON log captured to a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115  # closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "--log-json", *args],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+    def logs(self) -> list[dict[str, Any]]:
+        lines = self.log_path.read_text().splitlines()
+        events = []
+        for line in lines:
+            if line.startswith("{"):
+                try:
+                    events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a SIGKILL
+        return events
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+class Cluster:
+    """The processes of one test; whatever is still running at the end is killed."""
+
+    def __init__(self, redis_url: str, prefix: str, workdir: Path, **settings: str) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.workdir = workdir
+        self.env = {**os.environ, "REDIS_URL": redis_url, "BACKSTREAM_PREFIX": prefix,
+                    **{f"BACKSTREAM_{k.upper()}": str(v) for k, v in settings.items()}}
+        self.roles: list[Role] = []
+        self._count = 0
+
+    def start(self, *args: str) -> Role:
+        self._count += 1
+        role = Role(list(args), self.env, self.workdir / f"{self._count:02d}-{args[0]}.log")
+        self.roles.append(role)
+        return role
+
+    def api(self) -> tuple[Role, str]:
+        port = free_port()
+        role = self.start("api", "--port", str(port))
+        url = f"http://127.0.0.1:{port}"
+        import httpx
+
+        def answers() -> bool:
+            assert role.proc.poll() is None, f"api exited: {role.log_path.read_text()[-2000:]}"
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, timeout=30, what="the API to answer")
+        return role, url
+
+    def close(self) -> None:
+        for role in self.roles:
+            role.kill()
+
+
+class RedisServer:
+    """A private redis-server on a free port, with append-only persistence, for tests that
+    restart or break Redis (never the shared one)."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (.ci/run installs it)"
+        self.binary = binary
+        self.port = free_port()
+        self.dir = workdir / f"redis-{self.port}"
+        self.dir.mkdir()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        wait_until(up, timeout=20, what=f"redis-server on port {self.port}")
+        client.close()
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM): the append-only file is complete."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
