@@ -1,0 +1,300 @@
+"""Fault tests: real processes killed, paused and restarted on real Redis. A task, once
+accepted, reaches exactly one outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from consumers.replay import verify
+from orchestrator.codec import decode_entry
+from orchestrator.keys import WORKER_GROUP, Keys
+from tests.processes import Cluster, RedisServer, wait_until
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+# About two seconds of computing (6,000 backtests).
+LONG: dict[str, Any] = {"strategy": "sma_cross", "symbol": "AAPL",
+                        "params": {"fast": list(range(2, 62)), "slow": list(range(70, 170))}}
+SHORT: dict[str, Any] = {"strategy": "sma_cross", "symbol": "MSFT", "params": {"fast": [5, 10], "slow": [20, 30]}}
+OUTCOMES = ("completed", "failed", "cancelled")
+
+FAST_LEASES = {"lease_ms": "1500", "heartbeat_ms": "200", "progress_interval_ms": "100",
+               "retry_base_ms": "100", "retry_cap_ms": "300", "shutdown_grace_s": "0.5"}
+
+
+class Log:
+    """Reads the event log of one deployment straight from Redis."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.redis = redis.Redis.from_url(url)
+        self.keys = Keys(prefix=prefix)
+
+    def events(self, task_id: str | None = None) -> list[Any]:
+        entries = [decode_entry(i, f) for i, f in self.redis.xrange(self.keys.events)]
+        return [e for e in entries if task_id is None or e.event.task_id == task_id]
+
+    def types(self, task_id: str) -> list[str]:
+        return [type(e.event).__struct_config__.tag for e in self.events(task_id)]
+
+    def has(self, task_id: str, event_type: str, **fields: Any) -> bool:
+        return any(type(e.event).__struct_config__.tag == event_type
+                   and all(getattr(e.event, k) == v for k, v in fields.items())
+                   for e in self.events(task_id))
+
+    def pending(self) -> int:
+        return int(self.redis.xpending(self.keys.work, WORKER_GROUP)["pending"])
+
+    def outcome_counts(self) -> Counter[str]:
+        return Counter(e.event.task_id for e in self.events()
+                       if type(e.event).__struct_config__.tag in OUTCOMES)
+
+
+def submit(url: str, body: dict[str, Any]) -> str:
+    reply = httpx.post(f"{url}/api/backtests", json=body, timeout=10)
+    assert reply.status_code == 202, reply.text
+    return str(reply.json()["task_id"])
+
+
+def replay_differences(url: str, prefix: str) -> list[Any]:
+    async def run() -> list[Any]:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(url, protocol=2)
+        try:
+            return await verify(client, Keys(prefix=prefix))
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def projector_caught_up(log: Log) -> bool:
+    position = log.redis.get(log.keys.projection_position)
+    last = log.redis.xrevrange(log.keys.events, count=1)
+    return bool(last) and position == last[0][0]
+
+
+@pytest.fixture
+def cluster(real_url: str, real_prefix: str, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(real_url, real_prefix, tmp_path, **FAST_LEASES)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def log(cluster: Cluster) -> Iterator[Log]:
+    reader = Log(cluster.redis_url, cluster.prefix)
+    yield reader
+    reader.redis.close()
+
+
+def test_sigkill_mid_backtest_completes_on_another_worker(cluster: Cluster, log: Log) -> None:
+    _, url = cluster.api()
+    first = cluster.start("worker", "--name", "doomed")
+    task_id = submit(url, LONG)
+    wait_until(lambda: log.has(task_id, "progress", attempt=1), timeout=30, what="attempt 1 to compute")
+    first.kill()
+    cluster.start("worker", "--name", "survivor")
+    wait_until(lambda: log.has(task_id, "completed"), timeout=60, what="the task to complete")
+    started = [e.event for e in log.events(task_id) if type(e.event).__struct_config__.tag == "started"]
+    assert [(s.attempt, s.worker, s.reclaimed) for s in started] == [(1, "doomed", False), (2, "survivor", True)]
+    assert log.types(task_id).count("completed") == 1
+    assert [e.event.attempt for e in log.events(task_id)][-1] == 2
+    assert log.pending() == 0
+
+
+def test_paused_worker_cannot_write_after_losing_its_claim(cluster: Cluster, log: Log) -> None:
+    _, url = cluster.api()
+    paused = cluster.start("worker", "--name", "sleeper")
+    task_id = submit(url, LONG)
+    wait_until(lambda: log.has(task_id, "progress", attempt=1), timeout=30, what="attempt 1 to compute")
+    paused.signal(signal.SIGSTOP)
+    cluster.start("worker", "--name", "taker")
+    wait_until(lambda: log.has(task_id, "started", attempt=2), timeout=30, what="the takeover")
+    paused.signal(signal.SIGCONT)
+    wait_until(lambda: log.has(task_id, "completed"), timeout=60, what="the task to complete")
+
+    def dropped() -> list[dict[str, Any]]:
+        return [e for e in paused.logs() if e.get("task_id") == task_id
+                and e["event"] in ("task.write_refused", "task.stopped")]
+
+    notices = wait_until(dropped, timeout=30, what="the paused worker to drop the task")
+    assert notices[0]["attempt"] == 1
+    events = log.events(task_id)
+    assert log.types(task_id).count("completed") == 1 and "failed" not in log.types(task_id)
+    takeover = next(i for i, e in enumerate(events) if e.event.attempt == 2)
+    assert all(e.event.attempt == 2 for e in events[takeover:]), "attempt 1 wrote after the takeover"
+    assert paused.stop() == 0
+    assert log.pending() == 0
+
+
+def test_long_task_on_healthy_worker_is_never_reclaimed(real_url: str, real_prefix: str, tmp_path: Path) -> None:
+    cluster = Cluster(real_url, real_prefix, tmp_path, lease_ms="500", heartbeat_ms="100")
+    log = Log(real_url, real_prefix)
+    try:
+        _, url = cluster.api()
+        cluster.start("worker", "--name", "steady")
+        cluster.start("worker", "--name", "eager")  # idle, checking for expired leases all along
+        task_id = submit(url, LONG)
+        wait_until(lambda: log.has(task_id, "completed"), timeout=60, what="the task to complete")
+        events = log.events(task_id)
+        duration_ms = events[-1].at_ms - events[1].at_ms
+        assert duration_ms > 3 * 500, f"the task took only {duration_ms} ms: not several leases"
+        assert log.types(task_id).count("started") == 1
+        assert {e.event.attempt for e in events[1:]} == {1}
+    finally:
+        cluster.close()
+        log.redis.close()
+
+
+def test_always_failing_backtest_is_retried_then_dead_lettered_once(
+    cluster: Cluster, log: Log, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "FLAKY.csv").write_text("Date,Open,High,Low,Close,Volume\n" + "".join(
+        f"2020-01-{d:02d},{10 + d},{11 + d},{9 + d},{10.5 + d},1000\n" for d in range(1, 31)))
+    cluster.env["BACKSTREAM_DATA_DIR"] = str(data)
+    cluster.env["BACKSTREAM_MAX_ATTEMPTS"] = "3"
+    _, url = cluster.api()
+    task_id = submit(url, {"strategy": "buy_and_hold", "symbol": "FLAKY"})
+    # From now on reading the file fails (an I/O error, which may be transient: retried).
+    (data / "FLAKY.csv").unlink()
+    (data / "FLAKY.csv").mkdir()
+    cluster.start("worker", "--name", "w")
+    wait_until(lambda: log.has(task_id, "failed"), timeout=60, what="the task to fail")
+    assert log.types(task_id) == ["submitted", "started", "retry_scheduled", "started", "retry_scheduled",
+                                  "started", "failed"]
+    letters = httpx.get(f"{url}/api/dead-letters", timeout=5).json()["dead_letters"]
+    assert [d["task_id"] for d in letters] == [task_id]
+    assert [a["outcome"] for a in letters[0]["history"]] == ["retry_scheduled", "retry_scheduled", "failed"]
+    assert log.pending() == 0
+    # Requeued by a user, it runs again as attempt 4 (and fails again, with a fresh budget).
+    reply = httpx.post(f"{url}/api/backtests/tasks/{task_id}/retry", timeout=5)
+    assert reply.status_code == 202 and reply.json()["status"] == "queued"
+    wait_until(lambda: log.types(task_id).count("failed") == 2, timeout=60, what="the requeued task to fail")
+    assert log.has(task_id, "requeued") and log.has(task_id, "started", attempt=4)
+    assert len(httpx.get(f"{url}/api/dead-letters", timeout=5).json()["dead_letters"]) == 2
+
+
+def test_sigterm_releases_running_tasks_to_another_worker_at_once(
+    real_url: str, real_prefix: str, tmp_path: Path
+) -> None:
+    # A lease far longer than the test: only a release, not a reclaim, can move the tasks.
+    cluster = Cluster(real_url, real_prefix, tmp_path, **{**FAST_LEASES, "lease_ms": "600000"})
+    log = Log(real_url, real_prefix)
+    try:
+        _, url = cluster.api()
+        leaving = cluster.start("worker", "--name", "leaving", "--concurrency", "2")
+        ids = [submit(url, LONG), submit(url, LONG)]
+        for task_id in ids:
+            wait_until(lambda t=task_id: log.has(t, "progress", attempt=1), timeout=30, what="both to compute")
+        cluster.start("worker", "--name", "staying", "--concurrency", "2")
+        assert leaving.stop() == 0
+        for task_id in ids:
+            assert log.has(task_id, "released", worker="leaving")
+        wait_until(lambda: all(log.has(t, "completed") for t in ids), timeout=60, what="both to complete")
+        for task_id in ids:
+            assert log.has(task_id, "started", attempt=2, worker="staying")
+            assert log.types(task_id).count("completed") == 1
+        assert log.pending() == 0
+    finally:
+        cluster.close()
+        log.redis.close()
+
+
+def test_projector_killed_anywhere_resumes_without_applying_twice(cluster: Cluster, log: Log) -> None:
+    _, url = cluster.api()
+    cluster.start("worker", "--name", "w1", "--concurrency", "2")
+    ids = [submit(url, SHORT) for _ in range(40)]
+    rng = random.Random(7)
+    for _ in range(8):
+        projector = cluster.start("projector")
+        wait_until(lambda: log.redis.get(log.keys.projection_position) is not None, timeout=30,
+                   what="the projector to store a position")
+        threading_pause(rng.uniform(0.0, 0.3))
+        projector.kill()
+        ids.append(submit(url, SHORT))
+    cluster.start("projector")
+    wait_until(lambda: all(log.has(t, "completed") for t in ids), timeout=120, what="all tasks to complete")
+    wait_until(lambda: projector_caught_up(log), timeout=30, what="the projector to catch up")
+    assert replay_differences(cluster.redis_url, cluster.prefix) == []
+
+
+def threading_pause(seconds: float) -> None:
+    import threading
+
+    threading.Event().wait(seconds)
+
+
+def test_redis_restart_under_load_loses_no_accepted_task(real_prefix: str, tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    cluster = Cluster(server.url, real_prefix, tmp_path, **FAST_LEASES)
+    log = Log(server.url, real_prefix)
+    try:
+        _, url = cluster.api()
+        cluster.start("projector")
+        cluster.start("worker", "--name", "w1", "--concurrency", "2")
+        cluster.start("worker", "--name", "w2", "--concurrency", "2")
+        accepted, refused = [], 0
+        for i in range(60):
+            if i == 20:
+                server.stop()
+            if i == 35:
+                server.start()
+            try:
+                reply = httpx.post(f"{url}/api/backtests", json=SHORT, timeout=15)
+            except httpx.HTTPError:
+                refused += 1
+                continue
+            if reply.status_code == 202:
+                accepted.append(reply.json()["task_id"])
+            else:
+                assert reply.status_code == 503 and "Retry-After" in reply.headers, reply.text
+                refused += 1
+        assert refused > 0 and len(accepted) >= 40
+        logged = {e.event.task_id for e in log.events() if type(e.event).__struct_config__.tag == "submitted"}
+        assert set(accepted) <= logged
+        wait_until(lambda: all(log.has(t, "completed") for t in accepted), timeout=120,
+                   what="every accepted task to complete")
+        assert max(log.outcome_counts().values()) == 1
+    finally:
+        cluster.close()
+        log.redis.close()
+        server.stop()
+
+
+def test_chaos_every_task_reaches_exactly_one_outcome(cluster: Cluster, log: Log) -> None:
+    _, url = cluster.api()
+    rng = random.Random(2026)
+    workers = {f"w{i}": cluster.start("worker", "--name", f"w{i}", "--concurrency", "2") for i in range(3)}
+    projector = cluster.start("projector")
+    ids = []
+    for round_ in range(10):
+        ids += [submit(url, SHORT if rng.random() < 0.8 else {**LONG, "params": {
+            "fast": list(range(2, 22)), "slow": list(range(70, 120))}}) for _ in range(30)]
+        if rng.random() < 0.3:
+            httpx.delete(f"{url}/api/backtests/tasks/{rng.choice(ids)}", timeout=5)
+        victim = rng.choice(sorted(workers))
+        workers[victim].kill() if rng.random() < 0.7 else workers[victim].stop()
+        workers[victim] = cluster.start("worker", "--name", victim, "--concurrency", "2")
+        if round_ % 3 == 1:
+            projector.kill()
+            projector = cluster.start("projector")
+    wait_until(lambda: (counts := log.outcome_counts()) and all(counts[t] >= 1 for t in ids),
+               timeout=240, what="every task to reach an outcome")
+    counts = log.outcome_counts()
+    assert all(counts[t] == 1 for t in ids), {t: counts[t] for t in ids if counts[t] != 1}
+    assert log.pending() == 0
+    wait_until(lambda: projector_caught_up(log), timeout=60, what="the projector to catch up")
+    assert replay_differences(cluster.redis_url, cluster.prefix) == []
