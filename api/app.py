@@ -28,6 +28,8 @@ class AppContext(msgspec.Struct):
     store: EventStore
     projection: Projection
     catalog: Any
+    # For reads that block (live streams): its own connections, so they never starve commands.
+    blocking: Any
 
 
 async def healthz(request: Request) -> Response:
@@ -41,15 +43,7 @@ async def healthz(request: Request) -> Response:
 
 routes = [
     Route("/healthz", healthz),
-    Route("/api/backtests", tasks.submit, methods=["POST"]),
-    Route("/api/backtests/tasks", tasks.list_tasks),
-    Route("/api/backtests/tasks/{task_id}", tasks.get_task),
-    Route("/api/backtests/tasks/{task_id}", tasks.cancel, methods=["DELETE"]),
-    Route("/api/backtests/tasks/{task_id}/events", tasks.events),
-    Route("/api/backtests/tasks/{task_id}/result", tasks.result),
-    Route("/api/backtests/tasks/{task_id}/retry", tasks.retry, methods=["POST"]),
-    Route("/api/dead-letters", tasks.dead_letters),
-    Route("/api/datasets", tasks.datasets),
+    *tasks.routes,
 ]
 
 
@@ -66,6 +60,7 @@ def create_app(settings: Settings, *, catalog: Any, connections: Connections | N
             store=EventStore(conns.commands, keys),
             projection=Projection(conns.commands, keys),
             catalog=catalog,
+            blocking=conns.blocking,
         )
         try:
             yield

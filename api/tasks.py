@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from api.errors import ApiError, FieldProblem, from_validation_error
 from consumers.engine.validation import check_spec
@@ -184,3 +185,16 @@ async def result(request: Request) -> Response:
 
 async def datasets(request: Request) -> Response:
     return JSONResponse({"datasets": msgspec.to_builtins(_ctx(request).catalog.datasets())})
+
+
+routes = [
+    Route("/api/backtests", submit, methods=["POST"]),
+    Route("/api/backtests/tasks", list_tasks),
+    Route("/api/backtests/tasks/{task_id}", get_task),
+    Route("/api/backtests/tasks/{task_id}", cancel, methods=["DELETE"]),
+    Route("/api/backtests/tasks/{task_id}/events", events),
+    Route("/api/backtests/tasks/{task_id}/result", result),
+    Route("/api/backtests/tasks/{task_id}/retry", retry, methods=["POST"]),
+    Route("/api/dead-letters", dead_letters),
+    Route("/api/datasets", datasets),
+]

@@ -1,162 +1,32 @@
-"""The `backstream` command: the one composition root. It wires the roles to their stores."""
+"""The `backstream` command: the one composition root. Each group of subcommands registers itself."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import os
-import signal
-import socket
-import sys
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import structlog
-
-from orchestrator import logs
-from orchestrator.connections import Connections
-from orchestrator.keys import Keys
-from orchestrator.projection import Projection
+from orchestrator import logs, roles
 from orchestrator.settings import Settings
-from orchestrator.store import EventStore
 
-log = structlog.get_logger("backstream")
-
-
-def _catalog(settings: Settings) -> Any:
-    from consumers.engine.datasets import Catalog
-
-    return Catalog.from_env_dir(settings.data_dir)
+# Modules that add subcommands: each has `register(subparsers)`, and every subcommand it adds
+# sets `run(args, settings) -> exit code`.
+COMMAND_GROUPS = [roles]
 
 
-def _on_signals(stop: Callable[[], None]) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
-
-
-def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, concurrency: int) -> Any:
-    from consumers.worker import Worker
-
-    keys = Keys(prefix=settings.prefix)
-    return Worker(EventStore(conns.commands, keys), conns.blocking, catalog, settings,
-                  name=name, concurrency=concurrency)
-
-
-def _projector(settings: Settings, conns: Connections) -> Any:
-    from consumers.projector import Projector
-
-    return Projector(Projection(conns.blocking, Keys(prefix=settings.prefix)))
-
-
-def _server(settings: Settings, catalog: Any, conns: Connections | None, host: str, port: int) -> Any:
-    import uvicorn
-
-    from api.app import create_app
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # uvicorn re-raises SIGTERM after shutting down, so the process would end "killed by
-            # signal"; a clean shutdown on SIGTERM should exit 0.
-            _on_signals(lambda: self.handle_exit(signal.SIGTERM, None))
-            yield
-
-    app = create_app(settings, catalog=catalog, connections=conns)
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
-    return Server(config)
-
-
-async def _run_api(settings: Settings, host: str, port: int) -> None:
-    server = _server(settings, _catalog(settings), None, host, port)
-    log.info("api.listening", url=f"http://{host}:{port}")
-    await server.serve()
-
-
-async def _run_worker(settings: Settings, name: str, concurrency: int) -> None:
-    conns = Connections(settings)
-    worker = _worker(settings, conns, _catalog(settings), name, concurrency)
-    _on_signals(worker.stop)
-    try:
-        await worker.run()
-    finally:
-        await conns.close()
-
-
-async def _run_projector(settings: Settings) -> None:
-    conns = Connections(settings)
-    projector = _projector(settings, conns)
-    _on_signals(projector.stop)
-    try:
-        await projector.run()
-    finally:
-        await conns.close()
-
-
-async def _run_all(settings: Settings, host: str, port: int, workers: int) -> None:
-    """Every role in one process: the API, the projector and the workers share one store."""
-    conns = Connections(settings)
-    catalog = _catalog(settings)
-    projector = _projector(settings, conns)
-    worker = _worker(settings, conns, catalog, f"{socket.gethostname()}-{os.getpid()}", workers)
-    server = _server(settings, catalog, conns, host, port)
-    store = "embedded (in-process, not persisted)" if settings.redis_url is None else "redis"
-    log.info("backstream.up", url=f"http://{host}:{port}", store=store, workers=workers)
-    background = [asyncio.create_task(projector.run()), asyncio.create_task(worker.run())]
-    try:
-        await server.serve()  # returns on SIGINT/SIGTERM (uvicorn handles them)
-    finally:
-        projector.stop()
-        worker.stop()
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        await conns.close()
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="backstream", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backstream", description="An event-sourced backtest orchestrator "
+                                     "on Redis Streams.")
     parser.add_argument("--log-json", action="store_true", default=None, help="JSON logs even on a terminal")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    up = sub.add_parser("up", help="run the API, projector and workers in one process "
-                                   "(embedded store unless REDIS_URL is set)")
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--port", type=int, default=8000)
-    up.add_argument("--workers", type=int, default=2, help="tasks run at once")
-
-    api = sub.add_parser("api", help="serve the HTTP API (needs REDIS_URL)")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
-
-    worker = sub.add_parser("worker", help="run backtests as a member of the worker group (needs REDIS_URL)")
-    worker.add_argument("--concurrency", type=int, default=1)
-    worker.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}",
-                        help="consumer name; reuse it after a restart to recover this worker's pending tasks")
-
-    sub.add_parser("projector", help="fold the event log into the current-state hashes (needs REDIS_URL)")
+    for group in COMMAND_GROUPS:
+        group.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     logs.configure(json=args.log_json)
-    settings = Settings.from_env()
-    if args.command != "up" and settings.redis_url is None:
-        print(f"backstream {args.command}: set REDIS_URL (e.g. redis://127.0.0.1:6379/0); only "
-              "`backstream up` runs on the embedded store", file=sys.stderr)
-        return 2
-    match args.command:
-        case "up":
-            asyncio.run(_run_all(settings, args.host, args.port, args.workers))
-        case "api":
-            asyncio.run(_run_api(settings, args.host, args.port))
-        case "worker":
-            asyncio.run(_run_worker(settings, args.name, args.concurrency))
-        case "projector":
-            asyncio.run(_run_projector(settings))
-    return 0
+    return int(args.run(args, Settings.from_env()))
 
 
 if __name__ == "__main__":
