@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import msgspec
 import redis.exceptions
 import structlog
 
-from consumers.engine.runner import start_run
 from consumers.retry import TaskTimeout, backoff_ms, is_retryable
 from orchestrator.codec import encode_json
 from orchestrator.events import Completed, Failed, RetryScheduled
@@ -25,6 +25,21 @@ log = structlog.get_logger("backstream.worker")
 CHUNK_SECONDS = 0.02
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+class Run(Protocol):
+    """A backtest (or any task) that computes in chunks: what a worker needs of the engine."""
+
+    @property
+    def done(self) -> bool: ...
+    @property
+    def progress(self) -> float: ...
+    def advance(self, max_seconds: float) -> None: ...
+    def outcome(self) -> Any: ...  # with .summary (dict) and .detail (dict)
+
+
+# Starts the run of a spec; `consumers.engine.runner.start_run` bound to a data catalog.
+StartRun = Callable[[BacktestSpec], Run]
 
 
 class Assignment(msgspec.Struct, frozen=True):
@@ -58,9 +73,9 @@ async def until_stored(call: Any, what: str) -> Any:
 class Execution:
     """One attempt of one task on this worker."""
 
-    def __init__(self, store: EventStore, catalog: Any, settings: Settings, worker: str, job: Assignment) -> None:
+    def __init__(self, store: EventStore, start_run: StartRun, settings: Settings, worker: str, job: Assignment) -> None:
         self.store = store
-        self.catalog = catalog
+        self.start_run = start_run
         self.settings = settings
         self.worker = worker
         self.job = job
@@ -73,7 +88,7 @@ class Execution:
         started = time.monotonic()
         limit = min(self.settings.task_timeout_s, job.spec.timeout_s or self.settings.task_timeout_s)
         try:
-            run = await asyncio.to_thread(start_run, job.spec, self.catalog)
+            run = await asyncio.to_thread(self.start_run, job.spec)
             await self._compute(run, started + limit, limit)
             if self.release_requested.is_set() and not run.done:
                 return await self._release()

@@ -10,7 +10,7 @@ from typing import Any
 import redis.exceptions
 import structlog
 
-from consumers.execution import Assignment, Execution
+from consumers.execution import Assignment, Execution, StartRun
 from consumers.reclaim import reclaim_expired
 from orchestrator.keys import WORKER_GROUP
 from orchestrator.settings import Settings
@@ -36,7 +36,7 @@ class Worker:
         self,
         store: EventStore,
         reader: Any,
-        catalog: Any,
+        start_run: StartRun,
         settings: Settings,
         *,
         name: str,
@@ -44,7 +44,7 @@ class Worker:
     ) -> None:
         self.store = store
         self.reader = reader  # a client without a socket timeout, for blocking reads
-        self.catalog = catalog
+        self.start_run = start_run
         self.settings = settings
         self.name = name
         self.concurrency = concurrency
@@ -132,7 +132,7 @@ class Worker:
         log.info("task.claimed", reclaim=reclaim)
         job = Assignment(task_id=task_id, attempt=claim.attempt, message_id=message_id, spec=claim.spec,
                          budget=claim.budget)
-        execution = Execution(self.store, self.catalog, self.settings, self.name, job)
+        execution = Execution(self.store, self.start_run, self.settings, self.name, job)
         self._running[asyncio.current_task()] = execution  # type: ignore[index]
         if self._releasing:
             execution.release_requested.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -36,11 +37,12 @@ def _on_signals(stop: Callable[[], None]) -> None:
 
 
 def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, concurrency: int) -> Any:
+    from consumers.engine.runner import start_run
     from consumers.worker import Worker
 
     keys = Keys(prefix=settings.prefix)
-    return Worker(EventStore(conns.commands, keys), conns.blocking, catalog, settings,
-                  name=name, concurrency=concurrency)
+    return Worker(EventStore(conns.commands, keys), conns.blocking, functools.partial(start_run, catalog=catalog),
+                  settings, name=name, concurrency=concurrency)
 
 
 def _projector(settings: Settings, conns: Connections) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import httpx
 
 from api.app import create_app
 from consumers.engine.datasets import Catalog
+from consumers.engine.runner import start_run
 from consumers.projector import Projector
 from consumers.worker import Worker
 from orchestrator.connections import Connections
@@ -41,8 +43,8 @@ class System:
     def worker(self, name: str = "w1", concurrency: int = 2) -> Worker:
         # Its own catalog, as a worker process has: it reads the data files when it runs.
         catalog = Catalog.from_env_dir(self.settings.data_dir)
-        return Worker(self.store, self.backend.blocking, catalog, self.settings,
-                      name=name, concurrency=concurrency)
+        return Worker(self.store, self.backend.blocking, functools.partial(start_run, catalog=catalog),
+                      self.settings, name=name, concurrency=concurrency)
 
     async def run_workers(self) -> None:
         """Run one worker in burst mode until no work is left, then fold everything."""
