@@ -13,10 +13,11 @@ from starlette.routing import Route
 
 from api.errors import ApiError, FieldProblem, from_validation_error
 from consumers.engine.validation import check_spec
-from orchestrator.codec import iso_ms
-from orchestrator.events import TERMINAL_STATUSES, StoredEvent
+from orchestrator.events import TERMINAL_STATUSES
+from orchestrator.history import event_view
 from orchestrator.spec import BacktestSpec, ParamValue
 from orchestrator.state import TaskState, to_api
+from orchestrator.timeline import as_of_id, state_as_of
 
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 STATUSES = ("queued", "running", *sorted(TERMINAL_STATUSES))
@@ -106,7 +107,19 @@ async def _current(request: Request, task_id: str) -> TaskState:
 
 
 async def get_task(request: Request) -> Response:
-    return JSONResponse(to_api(await _current(request, _task_id(request))))
+    task_id = _task_id(request)
+    as_of = request.query_params.get("as_of")
+    if as_of is None:
+        return JSONResponse(to_api(await _current(request, task_id)))
+    try:
+        until = as_of_id(as_of)
+    except ValueError as e:
+        raise ApiError.invalid("as_of", str(e)) from None
+    state = state_as_of(await _ctx(request).store.task_events(task_id), until)
+    if state is None:
+        raise ApiError(404, "task_not_found", f"task {task_id} did not exist as of {as_of}",
+                       [FieldProblem("task_id", f"no such task as of {as_of}")])
+    return JSONResponse(to_api(state))
 
 
 async def cancel(request: Request) -> Response:
@@ -155,22 +168,13 @@ async def list_tasks(request: Request) -> Response:
     return JSONResponse({"tasks": [to_api(t) for t in tasks], "next_cursor": next_cursor})
 
 
-def event_to_api(stored: StoredEvent) -> dict[str, Any]:
-    event = stored.event
-    data = msgspec.to_builtins(event)
-    for name in ("type", "task_id", "seq", "attempt"):
-        data.pop(name, None)
-    return {"id": stored.id, "type": type(event).__struct_config__.tag, "time": iso_ms(stored.at_ms),
-            "task_id": event.task_id, "seq": event.seq, "attempt": event.attempt, "data": data}
-
-
 async def events(request: Request) -> Response:
     task_id = _task_id(request)
     history = await _ctx(request).store.task_events(task_id)
     if not history:
         raise ApiError(404, "task_not_found", f"task {task_id} does not exist",
                        [FieldProblem("task_id", "no such task")])
-    return JSONResponse({"task_id": task_id, "events": [event_to_api(e) for e in history]})
+    return JSONResponse({"task_id": task_id, "events": [event_view(e) for e in history]})
 
 
 async def result(request: Request) -> Response:

@@ -178,4 +178,5 @@ class Execution:
             return RetryScheduled(task_id=job.task_id, attempt=job.attempt, error=message,
                                   error_type=kind, delay_ms=delay)
         log.warning("task.failed", error=message, error_type=kind)
-        return Failed(task_id=job.task_id, attempt=job.attempt, error=message, error_type=kind)
+        return Failed(task_id=job.task_id, attempt=job.attempt, error=message, error_type=kind,
+                      retryable=is_retryable(error))

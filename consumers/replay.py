@@ -1,15 +1,27 @@
-"""Replay: fold the whole log into a fresh projection and compare it with the live one."""
+"""Replay: fold the whole log into fresh projection keys, to verify the live projection or to
+replace it (rebuild) while the API keeps serving the old one."""
 
 from __future__ import annotations
 
-import uuid
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
+import structlog
 
-from consumers.projector import fold_log
-from orchestrator.keys import Keys
-from orchestrator.projection import Projection
+from consumers.archive import ArchiveThenLive
+from consumers.projector import Projector
+from orchestrator.keys import DEFAULT_PROJECTION, Keys
+from orchestrator.projection import POINTER_TTL_S, Projection
+from orchestrator.scripts import Scripts
+
+log = structlog.get_logger("backstream.replay")
+
+# Replays fold in bigger batches than the live projector: fewer round trips per event.
+REPLAY_BATCH = 5_000
 
 
 class Difference(msgspec.Struct, frozen=True):
@@ -19,21 +31,35 @@ class Difference(msgspec.Struct, frozen=True):
     replayed: str | None
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pattern(root: str) -> str:
+    # `[` is the only glob metacharacter a prefix may plausibly hold.
+    return root.replace("[", "\\[") + ":*"
+
+
+async def live_keys(redis: Any, keys: Keys) -> Keys:
+    """`keys` pointing at the projection the API serves now."""
+    name = await redis.get(keys.live_projection)
+    return keys.with_projection(_text(name) if name else DEFAULT_PROJECTION)
+
+
 async def snapshot(redis: Any, keys: Keys) -> dict[str, dict[str, bytes]]:
     """Every key of a projection as {relative key: {field or member: value}}, position excluded."""
     root = keys.projection_root + ":"
     found: dict[str, dict[str, bytes]] = {}
-    async for raw in redis.scan_iter(match=root.replace("[", "\\[") + "*", count=1000):
-        key = raw.decode() if isinstance(raw, bytes) else raw
+    async for raw in redis.scan_iter(match=_pattern(keys.projection_root), count=1000):
+        key = _text(raw)
         name = key[len(root):]
         if name == "position":
             continue
-        kind = await redis.type(key)
-        kind = kind.decode() if isinstance(kind, bytes) else kind
+        kind = _text(await redis.type(key))
         if kind == "hash":
-            found[name] = {k.decode(): bytes(v) for k, v in (await redis.hgetall(key)).items()}
+            found[name] = {_text(k): bytes(v) for k, v in (await redis.hgetall(key)).items()}
         elif kind == "zset":
-            found[name] = {m.decode(): b"" for m in await redis.zrange(key, 0, -1)}
+            found[name] = {_text(m): b"" for m in await redis.zrange(key, 0, -1)}
     return found
 
 
@@ -51,19 +77,84 @@ def compare(live: dict[str, dict[str, bytes]], replayed: dict[str, dict[str, byt
     return differences
 
 
-async def delete_projection(redis: Any, keys: Keys) -> None:
-    async for key in redis.scan_iter(match=keys.projection_root.replace("[", "\\[") + ":*", count=1000):
-        await redis.delete(key)
+async def delete_projection(redis: Any, keys: Keys) -> int:
+    deleted = 0
+    batch: list[Any] = []
+    async for key in redis.scan_iter(match=_pattern(keys.projection_root), count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            deleted += await redis.delete(*batch)
+            batch = []
+    if batch:
+        deleted += await redis.delete(*batch)
+    return deleted
 
 
-async def verify(redis: Any, keys: Keys) -> list[Difference]:
-    """Fold the whole log into fresh keys, compare with the live projection, drop the fresh keys.
+class Replay(msgspec.Struct):
+    """What a replay did: events folded, seconds taken, and (for verify) the differences."""
 
-    The live projector must have caught up with the log (its position at the log's end) for the
-    comparison to mean anything; callers check that first."""
-    fresh = keys.with_projection(f"verify-{uuid.uuid4().hex[:8]}")
+    events: int
+    seconds: float
+    differences: list[Difference] = []
+    projection: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+async def _fold(redis: Any, keys: Keys, archives: list[Path], on_batch: Callable[[int], None] | None) -> int:
+    projection = Projection(redis, keys)
+    source = ArchiveThenLive(archives, projection.read_log) if archives else None
+    projector = Projector(projection, batch_size=REPLAY_BATCH, source=source, on_batch=on_batch)
+    await projector.run(burst=True)
+    return projector.applied
+
+
+async def verify(redis: Any, keys: Keys, *, archives: list[Path] | None = None) -> list[Difference]:
+    return (await verify_replay(redis, keys, archives=archives)).differences
+
+
+async def verify_replay(redis: Any, keys: Keys, *, archives: list[Path] | None = None,
+                        on_batch: Callable[[int], None] | None = None) -> Replay:
+    """Fold the whole log into fresh keys, compare them field by field with the live projection,
+    and drop the fresh keys. The live projector should have caught up with the log first (the
+    CLI checks); differences in tasks it has not reached yet are real differences then."""
+    fresh = keys.with_projection(f"verify-{time.time_ns()}")
+    started = time.perf_counter()
     try:
-        await fold_log(Projection(redis, fresh))
-        return compare(await snapshot(redis, keys), await snapshot(redis, fresh))
+        folded = await _fold(redis, fresh, archives or [], on_batch)
+        seconds = time.perf_counter() - started
+        live = await live_keys(redis, keys)
+        differences = compare(await snapshot(redis, live), await snapshot(redis, fresh))
+        return Replay(events=folded, seconds=seconds, differences=differences, projection=live.projection_name)
     finally:
         await delete_projection(redis, fresh)
+
+
+async def rebuild(redis: Any, keys: Keys, *, archives: list[Path] | None = None,
+                  on_batch: Callable[[int], None] | None = None) -> Replay:
+    """Fold the log into a new projection while the old one keeps serving, catch up with what
+    was written meanwhile, switch the live pointer atomically (only when fully caught up), and
+    delete the old projection once no reader can still be using it."""
+    old = await live_keys(redis, keys)
+    new = keys.with_projection(f"proj-{time.time_ns()}")
+    scripts = Scripts(redis)
+    started = time.perf_counter()
+    await redis.sadd(keys.projections, new.projection_name)
+    folded = 0
+    while True:
+        folded += await _fold(redis, new, archives or [], on_batch)
+        verdict = await scripts.switch(
+            keys=[keys.live_projection, new.projection_position, keys.events],
+            args=[new.projection_name])
+        if _text(verdict[0]) == "ok":
+            break
+        log.info("replay.catching_up", behind_by=_text(verdict[1]))
+    seconds = time.perf_counter() - started
+    log.info("replay.switched", old=old.projection_name, new=new.projection_name, events=folded)
+    # Readers re-read the pointer within POINTER_TTL_S; the old projection stays whole until then.
+    await asyncio.sleep(POINTER_TTL_S * 2)
+    await delete_projection(redis, old)
+    await redis.srem(keys.projections, old.projection_name)
+    return Replay(events=folded, seconds=seconds, projection=new.projection_name)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from orchestrator import logs, roles
+from orchestrator import audit_commands, logs, roles
 from orchestrator.settings import Settings
 
 # Modules that add subcommands: each has `register(subparsers)`, and every subcommand it adds
 # sets `run(args, settings) -> exit code`.
-COMMAND_GROUPS = [roles]
+COMMAND_GROUPS = [roles, audit_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,9 +17,20 @@ _BASE_FIELDS = ("type", "task_id", "seq", "attempt")
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
+# Error types that version 1 `failed` events recorded for failures no retry could fix.
+_PERMANENT_V1_ERRORS = frozenset({"DatasetError", "UnknownSymbolError", "SpecError", "CheckpointError", "TaskTimeout"})
+
+
+def _failed_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """v2 added `retryable`; v1 events had only the error type to tell it by."""
+    return {**data, "retryable": data.get("error_type", "Error") not in _PERMANENT_V1_ERRORS}
+
+
 # (event type, stored version) -> function turning that version's data into the next version's.
 # Old events are upcast when read; the log is never rewritten.
-UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    ("failed", 1): _failed_v1_to_v2,
+}
 
 
 def encode_json(value: Any) -> bytes:

@@ -49,9 +49,17 @@ class Completed(Event, frozen=True, tag="completed"):
 
 
 class Failed(Event, frozen=True, tag="failed"):
+    """The task failed for good (and went to the dead-letter stream).
+
+    Version 2 added `retryable`: whether running it again could succeed (a transient error that
+    ran out of attempts), so users know whether a manual retry is worth it. Version 1 events are
+    upcast in codec.py."""
+
+    SCHEMA_VERSION: ClassVar[int] = 2
     error: str
     # The exception class, for the audit trail.
     error_type: str = "Error"
+    retryable: bool = False
 
 
 class RetryScheduled(Event, frozen=True, tag="retry_scheduled"):

@@ -1,9 +1,11 @@
-"""A task's attempts as the log tells them: who ran each one and how it ended."""
+"""A task's history as users read it: its events, and its attempts (who ran each, how it ended)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+
+import msgspec
 
 from orchestrator.codec import iso_ms
 from orchestrator.events import Cancelled, Completed, Failed, Released, RetryScheduled, Started, StoredEvent
@@ -27,3 +29,13 @@ def attempt_history(events: Iterable[StoredEvent]) -> list[dict[str, Any]]:
             attempts[-1]["outcome"] = type(event).__struct_config__.tag
             attempts[-1]["error"] = getattr(event, "error", None)
     return attempts
+
+
+def event_view(stored: StoredEvent) -> dict[str, Any]:
+    """One event as the API and `backstream audit --json` show it."""
+    event = stored.event
+    data = msgspec.to_builtins(event)
+    for name in ("type", "task_id", "seq", "attempt"):
+        data.pop(name, None)
+    return {"id": stored.id, "type": type(event).__struct_config__.tag, "time": iso_ms(stored.at_ms),
+            "task_id": event.task_id, "seq": event.seq, "attempt": event.attempt, "data": data}

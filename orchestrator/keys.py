@@ -11,6 +11,9 @@ DEFAULT_PREFIX = "{bs}"
 # The consumer group of the workers on the work stream.
 WORKER_GROUP = "workers"
 
+# The projection the API serves unless the pointer key names another (after a rebuild).
+DEFAULT_PROJECTION = "proj"
+
 # An Idempotency-Key is remembered this long; a client retrying a submit after a day is a new submit.
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
@@ -20,7 +23,7 @@ class Keys(msgspec.Struct, frozen=True):
     fold the log into fresh keys beside the live projection."""
 
     prefix: str = DEFAULT_PREFIX
-    projection_name: str = "proj"
+    projection_name: str = DEFAULT_PROJECTION
 
     # The event log: every event of every task, in order. The source of truth; never trimmed
     # by the system except by an explicit retention policy.
@@ -62,6 +65,24 @@ class Keys(msgspec.Struct, frozen=True):
         return f"{self.prefix}:idem:{key}"
 
     # --- the projection (derived; can be dropped and rebuilt from the log) ---
+
+    # The name of the projection the API serves and the live projector maintains. A rebuild
+    # folds the log into a new name and switches this pointer atomically once caught up.
+    @property
+    def live_projection(self) -> str:
+        return f"{self.prefix}:projection"
+
+    # The names of projections being built or kept besides the default one; retention trims the
+    # log only below every projection's position.
+    @property
+    def projections(self) -> str:
+        return f"{self.prefix}:projections"
+
+    # The id up to which the log has been exported to an archive without a gap.
+    @property
+    def archived_through(self) -> str:
+        return f"{self.prefix}:archived-through"
+
     @property
     def projection_root(self) -> str:
         return f"{self.prefix}:{self.projection_name}"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from orchestrator.codec import decode_entry
 from orchestrator.events import StoredEvent
-from orchestrator.keys import Keys
+from orchestrator.keys import DEFAULT_PROJECTION, Keys
 from orchestrator.scripts import Scripts
 from orchestrator.state import TaskState, evolve, from_hash, index_member, to_hash
 
@@ -15,15 +16,35 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class Projection:
-    """One projection (the live one, or a replay's fresh one) under `keys.projection_name`."""
+# How long a reader trusts its knowledge of which projection is live. A rebuild keeps the old
+# projection intact for longer than this after switching, so a reader a moment behind still
+# sees a whole projection.
+POINTER_TTL_S = 1.0
 
-    def __init__(self, redis: Any, keys: Keys) -> None:
+
+class Projection:
+    """One projection under `keys.projection_name`, or, with `follow_live`, whichever one the
+    live-projection pointer names (what the API and the live projector use)."""
+
+    def __init__(self, redis: Any, keys: Keys, *, follow_live: bool = False) -> None:
         self.redis = redis
         self.keys = keys
+        self.follow_live = follow_live
         self.scripts = Scripts(redis)
+        self._checked_at = float("-inf")
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Follow the live-projection pointer (at most once per POINTER_TTL_S unless forced)."""
+        if not self.follow_live:
+            return
+        now = time.monotonic()
+        if force or now - self._checked_at > POINTER_TTL_S:
+            name = await self.redis.get(self.keys.live_projection)
+            self.keys = self.keys.with_projection(_text(name) if name else DEFAULT_PROJECTION)
+            self._checked_at = now
 
     async def position(self) -> str | None:
+        await self.refresh()
         value = await self.redis.get(self.keys.projection_position)
         return _text(value) if value is not None else None
 
@@ -42,12 +63,14 @@ class Projection:
         new_position: str,
         before: dict[str, TaskState],
         after: dict[str, TaskState],
-    ) -> bool:
-        """Write the changed states and the new position atomically. False if another projector
-        moved the position since `expected_position` was read (nothing is written then)."""
-        keys: list[str] = [self.keys.projection_position]
+    ) -> str:
+        """Write the changed states and the new position atomically. Returns 'ok'; or 'moved'
+        if another projector moved the position since `expected_position` was read, or
+        'switched' if a rebuild made another projection live (nothing is written then)."""
+        keys: list[str] = [self.keys.projection_position, self.keys.live_projection]
         slots: dict[str, int] = {}
-        args: list[Any] = [expected_position or "", new_position]
+        args: list[Any] = [expected_position or "", new_position,
+                           self.keys.projection_name if self.follow_live else "", DEFAULT_PROJECTION]
 
         def op(name: str, key: str, *values: Any) -> None:
             if key not in slots:
@@ -69,7 +92,7 @@ class Projection:
             if old is None or old.status != state.status:
                 op("ZADD", self.keys.projected_index(state.status), member)
         reply = await self.scripts.apply(keys=keys, args=args)
-        return _text(reply[0]) == "ok"
+        return _text(reply[0])
 
     async def read_log(self, after: str | None, count: int, block_ms: int | None) -> list[StoredEvent]:
         """Events after `after` in log order (XREAD, blocking up to block_ms when given)."""
@@ -83,6 +106,7 @@ class Projection:
         self, *, status: str | None, limit: int, cursor: str | None
     ) -> tuple[list[TaskState], str | None]:
         """Tasks newest first. `cursor` is the index member of the last task of the previous page."""
+        await self.refresh()
         index = self.keys.projected_index(status)
         upper = f"({cursor}" if cursor else "+"
         members = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)

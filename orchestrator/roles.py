@@ -48,7 +48,7 @@ def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, con
 def _projector(settings: Settings, conns: Connections) -> Any:
     from consumers.projector import Projector
 
-    return Projector(Projection(conns.blocking, Keys(prefix=settings.prefix)))
+    return Projector(Projection(conns.blocking, Keys(prefix=settings.prefix), follow_live=True))
 
 
 def _server(settings: Settings, catalog: Any, conns: Connections | None, host: str, port: int) -> Any:

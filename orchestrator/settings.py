@@ -3,11 +3,45 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 import msgspec
 
 from orchestrator.keys import DEFAULT_PREFIX
+
+
+class ApiToken(msgspec.Struct, frozen=True):
+    """A bearer token of the API: its owner's name (recorded as `by` in events) and whether it may
+    write (submit, cancel, retry) or only read."""
+
+    owner: str
+    secret: str
+    can_write: bool = True
+
+    def __repr__(self) -> str:
+        return f"ApiToken(owner={self.owner!r}, can_write={self.can_write})"
+
+
+def parse_tokens(text: str) -> tuple[ApiToken, ...]:
+    """`owner:secret[:rw|ro]` entries separated by commas or newlines; `#` starts a comment.
+    The mode defaults to rw; a secret may itself contain `:`."""
+    tokens = []
+    for raw in re.split(r"[,\n]", text):
+        entry = raw.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        parts = entry.split(":")
+        mode = "rw"
+        if len(parts) >= 3 and parts[-1] in ("rw", "ro"):
+            mode = parts.pop()
+        owner, secret = parts[0].strip(), ":".join(parts[1:]).strip()
+        if len(parts) < 2 or not owner or not secret:
+            raise ValueError(f"token entry {parts[0]!r}…: expected owner:secret[:rw|ro]")
+        tokens.append(ApiToken(owner=owner, secret=secret, can_write=mode == "rw"))
+    if len({t.secret for t in tokens}) != len(tokens):
+        raise ValueError("two token entries share one secret; give every owner their own")
+    return tuple(tokens)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,15 +66,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_s: float = 10.0
     # The longest a request body may be; larger bodies are refused with 413.
     max_body_bytes: int = 64 * 1024
+    # API bearer tokens (BACKSTREAM_TOKENS, or one per line in BACKSTREAM_TOKENS_FILE). None
+    # configured: the API is open (fine on the default loopback bind; a warning otherwise).
+    tokens: tuple[ApiToken, ...] = ()
+    # The `backstream submit/status/ls/...` client: the API it talks to, and its token.
+    api_url: str = "http://127.0.0.1:8000"
+    api_token: str | None = None
 
     def __repr__(self) -> str:
         # The URL may carry a password.
-        return f"Settings(redis_url={'<set>' if self.redis_url else None}, prefix={self.prefix!r})"
+        return (f"Settings(redis_url={'<set>' if self.redis_url else None}, prefix={self.prefix!r}, "
+                f"tokens=<{len(self.tokens)} set>, api_token={'<set>' if self.api_token else None})")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         defaults = cls()
+        tokens = parse_tokens(env.get("BACKSTREAM_TOKENS", ""))
+        if env.get("BACKSTREAM_TOKENS_FILE"):
+            with open(env["BACKSTREAM_TOKENS_FILE"], encoding="utf-8") as f:
+                tokens += parse_tokens(f.read())
         return cls(
             redis_url=env.get("REDIS_URL") or None,
             prefix=env.get("BACKSTREAM_PREFIX", defaults.prefix),
@@ -53,4 +98,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             retry_cap_ms=int(env.get("BACKSTREAM_RETRY_CAP_MS", defaults.retry_cap_ms)),
             task_timeout_s=float(env.get("BACKSTREAM_TASK_TIMEOUT_S", defaults.task_timeout_s)),
             shutdown_grace_s=float(env.get("BACKSTREAM_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s)),
+            tokens=tokens,
+            api_url=env.get("BACKSTREAM_URL") or defaults.api_url,
+            api_token=env.get("BACKSTREAM_TOKEN") or None,
         )

@@ -39,6 +39,8 @@ class TaskState(msgspec.Struct, frozen=True, omit_defaults=True):
     finished_at: str | None = None
     worker: str | None = None
     error: str | None = None
+    # For a failed task: could running it again succeed?
+    error_retryable: bool | None = None
     result: dict[str, Any] | None = None
     submitted_by: str | None = None
     cancelled_by: str | None = None
@@ -81,15 +83,18 @@ def evolve(state: TaskState | None, stored: StoredEvent) -> TaskState:
             return msgspec.structs.replace(
                 state, status="completed", progress=1.0, result=result, finished_at=at, **step
             )
-        case Failed(error=error):
-            return msgspec.structs.replace(state, status="failed", error=error, finished_at=at, **step)
+        case Failed(error=error, retryable=retryable):
+            return msgspec.structs.replace(
+                state, status="failed", error=error, error_retryable=retryable, finished_at=at, **step
+            )
         case RetryScheduled(error=error):
             return msgspec.structs.replace(state, status="queued", error=error, progress=0.0, **step)
         case Released():
             return msgspec.structs.replace(state, status="queued", progress=0.0, **step)
         case Requeued():
             return msgspec.structs.replace(
-                state, status="queued", progress=0.0, error=None, finished_at=None, result=None, **step
+                state, status="queued", progress=0.0, error=None, error_retryable=None, finished_at=None,
+                result=None, **step
             )
         case Cancelled(by=by):
             return msgspec.structs.replace(
@@ -138,6 +143,7 @@ def to_api(state: TaskState) -> dict[str, Any]:
         "attempt": state.attempt,
         "worker": state.worker,
         "error": state.error,
+        "error_retryable": state.error_retryable,
         "result": state.result,
         "spec": msgspec.to_builtins(state.spec),
         "submitted_by": state.submitted_by,

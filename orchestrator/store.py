@@ -144,7 +144,7 @@ class EventStore:
         # the attempts so far. Reclaims are rare, so reading the task's events for it is cheap.
         history = encode_json(attempt_history(await self.task_events(task_id))) if reclaim else b"[]"
         lost = Failed(task_id=task_id, error=f"the task lost its worker on {max_attempts} attempts",
-                      error_type="WorkerLost")
+                      error_type="WorkerLost", retryable=True)
         reply = await self.scripts.claim(
             keys=[*self._task_keys(task_id), self.keys.work, self.keys.dead_letters],
             args=[

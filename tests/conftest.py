@@ -3,6 +3,7 @@ the real Redis that is deleted afterwards)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -62,10 +63,10 @@ def real_url() -> str:
     return real_redis_url()
 
 
-@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.redis)])
-async def backend(request: pytest.FixtureRequest, unique_prefix: str) -> AsyncIterator[Backend]:
-    keys = Keys(prefix=unique_prefix)
-    if request.param == "fake":
+@contextlib.asynccontextmanager
+async def open_backend(kind: str, prefix: str) -> AsyncIterator[Backend]:
+    keys = Keys(prefix=prefix)
+    if kind == "fake":
         server = fakeredis.FakeServer()
         client = fakeredis.aioredis.FakeRedis(server=server, protocol=2)
         blocking = fakeredis.aioredis.FakeRedis(server=server, protocol=2)
@@ -81,7 +82,21 @@ async def backend(request: pytest.FixtureRequest, unique_prefix: str) -> AsyncIt
     finally:
         await client.aclose()
         await blocking.aclose()
-        delete_prefix(url, unique_prefix)
+        delete_prefix(url, prefix)
+
+
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.redis)])
+async def backend(request: pytest.FixtureRequest, unique_prefix: str) -> AsyncIterator[Backend]:
+    """The same test on fakeredis and on real Redis."""
+    async with open_backend(request.param, unique_prefix) as b:
+        yield b
+
+
+@pytest.fixture
+async def real_backend(unique_prefix: str) -> AsyncIterator[Backend]:
+    """Real Redis only: for what fakeredis cannot show (memory, concurrency under load)."""
+    async with open_backend("real", unique_prefix) as b:
+        yield b
 
 
 @pytest.fixture

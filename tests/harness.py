@@ -37,7 +37,7 @@ class System:
         self.settings = Settings(prefix=backend.keys.prefix, data_dir=data_dir, **settings)
         self.catalog = Catalog.from_env_dir(data_dir)
         self.store = EventStore(backend.redis, backend.keys)
-        self.projection = Projection(backend.redis, backend.keys)
+        self.projection = Projection(backend.redis, backend.keys, follow_live=True)
         self.connections = _SharedConnections(backend, self.settings)
 
     def worker(self, name: str = "w1", concurrency: int = 2) -> Worker:

@@ -27,3 +27,4 @@ class Scripts:
         self.requeue: AsyncScript = redis.register_script(lib + _source("requeue"))
         self.promote: AsyncScript = redis.register_script(_source("promote"))
         self.apply: AsyncScript = redis.register_script(_source("apply"))
+        self.switch: AsyncScript = redis.register_script(_source("switch"))
