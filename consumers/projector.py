@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import redis.exceptions
 import structlog
 
@@ -21,6 +22,13 @@ _CACHE_LIMIT = 200_000
 
 # Reads events after a position: (after, count, block_ms) -> events in log order.
 Source = Callable[[str | None, int, int | None], Awaitable[list[StoredEvent]]]
+
+
+class Batch(msgspec.Struct):
+    position: str | None  # the stored position the batch was read after
+    events: list[StoredEvent]
+    before: dict[str, TaskState]
+    after: dict[str, TaskState]
 
 
 class Projector:
@@ -45,53 +53,98 @@ class Projector:
     def stop(self) -> None:
         self._stopping.set()
 
-    async def step(self, *, block: bool = False) -> int:
-        """Fold one batch of events after the stored position. Returns how many were read."""
-        position = await self.projection.position()
+    async def _fold(self, position: str | None, *, block: bool) -> Batch | None:
+        """Read the events after `position` and fold them onto the cached or stored states.
+        The cache is updated at once, optimistically: a batch that fails to store clears it."""
         events = await self.source(position, self.batch_size, self.block_ms if block else None)
         if not events:
-            return 0
-        task_ids = list(dict.fromkeys(e.event.task_id for e in events))
-        missing = [t for t in task_ids if t not in self._cache]
-        before = {t: self._cache[t] for t in task_ids if t in self._cache}
+            return None
+        first_seq: dict[str, int] = {}
+        for stored in events:
+            first_seq.setdefault(stored.event.task_id, stored.event.seq)
+        # A task whose first event here is its `submitted` cannot have a stored state that this
+        # batch's position does not already cover (states and position are stored together),
+        # so only tasks seen before are looked up.
+        missing = [t for t, seq in first_seq.items() if seq > 1 and t not in self._cache]
+        before = {t: self._cache[t] for t in first_seq if t in self._cache}
         before.update(await self.projection.load(missing))
         after = dict(before)
         for stored in events:
             task_id = stored.event.task_id
             after[task_id] = evolve(after.get(task_id), stored)
-        verdict = await self.projection.store(position, events[-1].id, before, after)
-        if verdict != "ok":
-            # Another projector got there first, or a rebuild switched the live projection:
-            # forget what this one thought it knew and read again.
-            log.info("projector.retrying_batch", reason=verdict, expected=position)
-            self._cache.clear()
-            await self.projection.refresh(force=True)
-            return len(events)
         if len(self._cache) > _CACHE_LIMIT:
             self._cache.clear()
         self._cache.update(after)
-        self.applied += len(events)
+        return Batch(position, events, before, after)
+
+    async def _store(self, batch: Batch) -> bool:
+        verdict = await self.projection.store(batch.position, batch.events[-1].id, batch.before, batch.after)
+        if verdict != "ok":
+            # Another projector got there first, or a rebuild switched the live projection:
+            # forget what this one thought it knew and read again from the stored position.
+            log.info("projector.retrying_batch", reason=verdict, expected=batch.position)
+            self._cache.clear()
+            await self.projection.refresh(force=True)
+            return False
+        self.applied += len(batch.events)
         if self.on_batch is not None:
-            self.on_batch(len(events))
-        return len(events)
+            self.on_batch(len(batch.events))
+        return True
+
+    async def step(self, *, block: bool = False) -> int:
+        """Fold and store one batch of events after the stored position. Returns how many were read."""
+        batch = await self._fold(await self.projection.position(), block=block)
+        if batch is None:
+            return 0
+        await self._store(batch)
+        return len(batch.events)
 
     async def run(self, *, burst: bool = False) -> None:
         """Follow the log until stopped; in burst mode, return once the log is fully folded.
-        Redis outages are waited out with backoff; the stored position says where to go on."""
+
+        Batches are pipelined: the next batch is read and folded while Redis stores the last
+        one, and its store is sent only once the last one was accepted at the position it
+        expected. Redis outages are waited out with backoff; the stored position says where
+        to go on."""
         log.info("projector.started", projection=self.projection.keys.projection_name)
         delay = 0.1
+        position = None
+        inflight: asyncio.Task[bool] | None = None
+        fresh = True
         while not self._stopping.is_set():
             try:
-                read = await self.step(block=not burst)
+                if fresh:
+                    position, fresh = await self.projection.position(), False
+                batch = await self._fold(position, block=not burst and inflight is None)
+                if inflight is not None:
+                    accepted = await inflight
+                    inflight = None
+                    if not accepted:
+                        fresh = True
+                        continue
+                if batch is None:
+                    if burst:
+                        break
+                    continue
+                inflight = asyncio.create_task(self._store(batch))
+                position = batch.events[-1].id
+                delay = 0.1
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
                 log.warning("store.unavailable", error=str(e), retry_in_s=delay)
+                if inflight is not None:
+                    await asyncio.gather(inflight, return_exceptions=True)
+                    inflight = None
                 self._cache.clear()
+                fresh = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.1
-            if burst and read == 0:
-                break
+            except BaseException:
+                # Stopping on a bad event (or cancelled): what was folded before it still lands.
+                if inflight is not None:
+                    await asyncio.shield(inflight)
+                raise
+        if inflight is not None:
+            await inflight
         log.info("projector.stopped", applied=self.applied)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from orchestrator import audit_commands, logs, roles
+from orchestrator import audit_commands, client, logs, roles
 from orchestrator.settings import Settings
 
 # Modules that add subcommands: each has `register(subparsers)`, and every subcommand it adds
 # sets `run(args, settings) -> exit code`.
-COMMAND_GROUPS = [roles, audit_commands]
+COMMAND_GROUPS = [roles, audit_commands, client]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,28 +69,41 @@ class Projection:
         'switched' if a rebuild made another projection live (nothing is written then)."""
         keys: list[str] = [self.keys.projection_position, self.keys.live_projection]
         slots: dict[str, int] = {}
-        args: list[Any] = [expected_position or "", new_position,
-                           self.keys.projection_name if self.follow_live else "", DEFAULT_PROJECTION]
 
-        def op(name: str, key: str, *values: Any) -> None:
+        def slot(key: str) -> bytes:
             if key not in slots:
                 keys.append(key)
                 slots[key] = len(keys)
-            args.extend((name, slots[key], len(values), *values))
+            return str(slots[key]).encode()
 
+        ops: list[bytes] = []
+        index_ops: dict[tuple[bytes, str], list[bytes]] = {}
         for task_id, state in after.items():
             old = before.get(task_id)
             if old == state:
                 continue
+            key = self.keys.projected_task(task_id)
             fields = to_hash(state)
-            op("HSET", self.keys.projected_task(task_id), *[x for kv in fields.items() for x in kv])
-            member = index_member(state)
+            if old is not None:
+                old_fields = to_hash(old)
+                gone = sorted(old_fields.keys() - fields.keys())
+                if gone:
+                    ops.append(b"HDEL\x01%s\x01%s" % (slot(key), "\0".join(gone).encode()))
+                fields = {k: v for k, v in fields.items() if old_fields.get(k) != v}
+            if fields:
+                payload = b"\0".join(x for name, value in fields.items() for x in (name.encode(), value))
+                ops.append(b"HSET\x01%s\x01%s" % (slot(key), payload))
+            member = index_member(state).encode()
             if old is None:
-                op("ZADD", self.keys.projected_index(), member)
+                index_ops.setdefault((b"ZADD", self.keys.projected_index()), []).append(member)
             elif old.status != state.status:
-                op("ZREM", self.keys.projected_index(old.status), member)
+                index_ops.setdefault((b"ZREM", self.keys.projected_index(old.status)), []).append(member)
             if old is None or old.status != state.status:
-                op("ZADD", self.keys.projected_index(state.status), member)
+                index_ops.setdefault((b"ZADD", self.keys.projected_index(state.status)), []).append(member)
+        for (name, key), members in index_ops.items():
+            ops.append(b"%s\x01%s\x01%s" % (name, slot(key), b"\0".join(members)))
+        args = [expected_position or "", new_position,
+                self.keys.projection_name if self.follow_live else "", DEFAULT_PROJECTION, b"\x02".join(ops)]
         reply = await self.scripts.apply(keys=keys, args=args)
         return _text(reply[0])
 

@@ -57,8 +57,10 @@ def evolve(state: TaskState | None, stored: StoredEvent) -> TaskState:
             f"task {event.task_id}: event {stored.id} has seq {event.seq}, expected {expected}; "
             "an earlier event of this task is missing from the log"
         )
-    at = iso_ms(stored.at_ms)
     step = {"seq": event.seq, "last_event_id": stored.id}
+    if isinstance(event, Progress):  # the most frequent event, and the one that needs no time
+        return msgspec.structs.replace(state, progress=event.progress, **step)  # type: ignore[arg-type]
+    at = iso_ms(stored.at_ms)
     match event:
         case Submitted(task_id=task_id, spec=spec, by=by):
             return TaskState(
@@ -77,8 +79,6 @@ def evolve(state: TaskState | None, stored: StoredEvent) -> TaskState:
                 state, status="running", attempt=attempt, worker=worker, started_at=at, progress=0.0,
                 **step,
             )
-        case Progress(progress=progress):
-            return msgspec.structs.replace(state, progress=progress, **step)
         case Completed(result=result):
             return msgspec.structs.replace(
                 state, status="completed", progress=1.0, result=result, finished_at=at, **step

@@ -5,24 +5,48 @@
 -- switched the pointer to a new version): then nothing is written and it follows the pointer.
 -- KEYS: position, live-projection pointer, then the projection keys the ops refer to by index
 -- ARGV: expected position ('' for none), new position, this projection's name ('' when it is
---       not the live projector), the default live name, then ops: name, key index, n, n args
+--       not the live projector), the default live name, and the ops, packed into one string:
+--       ops separated by \2, each `name \1 key index \1 payload`, the payload's items (fields
+--       and values, or members) separated by \0. JSON never holds these bytes raw, and one
+--       packed argument keeps a batch of thousands of writes cheap to build, send and parse.
+local function split(packed, sep)
+  local parts, i = {}, 1
+  while true do
+    local j = string.find(packed, sep, i, true)
+    if not j then
+      parts[#parts + 1] = string.sub(packed, i)
+      return parts
+    end
+    parts[#parts + 1] = string.sub(packed, i, j - 1)
+    i = j + 1
+  end
+end
+
 local pos = redis.call('GET', KEYS[1]) or ''
 if pos ~= ARGV[1] then return {'moved', pos} end
 if ARGV[3] ~= '' and (redis.call('GET', KEYS[2]) or ARGV[4]) ~= ARGV[3] then return {'switched'} end
-local i = 5
-while i <= #ARGV do
-  local op, key, n = ARGV[i], KEYS[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2])
-  if op == 'HSET' then
-    redis.call('DEL', key)
-    redis.call('HSET', key, unpack(ARGV, i + 3, i + 2 + n))
-  elseif op == 'ZADD' then
-    redis.call('ZADD', key, 0, ARGV[i + 3])
-  elseif op == 'ZREM' then
-    redis.call('ZREM', key, ARGV[i + 3])
-  else
-    return redis.error_reply('apply.lua: unknown op ' .. op)
+if ARGV[5] ~= '' then
+  for _, packed in ipairs(split(ARGV[5], '\2')) do
+    local op = split(packed, '\1')
+    local name, key, items = op[1], KEYS[tonumber(op[2])], split(op[3], '\0')
+    if name == 'HSET' then
+      redis.call('HSET', key, unpack(items))
+    elseif name == 'HDEL' then
+      redis.call('HDEL', key, unpack(items))
+    elseif name == 'ZADD' or name == 'ZREM' then
+      -- Members in chunks: unpack() has a limit on how many values it can return.
+      for start = 1, #items, 1000 do
+        local chunk = {}
+        for i = start, math.min(start + 999, #items) do
+          if name == 'ZADD' then chunk[#chunk + 1] = 0 end
+          chunk[#chunk + 1] = items[i]
+        end
+        redis.call(name, key, unpack(chunk))
+      end
+    else
+      return redis.error_reply('apply.lua: unknown op ' .. name)
+    end
   end
-  i = i + 3 + n
 end
 redis.call('SET', KEYS[1], ARGV[2])
 return {'ok'}

@@ -1,0 +1,102 @@
+"""How fast the log replays: events/s of `replay --verify` and `replay --rebuild` on real Redis.
+
+Usage: .venv/bin/python bench/replay_bench.py [--events 1000000] [--redis-server redis-server]
+
+Starts a private redis-server on a free port, writes a log of N events (tasks of four events
+each: submitted, started, progress, completed, as the real scripts write them), folds it
+into a live projection, then times a verify and a rebuild. Prints the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+import redis.asyncio as aioredis
+
+from consumers.projector import Projector
+from consumers.replay import rebuild, verify_replay
+from orchestrator.codec import encode_json
+from orchestrator.keys import Keys
+from orchestrator.projection import Projection
+from orchestrator.spec import BacktestSpec
+
+SPEC = encode_json({"spec": BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20})})
+RESULT = encode_json({"result": {"metrics": {"equity_final": 10500.25, "return_pct": 5.0025, "sharpe": 0.41,
+                                             "num_trades": 12, "max_drawdown_pct": -12.5}}})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def write_log(client: aioredis.Redis, keys: Keys, events: int) -> None:
+    tasks = events // 4
+    batch = 2_000
+    for start in range(0, tasks, batch):
+        async with client.pipeline(transaction=False) as pipe:
+            for _ in range(start, min(start + batch, tasks)):
+                task_id = str(uuid.uuid4())
+                for seq, (kind, attempt, data) in enumerate((
+                    ("submitted", 0, SPEC), ("started", 1, b'{"worker":"w1"}'),
+                    ("progress", 1, b'{"progress":0.5}'), ("completed", 1, RESULT)), 1):
+                    pipe.xadd(keys.events, {"type": kind, "v": 2 if kind == "failed" else 1, "task_id": task_id,
+                                            "seq": seq, "attempt": attempt, "data": data})
+            await pipe.execute()
+
+
+async def main(events: int, binary: str) -> None:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as workdir:
+        server = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no",
+                                   "--dir", workdir], stdout=subprocess.DEVNULL)
+        try:
+            client = aioredis.Redis(port=port, protocol=2)
+            for _ in range(100):
+                try:
+                    await client.ping()
+                    break
+                except Exception:
+                    await asyncio.sleep(0.05)
+            version = (await client.info("server"))["redis_version"]
+            keys = Keys(prefix="{bench}")
+            started = time.perf_counter()
+            await write_log(client, keys, events)
+            print(f"wrote {events:,} events in {time.perf_counter() - started:.1f} s")
+
+            started = time.perf_counter()
+            live = Projector(Projection(client, keys, follow_live=True), batch_size=5_000)
+            await live.run(burst=True)
+            fold_s = time.perf_counter() - started
+            print(f"live projector (batch 5000): {live.applied:,} events in {fold_s:.1f} s "
+                  f"= {live.applied / fold_s:,.0f} events/s")
+
+            checked = await verify_replay(client, keys)
+            print(f"replay --verify: fold {checked.events:,} events in {checked.seconds:.1f} s "
+                  f"= {checked.rate:,.0f} events/s; differences: {len(checked.differences)}")
+            rebuilt = await rebuild(client, keys)
+            print(f"replay --rebuild: {rebuilt.events:,} events in {rebuilt.seconds:.1f} s "
+                  f"= {rebuilt.rate:,.0f} events/s")
+            print(f"machine: {platform.processor() or platform.machine()}, "
+                  f"{len(__import__('os').sched_getaffinity(0))} cores; Redis {version}")
+            await client.aclose()
+        finally:
+            server.terminate()
+            server.wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
+    args = parser.parse_args()
+    asyncio.run(main(args.events, args.redis_server))
