@@ -78,7 +78,7 @@ async def test_cancel_completed_task_is_refused(system: System) -> None:
         await system.run_workers()
         before = (await http.get(f"/api/backtests/tasks/{task_id}")).json()
         reply = await http.delete(f"/api/backtests/tasks/{task_id}")
-        assert reply.status_code == 400 and reply.json()["error"] == "task_not_cancellable"
+        assert reply.status_code == 400 and reply.json()["error"] == "invalid_for_status"
         assert (await http.get(f"/api/backtests/tasks/{task_id}")).json() == before
         assert await stored(system, task_id) == (["submitted", "started", "completed"], "completed")
 
