@@ -129,7 +129,7 @@ class Worker:
                 await self.store.redis.xdel(self.store.keys.work, message_id)
             return "skipped"
         structlog.contextvars.bind_contextvars(attempt=claim.attempt)
-        log.info("task.claimed", reclaim=reclaim)
+        log.debug("task.claimed", reclaim=reclaim)
         job = Assignment(task_id=task_id, attempt=claim.attempt, message_id=message_id, spec=claim.spec,
                          budget=claim.budget)
         execution = Execution(self.store, self.start_run, self.settings, self.name, job)

@@ -41,7 +41,7 @@ def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, con
     from consumers.worker import Worker
 
     keys = Keys(prefix=settings.prefix)
-    return Worker(EventStore(conns.commands, keys), conns.blocking, functools.partial(start_run, catalog=catalog),
+    return Worker(EventStore(conns.commands, keys, batch=True), conns.blocking, functools.partial(start_run, catalog=catalog),
                   settings, name=name, concurrency=concurrency)
 
 
@@ -155,7 +155,7 @@ def register(sub: Any) -> None:
                                    "(embedded store unless REDIS_URL is set)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
-    up.add_argument("--workers", type=int, default=2, help="tasks run at once")
+    up.add_argument("--workers", type=int, default=4, help="tasks run at once")
     up.set_defaults(run=_up)
 
     api = sub.add_parser("api", help="serve the HTTP API (needs REDIS_URL)")
@@ -164,7 +164,9 @@ def register(sub: Any) -> None:
     api.set_defaults(run=_api)
 
     worker = sub.add_parser("worker", help="run backtests as a member of the worker group (needs REDIS_URL)")
-    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--concurrency", type=int, default=4,
+                        help="tasks run at once; the kernel is CPU-bound, so for compute run one "
+                             "worker process per core, and use concurrency to overlap round trips")
     worker.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}",
                         help="consumer name; reuse it after a restart to recover this worker's pending tasks")
     worker.set_defaults(run=_worker_role)

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from orchestrator.batching import ScriptBatcher
 from orchestrator.codec import decode_entry, decode_json, encode_json, event_data
 from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
 from orchestrator.events import (
@@ -60,10 +61,17 @@ def body_fingerprint(body: bytes) -> str:
 class EventStore:
     """Appends events through the command scripts and reads a task's events back."""
 
-    def __init__(self, redis: Any, keys: Keys) -> None:
+    def __init__(self, redis: Any, keys: Keys, *, batch: bool = False) -> None:
         self.redis = redis
         self.keys = keys
         self.scripts = Scripts(redis)
+        # With `batch`, script calls made concurrently share one round trip (see batching.py).
+        self._batcher = ScriptBatcher(redis) if batch else None
+
+    async def _run(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
+        if self._batcher is not None:
+            return await self._batcher.call(script, keys, args)
+        return await script(keys=keys, args=args)
 
     def _task_keys(self, task_id: str) -> list[str]:
         k = self.keys
@@ -89,7 +97,8 @@ class EventStore:
     ) -> SubmitResult:
         event = Submitted(task_id=task_id, spec=spec, by=by)
         keys = [*self._task_keys(task_id), self.keys.work, self.keys.idempotency(idempotency_key or "-")]
-        reply = await self.scripts.submit(
+        reply = await self._run(
+            self.scripts.submit,
             keys=keys,
             args=[
                 task_id,
@@ -110,21 +119,30 @@ class EventStore:
 
     async def cancel(self, task_id: str, *, by: str | None = None) -> bool:
         """Cancel a queued or running task. True if this call cancelled it, False if it already was."""
-        reply = await self.scripts.cancel(
+        reply = await self._run(
+            self.scripts.cancel,
             keys=[*self._task_keys(task_id), self.keys.work, self.keys.delayed],
-            args=[task_id, event_data(Cancelled(task_id=task_id, by=by)), Cancelled.SCHEMA_VERSION, WORKER_GROUP],
+            args=[
+                task_id,
+                event_data(Cancelled(task_id=task_id, by=by)),
+                Cancelled.SCHEMA_VERSION,
+                WORKER_GROUP,
+            ],
         )
         outcome = _text(reply[0])
         if outcome == "missing":
             raise TaskNotFound(task_id)
         if outcome == "conflict":
             status = _text(reply[1])
-            raise TaskConflict(task_id, status, f"task {task_id} is {status}; only queued or running tasks can be cancelled")
+            raise TaskConflict(
+                task_id, status, f"task {task_id} is {status}; only queued or running tasks can be cancelled"
+            )
         return outcome == "ok"
 
     async def requeue(self, task_id: str, *, by: str | None = None) -> None:
         """Send a failed task back to the queue as a new attempt."""
-        reply = await self.scripts.requeue(
+        reply = await self._run(
+            self.scripts.requeue,
             keys=[*self._task_keys(task_id), self.keys.work],
             args=[task_id, event_data(Requeued(task_id=task_id, by=by)), Requeued.SCHEMA_VERSION],
         )
@@ -133,7 +151,9 @@ class EventStore:
             raise TaskNotFound(task_id)
         if outcome == "conflict":
             status = _text(reply[1])
-            raise TaskConflict(task_id, status, f"task {task_id} is {status}; only failed tasks can be retried")
+            raise TaskConflict(
+                task_id, status, f"task {task_id} is {status}; only failed tasks can be retried"
+            )
 
     # --- commands of the workers; every write after the claim is fenced by the attempt ---
 
@@ -143,9 +163,14 @@ class EventStore:
         # A reclaim may end the task (it lost its worker too often): the dead letter then carries
         # the attempts so far. Reclaims are rare, so reading the task's events for it is cheap.
         history = encode_json(attempt_history(await self.task_events(task_id))) if reclaim else b"[]"
-        lost = Failed(task_id=task_id, error=f"the task lost its worker on {max_attempts} attempts",
-                      error_type="WorkerLost", retryable=True)
-        reply = await self.scripts.claim(
+        lost = Failed(
+            task_id=task_id,
+            error=f"the task lost its worker on {max_attempts} attempts",
+            error_type="WorkerLost",
+            retryable=True,
+        )
+        reply = await self._run(
+            self.scripts.claim,
             keys=[*self._task_keys(task_id), self.keys.work, self.keys.dead_letters],
             args=[
                 task_id,
@@ -173,15 +198,28 @@ class EventStore:
     ) -> Fenced | None:
         """Renew the lease and, if `progress` is given, record it. Returns Fenced if refused."""
         data = event_data(Progress(task_id=task_id, progress=progress)) if progress is not None else b""
-        reply = await self.scripts.heartbeat(
+        reply = await self._run(
+            self.scripts.heartbeat,
             keys=[*self._task_keys(task_id), self.keys.work],
-            args=[task_id, attempt, WORKER_GROUP, worker, message_id, "0" if progress is None else "1",
-                  data, Progress.SCHEMA_VERSION],
+            args=[
+                task_id,
+                attempt,
+                WORKER_GROUP,
+                worker,
+                message_id,
+                "0" if progress is None else "1",
+                data,
+                Progress.SCHEMA_VERSION,
+            ],
         )
         return _fenced(reply)
 
     async def finish(
-        self, event: Completed | Failed | RetryScheduled, *, message_id: str, result: bytes = b"",
+        self,
+        event: Completed | Failed | RetryScheduled,
+        *,
+        message_id: str,
+        result: bytes = b"",
         reason: str = "",
     ) -> Fenced | None:
         """Record the attempt's outcome (storing the full result of a completion, scheduling a
@@ -192,20 +230,44 @@ class EventStore:
         if isinstance(event, Failed):
             events = await self.task_events(task_id)
             history = encode_json(attempt_history([*events, StoredEvent(id="0-0", event=event)]))
-        reply = await self.scripts.finish(
-            keys=[*self._task_keys(task_id), keys.work, keys.result(task_id), keys.delayed, keys.dead_letters],
-            args=[task_id, event.attempt, WORKER_GROUP, message_id, type(event).__struct_config__.tag,
-                  event_data(event), type(event).SCHEMA_VERSION, result,
-                  event.delay_ms if isinstance(event, RetryScheduled) else 0, reason, history],
+        reply = await self._run(
+            self.scripts.finish,
+            keys=[
+                *self._task_keys(task_id),
+                keys.work,
+                keys.result(task_id),
+                keys.delayed,
+                keys.dead_letters,
+            ],
+            args=[
+                task_id,
+                event.attempt,
+                WORKER_GROUP,
+                message_id,
+                type(event).__struct_config__.tag,
+                event_data(event),
+                type(event).SCHEMA_VERSION,
+                result,
+                event.delay_ms if isinstance(event, RetryScheduled) else 0,
+                reason,
+                history,
+            ],
         )
         return _fenced(reply)
 
     async def release(self, task_id: str, attempt: int, *, worker: str, message_id: str) -> Fenced | None:
         """Give an unfinished task back to the queue (on shutdown), for another worker at once."""
-        reply = await self.scripts.release(
+        reply = await self._run(
+            self.scripts.release,
             keys=[*self._task_keys(task_id), self.keys.work],
-            args=[task_id, attempt, WORKER_GROUP, message_id,
-                  event_data(Released(task_id=task_id, worker=worker)), Released.SCHEMA_VERSION],
+            args=[
+                task_id,
+                attempt,
+                WORKER_GROUP,
+                message_id,
+                event_data(Released(task_id=task_id, worker=worker)),
+                Released.SCHEMA_VERSION,
+            ],
         )
         return _fenced(reply)
 
@@ -218,8 +280,10 @@ class EventStore:
         promoted = 0
         for raw in due:
             task_id = _text(raw)
-            reply = await self.scripts.promote(
-                keys=[self.keys.delayed, self.keys.work, self.keys.control(task_id)], args=[task_id]
+            reply = await self._run(
+                self.scripts.promote,
+                keys=[self.keys.delayed, self.keys.work, self.keys.control(task_id)],
+                args=[task_id],
             )
             promoted += _text(reply[0]) == "ok"
         return promoted
@@ -239,13 +303,22 @@ class EventStore:
 
     async def dead_letters(self, *, limit: int, before: str | None) -> list[dict[str, Any]]:
         """Dead letters newest first (ids before `before` when given)."""
-        entries = await self.redis.xrevrange(self.keys.dead_letters, f"({before}" if before else "+", "-", count=limit)
+        entries = await self.redis.xrevrange(
+            self.keys.dead_letters, f"({before}" if before else "+", "-", count=limit
+        )
         letters = []
         for entry_id, fields in entries:
             get = {_text(k): _text(v) for k, v in fields.items()}
-            letters.append({"id": _text(entry_id), "task_id": get["task_id"], "attempt": int(get["attempt"]),
-                            "reason": get["reason"], "failed_event": get["failed_event"],
-                            "history": decode_json(get.get("history", "[]"))})
+            letters.append(
+                {
+                    "id": _text(entry_id),
+                    "task_id": get["task_id"],
+                    "attempt": int(get["attempt"]),
+                    "reason": get["reason"],
+                    "failed_event": get["failed_event"],
+                    "history": decode_json(get.get("history", "[]")),
+                }
+            )
         return letters
 
     async def result(self, task_id: str) -> bytes | None:
