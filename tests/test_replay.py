@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from consumers.archive import read_entries
 from consumers.projector import Projector, fold_log
 from consumers.replay import snapshot
 from orchestrator.codec import decode_entry
@@ -21,7 +22,7 @@ GOLDEN = sorted(p.stem for p in LOGS.glob("*.jsonl"))
 
 
 def entries(name: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (LOGS / f"{name}.jsonl").read_text().splitlines()]
+    return [{"id": i, "fields": f} for i, f in read_entries(LOGS / f"{name}.jsonl")]
 
 
 async def write_log(b: Backend, log: list[dict[str, Any]]) -> None:
