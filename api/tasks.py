@@ -99,7 +99,7 @@ async def submit(request: Request) -> Response:
 
 async def _current(request: Request, task_id: str) -> TaskState:
     ctx = _ctx(request)
-    state = await ctx.projection.current(task_id, ctx.store)
+    state: TaskState | None = await ctx.projection.current(task_id, ctx.store)
     if state is None:
         raise ApiError(404, "task_not_found", f"task {task_id} does not exist",
                        [FieldProblem("task_id", "no such task")])

@@ -102,7 +102,7 @@ class Projection:
                 index_ops.setdefault((b"ZADD", self.keys.projected_index(state.status)), []).append(member)
         for (name, key), members in index_ops.items():
             ops.append(b"%s\x01%s\x01%s" % (name, slot(key), b"\0".join(members)))
-        args = [expected_position or "", new_position,
+        args: list[str | bytes] = [expected_position or "", new_position,
                 self.keys.projection_name if self.follow_live else "", DEFAULT_PROJECTION, b"\x02".join(ops)]
         reply = await self.scripts.apply(keys=keys, args=args)
         return _text(reply[0])

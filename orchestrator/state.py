@@ -57,26 +57,34 @@ def evolve(state: TaskState | None, stored: StoredEvent) -> TaskState:
             f"task {event.task_id}: event {stored.id} has seq {event.seq}, expected {expected}; "
             "an earlier event of this task is missing from the log"
         )
-    step = {"seq": event.seq, "last_event_id": stored.id}
-    if isinstance(event, Progress):  # the most frequent event, and the one that needs no time
-        return msgspec.structs.replace(state, progress=event.progress, **step)  # type: ignore[arg-type]
-    at = iso_ms(stored.at_ms)
-    match event:
-        case Submitted(task_id=task_id, spec=spec, by=by):
-            return TaskState(
-                task_id=task_id,
-                status="queued",
-                spec=spec,
-                created_at=at,
-                submitted_id=stored.id,
-                submitted_by=by,
-                **step,  # type: ignore[arg-type]
+    step: dict[str, Any] = {"seq": event.seq, "last_event_id": stored.id}
+    if state is None:
+        if not isinstance(event, Submitted):
+            raise ProjectionGapError(
+                f"task {event.task_id}: its first event {stored.id} is a "
+                f"{type(event).__struct_config__.tag}, not `submitted`"
             )
-    assert state is not None  # seq 1 is always `submitted`, checked above
+        return TaskState(
+            task_id=event.task_id,
+            status="queued",
+            spec=event.spec,
+            created_at=iso_ms(stored.at_ms),
+            submitted_id=stored.id,
+            submitted_by=event.by,
+            **step,
+        )
+    if isinstance(event, Progress):  # the most frequent event, and the one that needs no time
+        return msgspec.structs.replace(state, progress=event.progress, **step)
+    at = iso_ms(stored.at_ms)
     match event:
         case Started(attempt=attempt, worker=worker):
             return msgspec.structs.replace(
-                state, status="running", attempt=attempt, worker=worker, started_at=at, progress=0.0,
+                state,
+                status="running",
+                attempt=attempt,
+                worker=worker,
+                started_at=at,
+                progress=0.0,
                 **step,
             )
         case Completed(result=result):
@@ -93,13 +101,17 @@ def evolve(state: TaskState | None, stored: StoredEvent) -> TaskState:
             return msgspec.structs.replace(state, status="queued", progress=0.0, **step)
         case Requeued():
             return msgspec.structs.replace(
-                state, status="queued", progress=0.0, error=None, error_retryable=None, finished_at=None,
-                result=None, **step
+                state,
+                status="queued",
+                progress=0.0,
+                error=None,
+                error_retryable=None,
+                finished_at=None,
+                result=None,
+                **step,
             )
         case Cancelled(by=by):
-            return msgspec.structs.replace(
-                state, status="cancelled", cancelled_by=by, finished_at=at, **step
-            )
+            return msgspec.structs.replace(state, status="cancelled", cancelled_by=by, finished_at=at, **step)
     raise AssertionError(f"unhandled event {event!r}")
 
 
@@ -115,9 +127,11 @@ def fold(events: Iterable[StoredEvent], states: dict[str, TaskState] | None = No
 # --- the projection's hash form: one field per attribute, each value JSON-encoded so that the
 # same state always gives the same bytes (msgspec's float and key order are deterministic).
 
+
 def to_hash(state: TaskState) -> dict[str, bytes]:
-    return {name: encode_json(value) for name, value in msgspec.structs.asdict(state).items()
-            if value is not None}
+    return {
+        name: encode_json(value) for name, value in msgspec.structs.asdict(state).items() if value is not None
+    }
 
 
 def from_hash(fields: dict[Any, Any]) -> TaskState:
