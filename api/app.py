@@ -8,11 +8,13 @@ from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import tasks
+from api import dashboard, live, metrics, tasks
+from api.auth import TokenAuth
 from api.errors import EXCEPTION_HANDLERS
 from orchestrator.connections import Connections
 from orchestrator.keys import Keys
@@ -44,6 +46,9 @@ async def healthz(request: Request) -> Response:
 routes = [
     Route("/healthz", healthz),
     *tasks.routes,
+    *live.routes,
+    *metrics.routes,
+    *dashboard.routes,
 ]
 
 
@@ -57,8 +62,8 @@ def create_app(settings: Settings, *, catalog: Any, connections: Connections | N
         keys = Keys(prefix=settings.prefix)
         app.state.ctx = AppContext(
             settings=settings,
-            store=EventStore(conns.commands, keys),
-            projection=Projection(conns.commands, keys),
+            store=EventStore(conns.commands, keys, batch=True),
+            projection=Projection(conns.commands, keys, follow_live=True),
             catalog=catalog,
             blocking=conns.blocking,
         )
@@ -68,4 +73,6 @@ def create_app(settings: Settings, *, catalog: Any, connections: Connections | N
             if connections is None:
                 await conns.close()
 
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    middleware = [Middleware(TokenAuth, tokens=settings.tokens), Middleware(metrics.CancelTimer)]
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
+                     middleware=middleware)

@@ -44,7 +44,7 @@ class Api:
         for name, value in (headers or {}).items():
             request.add_header(name, value)
         try:
-            return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310  # the user's URL
+            return urllib.request.urlopen(request, timeout=timeout)  # the user's URL
         except urllib.error.HTTPError as e:
             raise ClientError(_problem(e)) from None
         except (urllib.error.URLError, OSError) as e:
@@ -100,18 +100,18 @@ def _problem(error: urllib.error.HTTPError) -> str:
 
 def _sse(reply: Any) -> Iterator[tuple[str, str | None, str]]:
     """(event name, id, data) per SSE event; comments are skipped."""
-    name, event_id, data = "message", None, []
+    name, event_id, data = "message", None, list[str]()
     for raw in reply:
         line = raw.decode("utf-8").rstrip("\r\n")
         if not line:
             if data or name != "message":
                 yield name, event_id, "\n".join(data)
-            name, event_id, data = "message", None, []
+            name, event_id, data = "message", None, list[str]()
         elif line.startswith(":"):
             continue
         else:
             field, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
+            value = value.removeprefix(" ")
             if field == "data":
                 data.append(value)
             elif field == "id":

@@ -55,16 +55,24 @@ def _server(settings: Settings, catalog: Any, conns: Connections | None, host: s
     import uvicorn
 
     from api.app import create_app
+    from api.auth import warn_if_exposed
+    from api.live import close_streams
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             # uvicorn re-raises SIGTERM after shutting down, so the process would end "killed by
-            # signal"; a clean shutdown on SIGTERM should exit 0.
-            _on_signals(lambda: self.handle_exit(signal.SIGTERM, None))
+            # signal"; a clean shutdown on SIGTERM should exit 0. Open live streams are ended at
+            # once, since uvicorn waits for every response before it stops.
+            def stop() -> None:
+                close_streams(app)
+                self.handle_exit(signal.SIGTERM, None)
+
+            _on_signals(stop)
             yield
 
     app = create_app(settings, catalog=catalog, connections=conns)
+    warn_if_exposed(settings, host)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
     return Server(config)
 

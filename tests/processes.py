@@ -164,3 +164,48 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class InProcessServer:
+    """An ASGI app served by uvicorn on a free port inside the test's event loop, for clients
+    that need a real socket (streamed responses, the CLI). `async with` starts and stops it."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
+                                lifespan="on")
+        self.server = uvicorn.Server(config)
+        self._task: Any = None
+
+    async def __aenter__(self) -> InProcessServer:
+        import asyncio
+        import contextlib
+
+        @contextlib.contextmanager
+        def no_signals() -> Any:
+            yield  # the test owns the signals
+
+        self.server.capture_signals = no_signals  # type: ignore[method-assign]
+        self._task = asyncio.create_task(self.server.serve())
+
+        async def wait_started() -> None:
+            while not self.server.started:
+                if self._task.done():
+                    self._task.result()
+                await asyncio.sleep(0)  # yield to the server task; bounded by the timeout below
+
+        await asyncio.wait_for(wait_started(), timeout=20)
+        return self
+
+    async def stop(self, timeout: float = 20) -> None:
+        import asyncio
+
+        self.server.should_exit = True
+        await asyncio.wait_for(self._task, timeout=timeout)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None and not self._task.done():
+            await self.stop()

@@ -1,0 +1,138 @@
+"""The dashboard in a real headless Chromium against a real `backstream up` (the embedded store)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import REQUIRE_REDIS
+from tests.processes import Role, free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+CHROMIUM = os.environ.get("BACKSTREAM_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# About 10,000 backtests: a few seconds of work, so a progress bar visibly moves.
+LONG_SWEEP: dict[str, Any] = {"strategy": "sma_cross", "symbol": "AAPL",
+                              "params": {"fast": list(range(1, 101)), "slow": list(range(101, 201))}}
+QUICK: dict[str, Any] = {"strategy": "sma_cross", "symbol": "GOOG", "params": {"fast": 10, "slow": 20},
+                         "commission": 0.002}
+TIMEOUT_MS = 30_000
+
+
+def _require_browser() -> Any:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None  # type: ignore[assignment]
+    if sync_playwright is None or not shutil.which(CHROMIUM):
+        message = f"the browser tests need playwright (pip) and Chromium at {CHROMIUM} (apt-get install chromium)"
+        if REQUIRE_REDIS:  # CI: a missing browser is a failure, not a skip
+            pytest.fail(message)
+        pytest.skip(message)
+    return sync_playwright
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded default
+    env.update(BACKSTREAM_PROGRESS_INTERVAL_MS="100", BACKSTREAM_HEARTBEAT_MS="100")
+    role = Role(["up", "--port", str(port), "--workers", "2"], env, tmp_path / "up.log")
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        assert role.proc.poll() is None, role.log_path.read_text()[-2000:]
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(answers, timeout=30, what="backstream up to answer")
+        yield url
+    finally:
+        assert role.stop() == 0, role.log_path.read_text()[-3000:]
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    sync_playwright = _require_browser()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def progress_of(locator: Any) -> float:
+    return float(locator.get_attribute("aria-valuenow") or 0)
+
+
+def test_submit_watch_chart_and_cancel(server: str, browser: Any) -> None:
+    for _ in range(3):  # some finished history for the table
+        httpx.post(f"{server}/api/backtests", json=QUICK, timeout=5).raise_for_status()
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    # The form: a bad request is refused with the API's message next to the field.
+    page.goto(f"{server}/submit")
+    page.select_option("select[name=strategy]", "sma_cross")
+    page.select_option("select[name=symbol]", "AAPL")
+    page.fill("input[name='param:fast']", "30")
+    page.fill("input[name='param:slow']", "20")
+    page.click("#submit-button")
+    page.wait_for_selector("label.invalid .error:not(:empty)")
+    assert "fast" in page.inner_text("label.invalid")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-submit.png"), full_page=True)
+
+    # A sweep long enough to watch: submit it from the form, follow its page to completion.
+    page.fill("input[name='param:fast']", ",".join(map(str, range(1, 71))))
+    page.fill("input[name='param:slow']", ",".join(map(str, range(101, 171))))
+    page.click("#submit-button")
+    page.wait_for_url(f"{server}/tasks/*")
+    bar = page.locator("#progress .bar")
+    wait_until(lambda: 0 < progress_of(bar) < 100, timeout=30, what="the progress bar to move")
+    moving = progress_of(bar)
+    page.wait_for_selector("#status.completed")  # the page reloads with the result
+    page.wait_for_selector("#equity-chart svg polyline")
+    page.wait_for_selector("#drawdown-chart svg polygon")
+    assert page.locator("table.trades tbody tr").count() > 0
+    assert page.locator("#events tbody tr").count() >= 3  # submitted, started, … completed
+    assert progress_of(page.locator("#progress .bar")) == 100 > moving
+    page.screenshot(path=str(ARTIFACTS / "dashboard-task.png"), full_page=True)
+
+    # A long task runs: the workers page shows who runs it; the table cancels it mid-run.
+    victim = httpx.post(f"{server}/api/backtests", json=LONG_SWEEP, timeout=5).json()["task_id"]
+    page.goto(f"{server}/workers")
+    page.wait_for_selector(f'#consumers a[href="/tasks/{victim}"]')  # listed under its worker
+    assert "alive" in page.inner_text("#consumers")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-workers.png"), full_page=True)
+
+    page.goto(server)
+    row = page.locator(f'tr[data-task="{victim}"]')
+    wait_until(lambda: 0 < progress_of(row.locator(".bar")) < 100, timeout=30, what="the victim to make progress")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-tasks.png"), full_page=True)
+    row.locator("button.cancel").click()
+    row.locator(".badge.cancelled").wait_for()
+    task = httpx.get(f"{server}/api/backtests/tasks/{victim}", timeout=5).json()
+    assert task["status"] == "cancelled" and 0 < task["progress"] < 1
+    assert row.locator("button.cancel").is_hidden()
+
+    # A task submitted while the table is open appears in it live.
+    newcomer = httpx.post(f"{server}/api/backtests", json=QUICK, timeout=5).json()["task_id"]
+    page.locator(f'tr[data-task="{newcomer}"] .badge.completed').wait_for()
+    page.close()  # closes its event streams before the server stops
+    assert errors == []
