@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 from api.metrics import consumer_groups, projector_lag
 from consumers.engine.metrics import OBJECTIVES
 from consumers.engine.strategies import STRATEGIES
-from orchestrator.codec import decode_json
+from orchestrator.codec import decode_json, text
 from orchestrator.history import event_view
 from orchestrator.keys import WORKER_GROUP
 from orchestrator.state import fold, to_api
@@ -78,9 +78,6 @@ def page(request: Request, title: str, body: str, *, name: str, data: dict[str, 
     )
     return HTMLResponse(text, headers={"Cache-Control": "no-store"})
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _ctx(request: Request) -> Any:
@@ -386,13 +383,13 @@ async def workers_page(request: Request) -> Response:
     for t in running:
         by_worker.setdefault(t.worker or "?", []).append(t)
     group_rows = "".join(
-        f"<tr><td>{e(_text(g['name']))}</td><td>{g['consumers']}</td><td>{g['pending']}</td>"
-        f"<td>{e(fmt(g.get('lag')))}</td><td class=mono>{e(_text(g.get('last-delivered-id')))}</td></tr>"
+        f"<tr><td>{e(text(g['name']))}</td><td>{g['consumers']}</td><td>{g['pending']}</td>"
+        f"<td>{e(fmt(g.get('lag')))}</td><td class=mono>{e(text(g.get('last-delivered-id')))}</td></tr>"
         for g in groups)
     lease = ctx.settings.lease_ms
     consumer_rows = []
     for c in sorted(consumers.get(WORKER_GROUP, []), key=lambda c: str(c["name"])):
-        name = _text(c["name"])
+        name = text(c["name"])
         alive = c["idle"] < lease
         tasks = "".join(f'<a href="/tasks/{e(t.task_id)}" class="mono">{e(t.task_id[:8])}</a> '
                         f'{e(t.spec.strategy)}/{e(t.spec.symbol)} {progress_bar(t.progress)}<br>'

@@ -16,7 +16,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from api.errors import ApiError, FieldProblem
-from orchestrator.codec import decode_entry
+from orchestrator.codec import decode_entry, text
 from orchestrator.errors import EventDecodeError
 from orchestrator.events import Cancelled, Completed, Failed, Progress, StoredEvent
 from orchestrator.history import event_view
@@ -45,9 +45,6 @@ def _id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 def _decode(entries: list[Any]) -> list[StoredEvent]:
     events = []
@@ -55,7 +52,7 @@ def _decode(entries: list[Any]) -> list[StoredEvent]:
         try:
             events.append(decode_entry(entry_id, fields))
         except EventDecodeError as e:  # written by a newer Backstream: skip it here, never crash
-            log.warning("sse.undecodable", entry=_text(entry_id), error=str(e))
+            log.warning("sse.undecodable", entry=text(entry_id), error=str(e))
     return events
 
 
@@ -134,7 +131,7 @@ class LiveFeed:
         if self._reader is None or self._reader.done():
             # Start at the end of the log as it is now: every stream catches up on its own first.
             latest = await self.blocking.xrevrange(self.stream, "+", "-", count=1)
-            start = _text(latest[0][0]) if latest else "0-0"
+            start = text(latest[0][0]) if latest else "0-0"
             self._reader = asyncio.create_task(self._read(start))
         return sub
 
@@ -167,7 +164,7 @@ class LiveFeed:
             if not reply:
                 continue
             entries = reply[0][1]
-            position = _text(entries[-1][0])
+            position = text(entries[-1][0])
             batch = _decode(entries)
             for sub in list(self._subscribers):
                 if not sub.put(batch):
@@ -217,7 +214,7 @@ async def _catch_up(request: Request, after: str, task_id: str | None) -> list[S
         if not entries:
             return out
         out += _decode(entries)
-        position = _text(entries[-1][0])
+        position = text(entries[-1][0])
         if len(entries) < PAGE:
             return out
 
@@ -285,7 +282,7 @@ async def stream_all(request: Request) -> Response:
     try:
         if after is None:
             latest = await request.app.state.ctx.store.redis.xrevrange(feed.stream, "+", "-", count=1)
-            after = _text(latest[0][0]) if latest else "0-0"
+            after = text(latest[0][0]) if latest else "0-0"
             backlog = []
         else:
             backlog = await _catch_up(request, after, None)

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from orchestrator.codec import decode_entry
+from orchestrator.codec import decode_entry, text
 from orchestrator.errors import EventDecodeError
 from orchestrator.events import (
     Cancelled,
@@ -43,9 +43,6 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 CANCEL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _ms(entry_id: str) -> int:
@@ -93,8 +90,8 @@ class LogFollower:
                     try:
                         self.fold(decode_entry(entry_id, fields))
                     except EventDecodeError as e:  # newer writer: skip it here, the projector stops
-                        log.warning("metrics.undecodable", entry=_text(entry_id), error=str(e))
-                    self.position = _text(entry_id)
+                        log.warning("metrics.undecodable", entry=text(entry_id), error=str(e))
+                    self.position = text(entry_id)
                 if len(entries) < PAGE:
                     return
 
@@ -191,7 +188,7 @@ async def consumer_groups(client: Any, stream: str) -> tuple[list[dict[str, Any]
         raise
     consumers = {}
     for group in groups:
-        name = _text(group["name"])
+        name = text(group["name"])
         consumers[name] = await client.xinfo_consumers(stream, name)
     return groups, consumers
 
@@ -203,7 +200,7 @@ async def projector_lag(redis: Any, stream: str, position: str | None) -> tuple[
     pending = await redis.xrange(stream, f"({after}", "+", count=LAG_COUNT_CAP)
     if not pending:
         return 0, 0.0
-    newest = _ms(_text(pending[-1][0]))
+    newest = _ms(text(pending[-1][0]))
     return len(pending), max(newest - _ms(after), 0) / 1000 if position else 0.0
 
 
@@ -236,16 +233,16 @@ async def read_gauges(ctx: Any) -> list[Metric]:
         _gauge("backstream_projector_lag_seconds", "Time between the projector's position and the newest "
                "log entry it has not applied", [], [([], lag_seconds)]),
         _gauge("backstream_group_pending", "Work items delivered and not yet acknowledged", ["group"],
-               [([_text(g["name"])], float(g["pending"])) for g in groups]),
+               [([text(g["name"])], float(g["pending"])) for g in groups]),
         _gauge("backstream_group_lag", "Work items not yet delivered to the group", ["group"],
-               [([_text(g["name"])], float(g["lag"])) for g in groups if g.get("lag") is not None]),
+               [([text(g["name"])], float(g["lag"])) for g in groups if g.get("lag") is not None]),
         _gauge("backstream_group_consumers", "Consumers in the group (alive or not)", ["group"],
-               [([_text(g["name"])], float(g["consumers"])) for g in groups]),
+               [([text(g["name"])], float(g["consumers"])) for g in groups]),
         _gauge("backstream_consumer_pending", "Work items a consumer holds", ["group", "consumer"],
-               [([g, _text(c["name"])], float(c["pending"])) for g, cs in consumers.items() for c in cs]),
+               [([g, text(c["name"])], float(c["pending"])) for g, cs in consumers.items() for c in cs]),
         _gauge("backstream_consumer_idle_seconds", "Time since a consumer last read or renewed a lease",
                ["group", "consumer"],
-               [([g, _text(c["name"])], c["idle"] / 1000) for g, cs in consumers.items() for c in cs]),
+               [([g, text(c["name"])], c["idle"] / 1000) for g, cs in consumers.items() for c in cs]),
     ]
     return families
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from orchestrator.codec import decode_entry
+from orchestrator.codec import decode_entry, text
 from orchestrator.events import StoredEvent
 from orchestrator.keys import Keys
 
@@ -32,9 +32,6 @@ def _open(path: Path, mode: str) -> IO[str]:
     return open(path, mode, encoding="utf-8")  # noqa: SIM115
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 async def export(redis: Any, keys: Keys, path: Path, *, since: str = "-", until: str = "+",
                  page: int = 10_000) -> tuple[int, str | None]:
@@ -47,8 +44,8 @@ async def export(redis: Any, keys: Keys, path: Path, *, since: str = "-", until:
         while True:
             entries = await redis.xrange(keys.events, start, until, count=page)
             for entry_id, fields in entries:
-                last = _text(entry_id)
-                out.write(json.dumps({"id": last, "fields": {_text(k): _text(v) for k, v in fields.items()}},
+                last = text(entry_id)
+                out.write(json.dumps({"id": last, "fields": {text(k): text(v) for k, v in fields.items()}},
                                      separators=(",", ":")) + "\n")
             count += len(entries)
             if len(entries) < page:

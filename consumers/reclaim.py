@@ -6,13 +6,11 @@ from typing import Any
 
 import structlog
 
+from orchestrator.codec import text
 from orchestrator.keys import WORKER_GROUP, Keys
 
 log = structlog.get_logger("backstream.reclaim")
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def reclaim_expired(redis: Any, keys: Keys, consumer: str, *, min_idle_ms: int, count: int) -> list[tuple[str, str]]:
@@ -29,8 +27,8 @@ async def reclaim_expired(redis: Any, keys: Keys, consumer: str, *, min_idle_ms:
             keys.work, WORKER_GROUP, consumer, min_idle_time=min_idle_ms, start_id=cursor,
             count=count - len(taken),
         )
-        cursor = _text(reply[0])
-        taken += [(_text(mid), _text(fields[b"task_id"])) for mid, fields in reply[1] if fields]
+        cursor = text(reply[0])
+        taken += [(text(mid), text(fields[b"task_id"])) for mid, fields in reply[1] if fields]
         deleted = reply[2] if len(reply) > 2 else []
         if deleted:
             await redis.xack(keys.work, WORKER_GROUP, *deleted)

@@ -14,6 +14,7 @@ import structlog
 
 from consumers.archive import ArchiveThenLive
 from consumers.projector import Projector
+from orchestrator.codec import text
 from orchestrator.keys import DEFAULT_PROJECTION, Keys
 from orchestrator.projection import POINTER_TTL_S, Projection
 from orchestrator.scripts import Scripts
@@ -31,9 +32,6 @@ class Difference(msgspec.Struct, frozen=True):
     replayed: str | None
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 def _pattern(root: str) -> str:
     # `[` is the only glob metacharacter a prefix may plausibly hold.
@@ -43,7 +41,7 @@ def _pattern(root: str) -> str:
 async def live_keys(redis: Any, keys: Keys) -> Keys:
     """`keys` pointing at the projection the API serves now."""
     name = await redis.get(keys.live_projection)
-    return keys.with_projection(_text(name) if name else DEFAULT_PROJECTION)
+    return keys.with_projection(text(name) if name else DEFAULT_PROJECTION)
 
 
 async def snapshot(redis: Any, keys: Keys) -> dict[str, dict[str, bytes]]:
@@ -51,15 +49,15 @@ async def snapshot(redis: Any, keys: Keys) -> dict[str, dict[str, bytes]]:
     root = keys.projection_root + ":"
     found: dict[str, dict[str, bytes]] = {}
     async for raw in redis.scan_iter(match=_pattern(keys.projection_root), count=1000):
-        key = _text(raw)
+        key = text(raw)
         name = key[len(root):]
         if name == "position":
             continue
-        kind = _text(await redis.type(key))
+        kind = text(await redis.type(key))
         if kind == "hash":
-            found[name] = {_text(k): bytes(v) for k, v in (await redis.hgetall(key)).items()}
+            found[name] = {text(k): bytes(v) for k, v in (await redis.hgetall(key)).items()}
         elif kind == "zset":
-            found[name] = {_text(m): b"" for m in await redis.zrange(key, 0, -1)}
+            found[name] = {text(m): b"" for m in await redis.zrange(key, 0, -1)}
     return found
 
 
@@ -148,9 +146,9 @@ async def rebuild(redis: Any, keys: Keys, *, archives: list[Path] | None = None,
         verdict = await scripts.switch(
             keys=[keys.live_projection, new.projection_position, keys.events],
             args=[new.projection_name])
-        if _text(verdict[0]) == "ok":
+        if text(verdict[0]) == "ok":
             break
-        log.info("replay.catching_up", behind_by=_text(verdict[1]))
+        log.info("replay.catching_up", behind_by=text(verdict[1]))
     seconds = time.perf_counter() - started
     log.info("replay.switched", old=old.projection_name, new=new.projection_name, events=folded)
     # Readers re-read the pointer within POINTER_TTL_S; the old projection stays whole until then.

@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from orchestrator.codec import text
 from orchestrator.keys import DEFAULT_PROJECTION, Keys
 
 log = structlog.get_logger("backstream.retention")
@@ -21,9 +22,6 @@ class RetentionReport(msgspec.Struct):
     used_memory_before: int | None
     used_memory_after: int | None
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _key(stream_id: str) -> tuple[int, int]:
@@ -53,13 +51,13 @@ async def apply_retention(redis: Any, keys: Keys, *, horizon_ms: int, dry_run: b
     seconds, micros = await redis.time()
     candidates = {"horizon": f"{int(seconds) * 1000 + int(micros) // 1000 - horizon_ms}-0"}
     archived = await redis.get(keys.archived_through)
-    candidates["archive"] = _after(_text(archived)) if archived else "0-0"
-    names = {DEFAULT_PROJECTION, *(_text(n) for n in await redis.smembers(keys.projections))}
+    candidates["archive"] = _after(text(archived)) if archived else "0-0"
+    names = {DEFAULT_PROJECTION, *(text(n) for n in await redis.smembers(keys.projections))}
     live = await redis.get(keys.live_projection)
-    names.add(_text(live) if live else DEFAULT_PROJECTION)
+    names.add(text(live) if live else DEFAULT_PROJECTION)
     for name in sorted(names):
         position = await redis.get(keys.with_projection(name).projection_position)
-        candidates[f"projection {name}"] = _after(_text(position)) if position else "0-0"
+        candidates[f"projection {name}"] = _after(text(position)) if position else "0-0"
     limited_by, keep_from = min(candidates.items(), key=lambda item: _key(item[1]))
     if keep_from == "0-0":
         return RetentionReport(None, limited_by, 0, 0, 0, memory_before, memory_before)
@@ -83,12 +81,12 @@ async def _finished_before(redis: Any, keys: Keys, keep_from: str) -> list[str]:
     """Completed or cancelled tasks whose every event lies before `keep_from`. Failed tasks keep
     their control hash: a user may still retry them."""
     live = await redis.get(keys.live_projection)
-    projection = keys.with_projection(_text(live) if live else DEFAULT_PROJECTION)
+    projection = keys.with_projection(text(live) if live else DEFAULT_PROJECTION)
     ms, seq = _key(keep_from)
     upper = f"({ms:015d}-{seq:06d}"
     found = []
     for status in ("completed", "cancelled"):
-        members = [_text(m) for m in await redis.zrangebylex(projection.projected_index(status), "-", upper)]
+        members = [text(m) for m in await redis.zrangebylex(projection.projected_index(status), "-", upper)]
         task_ids = [m.split("|", 1)[1] for m in members]
         async with redis.pipeline(transaction=False) as pipe:
             for task_id in task_ids:

@@ -12,6 +12,7 @@ import structlog
 
 from consumers.execution import Assignment, Execution, StartRun
 from consumers.reclaim import reclaim_expired
+from orchestrator.codec import text
 from orchestrator.keys import WORKER_GROUP
 from orchestrator.settings import Settings
 from orchestrator.store import EventStore
@@ -23,9 +24,6 @@ READ_BLOCK_MS = 500
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Worker:
@@ -96,11 +94,11 @@ class Worker:
             WORKER_GROUP, self.name, {self.store.keys.work: ">"}, count=free,
             block=None if burst else READ_BLOCK_MS,
         )
-        return [(_text(m), _text(f[b"task_id"]), False) for _, entries in reply or [] for m, f in entries]
+        return [(text(m), text(f[b"task_id"]), False) for _, entries in reply or [] for m, f in entries]
 
     async def _own_pending(self) -> list[tuple[str, str, bool]]:
         reply = await self.reader.xreadgroup(WORKER_GROUP, self.name, {self.store.keys.work: "0"}, count=10_000)
-        return [(_text(m), _text(f[b"task_id"]), True) for _, entries in reply or [] for m, f in entries if f]
+        return [(text(m), text(f[b"task_id"]), True) for _, entries in reply or [] for m, f in entries if f]
 
     async def _wait_for_a_slot(self) -> None:
         stopping = asyncio.ensure_future(self._stopping.wait())

@@ -62,8 +62,9 @@ def entry_fields(event: Event) -> dict[str, str | bytes | int]:
     }
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def text(value: Any) -> str:
+    """A reply from Redis (bytes) or a value we made (str, int) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _bytes(value: bytes | str | int) -> bytes:
@@ -87,16 +88,16 @@ def decode_entry(entry_id: bytes | str, fields: dict[Any, Any]) -> StoredEvent:
             body = b'{"type":"%s","task_id":"%s","seq":%d,"attempt":%d%s' % (
                 kind, task_id, int(fields[b"seq"]), int(fields[b"attempt"]),
                 b"}" if data == b"{}" else b"," + data[1:])
-            return StoredEvent(id=_text(entry_id), event=_event_decoder.decode(body))
+            return StoredEvent(id=text(entry_id), event=_event_decoder.decode(body))
     except (KeyError, ValueError, TypeError, msgspec.ValidationError, msgspec.DecodeError):
         pass  # the careful path below says what is wrong
-    return _decode_carefully(_text(entry_id), fields)
+    return _decode_carefully(text(entry_id), fields)
 
 
 def _decode_carefully(entry: str, fields: dict[bytes, bytes]) -> StoredEvent:
     try:
-        get = {_text(k): v for k, v in fields.items()}
-        event_type = _text(get["type"])
+        get = {text(k): v for k, v in fields.items()}
+        event_type = text(get["type"])
         cls = EVENT_TYPES.get(event_type)
         if cls is None:
             raise EventDecodeError(
@@ -115,7 +116,7 @@ def _decode_carefully(entry: str, fields: dict[bytes, bytes]) -> StoredEvent:
             version += 1
         data.update(
             type=event_type,
-            task_id=_text(get["task_id"]),
+            task_id=text(get["task_id"]),
             seq=int(get["seq"]),
             attempt=int(get["attempt"]),
         )

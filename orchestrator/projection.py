@@ -5,16 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from orchestrator.codec import decode_entry
+from orchestrator.codec import decode_entry, text
 from orchestrator.events import StoredEvent
 from orchestrator.keys import DEFAULT_PROJECTION, Keys
 from orchestrator.scripts import Scripts
 from orchestrator.state import TaskState, evolve, from_hash, index_member, to_hash
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 # How long a reader trusts its knowledge of which projection is live. A rebuild keeps the old
 # projection intact for longer than this after switching, so a reader a moment behind still
@@ -40,13 +35,13 @@ class Projection:
         now = time.monotonic()
         if force or now - self._checked_at > POINTER_TTL_S:
             name = await self.redis.get(self.keys.live_projection)
-            self.keys = self.keys.with_projection(_text(name) if name else DEFAULT_PROJECTION)
+            self.keys = self.keys.with_projection(text(name) if name else DEFAULT_PROJECTION)
             self._checked_at = now
 
     async def position(self) -> str | None:
         await self.refresh()
         value = await self.redis.get(self.keys.projection_position)
-        return _text(value) if value is not None else None
+        return text(value) if value is not None else None
 
     async def load(self, task_ids: list[str]) -> dict[str, TaskState]:
         if not task_ids:
@@ -105,7 +100,7 @@ class Projection:
         args: list[str | bytes] = [expected_position or "", new_position,
                 self.keys.projection_name if self.follow_live else "", DEFAULT_PROJECTION, b"\x02".join(ops)]
         reply = await self.scripts.apply(keys=keys, args=args)
-        return _text(reply[0])
+        return text(reply[0])
 
     async def read_log(self, after: str | None, count: int, block_ms: int | None) -> list[StoredEvent]:
         """Events after `after` in log order (XREAD, blocking up to block_ms when given)."""
@@ -123,7 +118,7 @@ class Projection:
         index = self.keys.projected_index(status)
         upper = f"({cursor}" if cursor else "+"
         members = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)
-        page = [_text(m) for m in members[:limit]]
+        page = [text(m) for m in members[:limit]]
         states = await self.load([m.split("|", 1)[1] for m in page])
         tasks = [states[m.split("|", 1)[1]] for m in page if m.split("|", 1)[1] in states]
         return tasks, (page[-1] if len(members) > limit else None)

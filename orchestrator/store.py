@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from orchestrator.batching import ScriptBatcher
-from orchestrator.codec import decode_entry, decode_json, encode_json, event_data
+from orchestrator.codec import decode_entry, decode_json, encode_json, event_data, text
 from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
 from orchestrator.events import (
     Cancelled,
@@ -49,9 +49,6 @@ class Fenced(msgspec.Struct, frozen=True):
     status: str
     attempt: int
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def body_fingerprint(body: bytes) -> str:
@@ -110,7 +107,7 @@ class EventStore:
                 IDEMPOTENCY_TTL_SECONDS,
             ],
         )
-        outcome, value = _text(reply[0]), _text(reply[1])
+        outcome, value = text(reply[0]), text(reply[1])
         if outcome == "idempotency_conflict":
             raise IdempotencyConflict(idempotency_key or "")
         if outcome == "existing":
@@ -129,11 +126,11 @@ class EventStore:
                 WORKER_GROUP,
             ],
         )
-        outcome = _text(reply[0])
+        outcome = text(reply[0])
         if outcome == "missing":
             raise TaskNotFound(task_id)
         if outcome == "conflict":
-            status = _text(reply[1])
+            status = text(reply[1])
             raise TaskConflict(
                 task_id, status, f"task {task_id} is {status}; only queued or running tasks can be cancelled"
             )
@@ -146,11 +143,11 @@ class EventStore:
             keys=[*self._task_keys(task_id), self.keys.work],
             args=[task_id, event_data(Requeued(task_id=task_id, by=by)), Requeued.SCHEMA_VERSION],
         )
-        outcome = _text(reply[0])
+        outcome = text(reply[0])
         if outcome == "missing":
             raise TaskNotFound(task_id)
         if outcome == "conflict":
-            status = _text(reply[1])
+            status = text(reply[1])
             raise TaskConflict(
                 task_id, status, f"task {task_id} is {status}; only failed tasks can be retried"
             )
@@ -187,7 +184,7 @@ class EventStore:
                 history,
             ],
         )
-        outcome = _text(reply[0])
+        outcome = text(reply[0])
         if outcome != "ok":
             return Claim(outcome=outcome)
         spec = msgspec.json.decode(reply[2], type=BacktestSpec)
@@ -279,13 +276,13 @@ class EventStore:
         )
         promoted = 0
         for raw in due:
-            task_id = _text(raw)
+            task_id = text(raw)
             reply = await self._run(
                 self.scripts.promote,
                 keys=[self.keys.delayed, self.keys.work, self.keys.control(task_id)],
                 args=[task_id],
             )
-            promoted += _text(reply[0]) == "ok"
+            promoted += text(reply[0]) == "ok"
         return promoted
 
     # --- reads of the log ---
@@ -308,10 +305,10 @@ class EventStore:
         )
         letters = []
         for entry_id, fields in entries:
-            get = {_text(k): _text(v) for k, v in fields.items()}
+            get = {text(k): text(v) for k, v in fields.items()}
             letters.append(
                 {
-                    "id": _text(entry_id),
+                    "id": text(entry_id),
                     "task_id": get["task_id"],
                     "attempt": int(get["attempt"]),
                     "reason": get["reason"],
@@ -327,6 +324,6 @@ class EventStore:
 
 
 def _fenced(reply: list[Any]) -> Fenced | None:
-    if _text(reply[0]) == "ok":
+    if text(reply[0]) == "ok":
         return None
-    return Fenced(status=_text(reply[1]), attempt=int(reply[2]))
+    return Fenced(status=text(reply[1]), attempt=int(reply[2]))

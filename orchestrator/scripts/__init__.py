@@ -8,7 +8,6 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 
-
 def _source(name: str) -> str:
     return resources.files(__name__).joinpath(f"{name}.lua").read_text()
 
