@@ -58,7 +58,7 @@ def body_fingerprint(body: bytes) -> str:
 class EventStore:
     """Appends events through the command scripts and reads a task's events back."""
 
-    def __init__(self, redis: Any, keys: Keys, *, batch: bool = False) -> None:
+    def __init__(self, redis: Any, keys: Keys, *, batch: bool = True) -> None:
         self.redis = redis
         self.keys = keys
         self.scripts = Scripts(redis)
