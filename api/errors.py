@@ -10,6 +10,7 @@ import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from consumers.engine.errors import DataUnavailable
 from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
 
 # How long a client should wait before retrying while Redis is unreachable.
@@ -81,7 +82,14 @@ async def redis_unavailable(request: Request, exc: Exception) -> Response:
     return await api_error(request, error)
 
 
+async def data_unavailable(request: Request, exc: Exception) -> Response:
+    error = ApiError(503, "data_unavailable", str(exc), [FieldProblem("symbol", str(exc))],
+                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return await api_error(request, error)
+
+
 EXCEPTION_HANDLERS: dict[Any, Any] = {
+    DataUnavailable: data_unavailable,
     ApiError: api_error,
     TaskNotFound: domain_error,
     TaskConflict: domain_error,

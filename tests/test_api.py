@@ -45,7 +45,7 @@ async def test_submit_run_and_read(system: System) -> None:
         assert history[1]["data"]["worker"] == "w1" and history[1]["attempt"] == 1
         detail = (await http.get(f"/api/backtests/tasks/{task_id}/result")).json()
         assert detail["metrics"] == metrics
-        assert len(detail["trades"]) == metrics["num_trades"]
+        assert len(detail["trades"]["entry_bar"]) == metrics["num_trades"]
 
 
 async def test_idempotency_key(system: System, backend: Backend) -> None:

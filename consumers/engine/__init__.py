@@ -1,0 +1,1 @@
+"""The backtest engine: datasets, strategies, kernel, metrics, sweeps and the chunked runner."""

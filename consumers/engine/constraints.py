@@ -1,0 +1,100 @@
+"""Sweep constraints such as `fast < slow`: parsed into a small safe tree, never `eval`-ed."""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections.abc import Callable, Collection, Mapping
+
+MAX_LENGTH = 200
+
+_COMPARE: dict[type, Callable[[float, float], bool]] = {
+    ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+    ast.GtE: operator.ge, ast.Eq: operator.eq, ast.NotEq: operator.ne,
+}
+_ARITH: dict[type, Callable[[float, float], float]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+    ast.Div: operator.truediv, ast.Mod: operator.mod,
+}
+
+
+class ConstraintError(ValueError):
+    """The constraint is not a comparison of parameters, numbers and + - * / %, joined by and/or/not."""
+
+
+class Constraint:
+    """A parsed constraint; call it with a combination of parameters to test it."""
+
+    def __init__(self, text: str, names: Collection[str]) -> None:
+        if len(text) > MAX_LENGTH:
+            raise ConstraintError(f"constraint is longer than {MAX_LENGTH} characters")
+        try:
+            tree = ast.parse(text.strip(), mode="eval")
+        except SyntaxError as e:
+            raise ConstraintError(f"cannot parse constraint {text!r}: {e.msg}") from None
+        self.text = text
+        self._names = set(names)
+        self._check(tree.body)
+        self._tree = tree.body
+
+    def _check(self, node: ast.AST) -> None:
+        """Accept only the node types `_eval` knows; everything else (calls, attributes...) fails."""
+        match node:
+            case ast.BoolOp(values=values):
+                for v in values:
+                    self._check(v)
+            case ast.UnaryOp(op=ast.Not() | ast.USub() | ast.UAdd(), operand=operand):
+                self._check(operand)
+            case ast.BinOp(left=left, op=op, right=right) if type(op) in _ARITH:
+                self._check(left)
+                self._check(right)
+            case ast.Compare(left=left, ops=ops, comparators=comps) if all(type(o) in _COMPARE for o in ops):
+                self._check(left)
+                for c in comps:
+                    self._check(c)
+            case ast.Name(id=name):
+                if name not in self._names:
+                    known = ", ".join(sorted(self._names)) or "none"
+                    raise ConstraintError(f"constraint names unknown parameter {name!r} (parameters: {known})")
+            case ast.Constant(value=value) if isinstance(value, int | float) and not isinstance(value, bool):
+                pass
+            case _:
+                raise ConstraintError(
+                    f"constraint may only compare parameters and numbers with + - * / %, and/or/not; "
+                    f"{ast.unparse(node)!r} is not allowed"
+                )
+
+    def __call__(self, params: Mapping[str, float]) -> bool:
+        """True if the combination is admissible; arithmetic errors (x / 0) make it inadmissible."""
+        try:
+            return bool(self._eval(self._tree, params))
+        except (ZeroDivisionError, OverflowError):
+            return False
+
+    def _eval(self, node: ast.AST, p: Mapping[str, float]) -> float | bool:
+        match node:
+            case ast.BoolOp(op=ast.And(), values=values):
+                return all(self._eval(v, p) for v in values)
+            case ast.BoolOp(values=values):
+                return any(self._eval(v, p) for v in values)
+            case ast.UnaryOp(op=ast.Not(), operand=operand):
+                return not self._eval(operand, p)
+            case ast.UnaryOp(op=ast.USub(), operand=operand):
+                return -self._eval(operand, p)
+            case ast.UnaryOp(operand=operand):
+                return +self._eval(operand, p)
+            case ast.BinOp(left=left, op=op, right=right):
+                return _ARITH[type(op)](self._eval(left, p), self._eval(right, p))
+            case ast.Compare(left=left, ops=ops, comparators=comps):
+                lhs = self._eval(left, p)
+                for op, comp in zip(ops, comps, strict=True):
+                    rhs = self._eval(comp, p)
+                    if not _COMPARE[type(op)](lhs, rhs):
+                        return False
+                    lhs = rhs
+                return True
+            case ast.Name(id=name):
+                return p[name]
+            case ast.Constant(value=value):
+                return value  # type: ignore[no-any-return]
+        raise ConstraintError(f"unexpected node {ast.dump(node)}")  # unreachable after _check

@@ -1,0 +1,198 @@
+"""The execution kernel: market orders at the next open, whole units, costs, as backtesting.py fills them.
+
+The loop visits only decision bars (a few per hundred bars); the equity curve between fills is
+rebuilt afterwards with numpy from the account state after each fill (`Segment`). Float
+operations follow backtesting.py 0.6.6's `_Broker` in the same order, so trades and equity
+match it bit for bit with default execution.
+"""
+
+from __future__ import annotations
+
+import sys
+from bisect import bisect_left
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from consumers.engine.strategies import FLAT, Signals
+
+# backtesting.py sizes "all equity" orders as this fraction, so the floor division below sees
+# the same operands as its broker.
+FULL_EQUITY = 1 - sys.float_info.epsilon
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class Costs(msgspec.Struct, frozen=True):
+    commission: float = 0.0  # rate of traded value, on entry and on exit
+    commission_fixed: float = 0.0  # per order, on entry and on exit
+    spread: float = 0.0  # relative, paid on entry only
+    slippage: float = 0.0  # relative (bps / 10_000), against us on every fill
+
+    def fee(self, size: int, price: float) -> float:
+        return self.commission_fixed + abs(size) * price * self.commission
+
+
+class Trade(msgspec.Struct, frozen=True, array_like=True):
+    """A closed trade. `commission` covers entry and exit; prices include spread and slippage."""
+
+    size: int
+    entry_bar: int
+    exit_bar: int
+    entry_price: float
+    exit_price: float
+    commission: float
+
+
+class Segment(msgspec.Struct, frozen=True, array_like=True):
+    """Account state from the open of `bar` until the next segment: cash and the open trade."""
+
+    bar: int
+    cash: float
+    size: int
+    entry_price: float
+
+
+class KernelState(msgspec.Struct):
+    """Everything the loop needs to continue: the saved form between chunks."""
+
+    cursor: int  # next bar at which a decision may be taken
+    cash: float
+    size: int = 0
+    entry_price: float = 0.0
+    entry_bar: int = -1
+    trades: list[Trade] = []
+    segments: list[Segment] = []
+    last_action: int | None = None  # decision taken on the last bar, filled by the final settlement
+    done: bool = False
+
+
+def initial_state(cash: float, start: int) -> KernelState:
+    return KernelState(cursor=start, cash=cash, segments=[Segment(0, cash, 0, 0.0)])
+
+
+@dataclass
+class _Account:
+    cash: float
+    size: int
+    entry_price: float
+    entry_bar: int
+
+
+def _close(acc: _Account, price: float, bar: int, costs: Costs, trades: list[Trade]) -> None:
+    size, entry = acc.size, acc.entry_price
+    fee = costs.fee(size, price)
+    acc.cash += size * (price - entry) - fee
+    trades.append(Trade(size, acc.entry_bar, bar, entry, price, fee + costs.fee(size, entry)))
+    acc.size, acc.entry_price, acc.entry_bar = 0, 0.0, -1
+
+
+def _exit_price(size: int, open_: float, costs: Costs) -> float:
+    return open_ * (1.0 - costs.slippage) if size > 0 else open_ * (1.0 + costs.slippage)
+
+
+def _enter(acc: _Account, direction: int, open_: float, bar: int, costs: Costs) -> None:
+    """Open a trade with all available equity, or do nothing if not even one unit is affordable."""
+    price = open_ * (1.0 + direction * costs.slippage)
+    adjusted = price * (1 + (costs.spread if direction > 0 else -costs.spread))
+    with_fee = adjusted + (costs.commission_fixed + FULL_EQUITY * price * costs.commission) / FULL_EQUITY
+    # No trade is open here, so equity is cash and all of it is available as margin.
+    margin = max(0, acc.cash + 0.0)
+    units = int((margin * 1.0 * FULL_EQUITY) // with_fee)
+    if not units or units * with_fee > margin * 1.0:
+        return  # the broker cancels the order: not enough cash for one unit
+    size = units * direction
+    acc.cash -= costs.fee(size, adjusted)
+    acc.size, acc.entry_price, acc.entry_bar = size, adjusted, bar
+
+
+def advance(state: KernelState, sig: Signals, open_: list[float], n: int, costs: Costs, max_events: int) -> None:
+    """Process up to `max_events` decisions; sets `state.done` after the last one."""
+    acc = _Account(state.cash, state.size, state.entry_price, state.entry_bar)
+    trades, segments, i = state.trades, state.segments, state.cursor
+    bars, acts = sig.bars, sig.acts
+    for _ in range(max_events):
+        s = (acc.size > 0) - (acc.size < 0)
+        bl = bars[s]
+        k = bisect_left(bl, i)
+        if k == len(bl):
+            state.done = True
+            break
+        j, act = bl[k], acts[s][k]
+        if j >= n - 1:
+            state.last_action = act
+            state.done = True
+            break
+        f = j + 1
+        o = open_[f]
+        if acc.size:
+            _close(acc, _exit_price(acc.size, o, costs), f, costs, trades)
+        if act != FLAT:
+            _enter(acc, act, o, f, costs)
+        segments.append(Segment(f, acc.cash, acc.size, acc.entry_price))
+        i = f
+    state.cursor = i
+    state.cash, state.size, state.entry_price, state.entry_bar = acc.cash, acc.size, acc.entry_price, acc.entry_bar
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """The settled outcome: closed trades, equity and position per bar, and where money ran out."""
+
+    trades: list[Trade]
+    equity: FloatArray
+    position: npt.NDArray[np.int64]
+    bankrupt_bar: int | None
+
+
+def _expand(segments: list[Segment], close: FloatArray) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+    n = close.shape[0]
+    starts = np.fromiter((s.bar for s in segments), np.int64, len(segments))
+    counts = np.diff(np.append(starts, n))
+    cash = np.repeat(np.fromiter((s.cash for s in segments), np.float64, len(segments)), counts)
+    size_i = np.repeat(np.fromiter((s.size for s in segments), np.int64, len(segments)), counts)
+    entry = np.repeat(np.fromiter((s.entry_price for s in segments), np.float64, len(segments)), counts)
+    size = size_i.astype(np.float64)
+    # Same operations as the broker's equity: cash + (close * size - size * entry_price).
+    return cash + (close * size - size * entry), size_i
+
+
+def settle(state: KernelState, open_: FloatArray, close: FloatArray, start: int, costs: Costs) -> Simulation:
+    """Rebuild equity, apply the stop-out where equity first reaches zero, and close at the end."""
+    n = close.shape[0]
+    equity, position = _expand(state.segments, close)
+    trades = list(state.trades)
+    broke = np.flatnonzero(equity[start:] <= 0)
+    if broke.size:
+        k = start + int(broke[0])
+        seg = state.segments[int(np.searchsorted([s.bar for s in state.segments], k, "right")) - 1]
+        trades = [t for t in trades if t.exit_bar <= k]
+        if seg.size:
+            # Every fill closes the open trade first, so a trade lives in exactly one segment.
+            acc = _Account(seg.cash, seg.size, seg.entry_price, seg.bar)
+            _close(acc, _exit_price(seg.size, float(close[k]), costs), k, costs, trades)
+        equity[k:] = 0.0
+        position[k:] = 0
+        return Simulation(trades, equity, position, k)
+
+    # End of data: close what is open at the last bar's open, then fill a decision taken on
+    # the last bar at that same price (backtesting.py's finalize_trades re-runs its last bar).
+    acc = _Account(state.cash, state.size, state.entry_price, state.entry_bar)
+    last = n - 1
+    if acc.size:
+        _close(acc, _exit_price(acc.size, float(open_[last]), costs), last, costs, trades)
+    if state.last_action is not None and state.last_action != FLAT:
+        _enter(acc, state.last_action, float(open_[last]), last, costs)
+    size_f = float(acc.size)
+    equity[last] = acc.cash + (float(close[last]) * size_f - size_f * acc.entry_price)
+    position[last] = acc.size
+    if equity[last] <= 0:
+        if acc.size:
+            _close(acc, _exit_price(acc.size, float(close[last]), costs), last, costs, trades)
+        equity[last] = 0.0
+        position[last] = 0
+        return Simulation(trades, equity, position, last)
+    return Simulation(trades, equity, position, None)
+

@@ -1,0 +1,220 @@
+"""Statistics of a backtest, computed as backtesting.py 0.6.6 computes them, under snake_case names."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from consumers.engine.kernel import Trade
+
+FloatArray = npt.NDArray[np.float64]
+
+# Our name -> backtesting.py's key (durations there are Timedeltas; ours are days).
+BACKTESTING_PY_NAMES: dict[str, str] = {
+    "start": "Start",
+    "end": "End",
+    "duration_days": "Duration",
+    "exposure_pct": "Exposure Time [%]",
+    "equity_final": "Equity Final [$]",
+    "equity_peak": "Equity Peak [$]",
+    "commissions": "Commissions [$]",
+    "return_pct": "Return [%]",
+    "buy_hold_return_pct": "Buy & Hold Return [%]",
+    "return_ann_pct": "Return (Ann.) [%]",
+    "volatility_ann_pct": "Volatility (Ann.) [%]",
+    "cagr_pct": "CAGR [%]",
+    "sharpe": "Sharpe Ratio",
+    "sortino": "Sortino Ratio",
+    "calmar": "Calmar Ratio",
+    "alpha_pct": "Alpha [%]",
+    "beta": "Beta",
+    "max_drawdown_pct": "Max. Drawdown [%]",
+    "avg_drawdown_pct": "Avg. Drawdown [%]",
+    "max_drawdown_duration_days": "Max. Drawdown Duration",
+    "avg_drawdown_duration_days": "Avg. Drawdown Duration",
+    "num_trades": "# Trades",
+    "win_rate_pct": "Win Rate [%]",
+    "best_trade_pct": "Best Trade [%]",
+    "worst_trade_pct": "Worst Trade [%]",
+    "avg_trade_pct": "Avg. Trade [%]",
+    "max_trade_duration_days": "Max. Trade Duration",
+    "avg_trade_duration_days": "Avg. Trade Duration",
+    "profit_factor": "Profit Factor",
+    "expectancy_pct": "Expectancy [%]",
+    "sqn": "SQN",
+    "kelly": "Kelly Criterion",
+}
+METRIC_NAMES = tuple(BACKTESTING_PY_NAMES)
+# Metrics a sweep may maximise: every numeric one.
+OBJECTIVES = tuple(m for m in METRIC_NAMES if m not in ("start", "end"))
+
+_NAN = float("nan")
+
+
+def _geometric_mean(returns: FloatArray) -> float:
+    r = np.nan_to_num(returns, nan=0.0) + 1
+    if np.any(r <= 0):
+        return 0.0
+    return float(np.exp(np.log(r).sum() / (len(r) or _NAN)) - 1)
+
+
+def _mean(x: FloatArray) -> float:
+    return float(x.sum() / x.shape[0]) if x.shape[0] else _NAN
+
+
+def _var(x: FloatArray, ddof: int = 1) -> float:
+    n = x.shape[0]
+    if n - ddof <= 0:
+        return _NAN
+    avg = x.sum() / n
+    return float(((avg - x) ** 2).sum() / (n - ddof))
+
+
+def _period_days(days: npt.NDArray[np.int64]) -> float:
+    """Median spacing of the last 100 bars, in days (backtesting.py's `_data_period`)."""
+    tail = days[-100:]
+    return float(np.median(np.diff(tail))) if tail.shape[0] > 1 else _NAN
+
+
+def _ceil_days(value: float, period: float) -> float | None:
+    """Round a duration up to the resolution of the bar spacing, as backtesting.py does."""
+    if value != value:
+        return None
+    step = 1.0 if period == period and float(period).is_integer() else 1 / 24
+    return float(math.ceil(value / step) * step)
+
+
+def _resample_last(days: npt.NDArray[np.int64], equity: FloatArray, freq: str) -> FloatArray:
+    """The last equity value in each calendar day, Sunday-ending week, month or year."""
+    if freq == "D":
+        key = days
+    elif freq == "W":
+        key = days + (6 - (days + 3) % 7)  # 1970-01-01 was a Thursday (weekday 3)
+    else:
+        ymd = days.astype("datetime64[D]")
+        key = (ymd.astype("datetime64[M]") if freq == "ME" else ymd.astype("datetime64[Y]")).astype(np.int64)
+    last = np.flatnonzero(np.append(key[1:] != key[:-1], True))
+    return equity[last]
+
+
+def _drawdown_periods(dd: FloatArray, days: npt.NDArray[np.int64]) -> tuple[FloatArray, FloatArray] | None:
+    """Duration (days) and depth of each drawdown, ending at recovery or at the last bar."""
+    n = dd.shape[0]
+    iloc = np.unique(np.append(np.flatnonzero(dd == 0), n - 1))
+    prev, cur = iloc[:-1], iloc[1:]
+    keep = cur > prev + 1
+    prev, cur = prev[keep], cur[keep]
+    if not prev.size:
+        return None
+    durations = (days[cur] - days[prev]).astype(np.float64)
+    padded = np.append(dd, 0.0)
+    bounds = np.empty(prev.size * 2, dtype=np.int64)
+    bounds[0::2], bounds[1::2] = prev, cur + 1
+    peaks = np.maximum.reduceat(padded, bounds)[0::2]
+    return durations, peaks
+
+
+def compute_metrics(
+    dates: npt.NDArray[np.datetime64],
+    close: FloatArray,
+    equity: FloatArray,
+    trades: Sequence[Trade],
+    warmup: int,
+) -> dict[str, object]:
+    """Every statistic of backtesting.py's `compute_stats` with risk-free rate 0 (see STRATEGIES.md)."""
+    days = dates.astype("datetime64[D]").astype(np.int64)
+    n = equity.shape[0]
+    m: dict[str, object] = {}
+    with np.errstate(all="ignore"):
+        peak = np.maximum.accumulate(equity)
+        dd = 1 - equity / peak
+
+        size = np.array([t.size for t in trades], dtype=np.float64)
+        entry = np.array([t.entry_price for t in trades], dtype=np.float64)
+        exit_ = np.array([t.exit_price for t in trades], dtype=np.float64)
+        fees = np.array([t.commission for t in trades], dtype=np.float64)
+        entry_bar = np.array([t.entry_bar for t in trades], dtype=np.int64)
+        exit_bar = np.array([t.exit_bar for t in trades], dtype=np.int64)
+        pl = size * (exit_ - entry) - fees
+        returns = np.copysign(1.0, size) * (exit_ / entry - 1) - fees / (np.abs(size) * entry)
+        trade_days = (days[exit_bar] - days[entry_bar]).astype(np.float64) if trades else np.empty(0)
+
+        m["start"] = str(dates[0].astype("datetime64[D]"))
+        m["end"] = str(dates[-1].astype("datetime64[D]"))
+        duration = int(days[-1] - days[0])
+        m["duration_days"] = duration
+
+        held = np.zeros(n + 1, dtype=np.int64)
+        np.add.at(held, entry_bar, 1)
+        np.add.at(held, exit_bar + 1, -1)
+        m["exposure_pct"] = float((np.cumsum(held[:n]) > 0).mean() * 100)
+        m["equity_final"] = float(equity[-1])
+        m["equity_peak"] = float(equity.max())
+        total_fees = 0.0
+        for t in trades:  # summed in trade order, like backtesting.py
+            total_fees += t.commission
+        m["commissions"] = total_fees
+        m["return_pct"] = float((equity[-1] - equity[0]) / equity[0] * 100)
+        m["buy_hold_return_pct"] = float((close[-1] - close[warmup]) / close[warmup] * 100)
+
+        period = _period_days(days)
+        freq_days = math.floor(period) if period == period else 0
+        weekends = float((((days + 3) % 7) >= 5).mean()) > 2 / 7 * 0.6
+        annual = {7: 52, 31: 12, 365: 1}.get(freq_days, 365 if weekends else 252)
+        freq = {7: "W", 31: "ME", 365: "YE"}.get(freq_days, "D")
+        sampled = _resample_last(days, equity, freq)
+        day_returns = sampled[1:] / sampled[:-1] - 1
+        day_returns = day_returns[~np.isnan(day_returns)]
+        # numpy scalars: overflow and 0/0 give inf and NaN here, as in backtesting.py, not exceptions.
+        g = np.float64(_geometric_mean(day_returns))
+        ann = (1 + g) ** annual - 1
+        m["return_ann_pct"] = float(ann * 100)
+        vol = np.sqrt((np.float64(_var(day_returns)) + (1 + g) ** 2) ** annual - (1 + g) ** (2 * annual))
+        m["volatility_ann_pct"] = float(vol * 100)
+        years = duration / 365.25
+        m["cagr_pct"] = float(((equity[-1] / equity[0]) ** (1 / years) - 1) * 100) if years else _NAN
+        m["sharpe"] = m["return_ann_pct"] / (m["volatility_ann_pct"] or _NAN)  # type: ignore[operator]
+        downside = math.sqrt(_mean(np.clip(day_returns, -np.inf, 0) ** 2)) * math.sqrt(annual)
+        m["sortino"] = float(ann / np.float64(downside))
+        max_dd = -float(np.nan_to_num(dd.max()))
+        m["calmar"] = float(ann / (-max_dd or _NAN))
+        eq_log = np.log(equity[1:] / equity[:-1])
+        mk_log = np.log(close[1:] / close[:-1])
+        beta = _NAN
+        if eq_log.shape[0] > 1:
+            cov = np.cov(eq_log, mk_log)
+            beta = float(cov[0, 1] / cov[1, 1])
+        m["alpha_pct"] = m["return_pct"] - beta * m["buy_hold_return_pct"]  # type: ignore[operator]
+        m["beta"] = beta
+        m["max_drawdown_pct"] = max_dd * 100
+        periods = _drawdown_periods(dd, days)
+        if periods is None:
+            # No completed drawdown: backtesting.py then averages the raw nonzero drawdowns.
+            nonzero = dd[dd != 0]
+            m["avg_drawdown_pct"] = -_mean(nonzero[~np.isnan(nonzero)]) * 100
+            m["max_drawdown_duration_days"] = None
+            m["avg_drawdown_duration_days"] = None
+        else:
+            durations, peaks = periods
+            m["avg_drawdown_pct"] = -_mean(peaks) * 100
+            m["max_drawdown_duration_days"] = _ceil_days(float(durations.max()), period)
+            m["avg_drawdown_duration_days"] = _ceil_days(_mean(durations), period)
+
+        k = len(trades)
+        m["num_trades"] = k
+        win_rate = float((pl > 0).mean()) if k else _NAN
+        m["win_rate_pct"] = win_rate * 100
+        m["best_trade_pct"] = float(returns.max()) * 100 if k else _NAN
+        m["worst_trade_pct"] = float(returns.min()) * 100 if k else _NAN
+        m["avg_trade_pct"] = _geometric_mean(returns) * 100
+        m["max_trade_duration_days"] = _ceil_days(float(trade_days.max()), period) if k else None
+        m["avg_trade_duration_days"] = _ceil_days(_mean(trade_days), period) if k else None
+        m["profit_factor"] = float(returns[returns > 0].sum()) / (abs(float(returns[returns < 0].sum())) or _NAN)
+        m["expectancy_pct"] = _mean(returns) * 100
+        std = math.sqrt(_var(pl)) if k > 1 else _NAN
+        m["sqn"] = math.sqrt(k) * _mean(pl) / (std or _NAN)
+        m["kelly"] = float(np.float64(win_rate) - (1 - win_rate) / (np.float64(_mean(pl[pl > 0])) / -_mean(pl[pl < 0])))
+    return m

@@ -1,0 +1,101 @@
+"""JSON-safe results: the small summary for the `completed` event and the full detail."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from consumers.engine.datasets import Bars
+from consumers.engine.kernel import Simulation
+from consumers.engine.sweep import SweepRow
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON types only: NaN and ±inf become None (JSON has no NaN), numpy scalars unwrap."""
+    if isinstance(value, float | np.floating):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _floats(arr: np.ndarray) -> list[float | None]:
+    if np.isfinite(arr).all():
+        return arr.tolist()  # type: ignore[no-any-return]
+    return [v if math.isfinite(v) else None for v in arr.tolist()]
+
+
+def trades_table(bars: Bars, sim: Simulation) -> dict[str, list[Any]]:
+    """Closed trades as columns (one list per field, same order): compact and fast to build."""
+    days = bars.dates.astype("datetime64[D]")
+    t = sim.trades
+    size = np.array([x.size for x in t], dtype=np.int64)
+    entry_bar = np.array([x.entry_bar for x in t], dtype=np.int64)
+    exit_bar = np.array([x.exit_bar for x in t], dtype=np.int64)
+    entry = np.array([x.entry_price for x in t], dtype=np.float64)
+    exit_ = np.array([x.exit_price for x in t], dtype=np.float64)
+    fees = np.array([x.commission for x in t], dtype=np.float64)
+    sizef = size.astype(np.float64)
+    with np.errstate(all="ignore"):
+        pnl = sizef * (exit_ - entry) - fees
+        ret = np.copysign(1.0, sizef) * (exit_ / entry - 1) - fees / (np.abs(sizef) * entry)
+    return {
+        "size": size.tolist(),
+        "entry_bar": entry_bar.tolist(),
+        "exit_bar": exit_bar.tolist(),
+        "entry_time": np.datetime_as_string(days[entry_bar], unit="D").tolist(),
+        "exit_time": np.datetime_as_string(days[exit_bar], unit="D").tolist(),
+        "entry_price": _floats(entry),
+        "exit_price": _floats(exit_),
+        "pnl": _floats(pnl),
+        "commission": _floats(fees),
+        "return_pct": _floats(ret * 100),
+        "duration_days": (days[exit_bar] - days[entry_bar]).astype(np.int64).tolist(),
+    }
+
+
+def backtest_detail(
+    bars: Bars, sim: Simulation, metrics: Mapping[str, Any], strategy: str, params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Metrics, the equity curve with drawdown and position per bar, and the trades; both tables
+    are columnar (a list per field, aligned by index)."""
+    with np.errstate(all="ignore"):
+        drawdown = -(1 - sim.equity / np.maximum.accumulate(sim.equity)) * 100
+    return {
+        "kind": "backtest",
+        "strategy": strategy,
+        "symbol": bars.symbol,
+        "params": json_safe(dict(params)),
+        "metrics": json_safe(dict(metrics)),
+        "equity_curve": {
+            "time": np.datetime_as_string(bars.dates, unit="D").tolist(),
+            "equity": _floats(sim.equity),
+            "drawdown_pct": _floats(drawdown + 0.0),
+            "position": sim.position.tolist(),
+        },
+        "trades": trades_table(bars, sim),
+        "bankrupt_at": None if sim.bankrupt_bar is None else str(bars.dates[sim.bankrupt_bar]),
+    }
+
+
+def sweep_detail(
+    rows: Sequence[SweepRow], objective: str, total_grid: int, best: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "kind": "sweep",
+        "objective": objective,
+        "grid_size": total_grid,
+        "combinations": len(rows),
+        "table": [json_safe({"params": r.params, "objective": r.objective, **r.metrics}) for r in rows],
+        "best": best,
+    }

@@ -1,0 +1,246 @@
+"""Running a request in bounded chunks: progress, cancellation points, checkpoints and the outcome."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from consumers.engine import kernel, sweep
+from consumers.engine.datasets import Bars, Catalog
+from consumers.engine.errors import CheckpointError, EngineError, SpecError
+from consumers.engine.indicators import IndicatorCache
+from consumers.engine.kernel import Costs, KernelState, Simulation
+from consumers.engine.metrics import compute_metrics
+from consumers.engine.report import backtest_detail, json_safe, sweep_detail
+from consumers.engine.strategies import STRATEGIES, Signals, StrategyDef
+from consumers.engine.sweep import SweepRow
+from consumers.engine.validation import check_spec
+from orchestrator.spec import BacktestSpec
+
+# Decisions per kernel chunk between clock checks: ~1 µs each, so a check every ~0.1 ms.
+EVENTS_PER_CHUNK = 128
+CHECKPOINT_VERSION = 1
+
+
+class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """The state between chunks, enough to resume instead of starting over.
+
+    Indicators are not saved: they are recomputed from the data, which `fingerprint` pins
+    (with the request), so a checkpoint cannot be resumed against other data.
+    """
+
+    version: int = CHECKPOINT_VERSION
+    fingerprint: str
+    kernel: KernelState | None = None  # a single backtest's progress
+    rows: list[SweepRow] = []  # a sweep's finished combinations, in grid order
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    summary: dict[str, Any]
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Market:
+    """One symbol's bars in the requested date range, with what every combination shares."""
+
+    bars: Bars
+    indicators: IndicatorCache
+    open_list: list[float]
+
+
+def costs_of(spec: BacktestSpec) -> Costs:
+    return Costs(spec.commission, spec.commission_fixed, spec.spread, spec.slippage_bps / 10_000)
+
+
+def fingerprint(spec: BacktestSpec, bars: Bars) -> str:
+    h = hashlib.sha256(msgspec.json.encode(spec))
+    h.update(bars.dates.tobytes())
+    h.update(bars.open.tobytes())
+    h.update(bars.close.tobytes())
+    return h.hexdigest()[:32]
+
+
+def signals_for(market: Market, strategy: StrategyDef, params: Mapping[str, Any], long_only: bool) -> Signals:
+    return strategy.build(market.indicators, params, strategy.warmup(params) + 1, long_only)
+
+
+class Job:
+    """One backtest advancing in bounded steps: kernel chunks, then settlement, then statistics."""
+
+    def __init__(self, market: Market, strategy: StrategyDef, params: Mapping[str, Any], costs: Costs,
+                 long_only: bool, cash: float, state: KernelState | None = None) -> None:
+        self.market, self.strategy, self.params = market, strategy, params
+        self.costs, self.long_only = costs, long_only
+        self.warmup = strategy.warmup(params)
+        self.state = state if state is not None else kernel.initial_state(cash, self.warmup + 1)
+        self.signals: Signals | None = None
+        self.sim: Simulation | None = None
+        self.metrics: dict[str, object] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.metrics is not None
+
+    def step(self, max_events: int = EVENTS_PER_CHUNK) -> None:
+        bars = self.market.bars
+        if not self.state.done:
+            if self.signals is None:
+                # Recomputed after a resume too (not saved): same data, same signals.
+                self.signals = signals_for(self.market, self.strategy, self.params, self.long_only)
+            kernel.advance(self.state, self.signals, self.market.open_list, len(bars), self.costs, max_events)
+        elif self.sim is None:
+            self.sim = kernel.settle(self.state, bars.open, bars.close, self.warmup + 1, self.costs)
+        else:
+            self.metrics = compute_metrics(bars.dates, bars.close, self.sim.equity, self.sim.trades, self.warmup)
+
+
+def run_once(
+    market: Market, strategy: StrategyDef, params: Mapping[str, Any], costs: Costs, long_only: bool, cash: float
+) -> tuple[Simulation, dict[str, object]]:
+    """One complete backtest without pauses."""
+    job = Job(market, strategy, params, costs, long_only, cash)
+    while not job.done:
+        job.step(1 << 30)
+    assert job.sim is not None and job.metrics is not None
+    return job.sim, job.metrics
+
+
+class BacktestRun:
+    """One task's run. Call `advance()` until `done`; between calls the worker reports progress,
+    checks for a cancel and may save `checkpoint()`."""
+
+    def __init__(self, spec: BacktestSpec, catalog: Catalog, checkpoint: Checkpoint | None = None) -> None:
+        errors = check_spec(spec, catalog)
+        if errors:
+            raise SpecError("; ".join(f"{e.field}: {e.message}" for e in errors), list(errors))
+        bars = catalog.load(spec.symbol).between(spec.start, spec.end)
+        self.spec = spec
+        self.strategy = STRATEGIES[spec.strategy]
+        self.market = Market(bars, IndicatorCache(bars.close), bars.open.tolist())
+        self.costs = costs_of(spec)
+        self.fingerprint = fingerprint(spec, bars)
+        self.combinations = (sweep.admissible(self.strategy, spec.params, spec.constraint, len(bars))
+                             if spec.is_sweep else [dict(spec.params)])
+        self.rows: list[SweepRow] = []
+        self._job: Job | None = None
+        self._best: Job | None = None
+        self._outcome: Outcome | None = None
+        if checkpoint is not None:
+            self._restore(checkpoint)
+
+    def _new_job(self, params: Mapping[str, Any], state: KernelState | None = None) -> Job:
+        return Job(self.market, self.strategy, params, self.costs, self.spec.long_only, self.spec.cash, state)
+
+    def _restore(self, cp: Checkpoint) -> None:
+        if cp.version != CHECKPOINT_VERSION or cp.fingerprint != self.fingerprint:
+            raise CheckpointError("checkpoint belongs to another request, data or engine version; start over")
+        if len(cp.rows) > len(self.combinations) or (not self.spec.is_sweep and cp.rows):
+            raise CheckpointError("checkpoint has more finished combinations than the request")
+        self.rows = list(cp.rows)
+        if cp.kernel is None:
+            return
+        state = msgspec.structs.replace(cp.kernel)
+        if len(self.rows) < len(self.combinations):
+            self._job = self._new_job(self.combinations[len(self.rows)], state)
+        else:  # the sweep's closing re-run of its best combination
+            self._best = self._new_job(self._best_params(), state)
+
+    @property
+    def done(self) -> bool:
+        return self._outcome is not None
+
+    @property
+    def progress(self) -> float:
+        if self._outcome is not None:
+            return 1.0
+        total = len(self.combinations)
+        within = 0.0
+        if self._job is not None:
+            within = self._job.state.cursor / max(1, len(self.market.bars))
+        return 0.99 * min(1.0, (len(self.rows) + within) / total)
+
+    def advance(self, max_seconds: float = 0.02) -> None:
+        """Do about `max_seconds` of work (at least one step) and return."""
+        deadline = time.perf_counter() + max_seconds
+        while self._outcome is None:
+            self._step()
+            if time.perf_counter() >= deadline:
+                break
+
+    def _step(self) -> None:
+        if not self.spec.is_sweep:
+            if self._job is None:
+                self._job = self._new_job(self.combinations[0])
+            if not self._job.done:
+                self._job.step()
+            else:
+                self._outcome = self._single_outcome(self._job)
+            return
+        if len(self.rows) < len(self.combinations):
+            if self._job is None:
+                self._job = self._new_job(self.combinations[len(self.rows)])
+            self._job.step()
+            if self._job.done:
+                assert self._job.metrics is not None
+                self.rows.append(sweep.make_row(self._job.params, self._job.metrics, self.spec.objective))
+                self._job = None
+            return
+        if self._best is None:
+            self._best = self._new_job(self._best_params())
+        if not self._best.done:
+            self._best.step()
+        else:
+            self._outcome = self._sweep_outcome(self._best)
+
+    def _best_params(self) -> Mapping[str, Any]:
+        top = sweep.ranked(self.rows)[0]
+        # No combination traded: like optimize(), report the first one.
+        return top.params if top.objective is not None else self.combinations[0]
+
+    def _single_outcome(self, job: Job) -> Outcome:
+        assert job.sim is not None and job.metrics is not None
+        detail = backtest_detail(self.market.bars, job.sim, job.metrics, self.spec.strategy, job.params)
+        return Outcome({"metrics": detail["metrics"]}, detail)
+
+    def _sweep_outcome(self, best: Job) -> Outcome:
+        assert best.sim is not None and best.metrics is not None
+        best_detail = backtest_detail(self.market.bars, best.sim, best.metrics, self.spec.strategy, best.params)
+        table = sweep.ranked(self.rows)
+        detail = sweep_detail(table, self.spec.objective, sweep.grid_size(self.spec.params), best_detail)
+        summary = {
+            "metrics": best_detail["metrics"],
+            "best_params": json_safe(dict(best.params)),
+            "objective": self.spec.objective,
+            "combinations": len(self.rows),
+        }
+        return Outcome(summary, detail)
+
+    def checkpoint(self) -> Checkpoint:
+        """The state after the last step. A step in settlement or statistics is redone on resume."""
+        saved = None
+        job = self._job or self._best
+        if job is not None:
+            state = job.state
+            saved = msgspec.structs.replace(state, trades=list(state.trades), segments=list(state.segments))
+        return Checkpoint(fingerprint=self.fingerprint, kernel=saved, rows=list(self.rows))
+
+    def outcome(self) -> Outcome:
+        if self._outcome is None:
+            raise EngineError("the run is not done yet: call advance() until done")
+        return self._outcome
+
+
+def start_run(spec: BacktestSpec, catalog: Catalog) -> BacktestRun:
+    """Validate the request and set up its run; raises SpecError or DatasetError (not retryable)."""
+    return BacktestRun(spec, catalog)
+
+
+def resume_run(spec: BacktestSpec, catalog: Catalog, checkpoint: Checkpoint) -> BacktestRun:
+    """Continue from a checkpoint; raises CheckpointError if it belongs to other input."""
+    return BacktestRun(spec, catalog, checkpoint)

@@ -1,0 +1,83 @@
+"""Parameter sweeps: the grid of combinations, which ones are admissible, and their ranking."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from consumers.engine.constraints import Constraint
+from consumers.engine.strategies import StrategyDef, min_bars
+
+MAX_COMBINATIONS = 10_000
+# Metrics kept for every row of the sweep table, besides the objective.
+TABLE_METRICS = (
+    "return_pct", "sharpe", "sortino", "max_drawdown_pct", "num_trades", "win_rate_pct",
+    "profit_factor", "sqn", "equity_final", "exposure_pct",
+)
+
+Combination = dict[str, int | float]
+
+
+class SweepRow(msgspec.Struct, frozen=True):
+    """One combination's result. `objective` is None when it made no trade or the metric is
+    undefined: backtesting.py's optimize() skips those runs, and so does the ranking."""
+
+    params: dict[str, int | float]
+    objective: float | None
+    metrics: dict[str, float | int | None]
+
+
+def grid_size(params: Mapping[str, Any]) -> int:
+    return math.prod(len(v) if isinstance(v, list) else 1 for v in params.values())
+
+
+def grid(params: Mapping[str, Any]) -> list[Combination]:
+    """Every combination, in backtesting.py's order: itertools.product over params as given."""
+    names = list(params)
+    axes = [v if isinstance(v, list) else [v] for v in params.values()]
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*axes)]
+
+
+def admissible(
+    strategy: StrategyDef, params: Mapping[str, Any], constraint: str | None, n_bars: int
+) -> list[Combination]:
+    """Combinations that pass the constraint, the strategy's rules and have enough bars."""
+    check = Constraint(constraint, list(params)) if constraint else None
+    return [
+        c for c in grid(params)
+        if (check is None or check(c)) and not strategy.rules(c) and min_bars(strategy, c) <= n_bars
+    ]
+
+
+def objective_value(metrics: Mapping[str, Any], objective: str) -> float | None:
+    value = metrics.get(objective)
+    if not metrics.get("num_trades") or value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def make_row(combo: Combination, metrics: Mapping[str, Any], objective: str) -> SweepRow:
+    kept = {k: _finite(metrics[k]) for k in (objective, *TABLE_METRICS)}
+    return SweepRow(dict(combo), objective_value(metrics, objective), kept)
+
+
+def ranked(rows: Sequence[SweepRow]) -> list[SweepRow]:
+    """Best first; ties keep grid order (the first maximum wins, as with pandas idxmax); rows
+    without an objective value come last."""
+    def key(r: SweepRow) -> tuple[int, float]:
+        return (1, 0.0) if r.objective is None else (0, -r.objective)
+    return sorted(rows, key=key)
+
+
+def _finite(v: Any) -> float | int | None:
+    if v is None:
+        return None
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    f = float(v)
+    return f if math.isfinite(f) else None

@@ -1,0 +1,149 @@
+"""Domain checks of a request, shared by the API (as a 422) and the worker: a pure function."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgspec
+
+from consumers.engine.constraints import Constraint, ConstraintError
+from consumers.engine.datasets import Bars, Catalog
+from consumers.engine.errors import DataUnavailable, DatasetError, UnknownSymbolError
+from consumers.engine.metrics import OBJECTIVES
+from consumers.engine.strategies import STRATEGIES, StrategyDef, min_bars
+from consumers.engine.sweep import MAX_COMBINATIONS, admissible, grid_size
+from orchestrator.spec import BacktestSpec
+
+# backtesting.py rejects commission rates of 10% or more; so do we, as such a rate is a typo.
+MAX_COMMISSION = 0.1
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    field: str  # dotted path into the request, e.g. "params.fast" or "params.fast[2]"
+    message: str
+
+
+def _number_errors(spec: BacktestSpec) -> list[FieldError]:
+    errors = []
+    limits: list[tuple[str, float, float | None, bool]] = [
+        # field, lowest allowed, upper bound (exclusive) or None, lowest itself allowed
+        ("cash", 0.0, None, False),
+        ("commission", 0.0, MAX_COMMISSION, True),
+        ("commission_fixed", 0.0, None, True),
+        ("spread", 0.0, 1.0, True),
+        ("slippage_bps", 0.0, 10_000.0, True),
+    ]
+    for name, low, high, inclusive in limits:
+        value = getattr(spec, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            errors.append(FieldError(name, f"must be a finite number, got {value!r}"))
+        elif value < low or (value == low and not inclusive):
+            errors.append(FieldError(name, f"must be {'at least' if inclusive else 'greater than'} {low:g}, got {value:g}"))
+        elif high is not None and value >= high:
+            errors.append(FieldError(name, f"must be less than {high:g}, got {value:g}"))
+    return errors
+
+
+def _value_error(strategy: StrategyDef, name: str, value: Any) -> str | None:
+    pdef = next(p for p in strategy.params if p.name == name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"must be a number, got {value!r}"
+    if pdef.kind is int and not isinstance(value, int):
+        return f"must be an integer, got {value!r}"
+    if not math.isfinite(value):
+        return f"must be finite, got {value!r}"
+    if not pdef.minimum <= value <= pdef.maximum:
+        return f"must be between {pdef.minimum:g} and {pdef.maximum:g}, got {value:g}"
+    return None
+
+
+def _param_errors(spec: BacktestSpec, strategy: StrategyDef) -> list[FieldError]:
+    errors = []
+    expected = strategy.param_names
+    for name in spec.params:
+        if name not in expected:
+            errors.append(FieldError(f"params.{name}", f"unknown parameter for {strategy.name}; "
+                                     f"expected {', '.join(expected) or 'none'}"))
+    for name in expected:
+        if name not in spec.params:
+            errors.append(FieldError(f"params.{name}", f"missing; {strategy.name} needs {', '.join(expected)}"))
+            continue
+        value = spec.params[name]
+        if isinstance(value, list):
+            if not value:
+                errors.append(FieldError(f"params.{name}", "a sweep list needs at least one value"))
+            if len(set(value)) != len(value):
+                errors.append(FieldError(f"params.{name}", "a sweep list must not repeat values"))
+            for k, v in enumerate(value):
+                if (msg := _value_error(strategy, name, v)) is not None:
+                    errors.append(FieldError(f"params.{name}[{k}]", msg))
+        elif (msg := _value_error(strategy, name, value)) is not None:
+            errors.append(FieldError(f"params.{name}", msg))
+    return errors
+
+
+def _date_field(spec: BacktestSpec) -> str:
+    return "start" if spec.start is not None else "end" if spec.end is not None else "symbol"
+
+
+def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
+    """Every domain problem with the request, as field errors; an empty list means runnable."""
+    errors: list[FieldError] = []
+    strategy = STRATEGIES.get(spec.strategy)
+    if strategy is None:
+        errors.append(FieldError("strategy", f"unknown strategy {spec.strategy!r}; "
+                                 f"choose one of {', '.join(STRATEGIES)}"))
+    bars: Bars | None = None
+    try:
+        bars = catalog.load(spec.symbol)
+    except UnknownSymbolError:
+        errors.append(FieldError("symbol", f"unknown symbol {spec.symbol!r}; available: "
+                                 f"{', '.join(catalog.symbols())}"))
+    except DataUnavailable:
+        raise  # not a fault of the request: the caller may try again
+    except DatasetError as e:
+        errors.append(FieldError("symbol", str(e)))
+    errors += _number_errors(spec)
+    if spec.timeout_s is not None and not spec.timeout_s > 0:
+        errors.append(FieldError("timeout_s", f"must be a positive number of seconds, got {spec.timeout_s}"))
+    if spec.start is not None and spec.end is not None and spec.end <= spec.start:
+        errors.append(FieldError("end", f"must be after start ({spec.start}), got {spec.end}"))
+    if spec.objective not in OBJECTIVES:
+        errors.append(FieldError("objective", f"unknown metric {spec.objective!r}; choose one of "
+                                 f"{', '.join(OBJECTIVES)}"))
+    constraint_ok = True
+    if spec.constraint is not None:
+        try:
+            Constraint(spec.constraint, list(spec.params))
+        except ConstraintError as e:
+            errors.append(FieldError("constraint", str(e)))
+            constraint_ok = False
+    if strategy is None:
+        return errors
+    param_errors = _param_errors(spec, strategy)
+    errors += param_errors
+    if param_errors:
+        return errors
+    size = grid_size(spec.params)
+    if size > MAX_COMBINATIONS:
+        errors.append(FieldError("params", f"the sweep has {size} combinations; at most {MAX_COMBINATIONS} allowed"))
+        return errors
+    if bars is None or not constraint_ok or any(e.field in ("end",) for e in errors):
+        return errors
+    window = bars.between(spec.start, spec.end)
+    if not spec.is_sweep:
+        rule_errors = [FieldError(f, m) for f, m in strategy.rules(spec.params)]
+        errors += rule_errors
+        need = min_bars(strategy, spec.params)
+        if not rule_errors and len(window) < need:
+            errors.append(FieldError(_date_field(spec), _too_few(spec, bars, len(window), need)))
+    elif not admissible(strategy, spec.params, spec.constraint, len(window)):
+        errors.append(FieldError("params", f"no combination of the sweep satisfies the constraint, the "
+                                 f"strategy's rules and has enough bars ({len(window)} in the date range)"))
+    return errors
+
+
+def _too_few(spec: BacktestSpec, bars: Bars, have: int, need: int) -> str:
+    return (f"{have} bars of {bars.symbol} between {spec.start or bars.start} and {spec.end or bars.end}; "
+            f"this strategy needs at least {need} (data covers {bars.start} to {bars.end})")

@@ -1,0 +1,189 @@
+"""backtesting.py 0.6.6 as a test-only oracle (AGPL-3.0: never imported by engine code)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from backtesting import Backtest, Strategy
+from backtesting.lib import crossover
+
+from consumers.engine.datasets import Bars
+from consumers.engine.indicators import IndicatorCache
+from consumers.engine.metrics import BACKTESTING_PY_NAMES
+from orchestrator.spec import BacktestSpec
+
+
+def _sma(values: Any, n: int) -> Any:
+    return pd.Series(values).rolling(n).mean()
+
+
+class SmaCross(Strategy):
+    """backtesting.py's SmaCross example, with an optional long-only switch."""
+
+    fast = 10
+    slow = 20
+    long_only = False
+
+    def init(self) -> None:
+        self.sma1 = self.I(_sma, self.data.Close, self.fast)
+        self.sma2 = self.I(_sma, self.data.Close, self.slow)
+
+    def next(self) -> None:
+        if crossover(self.sma1, self.sma2):
+            self.position.close()
+            self.buy()
+        elif crossover(self.sma2, self.sma1):
+            self.position.close()
+            if not self.long_only:
+                self.sell()
+
+
+class _Levels(Strategy):
+    long_only = False
+
+    def act(self, go_long: bool, go_short: bool) -> None:
+        if go_long:
+            if not self.position.is_long:
+                self.position.close()
+                self.buy()
+        elif go_short:
+            if self.long_only:
+                if self.position:
+                    self.position.close()
+            elif not self.position.is_short:
+                self.position.close()
+                self.sell()
+
+
+class Momentum(_Levels):
+    lookback = 20
+    threshold = 0.0
+
+    def init(self) -> None:
+        close = pd.Series(np.asarray(self.data.Close, dtype=float))
+        mom = (close / close.shift(self.lookback) - 1).values
+        self.mom = self.I(lambda: mom)
+
+    def next(self) -> None:
+        self.act(self.mom[-1] > self.threshold, self.mom[-1] < -self.threshold)
+
+
+class Rsi(_Levels):
+    period = 14
+    lower = 30.0
+    upper = 70.0
+
+    def init(self) -> None:
+        d = pd.Series(np.asarray(self.data.Close, dtype=float)).diff()
+        g = d.clip(lower=0).rolling(self.period).mean().values
+        l_ = (-d).clip(lower=0).rolling(self.period).mean().values
+        self.g = self.I(lambda: g)
+        self.l = self.I(lambda: l_)
+
+    def next(self) -> None:
+        with np.errstate(all="ignore"):
+            r = 100 * self.g[-1] / (self.g[-1] + self.l[-1])
+        self.act(r < self.lower, r > self.upper)
+
+
+class Bollinger(Strategy):
+    window = 20
+    k = 2.0
+    long_only = False
+
+    def init(self) -> None:
+        c = np.asarray(self.data.Close, dtype=float)
+        mid = pd.Series(c).rolling(self.window).mean().values
+        # The standard deviation is the engine's own (documented) function; the mean is pandas'.
+        sd = IndicatorCache(c).std(self.window)
+        self.mid = self.I(lambda: mid)
+        self.lower = self.I(lambda: mid - self.k * sd)
+        self.upper = self.I(lambda: mid + self.k * sd)
+
+    def next(self) -> None:
+        c = self.data.Close[-1]
+        if not self.position:
+            if c < self.lower[-1]:
+                self.buy()
+            elif c > self.upper[-1] and not self.long_only:
+                self.sell()
+        elif self.position.is_long and c > self.mid[-1]:
+            self.position.close()
+        elif self.position.is_short and c < self.mid[-1]:
+            self.position.close()
+
+
+class BuyAndHold(Strategy):
+    long_only = False
+
+    def init(self) -> None:
+        pass
+
+    def next(self) -> None:
+        if not self.position:
+            self.buy()
+
+
+ORACLES: dict[str, type[Strategy]] = {
+    "sma_cross": SmaCross, "momentum": Momentum, "rsi": Rsi, "bollinger": Bollinger, "buy_and_hold": BuyAndHold,
+}
+
+
+def frame(bars: Bars) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"Open": bars.open, "High": bars.high, "Low": bars.low, "Close": bars.close, "Volume": bars.volume},
+        index=pd.DatetimeIndex(bars.dates.astype("datetime64[ns]")),
+    )
+
+
+def backtest(bars: Bars, spec: BacktestSpec) -> Backtest:
+    commission: Any = (spec.commission_fixed, spec.commission) if spec.commission_fixed else spec.commission
+    return Backtest(frame(bars), ORACLES[spec.strategy], cash=spec.cash, commission=commission,
+                    spread=spec.spread, finalize_trades=True)
+
+
+def run(bars: Bars, spec: BacktestSpec) -> pd.Series:
+    # The oracle warns about prices above cash, cancelled orders and the like; only here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return backtest(bars, spec).run(**spec.params, long_only=spec.long_only)
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    out = df[["Open", "High", "Low", "Close", "Volume"]].copy()
+    out.index = out.index.strftime("%Y-%m-%d")
+    out.index.name = "Date"
+    # pandas writes the shortest repr, which float() reads back exactly.
+    out.to_csv(path)
+
+
+def close_enough(ours: Any, theirs: Any, rel: float = 1e-9) -> bool:
+    if isinstance(theirs, pd.Timedelta):
+        return ours is not None and math.isclose(ours, theirs / pd.Timedelta(days=1))
+    if isinstance(theirs, pd.Timestamp):
+        return bool(ours == str(theirs.date()))
+    if theirs is None:  # backtesting.py leaves out zero commissions
+        return True
+    t = float(theirs)
+    if not math.isfinite(t):
+        return ours is None
+    return ours is not None and math.isclose(float(ours), t, rel_tol=rel, abs_tol=1e-9)
+
+
+def metric_mismatches(ours: dict[str, Any], stats: pd.Series) -> dict[str, tuple[Any, Any]]:
+    out = {}
+    for k, v in BACKTESTING_PY_NAMES.items():
+        theirs = stats.get(v)
+        if k.endswith("duration_days") and not isinstance(theirs, pd.Timedelta | pd.Timestamp):
+            # With no finished drawdown backtesting.py puts a drawdown fraction here, not a
+            # duration; the engine reports None (documented in STRATEGIES.md).
+            if ours.get(k) is not None:
+                out[k] = (ours.get(k), theirs)
+        elif not close_enough(ours.get(k), theirs):
+            out[k] = (ours.get(k), theirs)
+    return out

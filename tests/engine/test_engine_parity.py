@@ -1,0 +1,113 @@
+"""Trades, equity and statistics equal backtesting.py 0.6.6's on the same data, strategy and costs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bt_oracle
+from consumers.engine.datasets import Catalog
+from consumers.engine.runner import Outcome, start_run
+from orchestrator.spec import BacktestSpec
+
+SMA_PARAMS = [(10, 20), (5, 20), (3, 7), (20, 50), (50, 200), (2, 3)]
+COSTS: list[dict[str, Any]] = [
+    {},
+    {"commission": 0.002},
+    {"commission": 0.001, "commission_fixed": 5.0, "spread": 0.0015},
+    {"spread": 0.002, "long_only": True},
+    {"commission": 0.05, "cash": 1_000_000.0},
+]
+
+
+def cases() -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
+    out = []
+    for fast, slow in SMA_PARAMS:
+        for k, costs in enumerate(COSTS):
+            if (fast, slow) in ((10, 20), (5, 20)) or k in (0, 2):
+                out.append(("GOOGBT", "sma_cross", {"fast": fast, "slow": slow}, costs))
+    for symbol in ("AAPL", "IBM", "MSFT", "GOOG", "FB"):
+        out += [
+            (symbol, "sma_cross", {"fast": 10, "slow": 30}, {"commission": 0.001}),
+            (symbol, "momentum", {"lookback": 20, "threshold": 0.02}, {}),
+            (symbol, "momentum", {"lookback": 5, "threshold": 0.0}, {"spread": 0.001, "long_only": True}),
+            (symbol, "bollinger", {"window": 20, "k": 2.0}, {"commission": 0.001}),
+            (symbol, "bollinger", {"window": 10, "k": 1.0}, {"long_only": True}),
+            (symbol, "rsi", {"period": 14, "lower": 30.0, "upper": 70.0}, {}),
+            (symbol, "rsi", {"period": 5, "lower": 20.0, "upper": 80.0}, {"commission_fixed": 2.0, "long_only": True}),
+            (symbol, "buy_and_hold", {}, {"commission": 0.01}),
+        ]
+    out += [
+        ("GOOGBT", "rsi", {"period": 2, "lower": 25.0, "upper": 75.0}, {"commission": 0.0005}),
+        ("GOOGBT", "bollinger", {"window": 5, "k": 0.5}, {}),
+        ("GOOGBT", "momentum", {"lookback": 1, "threshold": 0.0}, {}),
+        ("GOOGBT", "buy_and_hold", {}, {}),
+        # Too little cash for one share: every order is cancelled, no trade at all.
+        ("GOOGBT", "sma_cross", {"fast": 10, "slow": 20}, {"cash": 100.0}),
+        # Short into a gap to three times the price: equity reaches zero and the run stops there.
+        ("ROCKET", "sma_cross", {"fast": 5, "slow": 20}, {}),
+        ("ROCKET", "sma_cross", {"fast": 3, "slow": 10}, {"commission": 0.01}),
+    ]
+    return out
+
+
+def run_engine(catalog: Catalog, spec: BacktestSpec, max_seconds: float = 1.0) -> Outcome:
+    run = start_run(spec, catalog)
+    while not run.done:
+        run.advance(max_seconds)
+    return run.outcome()
+
+
+def assert_parity(catalog: Catalog, spec: BacktestSpec) -> dict[str, Any]:
+    bars = catalog.load(spec.symbol).between(spec.start, spec.end)
+    stats = bt_oracle.run(bars, spec)
+    detail = run_engine(catalog, spec).detail
+
+    theirs = stats["_trades"]
+    ours = pd.DataFrame(detail["trades"])[[
+        "size", "entry_bar", "exit_bar", "entry_price", "exit_price", "pnl", "commission", "return_pct"]]
+    assert len(ours) == len(theirs)
+    for mine, col in [("size", "Size"), ("entry_bar", "EntryBar"), ("exit_bar", "ExitBar"),
+                      ("entry_price", "EntryPrice"), ("exit_price", "ExitPrice"), ("pnl", "PnL"),
+                      ("commission", "Commission")]:
+        np.testing.assert_array_equal(ours[mine].to_numpy(float), theirs[col].to_numpy(float), err_msg=mine)
+    np.testing.assert_array_equal(ours["return_pct"].to_numpy(float), theirs["ReturnPct"].to_numpy(float) * 100)
+    np.testing.assert_array_equal(np.array(detail["equity_curve"]["equity"], float),
+                                  stats["_equity_curve"]["Equity"].to_numpy())
+    assert bt_oracle.metric_mismatches(detail["metrics"], stats) == {}
+    return detail
+
+
+@pytest.mark.parametrize(("symbol", "strategy", "params", "costs"), cases(),
+                         ids=lambda v: v if isinstance(v, str) else None)
+def test_matches_backtesting_py(catalog: Catalog, symbol: str, strategy: str, params: dict[str, Any],
+                                costs: dict[str, Any]) -> None:
+    assert_parity(catalog, BacktestSpec(strategy=strategy, symbol=symbol, params=params, **costs))
+
+
+def test_date_range_is_a_slice_of_the_data(catalog: Catalog) -> None:
+    import datetime as dt
+    spec = BacktestSpec(strategy="sma_cross", symbol="AAPL", params={"fast": 10, "slow": 40},
+                        start=dt.date(2005, 1, 1), end=dt.date(2009, 12, 31), commission=0.001)
+    detail = assert_parity(catalog, spec)
+    assert detail["equity_curve"]["time"][0] == "2005-01-03"
+    assert detail["equity_curve"]["time"][-1] == "2009-12-31"
+
+
+def test_bankrupt_run_stops_at_zero(catalog: Catalog) -> None:
+    detail = assert_parity(catalog, BacktestSpec(strategy="sma_cross", symbol="ROCKET",
+                                                 params={"fast": 5, "slow": 20}))
+    assert detail["bankrupt_at"] is not None
+    assert detail["metrics"]["equity_final"] == 0.0
+    i = detail["equity_curve"]["time"].index(detail["bankrupt_at"])
+    assert set(detail["equity_curve"]["equity"][i:]) == {0.0}
+
+
+def test_no_trade_run_keeps_its_cash(catalog: Catalog) -> None:
+    detail = assert_parity(catalog, BacktestSpec(strategy="sma_cross", symbol="GOOGBT",
+                                                 params={"fast": 10, "slow": 20}, cash=100.0))
+    assert detail["trades"]["size"] == []
+    assert set(detail["equity_curve"]["equity"]) == {100.0}

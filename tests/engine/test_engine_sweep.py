@@ -1,0 +1,76 @@
+"""Sweeps: the same admissible grid, objective values and best parameters as Backtest.optimize()."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import bt_oracle
+from consumers.engine.constraints import Constraint, ConstraintError
+from consumers.engine.datasets import Catalog
+from consumers.engine.metrics import BACKTESTING_PY_NAMES
+from consumers.engine.runner import start_run
+from orchestrator.spec import BacktestSpec
+
+
+def run_sweep(catalog: Catalog, spec: BacktestSpec) -> tuple[dict[str, Any], dict[str, Any], list[float]]:
+    run = start_run(spec, catalog)
+    seen = []
+    while not run.done:
+        run.advance(0.0)
+        seen.append(run.progress)
+    out = run.outcome()
+    return out.summary, out.detail, seen
+
+
+def optimize(catalog: Catalog, spec: BacktestSpec, constraint: Any) -> tuple[pd.Series, pd.Series]:
+    bars = catalog.load(spec.symbol).between(spec.start, spec.end)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return bt_oracle.backtest(bars, spec).optimize(  # type: ignore[no-any-return]
+            maximize=BACKTESTING_PY_NAMES[spec.objective], constraint=constraint, return_heatmap=True,
+            **{k: v if isinstance(v, list) else [v] for k, v in spec.params.items()}, long_only=[spec.long_only])
+
+
+@pytest.mark.parametrize(("spec", "constraint"), [
+    (BacktestSpec(strategy="sma_cross", symbol="GOOGBT",
+                  params={"fast": [5, 10, 15, 20], "slow": [20, 40, 60, 80, 100]},
+                  constraint="fast < slow", commission=0.002),
+     lambda p: p.fast < p.slow),
+    (BacktestSpec(strategy="rsi", symbol="MSFT", params={"period": [5, 14], "lower": [20, 30], "upper": 70},
+                  objective="return_pct"),
+     None),
+])
+def test_sweep_matches_optimize(catalog: Catalog, spec: BacktestSpec, constraint: Any) -> None:
+    stats, heatmap = optimize(catalog, spec, constraint)
+    summary, detail, progress = run_sweep(catalog, spec)
+
+    assert progress == sorted(progress) and len(progress) >= detail["combinations"]
+    assert detail["combinations"] == len(heatmap) == summary["combinations"]
+    names = list(spec.params)
+    for row in detail["table"]:
+        theirs = heatmap[tuple([row["params"][n] for n in names] + [spec.long_only])]
+        if math.isnan(theirs):
+            assert row["objective"] is None
+        else:
+            assert math.isclose(row["objective"], theirs, rel_tol=1e-9)
+    best = {n: getattr(stats._strategy, n) for n in names}
+    assert summary["best_params"] == best
+    assert detail["table"][0]["params"] == best
+    values = [r["objective"] for r in detail["table"] if r["objective"] is not None]
+    assert values == sorted(values, reverse=True)
+    assert bt_oracle.metric_mismatches(summary["metrics"], stats) == {}
+    assert detail["best"]["params"] == best
+
+
+def test_constraint_grammar() -> None:
+    c = Constraint("fast < slow and not (slow - fast) % 20 == 0 or fast * 2 == slow", ["fast", "slow"])
+    assert c({"fast": 5, "slow": 10}) and c({"fast": 5, "slow": 20}) and not c({"fast": 10, "slow": 30})
+    assert not Constraint("fast / (slow - 20) > 0", ["fast", "slow"])({"fast": 1, "slow": 20})
+    for bad in ("fast.real < 2", "open('x')", "[fast]", "fast if slow else 1", "lambda: 1", "'a' < 'b'"):
+        with pytest.raises(ConstraintError):
+            Constraint(bad, ["fast", "slow"])
