@@ -232,14 +232,16 @@ def event_row(event: dict[str, Any]) -> str:
             f'<td>{e(_event_detail(event))}</td></tr>')
 
 
-def _trades(trades: list[dict[str, Any]]) -> str:
-    if not trades:
+def _trades(trades: dict[str, list[Any]]) -> str:
+    """The result's trades come as columns (one list per field, aligned by index)."""
+    count = len(trades.get("entry_bar", []))
+    if not count:
         return "<p>No trades.</p>"
     cols = ("entry_time", "exit_time", "size", "entry_price", "exit_price", "pnl", "return_pct", "duration_days")
     head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{e(fmt(t.get(c)))}</td>" for c in cols) + "</tr>"
-                   for t in trades[:MAX_TRADES])
-    more = f"<p class=note>First {MAX_TRADES} of {len(trades)} trades.</p>" if len(trades) > MAX_TRADES else ""
+    body = "".join("<tr>" + "".join(f"<td>{e(fmt(trades.get(c, [None] * count)[i]))}</td>" for c in cols)
+                   + "</tr>" for i in range(min(count, MAX_TRADES)))
+    more = f"<p class=note>First {MAX_TRADES} of {count} trades.</p>" if count > MAX_TRADES else ""
     return f'<table class="trades"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}'
 
 
@@ -263,7 +265,7 @@ def _result_sections(detail: dict[str, Any]) -> str:
         out.append('<h2>Drawdown (%)</h2><figure class="chart" id="drawdown-chart">'
                    + line_chart(curve["time"], curve["drawdown_pct"], css="drawdown", fill=True) + "</figure>")
     if "trades" in detail:
-        out.append(f"<h2>Trades ({len(detail['trades'])})</h2>" + _trades(detail["trades"]))
+        out.append(f"<h2>Trades ({len(detail['trades'].get('entry_bar', []))})</h2>" + _trades(detail["trades"]))
     return "".join(out)
 
 
