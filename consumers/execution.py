@@ -80,8 +80,19 @@ def _start_and_advance(start_run: StartRun, spec: BacktestSpec) -> Run:
 class Execution:
     """One attempt of one task on this worker."""
 
-    def __init__(self, store: EventStore, start_run: StartRun, settings: Settings, worker: str, job: Assignment) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        start_run: StartRun,
+        settings: Settings,
+        worker: str,
+        job: Assignment,
+        *,
+        on_computed: Callable[[], None] = lambda: None,
+    ) -> None:
         self.store = store
+        # Called when the computing is over and only the outcome remains to be stored.
+        self.on_computed = on_computed
         self.start_run = start_run
         self.settings = settings
         self.worker = worker
@@ -107,6 +118,7 @@ class Execution:
             return "stopped"
         except Exception as error:
             event, result = self._failure(error), b""
+        self.on_computed()
         fenced = await until_stored(lambda: self.store.finish(
             event, message_id=job.message_id, result=result,
             reason=getattr(event, "error_type", "")), "outcome")

@@ -47,6 +47,10 @@ class Worker:
         self.name = name
         self.concurrency = concurrency
         self._running: dict[asyncio.Task[str], Execution] = {}
+        # The tasks holding a slot: a task gives its slot up once it has computed, so the next
+        # one is read and claimed while the outcome is being stored (their round trips overlap).
+        self._computing: set[asyncio.Task[str]] = set()
+        self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._releasing = False  # the grace period is over: unfinished tasks go back to the queue
         self._next_sweep = 0.0
@@ -63,7 +67,7 @@ class Worker:
         # A worker restarted under the same name first takes back what it held before.
         backlog = await self._with_reconnect(self._own_pending)
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._running)
+            free = self.concurrency - len(self._computing)
             if free <= 0:
                 await self._wait_for_a_slot()
                 continue
@@ -73,7 +77,7 @@ class Worker:
             if not items and burst:
                 if not self._running:
                     break
-                await self._wait_for_a_slot()
+                await asyncio.wait(list(self._running), return_when=asyncio.FIRST_COMPLETED)
             for message_id, task_id, reclaim in items:
                 self._start(message_id, task_id, reclaim)
         await self._drain()
@@ -101,17 +105,27 @@ class Worker:
         return [(text(m), text(f[b"task_id"]), True) for _, entries in reply or [] for m, f in entries if f]
 
     async def _wait_for_a_slot(self) -> None:
+        self._slot_freed.clear()
         stopping = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait([*self._running, stopping], return_when=asyncio.FIRST_COMPLETED)
+        freed = asyncio.ensure_future(self._slot_freed.wait())
+        await asyncio.wait([freed, stopping], return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
+        freed.cancel()
 
     def _start(self, message_id: str, task_id: str, reclaim: bool) -> None:
         task = asyncio.create_task(self._handle(message_id, task_id, reclaim))
         self._running[task] = None  # type: ignore[assignment]  # filled in once claimed
+        self._computing.add(task)
         task.add_done_callback(self._finished)
+
+    def _free_slot(self, task: asyncio.Task[str] | None) -> None:
+        if task in self._computing:
+            self._computing.discard(task)  # type: ignore[arg-type]
+            self._slot_freed.set()
 
     def _finished(self, task: asyncio.Task[str]) -> None:
         self._running.pop(task, None)
+        self._free_slot(task)
         if not task.cancelled() and task.exception() is None:
             self.outcomes[task.result()] = self.outcomes.get(task.result(), 0) + 1
 
@@ -130,8 +144,10 @@ class Worker:
         log.debug("task.claimed", reclaim=reclaim)
         job = Assignment(task_id=task_id, attempt=claim.attempt, message_id=message_id, spec=claim.spec,
                          budget=claim.budget)
-        execution = Execution(self.store, self.start_run, self.settings, self.name, job)
-        self._running[asyncio.current_task()] = execution  # type: ignore[index]
+        current = asyncio.current_task()
+        execution = Execution(self.store, self.start_run, self.settings, self.name, job,
+                              on_computed=lambda: self._free_slot(current))  # type: ignore[arg-type]
+        self._running[current] = execution  # type: ignore[index]
         if self._releasing:
             execution.release_requested.set()
         return await execution.run()
