@@ -1,0 +1,32 @@
+"""Celery with the Redis broker and result backend: `--pool solo` (one process runs the tasks),
+without gossip and mingle (cluster chatter that only slows the start)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import Celery
+
+from bench.peers.common import QUEUE, REDIS_URL, do_job
+
+app = Celery("bench", broker=REDIS_URL, backend=REDIS_URL)
+app.conf.task_default_queue = QUEUE
+app.conf.worker_hijack_root_logger = False
+
+
+@app.task(name="bench.job")
+def job(kind: str, run: str, i: int) -> Any:
+    return do_job(kind, run, i)
+
+
+def worker_argv(python: str, index: int, variant: str) -> list[str]:
+    pool = ["--pool", "prefork", "--concurrency", "1"] if variant == "prefork" else ["--pool", "solo"]
+    return [python, "-m", "celery", "-A", "bench.peers.celery_bench", "worker", *pool, "-Q", QUEUE,
+            "-n", f"w{index}@%h", "--without-gossip", "--without-mingle", "-l", "WARNING"]
+
+
+def submit(kind: str, run: str, indices: range, times: dict[int, float]) -> None:
+    for i in indices:
+        times[i] = time.time()
+        job.apply_async((kind, run, i))
