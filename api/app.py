@@ -38,8 +38,7 @@ async def healthz(request: Request) -> Response:
     try:
         await request.app.state.ctx.store.redis.ping()
     except Exception as e:  # any failure to get an answer means unhealthy
-        return JSONResponse({"status": "unavailable", "error": str(e)}, status_code=503,
-                            headers={"Retry-After": "2"})
+        return JSONResponse({"status": "unavailable", "error": str(e)}, status_code=503, headers={"Retry-After": "2"})
     return JSONResponse({"status": "ok"})
 
 
@@ -74,5 +73,4 @@ def create_app(settings: Settings, *, catalog: Any, connections: Connections | N
                 await conns.close()
 
     middleware = [Middleware(TokenAuth, tokens=settings.tokens), Middleware(metrics.CancelTimer)]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
-                     middleware=middleware)
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan, middleware=middleware)

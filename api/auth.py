@@ -79,7 +79,8 @@ class TokenAuth:
         if not self.tokens and not self._warned and scope["type"] == "http" and scope.get("server"):
             # A request that reached a non-loopback address of ours: the API is on the network.
             self._warned = _is_ip(str(scope["server"][0])) and bool(
-                warn_if_exposed(Settings(), str(scope["server"][0])))
+                warn_if_exposed(Settings(), str(scope["server"][0]))
+            )
         if scope["type"] not in ("http", "websocket") or not self.tokens or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
@@ -90,10 +91,14 @@ class TokenAuth:
             log.info("auth.refused", path=scope["path"], reason="invalid token" if presented else "no token")
             if "text/html" in request.headers.get("accept", "") and scope["method"] == "GET":
                 await HTMLResponse(_LOGIN, status_code=401, headers={"WWW-Authenticate": "Bearer"})(
-                    scope, receive, send)
+                    scope, receive, send
+                )
                 return
-            message = "this token is not valid" if presented else (
-                "authentication required: send Authorization: Bearer <token>")
+            message = (
+                "this token is not valid"
+                if presented
+                else ("authentication required: send Authorization: Bearer <token>")
+            )
             error = ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
             await (await api_error(request, error))(scope, receive, send)
             return
@@ -136,8 +141,10 @@ def warn_if_exposed(settings: Settings, host: str) -> str | None:
     """Log a clear warning when the API binds beyond loopback with no tokens; returns it."""
     if settings.tokens or is_loopback(host):
         return None
-    message = (f"the API listens on {host} WITHOUT access control: anyone who reaches it can submit and "
-               "cancel backtests. Set BACKSTREAM_TOKENS (owner:secret:rw|ro,...) or BACKSTREAM_TOKENS_FILE, "
-               "or bind to 127.0.0.1.")
+    message = (
+        f"the API listens on {host} WITHOUT access control: anyone who reaches it can submit and "
+        "cancel backtests. Set BACKSTREAM_TOKENS (owner:secret:rw|ro,...) or BACKSTREAM_TOKENS_FILE, "
+        "or bind to 127.0.0.1."
+    )
     log.warning("auth.open_to_network", host=host, message=message)
     return message

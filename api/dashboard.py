@@ -62,22 +62,35 @@ def _layout() -> string.Template:
     return string.Template((HERE / "templates" / "layout.html").read_text(encoding="utf-8"))
 
 
-def page(request: Request, title: str, body: str, *, name: str, data: dict[str, str] | None = None,
-         refresh_s: int | None = None) -> HTMLResponse:
+def page(
+    request: Request,
+    title: str,
+    body: str,
+    *,
+    name: str,
+    data: dict[str, str] | None = None,
+    refresh_s: int | None = None,
+) -> HTMLResponse:
     attrs = " ".join(f'data-{k}="{e(v)}"' for k, v in {"page": name, **(data or {})}.items())
     user = request.scope.get("user")
     nav = "".join(
         f'<a href="{href}"{" class=here" if name == key else ""}>{label}</a>'
-        for key, href, label in (("tasks", "/", "Tasks"), ("submit", "/submit", "Submit"),
-                                 ("workers", "/workers", "Workers"), ("metrics", "/metrics", "Metrics"))
+        for key, href, label in (
+            ("tasks", "/", "Tasks"),
+            ("submit", "/submit", "Submit"),
+            ("workers", "/workers", "Workers"),
+            ("metrics", "/metrics", "Metrics"),
+        )
     )
     text = _layout().substitute(
-        title=e(title), attrs=attrs, nav=nav, body=body,
+        title=e(title),
+        attrs=attrs,
+        nav=nav,
+        body=body,
         user=f'<span class="user">signed in as {e(user)}</span>' if user else "",
         refresh=f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else "",
     )
     return HTMLResponse(text, headers={"Cache-Control": "no-store"})
-
 
 
 def _ctx(request: Request) -> Any:
@@ -86,9 +99,11 @@ def _ctx(request: Request) -> Any:
 
 def progress_bar(progress: float) -> str:
     pct = max(0.0, min(progress, 1.0)) * 100
-    return (f'<div class="bar" role="progressbar" aria-valuenow="{pct:.0f}" aria-valuemin="0" '
-            f'aria-valuemax="100"><span style="width:{pct:.1f}%"></span></div>'
-            f'<small class="pct">{pct:.0f}%</small>')
+    return (
+        f'<div class="bar" role="progressbar" aria-valuenow="{pct:.0f}" aria-valuemin="0" '
+        f'aria-valuemax="100"><span style="width:{pct:.1f}%"></span></div>'
+        f'<small class="pct">{pct:.0f}%</small>'
+    )
 
 
 def _task_row(state: Any) -> str:
@@ -99,7 +114,7 @@ def _task_row(state: Any) -> str:
         f'<td><a href="/tasks/{e(state.task_id)}" class="mono">{e(state.task_id[:8])}</a></td>'
         f'<td class="status"><span class="badge {e(state.status)}">{e(state.status)}</span></td>'
         f'<td class="progress">{progress_bar(state.progress)}</td>'
-        f'<td>{e(spec.symbol)}</td><td>{e(spec.strategy)}</td>'
+        f"<td>{e(spec.symbol)}</td><td>{e(spec.strategy)}</td>"
         f'<td class="attempt">{state.attempt}</td><td class="worker">{e(state.worker or "")}</td>'
         f'<td class="age" title="{e(state.created_at)}"></td>'
         f'<td class="actions"><button class="cancel">Cancel</button><button class="retry">Retry</button></td></tr>'
@@ -127,8 +142,7 @@ async def tasks_page(request: Request) -> Response:
 <th>attempt</th><th>worker</th><th>age</th><th></th></tr></thead><tbody>{rows}</tbody></table>
 <p class="empty" {"hidden" if tasks else ""}>No tasks{f" {e(status)}" if status else ""} yet.</p>
 <p class="note">Newest {PAGE_SIZE} shown; updates live.</p></section>"""
-    return page(request, "Backstream: tasks", body, name="tasks",
-                data={"since": position, "filter": status or ""})
+    return page(request, "Backstream: tasks", body, name="tasks", data={"since": position, "filter": status or ""})
 
 
 def _downsample(times: list[str], values: list[float | None], most: int) -> list[tuple[int, float]]:
@@ -139,14 +153,15 @@ def _downsample(times: list[str], values: list[float | None], most: int) -> list
     size = math.ceil(len(points) / (most / 2))
     out = []
     for start in range(0, len(points), size):
-        bucket = points[start:start + size]
+        bucket = points[start : start + size]
         low, high = min(bucket, key=lambda p: p[1]), max(bucket, key=lambda p: p[1])
         out += sorted({low, high})
     return out
 
 
-def line_chart(times: list[str], values: list[float | None], *, css: str, fill: bool,
-               width: int = 960, height: int = 240) -> str:
+def line_chart(
+    times: list[str], values: list[float | None], *, css: str, fill: bool, width: int = 960, height: int = 240
+) -> str:
     """An inline SVG line chart with min/max/last labels and the first, middle and last dates."""
     points = _downsample(times, values, width)
     if len(points) < 2:
@@ -170,16 +185,23 @@ def line_chart(times: list[str], values: list[float | None], *, css: str, fill: 
     labels = "".join(
         f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{e(fmt(v))}</text>'
         f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>'
-        for v, y in ((hi, xy(0, hi)[1]), (lo, xy(0, lo)[1]), ((hi + lo) / 2, xy(0, (hi + lo) / 2)[1])))
+        for v, y in ((hi, xy(0, hi)[1]), (lo, xy(0, lo)[1]), ((hi + lo) / 2, xy(0, (hi + lo) / 2)[1]))
+    )
     dates = "".join(
         f'<text x="{xy(i, lo)[0]:.1f}" y="{height - 6}" text-anchor="{anchor}">{e(times[i])}</text>'
-        for i, anchor in ((0, "start"), (n // 2, "middle"), (n, "end")) if i < len(times))
-    return (f'<svg class="{css}" viewBox="0 0 {width} {height}" role="img" aria-label="{css} chart">{labels}{shape}{dates}</svg>')
+        for i, anchor in ((0, "start"), (n // 2, "middle"), (n, "end"))
+        if i < len(times)
+    )
+    svg = f'<svg class="{css}" viewBox="0 0 {width} {height}" role="img" aria-label="{css} chart">'
+    return f"{svg}{labels}{shape}{dates}</svg>"
 
 
 def _kv_table(rows: list[tuple[str, Any]], cls: str = "kv") -> str:
-    return f'<table class="{cls}">' + "".join(
-        f"<tr><th>{e(k)}</th><td>{e(fmt(v))}</td></tr>" for k, v in rows) + "</table>"
+    return (
+        f'<table class="{cls}">'
+        + "".join(f"<tr><th>{e(k)}</th><td>{e(fmt(v))}</td></tr>" for k, v in rows)
+        + "</table>"
+    )
 
 
 def _event_detail(event: dict[str, Any]) -> str:
@@ -197,10 +219,12 @@ def _progress_run(run: list[dict[str, Any]]) -> str:
     if len(run) == 1:
         return event_row(run[0])
     first, last = run[0], run[-1]
-    return (f'<tr data-id="{e(last["id"])}" class="progress-run"><td>{first["seq"]}–{last["seq"]}</td>'
-            f'<td class="mono">{e(first["time"])} – {e(last["time"][11:])}</td>'
-            f'<td><span class="badge progress">progress ×{len(run)}</span></td><td>{last["attempt"]}</td>'
-            f'<td>progress {first["data"]["progress"]:.0%} → {last["data"]["progress"]:.0%}</td></tr>')
+    return (
+        f'<tr data-id="{e(last["id"])}" class="progress-run"><td>{first["seq"]}–{last["seq"]}</td>'
+        f'<td class="mono">{e(first["time"])} – {e(last["time"][11:])}</td>'
+        f'<td><span class="badge progress">progress ×{len(run)}</span></td><td>{last["attempt"]}</td>'
+        f"<td>progress {first['data']['progress']:.0%} → {last['data']['progress']:.0%}</td></tr>"
+    )
 
 
 def audit_rows(events: list[dict[str, Any]]) -> str:
@@ -227,9 +251,11 @@ def params_text(value: Any) -> str:
 
 
 def event_row(event: dict[str, Any]) -> str:
-    return (f'<tr data-id="{e(event["id"])}"><td>{event["seq"]}</td><td class="mono">{e(event["time"])}</td>'
-            f'<td><span class="badge {e(event["type"])}">{e(event["type"])}</span></td><td>{event["attempt"]}</td>'
-            f'<td>{e(_event_detail(event))}</td></tr>')
+    return (
+        f'<tr data-id="{e(event["id"])}"><td>{event["seq"]}</td><td class="mono">{e(event["time"])}</td>'
+        f'<td><span class="badge {e(event["type"])}">{e(event["type"])}</span></td><td>{event["attempt"]}</td>'
+        f"<td>{e(_event_detail(event))}</td></tr>"
+    )
 
 
 def _trades(trades: dict[str, list[Any]]) -> str:
@@ -239,8 +265,10 @@ def _trades(trades: dict[str, list[Any]]) -> str:
         return "<p>No trades.</p>"
     cols = ("entry_time", "exit_time", "size", "entry_price", "exit_price", "pnl", "return_pct", "duration_days")
     head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{e(fmt(trades.get(c, [None] * count)[i]))}</td>" for c in cols)
-                   + "</tr>" for i in range(min(count, MAX_TRADES)))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{e(fmt(trades.get(c, [None] * count)[i]))}</td>" for c in cols) + "</tr>"
+        for i in range(min(count, MAX_TRADES))
+    )
     more = f"<p class=note>First {MAX_TRADES} of {count} trades.</p>" if count > MAX_TRADES else ""
     return f'<table class="trades"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}'
 
@@ -252,18 +280,30 @@ def _result_sections(detail: dict[str, Any]) -> str:
         if rows:
             names = list(rows[0]["params"])
             head = "".join(f"<th>{e(n)}</th>" for n in names) + f"<th>{e(detail.get('objective'))}</th>"
-            body = "".join("<tr>" + "".join(f"<td>{e(fmt(r['params'].get(n)))}</td>" for n in names)
-                           + f"<td>{e(fmt(r.get('objective')))}</td></tr>" for r in rows)
-            out.append(f"<h2>Sweep: best {len(rows)} of {detail.get('combinations')} combinations</h2>"
-                       f'<table class="sweep"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+            body = "".join(
+                "<tr>"
+                + "".join(f"<td>{e(fmt(r['params'].get(n)))}</td>" for n in names)
+                + f"<td>{e(fmt(r.get('objective')))}</td></tr>"
+                for r in rows
+            )
+            out.append(
+                f"<h2>Sweep: best {len(rows)} of {detail.get('combinations')} combinations</h2>"
+                f'<table class="sweep"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+            )
         detail = detail.get("best") or {}
         out.append(f"<h2>Best parameters: {e(fmt(detail.get('params')))}</h2>")
     curve = detail.get("equity_curve")
     if curve:
-        out.append('<h2>Equity</h2><figure class="chart" id="equity-chart">'
-                   + line_chart(curve["time"], curve["equity"], css="equity", fill=False) + "</figure>")
-        out.append('<h2>Drawdown (%)</h2><figure class="chart" id="drawdown-chart">'
-                   + line_chart(curve["time"], curve["drawdown_pct"], css="drawdown", fill=True) + "</figure>")
+        out.append(
+            '<h2>Equity</h2><figure class="chart" id="equity-chart">'
+            + line_chart(curve["time"], curve["equity"], css="equity", fill=False)
+            + "</figure>"
+        )
+        out.append(
+            '<h2>Drawdown (%)</h2><figure class="chart" id="drawdown-chart">'
+            + line_chart(curve["time"], curve["drawdown_pct"], css="drawdown", fill=True)
+            + "</figure>"
+        )
     if "trades" in detail:
         out.append(f"<h2>Trades ({len(detail['trades'].get('entry_bar', []))})</h2>" + _trades(detail["trades"]))
     return "".join(out)
@@ -288,14 +328,21 @@ async def task_page(request: Request) -> Response:
     events = [event_view(s) for s in history]
     spec = msgspec.to_builtins(state.spec)
     params = spec.pop("params", {})
-    summary = [("status", state.status), ("attempt", state.attempt), ("worker", state.worker),
-               ("created", state.created_at), ("started", state.started_at), ("finished", state.finished_at),
-               ("submitted by", state.submitted_by)]
+    summary = [
+        ("status", state.status),
+        ("attempt", state.attempt),
+        ("worker", state.worker),
+        ("created", state.created_at),
+        ("started", state.started_at),
+        ("finished", state.finished_at),
+        ("submitted by", state.submitted_by),
+    ]
     if state.status == "cancelled":
         summary.append(("cancelled by", state.cancelled_by))
     if state.error:
         summary.append(("error", state.error))
     metrics = (state.result or {}).get("metrics") or {}
+    parameter_rows = [(f"params.{k}", params_text(v)) for k, v in params.items()] + list(spec.items())
     result = ""
     if state.status == "completed":
         stored = await ctx.store.result(task_id)
@@ -308,15 +355,19 @@ async def task_page(request: Request) -> Response:
 <p id="flash" class="flash" hidden></p>
 <div class="actions"><button class="cancel">Cancel</button><button class="retry">Retry</button></div></section>
 <section class="columns"><div><h2>Task</h2>{_kv_table(summary)}</div>
-<div><h2>Parameters</h2>{_kv_table([(f"params.{k}", params_text(v)) for k, v in params.items()] + list(spec.items()))}</div>
+<div><h2>Parameters</h2>{_kv_table(parameter_rows)}</div>
 <div><h2>Metrics</h2>{_kv_table(list(metrics.items())) if metrics else "<p>None yet.</p>"}</div></section>
 <section>{result}</section>
 <section><h2>Audit trail</h2><table id="events"><thead><tr><th>seq</th><th>time</th><th>event</th>
 <th>attempt</th><th>details</th></tr></thead><tbody>{audit_rows(events)}</tbody></table>
 </section>"""
-    return page(request, f"Backstream: task {task_id[:8]}", body, name="task",
-                data={"task": task_id, "since": history[-1].id, "status": api["status"],
-                      "seq": str(state.seq)})
+    return page(
+        request,
+        f"Backstream: task {task_id[:8]}",
+        body,
+        name="task",
+        data={"task": task_id, "since": history[-1].id, "status": api["status"], "seq": str(state.seq)},
+    )
 
 
 def _strategy_fields() -> str:
@@ -330,24 +381,32 @@ def _strategy_fields() -> str:
                 f'<label data-field="params.{e(p.name)}">{e(p.name)} '
                 f'<input name="param:{e(p.name)}" value="{e(example)}" data-kind="{kind}" required '
                 f'title="{e(p.doc)}; a {kind} from {p.minimum:g} to {p.maximum:g}, or a comma-separated list to sweep">'
-                f'<small>{e(p.doc)} ({kind}, {p.minimum:g}–{p.maximum:g}; a list such as 5,10,15 sweeps)</small>'
-                f'<em class="error"></em></label>')
-        out.append(f'<fieldset class="params" data-strategy="{e(name)}"><legend>{e(name)} parameters</legend>'
-                   f'<p class="note">{e(strategy.summary)}</p>{"".join(inputs) or "<p>No parameters.</p>"}</fieldset>')
+                f"<small>{e(p.doc)} ({kind}, {p.minimum:g}–{p.maximum:g}; a list such as 5,10,15 sweeps)</small>"
+                f'<em class="error"></em></label>'
+            )
+        out.append(
+            f'<fieldset class="params" data-strategy="{e(name)}"><legend>{e(name)} parameters</legend>'
+            f'<p class="note">{e(strategy.summary)}</p>{"".join(inputs) or "<p>No parameters.</p>"}</fieldset>'
+        )
     return "".join(out)
 
 
 def _field(name: str, label: str, control: str, hint: str = "") -> str:
-    return (f'<label data-field="{name}">{label} {control}'
-            f'{f"<small>{hint}</small>" if hint else ""}<em class="error"></em></label>')
+    return (
+        f'<label data-field="{name}">{label} {control}'
+        f'{f"<small>{hint}</small>" if hint else ""}<em class="error"></em></label>'
+    )
 
 
 async def submit_page(request: Request) -> Response:
     datasets = _ctx(request).catalog.datasets()
     strategies = "".join(f'<option value="{e(n)}">{e(n)}</option>' for n in STRATEGIES)
-    symbols = "".join(f'<option value="{e(d.symbol)}" data-start="{d.start}" data-end="{d.end}">'
-                      f'{e(d.symbol)} ({d.start} to {d.end}, {d.rows} bars)</option>' for d in datasets)
-    objectives = "".join(f'<option{" selected" if o == "sqn" else ""}>{e(o)}</option>' for o in OBJECTIVES)
+    symbols = "".join(
+        f'<option value="{e(d.symbol)}" data-start="{d.start}" data-end="{d.end}">'
+        f"{e(d.symbol)} ({d.start} to {d.end}, {d.rows} bars)</option>"
+        for d in datasets
+    )
+    objectives = "".join(f"<option{' selected' if o == 'sqn' else ''}>{e(o)}</option>" for o in OBJECTIVES)
     number = 'type="number" step="any" min="0"'
     body = f"""
 <section><h1>New backtest</h1>
@@ -359,7 +418,14 @@ async def submit_page(request: Request) -> Response:
 {_field("end", "End", '<input name="end" type="date">', "empty: the last bar")}
 </div><div>{_strategy_fields()}</div><div>
 {_field("cash", "Cash", f'<input name="cash" {number} value="10000">')}
-{_field("commission", "Commission rate", f'<input name="commission" {number} value="0.002">', "of traded value, each side; below 0.1")}
+{
+        _field(
+            "commission",
+            "Commission rate",
+            f'<input name="commission" {number} value="0.002">',
+            "of traded value, each side; below 0.1",
+        )
+    }
 {_field("commission_fixed", "Fixed commission", f'<input name="commission_fixed" {number} value="0">', "per order")}
 {_field("spread", "Spread", f'<input name="spread" {number} value="0">', "relative, paid on entry")}
 {_field("slippage_bps", "Slippage (bps)", f'<input name="slippage_bps" {number} value="0">')}
@@ -387,19 +453,23 @@ async def workers_page(request: Request) -> Response:
     group_rows = "".join(
         f"<tr><td>{e(text(g['name']))}</td><td>{g['consumers']}</td><td>{g['pending']}</td>"
         f"<td>{e(fmt(g.get('lag')))}</td><td class=mono>{e(text(g.get('last-delivered-id')))}</td></tr>"
-        for g in groups)
+        for g in groups
+    )
     lease = ctx.settings.lease_ms
     consumer_rows = []
     for c in sorted(consumers.get(WORKER_GROUP, []), key=lambda c: str(c["name"])):
         name = text(c["name"])
         alive = c["idle"] < lease
-        tasks = "".join(f'<a href="/tasks/{e(t.task_id)}" class="mono">{e(t.task_id[:8])}</a> '
-                        f'{e(t.spec.strategy)}/{e(t.spec.symbol)} {progress_bar(t.progress)}<br>'
-                        for t in by_worker.pop(name, []))
+        tasks = "".join(
+            f'<a href="/tasks/{e(t.task_id)}" class="mono">{e(t.task_id[:8])}</a> '
+            f"{e(t.spec.strategy)}/{e(t.spec.symbol)} {progress_bar(t.progress)}<br>"
+            for t in by_worker.pop(name, [])
+        )
         consumer_rows.append(
             f'<tr class="{"alive" if alive else "silent"}"><td>{e(name)}</td>'
             f'<td><span class="badge {"running" if alive else "failed"}">{"alive" if alive else "silent"}</span></td>'
-            f'<td>{c["pending"]}</td><td>{c["idle"] / 1000:.1f} s</td><td>{tasks or "idle"}</td></tr>')
+            f"<td>{c['pending']}</td><td>{c['idle'] / 1000:.1f} s</td><td>{tasks or 'idle'}</td></tr>"
+        )
     body = f"""
 <section><h1>Workers</h1>
 <p>A worker is <em>alive</em> while it has touched the work stream within the lease
@@ -410,8 +480,16 @@ async def workers_page(request: Request) -> Response:
 <table id="groups"><thead><tr><th>group</th><th>consumers</th><th>pending</th><th>lag</th><th>last delivered</th>
 </tr></thead><tbody>{group_rows}</tbody></table>
 <h2>Projector and dead letters</h2>
-{_kv_table([("projector position", position), ("log entries not yet projected", lag),
-            ("projector behind by (s)", lag_s), ("dead letters", dead)])}
+{
+        _kv_table(
+            [
+                ("projector position", position),
+                ("log entries not yet projected", lag),
+                ("projector behind by (s)", lag_s),
+                ("dead letters", dead),
+            ]
+        )
+    }
 </section>"""
     return page(request, "Backstream: workers", body, name="workers", refresh_s=3)
 

@@ -25,8 +25,14 @@ class FieldProblem(msgspec.Struct, frozen=True):
 class ApiError(Exception):
     """A 4xx answer with a machine-readable body: {"error": code, "message": ..., "fields": [...]}."""
 
-    def __init__(self, status: int, code: str, message: str, fields: list[FieldProblem] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        fields: list[FieldProblem] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.fields = fields or []
@@ -53,8 +59,7 @@ def from_validation_error(error: msgspec.ValidationError) -> ApiError:
 
 
 def _body(error: ApiError) -> dict[str, Any]:
-    return {"error": error.code, "message": error.message,
-            "fields": [msgspec.to_builtins(f) for f in error.fields]}
+    return {"error": error.code, "message": error.message, "fields": [msgspec.to_builtins(f) for f in error.fields]}
 
 
 async def api_error(request: Request, exc: Exception) -> Response:
@@ -69,22 +74,35 @@ async def domain_error(request: Request, exc: Exception) -> Response:
         case TaskConflict(status=status):
             error = ApiError(400, "invalid_for_status", str(exc), [FieldProblem("status", f"task is {status}")])
         case IdempotencyConflict():
-            error = ApiError(409, "idempotency_conflict", str(exc),
-                             [FieldProblem("Idempotency-Key", "already used with a different body")])
+            error = ApiError(
+                409,
+                "idempotency_conflict",
+                str(exc),
+                [FieldProblem("Idempotency-Key", "already used with a different body")],
+            )
         case _:
             raise exc
     return await api_error(request, error)
 
 
 async def redis_unavailable(request: Request, exc: Exception) -> Response:
-    error = ApiError(503, "store_unavailable", f"the event store is unreachable: {exc}",
-                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    error = ApiError(
+        503,
+        "store_unavailable",
+        f"the event store is unreachable: {exc}",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
     return await api_error(request, error)
 
 
 async def data_unavailable(request: Request, exc: Exception) -> Response:
-    error = ApiError(503, "data_unavailable", str(exc), [FieldProblem("symbol", str(exc))],
-                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    error = ApiError(
+        503,
+        "data_unavailable",
+        str(exc),
+        [FieldProblem("symbol", str(exc))],
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
     return await api_error(request, error)
 
 

@@ -45,7 +45,6 @@ def _id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-
 def _decode(entries: list[Any]) -> list[StoredEvent]:
     events = []
     for entry_id, fields in entries:
@@ -124,8 +123,9 @@ class LiveFeed:
 
     async def subscribe(self) -> _Subscription:
         if self.closed:
-            raise ApiError(503, "shutting_down", "the server is shutting down; reconnect shortly",
-                           headers={"Retry-After": "1"})
+            raise ApiError(
+                503, "shutting_down", "the server is shutting down; reconnect shortly", headers={"Retry-After": "1"}
+            )
         sub = _Subscription()
         self._subscribers.add(sub)
         if self._reader is None or self._reader.done():
@@ -219,8 +219,9 @@ async def _catch_up(request: Request, after: str, task_id: str | None) -> list[S
             return out
 
 
-async def _events(request: Request, feed: LiveFeed, sub: _Subscription, after: str,
-                  task_id: str | None, backlog: list[StoredEvent]) -> AsyncIterator[str]:
+async def _events(
+    request: Request, feed: LiveFeed, sub: _Subscription, after: str, task_id: str | None, backlog: list[StoredEvent]
+) -> AsyncIterator[str]:
     """The SSE body: the backlog after `after`, then live events, progress coalesced."""
     loop = asyncio.get_running_loop()
     coalescer = Coalescer(COALESCE_S)
@@ -289,8 +290,9 @@ async def stream_all(request: Request) -> Response:
     except BaseException:
         feed.unsubscribe(sub)
         raise
-    return StreamingResponse(_events(request, feed, sub, after, None, backlog),
-                             media_type="text/event-stream", headers=_HEADERS)
+    return StreamingResponse(
+        _events(request, feed, sub, after, None, backlog), media_type="text/event-stream", headers=_HEADERS
+    )
 
 
 async def stream_task(request: Request) -> Response:
@@ -307,8 +309,9 @@ async def stream_task(request: Request) -> Response:
     try:
         history = await request.app.state.ctx.store.task_events(task_id)
         if not history:
-            raise ApiError(404, "task_not_found", f"task {task_id} does not exist",
-                           [FieldProblem("task_id", "no such task")])
+            raise ApiError(
+                404, "task_not_found", f"task {task_id} does not exist", [FieldProblem("task_id", "no such task")]
+            )
         backlog = [e for e in history if _id(e.id) > _id(after)]
         if not backlog and isinstance(history[-1].event, TERMINAL):
             feed.unsubscribe(sub)
@@ -316,8 +319,9 @@ async def stream_task(request: Request) -> Response:
     except BaseException:
         feed.unsubscribe(sub)
         raise
-    return StreamingResponse(_events(request, feed, sub, after, task_id, backlog),
-                             media_type="text/event-stream", headers=_HEADERS)
+    return StreamingResponse(
+        _events(request, feed, sub, after, task_id, backlog), media_type="text/event-stream", headers=_HEADERS
+    )
 
 
 routes = [

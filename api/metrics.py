@@ -44,7 +44,6 @@ WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 CANCEL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
-
 def _ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
 
@@ -63,24 +62,34 @@ class LogFollower:
         r = registry
         self.submitted = Counter("backstream_tasks_submitted", "Tasks submitted", registry=r)
         self.completed = Counter("backstream_tasks_completed", "Tasks completed", registry=r)
-        self.failed = Counter("backstream_tasks_failed", "Tasks failed for good (after their retries)",
-                              ["error_type"], registry=r)
-        self.cancelled = Counter("backstream_tasks_cancelled", "Tasks cancelled, by the status they had",
-                                 ["previous_status"], registry=r)
-        self.retries = Counter("backstream_attempts_retried", "Failed attempts scheduled to run again",
-                               registry=r)
-        self.requeued = Counter("backstream_tasks_requeued", "Failed tasks sent back by a user (retry)",
-                                registry=r)
-        self.released = Counter("backstream_tasks_released", "Unfinished tasks given back by a stopping worker",
-                                registry=r)
+        self.failed = Counter(
+            "backstream_tasks_failed", "Tasks failed for good (after their retries)", ["error_type"], registry=r
+        )
+        self.cancelled = Counter(
+            "backstream_tasks_cancelled", "Tasks cancelled, by the status they had", ["previous_status"], registry=r
+        )
+        self.retries = Counter("backstream_attempts_retried", "Failed attempts scheduled to run again", registry=r)
+        self.requeued = Counter("backstream_tasks_requeued", "Failed tasks sent back by a user (retry)", registry=r)
+        self.released = Counter(
+            "backstream_tasks_released", "Unfinished tasks given back by a stopping worker", registry=r
+        )
         self.started = Counter("backstream_attempts_started", "Attempts started (claims)", registry=r)
-        self.reclaims = Counter("backstream_reclaims", "Attempts that took a task over from a worker whose "
-                                "lease expired", registry=r)
-        self.duration = Histogram("backstream_task_duration_seconds", "Run time of an attempt, from its "
-                                  "`started` to its outcome", ["outcome"], buckets=DURATION_BUCKETS, registry=r)
-        self.queue_wait = Histogram("backstream_queue_wait_seconds", "From a task becoming runnable "
-                                    "(submitted, requeued, released, retry due) to its `started`",
-                                    buckets=WAIT_BUCKETS, registry=r)
+        self.reclaims = Counter(
+            "backstream_reclaims", "Attempts that took a task over from a worker whose lease expired", registry=r
+        )
+        self.duration = Histogram(
+            "backstream_task_duration_seconds",
+            "Run time of an attempt, from its `started` to its outcome",
+            ["outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "backstream_queue_wait_seconds",
+            "From a task becoming runnable (submitted, requeued, released, retry due) to its `started`",
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
 
     async def catch_up(self, redis: Any, stream: str) -> None:
         async with self._lock:
@@ -160,9 +169,13 @@ class ApiMetrics:
         self.snapshot = _Snapshot()
         self.registry.register(self.snapshot)
         self.cancel_latency = Histogram(
-            "backstream_cancel_latency_seconds", "From a cancel request reaching the API to the task being "
+            "backstream_cancel_latency_seconds",
+            "From a cancel request reaching the API to the task being "
             "cancelled in the log (its `cancelled` event stored; the worker stops at its next check)",
-            ["outcome"], buckets=CANCEL_BUCKETS, registry=self.registry)
+            ["outcome"],
+            buckets=CANCEL_BUCKETS,
+            registry=self.registry,
+        )
 
 
 def metrics_of(app: Any) -> ApiMetrics:
@@ -218,31 +231,62 @@ async def read_gauges(ctx: Any) -> list[Metric]:
         pipe.xlen(keys.events)
         pipe.xlen(keys.work)
         replies = await pipe.execute()
-    counts, (dead, delayed, log_len, work_len) = replies[: len(STATUSES)], replies[len(STATUSES):]
+    counts, (dead, delayed, log_len, work_len) = replies[: len(STATUSES)], replies[len(STATUSES) :]
     lag_events, lag_seconds = await projector_lag(redis, keys.events, position)
     groups, consumers = await consumer_groups(redis, keys.work)
     families: list[Metric] = [
-        _gauge("backstream_tasks", "Tasks by status (the projection's indexes)", ["status"],
-               [([s], float(c)) for s, c in zip(STATUSES, counts)]),
+        _gauge(
+            "backstream_tasks",
+            "Tasks by status (the projection's indexes)",
+            ["status"],
+            [([s], float(c)) for s, c in zip(STATUSES, counts, strict=True)],
+        ),
         _gauge("backstream_dead_letters", "Entries in the dead-letter stream", [], [([], float(dead))]),
         _gauge("backstream_retries_waiting", "Tasks waiting out a retry delay", [], [([], float(delayed))]),
         _gauge("backstream_log_entries", "Entries in the event log", [], [([], float(log_len))]),
         _gauge("backstream_work_entries", "Entries in the work stream", [], [([], float(work_len))]),
-        _gauge("backstream_projector_lag_events", f"Log entries the projector has not applied (counted up "
-               f"to {LAG_COUNT_CAP})", [], [([], float(lag_events))]),
-        _gauge("backstream_projector_lag_seconds", "Time between the projector's position and the newest "
-               "log entry it has not applied", [], [([], lag_seconds)]),
-        _gauge("backstream_group_pending", "Work items delivered and not yet acknowledged", ["group"],
-               [([text(g["name"])], float(g["pending"])) for g in groups]),
-        _gauge("backstream_group_lag", "Work items not yet delivered to the group", ["group"],
-               [([text(g["name"])], float(g["lag"])) for g in groups if g.get("lag") is not None]),
-        _gauge("backstream_group_consumers", "Consumers in the group (alive or not)", ["group"],
-               [([text(g["name"])], float(g["consumers"])) for g in groups]),
-        _gauge("backstream_consumer_pending", "Work items a consumer holds", ["group", "consumer"],
-               [([g, text(c["name"])], float(c["pending"])) for g, cs in consumers.items() for c in cs]),
-        _gauge("backstream_consumer_idle_seconds", "Time since a consumer last read or renewed a lease",
-               ["group", "consumer"],
-               [([g, text(c["name"])], c["idle"] / 1000) for g, cs in consumers.items() for c in cs]),
+        _gauge(
+            "backstream_projector_lag_events",
+            f"Log entries the projector has not applied (counted up to {LAG_COUNT_CAP})",
+            [],
+            [([], float(lag_events))],
+        ),
+        _gauge(
+            "backstream_projector_lag_seconds",
+            "Time between the projector's position and the newest log entry it has not applied",
+            [],
+            [([], lag_seconds)],
+        ),
+        _gauge(
+            "backstream_group_pending",
+            "Work items delivered and not yet acknowledged",
+            ["group"],
+            [([text(g["name"])], float(g["pending"])) for g in groups],
+        ),
+        _gauge(
+            "backstream_group_lag",
+            "Work items not yet delivered to the group",
+            ["group"],
+            [([text(g["name"])], float(g["lag"])) for g in groups if g.get("lag") is not None],
+        ),
+        _gauge(
+            "backstream_group_consumers",
+            "Consumers in the group (alive or not)",
+            ["group"],
+            [([text(g["name"])], float(g["consumers"])) for g in groups],
+        ),
+        _gauge(
+            "backstream_consumer_pending",
+            "Work items a consumer holds",
+            ["group", "consumer"],
+            [([g, text(c["name"])], float(c["pending"])) for g, cs in consumers.items() for c in cs],
+        ),
+        _gauge(
+            "backstream_consumer_idle_seconds",
+            "Time since a consumer last read or renewed a lease",
+            ["group", "consumer"],
+            [([g, text(c["name"])], c["idle"] / 1000) for g, cs in consumers.items() for c in cs],
+        ),
     ]
     return families
 
@@ -269,8 +313,7 @@ async def readyz(request: Request) -> Response:
         lag, _ = await projector_lag(ctx.store.redis, ctx.store.keys.events, position)
         _, consumers = await consumer_groups(ctx.store.redis, ctx.store.keys.work)
     except (redis.exceptions.RedisError, OSError) as e:  # any failure to answer means not ready
-        return JSONResponse({"status": "unavailable", "error": str(e)}, status_code=503,
-                            headers={"Retry-After": "2"})
+        return JSONResponse({"status": "unavailable", "error": str(e)}, status_code=503, headers={"Retry-After": "2"})
     alive = [c for c in consumers.get(WORKER_GROUP, []) if c["idle"] < ctx.settings.lease_ms]
     return JSONResponse({"status": "ready", "projector_lag_events": lag, "workers_alive": len(alive)})
 

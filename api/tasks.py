@@ -38,8 +38,9 @@ def _task_id(request: Request) -> str:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    too_large = ApiError(413, "body_too_large", f"request body over {limit} bytes",
-                         [FieldProblem(None, f"over {limit} bytes")])
+    too_large = ApiError(
+        413, "body_too_large", f"request body over {limit} bytes", [FieldProblem(None, f"over {limit} bytes")]
+    )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
@@ -59,8 +60,9 @@ def _decode_spec(body: bytes) -> BacktestSpec:
             raise _bad_param(body, e) from None
         raise from_validation_error(e) from None
     except msgspec.DecodeError as e:
-        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {e}",
-                       [FieldProblem(None, str(e))]) from None
+        raise ApiError(
+            400, "malformed_json", f"request body is not valid JSON: {e}", [FieldProblem(None, str(e))]
+        ) from None
 
 
 def _bad_param(body: bytes, error: msgspec.ValidationError) -> ApiError:
@@ -80,8 +82,12 @@ async def submit(request: Request) -> Response:
     spec = _decode_spec(body)
     problems = check_spec(spec, ctx.catalog)
     if problems:
-        raise ApiError(422, "validation_failed", "; ".join(f"{p.field}: {p.message}" for p in problems),
-                       [FieldProblem(p.field, p.message) for p in problems])
+        raise ApiError(
+            422,
+            "validation_failed",
+            "; ".join(f"{p.field}: {p.message}" for p in problems),
+            [FieldProblem(p.field, p.message) for p in problems],
+        )
     key = request.headers.get("idempotency-key")
     if key is not None and not (0 < len(key) <= _IDEMPOTENCY_KEY_MAX and key.isprintable()):
         raise ApiError.invalid("Idempotency-Key", f"must be 1 to {_IDEMPOTENCY_KEY_MAX} printable characters")
@@ -101,8 +107,9 @@ async def _current(request: Request, task_id: str) -> TaskState:
     ctx = _ctx(request)
     state: TaskState | None = await ctx.projection.current(task_id, ctx.store)
     if state is None:
-        raise ApiError(404, "task_not_found", f"task {task_id} does not exist",
-                       [FieldProblem("task_id", "no such task")])
+        raise ApiError(
+            404, "task_not_found", f"task {task_id} does not exist", [FieldProblem("task_id", "no such task")]
+        )
     return state
 
 
@@ -117,8 +124,12 @@ async def get_task(request: Request) -> Response:
         raise ApiError.invalid("as_of", str(e)) from None
     state = state_as_of(await _ctx(request).store.task_events(task_id), until)
     if state is None:
-        raise ApiError(404, "task_not_found", f"task {task_id} did not exist as of {as_of}",
-                       [FieldProblem("task_id", f"no such task as of {as_of}")])
+        raise ApiError(
+            404,
+            "task_not_found",
+            f"task {task_id} did not exist as of {as_of}",
+            [FieldProblem("task_id", f"no such task as of {as_of}")],
+        )
     return JSONResponse(to_api(state))
 
 
@@ -162,9 +173,7 @@ async def list_tasks(request: Request) -> Response:
     cursor = params.get("cursor")
     if cursor is not None and ("|" not in cursor or len(cursor) > 80):
         raise ApiError.invalid("cursor", "not a cursor this API returned")
-    tasks, next_cursor = await _ctx(request).projection.list_tasks(
-        status=status, limit=int(raw_limit), cursor=cursor
-    )
+    tasks, next_cursor = await _ctx(request).projection.list_tasks(status=status, limit=int(raw_limit), cursor=cursor)
     return JSONResponse({"tasks": [to_api(t) for t in tasks], "next_cursor": next_cursor})
 
 
@@ -172,8 +181,9 @@ async def events(request: Request) -> Response:
     task_id = _task_id(request)
     history = await _ctx(request).store.task_events(task_id)
     if not history:
-        raise ApiError(404, "task_not_found", f"task {task_id} does not exist",
-                       [FieldProblem("task_id", "no such task")])
+        raise ApiError(
+            404, "task_not_found", f"task {task_id} does not exist", [FieldProblem("task_id", "no such task")]
+        )
     return JSONResponse({"task_id": task_id, "events": [event_view(e) for e in history]})
 
 
@@ -181,8 +191,12 @@ async def result(request: Request) -> Response:
     task_id = _task_id(request)
     state = await _current(request, task_id)
     if state.status != "completed":
-        raise ApiError(404, "result_not_available", f"task {task_id} is {state.status}, not completed",
-                       [FieldProblem("status", f"task is {state.status}")])
+        raise ApiError(
+            404,
+            "result_not_available",
+            f"task {task_id} is {state.status}, not completed",
+            [FieldProblem("status", f"task is {state.status}")],
+        )
     stored = await _ctx(request).store.result(task_id)
     return Response(stored or b"{}", media_type="application/json")
 

@@ -19,12 +19,10 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
+from bench.work import LONG_SPEC_FIELDS, SMA_SPEC_FIELDS, sma_spec
 from orchestrator.keys import Keys
 from orchestrator.spec import BacktestSpec
 from orchestrator.store import EventStore
-
-from bench.work import LONG_SPEC_FIELDS, SMA_SPEC_FIELDS, sma_spec
-
 
 
 def _ms(entry_id: bytes) -> int:
@@ -43,8 +41,15 @@ async def _last_id(r: Any, stream: str) -> bytes:
     return last[0][0] if last else b"0-0"
 
 
-async def throughput(redis_url: str, prefix: str, n: int, via: str = "client", api_url: str | None = None,
-                     concurrency: int = 32, timeout: float = 300.0) -> dict[str, Any]:
+async def throughput(
+    redis_url: str,
+    prefix: str,
+    n: int,
+    via: str = "client",
+    api_url: str | None = None,
+    concurrency: int = 32,
+    timeout: float = 300.0,
+) -> dict[str, Any]:
     """Submit `n` SMA specs (through EventStore.submit or POST /api/backtests, `concurrency` in
     flight) and follow the event log until each has its `completed` event.
 
@@ -97,16 +102,19 @@ async def throughput(redis_url: str, prefix: str, n: int, via: str = "client", a
         left = iter(range(n))
         conn = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(api_url, connector=conn) as http:
+
             async def loop() -> None:
                 for _ in left:
                     t = time.time()
-                    async with http.post("/api/backtests", data=body,
-                                         headers={"content-type": "application/json"}) as resp:
+                    async with http.post(
+                        "/api/backtests", data=body, headers={"content-type": "application/json"}
+                    ) as resp:
                         payload = await resp.json()
                         if resp.status != 202:
                             counts["errors"] += 1
                             continue
                     submitted[payload["task_id"]] = t
+
             await asyncio.gather(*(loop() for _ in range(concurrency)))
 
     follower = asyncio.create_task(follow())
@@ -127,11 +135,15 @@ async def throughput(redis_url: str, prefix: str, n: int, via: str = "client", a
     await reader.aclose()
     span = last_done - first
     return {
-        "tasks": len(submitted), "errors": counts["errors"], "seconds": span,
+        "tasks": len(submitted),
+        "errors": counts["errors"],
+        "seconds": span,
         "tasks_per_s": len(submitted) / span if span > 0 else None,
         "submit_per_s": len(submitted) / (t_submitted - t0),
-        "p50_ms": 1000 * _pct(lat, 0.5), "p99_ms": 1000 * _pct(lat, 0.99),
-        "events": counts["events"], "events_per_task": counts["events"] / max(1, len(submitted)),
+        "p50_ms": 1000 * _pct(lat, 0.5),
+        "p99_ms": 1000 * _pct(lat, 0.99),
+        "events": counts["events"],
+        "events_per_task": counts["events"] / max(1, len(submitted)),
         "events_per_s": counts["events"] / span if span > 0 else None,
         "projection_lag_ms": 1000 * max(0.0, t_projected - max(last_done, t_seen - 0.0)),
     }
@@ -167,8 +179,13 @@ async def http_latency(url: str, n: int, concurrency: int, path: str = "/api/bac
         t0 = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return {"requests": n, "errors": errors, "p50_ms": 1000 * _pct(lat, 0.5), "p99_ms": 1000 * _pct(lat, 0.99),
-            "requests_per_s": n / wall}
+    return {
+        "requests": n,
+        "errors": errors,
+        "p50_ms": 1000 * _pct(lat, 0.5),
+        "p99_ms": 1000 * _pct(lat, 0.99),
+        "requests_per_s": n / wall,
+    }
 
 
 class _LogTail:
@@ -196,8 +213,9 @@ class _LogTail:
                 self.stopped[rec["task_id"]] = ts
 
 
-async def cancel_latency(redis_url: str, prefix: str, api_url: str, worker_logs: list[str], n: int,
-                         parallel: int = 1) -> dict[str, Any]:
+async def cancel_latency(
+    redis_url: str, prefix: str, api_url: str, worker_logs: list[str], n: int, parallel: int = 1
+) -> dict[str, Any]:
     """Cancel `n` running long backtests over HTTP, `parallel` at a time (one per worker process).
 
     For each: submit, wait until the control hash says running, let it compute 20-60 ms, then
@@ -217,6 +235,7 @@ async def cancel_latency(redis_url: str, prefix: str, api_url: str, worker_logs:
     rng = random.Random(1)
 
     async with aiohttp.ClientSession(api_url) as http:
+
         async def one() -> None:
             async with http.post("/api/backtests", data=body, headers={"content-type": "application/json"}) as resp:
                 task_id = (await resp.json())["task_id"]
@@ -248,10 +267,14 @@ async def cancel_latency(redis_url: str, prefix: str, api_url: str, worker_logs:
                 entry = await r.xrange(keys.events, entry_id, entry_id)
                 types.append((entry_id, entry[0][1][b"type"]))
             cancelled_at = next(i for i, (_, t) in enumerate(types) if t == b"cancelled")
-            rows.append({"http_ms": 1000 * (t_http - t0),
-                         "cancelled_event_ms": _ms(types[cancelled_at][0]) - 1000 * t0,
-                         "worker_stopped_ms": 1000 * (tail.stopped[task_id] - t0),
-                         "events_after_cancel": len(types) - cancelled_at - 1})
+            rows.append(
+                {
+                    "http_ms": 1000 * (t_http - t0),
+                    "cancelled_event_ms": _ms(types[cancelled_at][0]) - 1000 * t0,
+                    "worker_stopped_ms": 1000 * (tail.stopped[task_id] - t0),
+                    "events_after_cancel": len(types) - cancelled_at - 1,
+                }
+            )
 
         async def loop() -> None:
             for _ in left:
@@ -259,8 +282,12 @@ async def cancel_latency(redis_url: str, prefix: str, api_url: str, worker_logs:
 
         await asyncio.gather(*(loop() for _ in range(parallel)))
     await r.aclose()
-    out: dict[str, Any] = {"cancels": len(rows), "problems": problems[:5], "problem_count": len(problems),
-                           "events_after_cancel": sum(int(x["events_after_cancel"]) for x in rows)}
+    out: dict[str, Any] = {
+        "cancels": len(rows),
+        "problems": problems[:5],
+        "problem_count": len(problems),
+        "events_after_cancel": sum(int(x["events_after_cancel"]) for x in rows),
+    }
     for name in ("http_ms", "cancelled_event_ms", "worker_stopped_ms"):
         values = [x[name] for x in rows]
         out[name] = {"p50": _pct(values, 0.5), "p99": _pct(values, 0.99), "max": max(values) if values else None}
@@ -275,8 +302,12 @@ def memory_census(redis_url: str) -> dict[str, Any]:
     return census(redis.Redis.from_url(redis_url))
 
 
-SCENARIOS = {"throughput": throughput, "http_latency": http_latency, "cancel_latency": cancel_latency,
-             "memory_census": memory_census}
+SCENARIOS = {
+    "throughput": throughput,
+    "http_latency": http_latency,
+    "cancel_latency": cancel_latency,
+    "memory_census": memory_census,
+}
 
 if __name__ == "__main__":
     fn = SCENARIOS[sys.argv[1]]

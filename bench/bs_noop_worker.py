@@ -11,6 +11,7 @@ import asyncio
 import signal
 from typing import Any
 
+from bench.work import noop
 from consumers.worker import Worker
 from orchestrator import logs
 from orchestrator.connections import Connections
@@ -18,8 +19,6 @@ from orchestrator.keys import Keys
 from orchestrator.settings import Settings
 from orchestrator.spec import BacktestSpec
 from orchestrator.store import EventStore
-
-from bench.work import noop
 
 
 class _NoopOutcome:
@@ -48,8 +47,14 @@ def start_noop(spec: BacktestSpec) -> NoopRun:
 async def main(name: str, concurrency: int) -> None:
     settings = Settings.from_env()
     conns = Connections(settings)
-    worker = Worker(EventStore(conns.commands, Keys(prefix=settings.prefix)), conns.blocking, start_noop,
-                    settings, name=name, concurrency=concurrency)
+    worker = Worker(
+        EventStore(conns.commands, Keys(prefix=settings.prefix)),
+        conns.blocking,
+        start_noop,
+        settings,
+        name=name,
+        concurrency=concurrency,
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, worker.stop)

@@ -58,14 +58,21 @@ class SerialPool:
     """Stands in for multiprocessing.Pool so optimize() runs in this process, one run at a time."""
 
     def __init__(self, *_: Any) -> None: ...
-    def __enter__(self) -> SerialPool: return self
+    def __enter__(self) -> SerialPool:
+        return self
+
     def __exit__(self, *_: Any) -> None: ...
-    def imap(self, fn: Callable[[Any], Any], items: Any) -> Any: return map(fn, items)
+    def imap(self, fn: Callable[[Any], Any], items: Any) -> Any:
+        return map(fn, items)
 
 
 def bars_of(df: pd.DataFrame) -> Bars:
-    return Bars("GOOG", "bundled", df.index.values.astype("datetime64[D]"), *(df[c].to_numpy(float) for c in
-                ("Open", "High", "Low", "Close", "Volume")))
+    return Bars(
+        "GOOG",
+        "bundled",
+        df.index.values.astype("datetime64[D]"),
+        *(df[c].to_numpy(float) for c in ("Open", "High", "Low", "Close", "Volume")),
+    )
 
 
 def median_time(fn: Callable[[], Any], repeat: int) -> float:
@@ -87,8 +94,10 @@ def engine_single(bars: Bars, spec: BacktestSpec) -> dict[str, object]:
 def engine_sweep(bars: Bars, spec: BacktestSpec) -> list[Any]:
     market = Market(bars, IndicatorCache(bars.close), bars.open.tolist())
     strategy = STRATEGIES["sma_cross"]
-    rows = [make_row(c, run_once(market, strategy, c, costs_of(spec), False, spec.cash)[1], "sqn")
-            for c in admissible(strategy, spec.params, spec.constraint, len(bars))]
+    rows = [
+        make_row(c, run_once(market, strategy, c, costs_of(spec), False, spec.cash)[1], "sqn")
+        for c in admissible(strategy, spec.params, spec.constraint, len(bars))
+    ]
     best = ranked(rows)[0].params
     run_once(market, strategy, best, costs_of(spec), False, spec.cash)  # full result of the best, as optimize()
     return rows
@@ -108,12 +117,16 @@ def main() -> None:
     # Same answer first, then speed.
     assert engine_single(bars, single)["equity_final"] == bt.run(fast=10, slow=20)["Equity Final [$]"]
 
-    print(f"data: backtesting.test.GOOG, {len(bars)} daily bars; python {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs, {platform.machine()}; medians")
+    print(
+        f"data: backtesting.test.GOOG, {len(bars)} daily bars; python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, {platform.machine()}; medians"
+    )
     t_engine = median_time(lambda: engine_single(bars, single), args.repeat)
     t_bt = median_time(lambda: bt.run(fast=10, slow=20), args.repeat)
-    print(f"single SMA(10,20) run: engine {t_engine * 1e3:8.2f} ms   Backtest.run() {t_bt * 1e3:8.2f} ms   "
-          f"ratio {t_bt / t_engine:6.1f}x")
+    print(
+        f"single SMA(10,20) run: engine {t_engine * 1e3:8.2f} ms   Backtest.run() {t_bt * 1e3:8.2f} ms   "
+        f"ratio {t_bt / t_engine:6.1f}x"
+    )
 
     n = len(admissible(STRATEGIES["sma_cross"], GRID, "fast < slow", len(bars)))
     s_engine = median_time(lambda: engine_sweep(bars, sweep), args.sweep_repeat)
@@ -125,9 +138,11 @@ def main() -> None:
     finally:
         backtesting.Pool = original_pool
     s_parallel = median_time(lambda: bt.optimize(**opt), args.sweep_repeat)
-    print(f"{n}-combination sweep:   engine {s_engine * 1e3:8.1f} ms   optimize() serial {s_serial * 1e3:8.1f} ms "
-          f"({s_serial / s_engine:5.1f}x)   optimize() multiprocessing {s_parallel * 1e3:8.1f} ms "
-          f"({s_parallel / s_engine:5.1f}x)")
+    print(
+        f"{n}-combination sweep:   engine {s_engine * 1e3:8.1f} ms   optimize() serial {s_serial * 1e3:8.1f} ms "
+        f"({s_serial / s_engine:5.1f}x)   optimize() multiprocessing {s_parallel * 1e3:8.1f} ms "
+        f"({s_parallel / s_engine:5.1f}x)"
+    )
 
 
 if __name__ == "__main__":

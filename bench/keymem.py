@@ -7,7 +7,9 @@ import random
 import re
 from typing import Any
 
-_ID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}|[0-9a-fA-F]{16,}|\d+")
+_ID = re.compile(
+    r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}|[0-9a-fA-F]{16,}|\d+"
+)
 
 
 def family(key: str) -> str:
@@ -30,6 +32,10 @@ def census(redis: Any, sample: int = 300) -> dict[str, dict[str, Any]]:
         *sizes, kind = pipe.execute()
         sized = [s for s in sizes if s is not None]
         per_key = sum(sized) / max(1, len(sized))
-        out[fam] = {"keys": len(keys), "type": kind.decode() if isinstance(kind, bytes) else kind,
-                    "bytes": round(per_key * len(keys)), "bytes_per_key": round(per_key)}
+        out[fam] = {
+            "keys": len(keys),
+            "type": kind.decode() if isinstance(kind, bytes) else kind,
+            "bytes": round(per_key * len(keys)),
+            "bytes_per_key": round(per_key),
+        }
     return out

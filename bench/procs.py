@@ -29,8 +29,15 @@ class Proc:
         self.log_path = log
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log, "ab")  # noqa: SIM115  # closed in stop()
-        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -71,9 +78,23 @@ class RedisServer:
             raise SystemExit("redis-server is not on PATH (apt-get install redis-server)")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = Proc([server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--dir", str(workdir)],
-                         env=dict(os.environ), log=workdir / "redis-server.log")
+        self.proc = Proc(
+            [
+                server,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+            env=dict(os.environ),
+            log=workdir / "redis-server.log",
+        )
         deadline = time.monotonic() + 10
         while self.cli("PING") != "PONG":
             if time.monotonic() > deadline or not self.proc.alive():
@@ -81,8 +102,9 @@ class RedisServer:
             time.sleep(0.05)
 
     def cli(self, *args: Any) -> str:
-        out = subprocess.run(["redis-cli", "-p", str(self.port), *map(str, args)], capture_output=True,
-                             text=True, check=False)
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *map(str, args)], capture_output=True, text=True, check=False
+        )
         return out.stdout.strip()
 
     def info(self, section: str) -> dict[str, str]:

@@ -25,16 +25,38 @@ from bench.systems import Block, Env  # noqa: E402
 
 # Frames that name where a worker's time goes (the first one found from the leaf up wins).
 AREAS = [
-    ("select (epoll_wait)", "waiting for Redis / idle"), ("_recv_into", "socket read"),
-    ("sock_recv", "socket read"), ("sendall", "socket write"), ("sock_sendall", "socket write"),
-    ("to_thread", "thread hop (asyncio.to_thread)"), ("run_in_executor", "thread hop (asyncio.to_thread)"),
-    ("JSONRenderer", "logging (structlog JSON)"), ("_proxy_to_logger", "logging (structlog JSON)"),
-    ("encode_json", "codec"), ("event_data", "codec"), ("decode_json", "codec"),
-    ("read_response", "redis-py reply parsing"), ("pack_command", "redis-py command packing"),
-    ("evalsha", "redis-py script call"), ("_run_once", "event loop"),
+    ("select (epoll_wait)", "waiting for Redis / idle"),
+    ("_recv_into", "socket read"),
+    ("sock_recv", "socket read"),
+    ("sendall", "socket write"),
+    ("sock_sendall", "socket write"),
+    ("to_thread", "thread hop (asyncio.to_thread)"),
+    ("run_in_executor", "thread hop (asyncio.to_thread)"),
+    ("JSONRenderer", "logging (structlog JSON)"),
+    ("_proxy_to_logger", "logging (structlog JSON)"),
+    ("encode_json", "codec"),
+    ("event_data", "codec"),
+    ("decode_json", "codec"),
+    ("read_response", "redis-py reply parsing"),
+    ("pack_command", "redis-py command packing"),
+    ("evalsha", "redis-py script call"),
+    ("_run_once", "event loop"),
 ]
-CALLS = ["_next_items", "xreadgroup", "claim", "finish", "heartbeat", "_check_still_mine", "promote_due_retries",
-         "reclaim_expired", "advance", "start_run", "bind_contextvars", "info", "_finished"]
+CALLS = [
+    "_next_items",
+    "xreadgroup",
+    "claim",
+    "finish",
+    "heartbeat",
+    "_check_still_mine",
+    "promote_due_retries",
+    "reclaim_expired",
+    "advance",
+    "start_run",
+    "bind_contextvars",
+    "info",
+    "_finished",
+]
 
 
 def summarise(collapsed: Path) -> str:
@@ -80,9 +102,26 @@ def main() -> int:
         load.start()
         time.sleep(0.5)
         py_spy = str(Path(bs_python).parent / "py-spy")
-        subprocess.run([py_spy, "record", "--pid", str(worker.pid), "--duration", str(args.seconds), "--idle",
-                        "--rate", "250", "--format", "raw", "--output", str(target), "--nonblocking"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(worker.pid),
+                "--duration",
+                str(args.seconds),
+                "--idle",
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--output",
+                str(target),
+                "--nonblocking",
+            ],
+            check=True,
+            capture_output=True,
+        )
         load.join()
         print(f"load: {result}")
     finally:

@@ -29,8 +29,19 @@ from orchestrator.projection import Projection
 from orchestrator.spec import BacktestSpec
 
 SPEC = encode_json({"spec": BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20})})
-RESULT = encode_json({"result": {"metrics": {"equity_final": 10500.25, "return_pct": 5.0025, "sharpe": 0.41,
-                                             "num_trades": 12, "max_drawdown_pct": -12.5}}})
+RESULT = encode_json(
+    {
+        "result": {
+            "metrics": {
+                "equity_final": 10500.25,
+                "return_pct": 5.0025,
+                "sharpe": 0.41,
+                "num_trades": 12,
+                "max_drawdown_pct": -12.5,
+            }
+        }
+    }
+)
 
 
 def free_port() -> int:
@@ -46,19 +57,36 @@ async def write_log(client: aioredis.Redis, keys: Keys, events: int) -> None:
         async with client.pipeline(transaction=False) as pipe:
             for _ in range(start, min(start + batch, tasks)):
                 task_id = str(uuid.uuid4())
-                for seq, (kind, attempt, data) in enumerate((
-                    ("submitted", 0, SPEC), ("started", 1, b'{"worker":"w1"}'),
-                    ("progress", 1, b'{"progress":0.5}'), ("completed", 1, RESULT)), 1):
-                    pipe.xadd(keys.events, {"type": kind, "v": 2 if kind == "failed" else 1, "task_id": task_id,
-                                            "seq": seq, "attempt": attempt, "data": data})
+                for seq, (kind, attempt, data) in enumerate(
+                    (
+                        ("submitted", 0, SPEC),
+                        ("started", 1, b'{"worker":"w1"}'),
+                        ("progress", 1, b'{"progress":0.5}'),
+                        ("completed", 1, RESULT),
+                    ),
+                    1,
+                ):
+                    pipe.xadd(
+                        keys.events,
+                        {
+                            "type": kind,
+                            "v": 2 if kind == "failed" else 1,
+                            "task_id": task_id,
+                            "seq": seq,
+                            "attempt": attempt,
+                            "data": data,
+                        },
+                    )
             await pipe.execute()
 
 
 async def main(events: int, binary: str) -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
-        server = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no",
-                                   "--dir", workdir], stdout=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", workdir],
+            stdout=subprocess.DEVNULL,
+        )
         try:
             client = aioredis.Redis(port=port, protocol=2)
             for _ in range(100):
@@ -77,17 +105,24 @@ async def main(events: int, binary: str) -> None:
             live = Projector(Projection(client, keys, follow_live=True), batch_size=5_000)
             await live.run(burst=True)
             fold_s = time.perf_counter() - started
-            print(f"live projector (batch 5000): {live.applied:,} events in {fold_s:.1f} s "
-                  f"= {live.applied / fold_s:,.0f} events/s")
+            print(
+                f"live projector (batch 5000): {live.applied:,} events in {fold_s:.1f} s "
+                f"= {live.applied / fold_s:,.0f} events/s"
+            )
 
             checked = await verify_replay(client, keys)
-            print(f"replay --verify: fold {checked.events:,} events in {checked.seconds:.1f} s "
-                  f"= {checked.rate:,.0f} events/s; differences: {len(checked.differences)}")
+            print(
+                f"replay --verify: fold {checked.events:,} events in {checked.seconds:.1f} s "
+                f"= {checked.rate:,.0f} events/s; differences: {len(checked.differences)}"
+            )
             rebuilt = await rebuild(client, keys)
-            print(f"replay --rebuild: {rebuilt.events:,} events in {rebuilt.seconds:.1f} s "
-                  f"= {rebuilt.rate:,.0f} events/s")
-            print(f"machine: {platform.processor() or platform.machine()}, "
-                  f"{len(__import__('os').sched_getaffinity(0))} cores; Redis {version}")
+            print(
+                f"replay --rebuild: {rebuilt.events:,} events in {rebuilt.seconds:.1f} s = {rebuilt.rate:,.0f} events/s"
+            )
+            print(
+                f"machine: {platform.processor() or platform.machine()}, "
+                f"{len(__import__('os').sched_getaffinity(0))} cores; Redis {version}"
+            )
             await client.aclose()
         finally:
             server.terminate()

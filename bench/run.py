@@ -39,6 +39,7 @@ BS_VERSIONS = ["redis", "starlette", "uvicorn", "msgspec", "structlog", "numpy",
 
 # --- environments ----------------------------------------------------------------------------
 
+
 def _venv(name: str, requirements: list[str]) -> str:
     """bench/.venv/<name> with `requirements`, re-created when they change."""
     path = VENV / name
@@ -49,8 +50,9 @@ def _venv(name: str, requirements: list[str]) -> str:
         return str(python)
     print(f"[bench] creating {path} ({len(requirements)} requirements)", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(path)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *requirements],
-                   check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *requirements], check=True
+    )
     marker.write_text(digest)
     return str(python)
 
@@ -67,24 +69,33 @@ def environments(bs_root: Path) -> tuple[str, str]:
 
 
 def versions(python: str, names: list[str]) -> dict[str, str]:
-    code = ("import importlib.metadata as m, json, sys; out = {}\n"
-            "for n in sys.argv[1:]:\n"
-            "    try: out[n] = m.version(n)\n"
-            "    except m.PackageNotFoundError: out[n] = 'not installed'\n"
-            "print(json.dumps(out))")
-    return dict(json.loads(subprocess.run([python, "-c", code, *names], capture_output=True, text=True,
-                                          check=True).stdout))
+    code = (
+        "import importlib.metadata as m, json, sys; out = {}\n"
+        "for n in sys.argv[1:]:\n"
+        "    try: out[n] = m.version(n)\n"
+        "    except m.PackageNotFoundError: out[n] = 'not installed'\n"
+        "print(json.dumps(out))"
+    )
+    return dict(
+        json.loads(subprocess.run([python, "-c", code, *names], capture_output=True, text=True, check=True).stdout)
+    )
 
 
 def _git_head(root: Path) -> str:
-    out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         check=False)
-    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "orchestrator", "consumers",
-                            "api"], capture_output=True, text=True, check=False).stdout.strip()
+    out = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--", "orchestrator", "consumers", "api"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     return (out.stdout.strip() or "unknown") + (" + uncommitted changes" if dirty else "")
 
 
 # --- scenarios ---------------------------------------------------------------------------------
+
 
 def _median(values: list[float]) -> float | None:
     values = [v for v in values if v is not None]
@@ -97,8 +108,19 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if not ok:
         out["error"] = runs[0].get("error") if runs else "no runs"
         return out
-    for key in ("tasks_per_s", "p50_ms", "p99_ms", "events_per_s", "events_per_task", "mem_per_task",
-                "submit_per_s", "projection_lag_ms", "tasks", "errors", "commands_per_task"):
+    for key in (
+        "tasks_per_s",
+        "p50_ms",
+        "p99_ms",
+        "events_per_s",
+        "events_per_task",
+        "mem_per_task",
+        "submit_per_s",
+        "projection_lag_ms",
+        "tasks",
+        "errors",
+        "commands_per_task",
+    ):
         values = [r[key] for r in ok if r.get(key) is not None]
         if values:
             out[key] = statistics.median(values)
@@ -143,22 +165,32 @@ def scenario_throughput(env: Env, args: argparse.Namespace) -> dict[str, Any]:
                         print(f"[bench] {label:16} {workers}w {kind:4} {_brief(res)}", flush=True)
                 census = None
                 if workers == max(args.workers):
-                    census = call(env.bs_python, "bench.bs_driver", "memory_census",
-                                  json.dumps({"redis_url": env.redis.url}), env=env.base_env())
+                    census = call(
+                        env.bs_python,
+                        "bench.bs_driver",
+                        "memory_census",
+                        json.dumps({"redis_url": env.redis.url}),
+                        env=env.base_env(),
+                    )
                     census = {"families": census, "tasks_in_redis": done_before + 50 * workers}
                 block.stop()
                 for label in labels:
-                    results[f"{label}|{workers}|{kind}"] = {**_summarise(runs[label]), "census": census,
-                                                           "tasks_per_run": n,
-                                                           "block_seconds": time.monotonic() - t0}
+                    results[f"{label}|{workers}|{kind}"] = {
+                        **_summarise(runs[label]),
+                        "census": census,
+                        "tasks_per_run": n,
+                        "block_seconds": time.monotonic() - t0,
+                    }
     return results
 
 
 def _brief(res: dict[str, Any]) -> str:
     if "error" in res:
         return f"ERROR {res['error'][:200]}"
-    return (f"{res['tasks_per_s']:8.0f} tasks/s  p50 {res['p50_ms']:7.1f} ms  p99 {res['p99_ms']:7.1f} ms  "
-            f"mem {res.get('mem_per_task', 0):7.0f} B/task  errors {res.get('errors', 0)}")
+    return (
+        f"{res['tasks_per_s']:8.0f} tasks/s  p50 {res['p50_ms']:7.1f} ms  p99 {res['p99_ms']:7.1f} ms  "
+        f"mem {res.get('mem_per_task', 0):7.0f} B/task  errors {res.get('errors', 0)}"
+    )
 
 
 def scenario_http(env: Env, args: argparse.Namespace) -> dict[str, Any]:
@@ -167,10 +199,20 @@ def scenario_http(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     base = env.base_env()
     logdir = env.workdir / "logs" / "http"
     api_port, floor_port = free_port(), free_port()
-    procs = [Proc([env.bs_python, "-m", "orchestrator.cli", "--log-json", "api", "--port", str(api_port)],
-                  env=base, log=logdir / "api.log", cwd=env.bs_root),
-             Proc([env.bs_python, "-m", "bench.floor_app", "--port", str(floor_port)], env=base,
-                  log=logdir / "floor.log", cwd=env.bs_root)]
+    procs = [
+        Proc(
+            [env.bs_python, "-m", "orchestrator.cli", "--log-json", "api", "--port", str(api_port)],
+            env=base,
+            log=logdir / "api.log",
+            cwd=env.bs_root,
+        ),
+        Proc(
+            [env.bs_python, "-m", "bench.floor_app", "--port", str(floor_port)],
+            env=base,
+            log=logdir / "floor.log",
+            cwd=env.bs_root,
+        ),
+    ]
     out: dict[str, Any] = {}
     try:
         time.sleep(3)
@@ -178,18 +220,28 @@ def scenario_http(env: Env, args: argparse.Namespace) -> dict[str, Any]:
             rows: dict[str, list[dict[str, Any]]] = {"backstream": [], "floor": []}
             for _ in range(args.reps):
                 for name, port in (("backstream", api_port), ("floor", floor_port)):
-                    res = call(env.bs_python, "bench.bs_driver", "http_latency",
-                               json.dumps({"url": f"http://127.0.0.1:{port}", "n": n, "concurrency": concurrency}),
-                               env=base, cwd=env.bs_root)
+                    res = call(
+                        env.bs_python,
+                        "bench.bs_driver",
+                        "http_latency",
+                        json.dumps({"url": f"http://127.0.0.1:{port}", "n": n, "concurrency": concurrency}),
+                        env=base,
+                        cwd=env.bs_root,
+                    )
                     rows[name].append(res)
                     print(f"[bench] http {name:10} c={concurrency:2} {res}", flush=True)
             for name, runs in rows.items():
                 ok = [r for r in runs if "error" not in r]
                 out[f"{name}|{concurrency}"] = {
-                    "requests": n, "reps": len(ok), "runs": runs,
-                    "p50_ms": _median([r["p50_ms"] for r in ok]), "p99_ms": _median([r["p99_ms"] for r in ok]),
+                    "requests": n,
+                    "reps": len(ok),
+                    "runs": runs,
+                    "p50_ms": _median([r["p50_ms"] for r in ok]),
+                    "p99_ms": _median([r["p99_ms"] for r in ok]),
                     "requests_per_s": _median([r["requests_per_s"] for r in ok]),
-                    "errors": sum(r["errors"] for r in ok), **({"error": runs[0]["error"]} if not ok else {})}
+                    "errors": sum(r["errors"] for r in ok),
+                    **({"error": runs[0]["error"]} if not ok else {}),
+                }
     finally:
         for p in procs:
             p.stop()
@@ -203,10 +255,23 @@ def scenario_cancel(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     block.start()  # warms up with short tasks
     try:
         logs = [str(block.logdir / f"worker{i}.log") for i in range(2)]
-        res = call(env.bs_python, "bench.bs_driver", "cancel_latency",
-                   json.dumps({"redis_url": env.redis.url, "prefix": BS_PREFIX, "api_url": block.api_url,
-                               "worker_logs": logs, "n": args.cancels, "parallel": 2}),
-                   env=env.base_env(), cwd=env.bs_root)
+        res = call(
+            env.bs_python,
+            "bench.bs_driver",
+            "cancel_latency",
+            json.dumps(
+                {
+                    "redis_url": env.redis.url,
+                    "prefix": BS_PREFIX,
+                    "api_url": block.api_url,
+                    "worker_logs": logs,
+                    "n": args.cancels,
+                    "parallel": 2,
+                }
+            ),
+            env=env.base_env(),
+            cwd=env.bs_root,
+        )
     finally:
         block.stop()
     print(f"[bench] cancel backstream {res}", flush=True)
@@ -219,9 +284,28 @@ def scenario_ceiling(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     for pipeline in (1, 16):
         env.redis.flush()
         n = args.ceiling_requests * (4 if pipeline > 1 else 1)
-        proc = subprocess.run(["redis-benchmark", "-p", str(env.redis.port), "-c", "50", "-n", str(n), "-P",
-                               str(pipeline), "-q", "XADD", "bench:ceiling", "*", "f", "v"],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [
+                "redis-benchmark",
+                "-p",
+                str(env.redis.port),
+                "-c",
+                "50",
+                "-n",
+                str(n),
+                "-P",
+                str(pipeline),
+                "-q",
+                "XADD",
+                "bench:ceiling",
+                "*",
+                "f",
+                "v",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         found = re.findall(r"([\d.]+) requests per second", proc.stdout)
         rate = float(found[-1]) if found else None
         out[f"xadd_P{pipeline}"] = rate
@@ -232,13 +316,19 @@ def scenario_ceiling(env: Env, args: argparse.Namespace) -> dict[str, Any]:
 
 # --- main --------------------------------------------------------------------------------------
 
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1,000 tasks, 1 repetition, 40 cancels")
-    parser.add_argument("--tasks", type=int, default=3_000,
-                        help="tasks per timed run (the issue's full size is 10,000: ~50 min here)")
-    parser.add_argument("--rq-fork-tasks", type=int, default=2_000,
-                        help="tasks per run for RQ's forking worker (a fork per job: ~100-200 jobs/s)")
+    parser.add_argument(
+        "--tasks", type=int, default=3_000, help="tasks per timed run (the issue's full size is 10,000: ~50 min here)"
+    )
+    parser.add_argument(
+        "--rq-fork-tasks",
+        type=int,
+        default=2_000,
+        help="tasks per run for RQ's forking worker (a fork per job: ~100-200 jobs/s)",
+    )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", default="1,2", help="worker process counts")
     parser.add_argument("--systems", default="all", help="comma list: backstream," + ",".join(PEERS))
@@ -246,8 +336,12 @@ def main() -> int:
     parser.add_argument("--http-requests", type=int, default=4_000)
     parser.add_argument("--cancels", type=int, default=300)
     parser.add_argument("--ceiling-requests", type=int, default=200_000)
-    parser.add_argument("--backstream-root", type=Path, default=REPO,
-                        help="the Backstream source tree to benchmark (default: this checkout)")
+    parser.add_argument(
+        "--backstream-root",
+        type=Path,
+        default=REPO,
+        help="the Backstream source tree to benchmark (default: this checkout)",
+    )
     parser.add_argument("--out", type=Path, default=BENCH / "out")
     args = parser.parse_args()
     if args.quick:
@@ -265,18 +359,33 @@ def main() -> int:
     env = Env(redis, workdir, bs_python, peers_python, bs_root)
     meta = {
         "command": " ".join(["python3", "bench/run.py", *sys.argv[1:]]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "cpu": _cpu_model(), "os": platform.platform(),
-                    "python": platform.python_version(), "redis": redis.version(),
-                    "redis_flags": "--save '' --appendonly no (private server, loopback)"},
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cores": os.cpu_count(),
+            "cpu": _cpu_model(),
+            "os": platform.platform(),
+            "python": platform.python_version(),
+            "redis": redis.version(),
+            "redis_flags": "--save '' --appendonly no (private server, loopback)",
+        },
         "backstream": {"commit": _git_head(bs_root), "versions": versions(bs_python, BS_VERSIONS)},
         "peers": versions(peers_python, PEER_VERSIONS),
-        "settings": {"tasks": args.tasks, "rq_fork_tasks": args.rq_fork_tasks, "reps": args.reps,
-                     "workers": args.workers, "cancels": args.cancels, "http_requests": args.http_requests},
+        "settings": {
+            "tasks": args.tasks,
+            "rq_fork_tasks": args.rq_fork_tasks,
+            "reps": args.reps,
+            "workers": args.workers,
+            "cancels": args.cancels,
+            "http_requests": args.http_requests,
+        },
     }
     results: dict[str, Any] = {"meta": meta}
-    scenarios = {"throughput": scenario_throughput, "http": scenario_http, "cancel": scenario_cancel,
-                 "ceiling": scenario_ceiling}
+    scenarios = {
+        "throughput": scenario_throughput,
+        "http": scenario_http,
+        "cancel": scenario_cancel,
+        "ceiling": scenario_ceiling,
+    }
     try:
         for name in args.scenarios.split(","):
             try:

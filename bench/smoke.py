@@ -24,12 +24,18 @@ from bench.procs import REPO, Proc
 
 
 def run_smoke(redis_url: str, prefix: str, tasks: int = 300, *, timeout: float = 120.0) -> dict[str, Any]:
-    env = dict(os.environ, REDIS_URL=redis_url, BACKSTREAM_PREFIX=prefix,
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        REDIS_URL=redis_url,
+        BACKSTREAM_PREFIX=prefix,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
     logdir = Path(tempfile.mkdtemp(prefix="backstream-smoke-"))
     cli = [sys.executable, "-m", "orchestrator.cli", "--log-json"]
-    procs = [Proc([*cli, "projector"], env=env, log=logdir / "projector.log"),
-             Proc([*cli, "worker", "--concurrency", "1", "--name", "smoke-w0"], env=env, log=logdir / "worker.log")]
+    procs = [
+        Proc([*cli, "projector"], env=env, log=logdir / "projector.log"),
+        Proc([*cli, "worker", "--concurrency", "1", "--name", "smoke-w0"], env=env, log=logdir / "worker.log"),
+    ]
     try:
         deadline = time.monotonic() + 30
         while b"worker.started" not in (logdir / "worker.log").read_bytes():

@@ -15,9 +15,15 @@ from bench.procs import REPO, Proc, RedisServer, free_port
 BS_PREFIX = "{bench}"
 PEERS = ["rq", "rq_simple", "arq", "celery", "dramatiq", "saq", "taskiq"]
 # Peer label -> (module, worker variant).
-PEER_MODULES = {"rq": ("rq", "fork"), "rq_simple": ("rq", "simple"), "arq": ("arq", ""),
-                "celery": ("celery", ""), "dramatiq": ("dramatiq", ""), "saq": ("saq", ""),
-                "taskiq": ("taskiq", "")}
+PEER_MODULES = {
+    "rq": ("rq", "fork"),
+    "rq_simple": ("rq", "simple"),
+    "arq": ("arq", ""),
+    "celery": ("celery", ""),
+    "dramatiq": ("dramatiq", ""),
+    "saq": ("saq", ""),
+    "taskiq": ("taskiq", ""),
+}
 
 
 @dataclass
@@ -30,18 +36,25 @@ class Env:
 
     def base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-        env.update(PYTHONPATH=str(REPO), REDIS_URL=self.redis.url, BACKSTREAM_PREFIX=BS_PREFIX,
-                   BENCH_REDIS_URL=self.redis.url, BENCH_STAMP_DIR=str(self.workdir / "stamps"),
-                   PYTHONUNBUFFERED="1")
+        env.update(
+            PYTHONPATH=str(REPO),
+            REDIS_URL=self.redis.url,
+            BACKSTREAM_PREFIX=BS_PREFIX,
+            BENCH_REDIS_URL=self.redis.url,
+            BENCH_STAMP_DIR=str(self.workdir / "stamps"),
+            PYTHONUNBUFFERED="1",
+        )
         if self.bs_root != REPO:
             env["PYTHONPATH"] = f"{self.bs_root}{os.pathsep}{REPO}"
         return env
 
 
-def call(python: str, module: str, *args: str, env: dict[str, str], timeout: float = 900,
-         cwd: Path = REPO) -> dict[str, Any]:
-    out = subprocess.run([python, "-m", module, *args], env=env, cwd=cwd, capture_output=True, text=True,
-                         timeout=timeout, check=False)
+def call(
+    python: str, module: str, *args: str, env: dict[str, str], timeout: float = 900, cwd: Path = REPO
+) -> dict[str, Any]:
+    out = subprocess.run(
+        [python, "-m", module, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
         return {"error": f"{module} exited {out.returncode}: {out.stderr.strip()[-800:]}"}
@@ -79,15 +92,21 @@ class Block:
         if self.system == "backstream":
             py = self.env.bs_python
             cli = [py, "-m", "orchestrator.cli", "--log-json"]
-            self.procs.append(Proc([*cli, "projector"], env=env, log=self.logdir / "projector.log", cwd=self.env.bs_root))
+            self.procs.append(
+                Proc([*cli, "projector"], env=env, log=self.logdir / "projector.log", cwd=self.env.bs_root)
+            )
             if self.http:
                 port = free_port()
                 self.api_url = f"http://127.0.0.1:{port}"
-                self.procs.append(Proc([*cli, "api", "--port", str(port)], env=env, log=self.logdir / "api.log",
-                                       cwd=self.env.bs_root))
+                self.procs.append(
+                    Proc([*cli, "api", "--port", str(port)], env=env, log=self.logdir / "api.log", cwd=self.env.bs_root)
+                )
             for i in range(self.workers):
-                argv = ([py, "-m", "bench.bs_noop_worker", "--name", f"w{i}"] if self.kind == "noop"
-                        else [*cli, "worker", "--concurrency", "1", "--name", f"w{i}"])
+                argv = (
+                    [py, "-m", "bench.bs_noop_worker", "--name", f"w{i}"]
+                    if self.kind == "noop"
+                    else [*cli, "worker", "--concurrency", "1", "--name", f"w{i}"]
+                )
                 self.procs.append(Proc(argv, env=env, log=self.logdir / f"worker{i}.log", cwd=self.env.bs_root))
             logs = [self.logdir / f"worker{i}.log" for i in range(self.workers)]
             if not _wait_logged(logs, b"worker.started", 30):
@@ -100,8 +119,7 @@ class Block:
             mod_env = dict(env)
             for i in range(self.workers):
                 argv = _peer_argv(self.env.peers_python, module, i, variant)
-                self.procs.append(Proc(argv, env=mod_env, log=self.logdir / f"worker{i}.log",
-                                       cwd=self.env.bs_root))
+                self.procs.append(Proc(argv, env=mod_env, log=self.logdir / f"worker{i}.log", cwd=self.env.bs_root))
             time.sleep(1.0)
         # Warm up (imports, data, connections) and make sure every worker takes work.
         deadline = time.monotonic() + 60
@@ -130,15 +148,26 @@ class Block:
         env = self.env.base_env()
         timeout = 20.0 if warm else 300.0
         if self.system == "backstream":
-            args = {"redis_url": self.env.redis.url, "prefix": BS_PREFIX, "n": n, "via": via,
-                    "api_url": self.api_url or None, "timeout": timeout}
-            return call(self.env.bs_python, "bench.bs_driver", "throughput", json.dumps(args), env=env,
-                        cwd=self.env.bs_root)
+            args = {
+                "redis_url": self.env.redis.url,
+                "prefix": BS_PREFIX,
+                "n": n,
+                "via": via,
+                "api_url": self.api_url or None,
+                "timeout": timeout,
+            }
+            return call(
+                self.env.bs_python, "bench.bs_driver", "throughput", json.dumps(args), env=env, cwd=self.env.bs_root
+            )
         module, _ = PEER_MODULES[self.system]
-        args = {"system": module, "n": n, "kind": self.kind, "stamp_dir": str(self.env.workdir / "stamps"),
-                "timeout": timeout}
-        return call(self.env.peers_python, "bench.peers.driver", json.dumps(args), env=env,
-                    cwd=self.env.bs_root)
+        args = {
+            "system": module,
+            "n": n,
+            "kind": self.kind,
+            "stamp_dir": str(self.env.workdir / "stamps"),
+            "timeout": timeout,
+        }
+        return call(self.env.peers_python, "bench.peers.driver", json.dumps(args), env=env, cwd=self.env.bs_root)
 
     def stop(self) -> None:
         for p in reversed(self.procs):

@@ -29,8 +29,13 @@ def sma_spec() -> Any:
     from orchestrator.spec import BacktestSpec
 
     f = SMA_SPEC_FIELDS
-    return BacktestSpec(strategy=f["strategy"], symbol=f["symbol"], params=dict(f["params"]),
-                        start=dt.date.fromisoformat(f["start"]), end=dt.date.fromisoformat(f["end"]))
+    return BacktestSpec(
+        strategy=f["strategy"],
+        symbol=f["symbol"],
+        params=dict(f["params"]),
+        start=dt.date.fromisoformat(f["start"]),
+        end=dt.date.fromisoformat(f["end"]),
+    )
 
 
 def _run_to_end(spec: Any) -> dict[str, Any]:
@@ -52,7 +57,8 @@ def sma_work() -> dict[str, Any]:
 
 # A long backtest for the cancel scenario: a parameter sweep over the whole AAPL history (seconds).
 LONG_SPEC_FIELDS: dict[str, Any] = {
-    "strategy": "sma_cross", "symbol": "AAPL",
+    "strategy": "sma_cross",
+    "symbol": "AAPL",
     "params": {"fast": list(range(2, 100)), "slow": list(range(10, 400, 4))},
     "constraint": "fast < slow",
 }

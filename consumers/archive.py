@@ -32,21 +32,27 @@ def _open(path: Path, mode: str) -> IO[str]:
     return open(path, mode, encoding="utf-8")  # noqa: SIM115
 
 
-
-async def export(redis: Any, keys: Keys, path: Path, *, since: str = "-", until: str = "+",
-                 page: int = 10_000) -> tuple[int, str | None]:
+async def export(
+    redis: Any, keys: Keys, path: Path, *, since: str = "-", until: str = "+", page: int = 10_000
+) -> tuple[int, str | None]:
     """Write the log entries with since <= id <= until to `path`. Returns (count, last id)."""
     count, last = 0, None
     with _open(path, "w") as out:
-        out.write(json.dumps({"archive": ARCHIVE_FORMAT, "version": 1, "prefix": keys.prefix,
-                              "since": since, "until": until}) + "\n")
+        out.write(
+            json.dumps({"archive": ARCHIVE_FORMAT, "version": 1, "prefix": keys.prefix, "since": since, "until": until})
+            + "\n"
+        )
         start = since
         while True:
             entries = await redis.xrange(keys.events, start, until, count=page)
             for entry_id, fields in entries:
                 last = text(entry_id)
-                out.write(json.dumps({"id": last, "fields": {text(k): text(v) for k, v in fields.items()}},
-                                     separators=(",", ":")) + "\n")
+                out.write(
+                    json.dumps(
+                        {"id": last, "fields": {text(k): text(v) for k, v in fields.items()}}, separators=(",", ":")
+                    )
+                    + "\n"
+                )
             count += len(entries)
             if len(entries) < page:
                 break
@@ -82,6 +88,6 @@ class ArchiveThenLive:
     async def __call__(self, after: str | None, count: int, block_ms: int | None) -> list[StoredEvent]:
         start = bisect.bisect_right(self._keys, stream_id(after)) if after else 0
         if start < len(self._ids):
-            chunk = self._ids[start:start + count]
+            chunk = self._ids[start : start + count]
             return [decode_entry(i, self._entries[i]) for i in chunk]
         return list(await self._live(after, count, block_ms))

@@ -112,20 +112,23 @@ class Execution:
                 return await self._release()
             outcome = run.outcome()
             event: Completed | Failed | RetryScheduled = Completed(
-                task_id=job.task_id, attempt=job.attempt, result=outcome.summary)
+                task_id=job.task_id, attempt=job.attempt, result=outcome.summary
+            )
             result = encode_json(outcome.detail)
         except Stop:
             return "stopped"
         except Exception as error:
             event, result = self._failure(error), b""
         self.on_computed()
-        fenced = await until_stored(lambda: self.store.finish(
-            event, message_id=job.message_id, result=result,
-            reason=getattr(event, "error_type", "")), "outcome")
+        fenced = await until_stored(
+            lambda: self.store.finish(
+                event, message_id=job.message_id, result=result, reason=getattr(event, "error_type", "")
+            ),
+            "outcome",
+        )
         outcome_name = type(event).__struct_config__.tag
         if fenced is not None:
-            log.warning("task.write_refused", write=outcome_name, status=fenced.status,
-                        current_attempt=fenced.attempt)
+            log.warning("task.write_refused", write=outcome_name, status=fenced.status, current_attempt=fenced.attempt)
             return "stopped"
         log.info("task.finished", outcome=outcome_name, seconds=round(time.monotonic() - started, 4))
         return str(outcome_name)
@@ -167,20 +170,22 @@ class Execution:
     async def _heartbeat(self, progress: float | None) -> None:
         job = self.job
         try:
-            fenced = await self.store.heartbeat(job.task_id, job.attempt, worker=self.worker,
-                                                message_id=job.message_id, progress=progress)
+            fenced = await self.store.heartbeat(
+                job.task_id, job.attempt, worker=self.worker, message_id=job.message_id, progress=progress
+            )
         except _REDIS_DOWN as e:
             log.warning("store.unavailable", write="heartbeat", error=str(e))
             return
         if fenced is not None:
-            log.warning("task.write_refused", write="heartbeat", status=fenced.status,
-                        current_attempt=fenced.attempt)
+            log.warning("task.write_refused", write="heartbeat", status=fenced.status, current_attempt=fenced.attempt)
             raise Stop
 
     async def _release(self) -> str:
         job = self.job
-        fenced = await until_stored(lambda: self.store.release(
-            job.task_id, job.attempt, worker=self.worker, message_id=job.message_id), "release")
+        fenced = await until_stored(
+            lambda: self.store.release(job.task_id, job.attempt, worker=self.worker, message_id=job.message_id),
+            "release",
+        )
         if fenced is not None:
             log.warning("task.write_refused", write="released", status=fenced.status)
             return "stopped"
@@ -194,8 +199,10 @@ class Execution:
         if is_retryable(error) and job.attempt - job.budget < self.settings.max_attempts:
             delay = backoff_ms(job.attempt, self.settings)
             log.warning("task.attempt_failed", error=message, error_type=kind, retry_in_ms=delay)
-            return RetryScheduled(task_id=job.task_id, attempt=job.attempt, error=message,
-                                  error_type=kind, delay_ms=delay)
+            return RetryScheduled(
+                task_id=job.task_id, attempt=job.attempt, error=message, error_type=kind, delay_ms=delay
+            )
         log.warning("task.failed", error=message, error_type=kind)
-        return Failed(task_id=job.task_id, attempt=job.attempt, error=message, error_type=kind,
-                      retryable=is_retryable(error))
+        return Failed(
+            task_id=job.task_id, attempt=job.attempt, error=message, error_type=kind, retryable=is_retryable(error)
+        )

@@ -12,8 +12,9 @@ from orchestrator.keys import WORKER_GROUP, Keys
 log = structlog.get_logger("backstream.reclaim")
 
 
-
-async def reclaim_expired(redis: Any, keys: Keys, consumer: str, *, min_idle_ms: int, count: int) -> list[tuple[str, str]]:
+async def reclaim_expired(
+    redis: Any, keys: Keys, consumer: str, *, min_idle_ms: int, count: int
+) -> list[tuple[str, str]]:
     """Claim up to `count` pending work items idle for `min_idle_ms` or more, as `consumer`.
 
     XAUTOCLAIM scans at most COUNT*10 pending entries per call, so an empty page with a non-zero
@@ -24,7 +25,11 @@ async def reclaim_expired(redis: Any, keys: Keys, consumer: str, *, min_idle_ms:
     cursor = "0-0"
     while len(taken) < count:
         reply = await redis.xautoclaim(
-            keys.work, WORKER_GROUP, consumer, min_idle_time=min_idle_ms, start_id=cursor,
+            keys.work,
+            WORKER_GROUP,
+            consumer,
+            min_idle_time=min_idle_ms,
+            start_id=cursor,
             count=count - len(taken),
         )
         cursor = text(reply[0])

@@ -32,7 +32,6 @@ class Difference(msgspec.Struct, frozen=True):
     replayed: str | None
 
 
-
 def _pattern(root: str) -> str:
     # `[` is the only glob metacharacter a prefix may plausibly hold.
     return root.replace("[", "\\[") + ":*"
@@ -50,7 +49,7 @@ async def snapshot(redis: Any, keys: Keys) -> dict[str, dict[str, bytes]]:
     found: dict[str, dict[str, bytes]] = {}
     async for raw in redis.scan_iter(match=_pattern(keys.projection_root), count=1000):
         key = text(raw)
-        name = key[len(root):]
+        name = key[len(root) :]
         if name == "position":
             continue
         kind = text(await redis.type(key))
@@ -67,11 +66,14 @@ def compare(live: dict[str, dict[str, bytes]], replayed: dict[str, dict[str, byt
         a, b = live.get(name, {}), replayed.get(name, {})
         for field in sorted(a.keys() | b.keys()):
             if a.get(field) != b.get(field):
-                differences.append(Difference(
-                    key=name, field=field,
-                    live=a[field].decode() if field in a else None,
-                    replayed=b[field].decode() if field in b else None,
-                ))
+                differences.append(
+                    Difference(
+                        key=name,
+                        field=field,
+                        live=a[field].decode() if field in a else None,
+                        replayed=b[field].decode() if field in b else None,
+                    )
+                )
     return differences
 
 
@@ -113,8 +115,9 @@ async def verify(redis: Any, keys: Keys, *, archives: list[Path] | None = None) 
     return (await verify_replay(redis, keys, archives=archives)).differences
 
 
-async def verify_replay(redis: Any, keys: Keys, *, archives: list[Path] | None = None,
-                        on_batch: Callable[[int], None] | None = None) -> Replay:
+async def verify_replay(
+    redis: Any, keys: Keys, *, archives: list[Path] | None = None, on_batch: Callable[[int], None] | None = None
+) -> Replay:
     """Fold the whole log into fresh keys, compare them field by field with the live projection,
     and drop the fresh keys. The live projector should have caught up with the log first (the
     CLI checks); differences in tasks it has not reached yet are real differences then."""
@@ -130,8 +133,9 @@ async def verify_replay(redis: Any, keys: Keys, *, archives: list[Path] | None =
         await delete_projection(redis, fresh)
 
 
-async def rebuild(redis: Any, keys: Keys, *, archives: list[Path] | None = None,
-                  on_batch: Callable[[int], None] | None = None) -> Replay:
+async def rebuild(
+    redis: Any, keys: Keys, *, archives: list[Path] | None = None, on_batch: Callable[[int], None] | None = None
+) -> Replay:
     """Fold the log into a new projection while the old one keeps serving, catch up with what
     was written meanwhile, switch the live pointer atomically (only when fully caught up), and
     delete the old projection once no reader can still be using it."""
@@ -144,8 +148,8 @@ async def rebuild(redis: Any, keys: Keys, *, archives: list[Path] | None = None,
     while True:
         folded += await _fold(redis, new, archives or [], on_batch)
         verdict = await scripts.switch(
-            keys=[keys.live_projection, new.projection_position, keys.events],
-            args=[new.projection_name])
+            keys=[keys.live_projection, new.projection_position, keys.events], args=[new.projection_name]
+        )
         if text(verdict[0]) == "ok":
             break
         log.info("replay.catching_up", behind_by=text(verdict[1]))

@@ -23,7 +23,6 @@ class RetentionReport(msgspec.Struct):
     used_memory_after: int | None
 
 
-
 def _key(stream_id: str) -> tuple[int, int]:
     ms, _, seq = stream_id.partition("-")
     return int(ms), int(seq or 0)
@@ -68,11 +67,12 @@ async def apply_retention(redis: Any, keys: Keys, *, horizon_ms: int, dry_run: b
         return RetentionReport(keep_from, limited_by, trimmed, len(finished), 0, memory_before, memory_before)
     trimmed = await redis.xtrim(keys.events, minid=keep_from, approximate=False)
     for start in range(0, len(finished), 500):
-        chunk = finished[start:start + 500]
+        chunk = finished[start : start + 500]
         await redis.delete(*[k for t in chunk for k in (keys.control(t), keys.task_log(t))])
     dead = await redis.xtrim(keys.dead_letters, minid=candidates["horizon"], approximate=False)
-    report = RetentionReport(keep_from, limited_by, int(trimmed), len(finished), int(dead),
-                             memory_before, await _used_memory(redis))
+    report = RetentionReport(
+        keep_from, limited_by, int(trimmed), len(finished), int(dead), memory_before, await _used_memory(redis)
+    )
     log.info("retention.applied", **msgspec.to_builtins(report))
     return report
 
@@ -92,6 +92,9 @@ async def _finished_before(redis: Any, keys: Keys, keep_from: str) -> list[str]:
             for task_id in task_ids:
                 pipe.hget(projection.projected_task(task_id), "last_event_id")
             lasts = await pipe.execute()
-        found += [t for t, last in zip(task_ids, lasts)
-                  if last and _key(msgspec.json.decode(last)) < _key(keep_from)]
+        found += [
+            t
+            for t, last in zip(task_ids, lasts, strict=True)
+            if last and _key(msgspec.json.decode(last)) < _key(keep_from)
+        ]
     return found

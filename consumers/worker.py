@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from typing import Any
@@ -23,7 +24,6 @@ log = structlog.get_logger("backstream.worker")
 READ_BLOCK_MS = 500
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-
 
 
 class Worker:
@@ -73,7 +73,7 @@ class Worker:
                 continue
             items, backlog = backlog[:free], backlog[free:]
             if not items:
-                items = await self._with_reconnect(lambda: self._next_items(free, burst))
+                items = await self._with_reconnect(functools.partial(self._next_items, free, burst))
             if not items and burst:
                 if not self._running:
                     break
@@ -89,13 +89,17 @@ class Worker:
             # Reclaims and due retries are looked for a few times per lease, not on every read.
             self._next_sweep = now + min(self.settings.lease_ms / 4000, 1.0)
             await self.store.promote_due_retries()
-            reclaimed = await reclaim_expired(self.store.redis, self.store.keys, self.name,
-                                              min_idle_ms=self.settings.lease_ms, count=free)
+            reclaimed = await reclaim_expired(
+                self.store.redis, self.store.keys, self.name, min_idle_ms=self.settings.lease_ms, count=free
+            )
             if reclaimed:
                 log.info("worker.reclaimed", count=len(reclaimed))
                 return [(m, t, True) for m, t in reclaimed]
         reply = await self.reader.xreadgroup(
-            WORKER_GROUP, self.name, {self.store.keys.work: ">"}, count=free,
+            WORKER_GROUP,
+            self.name,
+            {self.store.keys.work: ">"},
+            count=free,
             block=None if burst else READ_BLOCK_MS,
         )
         return [(text(m), text(f[b"task_id"]), False) for _, entries in reply or [] for m, f in entries]
@@ -120,7 +124,7 @@ class Worker:
 
     def _free_slot(self, task: asyncio.Task[str] | None) -> None:
         if task in self._computing:
-            self._computing.discard(task)  # type: ignore[arg-type]
+            self._computing.discard(task)
             self._slot_freed.set()
 
     def _finished(self, task: asyncio.Task[str]) -> None:
@@ -131,9 +135,14 @@ class Worker:
 
     async def _handle(self, message_id: str, task_id: str, reclaim: bool) -> str:
         structlog.contextvars.bind_contextvars(task_id=task_id, worker=self.name)
-        claim = await self.store.claim(task_id, worker=self.name, token=uuid.uuid4().hex,
-                                       message_id=message_id, reclaim=reclaim,
-                                       max_attempts=self.settings.max_attempts)
+        claim = await self.store.claim(
+            task_id,
+            worker=self.name,
+            token=uuid.uuid4().hex,
+            message_id=message_id,
+            reclaim=reclaim,
+            max_attempts=self.settings.max_attempts,
+        )
         if claim.outcome != "ok" or claim.spec is None:
             log.info("task.not_claimed", outcome=claim.outcome)
             if claim.outcome in ("terminal", "missing", "stale"):
@@ -142,11 +151,13 @@ class Worker:
             return "skipped"
         structlog.contextvars.bind_contextvars(attempt=claim.attempt)
         log.debug("task.claimed", reclaim=reclaim)
-        job = Assignment(task_id=task_id, attempt=claim.attempt, message_id=message_id, spec=claim.spec,
-                         budget=claim.budget)
+        job = Assignment(
+            task_id=task_id, attempt=claim.attempt, message_id=message_id, spec=claim.spec, budget=claim.budget
+        )
         current = asyncio.current_task()
-        execution = Execution(self.store, self.start_run, self.settings, self.name, job,
-                              on_computed=lambda: self._free_slot(current))  # type: ignore[arg-type]
+        execution = Execution(
+            self.store, self.start_run, self.settings, self.name, job, on_computed=lambda: self._free_slot(current)
+        )
         self._running[current] = execution  # type: ignore[index]
         if self._releasing:
             execution.release_requested.set()

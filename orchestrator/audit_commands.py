@@ -46,8 +46,12 @@ class _Progress:
             share = min(self.done / self.total, 1.0)
             rate = self.done / max(time.perf_counter() - self.started, 1e-9)
             bar = "#" * int(share * 30)
-            print(f"\r{self.label} [{bar:<30}] {share:4.0%} {self.done:,} events {rate:,.0f}/s",
-                  end="", file=sys.stderr, flush=True)
+            print(
+                f"\r{self.label} [{bar:<30}] {share:4.0%} {self.done:,} events {rate:,.0f}/s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.tty:
@@ -97,16 +101,20 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
         if args.rebuild:
             done = await replay.rebuild(conns.commands, keys, archives=archives, on_batch=progress)
             progress.close()
-            print(f"rebuilt projection {done.projection}: {done.events:,} events in {done.seconds:.2f} s "
-                  f"({done.rate:,.0f} events/s); it is live now")
+            print(
+                f"rebuilt projection {done.projection}: {done.events:,} events in {done.seconds:.2f} s "
+                f"({done.rate:,.0f} events/s); it is live now"
+            )
             return 0
         checked = await replay.verify_replay(conns.commands, keys, archives=archives, on_batch=progress)
         progress.close()
         for d in checked.differences:
             print(f"DIFF {d.key} {d.field}: live={d.live} replayed={d.replayed}")
         tasks = len({d.key for d in checked.differences})
-        print(f"verified projection {checked.projection}: {checked.events:,} events in {checked.seconds:.2f} s "
-              f"({checked.rate:,.0f} events/s); {len(checked.differences)} differences in {tasks} keys")
+        print(
+            f"verified projection {checked.projection}: {checked.events:,} events in {checked.seconds:.2f} s "
+            f"({checked.rate:,.0f} events/s); {len(checked.differences)} differences in {tasks} keys"
+        )
         return 1 if checked.differences else 0
     finally:
         await conns.close()
@@ -134,8 +142,9 @@ async def _retention(args: argparse.Namespace, settings: Settings) -> int:
 
     conns = Connections(settings)
     try:
-        report = await apply_retention(conns.commands, Keys(prefix=settings.prefix),
-                                       horizon_ms=args.horizon, dry_run=args.dry_run)
+        report = await apply_retention(
+            conns.commands, Keys(prefix=settings.prefix), horizon_ms=args.horizon, dry_run=args.dry_run
+        )
         print(json.dumps(msgspec.to_builtins(report), indent=2))
         return 0
     finally:
@@ -162,8 +171,10 @@ def _range_bound(value: str | None, default: str, *, low: bool) -> str:
 def _needs_redis(run: Any) -> Any:
     def wrapped(args: argparse.Namespace, settings: Settings) -> int:
         if settings.redis_url is None:
-            print(f"backstream {args.command}: set REDIS_URL; the embedded store lives only inside "
-                  "`backstream up`", file=sys.stderr)
+            print(
+                f"backstream {args.command}: set REDIS_URL; the embedded store lives only inside `backstream up`",
+                file=sys.stderr,
+            )
             return 2
         return int(asyncio.run(run(args, settings)))
 
@@ -179,12 +190,19 @@ def register(sub: Any) -> None:
 
     replay = sub.add_parser("replay", help="fold the whole log into fresh keys: verify or rebuild the projection")
     mode = replay.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--verify", action="store_true",
-                      help="compare with the live projection field by field; exit 1 on any difference")
-    mode.add_argument("--rebuild", action="store_true",
-                      help="build a new projection beside the live one, then switch to it atomically")
-    replay.add_argument("--archive", action="append", default=[],
-                        help="an exported archive to read before the live log (repeatable)")
+    mode.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare with the live projection field by field; exit 1 on any difference",
+    )
+    mode.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="build a new projection beside the live one, then switch to it atomically",
+    )
+    replay.add_argument(
+        "--archive", action="append", default=[], help="an exported archive to read before the live log (repeatable)"
+    )
     replay.set_defaults(run=_needs_redis(_replay))
 
     export = sub.add_parser("export", help="write the log to newline-delimited JSON (.gz compresses)")
@@ -193,8 +211,9 @@ def register(sub: Any) -> None:
     export.add_argument("--until", help="stream id or ISO time (default: now)")
     export.set_defaults(run=_needs_redis(_export))
 
-    retention = sub.add_parser("retention", help="trim the log older than a horizon, once archived and "
-                                                 "folded into every projection")
+    retention = sub.add_parser(
+        "retention", help="trim the log older than a horizon, once archived and folded into every projection"
+    )
     retention.add_argument("--horizon", type=_duration_ms, required=True, help="keep this much: 30d, 12h, …")
     retention.add_argument("--dry-run", action="store_true", help="report what would be trimmed")
     retention.set_defaults(run=_needs_redis(_retention))

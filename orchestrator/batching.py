@@ -40,7 +40,7 @@ class ScriptBatcher:
                 if not future.done():
                     future.set_exception(e)
             return
-        for (*_, future), reply in zip(batch, replies):
+        for (*_, future), reply in zip(batch, replies, strict=True):
             if future.done():
                 continue
             if isinstance(reply, Exception):
@@ -58,6 +58,6 @@ class ScriptBatcher:
             for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():
                 script.sha = await self.redis.script_load(script.script)
             retried = await self._execute([batch[i] for i in missing])
-            for i, reply in zip(missing, retried):
+            for i, reply in zip(missing, retried, strict=True):
                 replies[i] = reply
         return list(replies)

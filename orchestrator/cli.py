@@ -14,8 +14,9 @@ COMMAND_GROUPS = [roles, audit_commands, client]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="backstream", description="An event-sourced backtest orchestrator "
-                                     "on Redis Streams.")
+    parser = argparse.ArgumentParser(
+        prog="backstream", description="An event-sourced backtest orchestrator on Redis Streams."
+    )
     parser.add_argument("--log-json", action="store_true", default=None, help="JSON logs even on a terminal")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:

@@ -33,8 +33,14 @@ class Api:
         self.url = url.rstrip("/")
         self.token = token
 
-    def _request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-                 timeout: float = REQUEST_TIMEOUT_S) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = REQUEST_TIMEOUT_S,
+    ) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
@@ -49,8 +55,9 @@ class Api:
             raise ClientError(_problem(e)) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise ClientError(f"cannot reach the Backstream API at {self.url}: {reason} "
-                              "(set --url or BACKSTREAM_URL)") from None
+            raise ClientError(
+                f"cannot reach the Backstream API at {self.url}: {reason} (set --url or BACKSTREAM_URL)"
+            ) from None
 
     def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
         with self._request(method, path, body, headers) as reply:
@@ -71,7 +78,7 @@ class Api:
                 failures += 1
                 if failures > RECONNECTS:
                     raise
-                pause.wait(min(2.0 ** failures / 4, 5.0))
+                pause.wait(min(2.0**failures / 4, 5.0))
                 continue
             with reply:
                 if reply.status == 204:
@@ -122,6 +129,7 @@ def _sse(reply: Any) -> Iterator[tuple[str, str | None, str]]:
 
 # --- output ---
 
+
 def fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -139,7 +147,7 @@ def table(rows: list[list[Any]], header: list[str] | None = None) -> str:
     if not cells:
         return ""
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in cells]
     if header:
         lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -176,20 +184,31 @@ class ProgressBar:
 
 def params_text(params: dict[str, Any]) -> str:
     """`fast=10 slow=20`; a long sweep list shows as its ends and length."""
+
     def one(v: Any) -> str:
         if isinstance(v, list) and len(v) > 6:
             return f"{fmt(v[0])},{fmt(v[1])},…,{fmt(v[-1])} ({len(v)} values)"
         return ",".join(fmt(x) for x in v) if isinstance(v, list) else fmt(v)
+
     return " ".join(f"{k}={one(v)}" for k, v in params.items())
 
 
 def _print_task(task: dict[str, Any], out: TextIO) -> None:
     spec = task.get("spec", {})
-    rows = [["task", task["task_id"]], ["status", task["status"]], ["progress", f"{task['progress'] * 100:.1f}%"],
-            ["strategy", spec.get("strategy")], ["symbol", spec.get("symbol")], ["params", params_text(spec.get("params", {}))],
-            ["attempt", task["attempt"]], ["worker", task.get("worker")], ["created", task.get("created_at")],
-            ["started", task.get("started_at")], ["finished", task.get("finished_at")],
-            ["submitted by", task.get("submitted_by")]]
+    rows = [
+        ["task", task["task_id"]],
+        ["status", task["status"]],
+        ["progress", f"{task['progress'] * 100:.1f}%"],
+        ["strategy", spec.get("strategy")],
+        ["symbol", spec.get("symbol")],
+        ["params", params_text(spec.get("params", {}))],
+        ["attempt", task["attempt"]],
+        ["worker", task.get("worker")],
+        ["created", task.get("created_at")],
+        ["started", task.get("started_at")],
+        ["finished", task.get("finished_at")],
+        ["submitted by", task.get("submitted_by")],
+    ]
     if task.get("cancelled_by"):
         rows.append(["cancelled by", task["cancelled_by"]])
     if task.get("error"):
@@ -197,13 +216,16 @@ def _print_task(task: dict[str, Any], out: TextIO) -> None:
     out.write(table(rows) + "\n")
     result = task.get("result") or {}
     if result.get("best_params"):
-        out.write(f"\nbest of {result.get('combinations')} combinations by {result.get('objective')}: "
-                  f"{json.dumps(result['best_params'])}\n")
+        out.write(
+            f"\nbest of {result.get('combinations')} combinations by {result.get('objective')}: "
+            f"{json.dumps(result['best_params'])}\n"
+        )
     if result.get("metrics"):
         out.write("\n" + table([[k, v] for k, v in result["metrics"].items()], ["metric", "value"]) + "\n")
 
 
 # --- the commands ---
+
 
 def _api(args: argparse.Namespace, settings: Settings) -> Api:
     return Api(args.url or settings.api_url, args.token or settings.api_token)
@@ -232,8 +254,18 @@ def _params(pairs: list[str]) -> dict[str, Any]:
 
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {"strategy": args.strategy, "symbol": args.symbol, "params": _params(args.param)}
-    for name in ("start", "end", "cash", "commission", "commission_fixed", "spread", "slippage_bps",
-                 "objective", "constraint", "timeout_s"):
+    for name in (
+        "start",
+        "end",
+        "cash",
+        "commission",
+        "commission_fixed",
+        "spread",
+        "slippage_bps",
+        "objective",
+        "constraint",
+        "timeout_s",
+    ):
         if getattr(args, name) is not None:
             spec[name] = getattr(args, name)
     if args.long_only:
@@ -306,8 +338,19 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(page["tasks"], indent=2))
         return 0
-    rows = [[t["task_id"], t["status"], f"{t['progress'] * 100:.0f}%", t["spec"]["symbol"], t["spec"]["strategy"],
-             t["attempt"], t.get("worker"), t["created_at"]] for t in page["tasks"]]
+    rows = [
+        [
+            t["task_id"],
+            t["status"],
+            f"{t['progress'] * 100:.0f}%",
+            t["spec"]["symbol"],
+            t["spec"]["strategy"],
+            t["attempt"],
+            t.get("worker"),
+            t["created_at"],
+        ]
+        for t in page["tasks"]
+    ]
     print(table(rows, ["task", "status", "progress", "symbol", "strategy", "attempt", "worker", "created"]))
     return 0
 
@@ -316,8 +359,12 @@ def describe(event: dict[str, Any]) -> str:
     data = dict(event["data"])
     if event["type"] == "submitted":
         spec = data.pop("spec", {})
-        data = {"strategy": spec.get("strategy"), "symbol": spec.get("symbol"),
-                "params": params_text(spec.get("params", {})), **data}
+        data = {
+            "strategy": spec.get("strategy"),
+            "symbol": spec.get("symbol"),
+            "params": params_text(spec.get("params", {})),
+            **data,
+        }
     if event["type"] == "completed":
         metrics = (data.pop("result", {}) or {}).get("metrics", {})
         data = {k: metrics.get(k) for k in ("return_pct", "sharpe", "num_trades") if k in metrics} | data
@@ -359,8 +406,14 @@ def register(sub: Any) -> None:
     submit = sub.add_parser("submit", parents=[common], help="submit a backtest through the API")
     submit.add_argument("strategy", help="e.g. sma_cross, momentum, bollinger, rsi, buy_and_hold")
     submit.add_argument("symbol", help="e.g. AAPL (GET /api/datasets lists them)")
-    submit.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="a strategy parameter; NAME=V1,V2,… sweeps over the values (repeatable)")
+    submit.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a strategy parameter; NAME=V1,V2,… sweeps over the values (repeatable)",
+    )
     submit.add_argument("--start", help="first date, YYYY-MM-DD")
     submit.add_argument("--end", help="last date, YYYY-MM-DD")
     submit.add_argument("--cash", type=float)
@@ -373,8 +426,11 @@ def register(sub: Any) -> None:
     submit.add_argument("--constraint", help='sweeps: e.g. "fast < slow"')
     submit.add_argument("--timeout-s", type=float, help="a time limit for this task")
     submit.add_argument("--idempotency-key", help="a retried submit with the same key makes no second task")
-    submit.add_argument("--wait", action="store_true",
-                        help="show a progress bar until the task ends, then its metrics; exit 1 unless completed")
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="show a progress bar until the task ends, then its metrics; exit 1 unless completed",
+    )
     submit.set_defaults(run=_guarded(_submit))
 
     status = sub.add_parser("status", parents=[common], help="a task's status, progress and metrics")

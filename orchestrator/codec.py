@@ -83,11 +83,19 @@ def decode_entry(entry_id: bytes | str, fields: dict[Any, Any]) -> StoredEvent:
         # The common case, on the replay hot path: an event of the current version is decoded by
         # splicing its own fields into its JSON data and decoding that once, typed.
         kind, task_id, data = fields[b"type"], fields[b"task_id"], fields[b"data"]
-        if (_CURRENT_VERSIONS.get(kind) == fields.get(b"v", b"1") and data[:1] == b"{"
-                and b'"' not in task_id and b"\\" not in task_id):
+        if (
+            _CURRENT_VERSIONS.get(kind) == fields.get(b"v", b"1")
+            and data[:1] == b"{"
+            and b'"' not in task_id
+            and b"\\" not in task_id
+        ):
             body = b'{"type":"%s","task_id":"%s","seq":%d,"attempt":%d%s' % (
-                kind, task_id, int(fields[b"seq"]), int(fields[b"attempt"]),
-                b"}" if data == b"{}" else b"," + data[1:])
+                kind,
+                task_id,
+                int(fields[b"seq"]),
+                int(fields[b"attempt"]),
+                b"}" if data == b"{}" else b"," + data[1:],
+            )
             return StoredEvent(id=text(entry_id), event=_event_decoder.decode(body))
     except (KeyError, ValueError, TypeError, msgspec.ValidationError, msgspec.DecodeError):
         pass  # the careful path below says what is wrong
@@ -137,4 +145,4 @@ def iso_ms(ms: int) -> str:
 @functools.lru_cache(maxsize=4096)
 def _iso_seconds(seconds: int) -> str:
     # Events come in bursts within the same second: formatting is cached (replay hot path).
-    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")

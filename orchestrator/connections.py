@@ -24,13 +24,17 @@ class Connections:
             self.blocking: Any = fakeredis.aioredis.FakeRedis(server=server, protocol=2)
         else:
             self.commands = aioredis.Redis.from_url(
-                settings.redis_url, protocol=2, socket_timeout=COMMAND_TIMEOUT_S,
+                settings.redis_url,
+                protocol=2,
+                socket_timeout=COMMAND_TIMEOUT_S,
                 socket_connect_timeout=COMMAND_TIMEOUT_S,
             )
             # Blocking XREAD/XREADGROUP wait up to their BLOCK time; a client socket timeout
             # shorter than that would abort (and retry) them, so blocking readers get none.
             self.blocking = aioredis.Redis.from_url(
-                settings.redis_url, protocol=2, socket_timeout=None,
+                settings.redis_url,
+                protocol=2,
+                socket_timeout=None,
                 socket_connect_timeout=COMMAND_TIMEOUT_S,
             )
 

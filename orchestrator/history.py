@@ -21,10 +21,19 @@ def attempt_history(events: Iterable[StoredEvent]) -> list[dict[str, Any]]:
         if isinstance(event, Started):
             if attempts and attempts[-1]["outcome"] is None:
                 attempts[-1]["outcome"] = "lost"
-            attempts.append({"attempt": event.attempt, "worker": event.worker,
-                             "started_at": iso_ms(stored.at_ms), "outcome": None, "error": None})
-        elif attempts and attempts[-1]["outcome"] is None and isinstance(
-            event, (Completed, Failed, RetryScheduled, Released, Cancelled)
+            attempts.append(
+                {
+                    "attempt": event.attempt,
+                    "worker": event.worker,
+                    "started_at": iso_ms(stored.at_ms),
+                    "outcome": None,
+                    "error": None,
+                }
+            )
+        elif (
+            attempts
+            and attempts[-1]["outcome"] is None
+            and isinstance(event, (Completed, Failed, RetryScheduled, Released, Cancelled))
         ):
             attempts[-1]["outcome"] = type(event).__struct_config__.tag
             attempts[-1]["error"] = getattr(event, "error", None)
@@ -37,5 +46,12 @@ def event_view(stored: StoredEvent) -> dict[str, Any]:
     data = msgspec.to_builtins(event)
     for name in ("type", "task_id", "seq", "attempt"):
         data.pop(name, None)
-    return {"id": stored.id, "type": type(event).__struct_config__.tag, "time": iso_ms(stored.at_ms),
-            "task_id": event.task_id, "seq": event.seq, "attempt": event.attempt, "data": data}
+    return {
+        "id": stored.id,
+        "type": type(event).__struct_config__.tag,
+        "time": iso_ms(stored.at_ms),
+        "task_id": event.task_id,
+        "seq": event.seq,
+        "attempt": event.attempt,
+        "data": data,
+    }

@@ -50,7 +50,7 @@ class Projection:
             for task_id in task_ids:
                 pipe.hgetall(self.keys.projected_task(task_id))
             replies = await pipe.execute()
-        return {task_id: from_hash(fields) for task_id, fields in zip(task_ids, replies) if fields}
+        return {task_id: from_hash(fields) for task_id, fields in zip(task_ids, replies, strict=True) if fields}
 
     async def store(
         self,
@@ -97,8 +97,13 @@ class Projection:
                 index_ops.setdefault((b"ZADD", self.keys.projected_index(state.status)), []).append(member)
         for (name, key), members in index_ops.items():
             ops.append(b"%s\x01%s\x01%s" % (name, slot(key), b"\0".join(members)))
-        args: list[str | bytes] = [expected_position or "", new_position,
-                self.keys.projection_name if self.follow_live else "", DEFAULT_PROJECTION, b"\x02".join(ops)]
+        args: list[str | bytes] = [
+            expected_position or "",
+            new_position,
+            self.keys.projection_name if self.follow_live else "",
+            DEFAULT_PROJECTION,
+            b"\x02".join(ops),
+        ]
         reply = await self.scripts.apply(keys=keys, args=args)
         return text(reply[0])
 

@@ -41,8 +41,14 @@ def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, con
     from consumers.worker import Worker
 
     keys = Keys(prefix=settings.prefix)
-    return Worker(EventStore(conns.commands, keys, batch=True), conns.blocking, functools.partial(start_run, catalog=catalog),
-                  settings, name=name, concurrency=concurrency)
+    return Worker(
+        EventStore(conns.commands, keys, batch=True),
+        conns.blocking,
+        functools.partial(start_run, catalog=catalog),
+        settings,
+        name=name,
+        concurrency=concurrency,
+    )
 
 
 def _projector(settings: Settings, conns: Connections) -> Any:
@@ -126,8 +132,11 @@ async def _run_all(settings: Settings, host: str, port: int, workers: int) -> No
 
 def _needs_redis(settings: Settings, command: str) -> bool:
     if settings.redis_url is None:
-        print(f"backstream {command}: set REDIS_URL (e.g. redis://127.0.0.1:6379/0); only "
-              "`backstream up` runs on the embedded store", file=sys.stderr)
+        print(
+            f"backstream {command}: set REDIS_URL (e.g. redis://127.0.0.1:6379/0); only "
+            "`backstream up` runs on the embedded store",
+            file=sys.stderr,
+        )
         return False
     return True
 
@@ -159,8 +168,9 @@ def _projector_role(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(sub: Any) -> None:
-    up = sub.add_parser("up", help="run the API, projector and workers in one process "
-                                   "(embedded store unless REDIS_URL is set)")
+    up = sub.add_parser(
+        "up", help="run the API, projector and workers in one process (embedded store unless REDIS_URL is set)"
+    )
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--workers", type=int, default=4, help="tasks run at once")
@@ -172,11 +182,18 @@ def register(sub: Any) -> None:
     api.set_defaults(run=_api)
 
     worker = sub.add_parser("worker", help="run backtests as a member of the worker group (needs REDIS_URL)")
-    worker.add_argument("--concurrency", type=int, default=4,
-                        help="tasks run at once; the kernel is CPU-bound, so for compute run one "
-                             "worker process per core, and use concurrency to overlap round trips")
-    worker.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}",
-                        help="consumer name; reuse it after a restart to recover this worker's pending tasks")
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        help="tasks run at once; the kernel is CPU-bound, so for compute run one "
+        "worker process per core, and use concurrency to overlap round trips",
+    )
+    worker.add_argument(
+        "--name",
+        default=f"{socket.gethostname()}-{os.getpid()}",
+        help="consumer name; reuse it after a restart to recover this worker's pending tasks",
+    )
     worker.set_defaults(run=_worker_role)
 
     projector = sub.add_parser("projector", help="fold the event log into the current-state hashes (needs REDIS_URL)")

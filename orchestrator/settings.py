@@ -75,8 +75,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def __repr__(self) -> str:
         # The URL may carry a password.
-        return (f"Settings(redis_url={'<set>' if self.redis_url else None}, prefix={self.prefix!r}, "
-                f"tokens=<{len(self.tokens)} set>, api_token={'<set>' if self.api_token else None})")
+        return (
+            f"Settings(redis_url={'<set>' if self.redis_url else None}, prefix={self.prefix!r}, "
+            f"tokens=<{len(self.tokens)} set>, api_token={'<set>' if self.api_token else None})"
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

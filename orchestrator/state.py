@@ -129,9 +129,7 @@ def fold(events: Iterable[StoredEvent], states: dict[str, TaskState] | None = No
 
 
 def to_hash(state: TaskState) -> dict[str, bytes]:
-    return {
-        name: encode_json(value) for name, value in msgspec.structs.asdict(state).items() if value is not None
-    }
+    return {name: encode_json(value) for name, value in msgspec.structs.asdict(state).items() if value is not None}
 
 
 def from_hash(fields: dict[Any, Any]) -> TaskState:

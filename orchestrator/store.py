@@ -50,7 +50,6 @@ class Fenced(msgspec.Struct, frozen=True):
     attempt: int
 
 
-
 def body_fingerprint(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
@@ -148,9 +147,7 @@ class EventStore:
             raise TaskNotFound(task_id)
         if outcome == "conflict":
             status = text(reply[1])
-            raise TaskConflict(
-                task_id, status, f"task {task_id} is {status}; only failed tasks can be retried"
-            )
+            raise TaskConflict(task_id, status, f"task {task_id} is {status}; only failed tasks can be retried")
 
     # --- commands of the workers; every write after the claim is fenced by the attempt ---
 
@@ -300,9 +297,7 @@ class EventStore:
 
     async def dead_letters(self, *, limit: int, before: str | None) -> list[dict[str, Any]]:
         """Dead letters newest first (ids before `before` when given)."""
-        entries = await self.redis.xrevrange(
-            self.keys.dead_letters, f"({before}" if before else "+", "-", count=limit
-        )
+        entries = await self.redis.xrevrange(self.keys.dead_letters, f"({before}" if before else "+", "-", count=limit)
         letters = []
         for entry_id, fields in entries:
             get = {text(k): text(v) for k, v in fields.items()}

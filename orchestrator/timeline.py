@@ -25,7 +25,7 @@ def as_of_id(value: str) -> tuple[int, int]:
     except ValueError:
         raise ValueError("must be a stream id (1700000000000-0) or an ISO 8601 time") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
+        moment = moment.replace(tzinfo=dt.UTC)
     return int(moment.timestamp() * 1000), _MAX_SEQ
 
 

@@ -43,8 +43,14 @@ class System:
     def worker(self, name: str = "w1", concurrency: int = 2) -> Worker:
         # Its own catalog, as a worker process has: it reads the data files when it runs.
         catalog = Catalog.from_env_dir(self.settings.data_dir)
-        return Worker(self.store, self.backend.blocking, functools.partial(start_run, catalog=catalog),
-                      self.settings, name=name, concurrency=concurrency)
+        return Worker(
+            self.store,
+            self.backend.blocking,
+            functools.partial(start_run, catalog=catalog),
+            self.settings,
+            name=name,
+            concurrency=concurrency,
+        )
 
     async def run_workers(self) -> None:
         """Run one worker in burst mode until no work is left, then fold everything."""
@@ -73,7 +79,8 @@ class System:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise TimeoutError(f"task {task_id} had no {event_type} event within {timeout_s}s")
-            reply = await self.backend.blocking.xread({keys.events: last}, count=100,
-                                                      block=int(min(remaining, 0.5) * 1000))
+            reply = await self.backend.blocking.xread(
+                {keys.events: last}, count=100, block=int(min(remaining, 0.5) * 1000)
+            )
             if reply:
                 last = reply[0][1][-1][0]

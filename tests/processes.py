@@ -48,7 +48,10 @@ class Role:
         self._log = open(log_path, "ab")  # noqa: SIM115  # closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", "--log-json", *args],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
 
     def logs(self) -> list[dict[str, Any]]:
@@ -91,8 +94,12 @@ class Cluster:
         self.redis_url = redis_url
         self.prefix = prefix
         self.workdir = workdir
-        self.env = {**os.environ, "REDIS_URL": redis_url, "BACKSTREAM_PREFIX": prefix,
-                    **{f"BACKSTREAM_{k.upper()}": str(v) for k, v in settings.items()}}
+        self.env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "BACKSTREAM_PREFIX": prefix,
+            **{f"BACKSTREAM_{k.upper()}": str(v) for k, v in settings.items()},
+        }
         self.roles: list[Role] = []
         self._count = 0
 
@@ -140,9 +147,23 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
 
@@ -175,8 +196,7 @@ class InProcessServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
-                                lifespan="on")
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, lifespan="on")
         self.server = uvicorn.Server(config)
         self._task: Any = None
 

@@ -11,8 +11,13 @@ from tests.conftest import Backend
 from tests.harness import System
 
 BODY: dict[str, Any] = {
-    "strategy": "sma_cross", "symbol": "GOOG", "params": {"fast": 10, "slow": 20},
-    "start": "2005-01-01", "end": "2012-12-31", "cash": 10000, "commission": 0.002,
+    "strategy": "sma_cross",
+    "symbol": "GOOG",
+    "params": {"fast": 10, "slow": 20},
+    "start": "2005-01-01",
+    "end": "2012-12-31",
+    "cash": 10000,
+    "commission": 0.002,
 }
 
 
@@ -93,8 +98,9 @@ async def test_bad_input_is_refused_naming_the_field(
         problem = reply.json()
         assert problem["error"] and problem["message"]
         if field is not None:
-            assert any(f["field"] == field or (f["field"] or "").startswith(field + ".")
-                       for f in problem["fields"]), problem
+            assert any(f["field"] == field or (f["field"] or "").startswith(field + ".") for f in problem["fields"]), (
+                problem
+            )
         assert await backend.redis.xlen(backend.keys.events) == before
         assert (await http.get(f"/api/backtests/tasks/{kept}")).json()["status"] == "queued"
 
@@ -110,8 +116,13 @@ async def test_oversized_body_and_bad_ids(system: System, backend: Backend) -> N
         for path in ("", "/events", "/result"):
             reply = await http.get(f"/api/backtests/tasks/{uuid.uuid4()}{path}")
             assert reply.status_code == 404 and reply.json()["fields"][0]["field"] == "task_id"
-        for query, field in (("status=sleeping", "status"), ("limit=0", "limit"), ("limit=x", "limit"),
-                             ("cursor=zzz", "cursor"), ("colour=1", "colour")):
+        for query, field in (
+            ("status=sleeping", "status"),
+            ("limit=0", "limit"),
+            ("limit=x", "limit"),
+            ("cursor=zzz", "cursor"),
+            ("colour=1", "colour"),
+        ):
             reply = await http.get(f"/api/backtests/tasks?{query}")
             assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == field
     assert await backend.redis.xlen(backend.keys.events) == 0

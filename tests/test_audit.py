@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import subprocess
@@ -50,10 +49,13 @@ def test_old_and_new_schema_versions_fold_to_the_same_state() -> None:
     assert decode_entry("1-0", transient).event.retryable is True  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"type": "teleported"}, "unknown event type 'teleported'"),
-    ({"type": "failed", "v": "9"}, "schema version 9 is newer"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"type": "teleported"}, "unknown event type 'teleported'"),
+        ({"type": "failed", "v": "9"}, "schema version 9 is newer"),
+    ],
+)
 async def test_unreadable_event_stops_the_projector(backend: Backend, fields: dict[str, str], message: str) -> None:
     log = entries("mixed")[:3]
     log.append({"id": "1764380000400-0", "fields": {**log[2]["fields"], "seq": "3", **fields}})
@@ -91,8 +93,14 @@ def test_folding_is_deterministic_across_processes() -> None:
     digests = set()
     for seed, batch in (("1", "1"), ("2", "1000"), ("random", "3")):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        out = subprocess.run([sys.executable, "-c", _FOLD_IN_A_PROCESS, str(LOGS / "mixed.jsonl"), batch],
-                             env=env, capture_output=True, text=True, check=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-c", _FOLD_IN_A_PROCESS, str(LOGS / "mixed.jsonl"), batch],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
         digests.add(out.stdout.strip().splitlines()[-1])
     assert len(digests) == 1 and len(digests.pop()) == 64
 
@@ -119,7 +127,7 @@ async def test_as_of_over_http(backend: Backend) -> None:
         task_id = (await http.post("/api/backtests", json=SHORT)).json()["task_id"]
         await system.run_workers()
         history = (await http.get(f"/api/backtests/tasks/{task_id}/events")).json()["events"]
-        for event, status in zip(history, ("queued", "running", "completed")):
+        for event, status in zip(history, ("queued", "running", "completed"), strict=True):
             then = (await http.get(f"/api/backtests/tasks/{task_id}", params={"as_of": event["id"]})).json()
             assert then["status"] == status
             at_time = (await http.get(f"/api/backtests/tasks/{task_id}", params={"as_of": event["time"]})).json()
@@ -210,11 +218,10 @@ async def test_rebuild_under_live_load_switches_atomically(real_backend: Backend
 async def _drain(system: System, worker: Any, projector: Projector, background: list[Any]) -> None:
     worker.stop()
     await background[0]
-    while (await system.projection.position()) != (await system.backend.redis.xrevrange(
-            system.backend.keys.events, count=1))[0][0].decode():
+    while (await system.projection.position()) != (
+        await system.backend.redis.xrevrange(system.backend.keys.events, count=1)
+    )[0][0].decode():
         await projector.step()
     projector.stop()
     background[1].cancel()
     await asyncio.gather(background[1], return_exceptions=True)
-
-

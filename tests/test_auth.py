@@ -30,8 +30,12 @@ def system(backend: Backend) -> System:
 async def test_without_a_valid_token_401_and_nothing_stored(system: System, backend: Backend) -> None:
     async with system.client() as http:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic YWxpY2U6eA=="}):
-            for method, path in (("GET", "/api/backtests/tasks"), ("POST", "/api/backtests"), ("GET", "/"),
-                                 ("GET", "/api/stream")):
+            for method, path in (
+                ("GET", "/api/backtests/tasks"),
+                ("POST", "/api/backtests"),
+                ("GET", "/"),
+                ("GET", "/api/stream"),
+            ):
                 reply = await http.request(method, path, json=BODY if method == "POST" else None, headers=headers)
                 assert reply.status_code == 401, (method, path, headers)
                 assert reply.headers["www-authenticate"] == "Bearer"
@@ -49,8 +53,11 @@ async def test_read_only_tokens_read_but_may_not_write(system: System, backend: 
         task_id = (await http.post("/api/backtests", json=BODY, headers=ALICE)).json()["task_id"]
         assert (await http.get(f"/api/backtests/tasks/{task_id}", headers=BOB)).status_code == 200
         assert (await http.get("/", headers=BOB)).status_code == 200
-        for method, path in (("POST", "/api/backtests"), ("DELETE", f"/api/backtests/tasks/{task_id}"),
-                             ("POST", f"/api/backtests/tasks/{task_id}/retry")):
+        for method, path in (
+            ("POST", "/api/backtests"),
+            ("DELETE", f"/api/backtests/tasks/{task_id}"),
+            ("POST", f"/api/backtests/tasks/{task_id}/retry"),
+        ):
             reply = await http.request(method, path, json=BODY if path.endswith("backtests") else None, headers=BOB)
             assert reply.status_code == 403 and reply.json()["error"] == "forbidden"
             assert "read-only" in reply.json()["message"]
@@ -106,11 +113,16 @@ async def test_no_tokens_means_open(backend: Backend) -> None:
 def test_tokens_from_the_environment_and_a_file(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
     path.write_text("# operators\ncarol:c-secret:rw\ndave:d:with:colons:ro\n")
-    settings = Settings.from_env({"BACKSTREAM_TOKENS": "alice:a1:rw, bob:b1:ro,erin:e1",
-                                  "BACKSTREAM_TOKENS_FILE": str(path)})
+    settings = Settings.from_env(
+        {"BACKSTREAM_TOKENS": "alice:a1:rw, bob:b1:ro,erin:e1", "BACKSTREAM_TOKENS_FILE": str(path)}
+    )
     assert [(t.owner, t.secret, t.can_write) for t in settings.tokens] == [
-        ("alice", "a1", True), ("bob", "b1", False), ("erin", "e1", True), ("carol", "c-secret", True),
-        ("dave", "d:with:colons", False)]
+        ("alice", "a1", True),
+        ("bob", "b1", False),
+        ("erin", "e1", True),
+        ("carol", "c-secret", True),
+        ("dave", "d:with:colons", False),
+    ]
     # Secrets never show in a repr (they end up in logs).
     assert "a1" not in repr(settings) and "c-secret" not in repr(settings.tokens)
     for bad in ("alice", "alice:", ":secret", "a:s,b:s"):

@@ -17,8 +17,11 @@ from tests.harness import System
 
 SHORT: dict[str, Any] = {"strategy": "sma_cross", "symbol": "GOOG", "params": {"fast": 10, "slow": 20}}
 # A sweep of 6,000 backtests: seconds of work, long enough to cancel while it runs.
-LONG: dict[str, Any] = {"strategy": "sma_cross", "symbol": "AAPL",
-                        "params": {"fast": list(range(2, 62)), "slow": list(range(70, 170))}}
+LONG: dict[str, Any] = {
+    "strategy": "sma_cross",
+    "symbol": "AAPL",
+    "params": {"fast": list(range(2, 62)), "slow": list(range(70, 170))},
+}
 
 
 @pytest.fixture
@@ -85,7 +88,8 @@ async def test_cancel_completed_task_is_refused(system: System) -> None:
 
 async def test_cancel_failed_task_is_refused(system: System, tmp_path: Path) -> None:
     good = "Date,Open,High,Low,Close,Volume\n" + "".join(
-        f"2020-01-{d:02d},{10 + d},{11 + d},{9 + d},{10.5 + d},1000\n" for d in range(1, 31))
+        f"2020-01-{d:02d},{10 + d},{11 + d},{9 + d},{10.5 + d},1000\n" for d in range(1, 31)
+    )
     (tmp_path / "ZZZ.csv").write_text(good)
     spec = {"strategy": "buy_and_hold", "symbol": "ZZZ"}
     async with system.client() as http:

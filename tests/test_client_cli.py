@@ -49,8 +49,9 @@ async def backstream(settings: Settings, *argv: str) -> int:
 
 async def test_submit_wait_shows_progress_then_the_metrics(system: System, capsys: pytest.CaptureFixture[str]) -> None:
     async with served(system, worker=True) as url:
-        code = await backstream(Settings(api_url=url), "submit", "sma_cross", "AAPL", *SWEEP,
-                                "--commission", "0.002", "--wait")
+        code = await backstream(
+            Settings(api_url=url), "submit", "sma_cross", "AAPL", *SWEEP, "--commission", "0.002", "--wait"
+        )
     out, err = capsys.readouterr()
     assert code == 0, err
     bars = [line for line in err.splitlines() if line.startswith("[")]
@@ -99,8 +100,9 @@ async def test_tail_prints_live_events(system: System, capsys: pytest.CaptureFix
 
 async def test_errors_are_clear_and_exit_1(system: System, capsys: pytest.CaptureFixture[str]) -> None:
     async with served(system) as url:
-        code = await backstream(Settings(), "submit", "sma_cross", "GOOG",
-                                "-p", "fast=30", "-p", "slow=20", "--url", url)
+        code = await backstream(
+            Settings(), "submit", "sma_cross", "GOOG", "-p", "fast=30", "-p", "slow=20", "--url", url
+        )
         assert code == 1
         assert "422 validation_failed: params" in capsys.readouterr().err
     code = await backstream(Settings(api_url=url), "status", "00000000-0000-0000-0000-000000000000")

@@ -18,13 +18,28 @@ pytestmark = pytest.mark.slow
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 CHROMIUM = os.environ.get("BACKSTREAM_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # About 10,000 backtests: a few seconds of work, so a progress bar visibly moves.
-LONG_SWEEP: dict[str, Any] = {"strategy": "sma_cross", "symbol": "AAPL",
-                              "params": {"fast": list(range(1, 101)), "slow": list(range(101, 201))}}
-QUICK: dict[str, Any] = {"strategy": "sma_cross", "symbol": "GOOG", "params": {"fast": 10, "slow": 20},
-                         "commission": 0.002}
+LONG_SWEEP: dict[str, Any] = {
+    "strategy": "sma_cross",
+    "symbol": "AAPL",
+    "params": {"fast": list(range(1, 101)), "slow": list(range(101, 201))},
+}
+QUICK: dict[str, Any] = {
+    "strategy": "sma_cross",
+    "symbol": "GOOG",
+    "params": {"fast": 10, "slow": 20},
+    "commission": 0.002,
+}
 TIMEOUT_MS = 30_000
 
 

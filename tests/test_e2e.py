@@ -18,8 +18,11 @@ from tests.processes import Cluster, wait_until
 pytestmark = pytest.mark.redis
 
 # About a tenth of a second of work each, so that both workers get some.
-SWEEP: dict[str, Any] = {"strategy": "sma_cross", "symbol": "IBM",
-                         "params": {"fast": [5, 10, 15, 20, 25], "slow": [30, 40, 50, 60, 80, 100]}}
+SWEEP: dict[str, Any] = {
+    "strategy": "sma_cross",
+    "symbol": "IBM",
+    "params": {"fast": [5, 10, 15, 20, 25], "slow": [30, 40, 50, 60, 80, 100]},
+}
 
 
 @pytest.fixture
@@ -44,7 +47,10 @@ def test_tasks_submitted_over_http_complete_on_both_workers(cluster: Cluster) ->
         assert reply.status_code == 202, reply.text
         ids.append(reply.json()["task_id"])
         assert httpx.get(f"{url}/api/backtests/tasks/{ids[-1]}", timeout=5).json()["status"] in (
-            "queued", "running", "completed")
+            "queued",
+            "running",
+            "completed",
+        )
 
     def all_completed() -> dict[str, dict[str, Any]] | None:
         now = statuses(url, ids)

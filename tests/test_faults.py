@@ -23,13 +23,22 @@ from tests.processes import Cluster, RedisServer, wait_until
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 # About two seconds of computing (6,000 backtests).
-LONG: dict[str, Any] = {"strategy": "sma_cross", "symbol": "AAPL",
-                        "params": {"fast": list(range(2, 62)), "slow": list(range(70, 170))}}
+LONG: dict[str, Any] = {
+    "strategy": "sma_cross",
+    "symbol": "AAPL",
+    "params": {"fast": list(range(2, 62)), "slow": list(range(70, 170))},
+}
 SHORT: dict[str, Any] = {"strategy": "sma_cross", "symbol": "MSFT", "params": {"fast": [5, 10], "slow": [20, 30]}}
 OUTCOMES = ("completed", "failed", "cancelled")
 
-FAST_LEASES = {"lease_ms": "1500", "heartbeat_ms": "200", "progress_interval_ms": "100",
-               "retry_base_ms": "100", "retry_cap_ms": "300", "shutdown_grace_s": "0.5"}
+FAST_LEASES = {
+    "lease_ms": "1500",
+    "heartbeat_ms": "200",
+    "progress_interval_ms": "100",
+    "retry_base_ms": "100",
+    "retry_cap_ms": "300",
+    "shutdown_grace_s": "0.5",
+}
 
 
 class Log:
@@ -47,16 +56,17 @@ class Log:
         return [type(e.event).__struct_config__.tag for e in self.events(task_id)]
 
     def has(self, task_id: str, event_type: str, **fields: Any) -> bool:
-        return any(type(e.event).__struct_config__.tag == event_type
-                   and all(getattr(e.event, k) == v for k, v in fields.items())
-                   for e in self.events(task_id))
+        return any(
+            type(e.event).__struct_config__.tag == event_type
+            and all(getattr(e.event, k) == v for k, v in fields.items())
+            for e in self.events(task_id)
+        )
 
     def pending(self) -> int:
         return int(self.redis.xpending(self.keys.work, WORKER_GROUP)["pending"])
 
     def outcome_counts(self) -> Counter[str]:
-        return Counter(e.event.task_id for e in self.events()
-                       if type(e.event).__struct_config__.tag in OUTCOMES)
+        return Counter(e.event.task_id for e in self.events() if type(e.event).__struct_config__.tag in OUTCOMES)
 
 
 def submit(url: str, body: dict[str, Any]) -> str:
@@ -125,8 +135,11 @@ def test_paused_worker_cannot_write_after_losing_its_claim(cluster: Cluster, log
     wait_until(lambda: log.has(task_id, "completed"), timeout=60, what="the task to complete")
 
     def dropped() -> list[dict[str, Any]]:
-        return [e for e in paused.logs() if e.get("task_id") == task_id
-                and e["event"] in ("task.write_refused", "task.stopped")]
+        return [
+            e
+            for e in paused.logs()
+            if e.get("task_id") == task_id and e["event"] in ("task.write_refused", "task.stopped")
+        ]
 
     notices = wait_until(dropped, timeout=30, what="the paused worker to drop the task")
     assert notices[0]["attempt"] == 1
@@ -157,13 +170,13 @@ def test_long_task_on_healthy_worker_is_never_reclaimed(real_url: str, real_pref
         log.redis.close()
 
 
-def test_always_failing_backtest_is_retried_then_dead_lettered_once(
-    cluster: Cluster, log: Log, tmp_path: Path
-) -> None:
+def test_always_failing_backtest_is_retried_then_dead_lettered_once(cluster: Cluster, log: Log, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    (data / "FLAKY.csv").write_text("Date,Open,High,Low,Close,Volume\n" + "".join(
-        f"2020-01-{d:02d},{10 + d},{11 + d},{9 + d},{10.5 + d},1000\n" for d in range(1, 31)))
+    (data / "FLAKY.csv").write_text(
+        "Date,Open,High,Low,Close,Volume\n"
+        + "".join(f"2020-01-{d:02d},{10 + d},{11 + d},{9 + d},{10.5 + d},1000\n" for d in range(1, 31))
+    )
     cluster.env["BACKSTREAM_DATA_DIR"] = str(data)
     cluster.env["BACKSTREAM_MAX_ATTEMPTS"] = "3"
     _, url = cluster.api()
@@ -172,8 +185,15 @@ def test_always_failing_backtest_is_retried_then_dead_lettered_once(
     data.rename(tmp_path / "away")
     cluster.start("worker", "--name", "w")
     wait_until(lambda: log.has(task_id, "failed"), timeout=60, what="the task to fail")
-    assert log.types(task_id) == ["submitted", "started", "retry_scheduled", "started", "retry_scheduled",
-                                  "started", "failed"]
+    assert log.types(task_id) == [
+        "submitted",
+        "started",
+        "retry_scheduled",
+        "started",
+        "retry_scheduled",
+        "started",
+        "failed",
+    ]
     failed = log.events(task_id)[-1].event
     assert failed.error_type == "DataUnavailable" and failed.retryable  # type: ignore[union-attr]
     letters = httpx.get(f"{url}/api/dead-letters", timeout=5).json()["dead_letters"]
@@ -222,8 +242,11 @@ def test_projector_killed_anywhere_resumes_without_applying_twice(cluster: Clust
     rng = random.Random(7)
     for _ in range(8):
         projector = cluster.start("projector")
-        wait_until(lambda: log.redis.get(log.keys.projection_position) is not None, timeout=30,
-                   what="the projector to store a position")
+        wait_until(
+            lambda: log.redis.get(log.keys.projection_position) is not None,
+            timeout=30,
+            what="the projector to store a position",
+        )
         threading_pause(rng.uniform(0.0, 0.3))
         projector.kill()
         ids.append(submit(url, SHORT))
@@ -267,8 +290,9 @@ def test_redis_restart_under_load_loses_no_accepted_task(real_prefix: str, tmp_p
         assert refused > 0 and len(accepted) >= 40
         logged = {e.event.task_id for e in log.events() if type(e.event).__struct_config__.tag == "submitted"}
         assert set(accepted) <= logged
-        wait_until(lambda: all(log.has(t, "completed") for t in accepted), timeout=120,
-                   what="every accepted task to complete")
+        wait_until(
+            lambda: all(log.has(t, "completed") for t in accepted), timeout=120, what="every accepted task to complete"
+        )
         assert max(log.outcome_counts().values()) == 1
     finally:
         cluster.close()
@@ -283,8 +307,15 @@ def test_chaos_every_task_reaches_exactly_one_outcome(cluster: Cluster, log: Log
     projector = cluster.start("projector")
     ids = []
     for round_ in range(10):
-        ids += [submit(url, SHORT if rng.random() < 0.8 else {**LONG, "params": {
-            "fast": list(range(2, 22)), "slow": list(range(70, 120))}}) for _ in range(30)]
+        ids += [
+            submit(
+                url,
+                SHORT
+                if rng.random() < 0.8
+                else {**LONG, "params": {"fast": list(range(2, 22)), "slow": list(range(70, 120))}},
+            )
+            for _ in range(30)
+        ]
         if rng.random() < 0.3:
             httpx.delete(f"{url}/api/backtests/tasks/{rng.choice(ids)}", timeout=5)
         victim = rng.choice(sorted(workers))
@@ -293,8 +324,11 @@ def test_chaos_every_task_reaches_exactly_one_outcome(cluster: Cluster, log: Log
         if round_ % 3 == 1:
             projector.kill()
             projector = cluster.start("projector")
-    wait_until(lambda: (counts := log.outcome_counts()) and all(counts[t] >= 1 for t in ids),
-               timeout=240, what="every task to reach an outcome")
+    wait_until(
+        lambda: (counts := log.outcome_counts()) and all(counts[t] >= 1 for t in ids),
+        timeout=240,
+        what="every task to reach an outcome",
+    )
     counts = log.outcome_counts()
     assert all(counts[t] == 1 for t in ids), {t: counts[t] for t in ids if counts[t] != 1}
     assert log.pending() == 0

@@ -52,8 +52,9 @@ async def sse(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
             event[field] = json.loads(value) if field == "data" else value
 
 
-async def collect(http: httpx.AsyncClient, path: str, *, count: int | None = None,
-                  headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+async def collect(
+    http: httpx.AsyncClient, path: str, *, count: int | None = None, headers: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """Events of a stream until it ends (or `count` events arrived), within the deadline."""
     out: list[dict[str, Any]] = []
     async with asyncio.timeout(DEADLINE_S), http.stream("GET", path, headers=headers) as response:
@@ -115,12 +116,10 @@ async def test_task_stream_sends_history_then_live_events_and_ends(system: Syste
         assert {e["data"]["task_id"] for e in events[:-1]} == {task_id} != {other}
         assert events[-1]["event"] == "end"
         # Reconnecting after the end: nothing more will come, and 204 tells an EventSource to stop.
-        again = await http.get(f"/api/backtests/tasks/{task_id}/stream",
-                               headers={"Last-Event-ID": events[-2]["id"]})
+        again = await http.get(f"/api/backtests/tasks/{task_id}/stream", headers={"Last-Event-ID": events[-2]["id"]})
         assert again.status_code == 204
         # From the middle: only what came after.
-        tail = await collect(http, f"/api/backtests/tasks/{task_id}/stream",
-                             headers={"Last-Event-ID": events[0]["id"]})
+        tail = await collect(http, f"/api/backtests/tasks/{task_id}/stream", headers={"Last-Event-ID": events[0]["id"]})
         assert [e["id"] for e in tail[:-1]] == [e["id"] for e in events[1:-1]]
 
         assert (await http.get(f"/api/backtests/tasks/{uuid.uuid4()}/stream")).status_code == 404
@@ -138,8 +137,11 @@ async def test_progress_is_coalesced_but_the_latest_value_arrives(system: System
     reply = await backend.redis.xreadgroup(WORKER_GROUP, "w1", {backend.keys.work: ">"}, count=1)
     message_id = reply[0][1][0][0].decode()
     await store.claim(task_id, worker="w1", token="t", message_id=message_id, reclaim=False, max_attempts=3)
-    async with served(system) as (_, http), asyncio.timeout(DEADLINE_S), http.stream(
-            "GET", f"/api/backtests/tasks/{task_id}/stream") as response:
+    async with (
+        served(system) as (_, http),
+        asyncio.timeout(DEADLINE_S),
+        http.stream("GET", f"/api/backtests/tasks/{task_id}/stream") as response,
+    ):
         events = sse(response)
         assert [(await anext(events))["data"]["type"] for _ in range(2)] == ["submitted", "started"]
         # 50 progress events in a burst, far faster than COALESCE_S.

@@ -30,8 +30,11 @@ async def scrape(system: System) -> Samples:
     async with system.client() as http:
         reply = await http.get("/metrics")
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(reply.text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(reply.text)
+        for s in family.samples
+    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -53,10 +56,12 @@ async def test_counters_and_histograms_come_from_the_log(system: System, backend
         await store.submit(failing, SPEC)
         await store.submit(reclaimed, SPEC)
         message_id, _ = await take(system, backend, "w1")
-        claim = await store.claim(failing, worker="w1", token="a", message_id=message_id, reclaim=False,
-                                  max_attempts=1)
-        await store.finish(Failed(task_id=failing, attempt=claim.attempt, error="boom", error_type="ValueError"),
-                           message_id=message_id, reason="boom")
+        claim = await store.claim(failing, worker="w1", token="a", message_id=message_id, reclaim=False, max_attempts=1)
+        await store.finish(
+            Failed(task_id=failing, attempt=claim.attempt, error="boom", error_type="ValueError"),
+            message_id=message_id,
+            reason="boom",
+        )
         message_id, _ = await take(system, backend, "w1")
         await store.claim(reclaimed, worker="w1", token="b", message_id=message_id, reclaim=False, max_attempts=3)
         await store.claim(reclaimed, worker="w2", token="c", message_id=message_id, reclaim=True, max_attempts=3)
@@ -90,8 +95,11 @@ async def test_counters_and_histograms_come_from_the_log(system: System, backend
 
     # The same numbers from another "restart": they are the log's, not the process's.
     again = await scrape(system)
-    counters = {k: v for k, v in samples.items() if k[0].endswith(("_total", "_count", "_bucket"))
-                and "cancel_latency" not in k[0]}
+    counters = {
+        k: v
+        for k, v in samples.items()
+        if k[0].endswith(("_total", "_count", "_bucket")) and "cancel_latency" not in k[0]
+    }
     assert counters == {k: again[k] for k in counters}
 
 
@@ -101,8 +109,9 @@ async def test_cancel_latency_is_timed_per_request(system: System) -> None:
         assert (await http.delete(f"/api/backtests/tasks/{task_id}")).status_code == 200
         assert (await http.delete(f"/api/backtests/tasks/{uuid.uuid4()}")).status_code == 404
         text = (await http.get("/metrics")).text
-    samples = {(s.name, frozenset(s.labels.items())): s.value
-               for f in text_string_to_metric_families(text) for s in f.samples}
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples
+    }
     assert value(samples, "backstream_cancel_latency_seconds_count", outcome="cancelled") == 1
     assert value(samples, "backstream_cancel_latency_seconds_count", outcome="refused") == 1
 

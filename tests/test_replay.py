@@ -31,10 +31,16 @@ async def write_log(b: Backend, log: list[dict[str, Any]]) -> None:
 
 
 def decoded(snap: dict[str, dict[str, bytes]]) -> dict[str, Any]:
-    tasks = {k.split(":", 1)[1]: {f: json.loads(v) for f, v in fields.items()}
-             for k, fields in snap.items() if k.startswith("task:")}
-    index = {k.split(":", 1)[1]: [m.split("|", 1)[1] for m in sorted(fields, reverse=True)]
-             for k, fields in snap.items() if k.startswith("index:")}
+    tasks = {
+        k.split(":", 1)[1]: {f: json.loads(v) for f, v in fields.items()}
+        for k, fields in snap.items()
+        if k.startswith("task:")
+    }
+    index = {
+        k.split(":", 1)[1]: [m.split("|", 1)[1] for m in sorted(fields, reverse=True)]
+        for k, fields in snap.items()
+        if k.startswith("index:")
+    }
     return {"tasks": tasks, "index": index}
 
 

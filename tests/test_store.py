@@ -83,7 +83,9 @@ async def test_claim_heartbeat_finish_and_fencing(store: EventStore, backend: Ba
     claim = await store.claim(task_id, worker="w1", token="t1", message_id=message_id, reclaim=False, max_attempts=3)
     assert (claim.outcome, claim.attempt) == ("ok", 1)
     # A re-sent claim (client retry) is the same claim, not a second attempt.
-    assert (await store.claim(task_id, worker="w1", token="t1", message_id=message_id, reclaim=False, max_attempts=3)).attempt == 1
+    assert (
+        await store.claim(task_id, worker="w1", token="t1", message_id=message_id, reclaim=False, max_attempts=3)
+    ).attempt == 1
     # Another worker cannot start it without a reclaim...
     busy = await store.claim(task_id, worker="w2", token="t2", message_id=message_id, reclaim=False, max_attempts=3)
     assert busy.outcome == "busy"
@@ -95,8 +97,9 @@ async def test_claim_heartbeat_finish_and_fencing(store: EventStore, backend: Ba
     assert fenced is not None and fenced.attempt == 2
     late = await store.finish(Completed(task_id=task_id, attempt=1, result={"x": 1}), message_id=message_id)
     assert late is not None
-    done = await store.finish(Completed(task_id=task_id, attempt=2, result={"x": 2}), message_id=message_id,
-                              result=b'{"full": true}')
+    done = await store.finish(
+        Completed(task_id=task_id, attempt=2, result={"x": 2}), message_id=message_id, result=b'{"full": true}'
+    )
     assert done is None
     # Re-sending the accepted outcome changes nothing.
     assert await store.finish(Completed(task_id=task_id, attempt=2, result={"x": 2}), message_id=message_id) is None
@@ -119,7 +122,9 @@ async def test_cancel_rules(store: EventStore, backend: Backend) -> None:
     items = [await take(store, backend) for _ in range(3)]
     by_task = {task_id: message_id for message_id, task_id in items}
     for task_id in (running, done, failed):
-        await store.claim(task_id, worker="w1", token=task_id, message_id=by_task[task_id], reclaim=False, max_attempts=3)
+        await store.claim(
+            task_id, worker="w1", token=task_id, message_id=by_task[task_id], reclaim=False, max_attempts=3
+        )
     await store.finish(Completed(task_id=done, attempt=1, result={}), message_id=by_task[done])
     await store.finish(Failed(task_id=failed, attempt=1, error="boom"), message_id=by_task[failed])
 

@@ -22,8 +22,23 @@ def job(kind: str, run: str, i: int) -> Any:
 
 def worker_argv(python: str, index: int, variant: str) -> list[str]:
     pool = ["--pool", "prefork", "--concurrency", "1"] if variant == "prefork" else ["--pool", "solo"]
-    return [python, "-m", "celery", "-A", "bench.peers.celery_bench", "worker", *pool, "-Q", QUEUE,
-            "-n", f"w{index}@%h", "--without-gossip", "--without-mingle", "-l", "WARNING"]
+    return [
+        python,
+        "-m",
+        "celery",
+        "-A",
+        "bench.peers.celery_bench",
+        "worker",
+        *pool,
+        "-Q",
+        QUEUE,
+        "-n",
+        f"w{index}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        "WARNING",
+    ]
 
 
 def submit(kind: str, run: str, indices: range, times: dict[int, float]) -> None:

@@ -20,8 +20,18 @@ def job(kind: str, run: str, i: int) -> Any:
 
 
 def worker_argv(python: str, index: int, variant: str) -> list[str]:
-    return [python, "-m", "dramatiq", "bench.peers.dramatiq_bench", "--processes", "1", "--threads", "1",
-            "--queues", QUEUE]
+    return [
+        python,
+        "-m",
+        "dramatiq",
+        "bench.peers.dramatiq_bench",
+        "--processes",
+        "1",
+        "--threads",
+        "1",
+        "--queues",
+        QUEUE,
+    ]
 
 
 def submit(kind: str, run: str, indices: range, times: dict[int, float]) -> None:

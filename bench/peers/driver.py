@@ -47,9 +47,15 @@ def throughput(system: str, n: int, kind: str, stamp_dir: str, timeout: float = 
     first = min(submitted.values())
     span = max(done.values()) - first
     lat = [done[i] - submitted[i] for i in range(n)]
-    return {"tasks": n, "errors": 0, "seconds": span, "tasks_per_s": n / span,
-            "submit_per_s": n / (t_submitted - t0),
-            "p50_ms": 1000 * _pct(lat, 0.5), "p99_ms": 1000 * _pct(lat, 0.99)}
+    return {
+        "tasks": n,
+        "errors": 0,
+        "seconds": span,
+        "tasks_per_s": n / span,
+        "submit_per_s": n / (t_submitted - t0),
+        "p50_ms": 1000 * _pct(lat, 0.5),
+        "p99_ms": 1000 * _pct(lat, 0.99),
+    }
 
 
 if __name__ == "__main__":

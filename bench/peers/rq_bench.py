@@ -30,8 +30,19 @@ class PreloadedSimpleWorker(SimpleWorker):
 def worker_argv(python: str, index: int, variant: str) -> list[str]:
     name = "PreloadedSimpleWorker" if variant == "simple" else "PreloadedWorker"
     worker_class = ["--worker-class", f"bench.peers.rq_bench.{name}"]
-    return [python, "-m", "rq.cli", "worker", "--url", REDIS_URL, "--name", f"w{index}", "--quiet",
-            *worker_class, QUEUE]
+    return [
+        python,
+        "-m",
+        "rq.cli",
+        "worker",
+        "--url",
+        REDIS_URL,
+        "--name",
+        f"w{index}",
+        "--quiet",
+        *worker_class,
+        QUEUE,
+    ]
 
 
 def job(kind: str, run: str, i: int) -> Any:

@@ -20,8 +20,18 @@ async def job(kind: str, run: str, i: int) -> Any:
 
 
 def worker_argv(python: str, index: int, variant: str) -> list[str]:
-    return [python, "-m", "taskiq", "worker", "bench.peers.taskiq_bench:broker", "--workers", "1",
-            "--max-async-tasks", "1", "--no-configure-logging"]
+    return [
+        python,
+        "-m",
+        "taskiq",
+        "worker",
+        "bench.peers.taskiq_bench:broker",
+        "--workers",
+        "1",
+        "--max-async-tasks",
+        "1",
+        "--no-configure-logging",
+    ]
 
 
 async def _submit(kind: str, run: str, indices: range, times: dict[int, float], concurrency: int) -> None:

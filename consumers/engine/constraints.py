@@ -5,16 +5,24 @@ from __future__ import annotations
 import ast
 import operator
 from collections.abc import Callable, Collection, Mapping
+from typing import cast
 
 MAX_LENGTH = 200
 
 _COMPARE: dict[type, Callable[[float, float], bool]] = {
-    ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
-    ast.GtE: operator.ge, ast.Eq: operator.eq, ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
 }
 _ARITH: dict[type, Callable[[float, float], float]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.Div: operator.truediv, ast.Mod: operator.mod,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Mod: operator.mod,
 }
 
 
@@ -87,14 +95,14 @@ class Constraint:
                 return _ARITH[type(op)](self._eval(left, p), self._eval(right, p))
             case ast.Compare(left=left, ops=ops, comparators=comps):
                 lhs = self._eval(left, p)
-                for op, comp in zip(ops, comps, strict=True):
+                for comparison, comp in zip(ops, comps, strict=True):
                     rhs = self._eval(comp, p)
-                    if not _COMPARE[type(op)](lhs, rhs):
+                    if not _COMPARE[type(comparison)](lhs, rhs):
                         return False
                     lhs = rhs
                 return True
             case ast.Name(id=name):
                 return p[name]
             case ast.Constant(value=value):
-                return value  # type: ignore[no-any-return]
+                return cast("float | bool", value)
         raise ConstraintError(f"unexpected node {ast.dump(node)}")  # unreachable after _check

@@ -14,10 +14,9 @@ from typing import Literal
 import msgspec
 import numpy as np
 import numpy.typing as npt
-
 import structlog
 
-from consumers.engine.errors import DataUnavailable, DatasetError, UnknownSymbolError
+from consumers.engine.errors import DatasetError, DataUnavailable, UnknownSymbolError
 
 __all__ = ["Bars", "Catalog", "DatasetError", "DatasetInfo", "DatasetProblem", "BUNDLED_PATH"]
 
@@ -79,8 +78,14 @@ class Bars:
         if lo == 0 and hi == len(self):
             return self
         return Bars(
-            self.symbol, self.source, self.dates[lo:hi], self.open[lo:hi], self.high[lo:hi],
-            self.low[lo:hi], self.close[lo:hi], self.volume[lo:hi],
+            self.symbol,
+            self.source,
+            self.dates[lo:hi],
+            self.open[lo:hi],
+            self.high[lo:hi],
+            self.low[lo:hi],
+            self.close[lo:hi],
+            self.volume[lo:hi],
         )
 
 
@@ -111,9 +116,7 @@ def _parse_rows(rows: list[tuple[int, list[str]]], index: dict[str, int], name: 
             try:
                 value = float(cell)
             except ValueError:
-                raise DatasetError(
-                    f"{name} row {line}: {col} {cell!r} is not a number", path=name, row=line
-                ) from None
+                raise DatasetError(f"{name} row {line}: {col} {cell!r} is not a number", path=name, row=line) from None
             if value != value or value in (float("inf"), float("-inf")):
                 raise DatasetError(f"{name} row {line}: {col} is {cell!r} (NaN or infinite)", path=name, row=line)
             if col in PRICE_COLUMNS and value <= 0:
@@ -133,7 +136,8 @@ def _header_index(header: list[str], name: str, required: tuple[str, ...]) -> di
     if missing:
         raise DatasetError(
             f"{name}: missing column(s) {', '.join(missing)}; need {','.join(required)} (found {','.join(header)})",
-            path=name, row=1,
+            path=name,
+            row=1,
         )
     return {c: folded[c.lower()] for c in required}
 
@@ -204,8 +208,9 @@ class Catalog:
             return {}
         if not self._data_dir.is_dir():
             raise DataUnavailable(f"data directory {self._data_dir} does not exist", path=str(self._data_dir))
-        return {p.stem.upper(): p for p in sorted(self._data_dir.iterdir())
-                if p.suffix.lower() == ".csv" and p.is_file()}
+        return {
+            p.stem.upper(): p for p in sorted(self._data_dir.iterdir()) if p.suffix.lower() == ".csv" and p.is_file()
+        }
 
     def _user_entry(self, path: Path) -> Bars | DatasetError:
         try:
@@ -253,8 +258,11 @@ class Catalog:
 
     def problems(self) -> list[DatasetProblem]:
         """User files that fail validation, with the error that keeps them out of `datasets()`."""
-        return [DatasetProblem(symbol, entry.path or "", str(entry))
-                for symbol, entry in self._user_entries().items() if isinstance(entry, DatasetError)]
+        return [
+            DatasetProblem(symbol, entry.path or "", str(entry))
+            for symbol, entry in self._user_entries().items()
+            if isinstance(entry, DatasetError)
+        ]
 
     def load(self, symbol: str) -> Bars:
         """The validated bars of `symbol` (case-insensitive); the user's file wins over bundled."""
@@ -279,4 +287,3 @@ class Catalog:
         except DatasetError:
             return False
         return True
-

@@ -28,7 +28,7 @@ def rolling_mean_fast(x: FloatArray, window: int) -> FloatArray:
     base = x[0] if n else 0.0
     # Shifting by the first value keeps the running sums small, so the rounding stays ~1e-13.
     cs = np.concatenate(([0.0], np.cumsum(x - base)))
-    out[window - 1:] = (cs[window:] - cs[:-window]) / window + base
+    out[window - 1 :] = (cs[window:] - cs[:-window]) / window + base
     return out
 
 
@@ -71,9 +71,7 @@ def rolling_mean_exact(x: FloatArray, window: int) -> FloatArray:
             r = sum_x / nobs
             if same >= nobs:
                 r = prev
-            elif neg == 0 and r < 0:
-                r = 0.0
-            elif neg == nobs and r > 0:
+            elif neg == 0 and r < 0 or neg == nobs and r > 0:
                 r = 0.0
             out[i] = r
     return np.array(out, dtype=np.float64)
@@ -89,12 +87,12 @@ def rolling_std(x: FloatArray, window: int, mean: FloatArray) -> FloatArray:
     out = np.full(n, np.nan)
     if window > n:
         return out
-    m = mean[window - 1:]
+    m = mean[window - 1 :]
     acc = np.zeros(n - window + 1)
     for k in range(window):
-        d = x[k:n - window + 1 + k] - m
+        d = x[k : n - window + 1 + k] - m
         acc += d * d
-    out[window - 1:] = np.sqrt(acc / window)
+    out[window - 1 :] = np.sqrt(acc / window)
     return out
 
 
@@ -117,7 +115,7 @@ def gains_losses(close: FloatArray) -> tuple[FloatArray, FloatArray]:
 def rsi_from(avg_gain: FloatArray, avg_loss: FloatArray) -> FloatArray:
     """RSI = 100·G/(G+L) from average gain and loss; NaN where the window saw no change."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return 100 * avg_gain / (avg_gain + avg_loss)  # type: ignore[no-any-return]
+        return 100 * avg_gain / (avg_gain + avg_loss)
 
 
 def _signs(lhs: FloatArray, rhs: FloatArray) -> SignArray:

@@ -195,4 +195,3 @@ def settle(state: KernelState, open_: FloatArray, close: FloatArray, start: int,
         position[last] = 0
         return Simulation(trades, equity, position, last)
     return Simulation(trades, equity, position, None)
-

@@ -88,9 +88,7 @@ def backtest_detail(
     }
 
 
-def sweep_detail(
-    rows: Sequence[SweepRow], objective: str, total_grid: int, best: dict[str, Any]
-) -> dict[str, Any]:
+def sweep_detail(rows: Sequence[SweepRow], objective: str, total_grid: int, best: dict[str, Any]) -> dict[str, Any]:
     return {
         "kind": "sweep",
         "objective": objective,

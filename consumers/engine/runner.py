@@ -73,8 +73,16 @@ def signals_for(market: Market, strategy: StrategyDef, params: Mapping[str, Any]
 class Job:
     """One backtest advancing in bounded steps: kernel chunks, then settlement, then statistics."""
 
-    def __init__(self, market: Market, strategy: StrategyDef, params: Mapping[str, Any], costs: Costs,
-                 long_only: bool, cash: float, state: KernelState | None = None) -> None:
+    def __init__(
+        self,
+        market: Market,
+        strategy: StrategyDef,
+        params: Mapping[str, Any],
+        costs: Costs,
+        long_only: bool,
+        cash: float,
+        state: KernelState | None = None,
+    ) -> None:
         self.market, self.strategy, self.params = market, strategy, params
         self.costs, self.long_only = costs, long_only
         self.warmup = strategy.warmup(params)
@@ -125,8 +133,11 @@ class BacktestRun:
         self.market = Market(bars, IndicatorCache(bars.close), bars.open.tolist())
         self.costs = costs_of(spec)
         self.fingerprint = fingerprint(spec, bars)
-        self.combinations = (sweep.admissible(self.strategy, spec.params, spec.constraint, len(bars))
-                             if spec.is_sweep else [dict(spec.params)])
+        self.combinations = (
+            sweep.admissible(self.strategy, spec.params, spec.constraint, len(bars))
+            if spec.is_sweep
+            else [dict(spec.params)]
+        )
         self.rows: list[SweepRow] = []
         self._job: Job | None = None
         self._best: Job | None = None
@@ -188,7 +199,7 @@ class BacktestRun:
             self._job.step()
             if self._job.done:
                 assert self._job.metrics is not None
-                self.rows.append(sweep.make_row(self._job.params, self._job.metrics, self.spec.objective))
+                self.rows.append(sweep.make_row(dict(self._job.params), self._job.metrics, self.spec.objective))
                 self._job = None
             return
         if self._best is None:

@@ -76,12 +76,11 @@ def _level_rules(go_long: BoolArray, go_short: BoolArray, start: int, long_only:
     """Enter long on `go_long` unless long, else short on `go_short` unless short (flat if long-only)."""
     if long_only:
         return _events({0: [(go_long, LONG)], 1: [(go_short, FLAT)], -1: [(go_long, LONG)]}, start)
-    return _events(
-        {0: [(go_long, LONG), (go_short, SHORT)], 1: [(go_short, SHORT)], -1: [(go_long, LONG)]}, start
-    )
+    return _events({0: [(go_long, LONG), (go_short, SHORT)], 1: [(go_short, SHORT)], -1: [(go_long, LONG)]}, start)
 
 
 # --- sma_cross -------------------------------------------------------------------------------
+
 
 def _sma_cross(ind: IndicatorCache, p: Params, start: int, long_only: bool) -> Signals:
     fast, slow = int(p["fast"]), int(p["slow"])
@@ -104,6 +103,7 @@ def _sma_rules(p: Params) -> list[tuple[str, str]]:
 
 # --- momentum --------------------------------------------------------------------------------
 
+
 def _momentum(ind: IndicatorCache, p: Params, start: int, long_only: bool) -> Signals:
     mom = ind.momentum(int(p["lookback"]))
     thr = float(p["threshold"])
@@ -112,6 +112,7 @@ def _momentum(ind: IndicatorCache, p: Params, start: int, long_only: bool) -> Si
 
 
 # --- bollinger -------------------------------------------------------------------------------
+
 
 def _bollinger(ind: IndicatorCache, p: Params, start: int, long_only: bool) -> Signals:
     w, k = int(p["window"]), float(p["k"])
@@ -126,6 +127,7 @@ def _bollinger(ind: IndicatorCache, p: Params, start: int, long_only: bool) -> S
 
 
 # --- rsi -------------------------------------------------------------------------------------
+
 
 def _rsi(ind: IndicatorCache, p: Params, start: int, long_only: bool) -> Signals:
     n = int(p["period"])
@@ -148,6 +150,7 @@ def _rsi_rules(p: Params) -> list[tuple[str, str]]:
 
 # --- buy_and_hold ----------------------------------------------------------------------------
 
+
 def _buy_and_hold(ind: IndicatorCache, p: Params, start: int, long_only: bool) -> Signals:
     every = np.ones(ind.close.shape[0], dtype=bool)
     return _events({0: [(every, LONG)]}, start)
@@ -164,8 +167,10 @@ STRATEGIES: dict[str, StrategyDef] = {
     for s in (
         StrategyDef(
             "sma_cross",
-            (ParamDef("fast", int, 1, WINDOW_MAX, "bars in the fast simple moving average of Close"),
-             ParamDef("slow", int, 2, WINDOW_MAX, "bars in the slow simple moving average of Close")),
+            (
+                ParamDef("fast", int, 1, WINDOW_MAX, "bars in the fast simple moving average of Close"),
+                ParamDef("slow", int, 2, WINDOW_MAX, "bars in the slow simple moving average of Close"),
+            ),
             lambda p: int(max(p["fast"], p["slow"])) - 1,
             _sma_rules,
             _sma_cross,
@@ -173,8 +178,10 @@ STRATEGIES: dict[str, StrategyDef] = {
         ),
         StrategyDef(
             "momentum",
-            (ParamDef("lookback", int, 1, WINDOW_MAX, "bars back for the momentum Close[t]/Close[t-n]-1"),
-             ParamDef("threshold", float, 0.0, 10.0, "momentum above +threshold goes long, below -threshold short")),
+            (
+                ParamDef("lookback", int, 1, WINDOW_MAX, "bars back for the momentum Close[t]/Close[t-n]-1"),
+                ParamDef("threshold", float, 0.0, 10.0, "momentum above +threshold goes long, below -threshold short"),
+            ),
             lambda p: int(p["lookback"]),
             _no_rules,
             _momentum,
@@ -182,8 +189,10 @@ STRATEGIES: dict[str, StrategyDef] = {
         ),
         StrategyDef(
             "bollinger",
-            (ParamDef("window", int, 2, WINDOW_MAX, "bars in the moving average and standard deviation"),
-             ParamDef("k", float, 0.0, 100.0, "band width in standard deviations")),
+            (
+                ParamDef("window", int, 2, WINDOW_MAX, "bars in the moving average and standard deviation"),
+                ParamDef("k", float, 0.0, 100.0, "band width in standard deviations"),
+            ),
             lambda p: int(p["window"]) - 1,
             _no_rules,
             _bollinger,
@@ -191,9 +200,11 @@ STRATEGIES: dict[str, StrategyDef] = {
         ),
         StrategyDef(
             "rsi",
-            (ParamDef("period", int, 1, WINDOW_MAX, "bars in the average gain and loss"),
-             ParamDef("lower", float, 0.0, 100.0, "RSI below this goes long unless long"),
-             ParamDef("upper", float, 0.0, 100.0, "RSI above this goes short unless short")),
+            (
+                ParamDef("period", int, 1, WINDOW_MAX, "bars in the average gain and loss"),
+                ParamDef("lower", float, 0.0, 100.0, "RSI below this goes long unless long"),
+                ParamDef("upper", float, 0.0, 100.0, "RSI above this goes short unless short"),
+            ),
             lambda p: int(p["period"]),
             _rsi_rules,
             _rsi,

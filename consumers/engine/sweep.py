@@ -15,8 +15,16 @@ from consumers.engine.strategies import StrategyDef, min_bars
 MAX_COMBINATIONS = 10_000
 # Metrics kept for every row of the sweep table, besides the objective.
 TABLE_METRICS = (
-    "return_pct", "sharpe", "sortino", "max_drawdown_pct", "num_trades", "win_rate_pct",
-    "profit_factor", "sqn", "equity_final", "exposure_pct",
+    "return_pct",
+    "sharpe",
+    "sortino",
+    "max_drawdown_pct",
+    "num_trades",
+    "win_rate_pct",
+    "profit_factor",
+    "sqn",
+    "equity_final",
+    "exposure_pct",
 )
 
 Combination = dict[str, int | float]
@@ -48,7 +56,8 @@ def admissible(
     """Combinations that pass the constraint, the strategy's rules and have enough bars."""
     check = Constraint(constraint, list(params)) if constraint else None
     return [
-        c for c in grid(params)
+        c
+        for c in grid(params)
         if (check is None or check(c)) and not strategy.rules(c) and min_bars(strategy, c) <= n_bars
     ]
 
@@ -69,8 +78,10 @@ def make_row(combo: Combination, metrics: Mapping[str, Any], objective: str) -> 
 def ranked(rows: Sequence[SweepRow]) -> list[SweepRow]:
     """Best first; ties keep grid order (the first maximum wins, as with pandas idxmax); rows
     without an objective value come last."""
+
     def key(r: SweepRow) -> tuple[int, float]:
         return (1, 0.0) if r.objective is None else (0, -r.objective)
+
     return sorted(rows, key=key)
 
 

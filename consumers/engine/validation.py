@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
 from consumers.engine.constraints import Constraint, ConstraintError
 from consumers.engine.datasets import Bars, Catalog
-from consumers.engine.errors import DataUnavailable, DatasetError, UnknownSymbolError
+from consumers.engine.errors import DatasetError, DataUnavailable, UnknownSymbolError
 from consumers.engine.metrics import OBJECTIVES
 from consumers.engine.strategies import STRATEGIES, StrategyDef, min_bars
 from consumers.engine.sweep import MAX_COMBINATIONS, admissible, grid_size
@@ -39,7 +39,9 @@ def _number_errors(spec: BacktestSpec) -> list[FieldError]:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             errors.append(FieldError(name, f"must be a finite number, got {value!r}"))
         elif value < low or (value == low and not inclusive):
-            errors.append(FieldError(name, f"must be {'at least' if inclusive else 'greater than'} {low:g}, got {value:g}"))
+            errors.append(
+                FieldError(name, f"must be {'at least' if inclusive else 'greater than'} {low:g}, got {value:g}")
+            )
         elif high is not None and value >= high:
             errors.append(FieldError(name, f"must be less than {high:g}, got {value:g}"))
     return errors
@@ -63,8 +65,11 @@ def _param_errors(spec: BacktestSpec, strategy: StrategyDef) -> list[FieldError]
     expected = strategy.param_names
     for name in spec.params:
         if name not in expected:
-            errors.append(FieldError(f"params.{name}", f"unknown parameter for {strategy.name}; "
-                                     f"expected {', '.join(expected) or 'none'}"))
+            errors.append(
+                FieldError(
+                    f"params.{name}", f"unknown parameter for {strategy.name}; expected {', '.join(expected) or 'none'}"
+                )
+            )
     for name in expected:
         if name not in spec.params:
             errors.append(FieldError(f"params.{name}", f"missing; {strategy.name} needs {', '.join(expected)}"))
@@ -92,14 +97,16 @@ def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
     errors: list[FieldError] = []
     strategy = STRATEGIES.get(spec.strategy)
     if strategy is None:
-        errors.append(FieldError("strategy", f"unknown strategy {spec.strategy!r}; "
-                                 f"choose one of {', '.join(STRATEGIES)}"))
+        errors.append(
+            FieldError("strategy", f"unknown strategy {spec.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        )
     bars: Bars | None = None
     try:
         bars = catalog.load(spec.symbol)
     except UnknownSymbolError:
-        errors.append(FieldError("symbol", f"unknown symbol {spec.symbol!r}; available: "
-                                 f"{', '.join(catalog.symbols())}"))
+        errors.append(
+            FieldError("symbol", f"unknown symbol {spec.symbol!r}; available: {', '.join(catalog.symbols())}")
+        )
     except DataUnavailable:
         raise  # not a fault of the request: the caller may try again
     except DatasetError as e:
@@ -110,8 +117,9 @@ def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
     if spec.start is not None and spec.end is not None and spec.end <= spec.start:
         errors.append(FieldError("end", f"must be after start ({spec.start}), got {spec.end}"))
     if spec.objective not in OBJECTIVES:
-        errors.append(FieldError("objective", f"unknown metric {spec.objective!r}; choose one of "
-                                 f"{', '.join(OBJECTIVES)}"))
+        errors.append(
+            FieldError("objective", f"unknown metric {spec.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        )
     constraint_ok = True
     if spec.constraint is not None:
         try:
@@ -133,17 +141,25 @@ def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
         return errors
     window = bars.between(spec.start, spec.end)
     if not spec.is_sweep:
-        rule_errors = [FieldError(f, m) for f, m in strategy.rules(spec.params)]
+        scalars = cast("dict[str, float]", spec.params)  # not a sweep: every value is one number
+        rule_errors = [FieldError(f, m) for f, m in strategy.rules(scalars)]
         errors += rule_errors
-        need = min_bars(strategy, spec.params)
+        need = min_bars(strategy, scalars)
         if not rule_errors and len(window) < need:
             errors.append(FieldError(_date_field(spec), _too_few(spec, bars, len(window), need)))
     elif not admissible(strategy, spec.params, spec.constraint, len(window)):
-        errors.append(FieldError("params", f"no combination of the sweep satisfies the constraint, the "
-                                 f"strategy's rules and has enough bars ({len(window)} in the date range)"))
+        errors.append(
+            FieldError(
+                "params",
+                f"no combination of the sweep satisfies the constraint, the "
+                f"strategy's rules and has enough bars ({len(window)} in the date range)",
+            )
+        )
     return errors
 
 
 def _too_few(spec: BacktestSpec, bars: Bars, have: int, need: int) -> str:
-    return (f"{have} bars of {bars.symbol} between {spec.start or bars.start} and {spec.end or bars.end}; "
-            f"this strategy needs at least {need} (data covers {bars.start} to {bars.end})")
+    return (
+        f"{have} bars of {bars.symbol} between {spec.start or bars.start} and {spec.end or bars.end}; "
+        f"this strategy needs at least {need} (data covers {bars.start} to {bars.end})"
+    )

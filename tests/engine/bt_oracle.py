@@ -112,9 +112,7 @@ class Bollinger(Strategy):
                 self.buy()
             elif c > self.upper[-1] and not self.long_only:
                 self.sell()
-        elif self.position.is_long and c > self.mid[-1]:
-            self.position.close()
-        elif self.position.is_short and c < self.mid[-1]:
+        elif self.position.is_long and c > self.mid[-1] or self.position.is_short and c < self.mid[-1]:
             self.position.close()
 
 
@@ -130,7 +128,11 @@ class BuyAndHold(Strategy):
 
 
 ORACLES: dict[str, type[Strategy]] = {
-    "sma_cross": SmaCross, "momentum": Momentum, "rsi": Rsi, "bollinger": Bollinger, "buy_and_hold": BuyAndHold,
+    "sma_cross": SmaCross,
+    "momentum": Momentum,
+    "rsi": Rsi,
+    "bollinger": Bollinger,
+    "buy_and_hold": BuyAndHold,
 }
 
 
@@ -143,8 +145,14 @@ def frame(bars: Bars) -> pd.DataFrame:
 
 def backtest(bars: Bars, spec: BacktestSpec) -> Backtest:
     commission: Any = (spec.commission_fixed, spec.commission) if spec.commission_fixed else spec.commission
-    return Backtest(frame(bars), ORACLES[spec.strategy], cash=spec.cash, commission=commission,
-                    spread=spec.spread, finalize_trades=True)
+    return Backtest(
+        frame(bars),
+        ORACLES[spec.strategy],
+        cash=spec.cash,
+        commission=commission,
+        spread=spec.spread,
+        finalize_trades=True,
+    )
 
 
 def run(bars: Bars, spec: BacktestSpec) -> pd.Series:

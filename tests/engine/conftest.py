@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from backtesting.test import GOOG
-
 from bt_oracle import write_csv
+
 from consumers.engine.datasets import Catalog
 
 
@@ -24,8 +24,10 @@ def rocket_frame() -> pd.DataFrame:
     open_ = np.round(np.concatenate([[100.0], close[:-1]]) * (1 + rng.normal(0, 0.002, n)), 2)
     high = np.maximum(open_, close) + 0.5
     low = np.minimum(open_, close) - 0.5
-    return pd.DataFrame({"Open": open_, "High": high, "Low": low, "Close": close, "Volume": 1000.0},
-                        index=pd.bdate_range("2015-01-05", periods=n))
+    return pd.DataFrame(
+        {"Open": open_, "High": high, "Low": low, "Close": close, "Volume": 1000.0},
+        index=pd.bdate_range("2015-01-05", periods=n),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -38,18 +38,21 @@ def test_loading_is_cached(tmp_path: Path) -> None:
     assert not catalog.load("GOOG").close.flags.writeable
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    ("Date,Open,High,Close,Volume\n2020-01-02,1,1,1,1\n", "missing column(s) Low"),
-    (GOOD + "2020-01-03,10,11,9,10.5,100\n", "row 5: date out of order"),
-    (GOOD + "2020-01-06,10,11,9,10.5,100\n", "row 5: duplicate date"),
-    (HEADER + "2020-01-02,10,11,9,-1,100\n", "row 2: Close must be positive"),
-    (HEADER + "2020-01-02,0,11,9,1,100\n", "row 2: Open must be positive"),
-    (HEADER + "2020-01-02,10,11,NaN,10,100\n", "row 2: Low is 'NaN'"),
-    (HEADER + "2020-01-02,10,11,9,,100\n", "row 2: Close '' is not a number"),
-    (HEADER + "02/01/2020,10,11,9,10,100\n", "row 2: Date '02/01/2020' is not a date"),
-    (HEADER, "no data rows"),
-    ("", "empty file"),
-])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("Date,Open,High,Close,Volume\n2020-01-02,1,1,1,1\n", "missing column(s) Low"),
+        (GOOD + "2020-01-03,10,11,9,10.5,100\n", "row 5: date out of order"),
+        (GOOD + "2020-01-06,10,11,9,10.5,100\n", "row 5: duplicate date"),
+        (HEADER + "2020-01-02,10,11,9,-1,100\n", "row 2: Close must be positive"),
+        (HEADER + "2020-01-02,0,11,9,1,100\n", "row 2: Open must be positive"),
+        (HEADER + "2020-01-02,10,11,NaN,10,100\n", "row 2: Low is 'NaN'"),
+        (HEADER + "2020-01-02,10,11,9,,100\n", "row 2: Close '' is not a number"),
+        (HEADER + "02/01/2020,10,11,9,10,100\n", "row 2: Date '02/01/2020' is not a date"),
+        (HEADER, "no data rows"),
+        ("", "empty file"),
+    ],
+)
 def test_invalid_files_name_file_and_row(tmp_path: Path, content: str, expected: str) -> None:
     (tmp_path / "BAD.csv").write_text(content)
     catalog = Catalog.from_env_dir(str(tmp_path))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import bt_oracle
 import numpy as np
 import pandas as pd
 import pytest
 
-import bt_oracle
 from consumers.engine.datasets import Catalog
 from consumers.engine.runner import Outcome, start_run
 from orchestrator.spec import BacktestSpec
@@ -67,39 +67,55 @@ def assert_parity(catalog: Catalog, spec: BacktestSpec) -> dict[str, Any]:
     detail = run_engine(catalog, spec).detail
 
     theirs = stats["_trades"]
-    ours = pd.DataFrame(detail["trades"])[[
-        "size", "entry_bar", "exit_bar", "entry_price", "exit_price", "pnl", "commission", "return_pct"]]
+    ours = pd.DataFrame(detail["trades"])[
+        ["size", "entry_bar", "exit_bar", "entry_price", "exit_price", "pnl", "commission", "return_pct"]
+    ]
     assert len(ours) == len(theirs)
-    for mine, col in [("size", "Size"), ("entry_bar", "EntryBar"), ("exit_bar", "ExitBar"),
-                      ("entry_price", "EntryPrice"), ("exit_price", "ExitPrice"), ("pnl", "PnL"),
-                      ("commission", "Commission")]:
+    for mine, col in [
+        ("size", "Size"),
+        ("entry_bar", "EntryBar"),
+        ("exit_bar", "ExitBar"),
+        ("entry_price", "EntryPrice"),
+        ("exit_price", "ExitPrice"),
+        ("pnl", "PnL"),
+        ("commission", "Commission"),
+    ]:
         np.testing.assert_array_equal(ours[mine].to_numpy(float), theirs[col].to_numpy(float), err_msg=mine)
     np.testing.assert_array_equal(ours["return_pct"].to_numpy(float), theirs["ReturnPct"].to_numpy(float) * 100)
-    np.testing.assert_array_equal(np.array(detail["equity_curve"]["equity"], float),
-                                  stats["_equity_curve"]["Equity"].to_numpy())
+    np.testing.assert_array_equal(
+        np.array(detail["equity_curve"]["equity"], float), stats["_equity_curve"]["Equity"].to_numpy()
+    )
     assert bt_oracle.metric_mismatches(detail["metrics"], stats) == {}
     return detail
 
 
-@pytest.mark.parametrize(("symbol", "strategy", "params", "costs"), cases(),
-                         ids=lambda v: v if isinstance(v, str) else None)
-def test_matches_backtesting_py(catalog: Catalog, symbol: str, strategy: str, params: dict[str, Any],
-                                costs: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("symbol", "strategy", "params", "costs"), cases(), ids=lambda v: v if isinstance(v, str) else None
+)
+def test_matches_backtesting_py(
+    catalog: Catalog, symbol: str, strategy: str, params: dict[str, Any], costs: dict[str, Any]
+) -> None:
     assert_parity(catalog, BacktestSpec(strategy=strategy, symbol=symbol, params=params, **costs))
 
 
 def test_date_range_is_a_slice_of_the_data(catalog: Catalog) -> None:
     import datetime as dt
-    spec = BacktestSpec(strategy="sma_cross", symbol="AAPL", params={"fast": 10, "slow": 40},
-                        start=dt.date(2005, 1, 1), end=dt.date(2009, 12, 31), commission=0.001)
+
+    spec = BacktestSpec(
+        strategy="sma_cross",
+        symbol="AAPL",
+        params={"fast": 10, "slow": 40},
+        start=dt.date(2005, 1, 1),
+        end=dt.date(2009, 12, 31),
+        commission=0.001,
+    )
     detail = assert_parity(catalog, spec)
     assert detail["equity_curve"]["time"][0] == "2005-01-03"
     assert detail["equity_curve"]["time"][-1] == "2009-12-31"
 
 
 def test_bankrupt_run_stops_at_zero(catalog: Catalog) -> None:
-    detail = assert_parity(catalog, BacktestSpec(strategy="sma_cross", symbol="ROCKET",
-                                                 params={"fast": 5, "slow": 20}))
+    detail = assert_parity(catalog, BacktestSpec(strategy="sma_cross", symbol="ROCKET", params={"fast": 5, "slow": 20}))
     assert detail["bankrupt_at"] is not None
     assert detail["metrics"]["equity_final"] == 0.0
     i = detail["equity_curve"]["time"].index(detail["bankrupt_at"])
@@ -107,7 +123,8 @@ def test_bankrupt_run_stops_at_zero(catalog: Catalog) -> None:
 
 
 def test_no_trade_run_keeps_its_cash(catalog: Catalog) -> None:
-    detail = assert_parity(catalog, BacktestSpec(strategy="sma_cross", symbol="GOOGBT",
-                                                 params={"fast": 10, "slow": 20}, cash=100.0))
+    detail = assert_parity(
+        catalog, BacktestSpec(strategy="sma_cross", symbol="GOOGBT", params={"fast": 10, "slow": 20}, cash=100.0)
+    )
     assert detail["trades"]["size"] == []
     assert set(detail["equity_curve"]["equity"]) == {100.0}

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import bt_oracle
 import numpy as np
 import pandas as pd
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import bt_oracle
 from consumers.engine.datasets import Bars, Catalog
 from consumers.engine.indicators import IndicatorCache, rolling_mean_exact, rolling_mean_fast
 from consumers.engine.kernel import Costs
@@ -32,12 +32,18 @@ def market(bars: Bars) -> Market:
 
 
 prices = st.lists(st.floats(-0.08, 0.08), min_size=40, max_size=150).map(
-    lambda r: np.round(50 * np.exp(np.cumsum(r)), 2))
-strategy_params = st.sampled_from([
-    ("sma_cross", {"fast": 2, "slow": 5}), ("sma_cross", {"fast": 3, "slow": 10}),
-    ("momentum", {"lookback": 3, "threshold": 0.01}), ("bollinger", {"window": 8, "k": 1.0}),
-    ("rsi", {"period": 4, "lower": 35.0, "upper": 65.0}), ("buy_and_hold", {}),
-])
+    lambda r: np.round(50 * np.exp(np.cumsum(r)), 2)
+)
+strategy_params = st.sampled_from(
+    [
+        ("sma_cross", {"fast": 2, "slow": 5}),
+        ("sma_cross", {"fast": 3, "slow": 10}),
+        ("momentum", {"lookback": 3, "threshold": 0.01}),
+        ("bollinger", {"window": 8, "k": 1.0}),
+        ("rsi", {"period": 4, "lower": 35.0, "upper": 65.0}),
+        ("buy_and_hold", {}),
+    ]
+)
 costs = st.builds(Costs, st.floats(0, 0.02), st.floats(0, 5), st.floats(0, 0.01), st.floats(0, 0.002))
 
 
@@ -77,13 +83,15 @@ def test_no_fill_uses_its_own_bars_close(close: np.ndarray, sp: Any, c: Costs, l
     def fills(sim: Any) -> set[tuple[Any, ...]]:
         out = {("in", t.entry_bar, t.size, t.entry_price) for t in sim.trades if t.entry_bar <= k}
         return out | {("out", t.exit_bar, t.size, t.exit_price) for t in sim.trades if t.exit_bar <= k}
+
     assert fills(first) == fills(second)
 
 
 @SETTINGS
 @given(prices, strategy_params, costs, st.booleans(), st.floats(1e-6, 1e-3))
-def test_more_commission_never_raises_final_equity(close: np.ndarray, sp: Any, c: Costs, long_only: bool,
-                                                   more: float) -> None:
+def test_more_commission_never_raises_final_equity(
+    close: np.ndarray, sp: Any, c: Costs, long_only: bool, more: float
+) -> None:
     """With the same fills (same bars and units), a higher commission rate ends with less.
 
     With whole units the literal claim can fail: a higher rate can buy one unit fewer, and one
@@ -94,7 +102,9 @@ def test_more_commission_never_raises_final_equity(close: np.ndarray, sp: Any, c
     higher = Costs(c.commission + more, c.commission_fixed, c.spread, c.slippage)
     lo, mlo = run_once(m, STRATEGIES[name], params, c, long_only, 10_000.0)
     hi, mhi = run_once(m, STRATEGIES[name], params, higher, long_only, 10_000.0)
-    same = [(t.entry_bar, t.exit_bar, t.size) for t in lo.trades] == [(t.entry_bar, t.exit_bar, t.size) for t in hi.trades]
+    same = [(t.entry_bar, t.exit_bar, t.size) for t in lo.trades] == [
+        (t.entry_bar, t.exit_bar, t.size) for t in hi.trades
+    ]
     assume(same and lo.bankrupt_bar is None and hi.bankrupt_bar is None)
     assert mhi["equity_final"] <= mlo["equity_final"]  # type: ignore[operator]
 
@@ -123,8 +133,10 @@ def test_ties_are_decided_as_pandas_decides_them(tmp_path: Path) -> None:
     rng = np.random.default_rng(11)
     n = 600
     close = np.round(10 + np.cumsum(rng.choice([-0.01, 0, 0, 0, 0.01], n)), 2)
-    frame = pd.DataFrame({"Open": close, "High": close + 0.01, "Low": close - 0.01, "Close": close,
-                          "Volume": 1.0}, index=pd.bdate_range("2010-01-04", periods=n))
+    frame = pd.DataFrame(
+        {"Open": close, "High": close + 0.01, "Low": close - 0.01, "Close": close, "Volume": 1.0},
+        index=pd.bdate_range("2010-01-04", periods=n),
+    )
     bt_oracle.write_csv(frame, tmp_path / "FLAT.csv")
     catalog = Catalog.from_env_dir(str(tmp_path))
     bars = catalog.load("FLAT")
@@ -135,9 +147,13 @@ def test_ties_are_decided_as_pandas_decides_them(tmp_path: Path) -> None:
         naive_differs |= bool(((f > s) != (ef > es)).any() or ((f == s) != (ef == es)).any())
         spec = BacktestSpec(strategy="sma_cross", symbol="FLAT", params={"fast": fast, "slow": slow})
         from test_engine_parity import assert_parity
+
         assert_parity(catalog, spec)
-    for spec in [BacktestSpec(strategy="rsi", symbol="FLAT", params={"period": 4, "lower": 25.0, "upper": 75.0}),
-                 BacktestSpec(strategy="bollinger", symbol="FLAT", params={"window": 4, "k": 0.0})]:
+    for spec in [
+        BacktestSpec(strategy="rsi", symbol="FLAT", params={"period": 4, "lower": 25.0, "upper": 75.0}),
+        BacktestSpec(strategy="bollinger", symbol="FLAT", params={"window": 4, "k": 0.0}),
+    ]:
         from test_engine_parity import assert_parity
+
         assert_parity(catalog, spec)
     assert naive_differs

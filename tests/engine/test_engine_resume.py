@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
-
 from bt_oracle import write_csv
+
 from consumers.engine.datasets import Catalog
 from consumers.engine.errors import CheckpointError
 from consumers.engine.runner import Checkpoint, Outcome, resume_run, start_run
@@ -18,8 +18,9 @@ from orchestrator.spec import BacktestSpec
 SPECS = [
     # About a thousand decisions: several kernel chunks.
     BacktestSpec(strategy="momentum", symbol="GOOGBT", params={"lookback": 1, "threshold": 0.0}, commission=0.001),
-    BacktestSpec(strategy="sma_cross", symbol="AAPL", params={"fast": [5, 10, 20], "slow": [30, 60]},
-                 objective="sharpe"),
+    BacktestSpec(
+        strategy="sma_cross", symbol="AAPL", params={"fast": [5, 10, 20], "slow": [30, 60]}, objective="sharpe"
+    ),
 ]
 
 
@@ -67,16 +68,18 @@ def test_checkpoint_of_another_request_is_refused(catalog: Catalog) -> None:
 def test_advance_returns_within_the_cancel_budget_on_a_long_series(tmp_path: Any) -> None:
     """100,000 bars (~400 years of days), ~50k trades: every advance() returns within 100 ms."""
     import pandas as pd
+
     rng = np.random.default_rng(3)
     n = 100_000
     close = np.round(100 * np.exp(np.cumsum(rng.normal(0, 0.01, n))), 4)
-    frame = pd.DataFrame({"Open": close, "High": close * 1.01, "Low": close * 0.99, "Close": close,
-                          "Volume": 1.0}, index=pd.date_range("1500-01-01", periods=n, freq="D"))
+    frame = pd.DataFrame(
+        {"Open": close, "High": close * 1.01, "Low": close * 0.99, "Close": close, "Volume": 1.0},
+        index=pd.date_range("1500-01-01", periods=n, freq="D"),
+    )
     write_csv(frame, tmp_path / "LONG.csv")
     catalog = Catalog.from_env_dir(str(tmp_path))
     catalog.load("LONG")
-    run = start_run(BacktestSpec(strategy="momentum", symbol="LONG", params={"lookback": 1, "threshold": 0.0}),
-                    catalog)
+    run = start_run(BacktestSpec(strategy="momentum", symbol="LONG", params={"lookback": 1, "threshold": 0.0}), catalog)
     slowest = 0.0
     while not run.done:
         t0 = time.perf_counter()

@@ -6,10 +6,10 @@ import math
 import warnings
 from typing import Any
 
+import bt_oracle
 import pandas as pd
 import pytest
 
-import bt_oracle
 from consumers.engine.constraints import Constraint, ConstraintError
 from consumers.engine.datasets import Catalog
 from consumers.engine.metrics import BACKTESTING_PY_NAMES
@@ -32,19 +32,38 @@ def optimize(catalog: Catalog, spec: BacktestSpec, constraint: Any) -> tuple[pd.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return bt_oracle.backtest(bars, spec).optimize(  # type: ignore[no-any-return]
-            maximize=BACKTESTING_PY_NAMES[spec.objective], constraint=constraint, return_heatmap=True,
-            **{k: v if isinstance(v, list) else [v] for k, v in spec.params.items()}, long_only=[spec.long_only])
+            maximize=BACKTESTING_PY_NAMES[spec.objective],
+            constraint=constraint,
+            return_heatmap=True,
+            **{k: v if isinstance(v, list) else [v] for k, v in spec.params.items()},
+            long_only=[spec.long_only],
+        )
 
 
-@pytest.mark.parametrize(("spec", "constraint"), [
-    (BacktestSpec(strategy="sma_cross", symbol="GOOGBT",
-                  params={"fast": [5, 10, 15, 20], "slow": [20, 40, 60, 80, 100]},
-                  constraint="fast < slow", commission=0.002),
-     lambda p: p.fast < p.slow),
-    (BacktestSpec(strategy="rsi", symbol="MSFT", params={"period": [5, 14], "lower": [20, 30], "upper": 70},
-                  objective="return_pct"),
-     None),
-])
+@pytest.mark.parametrize(
+    ("spec", "constraint"),
+    [
+        (
+            BacktestSpec(
+                strategy="sma_cross",
+                symbol="GOOGBT",
+                params={"fast": [5, 10, 15, 20], "slow": [20, 40, 60, 80, 100]},
+                constraint="fast < slow",
+                commission=0.002,
+            ),
+            lambda p: p.fast < p.slow,
+        ),
+        (
+            BacktestSpec(
+                strategy="rsi",
+                symbol="MSFT",
+                params={"period": [5, 14], "lower": [20, 30], "upper": 70},
+                objective="return_pct",
+            ),
+            None,
+        ),
+    ],
+)
 def test_sweep_matches_optimize(catalog: Catalog, spec: BacktestSpec, constraint: Any) -> None:
     stats, heatmap = optimize(catalog, spec, constraint)
     summary, detail, progress = run_sweep(catalog, spec)

@@ -21,49 +21,55 @@ def test_valid_requests_have_no_errors(catalog: Catalog) -> None:
     assert fields(catalog) == []
     assert fields(catalog, strategy="buy_and_hold", params={}) == []
     assert fields(catalog, strategy="rsi", params={"period": 14, "lower": 30, "upper": 70.5}) == []
-    assert fields(catalog, params={"fast": [5, 10], "slow": [20, 40]}, constraint="fast < slow",
-                  objective="sharpe") == []
+    assert (
+        fields(catalog, params={"fast": [5, 10], "slow": [20, 40]}, constraint="fast < slow", objective="sharpe") == []
+    )
 
 
-@pytest.mark.parametrize(("kw", "expected"), [
-    ({"strategy": "martingale"}, ["strategy"]),
-    ({"symbol": "NOPE"}, ["symbol"]),
-    ({"params": {"fast": 10}}, ["params.slow"]),
-    ({"params": {"fast": 10, "slow": 20, "extra": 1}}, ["params.extra"]),
-    ({"params": {"fast": 10.5, "slow": 20}}, ["params.fast"]),
-    ({"params": {"fast": 0, "slow": 20}}, ["params.fast"]),
-    ({"params": {"fast": 20, "slow": 20}}, ["params.fast"]),
-    ({"params": {"fast": 30, "slow": 20}}, ["params.fast"]),
-    ({"start": dt.date(2010, 1, 1), "end": dt.date(2009, 1, 1)}, ["end"]),
-    ({"start": dt.date(2013, 2, 1)}, ["start"]),
-    ({"end": dt.date(2004, 9, 1)}, ["end"]),
-    ({"cash": -1.0}, ["cash"]),
-    ({"cash": 0.0}, ["cash"]),
-    ({"commission": -0.01}, ["commission"]),
-    ({"commission": 0.5}, ["commission"]),
-    ({"commission_fixed": -1.0}, ["commission_fixed"]),
-    ({"spread": -0.001}, ["spread"]),
-    ({"slippage_bps": -2.0}, ["slippage_bps"]),
-    ({"objective": "happiness"}, ["objective"]),
-    ({"params": {"fast": [5, 10], "slow": 20}, "constraint": "__import__('os')"}, ["constraint"]),
-    ({"params": {"fast": [5, 10], "slow": 20}, "constraint": "fast <"}, ["constraint"]),
-    ({"params": {"fast": [5, 10], "slow": 20}, "constraint": "fast < sloww"}, ["constraint"]),
-    ({"params": {"fast": [5, 10.5], "slow": 20}}, ["params.fast[1]"]),
-    ({"params": {"fast": [], "slow": 20}}, ["params.fast"]),
-    ({"params": {"fast": [5, 5], "slow": 20}}, ["params.fast"]),
-    ({"params": {"fast": [30, 40], "slow": [10, 20]}}, ["params"]),
-    ({"params": {"fast": [5, 10], "slow": [20, 30]}, "constraint": "fast > slow"}, ["params"]),
-    ({"params": {"fast": list(range(1, 102)), "slow": list(range(2, 102))}}, ["params"]),
-    ({"strategy": "rsi", "params": {"period": 14, "lower": 70, "upper": 30}}, ["params.lower"]),
-    ({"strategy": "rsi", "params": {"period": 14, "lower": True, "upper": 70}}, ["params.lower"]),
-])
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        ({"strategy": "martingale"}, ["strategy"]),
+        ({"symbol": "NOPE"}, ["symbol"]),
+        ({"params": {"fast": 10}}, ["params.slow"]),
+        ({"params": {"fast": 10, "slow": 20, "extra": 1}}, ["params.extra"]),
+        ({"params": {"fast": 10.5, "slow": 20}}, ["params.fast"]),
+        ({"params": {"fast": 0, "slow": 20}}, ["params.fast"]),
+        ({"params": {"fast": 20, "slow": 20}}, ["params.fast"]),
+        ({"params": {"fast": 30, "slow": 20}}, ["params.fast"]),
+        ({"start": dt.date(2010, 1, 1), "end": dt.date(2009, 1, 1)}, ["end"]),
+        ({"start": dt.date(2013, 2, 1)}, ["start"]),
+        ({"end": dt.date(2004, 9, 1)}, ["end"]),
+        ({"cash": -1.0}, ["cash"]),
+        ({"cash": 0.0}, ["cash"]),
+        ({"commission": -0.01}, ["commission"]),
+        ({"commission": 0.5}, ["commission"]),
+        ({"commission_fixed": -1.0}, ["commission_fixed"]),
+        ({"spread": -0.001}, ["spread"]),
+        ({"slippage_bps": -2.0}, ["slippage_bps"]),
+        ({"objective": "happiness"}, ["objective"]),
+        ({"params": {"fast": [5, 10], "slow": 20}, "constraint": "__import__('os')"}, ["constraint"]),
+        ({"params": {"fast": [5, 10], "slow": 20}, "constraint": "fast <"}, ["constraint"]),
+        ({"params": {"fast": [5, 10], "slow": 20}, "constraint": "fast < sloww"}, ["constraint"]),
+        ({"params": {"fast": [5, 10.5], "slow": 20}}, ["params.fast[1]"]),
+        ({"params": {"fast": [], "slow": 20}}, ["params.fast"]),
+        ({"params": {"fast": [5, 5], "slow": 20}}, ["params.fast"]),
+        ({"params": {"fast": [30, 40], "slow": [10, 20]}}, ["params"]),
+        ({"params": {"fast": [5, 10], "slow": [20, 30]}, "constraint": "fast > slow"}, ["params"]),
+        ({"params": {"fast": list(range(1, 102)), "slow": list(range(2, 102))}}, ["params"]),
+        ({"strategy": "rsi", "params": {"period": 14, "lower": 70, "upper": 30}}, ["params.lower"]),
+        ({"strategy": "rsi", "params": {"period": 14, "lower": True, "upper": 70}}, ["params.lower"]),
+    ],
+)
 def test_errors_point_at_the_field(catalog: Catalog, kw: dict[str, Any], expected: list[str]) -> None:
     assert fields(catalog, **kw) == expected
 
 
 def test_messages_say_what_to_do(catalog: Catalog) -> None:
-    [err] = check_spec(BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20},
-                                    start=dt.date(2013, 2, 1)), catalog)
+    [err] = check_spec(
+        BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20}, start=dt.date(2013, 2, 1)),
+        catalog,
+    )
     assert err == FieldError("start", err.message)
     assert "needs at least 22" in err.message and "2004-08-19" in err.message
     [err] = check_spec(BacktestSpec(strategy="nope", symbol="GOOG"), catalog)

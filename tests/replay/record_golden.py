@@ -35,11 +35,22 @@ def record() -> None:
         prefix = "{golden}"
         data = workdir / "data"
         data.mkdir()
-        (data / "FLAKY.csv").write_text("Date,Open,High,Low,Close,Volume\n" + "".join(
-            f"2020-01-{d:02d},{10 + d},{11 + d},{9 + d},{10.5 + d},1000\n" for d in range(1, 31)))
-        cluster = Cluster(server.url, prefix, workdir, lease_ms="1500", heartbeat_ms="200",
-                          progress_interval_ms="300", retry_base_ms="100", retry_cap_ms="200",
-                          shutdown_grace_s="0.2", data_dir=str(data))
+        (data / "FLAKY.csv").write_text(
+            "Date,Open,High,Low,Close,Volume\n"
+            + "".join(f"2020-01-{d:02d},{10 + d},{11 + d},{9 + d},{10.5 + d},1000\n" for d in range(1, 31))
+        )
+        cluster = Cluster(
+            server.url,
+            prefix,
+            workdir,
+            lease_ms="1500",
+            heartbeat_ms="200",
+            progress_interval_ms="300",
+            retry_base_ms="100",
+            retry_cap_ms="200",
+            shutdown_grace_s="0.2",
+            data_dir=str(data),
+        )
         log = Log(server.url, prefix)
         try:
             _, url = cluster.api()
@@ -75,8 +86,10 @@ def record() -> None:
             wait_until(lambda: log.has(released, "completed"), timeout=60, what="the released task")
             wait_until(lambda: projector_caught_up(log), timeout=30, what="the projector")
             asyncio.run(_write(server.url, prefix))
-            print(f"recorded {len(log.events())} events of 6 tasks "
-                  f"({plain}, {reclaimed}, {flaky}, {running}, {queued}, {released})")
+            print(
+                f"recorded {len(log.events())} events of 6 tasks "
+                f"({plain}, {reclaimed}, {flaky}, {running}, {queued}, {released})"
+            )
         finally:
             cluster.close()
             log.redis.close()
@@ -88,12 +101,19 @@ async def _write(url: str, prefix: str) -> None:
     keys = Keys(prefix=prefix)
     await export(client, keys, LOGS / "real.jsonl")
     live = await snapshot(client, await live_keys(client, keys))
-    tasks = {k.split(":", 1)[1]: {f: json.loads(v) for f, v in fields.items()}
-             for k, fields in live.items() if k.startswith("task:")}
-    index = {k.split(":", 1)[1]: [m.split("|", 1)[1] for m in sorted(fields, reverse=True)]
-             for k, fields in live.items() if k.startswith("index:")}
-    (LOGS / "real.expected.json").write_text(json.dumps({"tasks": tasks, "index": index}, indent=1,
-                                                         sort_keys=True) + "\n")
+    tasks = {
+        k.split(":", 1)[1]: {f: json.loads(v) for f, v in fields.items()}
+        for k, fields in live.items()
+        if k.startswith("task:")
+    }
+    index = {
+        k.split(":", 1)[1]: [m.split("|", 1)[1] for m in sorted(fields, reverse=True)]
+        for k, fields in live.items()
+        if k.startswith("index:")
+    }
+    (LOGS / "real.expected.json").write_text(
+        json.dumps({"tasks": tasks, "index": index}, indent=1, sort_keys=True) + "\n"
+    )
     await client.aclose()
 
 
