@@ -22,7 +22,7 @@ log = structlog.get_logger("backstream.worker")
 
 # How much computing one chunk of a backtest may do before the worker looks up again: the
 # bound on how long a cancel waits for the running task to notice it.
-CHUNK_SECONDS = 0.02
+CHUNK_SECONDS = 0.01
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
