@@ -51,7 +51,7 @@ async def apply_retention(redis: Any, keys: Keys, *, horizon_ms: int, dry_run: b
     candidates = {"horizon": f"{int(seconds) * 1000 + int(micros) // 1000 - horizon_ms}-0"}
     archived = await redis.get(keys.archived_through)
     candidates["archive"] = _after(text(archived)) if archived else "0-0"
-    names = {DEFAULT_PROJECTION, *(text(n) for n in await redis.smembers(keys.projections))}
+    names = {text(n) for n in await redis.smembers(keys.projections)}
     live = await redis.get(keys.live_projection)
     names.add(text(live) if live else DEFAULT_PROJECTION)
     for name in sorted(names):
