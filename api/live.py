@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from api.errors import ApiError, FieldProblem
-from orchestrator.codec import decode_entry, text
+from orchestrator.codec import decode_entry, parse_stream_id, text
 from orchestrator.errors import EventDecodeError
 from orchestrator.events import Cancelled, Completed, Failed, Progress, StoredEvent
 from orchestrator.history import event_view
@@ -37,7 +36,6 @@ QUEUE_BATCHES = 1000
 READ_BLOCK_MS = 1000
 PAGE = 500
 TERMINAL = (Completed, Failed, Cancelled)
-_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 def _id(entry_id: str) -> tuple[int, int]:
@@ -120,6 +118,8 @@ class LiveFeed:
         self.closed = False
         self._subscribers: set[_Subscription] = set()
         self._reader: asyncio.Task[None] | None = None
+        # Streams opening together must not start a reader each (only one would be stopped).
+        self._starting = asyncio.Lock()
 
     async def subscribe(self) -> _Subscription:
         if self.closed:
@@ -127,12 +127,14 @@ class LiveFeed:
                 503, "shutting_down", "the server is shutting down; reconnect shortly", headers={"Retry-After": "1"}
             )
         sub = _Subscription()
-        self._subscribers.add(sub)
-        if self._reader is None or self._reader.done():
-            # Start at the end of the log as it is now: every stream catches up on its own first.
-            latest = await self.blocking.xrevrange(self.stream, "+", "-", count=1)
-            start = text(latest[0][0]) if latest else "0-0"
-            self._reader = asyncio.create_task(self._read(start))
+        async with self._starting:
+            if self._reader is None or self._reader.done():
+                # Start at the end of the log as it is now: every stream catches up on its own first.
+                latest = await self.blocking.xrevrange(self.stream, "+", "-", count=1)
+                start = text(latest[0][0]) if latest else "0-0"
+                self._reader = asyncio.create_task(self._read(start))
+            # Added before the reader's first read can run: no event falls between the two.
+            self._subscribers.add(sub)
         return sub
 
     def unsubscribe(self, sub: _Subscription) -> None:
@@ -198,7 +200,7 @@ def _start_after(request: Request) -> str | None:
     if raw is None:
         return None
     raw = raw.strip()
-    if not _STREAM_ID.fullmatch(raw):
+    if parse_stream_id(raw) is None:
         raise ApiError.invalid("Last-Event-ID", "must be a stream id such as 1700000000000-0")
     return raw
 

@@ -206,11 +206,13 @@ async def consumer_groups(client: Any, stream: str) -> tuple[list[dict[str, Any]
     return groups, consumers
 
 
-async def projector_lag(redis: Any, stream: str, position: str | None) -> tuple[int, float]:
-    """Log entries after the projector's position (counted up to LAG_COUNT_CAP), and the age in
+async def projector_lag(
+    redis: Any, stream: str, position: str | None, *, cap: int = LAG_COUNT_CAP
+) -> tuple[int, float]:
+    """Log entries after the projector's position (counted up to `cap`), and the age in
     seconds of the newest entry it has not applied relative to its position."""
     after = position or "0-0"
-    pending = await redis.xrange(stream, f"({after}", "+", count=LAG_COUNT_CAP)
+    pending = await redis.xrange(stream, f"({after}", "+", count=cap)
     if not pending:
         return 0, 0.0
     newest = _ms(text(pending[-1][0]))
@@ -310,7 +312,8 @@ async def readyz(request: Request) -> Response:
         return JSONResponse({"status": "shutting_down"}, status_code=503, headers={"Retry-After": "2"})
     try:
         position = await ctx.projection.position()
-        lag, _ = await projector_lag(ctx.store.redis, ctx.store.keys.events, position)
+        # A probe runs often: it reads at most a hundred entries to say how far behind it is.
+        lag, _ = await projector_lag(ctx.store.redis, ctx.store.keys.events, position, cap=100)
         _, consumers = await consumer_groups(ctx.store.redis, ctx.store.keys.work)
     except (redis.exceptions.RedisError, OSError) as e:  # any failure to answer means not ready
         return JSONResponse({"status": "unavailable", "error": str(e)}, status_code=503, headers={"Retry-After": "2"})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
@@ -13,13 +12,14 @@ from starlette.routing import Route
 
 from api.errors import ApiError, FieldProblem, from_validation_error
 from consumers.engine.validation import check_spec
+from orchestrator.codec import parse_stream_id
+from orchestrator.errors import TaskConflict, TaskNotFound
 from orchestrator.events import TERMINAL_STATUSES
 from orchestrator.history import event_view
 from orchestrator.spec import BacktestSpec, ParamValue
 from orchestrator.state import TaskState, to_api
 from orchestrator.timeline import as_of_id, state_as_of
 
-_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 STATUSES = ("queued", "running", *sorted(TERMINAL_STATUSES))
 MAX_PAGE = 500
 _IDEMPOTENCY_KEY_MAX = 200
@@ -42,7 +42,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
         413, "body_too_large", f"request body over {limit} bytes", [FieldProblem(None, f"over {limit} bytes")]
     )
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
     async for chunk in request.stream():
@@ -133,29 +133,45 @@ async def get_task(request: Request) -> Response:
     return JSONResponse(to_api(state))
 
 
+async def _compacted(request: Request, task_id: str) -> TaskConflict:
+    """A task whose write-side keys retention dropped is still a finished task, not an unknown one."""
+    state = await _current(request, task_id)  # raises the 404 if the task is unknown everywhere
+    return TaskConflict(task_id, state.status, f"task {task_id} is {state.status} (archived by retention)")
+
+
 async def cancel(request: Request) -> Response:
     ctx = _ctx(request)
     task_id = _task_id(request)
-    await ctx.store.cancel(task_id, by=request.scope.get("user"))
+    try:
+        await ctx.store.cancel(task_id, by=request.scope.get("user"))
+    except TaskNotFound as e:
+        raise await _compacted(request, task_id) from e
     return JSONResponse(to_api(await _current(request, task_id)))
+
+
+def _page_limit(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_PAGE):
+        raise ApiError.invalid("limit", f"must be an integer from 1 to {MAX_PAGE}")
+    return int(raw)
 
 
 async def retry(request: Request) -> Response:
     ctx = _ctx(request)
     task_id = _task_id(request)
-    await ctx.store.requeue(task_id, by=request.scope.get("user"))
+    try:
+        await ctx.store.requeue(task_id, by=request.scope.get("user"))
+    except TaskNotFound as e:
+        raise await _compacted(request, task_id) from e
     return JSONResponse(to_api(await _current(request, task_id)), status_code=202)
 
 
 async def dead_letters(request: Request) -> Response:
     params = request.query_params
-    raw_limit = params.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
-        raise ApiError.invalid("limit", f"must be an integer from 1 to {MAX_PAGE}")
+    limit = _page_limit(params.get("limit", "50"))
     before = params.get("before")
-    if before is not None and not _STREAM_ID.fullmatch(before):
+    if before is not None and parse_stream_id(before) is None:
         raise ApiError.invalid("before", "must be a stream id such as 1700000000000-0")
-    letters = await _ctx(request).store.dead_letters(limit=int(raw_limit), before=before)
+    letters = await _ctx(request).store.dead_letters(limit=limit, before=before)
     return JSONResponse({"dead_letters": letters})
 
 
@@ -167,13 +183,11 @@ async def list_tasks(request: Request) -> Response:
     status = params.get("status")
     if status is not None and status not in STATUSES:
         raise ApiError.invalid("status", f"must be one of {', '.join(STATUSES)}")
-    raw_limit = params.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
-        raise ApiError.invalid("limit", f"must be an integer from 1 to {MAX_PAGE}")
+    limit = _page_limit(params.get("limit", "50"))
     cursor = params.get("cursor")
     if cursor is not None and ("|" not in cursor or len(cursor) > 80):
         raise ApiError.invalid("cursor", "not a cursor this API returned")
-    tasks, next_cursor = await _ctx(request).projection.list_tasks(status=status, limit=int(raw_limit), cursor=cursor)
+    tasks, next_cursor = await _ctx(request).projection.list_tasks(status=status, limit=limit, cursor=cursor)
     return JSONResponse({"tasks": [to_api(t) for t in tasks], "next_cursor": next_cursor})
 
 
@@ -181,9 +195,8 @@ async def events(request: Request) -> Response:
     task_id = _task_id(request)
     history = await _ctx(request).store.task_events(task_id)
     if not history:
-        raise ApiError(
-            404, "task_not_found", f"task {task_id} does not exist", [FieldProblem("task_id", "no such task")]
-        )
+        await _current(request, task_id)  # a 404 unless retention archived the task's events
+        return JSONResponse({"task_id": task_id, "events": [], "archived": True})
     return JSONResponse({"task_id": task_id, "events": [event_view(e) for e in history]})
 
 

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
-import redis.exceptions
 import structlog
 
 from consumers.retry import TaskTimeout, backoff_ms, is_retryable
 from orchestrator.codec import encode_json
+from orchestrator.connections import REDIS_UNAVAILABLE, until_reachable
 from orchestrator.events import Completed, Failed, RetryScheduled
 from orchestrator.settings import Settings
 from orchestrator.spec import BacktestSpec
@@ -23,8 +23,6 @@ log = structlog.get_logger("backstream.worker")
 # How much computing one chunk of a backtest may do before the worker looks up again: the
 # bound on how long a cancel waits for the running task to notice it.
 CHUNK_SECONDS = 0.01
-
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 class Run(Protocol):
@@ -55,19 +53,6 @@ class Assignment(msgspec.Struct, frozen=True):
 
 class Stop(Exception):
     """The attempt must stop here without writing anything more (cancelled, or claim lost)."""
-
-
-async def until_stored(call: Any, what: str) -> Any:
-    """Run an idempotent store call until Redis accepts it: an outcome must not be lost to a
-    Redis restart. The scripts make re-sending safe."""
-    delay = 0.1
-    while True:
-        try:
-            return await call()
-        except _REDIS_DOWN as e:
-            log.warning("store.unavailable", write=what, error=str(e), retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def _start_and_advance(start_run: StartRun, spec: BacktestSpec) -> Run:
@@ -120,11 +105,12 @@ class Execution:
         except Exception as error:
             event, result = self._failure(error), b""
         self.on_computed()
-        fenced = await until_stored(
+        # An outcome must not be lost to a Redis restart: it is re-sent until stored.
+        fenced = await until_reachable(
             lambda: self.store.finish(
                 event, message_id=job.message_id, result=result, reason=getattr(event, "error_type", "")
             ),
-            "outcome",
+            doing="storing the outcome",
         )
         outcome_name = type(event).__struct_config__.tag
         if fenced is not None:
@@ -159,7 +145,7 @@ class Execution:
         job = self.job
         try:
             status, current = await self.store.redis.hmget(self.store.keys.control(job.task_id), "status", "attempt")
-        except _REDIS_DOWN:
+        except REDIS_UNAVAILABLE:
             return  # keep computing; the fenced writes decide later
         status = status.decode() if status else "missing"
         if status == "running" and int(current or 0) == job.attempt:
@@ -173,7 +159,7 @@ class Execution:
             fenced = await self.store.heartbeat(
                 job.task_id, job.attempt, worker=self.worker, message_id=job.message_id, progress=progress
             )
-        except _REDIS_DOWN as e:
+        except REDIS_UNAVAILABLE as e:
             log.warning("store.unavailable", write="heartbeat", error=str(e))
             return
         if fenced is not None:
@@ -182,9 +168,9 @@ class Execution:
 
     async def _release(self) -> str:
         job = self.job
-        fenced = await until_stored(
+        fenced = await until_reachable(
             lambda: self.store.release(job.task_id, job.attempt, worker=self.worker, message_id=job.message_id),
-            "release",
+            doing="releasing the task",
         )
         if fenced is not None:
             log.warning("task.write_refused", write="released", status=fenced.status)

@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-import redis.exceptions
 import structlog
 
+from orchestrator.connections import REDIS_UNAVAILABLE
 from orchestrator.events import StoredEvent
 from orchestrator.projection import Projection
 from orchestrator.state import TaskState, evolve
@@ -120,6 +120,9 @@ class Projector:
                     accepted = await inflight
                     inflight = None
                     if not accepted:
+                        # The batch just folded was folded onto states that were never stored,
+                        # and its fold may have refilled the cache after _store cleared it.
+                        self._cache.clear()
                         fresh = True
                         continue
                 if batch is None:
@@ -129,7 +132,7 @@ class Projector:
                 inflight = asyncio.create_task(self._store(batch))
                 position = batch.events[-1].id
                 delay = 0.1
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+            except REDIS_UNAVAILABLE as e:
                 log.warning("store.unavailable", error=str(e), retry_in_s=delay)
                 if inflight is not None:
                     await asyncio.gather(inflight, return_exceptions=True)

@@ -145,14 +145,21 @@ async def rebuild(
     started = time.perf_counter()
     await redis.sadd(keys.projections, new.projection_name)
     folded = 0
-    while True:
-        folded += await _fold(redis, new, archives or [], on_batch)
-        verdict = await scripts.switch(
-            keys=[keys.live_projection, new.projection_position, keys.events], args=[new.projection_name]
-        )
-        if text(verdict[0]) == "ok":
-            break
-        log.info("replay.catching_up", behind_by=text(verdict[1]))
+    try:
+        while True:
+            folded += await _fold(redis, new, archives or [], on_batch)
+            verdict = await scripts.switch(
+                keys=[keys.live_projection, new.projection_position, keys.events], args=[new.projection_name]
+            )
+            if text(verdict[0]) == "ok":
+                break
+            log.info("replay.catching_up", behind_by=text(verdict[1]))
+    except BaseException:
+        # A rebuild that fails (a gap in the log, say) leaves nothing behind: a half-built
+        # projection registered here would hold retention back for good.
+        await delete_projection(redis, new)
+        await redis.srem(keys.projections, new.projection_name)
+        raise
     seconds = time.perf_counter() - started
     log.info("replay.switched", old=old.projection_name, new=new.projection_name, events=folded)
     # Readers re-read the pointer within POINTER_TTL_S; the old projection stays whole until then.

@@ -8,12 +8,12 @@ import time
 import uuid
 from typing import Any
 
-import redis.exceptions
 import structlog
 
 from consumers.execution import Assignment, Execution, StartRun
 from consumers.reclaim import reclaim_expired
 from orchestrator.codec import text
+from orchestrator.connections import until_reachable
 from orchestrator.keys import WORKER_GROUP
 from orchestrator.settings import Settings
 from orchestrator.store import EventStore
@@ -22,8 +22,6 @@ log = structlog.get_logger("backstream.worker")
 
 # An idle read blocks this long before the loop looks at stop requests, reclaims and retries.
 READ_BLOCK_MS = 500
-
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 class Worker:
@@ -63,9 +61,9 @@ class Worker:
     async def run(self, *, burst: bool = False) -> None:
         """Take and run work until stopped; in burst mode, until no work is left."""
         log.info("worker.started", worker=self.name, concurrency=self.concurrency)
-        await self._with_reconnect(self.store.ensure_group)
+        await self._with_reconnect(self.store.ensure_group, "creating the group")
         # A worker restarted under the same name first takes back what it held before.
-        backlog = await self._with_reconnect(self._own_pending)
+        backlog = await self._with_reconnect(self._own_pending, "reading own pending work")
         while not self._stopping.is_set():
             free = self.concurrency - len(self._computing)
             if free <= 0:
@@ -73,7 +71,7 @@ class Worker:
                 continue
             items, backlog = backlog[:free], backlog[free:]
             if not items:
-                items = await self._with_reconnect(functools.partial(self._next_items, free, burst))
+                items = await self._with_reconnect(functools.partial(self._next_items, free, burst), "reading work")
             if not items and burst:
                 if not self._running:
                     break
@@ -130,18 +128,29 @@ class Worker:
     def _finished(self, task: asyncio.Task[str]) -> None:
         self._running.pop(task, None)
         self._free_slot(task)
-        if not task.cancelled() and task.exception() is None:
-            self.outcomes[task.result()] = self.outcomes.get(task.result(), 0) + 1
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            # A bug or an unexpected store error: the work item stays pending, so the task is
+            # reclaimed after its lease; say so rather than lose the traceback.
+            log.error("task.crashed", exc_info=error)
+            return
+        self.outcomes[task.result()] = self.outcomes.get(task.result(), 0) + 1
 
     async def _handle(self, message_id: str, task_id: str, reclaim: bool) -> str:
         structlog.contextvars.bind_contextvars(task_id=task_id, worker=self.name)
-        claim = await self.store.claim(
-            task_id,
-            worker=self.name,
-            token=uuid.uuid4().hex,
-            message_id=message_id,
-            reclaim=reclaim,
-            max_attempts=self.settings.max_attempts,
+        token = uuid.uuid4().hex  # one token for every re-send: the claim is made once
+        claim = await until_reachable(
+            lambda: self.store.claim(
+                task_id,
+                worker=self.name,
+                token=token,
+                message_id=message_id,
+                reclaim=reclaim,
+                max_attempts=self.settings.max_attempts,
+            ),
+            doing="claiming a task",
         )
         if claim.outcome != "ok" or claim.spec is None:
             log.info("task.not_claimed", outcome=claim.outcome)
@@ -177,15 +186,7 @@ class Worker:
                     execution.release_requested.set()
             await asyncio.wait(unfinished)
 
-    async def _with_reconnect(self, call: Any) -> Any:
-        """Redis restarts and network blips are waited out with backoff, not fatal."""
-        delay = 0.1
-        while True:
-            try:
-                return await call()
-            except _REDIS_DOWN as e:
-                if self._stopping.is_set():
-                    return []
-                log.warning("store.unavailable", error=str(e), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+    async def _with_reconnect(self, call: Any, doing: str) -> Any:
+        """Redis restarts and network blips are waited out with backoff, not fatal; a worker
+        asked to stop stops waiting."""
+        return await until_reachable(call, doing=doing, give_up=self._stopping.is_set, fallback=[])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -134,6 +135,19 @@ def _decode_carefully(entry: str, fields: dict[bytes, bytes]) -> StoredEvent:
     except (KeyError, ValueError, msgspec.ValidationError, msgspec.DecodeError) as e:
         raise EventDecodeError(f"entry {entry}: not a valid event: {e}") from e
     return StoredEvent(id=entry, event=event)
+
+
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_ID_PART_MAX = 2**64 - 1
+
+
+def parse_stream_id(value: str) -> tuple[int, int] | None:
+    """`1700000000000-5` -> (1700000000000, 5); None for anything Redis would not take as an id."""
+    match = _STREAM_ID.fullmatch(value)
+    if match is None:
+        return None
+    ms, seq = int(match[1]), int(match[2])
+    return (ms, seq) if ms <= _ID_PART_MAX and seq <= _ID_PART_MAX else None
 
 
 def iso_ms(ms: int) -> str:

@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import fakeredis
 import redis.asyncio as aioredis
+import redis.exceptions
+import structlog
 
 from orchestrator.settings import Settings
+
+log = structlog.get_logger("backstream.connections")
+
+T = TypeVar("T")
+
+# What Redis being unreachable (down, restarting, a network blip) looks like to a client.
+REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+async def until_reachable(
+    call: Callable[[], Awaitable[T]], *, doing: str, give_up: Callable[[], bool] = lambda: False, fallback: Any = None
+) -> T:
+    """Run `call` until Redis answers, waiting out outages with exponential backoff (0.1 s to
+    5 s). Only for calls that are safe to re-send (our scripts are idempotent). Returns
+    `fallback` instead once `give_up()` says so (e.g. the process is stopping)."""
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except REDIS_UNAVAILABLE as e:
+            if give_up():
+                return fallback  # type: ignore[no-any-return]
+            log.warning("store.unavailable", doing=doing, error=str(e), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
 
 # Commands get a short timeout so an unreachable Redis becomes a quick 503, not a hung request.
 COMMAND_TIMEOUT_S = 5.0

@@ -31,8 +31,8 @@ class Keys(msgspec.Struct, frozen=True):
     def events(self) -> str:
         return f"{self.prefix}:events"
 
-    # Work items (one per attempt to run a task), read by the worker group; acknowledged
-    # entries are trimmed.
+    # Work items (one per attempt to run a task), read by the worker group; each is acknowledged
+    # and deleted (XACK + XDEL) in the script that ends its attempt.
     @property
     def work(self) -> str:
         return f"{self.prefix}:work"

@@ -21,8 +21,11 @@ class Projection:
     """One projection under `keys.projection_name`, or, with `follow_live`, whichever one the
     live-projection pointer names (what the API and the live projector use)."""
 
-    def __init__(self, redis: Any, keys: Keys, *, follow_live: bool = False) -> None:
+    def __init__(self, redis: Any, keys: Keys, *, follow_live: bool = False, reader: Any = None) -> None:
         self.redis = redis
+        # Blocking reads of the log need a client without a socket timeout (see connections.py);
+        # everything else uses `redis`, whose timeout turns an outage into an error, not a hang.
+        self.reader = reader or redis
         self.keys = keys
         self.follow_live = follow_live
         self.scripts = Scripts(redis)
@@ -109,7 +112,7 @@ class Projection:
 
     async def read_log(self, after: str | None, count: int, block_ms: int | None) -> list[StoredEvent]:
         """Events after `after` in log order (XREAD, blocking up to block_ms when given)."""
-        reply = await self.redis.xread({self.keys.events: after or "0-0"}, count=count, block=block_ms)
+        reply = await self.reader.xread({self.keys.events: after or "0-0"}, count=count, block=block_ms)
         if not reply:
             return []
         entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]

@@ -54,7 +54,8 @@ def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, con
 def _projector(settings: Settings, conns: Connections) -> Any:
     from consumers.projector import Projector
 
-    return Projector(Projection(conns.blocking, Keys(prefix=settings.prefix), follow_live=True))
+    projection = Projection(conns.commands, Keys(prefix=settings.prefix), follow_live=True, reader=conns.blocking)
+    return Projector(projection)
 
 
 def _server(settings: Settings, catalog: Any, conns: Connections | None, host: str, port: int) -> Any:
@@ -125,15 +126,20 @@ async def _run_all(settings: Settings, host: str, port: int, workers: int) -> No
     server = _server(settings, catalog, conns, host, port)
     store = "embedded (in-process, not persisted)" if settings.redis_url is None else "redis"
     log.info("backstream.up", url=f"http://{host}:{port}", store=store, workers=workers)
-    background = [asyncio.create_task(projector.run()), asyncio.create_task(worker.run())]
+    working = asyncio.create_task(worker.run())
+    projecting = asyncio.create_task(projector.run())
     try:
         await server.serve()  # returns on SIGINT/SIGTERM (uvicorn handles them)
     finally:
-        projector.stop()
+        # The worker drains as a worker process does (grace period, then release), then the
+        # projector folds what that wrote.
         worker.stop()
-        for task in background:
+        await asyncio.wait([working], timeout=settings.shutdown_grace_s + 5)
+        projector.stop()
+        await asyncio.wait([projecting], timeout=5)
+        for task in (working, projecting):
             task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await asyncio.gather(working, projecting, return_exceptions=True)
         await conns.close()
 
 

@@ -92,7 +92,9 @@ class EventStore:
         body: bytes = b"",
     ) -> SubmitResult:
         event = Submitted(task_id=task_id, spec=spec, by=by)
-        keys = [*self._task_keys(task_id), self.keys.work, self.keys.idempotency(idempotency_key or "-")]
+        # An Idempotency-Key is its owner's: two people may use the same one without colliding.
+        scoped = f"{by or ''}:{idempotency_key}" if idempotency_key else "-"
+        keys = [*self._task_keys(task_id), self.keys.work, self.keys.idempotency(scoped)]
         reply = await self._run(
             self.scripts.submit,
             keys=keys,

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from orchestrator.events import StoredEvent
 from orchestrator.state import TaskState, evolve
 
-_STREAM_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+_STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 _MAX_SEQ = 18446744073709551615
 
 
@@ -19,7 +19,10 @@ def as_of_id(value: str) -> tuple[int, int]:
     Raises ValueError with a message fit for a user."""
     match = _STREAM_ID.fullmatch(value)
     if match:
-        return int(match[1]), int(match[2]) if match[2] is not None else _MAX_SEQ
+        ms, seq = int(match[1]), int(match[2]) if match[2] is not None else _MAX_SEQ
+        if ms > _MAX_SEQ or seq > _MAX_SEQ:
+            raise ValueError("a stream id's parts are at most 18446744073709551615")
+        return ms, seq
     try:
         moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

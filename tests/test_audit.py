@@ -177,6 +177,10 @@ async def test_retention_trims_only_what_is_archived_and_projected(real_backend:
             task = (await http.get(f"/api/backtests/tasks/{task_id}")).json()
             assert task["status"] == "completed"
             assert (await http.get(f"/api/backtests/tasks/{task_id}/result")).status_code == 200
+        # A compacted task is still a finished one: cancelling it is refused, not "unknown".
+        refused = await http.delete(f"/api/backtests/tasks/{ids[0]}")
+        assert refused.status_code == 400 and refused.json()["fields"][0]["message"] == "task is completed"
+        assert (await http.get(f"/api/backtests/tasks/{ids[0]}/events")).json()["archived"] is True
         assert (await http.get(f"/api/backtests/tasks/{unfinished}")).json()["status"] == "queued"
         await system.project()
         assert await verify(backend.redis, keys, archives=[tmp_path / "a.ndjson"]) == []

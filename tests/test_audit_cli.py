@@ -21,8 +21,9 @@ SHORT: dict[str, Any] = {"strategy": "sma_cross", "symbol": "GOOG", "params": {"
 
 def backstream(backend: Backend, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "REDIS_URL": backend.url or "", "BACKSTREAM_PREFIX": backend.keys.prefix}
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 async def test_audit_matches_the_api_and_replay_verify_finds_a_difference(
@@ -52,7 +53,7 @@ async def test_audit_matches_the_api_and_replay_verify_finds_a_difference(
     await backend.redis.hset(backend.keys.projected_task(ids[1]), "status", b'"failed"')
     broken = backstream(backend, "replay", "--verify")
     assert broken.returncode == 1
-    assert f"DIFF task:{ids[1]} status: live=\"failed\" replayed=\"completed\"" in broken.stdout
+    assert f'DIFF task:{ids[1]} status: live="failed" replayed="completed"' in broken.stdout
 
     # A rebuild replaces the damaged projection; verify is clean again.
     rebuilt = backstream(backend, "replay", "--rebuild")

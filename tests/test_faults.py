@@ -279,8 +279,11 @@ def test_redis_restart_under_load_loses_no_accepted_task(real_prefix: str, tmp_p
                 assert down.status_code == 503 and "Retry-After" in down.headers
             if i == 35:
                 server.start()
-                wait_until(lambda: httpx.get(f"{url}/healthz", timeout=15).status_code == 200, timeout=30,
-                           what="the API to see Redis again")
+                wait_until(
+                    lambda: httpx.get(f"{url}/healthz", timeout=15).status_code == 200,
+                    timeout=30,
+                    what="the API to see Redis again",
+                )
             try:
                 reply = httpx.post(f"{url}/api/backtests", json=SHORT, timeout=15)
             except httpx.HTTPError:
