@@ -23,6 +23,7 @@ from consumers.replay import live_keys, snapshot
 from orchestrator.keys import Keys
 from tests.processes import Cluster, RedisServer, wait_until
 from tests.test_faults import LONG, SHORT, Log, projector_caught_up, submit
+from tests.test_replay import decoded
 
 LOGS = Path(__file__).parent / "logs"
 MEDIUM = {**LONG, "params": {"fast": list(range(2, 32)), "slow": list(range(70, 120))}}
@@ -101,19 +102,7 @@ async def _write(url: str, prefix: str) -> None:
     keys = Keys(prefix=prefix)
     await export(client, keys, LOGS / "real.jsonl")
     live = await snapshot(client, await live_keys(client, keys))
-    tasks = {
-        k.split(":", 1)[1]: {f: json.loads(v) for f, v in fields.items()}
-        for k, fields in live.items()
-        if k.startswith("task:")
-    }
-    index = {
-        k.split(":", 1)[1]: [m.split("|", 1)[1] for m in sorted(fields, reverse=True)]
-        for k, fields in live.items()
-        if k.startswith("index:")
-    }
-    (LOGS / "real.expected.json").write_text(
-        json.dumps({"tasks": tasks, "index": index}, indent=1, sort_keys=True) + "\n"
-    )
+    (LOGS / "real.expected.json").write_text(json.dumps(decoded(live), indent=1, sort_keys=True) + "\n")
     await client.aclose()
 
 
