@@ -81,7 +81,7 @@ class TokenAuth:
             self._warned = _is_ip(str(scope["server"][0])) and bool(
                 warn_if_exposed(Settings(), str(scope["server"][0]))
             )
-        if scope["type"] not in ("http", "websocket") or not self.tokens or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or not self.tokens or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         presented, from_query = _presented(scope)

@@ -19,8 +19,8 @@ async def reclaim_expired(
 
     XAUTOCLAIM scans at most COUNT*10 pending entries per call, so an empty page with a non-zero
     cursor means "go on", not "done": this pages until the cursor wraps to 0-0. Pending ids whose
-    entries were deleted (their task ended) come back in the reply's third element; they are
-    acknowledged so they stop cluttering the pending list. Returns (message id, task id) pairs."""
+    entries were deleted come back in the reply's third element, already dropped from the
+    pending list by Redis. Returns (message id, task id) pairs."""
     taken: list[tuple[str, str]] = []
     cursor = "0-0"
     while len(taken) < count:
@@ -36,8 +36,8 @@ async def reclaim_expired(
         taken += [(text(mid), text(fields[b"task_id"])) for mid, fields in reply[1] if fields]
         deleted = reply[2] if len(reply) > 2 else []
         if deleted:
-            await redis.xack(keys.work, WORKER_GROUP, *deleted)
-            log.info("work.deleted_entries_acknowledged", count=len(deleted))
+            # XAUTOCLAIM (Redis 7) has already dropped them from the pending list.
+            log.info("work.deleted_entries_dropped", count=len(deleted))
         if cursor == "0-0":
             break
     return taken

@@ -62,6 +62,12 @@ async def apply_retention(redis: Any, keys: Keys, *, horizon_ms: int, dry_run: b
         return RetentionReport(None, limited_by, 0, 0, 0, memory_before, memory_before)
 
     finished = await _finished_before(redis, keys, keep_from)
+    # Leave out what an earlier run compacted already, so the count says what this run did.
+    async with redis.pipeline(transaction=False) as pipe:
+        for task_id in finished:
+            pipe.exists(keys.control(task_id))
+        present = await pipe.execute()
+    finished = [t for t, here in zip(finished, present, strict=True) if here]
     if dry_run:
         trimmed = len(await redis.xrange(keys.events, "-", f"({keep_from}"))
         return RetentionReport(keep_from, limited_by, trimmed, len(finished), 0, memory_before, memory_before)

@@ -27,6 +27,13 @@ BAR_WIDTH = 30
 class ClientError(Exception):
     """The API refused or could not be reached; the message says why."""
 
+    # True when trying again may help (unreachable, or a 5xx); a refusal (4xx) will not change.
+    transient = True
+
+
+class Refused(ClientError):
+    transient = False
+
 
 class Api:
     def __init__(self, url: str, token: str | None) -> None:
@@ -52,7 +59,7 @@ class Api:
         try:
             return urllib.request.urlopen(request, timeout=timeout)  # the user's URL
         except urllib.error.HTTPError as e:
-            raise ClientError(_problem(e)) from None
+            raise (ClientError if e.code >= 500 else Refused)(_problem(e)) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise ClientError(
@@ -74,9 +81,9 @@ class Api:
                 headers["Last-Event-ID"] = after
             try:
                 reply = self._request("GET", path, headers=headers, timeout=STREAM_TIMEOUT_S)
-            except ClientError:
+            except ClientError as e:
                 failures += 1
-                if failures > RECONNECTS:
+                if not e.transient or failures > RECONNECTS:
                     raise
                 pause.wait(min(2.0**failures / 4, 5.0))
                 continue

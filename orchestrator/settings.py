@@ -88,6 +88,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if env.get("BACKSTREAM_TOKENS_FILE"):
             with open(env["BACKSTREAM_TOKENS_FILE"], encoding="utf-8") as f:
                 tokens += parse_tokens(f.read())
+        if len({t.secret for t in tokens}) != len(tokens):
+            raise ValueError("BACKSTREAM_TOKENS and BACKSTREAM_TOKENS_FILE share a secret; give every owner their own")
         return cls(
             redis_url=env.get("REDIS_URL") or None,
             prefix=env.get("BACKSTREAM_PREFIX", defaults.prefix),
