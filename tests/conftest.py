@@ -7,7 +7,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import fakeredis
 import msgspec
@@ -20,6 +20,14 @@ from orchestrator.keys import Keys
 REQUIRE_REDIS = os.environ.get("BACKSTREAM_REQUIRE_REDIS") == "1"
 
 
+def service_missing(message: str) -> NoReturn:
+    """A service a test needs is missing: a failure under BACKSTREAM_REQUIRE_REDIS=1 (as in CI),
+    otherwise a skip that says why (a developer without it still runs the rest)."""
+    if REQUIRE_REDIS:
+        pytest.fail(message + "; BACKSTREAM_REQUIRE_REDIS=1 requires it")
+    pytest.skip(message + "; set BACKSTREAM_REQUIRE_REDIS=1 to make this a failure")
+
+
 def real_redis_url() -> str:
     """The real Redis the tests use. Without it: a failure under BACKSTREAM_REQUIRE_REDIS=1
     (as in CI), otherwise a skip that says why."""
@@ -28,9 +36,7 @@ def real_redis_url() -> str:
         redis.Redis.from_url(url, socket_connect_timeout=2).ping()
     except redis.exceptions.RedisError as e:
         message = f"real Redis at {url} is not answering ({e})"
-        if REQUIRE_REDIS:
-            pytest.fail(message + "; BACKSTREAM_REQUIRE_REDIS=1 requires it")
-        pytest.skip(message + "; set BACKSTREAM_REQUIRE_REDIS=1 to make this a failure")
+        service_missing(message)
     return url
 
 

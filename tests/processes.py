@@ -209,15 +209,23 @@ class InProcessServer:
             yield  # the test owns the signals
 
         self.server.capture_signals = no_signals  # type: ignore[method-assign]
+        started = asyncio.Event()
+        startup = self.server.startup
+
+        async def startup_then_signal(sockets: Any = None) -> None:
+            await startup(sockets=sockets)
+            started.set()
+
+        self.server.startup = startup_then_signal  # type: ignore[method-assign]
         self._task = asyncio.create_task(self.server.serve())
-
-        async def wait_started() -> None:
-            while not self.server.started:
-                if self._task.done():
-                    self._task.result()
-                await asyncio.sleep(0)  # yield to the server task; bounded by the timeout below
-
-        await asyncio.wait_for(wait_started(), timeout=20)
+        signalled = asyncio.ensure_future(started.wait())
+        # Whichever comes first: the server listening, or the server task failing to start.
+        await asyncio.wait([signalled, self._task], timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        if self._task.done():
+            self._task.result()
+        if not started.is_set():
+            raise TimeoutError("the in-process server did not start within 20 s")
         return self
 
     async def stop(self, timeout: float = 20) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REQUIRE_REDIS
+from tests.conftest import service_missing
 from tests.processes import Role, free_port, wait_until
 
 pytestmark = pytest.mark.slow
@@ -50,9 +50,7 @@ def _require_browser() -> Any:
         sync_playwright = None  # type: ignore[assignment]
     if sync_playwright is None or not shutil.which(CHROMIUM):
         message = f"the browser tests need playwright (pip) and Chromium at {CHROMIUM} (apt-get install chromium)"
-        if REQUIRE_REDIS:  # CI: a missing browser is a failure, not a skip
-            pytest.fail(message)
-        pytest.skip(message)
+        service_missing(message)
     return sync_playwright
 
 
