@@ -84,13 +84,14 @@ def main() -> int:
     parser.add_argument("--kind", default="noop", choices=["noop", "sma"])
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--backstream-root", type=Path, default=REPO)
     parser.add_argument("--out", type=Path, default=BENCH / "out")
     args = parser.parse_args()
     bs_python, peers_python = environments(args.backstream_root.resolve())
     workdir = Path(tempfile.mkdtemp(prefix="backstream-profile-"))
     redis = RedisServer(workdir)
-    env = Env(redis, workdir, bs_python, peers_python, args.backstream_root.resolve())
+    env = Env(redis, workdir, bs_python, peers_python, args.backstream_root.resolve(), concurrency=args.concurrency)
     block = Block(env, "backstream", 1, args.kind)
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / f"profile-{args.kind}.txt"
@@ -110,7 +111,7 @@ def main() -> int:
                 str(worker.pid),
                 "--duration",
                 str(args.seconds),
-                "--idle",
+                "--gil",
                 "--rate",
                 "250",
                 "--format",

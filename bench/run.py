@@ -331,6 +331,12 @@ def main() -> int:
     )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", default="1,2", help="worker process counts")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="tasks in flight per worker process, for every system that has the setting (not RQ)",
+    )
     parser.add_argument("--systems", default="all", help="comma list: backstream," + ",".join(PEERS))
     parser.add_argument("--scenarios", default="throughput,http,cancel,ceiling")
     parser.add_argument("--http-requests", type=int, default=4_000)
@@ -356,7 +362,7 @@ def main() -> int:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="backstream-bench-"))
     redis = RedisServer(workdir)
-    env = Env(redis, workdir, bs_python, peers_python, bs_root)
+    env = Env(redis, workdir, bs_python, peers_python, bs_root, concurrency=args.concurrency)
     meta = {
         "command": " ".join(["python3", "bench/run.py", *sys.argv[1:]]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -375,6 +381,7 @@ def main() -> int:
             "rq_fork_tasks": args.rq_fork_tasks,
             "reps": args.reps,
             "workers": args.workers,
+            "concurrency": args.concurrency,
             "cancels": args.cancels,
             "http_requests": args.http_requests,
         },

@@ -33,6 +33,7 @@ class Env:
     bs_python: str
     peers_python: str
     bs_root: Path = REPO  # the Backstream source tree to run (the checkout, or an exported commit)
+    concurrency: int = 1  # tasks in flight per worker process, for every system that has the setting
 
     def base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
@@ -42,6 +43,7 @@ class Env:
             BACKSTREAM_PREFIX=BS_PREFIX,
             BENCH_REDIS_URL=self.redis.url,
             BENCH_STAMP_DIR=str(self.workdir / "stamps"),
+            BENCH_CONCURRENCY=str(self.concurrency),
             PYTHONUNBUFFERED="1",
         )
         if self.bs_root != REPO:
@@ -102,10 +104,11 @@ class Block:
                     Proc([*cli, "api", "--port", str(port)], env=env, log=self.logdir / "api.log", cwd=self.env.bs_root)
                 )
             for i in range(self.workers):
+                concurrency = ["--concurrency", str(self.env.concurrency)]
                 argv = (
-                    [py, "-m", "bench.bs_noop_worker", "--name", f"w{i}"]
+                    [py, "-m", "bench.bs_noop_worker", "--name", f"w{i}", *concurrency]
                     if self.kind == "noop"
-                    else [*cli, "worker", "--concurrency", "1", "--name", f"w{i}"]
+                    else [*cli, "worker", *concurrency, "--name", f"w{i}"]
                 )
                 self.procs.append(Proc(argv, env=env, log=self.logdir / f"worker{i}.log", cwd=self.env.bs_root))
             logs = [self.logdir / f"worker{i}.log" for i in range(self.workers)]

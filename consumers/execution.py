@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import msgspec
 import structlog
 
+from consumers.first_chunks import FirstChunks
 from consumers.retry import TaskTimeout, backoff_ms, is_retryable
 from orchestrator.codec import encode_json
 from orchestrator.connections import REDIS_UNAVAILABLE, until_reachable
@@ -55,20 +56,13 @@ class Stop(Exception):
     """The attempt must stop here without writing anything more (cancelled, or claim lost)."""
 
 
-def _start_and_advance(start_run: StartRun, spec: BacktestSpec) -> Run:
-    """Set a run up and compute its first chunk in one thread hop: most backtests are done then."""
-    run = start_run(spec)
-    run.advance(CHUNK_SECONDS)
-    return run
-
-
 class Execution:
     """One attempt of one task on this worker."""
 
     def __init__(
         self,
         store: EventStore,
-        start_run: StartRun,
+        first_chunks: FirstChunks,
         settings: Settings,
         worker: str,
         job: Assignment,
@@ -78,7 +72,7 @@ class Execution:
         self.store = store
         # Called when the computing is over and only the outcome remains to be stored.
         self.on_computed = on_computed
-        self.start_run = start_run
+        self.first_chunks = first_chunks
         self.settings = settings
         self.worker = worker
         self.job = job
@@ -91,15 +85,19 @@ class Execution:
         started = time.monotonic()
         limit = min(self.settings.task_timeout_s, job.spec.timeout_s or self.settings.task_timeout_s)
         try:
-            run = await asyncio.to_thread(_start_and_advance, self.start_run, job.spec)
+            first = await self.first_chunks.compute(job.spec)
+            run = first.run
             await self._compute(run, started + limit, limit)
             if self.release_requested.is_set() and not run.done:
                 return await self._release()
-            outcome = run.outcome()
+            if first.outcome is not None:
+                outcome, result = first.outcome, first.result
+            else:
+                outcome = run.outcome()
+                result = encode_json(outcome.detail)
             event: Completed | Failed | RetryScheduled = Completed(
                 task_id=job.task_id, attempt=job.attempt, result=outcome.summary
             )
-            result = encode_json(outcome.detail)
         except Stop:
             return "stopped"
         except Exception as error:

@@ -10,7 +10,8 @@ from typing import Any
 
 import structlog
 
-from consumers.execution import Assignment, Execution, StartRun
+from consumers.execution import CHUNK_SECONDS, Assignment, Execution, StartRun
+from consumers.first_chunks import FirstChunks
 from consumers.reclaim import reclaim_expired
 from orchestrator.codec import text
 from orchestrator.connections import until_reachable
@@ -40,7 +41,7 @@ class Worker:
     ) -> None:
         self.store = store
         self.reader = reader  # a client without a socket timeout, for blocking reads
-        self.start_run = start_run
+        self.first_chunks = FirstChunks(start_run, CHUNK_SECONDS)
         self.settings = settings
         self.name = name
         self.concurrency = concurrency
@@ -165,7 +166,7 @@ class Worker:
         )
         current = asyncio.current_task()
         execution = Execution(
-            self.store, self.start_run, self.settings, self.name, job, on_computed=lambda: self._free_slot(current)
+            self.store, self.first_chunks, self.settings, self.name, job, on_computed=lambda: self._free_slot(current)
         )
         self._running[current] = execution  # type: ignore[index]
         if self._releasing:

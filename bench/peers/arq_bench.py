@@ -1,4 +1,5 @@
-"""arq: its default max_jobs (10) and a 10 ms poll delay instead of its default 0.5 s.
+"""arq: max_jobs of the run's concurrency but at least its default 10, and a 10 ms poll delay
+instead of its default 0.5 s.
 
 The job body is synchronous (like every peer's), so it blocks the worker's event loop and only one
 job computes at a time, as in the other systems. With max_jobs=1 arq starts one job per poll
@@ -13,7 +14,7 @@ from typing import Any
 from arq import create_pool
 from arq.connections import RedisSettings
 
-from bench.peers.common import REDIS_URL, do_job
+from bench.peers.common import CONCURRENCY, REDIS_URL, do_job
 
 
 async def job(ctx: dict[str, Any], kind: str, run: str, i: int) -> Any:
@@ -23,7 +24,7 @@ async def job(ctx: dict[str, Any], kind: str, run: str, i: int) -> Any:
 class WorkerSettings:
     functions = [job]
     redis_settings = RedisSettings.from_dsn(REDIS_URL)
-    max_jobs = 10
+    max_jobs = max(CONCURRENCY, 10)
     poll_delay = 0.01
     allow_abort_jobs = True
 

@@ -1,5 +1,6 @@
-"""Celery with the Redis broker and result backend: `--pool solo` (one process runs the tasks),
-without gossip and mingle (cluster chatter that only slows the start)."""
+"""Celery with the Redis broker and result backend: `--pool solo` (one process runs the tasks) at
+concurrency 1, a thread pool of the run's concurrency above that; without gossip and mingle
+(cluster chatter that only slows the start)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from celery import Celery
 
-from bench.peers.common import QUEUE, REDIS_URL, do_job
+from bench.peers.common import CONCURRENCY, QUEUE, REDIS_URL, do_job
 
 app = Celery("bench", broker=REDIS_URL, backend=REDIS_URL)
 app.conf.task_default_queue = QUEUE
@@ -21,7 +22,12 @@ def job(kind: str, run: str, i: int) -> Any:
 
 
 def worker_argv(python: str, index: int, variant: str) -> list[str]:
-    pool = ["--pool", "prefork", "--concurrency", "1"] if variant == "prefork" else ["--pool", "solo"]
+    if variant == "prefork":
+        pool = ["--pool", "prefork", "--concurrency", "1"]
+    elif CONCURRENCY > 1:
+        pool = ["--pool", "threads", "--concurrency", str(CONCURRENCY)]
+    else:
+        pool = ["--pool", "solo"]
     return [
         python,
         "-m",

@@ -12,6 +12,8 @@ from bench.work import long_work, noop, sma_work
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 QUEUE = "bench"
+# Tasks in flight per worker process, the same for every system that has such a setting.
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "1"))
 _fd: dict[int, int] = {}
 
 

@@ -1,4 +1,5 @@
-"""Dramatiq with the Redis broker: one process, one thread per worker (no result backend: its default)."""
+"""Dramatiq with the Redis broker: one process with as many threads as the
+run's concurrency (no result backend: its default)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from bench.peers.common import QUEUE, REDIS_URL, do_job
+from bench.peers.common import CONCURRENCY, QUEUE, REDIS_URL, do_job
 
 broker = RedisBroker(url=REDIS_URL)
 dramatiq.set_broker(broker)
@@ -28,7 +29,7 @@ def worker_argv(python: str, index: int, variant: str) -> list[str]:
         "--processes",
         "1",
         "--threads",
-        "1",
+        str(CONCURRENCY),
         "--queues",
         QUEUE,
     ]

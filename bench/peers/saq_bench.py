@@ -1,4 +1,4 @@
-"""SAQ: one worker process with concurrency 1; otherwise its defaults."""
+"""SAQ: one worker process with the run's concurrency; otherwise its defaults."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from saq import Queue
 
-from bench.peers.common import QUEUE, REDIS_URL, do_job
+from bench.peers.common import CONCURRENCY, QUEUE, REDIS_URL, do_job
 
 queue = Queue.from_url(REDIS_URL, name=QUEUE)
 
@@ -17,7 +17,7 @@ async def job(ctx: dict[str, Any], *, kind: str, run: str, i: int) -> Any:
     return do_job(kind, run, i)
 
 
-settings = {"queue": queue, "functions": [job], "concurrency": 1}
+settings = {"queue": queue, "functions": [job], "concurrency": CONCURRENCY}
 
 
 def worker_argv(python: str, index: int, variant: str) -> list[str]:

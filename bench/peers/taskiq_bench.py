@@ -1,5 +1,5 @@
-"""taskiq with taskiq-redis's Redis Streams broker: one worker process, one task at a time
-(`--max-async-tasks 1`); no result backend (its default)."""
+"""taskiq with taskiq-redis's Redis Streams broker: one worker process, `--max-async-tasks`
+set to the run's concurrency; no result backend (its default)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from taskiq_redis import RedisStreamBroker
 
-from bench.peers.common import QUEUE, REDIS_URL, do_job
+from bench.peers.common import CONCURRENCY, QUEUE, REDIS_URL, do_job
 
 broker = RedisStreamBroker(url=REDIS_URL, queue_name=QUEUE)
 
@@ -29,7 +29,7 @@ def worker_argv(python: str, index: int, variant: str) -> list[str]:
         "--workers",
         "1",
         "--max-async-tasks",
-        "1",
+        str(CONCURRENCY),
         "--no-configure-logging",
     ]
 
