@@ -346,7 +346,11 @@ async def task_page(request: Request) -> Response:
     result = ""
     if state.status == "completed":
         stored = await ctx.store.result(task_id)
-        result = _result_sections(decode_json(stored)) if stored else ""
+        if stored:
+            detail = decode_json(stored)
+            # The summary has the headline metrics; the stored result has all of them.
+            metrics = (detail.get("best") or detail).get("metrics") or metrics
+            result = _result_sections(detail)
     body = f"""
 <section class="task-head"><h1>{e(state.spec.strategy)} on {e(state.spec.symbol)}
 <span class="badge {e(state.status)}" id="status">{e(state.status)}</span></h1>

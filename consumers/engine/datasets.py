@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import gzip
 import io
 import threading
@@ -71,13 +72,18 @@ class Bars:
     def end(self) -> dt.date:
         return self.dates[-1].astype(dt.date)  # type: ignore[no-any-return]
 
+    @functools.cached_property
+    def day_strings(self) -> npt.NDArray[np.str_]:
+        """The dates as ISO strings: every result lists them, so a dataset makes them once."""
+        return np.datetime_as_string(self.dates, unit="D")
+
     def between(self, start: dt.date | None, end: dt.date | None) -> Bars:
         """The bars dated within [start, end], both inclusive; None leaves that side open."""
         lo = 0 if start is None else int(np.searchsorted(self.dates, np.datetime64(start, "D"), "left"))
         hi = len(self) if end is None else int(np.searchsorted(self.dates, np.datetime64(end, "D"), "right"))
         if lo == 0 and hi == len(self):
             return self
-        return Bars(
+        part = Bars(
             self.symbol,
             self.source,
             self.dates[lo:hi],
@@ -87,6 +93,8 @@ class Bars:
             self.close[lo:hi],
             self.volume[lo:hi],
         )
+        vars(part)["day_strings"] = self.day_strings[lo:hi]  # seeds the cached property: made once
+        return part
 
 
 def _parse_rows(rows: list[tuple[int, list[str]]], index: dict[str, int], name: str) -> dict[str, object]:

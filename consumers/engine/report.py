@@ -12,6 +12,14 @@ from consumers.engine.datasets import Bars
 from consumers.engine.kernel import Simulation
 from consumers.engine.sweep import SweepRow
 
+# The metrics a task's summary carries (in its `completed` event and its projection): what a list
+# of results is read by. Every metric is in the full result; the log keeps each task small.
+HEADLINE_METRICS = ("return_pct", "sharpe", "max_drawdown_pct", "win_rate_pct", "num_trades", "equity_final")
+
+
+def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: metrics[name] for name in HEADLINE_METRICS}
+
 
 def json_safe(value: Any) -> Any:
     """Plain JSON types only: NaN and ±inf become None (JSON has no NaN), numpy scalars unwrap."""
@@ -38,6 +46,7 @@ def _floats(arr: np.ndarray) -> list[float | None]:
 def trades_table(bars: Bars, sim: Simulation) -> dict[str, list[Any]]:
     """Closed trades as columns (one list per field, same order): compact and fast to build."""
     days = bars.dates.astype("datetime64[D]")
+    day_strings = bars.day_strings
     t = sim.trades
     size = np.array([x.size for x in t], dtype=np.int64)
     entry_bar = np.array([x.entry_bar for x in t], dtype=np.int64)
@@ -53,8 +62,8 @@ def trades_table(bars: Bars, sim: Simulation) -> dict[str, list[Any]]:
         "size": size.tolist(),
         "entry_bar": entry_bar.tolist(),
         "exit_bar": exit_bar.tolist(),
-        "entry_time": np.datetime_as_string(days[entry_bar], unit="D").tolist(),
-        "exit_time": np.datetime_as_string(days[exit_bar], unit="D").tolist(),
+        "entry_time": day_strings[entry_bar].tolist(),
+        "exit_time": day_strings[exit_bar].tolist(),
         "entry_price": _floats(entry),
         "exit_price": _floats(exit_),
         "pnl": _floats(pnl),
@@ -78,7 +87,7 @@ def backtest_detail(
         "params": json_safe(dict(params)),
         "metrics": json_safe(dict(metrics)),
         "equity_curve": {
-            "time": np.datetime_as_string(bars.dates, unit="D").tolist(),
+            "time": bars.day_strings.tolist(),
             "equity": _floats(sim.equity),
             "drawdown_pct": _floats(drawdown + 0.0),
             "position": sim.position.tolist(),

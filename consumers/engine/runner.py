@@ -16,7 +16,7 @@ from consumers.engine.errors import CheckpointError, EngineError, SpecError
 from consumers.engine.indicators import IndicatorCache
 from consumers.engine.kernel import Costs, KernelState, Simulation
 from consumers.engine.metrics import compute_metrics
-from consumers.engine.report import backtest_detail, json_safe, sweep_detail
+from consumers.engine.report import backtest_detail, headline, json_safe, sweep_detail
 from consumers.engine.strategies import STRATEGIES, Signals, StrategyDef
 from consumers.engine.sweep import SweepRow
 from consumers.engine.validation import check_spec
@@ -217,7 +217,7 @@ class BacktestRun:
     def _single_outcome(self, job: Job) -> Outcome:
         assert job.sim is not None and job.metrics is not None
         detail = backtest_detail(self.market.bars, job.sim, job.metrics, self.spec.strategy, job.params)
-        return Outcome({"metrics": detail["metrics"]}, detail)
+        return Outcome({"metrics": headline(detail["metrics"])}, detail)
 
     def _sweep_outcome(self, best: Job) -> Outcome:
         assert best.sim is not None and best.metrics is not None
@@ -225,7 +225,7 @@ class BacktestRun:
         table = sweep.ranked(self.rows)
         detail = sweep_detail(table, self.spec.objective, sweep.grid_size(self.spec.params), best_detail)
         summary = {
-            "metrics": best_detail["metrics"],
+            "metrics": headline(best_detail["metrics"]),
             "best_params": json_safe(dict(best.params)),
             "objective": self.spec.objective,
             "combinations": len(self.rows),

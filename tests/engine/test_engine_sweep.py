@@ -82,7 +82,8 @@ def test_sweep_matches_optimize(catalog: Catalog, spec: BacktestSpec, constraint
     assert detail["table"][0]["params"] == best
     values = [r["objective"] for r in detail["table"] if r["objective"] is not None]
     assert values == sorted(values, reverse=True)
-    assert bt_oracle.metric_mismatches(summary["metrics"], stats) == {}
+    assert bt_oracle.metric_mismatches(detail["best"]["metrics"], stats) == {}
+    assert summary["metrics"].items() <= detail["best"]["metrics"].items()
     assert detail["best"]["params"] == best
 
 
