@@ -6,7 +6,7 @@ import asyncio
 import functools
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -17,9 +17,18 @@ from orchestrator.codec import text
 from orchestrator.connections import until_reachable
 from orchestrator.keys import WORKER_GROUP
 from orchestrator.settings import Settings
-from orchestrator.store import EventStore
+from orchestrator.store import Claim, EventStore
 
 log = structlog.get_logger("backstream.worker")
+
+class Item(NamedTuple):
+    """A work item to run: read (then claimed by its own task) or already claimed by `take`."""
+
+    message_id: str
+    task_id: str
+    reclaim: bool = False
+    claim: Claim | None = None
+
 
 # An idle read blocks this long before the loop looks at stop requests, reclaims and retries.
 READ_BLOCK_MS = 500
@@ -77,12 +86,12 @@ class Worker:
                 if not self._running:
                     break
                 await asyncio.wait(list(self._running), return_when=asyncio.FIRST_COMPLETED)
-            for message_id, task_id, reclaim in items:
-                self._start(message_id, task_id, reclaim)
+            for item in items:
+                self._start(item)
         await self._drain()
         log.info("worker.stopped", worker=self.name, outcomes=self.outcomes)
 
-    async def _next_items(self, free: int, burst: bool) -> list[tuple[str, str, bool]]:
+    async def _next_items(self, free: int, burst: bool) -> list[Item]:
         now = time.monotonic()
         if now >= self._next_sweep:
             # Reclaims and due retries are looked for a few times per lease, not on every read.
@@ -93,7 +102,11 @@ class Worker:
             )
             if reclaimed:
                 log.info("worker.reclaimed", count=len(reclaimed))
-                return [(m, t, True) for m, t in reclaimed]
+                return [Item(m, t, reclaim=True) for m, t in reclaimed]
+        # With work waiting, read and claim in one round trip; only an idle worker blocks.
+        taken = await self.store.take(worker=self.name, count=free)
+        if taken:
+            return [Item(t.message_id, t.task_id, claim=t.claim) for t in taken]
         reply = await self.reader.xreadgroup(
             WORKER_GROUP,
             self.name,
@@ -101,11 +114,11 @@ class Worker:
             count=free,
             block=None if burst else READ_BLOCK_MS,
         )
-        return [(text(m), text(f[b"task_id"]), False) for _, entries in reply or [] for m, f in entries]
+        return [Item(text(m), text(f[b"task_id"])) for _, entries in reply or [] for m, f in entries]
 
-    async def _own_pending(self) -> list[tuple[str, str, bool]]:
+    async def _own_pending(self) -> list[Item]:
         reply = await self.reader.xreadgroup(WORKER_GROUP, self.name, {self.store.keys.work: "0"}, count=10_000)
-        return [(text(m), text(f[b"task_id"]), True) for _, entries in reply or [] for m, f in entries if f]
+        return [Item(text(m), text(f[b"task_id"]), reclaim=True) for _, entries in reply or [] for m, f in entries if f]
 
     async def _wait_for_a_slot(self) -> None:
         self._slot_freed.clear()
@@ -115,8 +128,8 @@ class Worker:
         stopping.cancel()
         freed.cancel()
 
-    def _start(self, message_id: str, task_id: str, reclaim: bool) -> None:
-        task = asyncio.create_task(self._handle(message_id, task_id, reclaim))
+    def _start(self, item: Item) -> None:
+        task = asyncio.create_task(self._handle(item))
         self._running[task] = None  # type: ignore[assignment]  # filled in once claimed
         self._computing.add(task)
         task.add_done_callback(self._finished)
@@ -139,20 +152,10 @@ class Worker:
             return
         self.outcomes[task.result()] = self.outcomes.get(task.result(), 0) + 1
 
-    async def _handle(self, message_id: str, task_id: str, reclaim: bool) -> str:
+    async def _handle(self, item: Item) -> str:
+        message_id, task_id = item.message_id, item.task_id
         structlog.contextvars.bind_contextvars(task_id=task_id, worker=self.name)
-        token = uuid.uuid4().hex  # one token for every re-send: the claim is made once
-        claim = await until_reachable(
-            lambda: self.store.claim(
-                task_id,
-                worker=self.name,
-                token=token,
-                message_id=message_id,
-                reclaim=reclaim,
-                max_attempts=self.settings.max_attempts,
-            ),
-            doing="claiming a task",
-        )
+        claim = item.claim or await self._claim(item)
         if claim.outcome != "ok" or claim.spec is None:
             log.info("task.not_claimed", outcome=claim.outcome)
             if claim.outcome in ("terminal", "missing", "stale"):
@@ -160,7 +163,7 @@ class Worker:
                 await self.store.redis.xdel(self.store.keys.work, message_id)
             return "skipped"
         structlog.contextvars.bind_contextvars(attempt=claim.attempt)
-        log.debug("task.claimed", reclaim=reclaim)
+        log.debug("task.claimed", reclaim=item.reclaim)
         job = Assignment(
             task_id=task_id, attempt=claim.attempt, message_id=message_id, spec=claim.spec, budget=claim.budget
         )
@@ -172,6 +175,20 @@ class Worker:
         if self._releasing:
             execution.release_requested.set()
         return await execution.run()
+
+    async def _claim(self, item: Item) -> Claim:
+        token = uuid.uuid4().hex  # one token for every re-send: the claim is made once
+        return await until_reachable(
+            lambda: self.store.claim(
+                item.task_id,
+                worker=self.name,
+                token=token,
+                message_id=item.message_id,
+                reclaim=item.reclaim,
+                max_attempts=self.settings.max_attempts,
+            ),
+            doing="claiming a task",
+        )
 
     async def _drain(self) -> None:
         """Let running tasks finish within the grace period, then release the rest to the queue."""

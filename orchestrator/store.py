@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from typing import Any
 
 import msgspec
@@ -41,6 +42,15 @@ class Claim(msgspec.Struct, frozen=True):
     spec: BacktestSpec | None = None
     # Where the current run of retries began (the attempt count at the last requeue).
     budget: int = 0
+
+
+class Taken(msgspec.Struct, frozen=True):
+    """A work item read by `take`, with what became of its claim."""
+
+    message_id: str
+    task_id: str
+    # outcome 'ok' (claimed), 'busy' (running elsewhere, left pending) or 'skipped' (retired)
+    claim: Claim
 
 
 class Fenced(msgspec.Struct, frozen=True):
@@ -188,6 +198,39 @@ class EventStore:
             return Claim(outcome=outcome)
         spec = msgspec.json.decode(reply[2], type=BacktestSpec)
         return Claim(outcome=outcome, attempt=int(reply[1]), spec=spec, budget=int(reply[3] or 0))
+
+    async def take(self, *, worker: str, count: int) -> list[Taken]:
+        """Read up to `count` new work items and claim them, in one round trip; [] if none are
+        waiting. Never blocks: an idle worker waits on a blocking read, then claims one by one."""
+        data = event_data(Started(task_id="", worker=worker))
+        reply = await self._run(
+            self.scripts.take,
+            keys=[self.keys.work, self.keys.events],
+            args=[
+                WORKER_GROUP,
+                worker,
+                count,
+                self.keys.prefix,
+                data,
+                Started.SCHEMA_VERSION,
+                f"{uuid.uuid4().hex}:",
+            ],
+        )
+        taken = []
+        for item in reply:
+            message_id, task_id, outcome = text(item[0]), text(item[1]), text(item[2])
+            claim = (
+                Claim(
+                    outcome=outcome,
+                    attempt=int(item[3]),
+                    spec=msgspec.json.decode(item[4], type=BacktestSpec),
+                    budget=int(item[5]),
+                )
+                if outcome == "ok"
+                else Claim(outcome=outcome)
+            )
+            taken.append(Taken(message_id=message_id, task_id=task_id, claim=claim))
+        return taken
 
     async def heartbeat(
         self, task_id: str, attempt: int, *, worker: str, message_id: str, progress: float | None

@@ -111,6 +111,31 @@ async def test_claim_heartbeat_finish_and_fencing(store: EventStore, backend: Ba
     assert await backend.redis.xlen(backend.keys.work) == 0
 
 
+async def test_take_reads_and_claims_in_one_call(store: EventStore, backend: Backend) -> None:
+    first, second, orphan = new_id(), new_id(), new_id()
+    await store.submit(first, SPEC)
+    # A work item whose task is gone (say, removed by retention) is retired, not started.
+    await backend.redis.xadd(backend.keys.work, {"task_id": orphan})
+    await store.submit(second, SPEC)
+
+    taken = await store.take(worker="w1", count=10)
+    assert [(t.task_id, t.claim.outcome) for t in taken] == [(first, "ok"), (orphan, "skipped"), (second, "ok")]
+    claimed = [t for t in taken if t.claim.outcome == "ok"]
+    assert all(t.claim.attempt == 1 and t.claim.spec == SPEC for t in claimed)
+    started = (await store.task_events(first))[-1].event
+    assert started == Started(task_id=first, seq=2, attempt=1, worker="w1")
+    assert (await control(backend, second))["status"] == "running"
+    pending = await backend.redis.xpending_range(backend.keys.work, WORKER_GROUP, "-", "+", 10)
+    assert sorted(p["message_id"].decode() for p in pending) == sorted(t.message_id for t in claimed)
+    assert await backend.redis.xlen(backend.keys.work) == 2
+    assert await store.take(worker="w1", count=10) == []
+
+    # A task claimed this way is fenced and finished like any other.
+    assert await store.finish(Completed(task_id=first, attempt=2, result={}), message_id=claimed[0].message_id)
+    assert await store.finish(Completed(task_id=first, attempt=1, result={}), message_id=claimed[0].message_id) is None
+    assert await types(store, first) == ["Submitted", "Started", "Completed"]
+
+
 async def test_cancel_rules(store: EventStore, backend: Backend) -> None:
     queued, running, done, failed = new_id(), new_id(), new_id(), new_id()
     for task_id in (queued, running, done, failed):

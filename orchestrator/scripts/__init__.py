@@ -19,6 +19,7 @@ class Scripts:
         lib = _source("lib")
         self.submit: AsyncScript = redis.register_script(lib + _source("submit"))
         self.claim: AsyncScript = redis.register_script(lib + _source("claim"))
+        self.take: AsyncScript = redis.register_script(lib + _source("take"))
         self.heartbeat: AsyncScript = redis.register_script(lib + _source("heartbeat"))
         self.finish: AsyncScript = redis.register_script(lib + _source("finish"))
         self.cancel: AsyncScript = redis.register_script(lib + _source("cancel"))

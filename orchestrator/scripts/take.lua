@@ -1,0 +1,34 @@
+-- A worker reads up to COUNT new work items and claims every one it can start: the read and
+-- the claims in one round trip. Each item is judged as claim.lua judges a fresh (not reclaimed)
+-- one: a task that is gone, finished or no longer behind this item is retired; a running one
+-- is left alone.
+-- Each task's control hash and log list are named from the prefix (they are not known before
+-- the read); they carry the same hash tag as the work stream, so they live in its slot.
+-- KEYS: work, events
+-- ARGV: group, worker, count, key prefix, started-event data, started schema version,
+--       claim token prefix
+-- Returns one entry per item read: {msg, task_id, 'ok', attempt, spec, budget} or
+-- {msg, task_id, 'skipped'|'busy', status}.
+local work, events = KEYS[1], KEYS[2]
+local group, worker, prefix = ARGV[1], ARGV[2], ARGV[4]
+local read = redis.call('XREADGROUP', 'GROUP', group, worker, 'COUNT', ARGV[3], 'STREAMS', work, '>')
+local out = {}
+if not read then return out end
+for _, entry in ipairs(read[1][2]) do
+  local msg, task_id = entry[1], entry[2][2]
+  local ctl = prefix .. ':task:' .. task_id
+  local status, current_msg = unpack(redis.call('HMGET', ctl, 'status', 'msg'))
+  if not status or is_terminal(status) or current_msg ~= msg then
+    retire(work, group, msg)
+    out[#out + 1] = {msg, task_id, 'skipped', status or 'missing'}
+  elseif status == 'running' then
+    out[#out + 1] = {msg, task_id, 'busy', status}
+  else
+    local attempt = redis.call('HINCRBY', ctl, 'attempt', 1)
+    redis.call('HSET', ctl, 'status', 'running', 'owner', worker, 'token', ARGV[7] .. msg)
+    append(ctl, ctl .. ':log', events, task_id, 'started', ARGV[6], attempt, ARGV[5])
+    local spec, budget = unpack(redis.call('HMGET', ctl, 'spec', 'budget'))
+    out[#out + 1] = {msg, task_id, 'ok', tostring(attempt), spec, budget or '0'}
+  end
+end
+return out
