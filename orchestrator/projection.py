@@ -9,7 +9,7 @@ from orchestrator.codec import decode_entry, text
 from orchestrator.events import StoredEvent
 from orchestrator.keys import DEFAULT_PROJECTION, Keys
 from orchestrator.scripts import Scripts
-from orchestrator.state import TaskState, evolve, from_hash, index_member, to_hash
+from orchestrator.state import TaskState, changed_fields, evolve, from_hash, index_member, to_hash
 
 # How long a reader trusts its knowledge of which projection is live. A rebuild keeps the old
 # projection intact for longer than this after switching, so a reader a moment behind still
@@ -81,23 +81,23 @@ class Projection:
             if old == state:
                 continue
             key = self.keys.projected_task(task_id)
-            fields = to_hash(state)
-            if old is not None:
-                old_fields = to_hash(old)
-                gone = sorted(old_fields.keys() - fields.keys())
-                if gone:
-                    ops.append(b"HDEL\x01%s\x01%s" % (slot(key), "\0".join(gone).encode()))
-                fields = {k: v for k, v in fields.items() if old_fields.get(k) != v}
+            if old is None:
+                fields, gone = to_hash(state), list[str]()
+            else:
+                fields, gone = changed_fields(old, state)
+            if gone:
+                ops.append(b"HDEL\x01%s\x01%s" % (slot(key), "\0".join(sorted(gone)).encode()))
             if fields:
                 payload = b"\0".join(x for name, value in fields.items() for x in (name.encode(), value))
                 ops.append(b"HSET\x01%s\x01%s" % (slot(key), payload))
+            if old is not None and old.status == state.status:
+                continue
             member = index_member(state).encode()
             if old is None:
                 index_ops.setdefault((b"ZADD", self.keys.projected_index()), []).append(member)
-            elif old.status != state.status:
+            else:
                 index_ops.setdefault((b"ZREM", self.keys.projected_index(old.status)), []).append(member)
-            if old is None or old.status != state.status:
-                index_ops.setdefault((b"ZADD", self.keys.projected_index(state.status)), []).append(member)
+            index_ops.setdefault((b"ZADD", self.keys.projected_index(state.status)), []).append(member)
         for (name, key), members in index_ops.items():
             ops.append(b"%s\x01%s\x01%s" % (name, slot(key), b"\0".join(members)))
         args: list[str | bytes] = [

@@ -132,6 +132,21 @@ def to_hash(state: TaskState) -> dict[str, bytes]:
     return {name: encode_json(value) for name, value in msgspec.structs.asdict(state).items() if value is not None}
 
 
+def changed_fields(old: TaskState, new: TaskState) -> tuple[dict[str, bytes], list[str]]:
+    """What to write to turn `old`'s hash into `new`'s: the changed fields encoded as in
+    `to_hash`, and the names of the fields that became empty. Only the changes are encoded."""
+    fields: dict[str, bytes] = {}
+    gone: list[str] = []
+    for name in TaskState.__struct_fields__:
+        value = getattr(new, name)
+        if value != getattr(old, name):
+            if value is None:
+                gone.append(name)
+            else:
+                fields[name] = encode_json(value)
+    return fields, gone
+
+
 def from_hash(fields: dict[Any, Any]) -> TaskState:
     data = {(k.decode() if isinstance(k, bytes) else k): decode_json(v) for k, v in fields.items()}
     return msgspec.convert(data, TaskState)
