@@ -1,9 +1,12 @@
 """Profile one Backstream worker under the throughput load with py-spy (from bench/.venv/backstream).
 
-    python3 bench/profile.py [--kind noop|sma] [--tasks 10000] [--seconds 8] [--backstream-root DIR]
+    python3 bench/profile.py [--kind noop|sma] [--tasks 10000] [--seconds 8] [--concurrency 8]
+                             [--backstream-root DIR]
 
-Writes bench/out/profile-<kind>.txt (py-spy's collapsed stacks, idle time included so that waiting
-on Redis shows) and prints the share of samples per leaf area and per worker-level call.
+Writes bench/out/profile-<kind>.txt (py-spy's collapsed stacks, sampled only while a thread holds
+the GIL, so the samples are where the worker's CPU goes, the engine's compute thread included) and
+prints the share of samples per leaf area and per worker-level call. How long the worker waits is
+what the samples do not cover (samples / (seconds x rate)).
 """
 
 from __future__ import annotations

@@ -1,0 +1,94 @@
+"""Where a system's CPU goes under the throughput load: CPU time per task of each of its processes.
+
+    python3 bench/cpu_share.py [--system backstream|taskiq|...] [--kind noop|sma] [--tasks 10000]
+                               [--concurrency 8]
+
+One worker process on a private redis-server, warmed up, then one timed run of `--tasks` tasks.
+Prints the run's rate and, per process (worker, projector, redis-server, and the driver that
+submits and waits), CPU seconds and microseconds per task. On a 2-core machine the sum says how
+close the whole system is to the machine's limit; CPU per task is steadier than a rate on a
+noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.procs import REPO, RedisServer  # noqa: E402
+from bench.run import environments  # noqa: E402
+from bench.systems import PEERS, Block, Env, _descendants  # noqa: E402
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _name(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return "?"
+    words = [a for a in argv[1:] if a and not a.startswith("-")]
+    return " ".join(words[:3])[:60]
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--system", default="backstream", choices=["backstream", *PEERS])
+    parser.add_argument("--kind", default="noop", choices=["noop", "sma"])
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    bs_python, peers_python = environments(REPO)
+    workdir = Path(tempfile.mkdtemp(prefix="backstream-cpu-"))
+    redis = RedisServer(workdir)
+    env = Env(redis, workdir, bs_python, peers_python, concurrency=args.concurrency)
+    block = Block(env, args.system, 1, args.kind)
+    try:
+        block.start()
+        # Every process of the system, with the ones its processes started (taskiq's, Celery's).
+        watched = {pid: _name(pid) for pid in _descendants([p.pid for p in block.procs])}
+        watched[redis.proc.pid] = "redis-server"
+        before = {pid: _cpu_seconds(pid) for pid in watched}
+        driver_before = _children_cpu()  # the driver is the only child that exits during the run
+        result: dict[str, Any] = {}
+        load = threading.Thread(target=lambda: result.update(block.run(args.tasks)))
+        started = time.monotonic()
+        load.start()
+        load.join()
+        wall = time.monotonic() - started
+        used = {f"{name} (pid {pid})": _cpu_seconds(pid) - before[pid] for pid, name in watched.items()}
+        used["driver (submits, follows; includes its start-up)"] = _children_cpu() - driver_before
+    finally:
+        block.stop()
+        redis.stop()
+    rate = result.get("tasks_per_s") or 0
+    print(f"{args.system} {args.kind}: {rate:,.0f} tasks/s, {args.tasks:,} tasks in {wall:.1f} s")
+    for name, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
+        print(f"  {seconds:6.2f} s CPU  {1e6 * seconds / args.tasks:6.0f} us/task  {name}")
+    total = sum(used.values())
+    print(f"  {total:6.2f} s CPU  {1e6 * total / args.tasks:6.0f} us/task  all ({total / wall:.2f} cores busy)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
