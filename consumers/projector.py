@@ -20,6 +20,12 @@ log = structlog.get_logger("backstream.projector")
 # is accepted at the position it expected; it is dropped when another projector moved it.
 _CACHE_LIMIT = 200_000
 
+# When the last read found less than a full batch, a following projector waits this long between
+# reads: under load it then folds bigger batches (each read, fold and store has a fixed cost that
+# small batches pay per event). The API does not wait for it: a task's read folds in the events
+# not projected yet (read-your-writes), so only lists and indexes lag, by at most this much.
+FOLLOW_INTERVAL_S = 0.02
+
 # Reads events after a position: (after, count, block_ms) -> events in log order.
 Source = Callable[[str | None, int, int | None], Awaitable[list[StoredEvent]]]
 
@@ -111,11 +117,17 @@ class Projector:
         position = None
         inflight: asyncio.Task[bool] | None = None
         fresh = True
+        loop = asyncio.get_running_loop()
+        next_read = 0.0
         while not self._stopping.is_set():
             try:
                 if fresh:
                     position, fresh = await self.projection.position(), False
+                if not burst and loop.time() < next_read:
+                    await asyncio.sleep(next_read - loop.time())
                 batch = await self._fold(position, block=not burst and inflight is None)
+                full = batch is not None and len(batch.events) >= self.batch_size
+                next_read = 0.0 if full else loop.time() + FOLLOW_INTERVAL_S
                 if inflight is not None:
                     accepted = await inflight
                     inflight = None
