@@ -21,6 +21,7 @@ from orchestrator.store import Claim, EventStore
 
 log = structlog.get_logger("backstream.worker")
 
+
 class Item(NamedTuple):
     """A work item to run: read (then claimed by its own task) or already claimed by `take`."""
 

@@ -54,8 +54,13 @@ OBJECTIVES = tuple(m for m in METRIC_NAMES if m not in ("start", "end"))
 _NAN = float("nan")
 
 
+def _finite(x: FloatArray) -> FloatArray:
+    """`np.nan_to_num(x, nan=0.0)`, without its cost when there is nothing to replace."""
+    return x if np.isfinite(x).all() else np.nan_to_num(x, nan=0.0)
+
+
 def _geometric_mean(returns: FloatArray) -> float:
-    r = np.nan_to_num(returns, nan=0.0) + 1
+    r = _finite(returns) + 1
     if np.any(r <= 0):
         return 0.0
     return float(np.exp(np.log(r).sum() / (len(r) or _NAN)) - 1)
@@ -76,7 +81,12 @@ def _var(x: FloatArray, ddof: int = 1) -> float:
 def _period_days(days: npt.NDArray[np.int64]) -> float:
     """Median spacing of the last 100 bars, in days (backtesting.py's `_data_period`)."""
     tail = days[-100:]
-    return float(np.median(np.diff(tail))) if tail.shape[0] > 1 else _NAN
+    if tail.shape[0] < 2:
+        return _NAN
+    spacing = np.sort(np.diff(tail))
+    middle = spacing.shape[0] // 2
+    # The median, as np.median takes it (the mean of the middle two of an even count).
+    return float(spacing[middle] if spacing.shape[0] % 2 else (spacing[middle - 1] + spacing[middle]) / 2)
 
 
 def _ceil_days(value: float, period: float) -> float | None:
@@ -103,7 +113,9 @@ def _resample_last(days: npt.NDArray[np.int64], equity: FloatArray, freq: str) -
 def _drawdown_periods(dd: FloatArray, days: npt.NDArray[np.int64]) -> tuple[FloatArray, FloatArray] | None:
     """Duration (days) and depth of each drawdown, ending at recovery or at the last bar."""
     n = dd.shape[0]
-    iloc = np.unique(np.append(np.flatnonzero(dd == 0), n - 1))
+    iloc = np.flatnonzero(dd == 0)  # sorted and unique already
+    if not iloc.size or iloc[-1] != n - 1:
+        iloc = np.append(iloc, n - 1)
     prev, cur = iloc[:-1], iloc[1:]
     keep = cur > prev + 1
     prev, cur = prev[keep], cur[keep]
@@ -147,9 +159,7 @@ def compute_metrics(
         duration = int(days[-1] - days[0])
         m["duration_days"] = duration
 
-        held = np.zeros(n + 1, dtype=np.int64)
-        np.add.at(held, entry_bar, 1)
-        np.add.at(held, exit_bar + 1, -1)
+        held = np.bincount(entry_bar, minlength=n + 1) - np.bincount(exit_bar + 1, minlength=n + 1)
         m["exposure_pct"] = float((np.cumsum(held[:n]) > 0).mean() * 100)
         m["equity_final"] = float(equity[-1])
         m["equity_peak"] = float(equity.max())
@@ -179,14 +189,16 @@ def compute_metrics(
         m["sharpe"] = m["return_ann_pct"] / (m["volatility_ann_pct"] or _NAN)  # type: ignore[operator]
         downside = math.sqrt(_mean(np.clip(day_returns, -np.inf, 0) ** 2)) * math.sqrt(annual)
         m["sortino"] = float(ann / np.float64(downside))
-        max_dd = -float(np.nan_to_num(dd.max()))
+        max_dd = -float(_finite(np.array([dd.max()]))[0])
         m["calmar"] = float(ann / (-max_dd or _NAN))
         eq_log = np.log(equity[1:] / equity[:-1])
         mk_log = np.log(close[1:] / close[:-1])
         beta = _NAN
         if eq_log.shape[0] > 1:
-            cov = np.cov(eq_log, mk_log)
-            beta = float(cov[0, 1] / cov[1, 1])
+            # cov(eq, mk) / var(mk), as np.cov's matrix gives them (its 1/(n-1) cancels out).
+            eq_dev = eq_log - eq_log.mean()
+            mk_dev = mk_log - mk_log.mean()
+            beta = float(np.dot(eq_dev, mk_dev) / np.dot(mk_dev, mk_dev))
         m["alpha_pct"] = m["return_pct"] - beta * m["buy_hold_return_pct"]  # type: ignore[operator]
         m["beta"] = beta
         m["max_drawdown_pct"] = max_dd * 100

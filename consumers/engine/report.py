@@ -74,7 +74,13 @@ def trades_table(bars: Bars, sim: Simulation) -> dict[str, list[Any]]:
 
 
 def backtest_detail(
-    bars: Bars, sim: Simulation, metrics: Mapping[str, Any], strategy: str, params: Mapping[str, Any]
+    bars: Bars,
+    sim: Simulation,
+    metrics: Mapping[str, Any],
+    strategy: str,
+    params: Mapping[str, Any],
+    *,
+    trades: dict[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
     """Metrics, the equity curve with drawdown and position per bar, and the trades; both tables
     are columnar (a list per field, aligned by index)."""
@@ -92,7 +98,7 @@ def backtest_detail(
             "drawdown_pct": _floats(drawdown + 0.0),
             "position": sim.position.tolist(),
         },
-        "trades": trades_table(bars, sim),
+        "trades": trades if trades is not None else trades_table(bars, sim),
         "bankrupt_at": None if sim.bankrupt_bar is None else str(bars.dates[sim.bankrupt_bar]),
     }
 

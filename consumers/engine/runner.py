@@ -16,7 +16,7 @@ from consumers.engine.errors import CheckpointError, EngineError, SpecError
 from consumers.engine.indicators import IndicatorCache
 from consumers.engine.kernel import Costs, KernelState, Simulation
 from consumers.engine.metrics import compute_metrics
-from consumers.engine.report import backtest_detail, headline, json_safe, sweep_detail
+from consumers.engine.report import backtest_detail, headline, json_safe, sweep_detail, trades_table
 from consumers.engine.strategies import STRATEGIES, Signals, StrategyDef
 from consumers.engine.sweep import SweepRow
 from consumers.engine.validation import check_spec
@@ -128,6 +128,7 @@ class BacktestRun:
         if errors:
             raise SpecError("; ".join(f"{e.field}: {e.message}" for e in errors), list(errors))
         bars = catalog.load(spec.symbol).between(spec.start, spec.end)
+        bars.day_strings  # made once per dataset, here rather than inside a chunk of the run  # noqa: B018
         self.spec = spec
         self.strategy = STRATEGIES[spec.strategy]
         self.market = Market(bars, IndicatorCache(bars.close), bars.open.tolist())
@@ -141,6 +142,7 @@ class BacktestRun:
         self.rows: list[SweepRow] = []
         self._job: Job | None = None
         self._best: Job | None = None
+        self._trades: dict[str, list[Any]] | None = None
         self._outcome: Outcome | None = None
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -178,11 +180,22 @@ class BacktestRun:
 
     def advance(self, max_seconds: float = 0.02) -> None:
         """Do about `max_seconds` of work (at least one step) and return."""
-        deadline = time.perf_counter() + max_seconds
+        started = time.perf_counter()
+        deadline = started + max_seconds
+        stepped = False
         while self._outcome is None:
+            # Building the outcome takes the largest steps (tens of ms on a long series): they
+            # get a chunk of their own unless this one has hardly begun, so a chunk overruns little.
+            if stepped and self._outcome_next() and time.perf_counter() - started > max_seconds / 4:
+                break
             self._step()
+            stepped = True
             if time.perf_counter() >= deadline:
                 break
+
+    def _outcome_next(self) -> bool:
+        last = self._best if self.spec.is_sweep else self._job
+        return last is not None and last.done
 
     def _step(self) -> None:
         if not self.spec.is_sweep:
@@ -190,6 +203,8 @@ class BacktestRun:
                 self._job = self._new_job(self.combinations[0])
             if not self._job.done:
                 self._job.step()
+            elif self._trades is None:
+                self._trades = self._trades_of(self._job)
             else:
                 self._outcome = self._single_outcome(self._job)
             return
@@ -206,6 +221,8 @@ class BacktestRun:
             self._best = self._new_job(self._best_params())
         if not self._best.done:
             self._best.step()
+        elif self._trades is None:
+            self._trades = self._trades_of(self._best)
         else:
             self._outcome = self._sweep_outcome(self._best)
 
@@ -214,14 +231,24 @@ class BacktestRun:
         # No combination traded: like optimize(), report the first one.
         return top.params if top.objective is not None else self.combinations[0]
 
+    def _trades_of(self, job: Job) -> dict[str, list[Any]]:
+        # The trade table is built a step ahead of the rest of the outcome: on a long series
+        # each half takes tens of ms, and a chunk cannot be cut inside a step.
+        assert job.sim is not None
+        return trades_table(self.market.bars, job.sim)
+
     def _single_outcome(self, job: Job) -> Outcome:
         assert job.sim is not None and job.metrics is not None
-        detail = backtest_detail(self.market.bars, job.sim, job.metrics, self.spec.strategy, job.params)
+        detail = backtest_detail(
+            self.market.bars, job.sim, job.metrics, self.spec.strategy, job.params, trades=self._trades
+        )
         return Outcome({"metrics": headline(detail["metrics"])}, detail)
 
     def _sweep_outcome(self, best: Job) -> Outcome:
         assert best.sim is not None and best.metrics is not None
-        best_detail = backtest_detail(self.market.bars, best.sim, best.metrics, self.spec.strategy, best.params)
+        best_detail = backtest_detail(
+            self.market.bars, best.sim, best.metrics, self.spec.strategy, best.params, trades=self._trades
+        )
         table = sweep.ranked(self.rows)
         detail = sweep_detail(table, self.spec.objective, sweep.grid_size(self.spec.params), best_detail)
         summary = {
