@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import sys
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
@@ -44,6 +46,40 @@ class Trade(msgspec.Struct, frozen=True, array_like=True):
     entry_price: float
     exit_price: float
     commission: float
+
+
+class TradeColumns(NamedTuple):
+    """Closed trades as arrays, one per field, with each trade's profit and return."""
+
+    size: npt.NDArray[np.int64]
+    entry_bar: npt.NDArray[np.int64]
+    exit_bar: npt.NDArray[np.int64]
+    entry_price: npt.NDArray[np.float64]
+    exit_price: npt.NDArray[np.float64]
+    commission: npt.NDArray[np.float64]
+    pnl: npt.NDArray[np.float64]
+    returns: npt.NDArray[np.float64]  # fractions, commission included, as backtesting.py's
+
+
+def trade_columns(trades: Sequence[Trade]) -> TradeColumns:
+    size = np.array([t.size for t in trades], dtype=np.int64)
+    entry = np.array([t.entry_price for t in trades], dtype=np.float64)
+    exit_ = np.array([t.exit_price for t in trades], dtype=np.float64)
+    fees = np.array([t.commission for t in trades], dtype=np.float64)
+    units = size.astype(np.float64)
+    with np.errstate(all="ignore"):
+        pnl = units * (exit_ - entry) - fees
+        returns = np.copysign(1.0, units) * (exit_ / entry - 1) - fees / (np.abs(units) * entry)
+    return TradeColumns(
+        size,
+        np.array([t.entry_bar for t in trades], dtype=np.int64),
+        np.array([t.exit_bar for t in trades], dtype=np.int64),
+        entry,
+        exit_,
+        fees,
+        pnl,
+        returns,
+    )
 
 
 class Segment(msgspec.Struct, frozen=True, array_like=True):

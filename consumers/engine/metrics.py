@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from consumers.engine.kernel import Trade
+from consumers.engine.kernel import Trade, trade_columns
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -144,14 +144,8 @@ def compute_metrics(
         peak = np.maximum.accumulate(equity)
         dd = 1 - equity / peak
 
-        size = np.array([t.size for t in trades], dtype=np.float64)
-        entry = np.array([t.entry_price for t in trades], dtype=np.float64)
-        exit_ = np.array([t.exit_price for t in trades], dtype=np.float64)
-        fees = np.array([t.commission for t in trades], dtype=np.float64)
-        entry_bar = np.array([t.entry_bar for t in trades], dtype=np.int64)
-        exit_bar = np.array([t.exit_bar for t in trades], dtype=np.int64)
-        pl = size * (exit_ - entry) - fees
-        returns = np.copysign(1.0, size) * (exit_ / entry - 1) - fees / (np.abs(size) * entry)
+        columns = trade_columns(trades)
+        entry_bar, exit_bar, pl, returns = columns.entry_bar, columns.exit_bar, columns.pnl, columns.returns
         trade_days = (days[exit_bar] - days[entry_bar]).astype(np.float64) if trades else np.empty(0)
 
         m["start"] = str(dates[0].astype("datetime64[D]"))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from consumers.engine.datasets import Bars
-from consumers.engine.kernel import Simulation
+from consumers.engine.kernel import Simulation, trade_columns
 from consumers.engine.sweep import SweepRow
 
 # The metrics a task's summary carries (in its `completed` event and its projection): what a list
@@ -47,29 +47,19 @@ def trades_table(bars: Bars, sim: Simulation) -> dict[str, list[Any]]:
     """Closed trades as columns (one list per field, same order): compact and fast to build."""
     days = bars.dates.astype("datetime64[D]")
     day_strings = bars.day_strings
-    t = sim.trades
-    size = np.array([x.size for x in t], dtype=np.int64)
-    entry_bar = np.array([x.entry_bar for x in t], dtype=np.int64)
-    exit_bar = np.array([x.exit_bar for x in t], dtype=np.int64)
-    entry = np.array([x.entry_price for x in t], dtype=np.float64)
-    exit_ = np.array([x.exit_price for x in t], dtype=np.float64)
-    fees = np.array([x.commission for x in t], dtype=np.float64)
-    sizef = size.astype(np.float64)
-    with np.errstate(all="ignore"):
-        pnl = sizef * (exit_ - entry) - fees
-        ret = np.copysign(1.0, sizef) * (exit_ / entry - 1) - fees / (np.abs(sizef) * entry)
+    c = trade_columns(sim.trades)
     return {
-        "size": size.tolist(),
-        "entry_bar": entry_bar.tolist(),
-        "exit_bar": exit_bar.tolist(),
-        "entry_time": day_strings[entry_bar].tolist(),
-        "exit_time": day_strings[exit_bar].tolist(),
-        "entry_price": _floats(entry),
-        "exit_price": _floats(exit_),
-        "pnl": _floats(pnl),
-        "commission": _floats(fees),
-        "return_pct": _floats(ret * 100),
-        "duration_days": (days[exit_bar] - days[entry_bar]).astype(np.int64).tolist(),
+        "size": c.size.tolist(),
+        "entry_bar": c.entry_bar.tolist(),
+        "exit_bar": c.exit_bar.tolist(),
+        "entry_time": day_strings[c.entry_bar].tolist(),
+        "exit_time": day_strings[c.exit_bar].tolist(),
+        "entry_price": _floats(c.entry_price),
+        "exit_price": _floats(c.exit_price),
+        "pnl": _floats(c.pnl),
+        "commission": _floats(c.commission),
+        "return_pct": _floats(c.returns * 100),
+        "duration_days": (days[c.exit_bar] - days[c.entry_bar]).astype(np.int64).tolist(),
     }
 
 

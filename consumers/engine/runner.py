@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,12 +201,7 @@ class BacktestRun:
         if not self.spec.is_sweep:
             if self._job is None:
                 self._job = self._new_job(self.combinations[0])
-            if not self._job.done:
-                self._job.step()
-            elif self._trades is None:
-                self._trades = self._trades_of(self._job)
-            else:
-                self._outcome = self._single_outcome(self._job)
+            self._step_last(self._job, self._single_outcome)
             return
         if len(self.rows) < len(self.combinations):
             if self._job is None:
@@ -219,23 +214,23 @@ class BacktestRun:
             return
         if self._best is None:
             self._best = self._new_job(self._best_params())
-        if not self._best.done:
-            self._best.step()
+        self._step_last(self._best, self._sweep_outcome)
+
+    def _step_last(self, job: Job, outcome: Callable[[Job], Outcome]) -> None:
+        """A step of the run's last job: compute it, then build the trade table, then the outcome
+        (on a long series each takes tens of ms, and a chunk cannot be cut inside a step)."""
+        if not job.done:
+            job.step()
         elif self._trades is None:
-            self._trades = self._trades_of(self._best)
+            assert job.sim is not None
+            self._trades = trades_table(self.market.bars, job.sim)
         else:
-            self._outcome = self._sweep_outcome(self._best)
+            self._outcome = outcome(job)
 
     def _best_params(self) -> Mapping[str, Any]:
         top = sweep.ranked(self.rows)[0]
         # No combination traded: like optimize(), report the first one.
         return top.params if top.objective is not None else self.combinations[0]
-
-    def _trades_of(self, job: Job) -> dict[str, list[Any]]:
-        # The trade table is built a step ahead of the rest of the outcome: on a long series
-        # each half takes tens of ms, and a chunk cannot be cut inside a step.
-        assert job.sim is not None
-        return trades_table(self.market.bars, job.sim)
 
     def _single_outcome(self, job: Job) -> Outcome:
         assert job.sim is not None and job.metrics is not None
