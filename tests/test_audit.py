@@ -168,10 +168,14 @@ async def test_retention_trims_only_what_is_archived_and_projected(real_backend:
         await export(backend.redis, keys, tmp_path / "a.ndjson")
         await backend.redis.set(keys.archived_through, (await backend.redis.xrevrange(keys.events, count=1))[0][0])
         # The projector has not folded the last submit yet: retention stops below it.
+        log_memory_before = await backend.redis.memory_usage(keys.events)
         report = await apply_retention(backend.redis, keys, horizon_ms=0)
         assert report.limited_by == "projection proj"
         assert report.tasks_compacted == 20 and report.events_trimmed == 60
-        assert report.used_memory_after < report.used_memory_before  # type: ignore[operator]
+        # The report's figures are the whole server's (shared here, so they move with other
+        # clients); the log's own memory is this test's to check.
+        assert isinstance(report.used_memory_before, int) and isinstance(report.used_memory_after, int)
+        assert await backend.redis.memory_usage(keys.events) < log_memory_before
         assert await backend.redis.xlen(keys.events) == 1
         for task_id in ids:
             task = (await http.get(f"/api/backtests/tasks/{task_id}")).json()
