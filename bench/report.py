@@ -118,6 +118,29 @@ def _cancel(res: dict[str, Any]) -> list[str]:
         f"(fencing); problems: {bs.get('problem_count')} {bs.get('problems') or ''}",
         "",
     ]
+    peers = {k: v for k, v in res.items() if k != "backstream"}
+    if peers:
+        lines += [
+            "The peers that can stop a running job, same long job, 2 workers, one cancel per worker at a "
+            "time, 20-60 ms after the job stamped its start (RQ: `send_stop_job_command`, forking worker; "
+            "Celery: `revoke(terminate=True)`, prefork pool). From just before the cancel call to the "
+            "system recording the job stopped (RQ `stopped`, Celery `REVOKED`):",
+            "",
+            "| system | cancels | call p50 ms | stopped p50 ms | stopped p99 ms | max ms "
+            "| ran to completion anyway | problems |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for name, p in peers.items():
+            if "error" in p:
+                lines.append(f"| {name} | failed: {p['error'][:120]} | | | | | | |")
+                continue
+            call, stop = p.get("call_ms", {}), p.get("stopped_ms", {})
+            lines.append(
+                f"| {name} | {p.get('cancels')} | {_f(call.get('p50'), 1)} | {_f(stop.get('p50'), 1)} | "
+                f"{_f(stop.get('p99'), 1)} | {_f(stop.get('max'), 1)} | {p.get('completed_anyway')} | "
+                f"{p.get('problem_count')} {p.get('problems') or ''} |"
+            )
+        lines.append("")
     return lines
 
 

@@ -248,6 +248,9 @@ def scenario_http(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+CANCELLING_PEERS = ["rq", "celery"]  # see bench/peers/cancel.py for why only these
+
+
 def scenario_cancel(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     """Cancel running long backtests over HTTP: 2 real workers (JSON logs), one cancel per worker at a time."""
     env.redis.flush()
@@ -275,7 +278,31 @@ def scenario_cancel(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         block.stop()
     print(f"[bench] cancel backstream {res}", flush=True)
-    return {"backstream": res}
+    out = {"backstream": res}
+    # The peers that can stop a job while it computes; same 2 workers, same long job.
+    chosen = CANCELLING_PEERS if args.systems == "all" else args.systems.split(",")
+    systems = [s for s in chosen if s in CANCELLING_PEERS]
+    for system in systems:
+        label = "celery_prefork" if system == "celery" else system
+        env.redis.flush()
+        block = Block(env, label, 2, "sma")  # warmed up with short jobs
+        try:
+            block.start()
+            stamps = str(env.workdir / "stamps")
+            res = call(
+                env.peers_python,
+                "bench.peers.cancel",
+                json.dumps({"system": system, "n": args.cancels, "stamp_dir": stamps, "parallel": 2}),
+                env=env.base_env(),
+                cwd=env.bs_root,
+            )
+        except Exception as e:  # report and go on
+            res = {"error": str(e)[:300]}
+        finally:
+            block.stop()
+        print(f"[bench] cancel {label} {res}", flush=True)
+        out[label] = res
+    return out
 
 
 def scenario_ceiling(env: Env, args: argparse.Namespace) -> dict[str, Any]:

@@ -20,6 +20,7 @@ PEER_MODULES = {
     "rq_simple": ("rq", "simple"),
     "arq": ("arq", ""),
     "celery": ("celery", ""),
+    "celery_prefork": ("celery", "prefork"),
     "dramatiq": ("dramatiq", ""),
     "saq": ("saq", ""),
     "taskiq": ("taskiq", ""),

@@ -7,9 +7,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
+from celery.result import AsyncResult
 
 from bench.peers.common import CONCURRENCY, QUEUE, REDIS_URL, do_job
+from bench.work import warm_up
 
 app = Celery("bench", broker=REDIS_URL, backend=REDIS_URL)
 app.conf.task_default_queue = QUEUE
@@ -19,6 +21,13 @@ app.conf.worker_hijack_root_logger = False
 @app.task(name="bench.job")
 def job(kind: str, run: str, i: int) -> Any:
     return do_job(kind, run, i)
+
+
+@signals.worker_init.connect
+def _preload(**_: Any) -> None:
+    # Load the data before the prefork pool forks, so a pool process started after a terminate
+    # computes at once (as RQ's preloaded forking worker does).
+    warm_up()
 
 
 def worker_argv(python: str, index: int, variant: str) -> list[str]:
@@ -51,3 +60,16 @@ def submit(kind: str, run: str, indices: range, times: dict[int, float]) -> None
     for i in indices:
         times[i] = time.time()
         job.apply_async((kind, run, i))
+
+
+class CancelClient:
+    """The cancel scenario's calls (prefork pool: `terminate` signals the process running the job)."""
+
+    def submit_long(self, run: str, i: int) -> AsyncResult:
+        return job.apply_async(("long", run, i))
+
+    def cancel(self, handle: AsyncResult) -> None:
+        app.control.revoke(handle.id, terminate=True)
+
+    def stopped(self, handle: AsyncResult) -> bool:
+        return handle.state == "REVOKED"

@@ -27,12 +27,14 @@ def _stamp(run: str, i: int) -> None:
 
 
 def do_job(kind: str, run: str, i: int) -> Any:
-    """The body of every peer's job: the same work Backstream's worker runs."""
+    """The body of every peer's job: the same work Backstream's worker runs. A long job also
+    stamps its start (run `<run>.start`), so the cancel scenario knows it is computing."""
     if kind == "noop":
         result = noop()
     elif kind == "sma":
         result = sma_work()
     else:
+        _stamp(f"{run}.start", i)
         result = long_work()
     _stamp(run, i)
     return result

@@ -6,6 +6,8 @@ from typing import Any
 
 from redis import Redis
 from rq import Queue
+from rq.command import send_stop_job_command
+from rq.job import Job, JobStatus
 from rq.worker import SimpleWorker, Worker
 
 from bench.peers.common import QUEUE, REDIS_URL, do_job
@@ -61,7 +63,18 @@ def submit(kind: str, run: str, indices: range, times: dict[int, float], batch: 
             times[i] = t
 
 
-def cancel(job_id: str) -> None:
-    from rq.command import send_stop_job_command
+class CancelClient:
+    """The cancel scenario's calls (forking worker only: SimpleWorker has no horse to kill)."""
 
-    send_stop_job_command(Redis.from_url(REDIS_URL), job_id)
+    def __init__(self) -> None:
+        self.redis = Redis.from_url(REDIS_URL)
+        self.queue = Queue(QUEUE, connection=self.redis)
+
+    def submit_long(self, run: str, i: int) -> Job:
+        return self.queue.enqueue(job, "long", run, i)
+
+    def cancel(self, handle: Job) -> None:
+        send_stop_job_command(self.redis, handle.id)
+
+    def stopped(self, handle: Job) -> bool:
+        return handle.get_status(refresh=True) == JobStatus.STOPPED
