@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# The row of the work alone in plain processes (bench/bounds.py): a bound, not a system.
+WORK_ALONE = "work_alone"
+
 TARGETS = {
     "throughput": "Backstream >= 2x the fastest peer",
     "http": "HTTP submit p50 <= 2x the bare-XADD floor; no errors at concurrency 32",
@@ -44,6 +47,7 @@ def _throughput(res: dict[str, Any], meta: dict[str, Any]) -> list[str]:
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         peers = []
+        alone = rows.pop(WORK_ALONE, {}).get("tasks_per_s")
         for name, row in rows.items():
             if "error" in row and "tasks_per_s" not in row:
                 lines.append(f"| {name} | failed: {row['error'][:120]} | | | | | |")
@@ -64,6 +68,12 @@ def _throughput(res: dict[str, Any], meta: dict[str, Any]) -> list[str]:
                 f"Fastest peer: {name} ({_f(rate)}/s); Backstream / fastest = {bs / rate:.2f} "
                 f"(target >= 2: {verdict}).",
             ]
+            if alone:
+                lines.append(
+                    f"The work alone, called in a loop by {workers} plain process{'es' if workers > 1 else ''} "
+                    f"(no system, `bench/bounds.py`): {_f(alone)}/s; 2x the fastest peer is "
+                    f"{2 * rate / alone:.2f} of that."
+                )
         lines.append("")
     return lines
 
@@ -153,6 +163,20 @@ def _ceiling(results: dict[str, Any]) -> list[str]:
         "redis-benchmark `XADD bench:ceiling * f v`, 50 clients, on the same private server:",
         "",
         f"- no pipelining: {_f(ceil.get('xadd_P1'))} XADD/s; pipeline 16: {_f(ceil.get('xadd_P16'))} XADD/s",
+    ]
+    if ceil.get("xadd_P16_event_sized"):
+        lines.append(
+            f"- pipeline 16 with entries the size of Backstream's events (6 fields, ~200 B): "
+            f"{_f(ceil['xadd_P16_event_sized'])} XADD/s"
+        )
+    producer = ceil.get("python_producer") or {}
+    if "pipelined_xadd_per_s" in producer:
+        lines.append(
+            f"- one Python process appending Backstream `submitted` events ({producer['per_call']} per round trip, "
+            f"`bench/bounds.py`): encoding each and pipelining XADD {_f(producer['pipelined_xadd_per_s'])}/s; "
+            f"pre-encoded, one Lua call appending them all {_f(producer['lua_append_per_s'])}/s"
+        )
+    lines += [
         "",
         "| Backstream run | events/task | events appended/s | % of XADD -P 16 | % of XADD -P 1 |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -181,7 +205,9 @@ def _memory(results: dict[str, Any]) -> list[str]:
         "| --- | ---: | ---: |",
     ]
     wmax = max((int(k.split("|")[1]) for k in tp if "|" in k), default=0)
-    names = sorted({k.split("|")[0] for k in tp if "|" in k}, key=lambda n: (not n.startswith("backstream"), n))
+    names = sorted(
+        {k.split("|")[0] for k in tp if "|" in k} - {WORK_ALONE}, key=lambda n: (not n.startswith("backstream"), n)
+    )
     for name in names:
         noop, sma = tp.get(f"{name}|{wmax}|noop", {}), tp.get(f"{name}|{wmax}|sma", {})
         lines.append(f"| {name} | {_f(noop.get('mem_per_task'))} | {_f(sma.get('mem_per_task'))} |")

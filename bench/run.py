@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.procs import BENCH, REPO, Proc, RedisServer, free_port  # noqa: E402
-from bench.report import render  # noqa: E402
+from bench.report import WORK_ALONE, render  # noqa: E402
 from bench.systems import BS_PREFIX, PEERS, Block, Env, call  # noqa: E402
 
 VENV = BENCH / ".venv"
@@ -181,6 +181,18 @@ def scenario_throughput(env: Env, args: argparse.Namespace) -> dict[str, Any]:
                         "tasks_per_run": n,
                         "block_seconds": time.monotonic() - t0,
                     }
+            if kind == "sma":
+                # The bound under every system: the same work in as many plain processes, no system.
+                per_process = str(max(1, args.tasks // workers))
+                bounds = [
+                    call(env.bs_python, "bench.bounds", "work", kind, per_process, str(workers), env=env.base_env())
+                    for _ in range(args.reps)
+                ]
+                results[f"{WORK_ALONE}|{workers}|{kind}"] = _summarise(bounds)
+                alone = results[f"{WORK_ALONE}|{workers}|{kind}"]
+                print(
+                    f"[bench] {WORK_ALONE:16} {workers}w {kind:4} {alone.get('tasks_per_s', alone)} tasks/s", flush=True
+                )
     return results
 
 
@@ -305,38 +317,39 @@ def scenario_cancel(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# The fields of a Backstream `submitted` event as the log stores them (sizes as in the bench spec).
+EVENT_SIZED_FIELDS = [
+    *("type", "submitted", "v", "1", "task_id", "0b9f6f1e-5a4c-4c55-9b1e-6f2d8a7c3e10"),
+    *("seq", "1", "attempt", "1", "data", "x" * 123),
+]
+
+
 def scenario_ceiling(env: Env, args: argparse.Namespace) -> dict[str, Any]:
-    """redis-benchmark's XADD rate on the same server, 50 clients, without and with pipelining (16)."""
+    """redis-benchmark's XADD rate on the same server, 50 clients, without and with pipelining (16);
+    also with entries the size of Backstream's events, and one Python producer's append rate."""
     out: dict[str, Any] = {}
-    for pipeline in (1, 16):
+    for name, pipeline, fields in (
+        ("xadd_P1", 1, ["f", "v"]),
+        ("xadd_P16", 16, ["f", "v"]),
+        ("xadd_P16_event_sized", 16, EVENT_SIZED_FIELDS),
+    ):
         env.redis.flush()
         n = args.ceiling_requests * (4 if pipeline > 1 else 1)
+        port = str(env.redis.port)
         proc = subprocess.run(
-            [
-                "redis-benchmark",
-                "-p",
-                str(env.redis.port),
-                "-c",
-                "50",
-                "-n",
-                str(n),
-                "-P",
-                str(pipeline),
-                "-q",
-                "XADD",
-                "bench:ceiling",
-                "*",
-                "f",
-                "v",
-            ],
+            ["redis-benchmark", "-p", port, "-c", "50", "-n", str(n), "-P", str(pipeline), "-q"]
+            + ["XADD", "bench:ceiling", "*", *fields],
             capture_output=True,
             text=True,
             check=False,
         )
         found = re.findall(r"([\d.]+) requests per second", proc.stdout)
-        rate = float(found[-1]) if found else None
-        out[f"xadd_P{pipeline}"] = rate
-        print(f"[bench] redis-benchmark XADD -P {pipeline}: {rate}/s", flush=True)
+        out[name] = float(found[-1]) if found else None
+        print(f"[bench] redis-benchmark {name}: {out[name]}/s", flush=True)
+    env.redis.flush()
+    producer = call(env.bs_python, "bench.bounds", "append", env.redis.url, "200000", "1000", env=env.base_env())
+    out["python_producer"] = producer
+    print(f"[bench] one Python producer: {producer}", flush=True)
     env.redis.flush()
     return out
 
