@@ -26,6 +26,9 @@ _ARITH: dict[type, Callable[[float, float], float]] = {
 }
 
 
+Evaluator = Callable[[Mapping[str, float]], float | bool]
+
+
 class ConstraintError(ValueError):
     """The constraint is not a comparison of parameters, numbers and + - * / %, joined by and/or/not."""
 
@@ -43,7 +46,7 @@ class Constraint:
         self.text = text
         self._names = set(names)
         self._check(tree.body)
-        self._tree = tree.body
+        self._test = self._compile(tree.body)
 
     def _check(self, node: ast.AST) -> None:
         """Accept only the node types `_eval` knows; everything else (calls, attributes...) fails."""
@@ -75,34 +78,52 @@ class Constraint:
     def __call__(self, params: Mapping[str, float]) -> bool:
         """True if the combination is admissible; arithmetic errors (x / 0) make it inadmissible."""
         try:
-            return bool(self._eval(self._tree, params))
+            return bool(self._test(params))
         except (ZeroDivisionError, OverflowError):
             return False
 
-    def _eval(self, node: ast.AST, p: Mapping[str, float]) -> float | bool:
+    def _compile(self, node: ast.AST) -> Evaluator:
+        """The tree as nested closures, built once: a sweep tests every combination of its grid
+        (up to tens of thousands), so the tree is not walked again for each."""
         match node:
             case ast.BoolOp(op=ast.And(), values=values):
-                return all(self._eval(v, p) for v in values)
+                parts = [self._compile(v) for v in values]
+                return lambda p: all(part(p) for part in parts)
             case ast.BoolOp(values=values):
-                return any(self._eval(v, p) for v in values)
+                parts = [self._compile(v) for v in values]
+                return lambda p: any(part(p) for part in parts)
             case ast.UnaryOp(op=ast.Not(), operand=operand):
-                return not self._eval(operand, p)
+                inner = self._compile(operand)
+                return lambda p: not inner(p)
             case ast.UnaryOp(op=ast.USub(), operand=operand):
-                return -self._eval(operand, p)
+                inner = self._compile(operand)
+                return lambda p: -inner(p)
             case ast.UnaryOp(operand=operand):
-                return +self._eval(operand, p)
+                return self._compile(operand)
             case ast.BinOp(left=left, op=op, right=right):
-                return _ARITH[type(op)](self._eval(left, p), self._eval(right, p))
+                arith, lhs, rhs = _ARITH[type(op)], self._compile(left), self._compile(right)
+                return lambda p: arith(lhs(p), rhs(p))
             case ast.Compare(left=left, ops=ops, comparators=comps):
-                lhs = self._eval(left, p)
-                for comparison, comp in zip(ops, comps, strict=True):
-                    rhs = self._eval(comp, p)
-                    if not _COMPARE[type(comparison)](lhs, rhs):
-                        return False
-                    lhs = rhs
-                return True
+                terms = [self._compile(left), *(self._compile(c) for c in comps)]
+                tests = [_COMPARE[type(o)] for o in ops]
+                if len(tests) == 1:
+                    test, lhs, rhs = tests[0], terms[0], terms[1]
+                    return lambda p: test(lhs(p), rhs(p))
+                return lambda p: _chain(tests, terms, p)
             case ast.Name(id=name):
-                return p[name]
+                return lambda p: p[name]
             case ast.Constant(value=value):
-                return cast("float | bool", value)
+                constant = cast("float | bool", value)
+                return lambda p: constant
         raise ConstraintError(f"unexpected node {ast.dump(node)}")  # unreachable after _check
+
+
+def _chain(tests: list[Callable[[float, float], bool]], terms: list[Evaluator], p: Mapping[str, float]) -> bool:
+    """`a < b <= c`: each comparison on the values of its neighbours, each term evaluated once."""
+    lhs = terms[0](p)
+    for test, term in zip(tests, terms[1:], strict=True):
+        rhs = term(p)
+        if not test(lhs, rhs):
+            return False
+        lhs = rhs
+    return True

@@ -135,7 +135,7 @@ class BacktestRun:
         self.costs = costs_of(spec)
         self.fingerprint = fingerprint(spec, bars)
         self.combinations = (
-            sweep.admissible(self.strategy, spec.params, spec.constraint, len(bars))
+            list(sweep.admissible(self.strategy, spec.params, spec.constraint, len(bars)))
             if spec.is_sweep
             else [dict(spec.params)]
         )

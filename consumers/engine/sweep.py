@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -43,23 +43,24 @@ def grid_size(params: Mapping[str, Any]) -> int:
     return math.prod(len(v) if isinstance(v, list) else 1 for v in params.values())
 
 
-def grid(params: Mapping[str, Any]) -> list[Combination]:
+def grid(params: Mapping[str, Any]) -> Iterator[Combination]:
     """Every combination, in backtesting.py's order: itertools.product over params as given."""
     names = list(params)
     axes = [v if isinstance(v, list) else [v] for v in params.values()]
-    return [dict(zip(names, values, strict=True)) for values in itertools.product(*axes)]
+    return (dict(zip(names, values, strict=True)) for values in itertools.product(*axes))
 
 
 def admissible(
     strategy: StrategyDef, params: Mapping[str, Any], constraint: str | None, n_bars: int
-) -> list[Combination]:
-    """Combinations that pass the constraint, the strategy's rules and have enough bars."""
+) -> Iterator[Combination]:
+    """Combinations that pass the constraint, the strategy's rules and have enough bars, in grid
+    order. Lazy: whether there is any at all is known at the first one."""
     check = Constraint(constraint, list(params)) if constraint else None
-    return [
+    return (
         c
         for c in grid(params)
         if (check is None or check(c)) and not strategy.rules(c) and min_bars(strategy, c) <= n_bars
-    ]
+    )
 
 
 def objective_value(metrics: Mapping[str, Any], objective: str) -> float | None:

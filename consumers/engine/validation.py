@@ -147,7 +147,7 @@ def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
         need = min_bars(strategy, scalars)
         if not rule_errors and len(window) < need:
             errors.append(FieldError(_date_field(spec), _too_few(spec, bars, len(window), need)))
-    elif not admissible(strategy, spec.params, spec.constraint, len(window)):
+    elif not any(admissible(strategy, spec.params, spec.constraint, len(window))):
         errors.append(
             FieldError(
                 "params",
