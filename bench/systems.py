@@ -141,12 +141,9 @@ class Block:
     def _all_workers_busy(self) -> bool:
         if self.system == "backstream":
             return _wait_logged([self.logdir / f"worker{i}.log" for i in range(self.workers)], b"task.finished", 0.1)
-        if self.system == "rq":
-            return True  # a forking worker stamps from a new process per job
-        stamps = self.env.workdir / "stamps"
-        pids = {p.stem for p in stamps.glob("*.stamps")}
-        mine = {str(pid) for pid in _descendants([p.pid for p in self.procs])}
-        return len(pids & mine) >= self.workers
+        # A peer's worker stamps into a file named by its session, which is its own pid.
+        stamped = {p.stem for p in (self.env.workdir / "stamps").glob("*.stamps")}
+        return all(str(p.pid) in stamped for p in self.procs)
 
     def run(self, n: int, *, via: str = "client", warm: bool = False) -> dict[str, Any]:
         env = self.env.base_env()

@@ -18,10 +18,13 @@ _fd: dict[int, int] = {}
 
 
 def _stamp(run: str, i: int) -> None:
+    # One file per worker: every worker starts in its own session, which its forked children
+    # (RQ's work horses, Celery's pool processes) share. A file per process would leave tens of
+    # thousands of files behind RQ's fork per job, for every later driver to scan.
     pid = os.getpid()
     fd = _fd.get(pid)
     if fd is None:
-        path = Path(os.environ.get("BENCH_STAMP_DIR", "/tmp")) / f"{pid}.stamps"
+        path = Path(os.environ.get("BENCH_STAMP_DIR", "/tmp")) / f"{os.getsid(0)}.stamps"
         fd = _fd[pid] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.write(fd, f"{run} {i} {time.time():.6f}\n".encode())
 
