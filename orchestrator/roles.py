@@ -90,14 +90,7 @@ async def _run_api(settings: Settings, host: str, port: int) -> None:
     await server.serve()
 
 
-# The interpreter lets a thread hold the GIL this long before another may run. The kernel's
-# thread computes flat out; a shorter interval lets the event loop (heartbeats, cancel checks)
-# in sooner after each chunk. Python's default is 5 ms.
-WORKER_SWITCH_INTERVAL_S = 0.001
-
-
 async def _run_worker(settings: Settings, name: str, concurrency: int) -> None:
-    sys.setswitchinterval(WORKER_SWITCH_INTERVAL_S)
     conns = Connections(settings)
     worker = _worker(settings, conns, _catalog(settings), name, concurrency)
     _on_signals(worker.stop)
