@@ -361,7 +361,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1,000 tasks, 1 repetition, 40 cancels")
     parser.add_argument(
-        "--tasks", type=int, default=3_000, help="tasks per timed run (the issue's full size is 10,000: ~50 min here)"
+        "--tasks", type=int, default=3_000, help="tasks per timed run (the issue's full size is 10,000: ~40 min here)"
     )
     parser.add_argument(
         "--rq-fork-tasks",
