@@ -49,7 +49,7 @@ class Constraint:
         self._test = self._compile(tree.body)
 
     def _check(self, node: ast.AST) -> None:
-        """Accept only the node types `_eval` knows; everything else (calls, attributes...) fails."""
+        """Accept only the node types `_compile` knows; everything else (calls, attributes...) fails."""
         match node:
             case ast.BoolOp(values=values):
                 for v in values:
