@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from orchestrator.batching import resolve
 from orchestrator.codec import encode_json
 from orchestrator.spec import BacktestSpec
 
@@ -56,16 +57,10 @@ class FirstChunks:
             done = await asyncio.to_thread(self._compute_batch, [spec for spec, _ in batch])
         except Exception as e:  # the hop itself failed: every caller hears of it
             for _, future in batch:
-                if not future.done():
-                    future.set_exception(e)
+                resolve(future, e)
             return
         for (_, future), outcome in zip(batch, done, strict=False):
-            if future.done():
-                continue
-            if isinstance(outcome, Exception):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+            resolve(future, outcome)
         # Runs the hop had no time for go first into the next one.
         self._queue[:0] = batch[len(done) :]
         self._schedule()

@@ -9,6 +9,17 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 
+def resolve(future: asyncio.Future[Any], outcome: Any) -> None:
+    """Hand a waiting caller its outcome: an exception is raised in it, anything else returned.
+    A caller that stopped waiting (its task was cancelled) is skipped."""
+    if future.done():
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
 class ScriptBatcher:
     """Coalesces the script calls issued in one turn of the event loop into one round trip.
 
@@ -37,16 +48,10 @@ class ScriptBatcher:
             replies = await self._execute(batch)
         except Exception as e:  # the whole round trip failed (e.g. Redis unreachable)
             for *_, future in batch:
-                if not future.done():
-                    future.set_exception(e)
+                resolve(future, e)
             return
         for (*_, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+            resolve(future, reply)
 
     async def _execute(self, batch: list[tuple[AsyncScript, list[Any], list[Any], Any]]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:

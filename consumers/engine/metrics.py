@@ -183,7 +183,8 @@ def compute_metrics(
         m["sharpe"] = m["return_ann_pct"] / (m["volatility_ann_pct"] or _NAN)  # type: ignore[operator]
         downside = math.sqrt(_mean(np.clip(day_returns, -np.inf, 0) ** 2)) * math.sqrt(annual)
         m["sortino"] = float(ann / np.float64(downside))
-        max_dd = -float(_finite(np.array([dd.max()]))[0])
+        worst = float(dd.max())
+        max_dd = -(worst if math.isfinite(worst) else float(np.nan_to_num(worst)))
         m["calmar"] = float(ann / (-max_dd or _NAN))
         eq_log = np.log(equity[1:] / equity[:-1])
         mk_log = np.log(close[1:] / close[:-1])
