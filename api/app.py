@@ -61,7 +61,7 @@ def create_app(settings: Settings, *, catalog: Any, connections: Connections | N
         keys = Keys(prefix=settings.prefix)
         app.state.ctx = AppContext(
             settings=settings,
-            store=EventStore(conns.commands, keys, batch=True),
+            store=EventStore(conns.commands, keys),
             projection=Projection(conns.commands, keys, follow_live=True),
             catalog=catalog,
             blocking=conns.blocking,

@@ -14,6 +14,9 @@ WORKER_GROUP = "workers"
 # The projection the API serves unless the pointer key names another (after a rebuild).
 DEFAULT_PROJECTION = "proj"
 
+# A result staged for `finish.lua` lives microseconds; this only bounds one a crash left behind.
+STAGED_RESULT_TTL_MS = 3600 * 1000
+
 # An Idempotency-Key is remembered this long; a client retrying a submit after a day is a new submit.
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
@@ -60,6 +63,11 @@ class Keys(msgspec.Struct, frozen=True):
     # The full result of a completed task (equity curve, trades, sweep table), JSON.
     def result(self, task_id: str) -> str:
         return f"{self.prefix}:task:{task_id}:result"
+
+    # A completing attempt's full result, SET just before `finish.lua`, which renames it to the
+    # result key if the attempt's outcome is accepted and deletes it if not.
+    def staged_result(self, task_id: str, attempt: int) -> str:
+        return f"{self.prefix}:task:{task_id}:staged-result:{attempt}"
 
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"

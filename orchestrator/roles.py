@@ -42,7 +42,7 @@ def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, con
 
     keys = Keys(prefix=settings.prefix)
     return Worker(
-        EventStore(conns.commands, keys, batch=True),
+        EventStore(conns.commands, keys),
         conns.blocking,
         functools.partial(start_run, catalog=catalog),
         settings,

@@ -36,7 +36,7 @@ class System:
         self.backend = backend
         self.settings = Settings(prefix=backend.keys.prefix, data_dir=data_dir, **settings)
         self.catalog = Catalog.from_env_dir(data_dir)
-        self.store = EventStore(backend.redis, backend.keys, batch=True)
+        self.store = EventStore(backend.redis, backend.keys)
         self.projection = Projection(backend.redis, backend.keys, follow_live=True)
         self.connections = _SharedConnections(backend, self.settings)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from redis.exceptions import ResponseError
 
 from consumers.projector import Projector
 from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
@@ -95,20 +96,56 @@ async def test_claim_heartbeat_finish_and_fencing(store: EventStore, backend: Ba
     assert takeover.attempt == 2
     fenced = await store.heartbeat(task_id, 1, worker="w1", message_id=message_id, progress=0.9)
     assert fenced is not None and fenced.attempt == 2
-    late = await store.finish(Completed(task_id=task_id, attempt=1, result={"x": 1}), message_id=message_id)
+    late = await store.finish(
+        Completed(task_id=task_id, attempt=1, result={"x": 1}), message_id=message_id, result=b'{"late": true}'
+    )
     assert late is not None
+    assert await store.result(task_id) is None
     done = await store.finish(
         Completed(task_id=task_id, attempt=2, result={"x": 2}), message_id=message_id, result=b'{"full": true}'
     )
     assert done is None
     # Re-sending the accepted outcome changes nothing.
-    assert await store.finish(Completed(task_id=task_id, attempt=2, result={"x": 2}), message_id=message_id) is None
+    resent = await store.finish(
+        Completed(task_id=task_id, attempt=2, result={"x": 2}), message_id=message_id, result=b'{"again": true}'
+    )
+    assert resent is None
     assert await types(store, task_id) == ["Submitted", "Started", "Progress", "Started", "Completed"]
     assert (await control(backend, task_id))["status"] == "completed"
     assert await store.result(task_id) == b'{"full": true}'
+    assert await backend.redis.ttl(backend.keys.result(task_id)) == -1  # kept for the task's lifetime
+    # The results staged by the refused, the accepted and the re-sent outcome are all gone.
+    staged = [backend.keys.staged_result(task_id, attempt) for attempt in (1, 2)]
+    assert await backend.redis.exists(*staged) == 0
     pending = await backend.redis.xpending(backend.keys.work, WORKER_GROUP)
     assert pending["pending"] == 0
     assert await backend.redis.xlen(backend.keys.work) == 0
+
+
+async def test_a_completion_whose_staged_result_is_gone_writes_nothing(store: EventStore, backend: Backend) -> None:
+    task_id = new_id()
+    await store.submit(task_id, SPEC)
+    message_id, _ = await take(store, backend)
+    await store.claim(task_id, worker="w1", token="t1", message_id=message_id, reclaim=False, max_attempts=3)
+    keys = backend.keys
+    # finish.lua called as the store would, but without the SET that stages the result.
+    with pytest.raises(ResponseError, match="staged result"):
+        await store.scripts.finish(
+            keys=[
+                keys.control(task_id),
+                keys.task_log(task_id),
+                keys.events,
+                keys.work,
+                keys.result(task_id),
+                keys.delayed,
+                keys.dead_letters,
+                keys.staged_result(task_id, 1),
+            ],
+            args=[task_id, 1, WORKER_GROUP, message_id, "completed", "{}", 1, "1", 0, "", "[]"],
+        )
+    assert (await control(backend, task_id))["status"] == "running"
+    assert await types(store, task_id) == ["Submitted", "Started"]
+    assert await store.result(task_id) is None
 
 
 async def test_take_reads_and_claims_in_one_call(store: EventStore, backend: Backend) -> None:

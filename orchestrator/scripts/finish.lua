@@ -1,21 +1,32 @@
 -- The owner of an attempt records its outcome, acknowledging and deleting the work item in the
 -- same step. Fenced: refused unless the task is still running under this very attempt.
---   completed        stores the full result; the task is done
+--   completed        keeps the full result (staged by the caller); the task is done
 --   failed           the task is done; it goes to the dead-letter stream
 --   retry_scheduled  the task waits `delay` ms in the delayed set, then gets a new work item
--- KEYS: control, log, events, work, result, delayed, dead letters
--- ARGV: task_id, attempt, group, work message id, outcome, data, version, result json,
---       retry delay ms, dead-letter reason, attempt history json
+-- The full result is not an argument: the caller SETs it under the staged key in the same
+-- round trip (Lua would copy it), and it is renamed to the result key here, or dropped.
+-- KEYS: control, log, events, work, result, delayed, dead letters, staged result
+-- ARGV: task_id, attempt, group, work message id, outcome, data, version,
+--       '1' if a result was staged, retry delay ms, dead-letter reason, attempt history json
 -- Idempotent: re-sending the outcome already stored for this attempt returns 'ok'.
 local ctl, log, events, work, result, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local staged, has_result = KEYS[8], ARGV[8] == '1'
 local task_id, outcome, msg = ARGV[1], ARGV[5], ARGV[4]
 local after = outcome
 if outcome == 'retry_scheduled' then after = 'queued' end
 local status = redis.call('HGET', ctl, 'status')
 local attempt = redis.call('HGET', ctl, 'attempt')
-if status == after and attempt == ARGV[2] then return {'ok'} end
+if status == after and attempt == ARGV[2] then
+  if has_result then redis.call('DEL', staged) end
+  return {'ok'}
+end
 if status ~= 'running' or attempt ~= ARGV[2] then
+  if has_result then redis.call('DEL', staged) end
   return {'fenced', status or 'missing', attempt or '0'}
+end
+-- Checked before any write: a script's writes are not undone by a later error.
+if has_result and redis.call('EXISTS', staged) == 0 then
+  return redis.error_reply('finish.lua: the staged result ' .. staged .. ' is missing')
 end
 if outcome == 'failed' then
   fail_for_good(ctl, log, events, dead, task_id, ARGV[7], attempt, ARGV[6], ARGV[10], ARGV[11])
@@ -26,7 +37,10 @@ else
 end
 if outcome == 'completed' then
   redis.call('HDEL', ctl, 'spec')
-  if ARGV[8] ~= '' then redis.call('SET', result, ARGV[8]) end
+  if has_result then
+    redis.call('RENAME', staged, result)
+    redis.call('PERSIST', result)
+  end
 elseif outcome == 'retry_scheduled' then
   local now = redis.call('TIME')
   local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[9])
