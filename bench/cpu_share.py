@@ -7,7 +7,7 @@ One worker process on a private redis-server, warmed up, then one timed run of `
 Prints the run's rate and, per process (worker, projector, redis-server, and the driver that
 submits and waits), CPU seconds and microseconds per task. On a 2-core machine the sum says how
 close the whole system is to the machine's limit; CPU per task is steadier than a rate on a
-noisy machine.
+noisy machine. Then redis-server's time per command (INFO commandstats over the run).
 """
 
 from __future__ import annotations
@@ -51,6 +51,17 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _command_stats(redis: RedisServer) -> dict[str, tuple[int, int]]:
+    """Calls and microseconds per command since the last CONFIG RESETSTAT."""
+    stats = {}
+    for line in redis.cli("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, fields = line[len("cmdstat_") :].split(":", 1)
+            values = dict(kv.split("=") for kv in fields.split(","))
+            stats[name] = (int(values["calls"]), int(values["usec"]))
+    return stats
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--system", default="backstream", choices=["backstream", *PEERS])
@@ -70,6 +81,7 @@ def main() -> int:
         watched[redis.proc.pid] = "redis-server"
         before = {pid: _cpu_seconds(pid) for pid in watched}
         driver_before = _children_cpu()  # the driver is the only child that exits during the run
+        redis.cli("CONFIG", "RESETSTAT")
         result: dict[str, Any] = {}
         load = threading.Thread(target=lambda: result.update(block.run(args.tasks)))
         started = time.monotonic()
@@ -78,6 +90,7 @@ def main() -> int:
         wall = time.monotonic() - started
         used = {f"{name} (pid {pid})": _cpu_seconds(pid) - before[pid] for pid, name in watched.items()}
         used["driver (submits, follows; includes its start-up)"] = _children_cpu() - driver_before
+        commands = _command_stats(redis)
     finally:
         block.stop()
         redis.stop()
@@ -87,6 +100,9 @@ def main() -> int:
         print(f"  {seconds:6.2f} s CPU  {1e6 * seconds / args.tasks:6.0f} us/task  {name}")
     total = sum(used.values())
     print(f"  {total:6.2f} s CPU  {1e6 * total / args.tasks:6.0f} us/task  all ({total / wall:.2f} cores busy)")
+    print("redis-server time by command (Lua scripts' inner calls counted in both):")
+    for name, (calls, usec) in sorted(commands.items(), key=lambda kv: -kv[1][1])[:12]:
+        print(f"  {usec / args.tasks:6.1f} us/task  {calls / args.tasks:5.2f} calls/task  {name}")
     return 0
 
 
