@@ -272,7 +272,9 @@ class EventStore:
         # The full result is SET beside the script, not passed through it: Lua copies an argument
         # (~1.3 µs per KB, blocking Redis), a RENAME of the staged value costs the same at any size.
         staged = keys.staged_result(task_id, event.attempt)
-        stage = (("SET", staged, result, "PX", STAGED_RESULT_TTL_MS),) if result else ()
+        stage: tuple[tuple[Any, ...], ...] = ()
+        if result and isinstance(event, Completed):
+            stage = (("SET", staged, result, "PX", STAGED_RESULT_TTL_MS),)
         reply = await self._run(
             self.scripts.finish,
             keys=[
