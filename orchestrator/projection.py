@@ -134,6 +134,7 @@ class Projection:
     async def current(self, task_id: str, store: Any) -> TaskState | None:
         """The task's state including events the projector has not folded yet (read-your-writes):
         the projected hash, plus any later events of the task folded here with the same evolve."""
+        await self.refresh()
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.projected_task(task_id))
             pipe.llen(self.keys.task_log(task_id))

@@ -223,6 +223,21 @@ async def test_rebuild_under_live_load_switches_atomically(real_backend: Backend
         assert len([k for k in live if k.startswith("task:")]) == len(ids)
 
 
+async def test_reads_of_one_task_follow_a_rebuild(backend: Backend) -> None:
+    system = System(backend)
+    async with system.client() as http:
+        task_id = (await http.post("/api/backtests", json=SHORT)).json()["task_id"]
+        await system.run_workers()
+        reader = Projection(backend.redis, backend.keys, follow_live=True)
+        assert (await reader.current(task_id, system.store)).status == "completed"
+        rebuilt = await rebuild(backend.redis, backend.keys)
+        # The old projection is deleted by now: a reader that only reads single tasks must
+        # have moved to the new one, not fall back to folding the task's whole log.
+        assert (await reader.current(task_id, system.store)).status == "completed"
+        assert reader.keys.projection_name == rebuilt.projection
+        assert (await http.get(f"/api/backtests/tasks/{task_id}")).json()["status"] == "completed"
+
+
 async def _drain(system: System, worker: Any, projector: Projector, background: list[Any]) -> None:
     worker.stop()
     await background[0]
