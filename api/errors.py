@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import msgspec
@@ -42,6 +43,19 @@ class ApiError(Exception):
     def invalid(cls, field: str | None, message: str) -> ApiError:
         return cls(422, "validation_failed", f"{field or 'body'}: {message}", [FieldProblem(field, message)])
 
+    @classmethod
+    def task_not_found(cls, message: str) -> ApiError:
+        return cls(404, "task_not_found", message, [FieldProblem("task_id", "no such task")])
+
+
+def task_id_param(request: Request) -> str:
+    """The path's `{task_id}` as a canonical UUID, or a 422 naming it."""
+    raw = request.path_params["task_id"]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise ApiError.invalid("task_id", f"{raw!r} is not a UUID") from None
+
 
 _AT = re.compile(r"^(?P<detail>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _NAMED = re.compile(r"(?:required|unknown) field `(?P<name>[^`]+)`")
@@ -70,7 +84,7 @@ async def api_error(request: Request, exc: Exception) -> Response:
 async def domain_error(request: Request, exc: Exception) -> Response:
     match exc:
         case TaskNotFound():
-            error = ApiError(404, "task_not_found", str(exc), [FieldProblem("task_id", "no such task")])
+            error = ApiError.task_not_found(str(exc))
         case TaskConflict(status=status):
             error = ApiError(400, "invalid_for_status", str(exc), [FieldProblem("status", f"task is {status}")])
         case IdempotencyConflict():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from api.errors import ApiError, FieldProblem
-from orchestrator.codec import decode_entry, parse_stream_id, text
+from api.errors import ApiError, task_id_param
+from orchestrator.codec import LAST_ID, decode_entry, id_order, parse_stream_id, text
 from orchestrator.errors import EventDecodeError
 from orchestrator.events import Cancelled, Completed, Failed, Progress, StoredEvent
 from orchestrator.history import event_view
@@ -36,11 +35,6 @@ QUEUE_BATCHES = 1000
 READ_BLOCK_MS = 1000
 PAGE = 500
 TERMINAL = (Completed, Failed, Cancelled)
-
-
-def _id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _decode(entries: list[Any]) -> list[StoredEvent]:
@@ -81,7 +75,7 @@ class Coalescer:
     def due(self, now: float) -> list[StoredEvent]:
         """Held progress events whose interval has passed, in log order."""
         ready = [t for t in self._held if now - self._sent_at.get(t, float("-inf")) >= self.interval_s]
-        out = sorted((self._held.pop(t) for t in ready), key=lambda s: _id(s.id))
+        out = sorted((self._held.pop(t) for t in ready), key=lambda s: id_order(s.id))
         for stored in out:
             self._sent_at[stored.event.task_id] = now
         return out
@@ -208,7 +202,9 @@ def _start_after(request: Request) -> str | None:
 async def _catch_up(request: Request, after: str, task_id: str | None) -> list[StoredEvent]:
     store = request.app.state.ctx.store
     if task_id is not None:
-        return [e for e in await store.task_events(task_id) if _id(e.id) > _id(after)]
+        return [e for e in await store.task_events(task_id) if id_order(e.id) > id_order(after)]
+    if id_order(after) == LAST_ID:
+        return []
     out: list[StoredEvent] = []
     position = after
     while True:
@@ -238,14 +234,14 @@ async def _events(
             now = loop.time()
             out: list[StoredEvent] = []
             for stored in batch or []:
-                if _id(stored.id) <= _id(seen) or (task_id is not None and stored.event.task_id != task_id):
+                if id_order(stored.id) <= id_order(seen) or (task_id is not None and stored.event.task_id != task_id):
                     continue
                 seen = stored.id
                 out += coalescer.offer(stored, now)
             out += coalescer.due(now)
             chunks = []
             for stored in out:
-                newer = _id(stored.id) > _id(sent)
+                newer = id_order(stored.id) > id_order(sent)
                 chunks.append(_frame(stored, newer))
                 sent = stored.id if newer else sent
             if chunks:
@@ -300,21 +296,15 @@ async def stream_all(request: Request) -> Response:
 async def stream_task(request: Request) -> Response:
     """GET /api/backtests/tasks/{id}/stream: the task's events from its start (or after
     Last-Event-ID), live, ending after its terminal event. 204 once there is nothing more."""
-    raw = request.path_params["task_id"]
-    try:
-        task_id = str(uuid.UUID(raw))
-    except ValueError:
-        raise ApiError.invalid("task_id", f"{raw!r} is not a UUID") from None
+    task_id = task_id_param(request)
     after = _start_after(request) or "0-0"
     feed = feed_of(request)
     sub = await feed.subscribe()
     try:
         history = await request.app.state.ctx.store.task_events(task_id)
         if not history:
-            raise ApiError(
-                404, "task_not_found", f"task {task_id} does not exist", [FieldProblem("task_id", "no such task")]
-            )
-        backlog = [e for e in history if _id(e.id) > _id(after)]
+            raise ApiError.task_not_found(f"task {task_id} does not exist")
+        backlog = [e for e in history if id_order(e.id) > id_order(after)]
         if not backlog and isinstance(history[-1].event, TERMINAL):
             feed.unsubscribe(sub)
             return Response(status_code=204)  # tells an EventSource to stop reconnecting

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api.errors import ApiError, FieldProblem, from_validation_error
+from api.errors import ApiError, FieldProblem, from_validation_error, task_id_param
 from consumers.engine.validation import check_spec
 from orchestrator.codec import parse_stream_id
 from orchestrator.errors import TaskConflict, TaskNotFound
@@ -27,14 +27,6 @@ _IDEMPOTENCY_KEY_MAX = 200
 
 def _ctx(request: Request) -> Any:
     return request.app.state.ctx
-
-
-def _task_id(request: Request) -> str:
-    raw = request.path_params["task_id"]
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise ApiError.invalid("task_id", f"{raw!r} is not a UUID") from None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -107,14 +99,12 @@ async def _current(request: Request, task_id: str) -> TaskState:
     ctx = _ctx(request)
     state: TaskState | None = await ctx.projection.current(task_id, ctx.store)
     if state is None:
-        raise ApiError(
-            404, "task_not_found", f"task {task_id} does not exist", [FieldProblem("task_id", "no such task")]
-        )
+        raise ApiError.task_not_found(f"task {task_id} does not exist")
     return state
 
 
 async def get_task(request: Request) -> Response:
-    task_id = _task_id(request)
+    task_id = task_id_param(request)
     as_of = request.query_params.get("as_of")
     if as_of is None:
         return JSONResponse(to_api(await _current(request, task_id)))
@@ -141,7 +131,7 @@ async def _compacted(request: Request, task_id: str) -> TaskConflict:
 
 async def cancel(request: Request) -> Response:
     ctx = _ctx(request)
-    task_id = _task_id(request)
+    task_id = task_id_param(request)
     try:
         await ctx.store.cancel(task_id, by=request.scope.get("user"))
     except TaskNotFound as e:
@@ -157,7 +147,7 @@ def _page_limit(raw: str) -> int:
 
 async def retry(request: Request) -> Response:
     ctx = _ctx(request)
-    task_id = _task_id(request)
+    task_id = task_id_param(request)
     try:
         await ctx.store.requeue(task_id, by=request.scope.get("user"))
     except TaskNotFound as e:
@@ -192,7 +182,7 @@ async def list_tasks(request: Request) -> Response:
 
 
 async def events(request: Request) -> Response:
-    task_id = _task_id(request)
+    task_id = task_id_param(request)
     history = await _ctx(request).store.task_events(task_id)
     if not history:
         await _current(request, task_id)  # a 404 unless retention archived the task's events
@@ -201,7 +191,7 @@ async def events(request: Request) -> Response:
 
 
 async def result(request: Request) -> Response:
-    task_id = _task_id(request)
+    task_id = task_id_param(request)
     state = await _current(request, task_id)
     if state.status != "completed":
         raise ApiError(

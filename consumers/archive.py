@@ -14,16 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from orchestrator.codec import decode_entry, text
+from orchestrator.codec import decode_entry, id_order, text
 from orchestrator.events import StoredEvent
 from orchestrator.keys import Keys
 
 ARCHIVE_FORMAT = "backstream-log"
-
-
-def stream_id(value: str) -> tuple[int, int]:
-    ms, _, seq = value.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _open(path: Path, mode: str) -> IO[str]:
@@ -79,14 +74,14 @@ class ArchiveThenLive:
         entries: dict[str, dict[str, str]] = {}
         for path in paths:
             entries.update(read_entries(path))
-        self._ids = sorted(entries, key=stream_id)
-        self._keys = [stream_id(i) for i in self._ids]
+        self._ids = sorted(entries, key=id_order)
+        self._keys = [id_order(i) for i in self._ids]
         self._entries = entries
         self._live = live  # Projection.read_log of the live log
         self.archived = len(self._ids)
 
     async def __call__(self, after: str | None, count: int, block_ms: int | None) -> list[StoredEvent]:
-        start = bisect.bisect_right(self._keys, stream_id(after)) if after else 0
+        start = bisect.bisect_right(self._keys, id_order(after)) if after else 0
         if start < len(self._ids):
             chunk = self._ids[start : start + count]
             return [decode_entry(i, self._entries[i]) for i in chunk]

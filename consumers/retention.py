@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from orchestrator.codec import text
+from orchestrator.codec import id_order, text
 from orchestrator.keys import DEFAULT_PROJECTION, Keys
 
 log = structlog.get_logger("backstream.retention")
@@ -23,13 +23,8 @@ class RetentionReport(msgspec.Struct):
     used_memory_after: int | None
 
 
-def _key(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def _after(stream_id: str) -> str:
-    ms, seq = _key(stream_id)
+    ms, seq = id_order(stream_id)
     return f"{ms}-{seq + 1}"
 
 
@@ -57,7 +52,7 @@ async def apply_retention(redis: Any, keys: Keys, *, horizon_ms: int, dry_run: b
     for name in sorted(names):
         position = await redis.get(keys.with_projection(name).projection_position)
         candidates[f"projection {name}"] = _after(text(position)) if position else "0-0"
-    limited_by, keep_from = min(candidates.items(), key=lambda item: _key(item[1]))
+    limited_by, keep_from = min(candidates.items(), key=lambda item: id_order(item[1]))
     if keep_from == "0-0":
         return RetentionReport(None, limited_by, 0, 0, 0, memory_before, memory_before)
 
@@ -88,7 +83,7 @@ async def _finished_before(redis: Any, keys: Keys, keep_from: str) -> list[str]:
     their control hash: a user may still retry them."""
     live = await redis.get(keys.live_projection)
     projection = keys.with_projection(text(live) if live else DEFAULT_PROJECTION)
-    ms, seq = _key(keep_from)
+    ms, seq = id_order(keep_from)
     upper = f"({ms:015d}-{seq:06d}"
     found = []
     for status in ("completed", "cancelled"):
@@ -101,6 +96,6 @@ async def _finished_before(redis: Any, keys: Keys, keep_from: str) -> list[str]:
         found += [
             t
             for t, last in zip(task_ids, lasts, strict=True)
-            if last and _key(msgspec.json.decode(last)) < _key(keep_from)
+            if last and id_order(msgspec.json.decode(last)) < id_order(keep_from)
         ]
     return found

@@ -138,7 +138,9 @@ def _decode_carefully(entry: str, fields: dict[bytes, bytes]) -> StoredEvent:
 
 
 _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
-_ID_PART_MAX = 2**64 - 1
+ID_PART_MAX = 2**64 - 1
+# Redis refuses a range that excludes the first id from below or the last one from above.
+FIRST_ID, LAST_ID = (0, 0), (ID_PART_MAX, ID_PART_MAX)
 
 
 def parse_stream_id(value: str) -> tuple[int, int] | None:
@@ -147,7 +149,13 @@ def parse_stream_id(value: str) -> tuple[int, int] | None:
     if match is None:
         return None
     ms, seq = int(match[1]), int(match[2])
-    return (ms, seq) if ms <= _ID_PART_MAX and seq <= _ID_PART_MAX else None
+    return (ms, seq) if ms <= ID_PART_MAX and seq <= ID_PART_MAX else None
+
+
+def id_order(entry_id: str) -> tuple[int, int]:
+    """The order of a well-formed stream id (`ms-seq`, or `ms` alone, which Redis reads as `ms-0`)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def iso_ms(ms: int) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from orchestrator.batching import ScriptBatcher
-from orchestrator.codec import decode_entry, decode_json, encode_json, event_data, text
+from orchestrator.codec import FIRST_ID, decode_entry, decode_json, encode_json, event_data, id_order, text
 from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
 from orchestrator.events import (
     Cancelled,
@@ -350,6 +350,8 @@ class EventStore:
 
     async def dead_letters(self, *, limit: int, before: str | None) -> list[dict[str, Any]]:
         """Dead letters newest first (ids before `before` when given)."""
+        if before is not None and id_order(before) == FIRST_ID:
+            return []
         entries = await self.redis.xrevrange(self.keys.dead_letters, f"({before}" if before else "+", "-", count=limit)
         letters = []
         for entry_id, fields in entries:

@@ -81,6 +81,10 @@ BAD_BODIES = [
     ({**BODY, "start": "2012-02-30"}, 422, "start"),
     ({**BODY, "cash": -5}, 422, "cash"),
     ({**BODY, "commission": -0.1}, 422, "commission"),
+    # Integers beyond any float: exact in JSON and Python, but nothing can compute with them.
+    ({**BODY, "cash": 10**400}, 422, "cash"),
+    ({**BODY, "params": {"fast": 10**400, "slow": 20}}, 422, "params.fast"),
+    ({**BODY, "params": {"fast": [5, 10**400], "slow": 20}}, 422, "params.fast[1]"),
 ]
 
 
@@ -104,6 +108,14 @@ async def test_bad_input_is_refused_naming_the_field(
             )
         assert await backend.redis.xlen(backend.keys.events) == before
         assert (await http.get(f"/api/backtests/tasks/{kept}")).json()["status"] == "queued"
+
+
+async def test_dead_letters_before_the_first_possible_id(system: System, backend: Backend) -> None:
+    async with system.client() as http:
+        # Nothing is older than 0-0, and Redis refuses a range that ends below it.
+        reply = await http.get("/api/dead-letters?before=0-0")
+        assert reply.status_code == 200 and reply.json() == {"dead_letters": []}
+        assert (await http.get("/api/dead-letters?before=soon")).json()["fields"][0]["field"] == "before"
 
 
 async def test_oversized_body_and_bad_ids(system: System, backend: Backend) -> None:

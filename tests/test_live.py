@@ -105,6 +105,15 @@ async def test_a_stream_without_last_event_id_starts_now(system: System, backend
         assert event["id"] == (await log_ids(backend))[-1]
 
 
+async def test_a_stream_resumed_after_the_last_possible_id_opens(system: System, backend: Backend) -> None:
+    async with served(system) as (_, http):
+        await http.post("/api/backtests", json=BODY)
+        # Nothing can come after this id, and Redis refuses a range that starts past it.
+        last = f"{2**64 - 1}-{2**64 - 1}"
+        async with asyncio.timeout(DEADLINE_S), http.stream("GET", "/api/stream", headers={"Last-Event-ID": last}) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+
+
 async def test_task_stream_sends_history_then_live_events_and_ends(system: System, backend: Backend) -> None:
     async with served(system) as (_, http):
         other = (await http.post("/api/backtests", json=BODY)).json()["task_id"]

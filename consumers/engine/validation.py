@@ -36,8 +36,8 @@ def _number_errors(spec: BacktestSpec) -> list[FieldError]:
     ]
     for name, low, high, inclusive in limits:
         value = getattr(spec, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            errors.append(FieldError(name, f"must be a finite number, got {value!r}"))
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
+            errors.append(FieldError(name, f"must be a finite number, got {_shown(value)}"))
         elif value < low or (value == low and not inclusive):
             errors.append(
                 FieldError(name, f"must be {'at least' if inclusive else 'greater than'} {low:g}, got {value:g}")
@@ -47,14 +47,27 @@ def _number_errors(spec: BacktestSpec) -> list[FieldError]:
     return errors
 
 
+def _finite(value: int | float) -> bool:
+    # An int (exact, any size) too large for a float cannot be computed with.
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:12]}... ({len(text)} characters)"
+
+
 def _value_error(strategy: StrategyDef, name: str, value: Any) -> str | None:
     pdef = next(p for p in strategy.params if p.name == name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"must be a number, got {value!r}"
     if pdef.kind is int and not isinstance(value, int):
         return f"must be an integer, got {value!r}"
-    if not math.isfinite(value):
-        return f"must be finite, got {value!r}"
+    if not _finite(value):
+        return f"must be finite, got {_shown(value)}"
     if not pdef.minimum <= value <= pdef.maximum:
         return f"must be between {pdef.minimum:g} and {pdef.maximum:g}, got {value:g}"
     return None
