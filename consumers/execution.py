@@ -10,9 +10,8 @@ from typing import Any, Protocol
 import msgspec
 import structlog
 
-from consumers.first_chunks import FirstChunks
+from consumers.first_chunks import FirstChunks, finished
 from consumers.retry import TaskTimeout, backoff_ms, is_retryable
-from orchestrator.codec import encode_json
 from orchestrator.connections import REDIS_UNAVAILABLE, until_reachable
 from orchestrator.events import Completed, Failed, RetryScheduled
 from orchestrator.settings import Settings
@@ -47,13 +46,19 @@ class Assignment(msgspec.Struct, frozen=True):
     task_id: str
     attempt: int
     message_id: str
-    spec: BacktestSpec
+    spec: BacktestSpec | None  # None: claimed, but unreadable here (`unreadable` says why)
     # The attempt number before this run of retries began (0, or where a user's requeue left it).
     budget: int = 0
+    unreadable: str = ""
 
 
 class Stop(Exception):
     """The attempt must stop here without writing anything more (cancelled, or claim lost)."""
+
+
+class UnreadableSpec(Exception):
+    """The task's spec does not decode in this worker (a newer version wrote it, say). Retried
+    like a crash: another attempt may land on a worker that reads it."""
 
 
 class Execution:
@@ -83,8 +88,10 @@ class Execution:
         """Returns how the attempt ended: completed, failed, retry_scheduled, released or stopped."""
         job = self.job
         started = time.monotonic()
-        limit = min(self.settings.task_timeout_s, job.spec.timeout_s or self.settings.task_timeout_s)
         try:
+            if job.spec is None:
+                raise UnreadableSpec(job.unreadable)
+            limit = min(self.settings.task_timeout_s, job.spec.timeout_s or self.settings.task_timeout_s)
             first = await self.first_chunks.compute(job.spec)
             run = first.run
             await self._compute(run, started + limit, limit)
@@ -93,8 +100,8 @@ class Execution:
             if first.outcome is not None:
                 outcome, result = first.outcome, first.result
             else:
-                outcome = run.outcome()
-                result = encode_json(outcome.detail)
+                # A long run's outcome (a sweep's table, say) can take a while to build and encode.
+                outcome, result = await asyncio.to_thread(finished, run)
             event: Completed | Failed | RetryScheduled = Completed(
                 task_id=job.task_id, attempt=job.attempt, result=outcome.summary
             )

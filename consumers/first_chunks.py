@@ -82,5 +82,10 @@ class FirstChunks:
         run.advance(self.chunk_seconds)
         if not run.done:
             return FirstChunk(run)
-        outcome = run.outcome()
-        return FirstChunk(run, outcome, encode_json(outcome.detail))
+        return FirstChunk(run, *finished(run))
+
+
+def finished(run: Any) -> tuple[Any, bytes]:
+    """A finished run's outcome, and its full result encoded for storing."""
+    outcome = run.outcome()
+    return outcome, encode_json(outcome.detail)

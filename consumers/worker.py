@@ -157,16 +157,18 @@ class Worker:
         message_id, task_id = item.message_id, item.task_id
         structlog.contextvars.bind_contextvars(task_id=task_id, worker=self.name)
         claim = item.claim or await self._claim(item)
-        if claim.outcome != "ok" or claim.spec is None:
+        if claim.outcome not in ("ok", "unreadable"):
             log.info("task.not_claimed", outcome=claim.outcome)
-            if claim.outcome in ("terminal", "missing", "stale"):
-                await self.store.redis.xack(self.store.keys.work, WORKER_GROUP, message_id)
-                await self.store.redis.xdel(self.store.keys.work, message_id)
             return "skipped"
         structlog.contextvars.bind_contextvars(attempt=claim.attempt)
         log.debug("task.claimed", reclaim=item.reclaim)
         job = Assignment(
-            task_id=task_id, attempt=claim.attempt, message_id=message_id, spec=claim.spec, budget=claim.budget
+            task_id=task_id,
+            attempt=claim.attempt,
+            message_id=message_id,
+            spec=claim.spec,
+            budget=claim.budget,
+            unreadable=claim.error,
         )
         current = asyncio.current_task()
         execution = Execution(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
@@ -20,9 +20,14 @@ def resolve(future: asyncio.Future[Any], outcome: Any) -> None:
         future.set_result(outcome)
 
 
-# A script call: the script, its keys and arguments, and plain commands sent just before it in
-# the same round trip (a large value is cheaper to SET than to pass through Lua).
-Call = tuple[AsyncScript, list[Any], list[Any], tuple[tuple[Any, ...], ...]]
+class Call(NamedTuple):
+    """A script call, with plain commands to send just before it in the same round trip (a large
+    value is cheaper to SET than to pass through Lua)."""
+
+    script: AsyncScript
+    keys: list[Any]
+    args: list[Any]
+    before: tuple[tuple[Any, ...], ...]
 
 
 class ScriptBatcher:
@@ -43,7 +48,7 @@ class ScriptBatcher:
         self, script: AsyncScript, keys: list[Any], args: list[Any], before: tuple[tuple[Any, ...], ...] = ()
     ) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(((script, keys, args, before), future))
+        self._queue.append((Call(script, keys, args, before), future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
@@ -67,14 +72,15 @@ class ScriptBatcher:
                     pipe.execute_command(*command)
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             sent = await pipe.execute(raise_on_error=False)
-        # Each call's reply is its script's: the one after its commands sent before.
-        replies, at = [], -1
+        replies, at = [], 0
         for call in calls:
-            at += len(call[3]) + 1
-            replies.append(sent[at])
+            own = sent[at : at + len(call.before) + 1]
+            at += len(own)
+            # The script's reply, unless a command sent before it failed (out of memory, say).
+            replies.append(next((r for r in own[:-1] if isinstance(r, Exception)), own[-1]))
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
-            for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+            for script in {id(calls[i].script): calls[i].script for i in missing}.values():
                 script.sha = await self.redis.script_load(script.script)
             retried = await self._execute([calls[i] for i in missing])
             for i, reply in zip(missing, retried, strict=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from typing import Any
@@ -36,12 +37,24 @@ class SubmitResult(msgspec.Struct, frozen=True):
 
 
 class Claim(msgspec.Struct, frozen=True):
-    # 'ok' (attempt and spec are set), or why not: 'terminal', 'missing', 'stale' or 'busy'.
+    # 'ok' (attempt and spec are set), or why not: 'terminal', 'missing', 'stale' or 'busy';
+    # or 'unreadable': claimed, but its spec does not decode here (`error` says why).
     outcome: str
     attempt: int = 0
     spec: BacktestSpec | None = None
     # Where the current run of retries began (the attempt count at the last requeue).
     budget: int = 0
+    error: str = ""
+
+
+def _claimed(attempt: Any, spec: bytes, budget: Any) -> Claim:
+    try:
+        decoded = msgspec.json.decode(spec, type=BacktestSpec)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        # Written by a newer version (a field this one does not know), or damaged: this worker
+        # cannot run it, and must not crash on it with other claimed tasks in hand.
+        return Claim(outcome="unreadable", attempt=int(attempt), budget=int(budget or 0), error=str(e))
+    return Claim(outcome="ok", attempt=int(attempt), spec=decoded, budget=int(budget or 0))
 
 
 class Taken(msgspec.Struct, frozen=True):
@@ -74,11 +87,6 @@ class EventStore:
         # Script calls made concurrently share one round trip (see batching.py).
         self._batcher = ScriptBatcher(redis)
 
-    async def _run(
-        self, script: Any, keys: list[Any], args: list[Any], before: tuple[tuple[Any, ...], ...] = ()
-    ) -> Any:
-        return await self._batcher.call(script, keys, args, before)
-
     def _task_keys(self, task_id: str) -> list[str]:
         k = self.keys
         return [k.control(task_id), k.task_log(task_id), k.events]
@@ -105,7 +113,7 @@ class EventStore:
         # An Idempotency-Key is its owner's: two people may use the same one without colliding.
         scoped = f"{by or ''}:{idempotency_key}" if idempotency_key else "-"
         keys = [*self._task_keys(task_id), self.keys.work, self.keys.idempotency(scoped)]
-        reply = await self._run(
+        reply = await self._batcher.call(
             self.scripts.submit,
             keys=keys,
             args=[
@@ -127,7 +135,7 @@ class EventStore:
 
     async def cancel(self, task_id: str, *, by: str | None = None) -> bool:
         """Cancel a queued or running task. True if this call cancelled it, False if it already was."""
-        reply = await self._run(
+        reply = await self._batcher.call(
             self.scripts.cancel,
             keys=[*self._task_keys(task_id), self.keys.work, self.keys.delayed],
             args=[
@@ -149,7 +157,7 @@ class EventStore:
 
     async def requeue(self, task_id: str, *, by: str | None = None) -> None:
         """Send a failed task back to the queue as a new attempt."""
-        reply = await self._run(
+        reply = await self._batcher.call(
             self.scripts.requeue,
             keys=[*self._task_keys(task_id), self.keys.work],
             args=[task_id, event_data(Requeued(task_id=task_id, by=by)), Requeued.SCHEMA_VERSION],
@@ -175,7 +183,7 @@ class EventStore:
             error_type="WorkerLost",
             retryable=True,
         )
-        reply = await self._run(
+        reply = await self._batcher.call(
             self.scripts.claim,
             keys=[*self._task_keys(task_id), self.keys.work, self.keys.dead_letters],
             args=[
@@ -196,14 +204,13 @@ class EventStore:
         outcome = text(reply[0])
         if outcome != "ok":
             return Claim(outcome=outcome)
-        spec = msgspec.json.decode(reply[2], type=BacktestSpec)
-        return Claim(outcome=outcome, attempt=int(reply[1]), spec=spec, budget=int(reply[3] or 0))
+        return _claimed(reply[1], reply[2], reply[3])
 
     async def take(self, *, worker: str, count: int) -> list[Taken]:
         """Read up to `count` new work items and claim them, in one round trip; [] if none are
         waiting. Never blocks: an idle worker waits on a blocking read, then claims one by one."""
         data = event_data(Started(task_id="", worker=worker))
-        reply = await self._run(
+        reply = await self._batcher.call(
             self.scripts.take,
             keys=[self.keys.work, self.keys.events],
             args=[
@@ -219,16 +226,7 @@ class EventStore:
         taken = []
         for item in reply:
             message_id, task_id, outcome = text(item[0]), text(item[1]), text(item[2])
-            claim = (
-                Claim(
-                    outcome=outcome,
-                    attempt=int(item[3]),
-                    spec=msgspec.json.decode(item[4], type=BacktestSpec),
-                    budget=int(item[5]),
-                )
-                if outcome == "ok"
-                else Claim(outcome=outcome)
-            )
+            claim = _claimed(item[3], item[4], item[5]) if outcome == "ok" else Claim(outcome=outcome)
             taken.append(Taken(message_id=message_id, task_id=task_id, claim=claim))
         return taken
 
@@ -237,7 +235,7 @@ class EventStore:
     ) -> Fenced | None:
         """Renew the lease and, if `progress` is given, record it. Returns Fenced if refused."""
         data = event_data(Progress(task_id=task_id, progress=progress)) if progress is not None else b""
-        reply = await self._run(
+        reply = await self._batcher.call(
             self.scripts.heartbeat,
             keys=[*self._task_keys(task_id), self.keys.work],
             args=[
@@ -275,7 +273,7 @@ class EventStore:
         stage: tuple[tuple[Any, ...], ...] = ()
         if result and isinstance(event, Completed):
             stage = (("SET", staged, result, "PX", STAGED_RESULT_TTL_MS),)
-        reply = await self._run(
+        reply = await self._batcher.call(
             self.scripts.finish,
             keys=[
                 *self._task_keys(task_id),
@@ -304,7 +302,7 @@ class EventStore:
 
     async def release(self, task_id: str, attempt: int, *, worker: str, message_id: str) -> Fenced | None:
         """Give an unfinished task back to the queue (on shutdown), for another worker at once."""
-        reply = await self._run(
+        reply = await self._batcher.call(
             self.scripts.release,
             keys=[*self._task_keys(task_id), self.keys.work],
             args=[
@@ -324,16 +322,18 @@ class EventStore:
         due = await self.redis.zrangebyscore(
             self.keys.delayed, "-inf", now_s * 1000 + now_us // 1000, start=0, num=limit
         )
-        promoted = 0
-        for raw in due:
-            task_id = text(raw)
-            reply = await self._run(
-                self.scripts.promote,
-                keys=[self.keys.delayed, self.keys.work, self.keys.control(task_id)],
-                args=[task_id],
+        # Called together, the promotions share one round trip (see batching.py).
+        replies = await asyncio.gather(
+            *(
+                self._batcher.call(
+                    self.scripts.promote,
+                    keys=[self.keys.delayed, self.keys.work, self.keys.control(text(raw))],
+                    args=[text(raw)],
+                )
+                for raw in due
             )
-            promoted += text(reply[0]) == "ok"
-        return promoted
+        )
+        return sum(text(reply[0]) == "ok" for reply in replies)
 
     # --- reads of the log ---
 

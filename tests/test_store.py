@@ -122,6 +122,26 @@ async def test_claim_heartbeat_finish_and_fencing(store: EventStore, backend: Ba
     assert await backend.redis.xlen(backend.keys.work) == 0
 
 
+async def test_a_claim_that_cannot_start_retires_its_work_item(store: EventStore, backend: Backend) -> None:
+    orphan, queued = new_id(), new_id()
+    await backend.redis.xadd(backend.keys.work, {"task_id": orphan})  # its task is gone
+    await store.submit(queued, SPEC)
+    await backend.redis.xadd(backend.keys.work, {"task_id": queued})  # not the task's own item
+    reply = await backend.redis.xreadgroup(WORKER_GROUP, "w1", {backend.keys.work: ">"}, count=10)
+    items = [(m.decode(), f[b"task_id"].decode()) for m, f in reply[0][1]]
+    outcomes = [
+        (await store.claim(t, worker="w1", token=m, message_id=m, reclaim=False, max_attempts=3)).outcome
+        for m, t in items
+    ]
+    assert outcomes == ["missing", "ok", "stale"]
+    # Only the claimed item is left, pending; the other two are acknowledged and deleted.
+    assert [
+        p["message_id"].decode()
+        for p in await backend.redis.xpending_range(backend.keys.work, WORKER_GROUP, "-", "+", 10)
+    ] == [items[1][0]]
+    assert await backend.redis.xlen(backend.keys.work) == 1
+
+
 async def test_a_completion_whose_staged_result_is_gone_writes_nothing(store: EventStore, backend: Backend) -> None:
     task_id = new_id()
     await store.submit(task_id, SPEC)
