@@ -66,7 +66,7 @@ class TokenAuth:
     def __init__(self, app: Any, tokens: Iterable[ApiToken]) -> None:
         self.app = app
         self.tokens = tuple(tokens)
-        self._warned = False
+        self._checked_hosts: set[str] = set()  # our own addresses that requests reached
 
     def _match(self, presented: str) -> ApiToken | None:
         found = None
@@ -76,11 +76,13 @@ class TokenAuth:
         return found
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if not self.tokens and not self._warned and scope["type"] == "http" and scope.get("server"):
-            # A request that reached a non-loopback address of ours: the API is on the network.
-            self._warned = _is_ip(str(scope["server"][0])) and bool(
-                warn_if_exposed(Settings(), str(scope["server"][0]))
-            )
+        if not self.tokens and scope["type"] == "http" and scope.get("server"):
+            host = str(scope["server"][0])
+            if host not in self._checked_hosts:
+                # A request that reached a non-loopback address of ours: the API is on the network.
+                self._checked_hosts.add(host)
+                if _is_ip(host):
+                    warn_if_exposed(Settings(), host)
         if scope["type"] != "http" or not self.tokens or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return

@@ -6,8 +6,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from structlog.testing import capture_logs
 
+from api.app import create_app
 from api.auth import warn_if_exposed
 from orchestrator.events import Failed
 from orchestrator.keys import WORKER_GROUP
@@ -137,3 +140,17 @@ def test_binding_beyond_loopback_without_tokens_warns() -> None:
     assert warn_if_exposed(Settings(), "::1") is None
     assert warn_if_exposed(Settings(), "localhost") is None
     assert warn_if_exposed(Settings(tokens=TOKENS), "0.0.0.0") is None
+
+
+async def test_requests_reaching_a_network_address_without_tokens_warn_once(backend: Backend) -> None:
+    system = System(backend)
+    app = create_app(system.settings, catalog=system.catalog, connections=system.connections)
+    transport = httpx.ASGITransport(app=app)
+    with capture_logs() as logs:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://10.1.2.3") as http,
+        ):
+            for _ in range(3):
+                assert (await http.get("/healthz")).status_code == 200
+    assert [entry["event"] for entry in logs].count("auth.open_to_network") == 1
