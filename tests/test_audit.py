@@ -127,11 +127,14 @@ async def test_as_of_over_http(backend: Backend) -> None:
         task_id = (await http.post("/api/backtests", json=SHORT)).json()["task_id"]
         await system.run_workers()
         history = (await http.get(f"/api/backtests/tasks/{task_id}/events")).json()["events"]
-        for event, status in zip(history, ("queued", "running", "completed"), strict=True):
+        statuses = ("queued", "running", "completed")
+        ms = [int(event["id"].split("-")[0]) for event in history]
+        for event, status, event_ms in zip(history, statuses, ms, strict=True):
             then = (await http.get(f"/api/backtests/tasks/{task_id}", params={"as_of": event["id"]})).json()
             assert then["status"] == status
+            # A time covers its whole millisecond: the state after the last event within it.
             at_time = (await http.get(f"/api/backtests/tasks/{task_id}", params={"as_of": event["time"]})).json()
-            assert at_time["status"] in ("queued", "running", "completed")
+            assert at_time["status"] == statuses[max(i for i, m in enumerate(ms) if m <= event_ms)]
         before = await http.get(f"/api/backtests/tasks/{task_id}", params={"as_of": "2001-01-01T00:00:00Z"})
         assert before.status_code == 404
         bad = await http.get(f"/api/backtests/tasks/{task_id}", params={"as_of": "yesterday"})
