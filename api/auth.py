@@ -1,4 +1,5 @@
-"""Optional bearer-token access control: a pure ASGI middleware that sets scope["user"]."""
+"""Optional bearer-token access control: a pure ASGI middleware that sets scope["user"], and the
+dashboard's sign-in, which trades a token for a cookie."""
 
 from __future__ import annotations
 
@@ -149,6 +150,8 @@ class TokenAuth:
 def safe_next(raw: str | None) -> str:
     """Where to go after signing in: a path on this server, never another site (`//host`, `/\\host`)."""
     if not raw or not raw.startswith("/") or raw.startswith(("//", "/\\")) or not raw.isprintable():
+        return "/"
+    if raw == SIGNIN_PATH or raw.startswith(SIGNIN_PATH + "?"):  # not back to the form
         return "/"
     return raw
 

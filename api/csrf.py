@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
+from starlette.datastructures import Headers
 from starlette.requests import Request
 
 from api.errors import ApiError, FieldProblem, api_error
@@ -26,7 +27,7 @@ CSRF_HEADER = "x-csrf-token"
 _CSRF_PURPOSE = b"backstream csrf token v1"
 
 
-def own_origin(scope: dict[str, Any]) -> str | None:
+def own_origin(scope: MutableMapping[str, Any]) -> str | None:
     """The origin this request was addressed to: its scheme and its `Host` header (or, without
     one, the address it reached). None when that is not a valid origin."""
     host = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"), None)
@@ -39,11 +40,11 @@ def own_origin(scope: dict[str, Any]) -> str | None:
         return None
 
 
-def cross_origin_problem(scope: dict[str, Any], allowed: frozenset[str]) -> str | None:
+def cross_origin_problem(scope: MutableMapping[str, Any], allowed: frozenset[str]) -> str | None:
     """Why this request comes from another origin, or None when it is ours (or from no browser).
     `Origin` decides when present; otherwise `Sec-Fetch-Site`; a request with neither comes from
     curl, the CLI or a script, not from a page, and passes."""
-    headers = Request(scope).headers
+    headers = Headers(scope=scope)
     origin = headers.get("origin")
     if origin is not None:
         try:

@@ -119,8 +119,8 @@ async def test_our_own_pages_change_state_with_the_csrf_token(system: System, re
             assert cancelled.status_code == 200 and cancelled.json()["cancelled_by"] == "alice"
         # The cookie alone is not enough: without the page's token (an old browser sends no Origin).
         for csrf in ({}, {"X-CSRF-Token": "0" * 64}):
-            for origin in ({"Origin": url}, {}):
-                reply = await http.post("/api/backtests", json=BODY, headers={**COOKIE, **csrf, **origin})
+            for sent_origin in ({"Origin": url}, {}):
+                reply = await http.post("/api/backtests", json=BODY, headers={**COOKIE, **csrf, **sent_origin})
                 assert reply.status_code == 403 and reply.json()["error"] == "csrf_token_invalid"
                 assert reply.json()["fields"][0]["field"] == "X-CSRF-Token"
         # One session's token is not another's.
@@ -206,7 +206,7 @@ async def test_the_signin_trades_a_token_for_the_cookie_and_drops_it_from_the_ur
         assert form.status_code == 401 and "set-cookie" not in form.headers
 
         # Only to a page of ours, and only from a navigation of ours (or a typed URL).
-        for next_path in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+        for next_path in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "/signin?next=/"):
             away = await http.get("/signin", params={"token": "alice-secret", "next": next_path})
             assert away.headers["location"] == "/", next_path
         linked = await http.get("/signin?token=alice-secret", headers={"Sec-Fetch-Site": "cross-site"})
