@@ -13,8 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import dashboard, live, metrics, tasks
-from api.auth import TokenAuth
+from api import auth, dashboard, live, metrics, tasks
+from api.auth import SIGNIN_PATH, TokenAuth
+from api.csrf import SameOriginOnly
 from api.errors import EXCEPTION_HANDLERS
 from orchestrator.connections import Connections
 from orchestrator.keys import Keys
@@ -48,6 +49,7 @@ routes = [
     *live.routes,
     *metrics.routes,
     *dashboard.routes,
+    *auth.routes,
 ]
 
 
@@ -72,5 +74,10 @@ def create_app(settings: Settings, *, catalog: Any, connections: Connections | N
             if connections is None:
                 await conns.close()
 
-    middleware = [Middleware(TokenAuth, tokens=settings.tokens), Middleware(metrics.CancelTimer)]
+    middleware = [
+        # First: a page of another origin changes nothing, signed in or not.
+        Middleware(SameOriginOnly, allowed_origins=settings.allowed_origins, form_paths={SIGNIN_PATH}),
+        Middleware(TokenAuth, tokens=settings.tokens),
+        Middleware(metrics.CancelTimer),
+    ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan, middleware=middleware)

@@ -1,9 +1,12 @@
-"""Optional bearer-token access control: a pure ASGI middleware that sets scope["user"]."""
+"""Optional bearer-token access control: a pure ASGI middleware that sets scope["user"], and the
+dashboard's sign-in, which trades a token for a cookie."""
 
 from __future__ import annotations
 
 import hmac
+import html
 import ipaddress
+import string
 import urllib.parse
 from collections.abc import Iterable
 from http.cookies import CookieError, SimpleCookie
@@ -11,29 +14,47 @@ from typing import Any
 
 import structlog
 from starlette.requests import Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
 
+from api.csrf import cross_origin_problem, csrf_problem, csrf_token
 from api.errors import ApiError, api_error
-from orchestrator.settings import ApiToken, Settings
+from orchestrator.settings import ApiToken, Settings, normalize_origin
 
 log = structlog.get_logger("backstream.auth")
 
-# Paths any caller may read: probes and the scrape (they reveal no task data).
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Paths any caller may read: probes and the scrape (they reveal no task data), and the sign-in.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/signin"})
+# The dashboard's styles and script: the code we ship, no data; the sign-in page needs the styles.
+OPEN_PREFIXES = ("/static/",)
 # Methods that only read; every other method needs a read-write token.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 COOKIE = "backstream_token"
+SIGNIN_PATH = "/signin"
+# A sign-in form body holds a token and a path: anything longer is not one.
+MAX_SIGNIN_BODY = 8 * 1024
 
-_LOGIN = """<!doctype html><html><head><meta charset="utf-8"><title>Backstream: sign in</title>
+_LOGIN = string.Template("""<!doctype html><html><head><meta charset="utf-8"><title>Backstream: sign in</title>
 <link rel="stylesheet" href="/static/dashboard.css"></head><body><main class="login">
-<h1>Backstream</h1><p>This server needs an access token.</p>
-<form method="get"><label>Token <input type="password" name="token" autofocus></label>
-<button type="submit">Sign in</button></form></main></body></html>"""
+<h1>Backstream</h1><p>This server needs an access token.</p>$problem
+<form method="post" action="/signin"><input type="hidden" name="next" value="$next">
+<label>Token <input type="password" name="token" autocomplete="current-password" autofocus></label>
+<button type="submit">Sign in</button></form></main></body></html>""")
+
+
+def match_token(tokens: Iterable[ApiToken], presented: str) -> ApiToken | None:
+    """The token whose secret is `presented`, compared with every secret in constant time each."""
+    found = None
+    for token in tokens:
+        if hmac.compare_digest(token.secret.encode(), presented.encode()):
+            found = token
+    return found
 
 
 def _presented(scope: dict[str, Any]) -> tuple[str | None, bool]:
-    """The token the request carries, and whether it came in the query string: the
-    `Authorization: Bearer` header first, then the `backstream_token` cookie, then `?token=`."""
+    """The token the request carries, and whether it came in the cookie: the `Authorization: Bearer`
+    header first, then the `backstream_token` cookie. A `?token=` in the URL is not a credential
+    here: only the sign-in (`/signin`) takes one, and trades it for the cookie."""
     cookie = None
     for name, value in scope.get("headers", []):
         if name == b"authorization":
@@ -50,30 +71,31 @@ def _presented(scope: dict[str, Any]) -> tuple[str | None, bool]:
             if COOKIE in jar:
                 cookie = jar[COOKIE].value
     if cookie:
-        return urllib.parse.unquote(cookie), False
-    query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    if query.get("token"):
-        return query["token"][0], True
+        return urllib.parse.unquote(cookie), True
     return None, False
+
+
+def signin_page(next_path: str, *, status_code: int, problem: str | None = None) -> HTMLResponse:
+    """The sign-in form: it posts the token (never in a URL) and the page to return to."""
+    text = _LOGIN.substitute(
+        next=html.escape(safe_next(next_path), quote=True),
+        problem=f'<p class="flash">{html.escape(problem)}</p>' if problem else "",
+    )
+    return HTMLResponse(text, status_code=status_code, headers={"Cache-Control": "no-store"})
 
 
 class TokenAuth:
     """Without tokens configured, every request passes (scope["user"] stays unset). With tokens:
     a request without a valid one gets 401 (a sign-in page for a browser asking for HTML); a
-    read-only token gets 403 on anything but GET/HEAD/OPTIONS. A valid `?token=` also sets an
-    HttpOnly SameSite=Strict cookie, so a browser (and its EventSource) stays signed in."""
+    read-only token gets 403 on anything but GET/HEAD/OPTIONS. The token comes in `Authorization:
+    Bearer` or in the cookie `/signin` sets; a state change signed in by that cookie also needs the
+    session's CSRF token in `X-CSRF-Token` (403 `csrf_token_invalid` without it). Sets
+    scope["csrf_token"] for the pages to hand to their scripts."""
 
     def __init__(self, app: Any, tokens: Iterable[ApiToken]) -> None:
         self.app = app
         self.tokens = tuple(tokens)
         self._checked_hosts: set[str] = set()  # our own addresses that requests reached
-
-    def _match(self, presented: str) -> ApiToken | None:
-        found = None
-        for token in self.tokens:  # compare with every secret, in constant time each
-            if hmac.compare_digest(token.secret.encode(), presented.encode()):
-                found = token
-        return found
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not self.tokens and scope["type"] == "http" and scope.get("server"):
@@ -83,18 +105,26 @@ class TokenAuth:
                 self._checked_hosts.add(host)
                 if _is_ip(host):
                     warn_if_exposed(Settings(), host)
-        if scope["type"] != "http" or not self.tokens or scope["path"] in OPEN_PATHS:
+        if (
+            scope["type"] != "http"
+            or not self.tokens
+            or scope["path"] in OPEN_PATHS
+            or scope["path"].startswith(OPEN_PREFIXES)
+        ):
             await self.app(scope, receive, send)
             return
-        presented, from_query = _presented(scope)
-        token = self._match(presented) if presented else None
+        presented, from_cookie = _presented(scope)
+        token = match_token(self.tokens, presented) if presented else None
         request = Request(scope)
         if token is None:
             log.info("auth.refused", path=scope["path"], reason="invalid token" if presented else "no token")
             if "text/html" in request.headers.get("accept", "") and scope["method"] == "GET":
-                await HTMLResponse(_LOGIN, status_code=401, headers={"WWW-Authenticate": "Bearer"})(
-                    scope, receive, send
-                )
+                # Back to this page after signing in, without a `?token=` (never put a secret in a URL).
+                query = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+                back = scope["path"] + (f"?{urllib.parse.urlencode(query)}" if query else "")
+                response = signin_page(back, status_code=401)
+                response.headers["WWW-Authenticate"] = "Bearer"
+                await response(scope, receive, send)
                 return
             message = (
                 "this token is not valid"
@@ -108,18 +138,75 @@ class TokenAuth:
             error = ApiError(403, "forbidden", f"the token of {token.owner} is read-only")
             await (await api_error(request, error))(scope, receive, send)
             return
-        scope["user"] = token.owner
-        if not from_query:
-            await self.app(scope, receive, send)
+        if from_cookie and (forged := csrf_problem(scope, token.secret)) is not None:
+            log.warning("auth.csrf_refused", path=scope["path"], method=scope["method"], owner=token.owner)
+            await (await api_error(request, forged))(scope, receive, send)
             return
+        scope["user"] = token.owner
+        scope["csrf_token"] = csrf_token(token.secret)
+        await self.app(scope, receive, send)
 
-        async def send_with_cookie(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                cookie = f"{COOKIE}={urllib.parse.quote(presented or '', safe='')}; Path=/; HttpOnly; SameSite=Strict"
-                message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie.encode("latin-1"))]
-            await send(message)
 
-        await self.app(scope, receive, send_with_cookie)
+def safe_next(raw: str | None) -> str:
+    """Where to go after signing in: a path on this server, never another site (`//host`, `/\\host`)."""
+    if not raw or not raw.startswith("/") or raw.startswith(("//", "/\\")) or not raw.isprintable():
+        return "/"
+    if raw == SIGNIN_PATH or raw.startswith(SIGNIN_PATH + "?"):  # not back to the form
+        return "/"
+    return raw
+
+
+async def _signin_form(request: Request) -> dict[str, str]:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_SIGNIN_BODY:
+            raise ApiError(413, "body_too_large", f"a sign-in form is at most {MAX_SIGNIN_BODY} bytes")
+    fields = urllib.parse.parse_qs(body.decode("latin-1"), keep_blank_values=True)
+    return {name: values[0] for name, values in fields.items()}
+
+
+async def signin(request: Request) -> Response:
+    """The dashboard's sign-in. GET shows the form; the form POSTs `token` and `next`. A link may also
+    carry `?token=`: GET then answers 303 to a URL without it. A valid token gets 303 to `next` with
+    an HttpOnly SameSite=Strict cookie holding it (Secure over https); an invalid one the form
+    again, 401. Only a navigation from our own origin (or a typed URL) signs in."""
+    settings = request.app.state.ctx.settings
+    if request.method == "POST":
+        fields = await _signin_form(request)
+        presented, target = fields.get("token", ""), safe_next(fields.get("next"))
+    else:
+        presented, target = request.query_params.get("token", ""), safe_next(request.query_params.get("next"))
+    if not settings.tokens:
+        return RedirectResponse(target, status_code=303)  # nothing to sign in to
+    if not presented:
+        if "token" in request.query_params:  # an empty one: still drop it from the URL
+            return RedirectResponse(_signin_url(request, target), status_code=303)
+        refused = "That token is not valid." if request.query_params.get("refused") else None
+        return signin_page(target, status_code=200 if request.method == "GET" else 401, problem=refused)
+    token = match_token(settings.tokens, presented)
+    # A page of another site may link here with its own token (sign the user in as someone else).
+    allowed = frozenset(normalize_origin(o) for o in settings.allowed_origins)
+    problem = cross_origin_problem(request.scope, allowed)
+    if token is None or problem is not None:
+        log.info("auth.signin_refused", reason="invalid token" if token is None else problem)
+        if request.method == "POST":
+            return signin_page(target, status_code=401, problem="That token is not valid.")
+        return RedirectResponse(_signin_url(request, target, refused="1"), status_code=303)
+    log.info("auth.signed_in", owner=token.owner)
+    cookie = f"{COOKIE}={urllib.parse.quote(token.secret, safe='')}; Path=/; HttpOnly; SameSite=Strict"
+    if request.url.scheme == "https":
+        cookie += "; Secure"
+    response = RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
+    response.raw_headers.append((b"set-cookie", cookie.encode("latin-1")))
+    return response
+
+
+def _signin_url(request: Request, target: str, **more: str) -> str:
+    return f"{request.app.url_path_for('signin')}?{urllib.parse.urlencode({'next': target, **more})}"
+
+
+routes = [Route(SIGNIN_PATH, signin, methods=["GET", "POST"], name="signin")]
 
 
 def _is_ip(host: str) -> bool:

@@ -89,6 +89,8 @@ def page(
         body=body,
         user=f'<span class="user">signed in as {e(user)}</span>' if user else "",
         refresh=f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else "",
+        # The session's CSRF token (api/csrf.py): the scripts send it with every state change.
+        csrf=f'<meta name="csrf-token" content="{e(request.scope.get("csrf_token") or "")}">',
     )
     return HTMLResponse(text, headers={"Cache-Control": "no-store"})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 
 import msgspec
@@ -44,6 +45,32 @@ def parse_tokens(text: str) -> tuple[ApiToken, ...]:
     return tuple(tokens)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_origin(text: str) -> str:
+    """`scheme://host[:port]` in canonical form (lower case, default port dropped), as browsers
+    send in `Origin`. Raises ValueError for anything else (a path, a query, user info, `null`)."""
+    parts = urllib.parse.urlsplit(text.strip())
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"{text!r} is not an origin such as https://backstream.example.com")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{text!r} is not an origin: only scheme://host[:port], no path")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{text!r} has a bad port") from None
+    host = parts.hostname
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + ("" if port in (None, _DEFAULT_PORTS[parts.scheme]) else f":{port}")
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """Comma-separated origins (BACKSTREAM_ALLOWED_ORIGINS), each normalized; ValueError names a bad one."""
+    return tuple(normalize_origin(o) for o in text.split(",") if o.strip())
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # None means the embedded store (an in-process fake Redis): zero setup, one process.
     redis_url: str | None = None
@@ -69,6 +96,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # API bearer tokens (BACKSTREAM_TOKENS, or one per line in BACKSTREAM_TOKENS_FILE). None
     # configured: the API is open (fine on the default loopback bind; a warning otherwise).
     tokens: tuple[ApiToken, ...] = ()
+    # Origins besides the request's own (scheme://host[:port]) whose pages may change state: the
+    # public origin when a proxy rewrites Host or terminates TLS (BACKSTREAM_ALLOWED_ORIGINS).
+    allowed_origins: tuple[str, ...] = ()
     # The `backstream submit/status/ls/...` client: the API it talks to, and its token.
     api_url: str = "http://127.0.0.1:8000"
     api_token: str | None = None
@@ -103,6 +133,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             task_timeout_s=float(env.get("BACKSTREAM_TASK_TIMEOUT_S", defaults.task_timeout_s)),
             shutdown_grace_s=float(env.get("BACKSTREAM_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s)),
             tokens=tokens,
+            allowed_origins=parse_origins(env.get("BACKSTREAM_ALLOWED_ORIGINS", "")),
             api_url=env.get("BACKSTREAM_URL") or defaults.api_url,
             api_token=env.get("BACKSTREAM_TOKEN") or None,
         )

@@ -91,16 +91,23 @@ async def test_a_retry_records_who_asked(system: System, backend: Backend) -> No
     assert (events[-1]["type"], events[-1]["data"]["by"]) == ("requeued", "alice")
 
 
-async def test_query_token_signs_a_browser_in_with_a_cookie(system: System) -> None:
+async def test_the_signin_sets_a_cookie_that_signs_the_dashboard_in(system: System) -> None:
     async with system.client() as http:
-        first = await http.get("/?token=alice-secret")
-        assert first.status_code == 200 and "signed in as alice" in first.text
-        cookie = first.headers["set-cookie"]
+        # `?token=` is a credential only for the sign-in, which trades it for the cookie.
+        assert (await http.get("/?token=alice-secret")).status_code == 401
+        signin = await http.get("/signin?token=alice-secret")
+        assert signin.status_code == 303 and signin.headers["location"] == "/"
+        cookie = signin.headers["set-cookie"]
         assert cookie.startswith("backstream_token=alice-secret;")
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
-        # The cookie alone now authenticates (it is what EventSource and fetch send).
+        # The cookie alone now authenticates (it is what EventSource and fetch send); a state
+        # change also needs the CSRF token the page hands its scripts.
         http.cookies.set("backstream_token", "alice-secret")
-        reply = await http.post("/api/backtests", json=BODY)
+        page = await http.get("/")
+        assert page.status_code == 200 and "signed in as alice" in page.text
+        csrf = page.text.split('<meta name="csrf-token" content="', 1)[1].split('"', 1)[0]
+        assert (await http.post("/api/backtests", json=BODY)).status_code == 403
+        reply = await http.post("/api/backtests", json=BODY, headers={"X-CSRF-Token": csrf})
         assert reply.status_code == 202
         task = (await http.get(f"/api/backtests/tasks/{reply.json()['task_id']}")).json()
         assert task["submitted_by"] == "alice"

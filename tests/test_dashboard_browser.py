@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -148,4 +149,114 @@ def test_submit_watch_chart_and_cancel(server: str, browser: Any) -> None:
     newcomer = httpx.post(f"{server}/api/backtests", json=QUICK, timeout=5).json()["task_id"]
     page.locator(f'tr[data-task="{newcomer}"] .badge.completed').wait_for()
     page.close()  # closes its event streams before the server stops
+    assert errors == []
+
+
+@pytest.fixture
+def signed_server(tmp_path: Path) -> Iterator[tuple[str, Role]]:
+    """`backstream up` with access control on: alice may write."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(BACKSTREAM_TOKENS="alice:alice-secret:rw", BACKSTREAM_PROGRESS_INTERVAL_MS="100")
+    role = Role(["up", "--port", str(port), "--workers", "1"], env, tmp_path / "up.log")
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        assert role.proc.poll() is None, role.log_path.read_text()[-2000:]
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(answers, timeout=30, what="backstream up to answer")
+        yield url, role
+    finally:
+        assert role.stop() == 0, role.log_path.read_text()[-3000:]
+
+
+HOSTILE = """<!doctype html><html><body><iframe name="sink"></iframe>
+<form id="f" method="post" target="sink" enctype="text/plain" action="{url}/api/backtests/tasks/{task}/retry">
+<input name='{{"x":"' value='"}}'></form><script>
+const body = JSON.stringify({quick});
+Promise.allSettled([
+  fetch("{url}/api/backtests", {{method: "POST", mode: "no-cors", credentials: "include",
+    headers: {{"content-type": "text/plain"}}, body}}),
+  fetch("{url}/api/backtests/tasks/{task}", {{method: "DELETE", credentials: "include"}}),
+  new Promise((done) => {{ document.querySelector("iframe").onload = done; document.getElementById("f").submit(); }}),
+]).then(() => {{ document.title = "done"; }});
+</script></body></html>"""
+
+
+def test_signed_in_dashboard_acts_and_a_page_on_another_port_cannot(
+    signed_server: tuple[str, Role], browser: Any
+) -> None:
+    import http.server
+    import threading
+
+    server, role = signed_server
+    alice = {"Authorization": "Bearer alice-secret"}
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    # Signing in: the page is styled without a token, the form posts it, the URL never shows it.
+    page.goto(f"{server}/submit")
+    assert page.locator("main.login").evaluate("el => getComputedStyle(el).maxWidth") == "360px"
+    page.fill("input[name=token]", "alice-secret")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{server}/submit")
+    assert "signed in as alice" in page.inner_text("header")
+
+    # The form's POST and the task page's DELETE carry the CSRF token: both work.
+    page.select_option("select[name=symbol]", "AAPL")
+    page.fill("input[name='param:fast']", ",".join(map(str, range(1, 71))))
+    page.fill("input[name='param:slow']", ",".join(map(str, range(101, 171))))
+    page.click("#submit-button")
+    page.wait_for_url(f"{server}/tasks/*")
+    task_id = page.url.rsplit("/", 1)[1]
+    page.click("section.task-head button.cancel")
+    page.wait_for_selector("#status.cancelled")
+    task = httpx.get(f"{server}/api/backtests/tasks/{task_id}", headers=alice, timeout=5).json()
+    assert task["status"] == "cancelled" and task["cancelled_by"] == "alice"
+
+    # A page on another port of the same host (same site: the SameSite=Strict cookie goes along)
+    # tries a text/plain submit, a cancel, and a text/plain form post to retry. Nothing happens.
+    victim = httpx.post(f"{server}/api/backtests", json=LONG_SWEEP, headers=alice, timeout=5).json()["task_id"]
+    before = httpx.get(f"{server}/api/backtests/tasks", headers=alice, timeout=5).json()["tasks"]
+    html = HOSTILE.format(url=server, task=victim, quick=json.dumps(QUICK)).encode()
+
+    class Hostile(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    attacker = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Hostile)
+    threading.Thread(target=attacker.serve_forever, daemon=True).start()
+    try:
+        evil = context.new_page()
+        evil.goto(f"http://127.0.0.1:{attacker.server_address[1]}/")
+        evil.wait_for_function("document.title === 'done'")
+    finally:
+        attacker.shutdown()
+        attacker.server_close()
+    after = httpx.get(f"{server}/api/backtests/tasks", headers=alice, timeout=5).json()["tasks"]
+    assert [t["task_id"] for t in after] == [t["task_id"] for t in before]  # nothing submitted
+    events = httpx.get(f"{server}/api/backtests/tasks/{victim}/events", headers=alice, timeout=5).json()["events"]
+    assert "cancelled" not in [e["type"] for e in events]
+    refused = [e for e in role.logs() if e.get("event") == "csrf.cross_origin_refused"]
+    # The DELETE needs a CORS preflight, which this server never grants: the browser never sends it.
+    assert {(e["method"], e["path"]) for e in refused} == {
+        ("POST", "/api/backtests"),
+        ("POST", f"/api/backtests/tasks/{victim}/retry"),
+    }
+    httpx.delete(f"{server}/api/backtests/tasks/{victim}", headers=alice, timeout=5)
+    context.close()
     assert errors == []

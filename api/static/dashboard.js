@@ -7,6 +7,8 @@ const STATUS_AFTER = {
   retry_scheduled: "queued", released: "queued", requeued: "queued", cancelled: "cancelled",
 };
 const body = document.body;
+// Sent with every state change: a cookie-signed request without it is refused (api/csrf.py).
+const CSRF = { "X-CSRF-Token": document.querySelector('meta[name="csrf-token"]')?.content || "" };
 
 function flash(message) {
   const el = document.getElementById("flash");
@@ -35,7 +37,9 @@ function showActions(scope, status) {
 
 async function act(taskId, action) {
   const url = "/api/backtests/tasks/" + taskId + (action === "retry" ? "/retry" : "");
-  const reply = await fetch(url, { method: action === "retry" ? "POST" : "DELETE", credentials: "same-origin" });
+  const reply = await fetch(url, {
+    method: action === "retry" ? "POST" : "DELETE", credentials: "same-origin", headers: CSRF,
+  });
   if (!reply.ok) {
     const problem = await reply.json().catch(() => ({ message: reply.statusText }));
     flash(action + " refused: " + (problem.message || reply.status));
@@ -221,7 +225,7 @@ function submitPage() {
     spec.objective = form.elements.objective.value;
     const reply = await fetch("/api/backtests", {
       method: "POST", credentials: "same-origin",
-      headers: { "content-type": "application/json" }, body: JSON.stringify(spec),
+      headers: { "content-type": "application/json", ...CSRF }, body: JSON.stringify(spec),
     });
     const answer = await reply.json().catch(() => ({}));
     if (reply.status === 202) {
