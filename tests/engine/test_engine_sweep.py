@@ -28,7 +28,7 @@ def run_sweep(catalog: Catalog, spec: BacktestSpec) -> tuple[dict[str, Any], dic
 
 
 def optimize(catalog: Catalog, spec: BacktestSpec, constraint: Any) -> tuple[pd.Series, pd.Series]:
-    bars = catalog.load(spec.symbol).between(spec.start, spec.end)
+    bars = bt_oracle.bars_of(catalog, spec)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return bt_oracle.backtest(bars, spec).optimize(  # type: ignore[no-any-return]
