@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import gzip
 import hashlib
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from consumers.engine.datasets import Catalog, DatasetError, DatasetInfo, bars_sha256
+import consumers.engine
+from consumers.engine.datasets import BUNDLED_PATH, Catalog, DatasetError, DatasetInfo, bars_sha256
 from consumers.engine.errors import InvalidSymbolError
 
 HEADER = "Date,Open,High,Low,Close,Volume\n"
@@ -186,3 +190,19 @@ def test_user_file_names_follow_the_symbol_rule(tmp_path: Path) -> None:
     assert "not a symbol" in problems["my data.csv"] and "DUP.csv and dup.csv both name DUP" in problems["DUP"]
     with pytest.raises(DatasetError, match="both name DUP"):
         catalog.load("dup")
+
+
+def test_the_documented_recipe_recomputes_the_digest_of_bundled_bars() -> None:
+    """STRATEGIES.md's code, run as written on the bundled CSV's rows, gives the engine's digest."""
+    doc = (Path(consumers.engine.__file__).parent / "STRATEGIES.md").read_text()
+    recipe = doc.split("**Provenance**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(recipe, namespace)  # noqa: S102 - our own documentation, checked to stay true
+    with gzip.open(BUNDLED_PATH, "rt") as f:
+        rows = [r for r in csv.DictReader(f) if r["Ticker"] == "MSFT" and "2003-01-01" <= r["Date"] <= "2003-03-31"]
+    raw = Catalog.from_env_dir(None).load("MSFT")
+    for adjusted in (True, False):
+        bars, reason = raw.prices(adjusted)
+        record = bars.between(dt.date(2003, 1, 1), dt.date(2003, 3, 31)).provenance(reason)
+        assert record.bars == len(rows) == 61
+        assert record.sha256 == namespace["bars_sha256"](rows, adjusted)

@@ -177,3 +177,25 @@ def test_buy_and_hold_sees_no_crash_at_a_split(catalog: Catalog, symbol: str, st
     equity = unadjusted["equity_curve"]["equity"]
     assert equity[day] / equity[day - 1] < 0.6  # the raw prices halve at the split
     assert unadjusted["data"]["adjusted"] is False and unadjusted["data"]["not_adjusted_reason"] == "not_requested"
+
+
+def test_the_readme_sma_example_opens_no_short_on_the_split(catalog: Catalog) -> None:
+    """README "Try it": sma_cross 10/20 on AAPL 2005-2012. On unadjusted prices the 2:1 split of
+    2005-02-28 crosses the averages and the run goes short the next morning; adjusted, it does not."""
+    spec = BacktestSpec(
+        strategy="sma_cross",
+        symbol="AAPL",
+        params={"fast": 10, "slow": 20},
+        start=dt.date(2005, 1, 1),
+        end=dt.date(2012, 12, 31),
+        commission=0.002,
+    )
+
+    def positions(detail: dict[str, Any]) -> list[int]:
+        curve = detail["equity_curve"]
+        return [p for t, p in zip(curve["time"], curve["position"], strict=True) if "2005-02-25" <= t <= "2005-03-04"]
+
+    adjusted = positions(assert_parity(catalog, spec))
+    assert len(set(adjusted)) == 1 and adjusted[0] >= 0
+    unadjusted = positions(assert_parity(catalog, msgspec.structs.replace(spec, adjusted=False)))
+    assert unadjusted[0] >= 0 and unadjusted[-1] < 0
