@@ -209,3 +209,12 @@ async def test_healthz_and_datasets(system: System) -> None:
         datasets = (await http.get("/api/datasets")).json()["datasets"]
         symbols = {d["symbol"] for d in datasets}
         assert {"AAPL", "GOOG", "IBM", "MSFT", "FB"} <= symbols
+        aapl = next(d for d in datasets if d["symbol"] == "AAPL")
+        assert aapl == {
+            "symbol": "AAPL",
+            "start": "2000-03-01",
+            "end": "2013-03-01",
+            "rows": 3270,
+            "source": "bundled",
+            "adjustable": True,
+        }

@@ -61,6 +61,8 @@ class DatasetInfo(msgspec.Struct, frozen=True):
     end: dt.date
     rows: int
     source: Literal["bundled", "user"]
+    # Whether the data has an Adj Close column: without one, results use the raw prices.
+    adjustable: bool = False
 
 
 def check_symbol(symbol: str) -> str:
@@ -391,11 +393,14 @@ class Catalog:
     def datasets(self) -> list[DatasetInfo]:
         """Every loadable symbol with its date range, sorted by symbol."""
         out: dict[str, DatasetInfo] = {
-            s: DatasetInfo(s, b.start, b.end, len(b), "bundled") for s, b in self._bundled_bars().items()
+            s: DatasetInfo(s, b.start, b.end, len(b), "bundled", b.adj_close is not None)
+            for s, b in self._bundled_bars().items()
         }
         for symbol, entry in self._user_entries().items():
             if isinstance(entry, Bars):
-                out[symbol] = DatasetInfo(symbol, entry.start, entry.end, len(entry), "user")
+                out[symbol] = DatasetInfo(
+                    symbol, entry.start, entry.end, len(entry), "user", entry.adj_close is not None
+                )
         return [out[s] for s in sorted(out)]
 
     def _user_entries(self) -> dict[str, Bars | DatasetError]:

@@ -23,7 +23,9 @@ GOOD = HEADER + "2020-01-02,10,11,9,10.5,100\n2020-01-03,10.5,11,10,10.8,120\n20
 def test_bundled_symbols_with_date_ranges() -> None:
     infos = {d.symbol: d for d in Catalog.from_env_dir(None).datasets()}
     assert set(infos) == {"AAPL", "FB", "GOOG", "IBM", "MSFT"}
-    assert infos["GOOG"] == DatasetInfo("GOOG", dt.date(2004, 8, 19), dt.date(2013, 3, 1), 2148, "bundled")
+    assert infos["GOOG"] == DatasetInfo(
+        "GOOG", dt.date(2004, 8, 19), dt.date(2013, 3, 1), 2148, "bundled", adjustable=True
+    )
     assert infos["AAPL"].rows == 3270
 
 
@@ -99,7 +101,9 @@ ADJ = (
 
 def test_user_csv_with_adj_close_is_adjusted_by_default(tmp_path: Path) -> None:
     (tmp_path / "ADJ.csv").write_text(ADJ.replace("Adj Close", "adj close"))
-    raw = Catalog.from_env_dir(str(tmp_path)).load("ADJ")
+    catalog = Catalog.from_env_dir(str(tmp_path))
+    assert [d.adjustable for d in catalog.datasets() if d.symbol == "ADJ"] == [True]
+    raw = catalog.load("ADJ")
     bars, reason = raw.prices(adjusted=True)
     assert reason is None and bars.adjusted
     # f = Adj Close / Close per bar: 0.5, 1, 0.99. Prices times f, Close = Adj Close, Volume over f.
