@@ -85,6 +85,12 @@ def test_sweep_matches_optimize(catalog: Catalog, spec: BacktestSpec, constraint
     assert bt_oracle.metric_mismatches(detail["best"]["metrics"], stats) == {}
     assert summary["metrics"].items() <= detail["best"]["metrics"].items()
     assert detail["best"]["params"] == best
+    # A sweep records the bars it ran on like a single backtest: GOOGBT has no Adj Close column.
+    bars = bt_oracle.bars_of(catalog, spec)
+    assert summary["data"] == detail["data"]
+    assert (summary["data"]["symbol"], summary["data"]["bars"]) == (spec.symbol, len(bars))
+    assert summary["data"]["adjusted"] is (spec.symbol != "GOOGBT")
+    assert summary["data"]["not_adjusted_reason"] == (None if spec.symbol != "GOOGBT" else "no_adj_close_column")
 
 
 def test_constraint_grammar() -> None:
