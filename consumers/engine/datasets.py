@@ -103,7 +103,10 @@ class DatasetProblem(msgspec.Struct, frozen=True):
 
 @dataclass(frozen=True, eq=False)
 class Bars:
-    """Validated daily OHLCV arrays of one symbol, oldest first, read-only (they are cached)."""
+    """Validated daily OHLCV arrays of one symbol, oldest first, read-only (they are cached).
+
+    As the source gives them (`adjusted` false), or split- and dividend-adjusted: `prices(True)`.
+    """
 
     symbol: str
     source: str
