@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.errors import ApiError, FieldProblem, from_validation_error, task_id_param
-from consumers.engine.validation import check_spec
+from consumers.engine.validation import check_spec, with_dataset_name
 from orchestrator.codec import parse_stream_id
 from orchestrator.errors import TaskConflict, TaskNotFound
 from orchestrator.events import TERMINAL_STATUSES
@@ -71,7 +71,7 @@ def _bad_param(body: bytes, error: msgspec.ValidationError) -> ApiError:
 async def submit(request: Request) -> Response:
     ctx = _ctx(request)
     body = await _read_body(request, ctx.settings.max_body_bytes)
-    spec = _decode_spec(body)
+    spec = with_dataset_name(_decode_spec(body), ctx.catalog)
     problems = check_spec(spec, ctx.catalog)
     if problems:
         raise ApiError(

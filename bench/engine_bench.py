@@ -24,7 +24,6 @@ from backtesting.lib import crossover
 from backtesting.test import GOOG
 
 from consumers.engine.datasets import Bars
-from consumers.engine.indicators import IndicatorCache
 from consumers.engine.runner import Market, costs_of, run_once
 from consumers.engine.strategies import STRATEGIES
 from consumers.engine.sweep import admissible, make_row, ranked
@@ -87,12 +86,12 @@ def median_time(fn: Callable[[], Any], repeat: int) -> float:
 
 def engine_single(bars: Bars, spec: BacktestSpec) -> dict[str, object]:
     # A fresh indicator cache each time: nothing carries over between measured runs.
-    market = Market(bars, IndicatorCache(bars.close), bars.open.tolist())
+    market = Market.of(bars)
     return run_once(market, STRATEGIES["sma_cross"], spec.params, costs_of(spec), False, spec.cash)[1]
 
 
 def engine_sweep(bars: Bars, spec: BacktestSpec) -> list[Any]:
-    market = Market(bars, IndicatorCache(bars.close), bars.open.tolist())
+    market = Market.of(bars)
     strategy = STRATEGIES["sma_cross"]
     rows = [
         make_row(c, run_once(market, strategy, c, costs_of(spec), False, spec.cash)[1], "sqn")

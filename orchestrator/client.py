@@ -229,6 +229,13 @@ def _print_task(task: dict[str, Any], out: TextIO) -> None:
         )
     if result.get("metrics"):
         out.write("\n" + table([[k, v] for k, v in result["metrics"].items()], ["metric", "value"]) + "\n")
+    data = result.get("data")
+    if data:
+        prices = "adjusted" if data["adjusted"] else f"not adjusted ({data['not_adjusted_reason']})"
+        out.write(
+            f"\ncomputed on {data['symbol']} ({data['source']}) {data['first_bar']} to {data['last_bar']}, "
+            f"{data['bars']} bars, {prices}, sha256 {data['sha256']}\n"
+        )
 
 
 # --- the commands ---
@@ -277,6 +284,8 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
             spec[name] = getattr(args, name)
     if args.long_only:
         spec["long_only"] = True
+    if args.unadjusted:
+        spec["adjusted"] = False
     return spec
 
 
@@ -429,6 +438,9 @@ def register(sub: Any) -> None:
     submit.add_argument("--spread", type=float, help="relative bid-ask spread, paid on entry")
     submit.add_argument("--slippage-bps", type=float)
     submit.add_argument("--long-only", action="store_true")
+    submit.add_argument(
+        "--unadjusted", action="store_true", help="raw prices, not split- and dividend-adjusted (the default)"
+    )
     submit.add_argument("--objective", help="sweeps: the metric to maximise (default sqn)")
     submit.add_argument("--constraint", help='sweeps: e.g. "fast < slow"')
     submit.add_argument("--timeout-s", type=float, help="a time limit for this task")

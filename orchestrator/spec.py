@@ -38,6 +38,8 @@ class BacktestSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     constraint: str | None = None
     # A time limit for this task in seconds (the worker's limit applies when unset or larger).
     timeout_s: float | None = None
+    # Split- and dividend-adjusted prices (from the data's Adj Close column, when it has one).
+    adjusted: bool = True
 
     @property
     def is_sweep(self) -> bool:

@@ -54,6 +54,39 @@ async def test_submit_run_and_read(system: System) -> None:
         assert len(detail["trades"]["entry_bar"]) == metrics["num_trades"]
 
 
+async def test_symbol_is_stored_under_the_datasets_name_with_what_the_result_used(system: System) -> None:
+    async with system.client() as http:
+        body = {**BODY, "symbol": "goog", "start": "2005-01-03", "end": "2005-12-30"}
+        task_id = (await http.post("/api/backtests", json=body)).json()["task_id"]
+        history = (await http.get(f"/api/backtests/tasks/{task_id}/events")).json()["events"]
+        assert history[0]["data"]["spec"]["symbol"] == "GOOG"
+        assert (await http.get(f"/api/backtests/tasks/{task_id}")).json()["spec"]["symbol"] == "GOOG"
+        raw = (await http.post("/api/backtests", json={**body, "adjusted": False})).json()["task_id"]
+
+        await system.run_workers()
+
+        data = (await http.get(f"/api/backtests/tasks/{task_id}")).json()["result"]["data"]
+        assert data == {
+            "symbol": "GOOG",
+            "source": "bundled",
+            "first_bar": "2005-01-03",
+            "last_bar": "2005-12-30",
+            "bars": 252,
+            "adjusted": True,
+            "not_adjusted_reason": None,
+            "sha256": data["sha256"],
+        }
+        assert len(data["sha256"]) == 64
+        assert (await http.get(f"/api/backtests/tasks/{task_id}/result")).json()["data"] == data
+        unadjusted = (await http.get(f"/api/backtests/tasks/{raw}")).json()["result"]["data"]
+        assert unadjusted["adjusted"] is False and unadjusted["not_adjusted_reason"] == "not_requested"
+        assert unadjusted["sha256"] != data["sha256"] and unadjusted["bars"] == 252
+        # The same request on the same data: the same bars, the same digest.
+        again = (await http.post("/api/backtests", json=body)).json()["task_id"]
+        await system.run_workers()
+        assert (await http.get(f"/api/backtests/tasks/{again}")).json()["result"]["data"] == data
+
+
 async def test_idempotency_key(system: System, backend: Backend) -> None:
     async with system.client() as http:
         headers = {"Idempotency-Key": "run-42"}
@@ -75,6 +108,15 @@ BAD_BODIES = [
     ({k: v for k, v in BODY.items() if k != "strategy"}, 422, "strategy"),
     ({**BODY, "strategy": "astrology"}, 422, "strategy"),
     ({**BODY, "symbol": "NOPE"}, 422, "symbol"),
+    # Symbols are plain ASCII, without spaces: "ı".upper() is "I" in Python, yet ıbm is not IBM.
+    ({**BODY, "symbol": "  IBM  "}, 422, "symbol"),
+    ({**BODY, "symbol": "ıbm"}, 422, "symbol"),
+    ({**BODY, "symbol": "GOOG\n"}, 422, "symbol"),
+    # A range beyond the data is refused, not clipped to it.
+    ({**BODY, "start": "1990-01-01"}, 422, "start"),
+    ({**BODY, "end": "2020-01-01"}, 422, "end"),
+    ({**BODY, "start": "2014-01-01", "end": "2015-01-01"}, 422, "start"),
+    ({**BODY, "adjusted": "yes"}, 422, "adjusted"),
     ({**BODY, "params": {"fast": 20, "slow": 10}}, 422, "params"),
     ({**BODY, "params": {"fast": "ten", "slow": 20}}, 422, "params.fast"),
     ({**BODY, "start": "2012-01-01", "end": "2011-01-01"}, 422, "end"),
@@ -167,3 +209,12 @@ async def test_healthz_and_datasets(system: System) -> None:
         datasets = (await http.get("/api/datasets")).json()["datasets"]
         symbols = {d["symbol"] for d in datasets}
         assert {"AAPL", "GOOG", "IBM", "MSFT", "FB"} <= symbols
+        aapl = next(d for d in datasets if d["symbol"] == "AAPL")
+        assert aapl == {
+            "symbol": "AAPL",
+            "start": "2000-03-01",
+            "end": "2013-03-01",
+            "rows": 3270,
+            "source": "bundled",
+            "adjustable": True,
+        }

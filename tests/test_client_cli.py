@@ -62,6 +62,18 @@ async def test_submit_wait_shows_progress_then_the_metrics(system: System, capsy
     assert "metric" in out and "sharpe" in out and "num_trades" in out
 
 
+async def test_submit_shows_the_bars_the_result_used(system: System, capsys: pytest.CaptureFixture[str]) -> None:
+    async with served(system, worker=True) as url:
+        argv = ["submit", "buy_and_hold", "aapl", "--start", "2005-01-03", "--end", "2005-06-30", "--wait"]
+        assert await backstream(Settings(api_url=url), *argv) == 0
+        adjusted = capsys.readouterr().out
+        assert await backstream(Settings(api_url=url), *argv, "--unadjusted") == 0
+        raw = capsys.readouterr().out
+    assert "symbol        AAPL" in adjusted  # stored under the dataset's own name
+    assert "computed on AAPL (bundled) 2005-01-03 to 2005-06-30, 125 bars, adjusted, sha256 " in adjusted
+    assert "125 bars, not adjusted (not_requested), sha256 " in raw
+
+
 async def test_status_cancel_and_ls(system: System, capsys: pytest.CaptureFixture[str]) -> None:
     async with served(system) as url:
         async with httpx.AsyncClient(base_url=url) as http:

@@ -35,6 +35,10 @@ class UnknownSymbolError(DatasetError):
     """The requested symbol is in neither the bundled data nor the user's data directory."""
 
 
+class InvalidSymbolError(UnknownSymbolError):
+    """The requested text cannot name any dataset (see `datasets.SYMBOL_RULE`)."""
+
+
 class SpecError(EngineError):
     """The request fails `check_spec`; `errors` holds the field errors."""
 

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from consumers.engine import kernel, sweep
-from consumers.engine.datasets import Bars, Catalog
+from consumers.engine.datasets import Bars, Catalog, DataProvenance, NotAdjustedReason
 from consumers.engine.errors import CheckpointError, EngineError, SpecError
 from consumers.engine.indicators import IndicatorCache
 from consumers.engine.kernel import Costs, KernelState, Simulation
@@ -52,6 +52,12 @@ class Market:
     bars: Bars
     indicators: IndicatorCache
     open_list: list[float]
+    provenance: DataProvenance
+
+    @classmethod
+    def of(cls, bars: Bars, not_adjusted_reason: NotAdjustedReason | None = None) -> Market:
+        """The market of `bars` (a range of one symbol's prices, from `Bars.prices`)."""
+        return cls(bars, IndicatorCache(bars.close), bars.open.tolist(), bars.provenance(not_adjusted_reason))
 
 
 def costs_of(spec: BacktestSpec) -> Costs:
@@ -127,11 +133,12 @@ class BacktestRun:
         errors = check_spec(spec, catalog)
         if errors:
             raise SpecError("; ".join(f"{e.field}: {e.message}" for e in errors), list(errors))
-        bars = catalog.load(spec.symbol).between(spec.start, spec.end)
+        bars, not_adjusted = catalog.load(spec.symbol).prices(spec.adjusted)
+        bars = bars.between(spec.start, spec.end)
         bars.day_strings  # made once per dataset, here rather than inside a chunk of the run  # noqa: B018
         self.spec = spec
         self.strategy = STRATEGIES[spec.strategy]
-        self.market = Market(bars, IndicatorCache(bars.close), bars.open.tolist())
+        self.market = Market.of(bars, not_adjusted)
         self.costs = costs_of(spec)
         self.fingerprint = fingerprint(spec, bars)
         self.combinations = (
@@ -237,7 +244,8 @@ class BacktestRun:
         detail = backtest_detail(
             self.market.bars, job.sim, job.metrics, self.spec.strategy, job.params, trades=self._trades
         )
-        return Outcome({"metrics": headline(detail["metrics"])}, detail)
+        data = self._data()
+        return Outcome({"metrics": headline(detail["metrics"]), "data": data}, {**detail, "data": data})
 
     def _sweep_outcome(self, best: Job) -> Outcome:
         assert best.sim is not None and best.metrics is not None
@@ -246,13 +254,19 @@ class BacktestRun:
         )
         table = sweep.ranked(self.rows)
         detail = sweep_detail(table, self.spec.objective, sweep.grid_size(self.spec.params), best_detail)
+        data = self._data()
         summary = {
             "metrics": headline(best_detail["metrics"]),
             "best_params": json_safe(dict(best.params)),
             "objective": self.spec.objective,
             "combinations": len(self.rows),
+            "data": data,
         }
-        return Outcome(summary, detail)
+        return Outcome(summary, {**detail, "data": data})
+
+    def _data(self) -> dict[str, Any]:
+        """What the result was computed on (see STRATEGIES.md "Data"), as JSON types."""
+        return msgspec.to_builtins(self.market.provenance)  # type: ignore[no-any-return]
 
     def checkpoint(self) -> Checkpoint:
         """The state after the last step. A step in settlement or statistics is redone on resume."""

@@ -9,7 +9,7 @@ import msgspec
 
 from consumers.engine.constraints import Constraint, ConstraintError
 from consumers.engine.datasets import Bars, Catalog
-from consumers.engine.errors import DatasetError, DataUnavailable, UnknownSymbolError
+from consumers.engine.errors import DatasetError, DataUnavailable, InvalidSymbolError, UnknownSymbolError
 from consumers.engine.metrics import OBJECTIVES
 from consumers.engine.strategies import STRATEGIES, StrategyDef, min_bars
 from consumers.engine.sweep import MAX_COMBINATIONS, admissible, grid_size
@@ -116,6 +116,8 @@ def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
     bars: Bars | None = None
     try:
         bars = catalog.load(spec.symbol)
+    except InvalidSymbolError as e:
+        errors.append(FieldError("symbol", str(e)))
     except UnknownSymbolError:
         errors.append(
             FieldError("symbol", f"unknown symbol {spec.symbol!r}; available: {', '.join(catalog.symbols())}")
@@ -124,6 +126,8 @@ def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
         raise  # not a fault of the request: the caller may try again
     except DatasetError as e:
         errors.append(FieldError("symbol", str(e)))
+    range_errors = [] if bars is None else _range_errors(spec, bars)
+    errors += range_errors
     errors += _number_errors(spec)
     if spec.timeout_s is not None and not spec.timeout_s > 0:
         errors.append(FieldError("timeout_s", f"must be a positive number of seconds, got {spec.timeout_s}"))
@@ -150,7 +154,7 @@ def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
     if size > MAX_COMBINATIONS:
         errors.append(FieldError("params", f"the sweep has {size} combinations; at most {MAX_COMBINATIONS} allowed"))
         return errors
-    if bars is None or not constraint_ok or any(e.field in ("end",) for e in errors):
+    if bars is None or not constraint_ok or range_errors or any(e.field in ("end",) for e in errors):
         return errors
     window = bars.between(spec.start, spec.end)
     if not spec.is_sweep:
@@ -169,6 +173,32 @@ def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
             )
         )
     return errors
+
+
+def _range_errors(spec: BacktestSpec, bars: Bars) -> list[FieldError]:
+    """`start` and `end` must lie within the data: a range beyond it is refused, never clipped."""
+    covers = f"the data of {bars.symbol} covers {bars.start} to {bars.end}"
+    errors = []
+    if spec.start is not None and not bars.start <= spec.start <= bars.end:
+        where = "before the first bar" if spec.start < bars.start else "after the last bar"
+        errors.append(FieldError("start", f"{spec.start} is {where}; {covers}"))
+    if spec.end is not None and not bars.start <= spec.end <= bars.end:
+        where = "after the last bar" if spec.end > bars.end else "before the first bar"
+        errors.append(FieldError("end", f"{spec.end} is {where}; {covers}"))
+    return errors
+
+
+def with_dataset_name(spec: BacktestSpec, catalog: Catalog) -> BacktestSpec:
+    """`spec` with its symbol spelled as the dataset names itself (`aapl` becomes `AAPL`), so the
+    `submitted` event stores one name per dataset. Unchanged when no dataset matches: `check_spec`
+    then says why. Raises DataUnavailable (the data cannot be read now; worth a retry)."""
+    try:
+        name = catalog.load(spec.symbol).symbol
+    except DataUnavailable:
+        raise
+    except DatasetError:
+        return spec
+    return spec if name == spec.symbol else msgspec.structs.replace(spec, symbol=name)
 
 
 def _too_few(spec: BacktestSpec, bars: Bars, have: int, need: int) -> str:

@@ -12,7 +12,7 @@ import pandas as pd
 from backtesting import Backtest, Strategy
 from backtesting.lib import crossover
 
-from consumers.engine.datasets import Bars
+from consumers.engine.datasets import Bars, Catalog
 from consumers.engine.indicators import IndicatorCache
 from consumers.engine.metrics import BACKTESTING_PY_NAMES
 from orchestrator.spec import BacktestSpec
@@ -134,6 +134,13 @@ ORACLES: dict[str, type[Strategy]] = {
     "bollinger": Bollinger,
     "buy_and_hold": BuyAndHold,
 }
+
+
+def bars_of(catalog: Catalog, spec: BacktestSpec) -> Bars:
+    """The bars the engine computes `spec` on (adjusted or not, in its date range): the oracle
+    gets the very same prices."""
+    bars, _ = catalog.load(spec.symbol).prices(spec.adjusted)
+    return bars.between(spec.start, spec.end)
 
 
 def frame(bars: Bars) -> pd.DataFrame:

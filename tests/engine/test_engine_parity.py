@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import gzip
+import math
 from typing import Any
 
 import bt_oracle
+import msgspec
 import numpy as np
 import pandas as pd
 import pytest
 
-from consumers.engine.datasets import Catalog
+from consumers.engine.datasets import BUNDLED_PATH, Catalog
 from consumers.engine.runner import Outcome, start_run
 from orchestrator.spec import BacktestSpec
 
@@ -30,7 +35,7 @@ def cases() -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
             if (fast, slow) in ((10, 20), (5, 20)) or k in (0, 2):
                 out.append(("GOOGBT", "sma_cross", {"fast": fast, "slow": slow}, costs))
     for symbol in ("AAPL", "IBM", "MSFT", "GOOG", "FB"):
-        out += [
+        bundled: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
             (symbol, "sma_cross", {"fast": 10, "slow": 30}, {"commission": 0.001}),
             (symbol, "momentum", {"lookback": 20, "threshold": 0.02}, {}),
             (symbol, "momentum", {"lookback": 5, "threshold": 0.0}, {"spread": 0.001, "long_only": True}),
@@ -40,6 +45,8 @@ def cases() -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
             (symbol, "rsi", {"period": 5, "lower": 20.0, "upper": 80.0}, {"commission_fixed": 2.0, "long_only": True}),
             (symbol, "buy_and_hold", {}, {"commission": 0.01}),
         ]
+        # Adjusted prices are the default; the same cases run on the unadjusted ones too.
+        out += bundled + [(s, strategy, p, {**c, "adjusted": False}) for s, strategy, p, c in bundled]
     out += [
         ("GOOGBT", "rsi", {"period": 2, "lower": 25.0, "upper": 75.0}, {"commission": 0.0005}),
         ("GOOGBT", "bollinger", {"window": 5, "k": 0.5}, {}),
@@ -62,7 +69,7 @@ def run_engine(catalog: Catalog, spec: BacktestSpec, max_seconds: float = 1.0) -
 
 
 def assert_parity(catalog: Catalog, spec: BacktestSpec) -> dict[str, Any]:
-    bars = catalog.load(spec.symbol).between(spec.start, spec.end)
+    bars = bt_oracle.bars_of(catalog, spec)
     stats = bt_oracle.run(bars, spec)
     detail = run_engine(catalog, spec).detail
 
@@ -99,8 +106,6 @@ def test_matches_backtesting_py(
 
 
 def test_date_range_is_a_slice_of_the_data(catalog: Catalog) -> None:
-    import datetime as dt
-
     spec = BacktestSpec(
         strategy="sma_cross",
         symbol="AAPL",
@@ -128,3 +133,69 @@ def test_no_trade_run_keeps_its_cash(catalog: Catalog) -> None:
     )
     assert detail["trades"]["size"] == []
     assert set(detail["equity_curve"]["equity"]) == {100.0}
+
+
+def _csv_prices(symbol: str, first: str, last: str) -> tuple[list[float], list[float]]:
+    """Open and Open · (Adj Close / Close) of `symbol` from first to last, read straight from the
+    bundled CSV (not through the engine)."""
+    raw, adjusted = [], []
+    with gzip.open(BUNDLED_PATH, "rt") as f:
+        for row in csv.DictReader(f):
+            if row["Ticker"] == symbol and first <= row["Date"] <= last:
+                raw.append(float(row["Open"]))
+                adjusted.append(float(row["Open"]) * (float(row["Adj Close"]) / float(row["Close"])))
+    return raw, adjusted
+
+
+@pytest.mark.parametrize(
+    ("symbol", "start", "end", "split"),
+    [("AAPL", "2005-01-01", "2005-06-30", "2005-02-28"), ("MSFT", "2003-01-01", "2003-03-31", "2003-02-18")],
+)
+def test_buy_and_hold_sees_no_crash_at_a_split(catalog: Catalog, symbol: str, start: str, end: str, split: str) -> None:
+    """Before adjustment AAPL 2005 H1 returned -43% and MSFT 2003 Q1 -55%: each a 2:1 split."""
+    spec = BacktestSpec(
+        strategy="buy_and_hold", symbol=symbol, start=dt.date.fromisoformat(start), end=dt.date.fromisoformat(end)
+    )
+    detail = assert_parity(catalog, spec)
+    raw_open, adj_open = _csv_prices(symbol, start, end)
+    # Bought at the third bar's Open (backtesting.py first decides on the second bar; an order fills
+    # at the next Open), with whole units of all the cash, and closed at the last bar's Open.
+    units = math.floor(spec.cash / adj_open[2])
+    expected = spec.cash + units * (adj_open[-1] - adj_open[2])
+    assert detail["trades"]["entry_price"] == [adj_open[2]]
+    assert detail["trades"]["exit_price"] == [adj_open[-1]]
+    assert detail["metrics"]["equity_final"] == pytest.approx(expected, rel=1e-12)
+    day = detail["equity_curve"]["time"].index(split)
+    equity = detail["equity_curve"]["equity"]
+    assert equity[day] / equity[day - 1] > 0.9  # no split crash
+    assert detail["data"]["adjusted"] is True and detail["data"]["not_adjusted_reason"] is None
+
+    unadjusted = assert_parity(catalog, msgspec.structs.replace(spec, adjusted=False))
+    units = math.floor(spec.cash / raw_open[2])
+    assert unadjusted["trades"]["entry_price"] == [raw_open[2]]
+    assert unadjusted["metrics"]["equity_final"] == pytest.approx(spec.cash + units * (raw_open[-1] - raw_open[2]))
+    equity = unadjusted["equity_curve"]["equity"]
+    assert equity[day] / equity[day - 1] < 0.6  # the raw prices halve at the split
+    assert unadjusted["data"]["adjusted"] is False and unadjusted["data"]["not_adjusted_reason"] == "not_requested"
+
+
+def test_the_readme_sma_example_opens_no_short_on_the_split(catalog: Catalog) -> None:
+    """README "Try it": sma_cross 10/20 on AAPL 2005-2012. On unadjusted prices the 2:1 split of
+    2005-02-28 crosses the averages and the run goes short the next morning; adjusted, it does not."""
+    spec = BacktestSpec(
+        strategy="sma_cross",
+        symbol="AAPL",
+        params={"fast": 10, "slow": 20},
+        start=dt.date(2005, 1, 1),
+        end=dt.date(2012, 12, 31),
+        commission=0.002,
+    )
+
+    def positions(detail: dict[str, Any]) -> list[int]:
+        curve = detail["equity_curve"]
+        return [p for t, p in zip(curve["time"], curve["position"], strict=True) if "2005-02-25" <= t <= "2005-03-04"]
+
+    adjusted = positions(assert_parity(catalog, spec))
+    assert len(set(adjusted)) == 1 and adjusted[0] >= 0
+    unadjusted = positions(assert_parity(catalog, msgspec.structs.replace(spec, adjusted=False)))
+    assert unadjusted[0] >= 0 and unadjusted[-1] < 0

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from consumers.engine.datasets import Bars, Catalog
-from consumers.engine.indicators import IndicatorCache, rolling_mean_exact, rolling_mean_fast
+from consumers.engine.indicators import rolling_mean_exact, rolling_mean_fast
 from consumers.engine.kernel import Costs
 from consumers.engine.runner import Market, run_once
 from consumers.engine.strategies import STRATEGIES
@@ -28,7 +28,7 @@ def make_bars(close: np.ndarray, open_: np.ndarray) -> Bars:
 
 
 def market(bars: Bars) -> Market:
-    return Market(bars, IndicatorCache(bars.close), bars.open.tolist())
+    return Market.of(bars)
 
 
 prices = st.lists(st.floats(-0.08, 0.08), min_size=40, max_size=150).map(

@@ -28,7 +28,7 @@ def run_sweep(catalog: Catalog, spec: BacktestSpec) -> tuple[dict[str, Any], dic
 
 
 def optimize(catalog: Catalog, spec: BacktestSpec, constraint: Any) -> tuple[pd.Series, pd.Series]:
-    bars = catalog.load(spec.symbol).between(spec.start, spec.end)
+    bars = bt_oracle.bars_of(catalog, spec)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return bt_oracle.backtest(bars, spec).optimize(  # type: ignore[no-any-return]
@@ -85,6 +85,12 @@ def test_sweep_matches_optimize(catalog: Catalog, spec: BacktestSpec, constraint
     assert bt_oracle.metric_mismatches(detail["best"]["metrics"], stats) == {}
     assert summary["metrics"].items() <= detail["best"]["metrics"].items()
     assert detail["best"]["params"] == best
+    # A sweep records the bars it ran on like a single backtest: GOOGBT has no Adj Close column.
+    bars = bt_oracle.bars_of(catalog, spec)
+    assert summary["data"] == detail["data"]
+    assert (summary["data"]["symbol"], summary["data"]["bars"]) == (spec.symbol, len(bars))
+    assert summary["data"]["adjusted"] is (spec.symbol != "GOOGBT")
+    assert summary["data"]["not_adjusted_reason"] == (None if spec.symbol != "GOOGBT" else "no_adj_close_column")
 
 
 def test_constraint_grammar() -> None:

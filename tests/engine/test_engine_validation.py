@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import msgspec
 import pytest
 
 from consumers.engine.datasets import Catalog
-from consumers.engine.validation import FieldError, check_spec
+from consumers.engine.validation import FieldError, check_spec, with_dataset_name
 from orchestrator.spec import BacktestSpec
 
 
@@ -74,3 +75,42 @@ def test_messages_say_what_to_do(catalog: Catalog) -> None:
     assert "needs at least 22" in err.message and "2004-08-19" in err.message
     [err] = check_spec(BacktestSpec(strategy="nope", symbol="GOOG"), catalog)
     assert "sma_cross" in err.message
+
+
+@pytest.mark.parametrize(
+    ("kw", "field", "where"),
+    [
+        ({"start": dt.date(1990, 1, 1)}, "start", "1990-01-01 is before the first bar"),
+        ({"start": dt.date(2013, 3, 2)}, "start", "2013-03-02 is after the last bar"),
+        ({"end": dt.date(2020, 1, 1)}, "end", "2020-01-01 is after the last bar"),
+        ({"end": dt.date(2004, 8, 18)}, "end", "2004-08-18 is before the first bar"),
+        ({"start": dt.date(2004, 8, 18), "end": dt.date(2013, 3, 2)}, "start", "2004-08-18 is before the first bar"),
+    ],
+)
+def test_a_range_beyond_the_data_is_refused_not_clipped(
+    catalog: Catalog, kw: dict[str, Any], field: str, where: str
+) -> None:
+    errors = check_spec(
+        BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20}, **kw), catalog
+    )
+    assert errors[0] == FieldError(field, f"{where}; the data of GOOG covers 2004-08-19 to 2013-03-01")
+    assert len(errors) == len(kw)  # both ends named when both are outside
+
+
+def test_a_range_on_the_datas_own_ends_or_between_bars_is_accepted(catalog: Catalog) -> None:
+    assert fields(catalog, start=dt.date(2004, 8, 19), end=dt.date(2013, 3, 1)) == []
+    assert fields(catalog, start=dt.date(2005, 1, 1), end=dt.date(2012, 12, 30)) == []  # weekend, holiday
+
+
+@pytest.mark.parametrize("symbol", ["  IBM  ", "ıbm", "goog\t"])
+def test_a_symbol_outside_the_rule_is_a_symbol_error(catalog: Catalog, symbol: str) -> None:
+    [err] = check_spec(BacktestSpec(strategy="sma_cross", symbol=symbol, params={"fast": 10, "slow": 20}), catalog)
+    assert err.field == "symbol" and "is not a symbol: use 1 to 32 ASCII" in err.message
+
+
+def test_with_dataset_name_spells_the_symbol_as_the_dataset_does(catalog: Catalog) -> None:
+    spec = BacktestSpec(strategy="sma_cross", symbol="goog", params={"fast": 10, "slow": 20})
+    assert with_dataset_name(spec, catalog).symbol == "GOOG"
+    assert with_dataset_name(msgspec.structs.replace(spec, symbol="googbt"), catalog).symbol == "GOOGBT"
+    unknown = msgspec.structs.replace(spec, symbol="  goog ")
+    assert with_dataset_name(unknown, catalog) is unknown  # check_spec says why
