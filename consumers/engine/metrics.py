@@ -92,11 +92,17 @@ def _period_days(days: FloatArray) -> float:
 
 
 def _ceil_days(value: float, period: float) -> float | None:
-    """Round a duration up to the resolution of the bar spacing, as backtesting.py does."""
+    """Round a duration (days) up to the resolution of the bar spacing `period` (days), as
+    backtesting.py ceils its Timedeltas to the period's resolution: the coarsest of a day, an
+    hour, a minute and a second in which the spacing is whole."""
     if value != value:
         return None
-    step = 1.0 if period == period and float(period).is_integer() else 1 / 24
-    return float(math.ceil(value / step) * step)
+    unit = 86_400
+    if period == period:
+        seconds = round(period * 86_400)
+        unit = next(u for u in (86_400, 3_600, 60, 1) if seconds % u == 0)
+    # In whole units, with float noise (a mean of whole days read as 13 - 1e-12) rounded off first.
+    return math.ceil(round(value * 86_400 / unit, 9)) * unit / 86_400
 
 
 # Calendar frequencies by median bar spacing in days: [lowest, below) -> resampling, periods a year.

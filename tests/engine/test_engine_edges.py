@@ -227,3 +227,23 @@ def test_open_drawdown_deviation_from_backtesting_py(tmp_path: Path) -> None:
     # backtesting.py drops the open one-bar period.
     assert stats["Avg. Drawdown [%]"] == pytest.approx(-10 / 105 * 100, rel=1e-12)
     assert stats["Avg. Drawdown Duration"] == pd.Timedelta(days=2)
+
+
+@pytest.mark.parametrize(
+    ("spacing", "expected_days"),
+    [
+        (pd.Timedelta(hours=1), 2 + 5 / 24),  # whole hours: ceiled to the hour
+        (pd.Timedelta(minutes=90), 2 + 4.5 / 24),  # 1 h 30 min: to the minute
+        (pd.Timedelta(days=1), 4),  # whole days
+    ],
+)
+def test_durations_are_ceiled_to_the_bar_spacing_resolution(spacing: pd.Timedelta, expected_days: float) -> None:
+    """One drawdown of a span of bars: its duration is the span itself, already whole in the
+    spacing's resolution, so ceiling must leave it as it is (not round it up to a whole hour)."""
+    n = {pd.Timedelta(hours=1): 54, pd.Timedelta(minutes=90): 36, pd.Timedelta(days=1): 5}[spacing]
+    index = pd.date_range("2021-03-01", periods=n, freq=spacing)
+    equity = np.full(n, 100.0)
+    equity[1:-1] = 90.0  # from the first bar (the peak) to the last (recovered)
+    m = metrics_of(index, equity)
+    assert m["max_drawdown_duration_days"] == pytest.approx((index[-1] - index[0]) / pd.Timedelta(days=1), rel=1e-12)
+    assert m["max_drawdown_duration_days"] == pytest.approx(expected_days, rel=1e-12)
