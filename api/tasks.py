@@ -48,7 +48,10 @@ def _decode_spec(body: bytes) -> BacktestSpec:
     try:
         return msgspec.json.decode(body, type=BacktestSpec)
     except msgspec.ValidationError as e:
-        if "`$.params[...]`" in str(e):
+        if str(e).startswith("Number out of range") and "`$.params[...]" not in str(e):
+            error = from_validation_error(e)
+            raise ApiError.invalid(error.fields[0].field, OUT_OF_RANGE) from None
+        if "`$.params[...]" in str(e):
             raise _bad_param(body, e) from None
         raise from_validation_error(e) from None
     except msgspec.DecodeError as e:
@@ -57,15 +60,47 @@ def _decode_spec(body: bytes) -> BacktestSpec:
         ) from None
 
 
+# msgspec refuses a JSON number beyond float64 (over about 1.8e308, such as 1e309): it would be inf.
+OUT_OF_RANGE = "must be a finite number; this one is beyond float64's range (about ±1.8e308)"
+
+
+class _ParamsOnly(msgspec.Struct):
+    """The request's `params`, each value left undecoded (so a number out of range cannot fail it)."""
+
+    params: dict[str, msgspec.Raw] = {}
+
+
 def _bad_param(body: bytes, error: msgspec.ValidationError) -> ApiError:
-    """msgspec locates a bad dict value only as `params[...]`: find which parameter it was."""
-    params = msgspec.json.decode(body).get("params", {})
-    for name, value in params.items():
+    """msgspec locates a bad dict value only as `params[...]`: find which parameter (and which
+    element of a sweep list) it was, decoding each value on its own."""
+    try:
+        params = msgspec.json.decode(body, type=_ParamsOnly).params
+    except msgspec.MsgspecError:
+        return from_validation_error(error)
+    for name, raw in params.items():
         try:
-            msgspec.convert(value, ParamValue)
-        except msgspec.ValidationError:
-            return ApiError.invalid(f"params.{name}", "must be a number or a list of numbers")
+            msgspec.json.decode(raw, type=ParamValue)
+        except msgspec.ValidationError as e:
+            field = f"params.{name}"
+            if str(e).startswith("Number out of range"):
+                index = _out_of_range_index(raw)
+                return ApiError.invalid(field if index is None else f"{field}[{index}]", OUT_OF_RANGE)
+            return ApiError.invalid(field, "must be a number or a list of numbers")
     return from_validation_error(error)
+
+
+def _out_of_range_index(raw: msgspec.Raw) -> int | None:
+    """Which element of a sweep list is out of range; None when the value is not a list."""
+    try:
+        items = msgspec.json.decode(raw, type=list[msgspec.Raw])
+    except msgspec.ValidationError:
+        return None
+    for k, item in enumerate(items):
+        try:
+            msgspec.json.decode(item, type=int | float)
+        except msgspec.ValidationError:
+            return k
+    return None
 
 
 async def submit(request: Request) -> Response:

@@ -60,6 +60,8 @@ class UnreadableSpec(Exception):
     """The task's spec does not decode in this worker (a newer version wrote it, say). Retried
     like a crash: another attempt may land on a worker that reads it."""
 
+    retryable = True
+
 
 class Execution:
     """One attempt of one task on this worker."""

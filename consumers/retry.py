@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from consumers.engine.errors import EngineError
+from orchestrator.connections import REDIS_UNAVAILABLE
 from orchestrator.settings import Settings
 
 
@@ -14,12 +14,27 @@ class TaskTimeout(Exception):
     retryable = False
 
 
+# Failures that can pass on their own, whatever the input: a lost connection or a timeout (to
+# Redis or anything else), other I/O (a file being replaced, a full disk), and memory (the other
+# tasks this worker runs may have held it). Attempts are capped, so one that is not transient
+# after all costs at most BACKSTREAM_MAX_ATTEMPTS runs.
+TRANSIENT: tuple[type[BaseException], ...] = (OSError, MemoryError, *REDIS_UNAVAILABLE)
+
+
 def is_retryable(error: BaseException) -> bool:
-    """Engine errors say for themselves (bad data or a bad spec will fail again); anything
-    else (a crash in a dependency, memory, I/O) may be transient, so it is retried."""
-    if isinstance(error, (EngineError, TaskTimeout)):
-        return bool(error.retryable)
-    return True
+    """Whether another attempt of the same task could succeed.
+
+    An error that says so for itself (a `retryable` attribute: every EngineError, TaskTimeout,
+    UnreadableSpec) is believed. Otherwise only TRANSIENT errors are retried: anything else
+    (OverflowError, ValueError, ArithmeticError, TypeError... raised by the engine or a
+    dependency) comes from the input and the code, which a retry runs again unchanged, so it
+    would fail the same way; the task fails at once, and `POST .../retry` can requeue it
+    after a fix.
+    """
+    says = getattr(error, "retryable", None)
+    if isinstance(says, bool):
+        return says
+    return isinstance(error, TRANSIENT)
 
 
 def backoff_ms(attempt: int, settings: Settings, rng: random.Random | None = None) -> int:

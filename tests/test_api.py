@@ -127,6 +127,20 @@ BAD_BODIES = [
     ({**BODY, "cash": 10**400}, 422, "cash"),
     ({**BODY, "params": {"fast": 10**400, "slow": 20}}, 422, "params.fast"),
     ({**BODY, "params": {"fast": [5, 10**400], "slow": 20}}, 422, "params.fast[1]"),
+    # Numbers beyond float64 (1e309 would be inf): refused as the field, never a 500.
+    (b'{"strategy": "sma_cross", "symbol": "GOOG", "params": {"fast": 1e309, "slow": 20}}', 422, "params.fast"),
+    (b'{"strategy": "sma_cross", "symbol": "GOOG", "params": {"fast": 10, "slow": -1e999}}', 422, "params.slow"),
+    (b'{"strategy": "sma_cross", "symbol": "GOOG", "params": {"fast": [5, 1e309], "slow": 20}}', 422, "params.fast[1]"),
+    (b'{"strategy": "sma_cross", "symbol": "GOOG", "params": {"fast": 10, "slow": 20}, "cash": 1e309}', 422, "cash"),
+    (
+        b'{"strategy": "sma_cross", "symbol": "GOOG", "params": {"fast": 10, "slow": 20}, "timeout_s": 1e309}',
+        422,
+        "timeout_s",
+    ),
+    # Money beyond what float64 resolves to a cent (2^46), which also buys more units than int64 holds.
+    ({**BODY, "cash": 1e25}, 422, "cash"),
+    ({**BODY, "cash": 1e308}, 422, "cash"),
+    ({**BODY, "commission_fixed": 1e300}, 422, "commission_fixed"),
 ]
 
 

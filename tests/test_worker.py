@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from pathlib import Path
 from typing import Any
 
 from orchestrator.events import Failed
@@ -31,3 +33,34 @@ async def test_a_spec_this_worker_cannot_read_fails_that_task_only(backend: Back
     assert isinstance(failed, Failed) and failed.error_type == "UnreadableSpec"
     assert [(d["task_id"], d["reason"]) for d in letters] == [(ids[1], "UnreadableSpec")]
     assert await backend.redis.xlen(backend.keys.work) == 0
+
+
+def _zigzag_csv(directory: Path) -> None:
+    """Prices alternating between 1 and 1000, each bar opening at the last close: RSI(1) buys
+    every fall at 1 and sells every rise at 1000, so equity, and the units it buys at 1,
+    multiply by ~2,000 a cycle, past what the engine represents (2^53 units) at bar 11."""
+    close = [1.0, 1000.0] * 8
+    lines = ["Date,Open,High,Low,Close,Volume"]
+    for k, c in enumerate(close):
+        o = close[k - 1] if k else c
+        lines.append(f"{dt.date(2015, 1, 5) + dt.timedelta(days=k)},{o},{max(o, c)},{min(o, c)},{c},1")
+    (directory / "ZIGZAG.csv").write_text("\n".join(lines) + "\n")
+
+
+async def test_an_error_the_input_raises_again_fails_at_once(backend: Backend, tmp_path: Path) -> None:
+    _zigzag_csv(tmp_path)
+    system = System(backend, data_dir=str(tmp_path))  # default budget: 3 attempts
+    spec = {"strategy": "rsi", "symbol": "ZIGZAG", "params": {"period": 1, "lower": 30, "upper": 70}}
+    async with system.client() as http:
+        submitted = await http.post("/api/backtests", json=spec)
+        assert submitted.status_code == 202  # nothing at the door says it cannot run
+        task_id = submitted.json()["task_id"]
+        await system.run_workers()
+        task = (await http.get(f"/api/backtests/tasks/{task_id}")).json()
+        letters = (await http.get("/api/dead-letters")).json()["dead_letters"]
+    assert (task["status"], task["attempt"], task["error_retryable"]) == ("failed", 1, False)
+    assert "2^53" in task["error"]
+    history = [e.event for e in await system.store.task_events(task_id)]
+    assert [type(e).__name__ for e in history] == ["Submitted", "Started", "Failed"]
+    assert isinstance(history[-1], Failed) and history[-1].error_type == "RepresentationError"
+    assert [(d["task_id"], d["reason"]) for d in letters] == [(task_id, "RepresentationError")]

@@ -53,3 +53,10 @@ class CheckpointError(EngineError):
     """A checkpoint does not belong to this request or this data; start the task over instead."""
 
     retryable = False
+
+
+class RepresentationError(EngineError):
+    """A value of the run is beyond what the engine represents (see `limits.py`): the same
+    input reaches it again, so it is not retryable."""
+
+    retryable = False

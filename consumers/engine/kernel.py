@@ -8,6 +8,7 @@ match it bit for bit with default execution.
 
 from __future__ import annotations
 
+import math
 import sys
 from bisect import bisect_left
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from consumers.engine.errors import RepresentationError
+from consumers.engine.limits import MAX_UNITS
 from consumers.engine.strategies import FLAT, Signals
 
 # backtesting.py sizes "all equity" orders as this fraction, so the floor division below sees
@@ -136,16 +139,26 @@ def _enter(acc: _Account, direction: int, open_: float, bar: int, costs: Costs) 
     with_fee = adjusted + (costs.commission_fixed + FULL_EQUITY * price * costs.commission) / FULL_EQUITY
     # No trade is open here, so equity is cash and all of it is available as margin.
     margin = max(0, acc.cash + 0.0)
+    if margin == math.inf:
+        raise RepresentationError(f"equity at bar {bar} is beyond float64 (over 1.8e308): prices too far apart")
     units = int((margin * 1.0 * FULL_EQUITY) // with_fee)
     if not units or units * with_fee > margin * 1.0:
         return  # the broker cancels the order: not enough cash for one unit
+    if units > MAX_UNITS:
+        raise RepresentationError(
+            f"an order at bar {bar} would hold {units:.3g} units (equity {margin:.6g} at {adjusted:.6g} a unit), "
+            f"more than the engine represents exactly (2^53 = {MAX_UNITS:.3g}); use less cash or prices further from 0"
+        )
     size = units * direction
     acc.cash -= costs.fee(size, adjusted)
     acc.size, acc.entry_price, acc.entry_bar = size, adjusted, bar
 
 
 def advance(state: KernelState, sig: Signals, open_: list[float], n: int, costs: Costs, max_events: int) -> None:
-    """Process up to `max_events` decisions; sets `state.done` after the last one."""
+    """Process up to `max_events` decisions; sets `state.done` after the last one.
+
+    Raises RepresentationError (not retryable) if an order would hold more than MAX_UNITS.
+    """
     acc = _Account(state.cash, state.size, state.entry_price, state.entry_bar)
     trades, segments, i = state.trades, state.segments, state.cursor
     bars, acts = sig.bars, sig.acts

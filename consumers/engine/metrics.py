@@ -60,9 +60,11 @@ def _finite(x: FloatArray) -> FloatArray:
 
 
 def _geometric_mean(returns: FloatArray) -> float:
+    """The geometric mean return: (prod(1 + r))^(1/n) - 1. A return of -100% or worse makes the
+    compounded wealth 0, so the mean is -1 (backtesting.py returns 0 there: a deviation)."""
     r = _finite(returns) + 1
     if np.any(r <= 0):
-        return 0.0
+        return -1.0
     return float(np.exp(np.log(r).sum() / (len(r) or _NAN)) - 1)
 
 
@@ -78,8 +80,8 @@ def _var(x: FloatArray, ddof: int = 1) -> float:
     return float(((avg - x) ** 2).sum() / (n - ddof))
 
 
-def _period_days(days: npt.NDArray[np.int64]) -> float:
-    """Median spacing of the last 100 bars, in days (backtesting.py's `_data_period`)."""
+def _period_days(days: FloatArray) -> float:
+    """Median spacing of the last 100 bars, in (fractional) days (backtesting.py's `_data_period`)."""
     tail = days[-100:]
     if tail.shape[0] < 2:
         return _NAN
@@ -90,34 +92,84 @@ def _period_days(days: npt.NDArray[np.int64]) -> float:
 
 
 def _ceil_days(value: float, period: float) -> float | None:
-    """Round a duration up to the resolution of the bar spacing, as backtesting.py does."""
+    """Round a duration (days) up to the resolution of the bar spacing `period` (days), as
+    backtesting.py ceils its Timedeltas to the period's resolution: the coarsest of a day, an
+    hour, a minute and a second in which the spacing is whole."""
     if value != value:
         return None
-    step = 1.0 if period == period and float(period).is_integer() else 1 / 24
-    return float(math.ceil(value / step) * step)
+    unit = 86_400
+    if period == period:
+        seconds = round(period * 86_400)
+        unit = next(u for u in (86_400, 3_600, 60, 1) if seconds % u == 0)
+    # In whole units, with float noise (a mean of whole days read as 13 - 1e-12) rounded off first.
+    return math.ceil(round(value * 86_400 / unit, 9)) * unit / 86_400
+
+
+# Calendar frequencies by median bar spacing in days: [lowest, below) -> resampling, periods a year.
+# The bands hold every calendar's variation around the nominal spacing (business-month ends are
+# 28-33 days apart, business-year ends 364-366); a spacing in none of them (fortnightly, irregular)
+# is annualised by calendar time, 365.25 / spacing, without resampling.
+FREQUENCY_BANDS: tuple[tuple[float, float, str, float], ...] = (
+    (5.0, 10.0, "W", 52.0),
+    (25.0, 35.0, "ME", 12.0),
+    (80.0, 100.0, "QE", 4.0),
+    (350.0, 380.0, "YE", 1.0),
+)
+# Trading days a year: stock exchanges (252) or every calendar day (365: markets open on weekends).
+TRADING_DAYS, CALENDAR_DAYS = 252.0, 365.0
+
+
+def annualisation(period: float, weekends: bool) -> tuple[str, float]:
+    """How returns are annualised for bars `period` days apart (median spacing; NaN for one bar).
+
+    Returns (resampling, periods a year): "D" for intraday and daily bars (below 2 days apart),
+    resampled to the last equity of each calendar day, 252 periods a year or 365 if the bars
+    include weekends (`weekends`: over 60% of the 2/7 share of weekend dates a 7-day calendar
+    has, backtesting.py's test); then the bands of FREQUENCY_BANDS; else "bar" (no resampling)
+    and 365.25 / period. Source: backtesting.py 0.6.6 `compute_stats`, which recognises weekly,
+    monthly and yearly bars only at exactly 7, 31 and 365 whole days (see STRATEGIES.md).
+    """
+    if period != period or period < 2:
+        return "D", CALENDAR_DAYS if weekends else TRADING_DAYS
+    for low, high, freq, per_year in FREQUENCY_BANDS:
+        if low <= period < high:
+            return freq, per_year
+    return "bar", 365.25 / period
 
 
 def _resample_last(days: npt.NDArray[np.int64], equity: FloatArray, freq: str) -> FloatArray:
-    """The last equity value in each calendar day, Sunday-ending week, month or year."""
+    """The last equity value in each calendar day, Sunday-ending week, month, quarter or year
+    (`days`: each bar's calendar day since 1970-01-01); "bar" keeps every bar."""
+    if freq == "bar":
+        return equity
     if freq == "D":
         key = days
     elif freq == "W":
         key = days + (6 - (days + 3) % 7)  # 1970-01-01 was a Thursday (weekday 3)
     else:
         ymd = days.astype("datetime64[D]")
-        key = (ymd.astype("datetime64[M]") if freq == "ME" else ymd.astype("datetime64[Y]")).astype(np.int64)
+        months = ymd.astype("datetime64[M]").astype(np.int64)
+        key = {"ME": months, "QE": months // 3}.get(freq, ymd.astype("datetime64[Y]").astype(np.int64))
     last = np.flatnonzero(np.append(key[1:] != key[:-1], True))
     return equity[last]
 
 
-def _drawdown_periods(dd: FloatArray, days: npt.NDArray[np.int64]) -> tuple[FloatArray, FloatArray] | None:
-    """Duration (days) and depth of each drawdown, ending at recovery or at the last bar."""
+def _drawdown_periods(dd: FloatArray, days: FloatArray) -> tuple[FloatArray, FloatArray] | None:
+    """Duration (days) and depth of each drawdown period, from its peak (a bar at the running
+    peak) to recovery (the next such bar) or, still open, to the last bar; None if there is none.
+
+    A closed period has at least one bar between peak and recovery; an open one at least one
+    bar after its peak, the last bar itself (backtesting.py drops an open drawdown of one bar).
+    """
     n = dd.shape[0]
     iloc = np.flatnonzero(dd == 0)  # sorted and unique already
-    if not iloc.size or iloc[-1] != n - 1:
+    open_at_end = not iloc.size or iloc[-1] != n - 1
+    if open_at_end:
         iloc = np.append(iloc, n - 1)
     prev, cur = iloc[:-1], iloc[1:]
     keep = cur > prev + 1
+    if open_at_end and prev.size:
+        keep[-1] = cur[-1] > prev[-1]
     prev, cur = prev[keep], cur[keep]
     if not prev.size:
         return None
@@ -136,8 +188,14 @@ def compute_metrics(
     trades: Sequence[Trade],
     warmup: int,
 ) -> dict[str, object]:
-    """Every statistic of backtesting.py's `compute_stats` with risk-free rate 0 (see STRATEGIES.md)."""
-    days = dates.astype("datetime64[D]").astype(np.int64)
+    """Every statistic of backtesting.py's `compute_stats` with risk-free rate 0 (see STRATEGIES.md).
+
+    `dates` may be daily or finer (intraday): times are taken in fractional days since 1970.
+    Where backtesting.py is wrong at an edge (bar frequency, a bankrupt run, an open drawdown of
+    one bar) the documented deviation applies.
+    """
+    time = dates.astype("datetime64[s]").astype(np.int64) / 86400.0  # exact whole days for daily bars
+    days = dates.astype("datetime64[D]").astype(np.int64)  # each bar's calendar day
     n = equity.shape[0]
     m: dict[str, object] = {}
     with np.errstate(all="ignore"):
@@ -146,11 +204,12 @@ def compute_metrics(
 
         columns = trade_columns(trades)
         entry_bar, exit_bar, pl, returns = columns.entry_bar, columns.exit_bar, columns.pnl, columns.returns
-        trade_days = (days[exit_bar] - days[entry_bar]).astype(np.float64) if trades else np.empty(0)
+        trade_days = (time[exit_bar] - time[entry_bar]) if trades else np.empty(0)
 
         m["start"] = str(dates[0].astype("datetime64[D]"))
         m["end"] = str(dates[-1].astype("datetime64[D]"))
-        duration = int(days[-1] - days[0])
+        span = float(time[-1] - time[0])
+        duration: float = int(span) if span.is_integer() else span
         m["duration_days"] = duration
 
         held = np.bincount(entry_bar, minlength=n + 1) - np.bincount(exit_bar + 1, minlength=n + 1)
@@ -164,11 +223,9 @@ def compute_metrics(
         m["return_pct"] = float((equity[-1] - equity[0]) / equity[0] * 100)
         m["buy_hold_return_pct"] = float((close[-1] - close[warmup]) / close[warmup] * 100)
 
-        period = _period_days(days)
-        freq_days = math.floor(period) if period == period else 0
+        period = _period_days(time)
         weekends = float((((days + 3) % 7) >= 5).mean()) > 2 / 7 * 0.6
-        annual = {7: 52, 31: 12, 365: 1}.get(freq_days, 365 if weekends else 252)
-        freq = {7: "W", 31: "ME", 365: "YE"}.get(freq_days, "D")
+        freq, annual = annualisation(period, weekends)
         sampled = _resample_last(days, equity, freq)
         day_returns = sampled[1:] / sampled[:-1] - 1
         day_returns = day_returns[~np.isnan(day_returns)]
@@ -176,7 +233,13 @@ def compute_metrics(
         g = np.float64(_geometric_mean(day_returns))
         ann = (1 + g) ** annual - 1
         m["return_ann_pct"] = float(ann * 100)
-        vol = np.sqrt((np.float64(_var(day_returns)) + (1 + g) ** 2) ** annual - (1 + g) ** (2 * annual))
+        variance = np.float64(_var(day_returns))
+        if g > -1:
+            vol = np.sqrt((variance + (1 + g) ** 2) ** annual - (1 + g) ** (2 * annual))
+        else:
+            # Bankrupt: the compounded formula collapses to var^(N/2) at 1 + g = 0 (a total loss
+            # would read as almost no risk); the simple annualisation sqrt(var * N) instead.
+            vol = np.sqrt(variance * annual)
         m["volatility_ann_pct"] = float(vol * 100)
         years = duration / 365.25
         m["cagr_pct"] = float(((equity[-1] / equity[0]) ** (1 / years) - 1) * 100) if years else _NAN
@@ -197,11 +260,10 @@ def compute_metrics(
         m["alpha_pct"] = m["return_pct"] - beta * m["buy_hold_return_pct"]  # type: ignore[operator]
         m["beta"] = beta
         m["max_drawdown_pct"] = max_dd * 100
-        periods = _drawdown_periods(dd, days)
+        periods = _drawdown_periods(dd, time)
         if periods is None:
-            # No completed drawdown: backtesting.py then averages the raw nonzero drawdowns.
-            nonzero = dd[dd != 0]
-            m["avg_drawdown_pct"] = -_mean(nonzero[~np.isnan(nonzero)]) * 100
+            # Equity never fell below its running peak: no drawdown period to average.
+            m["avg_drawdown_pct"] = _NAN
             m["max_drawdown_duration_days"] = None
             m["avg_drawdown_duration_days"] = None
         else:

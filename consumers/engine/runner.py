@@ -235,9 +235,9 @@ class BacktestRun:
             self._outcome = outcome(job)
 
     def _best_params(self) -> Mapping[str, Any]:
-        top = sweep.ranked(self.rows)[0]
-        # No combination traded: like optimize(), report the first one.
-        return top.params if top.objective is not None else self.combinations[0]
+        # The best row; if no combination has an objective value (none traded), the first one
+        # in grid order that did not go bankrupt, as optimize() reports the first combination.
+        return sweep.ranked(self.rows)[0].params
 
     def _single_outcome(self, job: Job) -> Outcome:
         assert job.sim is not None and job.metrics is not None

@@ -76,12 +76,20 @@ def make_row(combo: Combination, metrics: Mapping[str, Any], objective: str) -> 
     return SweepRow(dict(combo), objective_value(metrics, objective), kept)
 
 
-def ranked(rows: Sequence[SweepRow]) -> list[SweepRow]:
-    """Best first; ties keep grid order (the first maximum wins, as with pandas idxmax); rows
-    without an objective value come last."""
+def bankrupt(row: SweepRow) -> bool:
+    """The combination lost everything: its equity reached 0 (the stop-out)."""
+    final = row.metrics.get("equity_final")
+    return final is not None and final <= 0
 
-    def key(r: SweepRow) -> tuple[int, float]:
-        return (1, 0.0) if r.objective is None else (0, -r.objective)
+
+def ranked(rows: Sequence[SweepRow]) -> list[SweepRow]:
+    """Best first: the highest objective; ties keep grid order (the first maximum wins, as with
+    pandas idxmax); then rows without an objective value (as optimize() skips them); bankrupt
+    rows come after all others, whatever the objective, so a run that lost everything never
+    outranks one that did not (backtesting.py ranks them by the objective alone)."""
+
+    def key(r: SweepRow) -> tuple[bool, bool, float]:
+        return (bankrupt(r), r.objective is None, 0.0 if r.objective is None else -r.objective)
 
     return sorted(rows, key=key)
 

@@ -10,6 +10,7 @@ import msgspec
 from consumers.engine.constraints import Constraint, ConstraintError
 from consumers.engine.datasets import Bars, Catalog
 from consumers.engine.errors import DatasetError, DataUnavailable, InvalidSymbolError, UnknownSymbolError
+from consumers.engine.limits import MAX_MONEY, MAX_UNITS, lowest_fill_price
 from consumers.engine.metrics import OBJECTIVES
 from consumers.engine.strategies import STRATEGIES, StrategyDef, min_bars
 from consumers.engine.sweep import MAX_COMBINATIONS, admissible, grid_size
@@ -28,14 +29,17 @@ def _number_errors(spec: BacktestSpec) -> list[FieldError]:
     errors = []
     limits: list[tuple[str, float, float | None, bool]] = [
         # field, lowest allowed, upper bound (exclusive) or None, lowest itself allowed
-        ("cash", 0.0, None, False),
+        ("cash", 0.0, MAX_MONEY, False),
         ("commission", 0.0, MAX_COMMISSION, True),
-        ("commission_fixed", 0.0, None, True),
+        ("commission_fixed", 0.0, MAX_MONEY, True),
         ("spread", 0.0, 1.0, True),
         ("slippage_bps", 0.0, 10_000.0, True),
+        ("timeout_s", 0.0, None, False),
     ]
     for name, low, high, inclusive in limits:
         value = getattr(spec, name)
+        if value is None and name == "timeout_s":
+            continue  # optional: the worker's limit applies
         if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
             errors.append(FieldError(name, f"must be a finite number, got {_shown(value)}"))
         elif value < low or (value == low and not inclusive):
@@ -43,7 +47,8 @@ def _number_errors(spec: BacktestSpec) -> list[FieldError]:
                 FieldError(name, f"must be {'at least' if inclusive else 'greater than'} {low:g}, got {value:g}")
             )
         elif high is not None and value >= high:
-            errors.append(FieldError(name, f"must be less than {high:g}, got {value:g}"))
+            why = " (2^46: float64 resolves money to a cent only below it)" if high == MAX_MONEY else ""
+            errors.append(FieldError(name, f"must be less than {high:g}{why}, got {value:g}"))
     return errors
 
 
@@ -129,8 +134,6 @@ def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
     range_errors = [] if bars is None else _range_errors(spec, bars)
     errors += range_errors
     errors += _number_errors(spec)
-    if spec.timeout_s is not None and not spec.timeout_s > 0:
-        errors.append(FieldError("timeout_s", f"must be a positive number of seconds, got {spec.timeout_s}"))
     if spec.start is not None and spec.end is not None and spec.end <= spec.start:
         errors.append(FieldError("end", f"must be after start ({spec.start}), got {spec.end}"))
     if spec.objective not in OBJECTIVES:
@@ -156,7 +159,9 @@ def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
         return errors
     if bars is None or not constraint_ok or range_errors or any(e.field in ("end",) for e in errors):
         return errors
-    window = bars.between(spec.start, spec.end)
+    window = bars.prices(spec.adjusted)[0].between(spec.start, spec.end)  # the prices the run uses
+    if not any(e.field in ("cash", "spread", "slippage_bps") for e in errors):
+        errors += _unit_errors(spec, window)
     if not spec.is_sweep:
         scalars = cast("dict[str, float]", spec.params)  # not a sweep: every value is one number
         rule_errors = [FieldError(f, m) for f, m in strategy.rules(scalars)]
@@ -199,6 +204,25 @@ def with_dataset_name(spec: BacktestSpec, catalog: Catalog) -> BacktestSpec:
     except DatasetError:
         return spec
     return spec if name == spec.symbol else msgspec.structs.replace(spec, symbol=name)
+
+
+def _unit_errors(spec: BacktestSpec, window: Bars) -> list[FieldError]:
+    """The cash must not buy more units than the engine represents (MAX_UNITS) at the lowest
+    price an entry in the date range can fill at (fees only lower the count)."""
+    if not len(window):
+        return []
+    price = lowest_fill_price(float(window.open.min()), spec.spread, spec.slippage_bps / 10_000, spec.long_only)
+    if price > 0 and spec.cash / price <= MAX_UNITS:
+        return []
+    most = MAX_UNITS * price
+    return [
+        FieldError(
+            "cash",
+            f"{spec.cash:g} would buy {spec.cash / price if price > 0 else math.inf:.3g} units at the lowest fill "
+            f"price in the date range ({price:.6g}); the engine holds at most 2^53 ({MAX_UNITS:.3g}) units, so "
+            f"cash must be at most {most:.6g} here",
+        )
+    ]
 
 
 def _too_few(spec: BacktestSpec, bars: Bars, have: int, need: int) -> str:

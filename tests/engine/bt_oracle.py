@@ -190,6 +190,26 @@ def close_enough(ours: Any, theirs: Any, rel: float = 1e-9) -> bool:
     return ours is not None and math.isclose(float(ours), t, rel_tol=rel, abs_tol=1e-9)
 
 
+# Where the engine deviates from backtesting.py on purpose (STRATEGIES.md, "Deviations"), by edge:
+# only these metrics may differ, and only on data that has the edge.
+BANKRUPT_DEVIATIONS = frozenset(
+    {"return_ann_pct", "volatility_ann_pct", "sharpe", "sortino", "calmar", "avg_trade_pct"}
+)
+OPEN_DRAWDOWN_DEVIATIONS = frozenset({"avg_drawdown_pct", "max_drawdown_duration_days", "avg_drawdown_duration_days"})
+ANNUALISED = frozenset({"return_ann_pct", "volatility_ann_pct", "sharpe", "sortino", "calmar"})
+
+
+def allowed_deviations(detail: dict[str, Any]) -> frozenset[str]:
+    """The metrics that may differ from backtesting.py's on this result, given its edges."""
+    allowed: frozenset[str] = frozenset()
+    if detail["bankrupt_at"] is not None:
+        allowed |= BANKRUPT_DEVIATIONS
+    dd = detail["equity_curve"]["drawdown_pct"]
+    if len(dd) > 1 and dd[-1] != 0 and dd[-2] == 0:  # a drawdown opened on the last bar
+        allowed |= OPEN_DRAWDOWN_DEVIATIONS
+    return allowed
+
+
 def metric_mismatches(ours: dict[str, Any], stats: pd.Series) -> dict[str, tuple[Any, Any]]:
     out = {}
     for k, v in BACKTESTING_PY_NAMES.items():

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
 from consumers.engine.datasets import Catalog
+from consumers.engine.limits import MAX_UNITS
+from consumers.engine.runner import start_run
 from consumers.engine.validation import FieldError, check_spec, with_dataset_name
 from orchestrator.spec import BacktestSpec
 
@@ -114,3 +118,54 @@ def test_with_dataset_name_spells_the_symbol_as_the_dataset_does(catalog: Catalo
     assert with_dataset_name(msgspec.structs.replace(spec, symbol="googbt"), catalog).symbol == "GOOGBT"
     unknown = msgspec.structs.replace(spec, symbol="  goog ")
     assert with_dataset_name(unknown, catalog) is unknown  # check_spec says why
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        # Money: float64 resolves a cent only below 2^46.
+        ({"cash": 1e25}, ["cash"]),
+        ({"cash": 1e308}, ["cash"]),
+        ({"cash": 2.0**46}, ["cash"]),
+        ({"cash": 2.0**46 - 1}, []),  # GOOG's lowest Open (~100) buys far fewer than 2^53 units
+        ({"commission_fixed": 2.0**46}, ["commission_fixed"]),
+        ({"commission_fixed": math.inf}, ["commission_fixed"]),
+        ({"timeout_s": math.inf}, ["timeout_s"]),
+        ({"timeout_s": math.nan}, ["timeout_s"]),
+        ({"timeout_s": 0.0}, ["timeout_s"]),
+        ({"timeout_s": 1e300}, []),  # the worker's own limit applies
+        ({"params": {"fast": math.inf, "slow": 20}}, ["params.fast"]),
+    ],
+)
+def test_numbers_beyond_what_the_engine_represents(catalog: Catalog, kw: dict[str, Any], expected: list[str]) -> None:
+    assert fields(catalog, **kw) == expected
+
+
+def _penny(tmp_path: Path, price: float) -> Catalog:
+    lines = ["Date,Open,High,Low,Close,Volume"]
+    for k in range(30):
+        day = dt.date(2020, 1, 1) + dt.timedelta(days=k)
+        p = price * (1 + 0.01 * (k % 3))
+        lines.append(f"{day},{p!r},{p * 1.02!r},{p!r},{p * 1.01!r},1")
+    (tmp_path / "PENNY.csv").write_text("\n".join(lines) + "\n")
+    return Catalog.from_env_dir(str(tmp_path))
+
+
+def test_cash_may_buy_at_most_2_to_the_53_units(tmp_path: Path) -> None:
+    """At the lowest price an entry can fill at: the Open, or for a short below it by the
+    spread and slippage. At the limit the run completes; one step above it is refused."""
+    price = 1e-9
+    catalog = _penny(tmp_path, price)
+    limit = MAX_UNITS * price
+    spec = BacktestSpec(strategy="buy_and_hold", symbol="PENNY", cash=limit)
+    assert check_spec(spec, catalog) == []
+    run = start_run(spec, catalog)
+    while not run.done:
+        run.advance(1.0)
+    assert 0 < max(run.outcome().detail["trades"]["size"]) <= MAX_UNITS
+    [error] = check_spec(msgspec.structs.replace(spec, cash=limit * 1.001), catalog)
+    assert error.field == "cash" and "2^53" in error.message
+    # A short fills at Open * (1 - spread): the same cash buys twice the units at a 50% spread.
+    short_spread = BacktestSpec(strategy="sma_cross", symbol="PENNY", params={"fast": 2, "slow": 3}, spread=0.5)
+    assert [e.field for e in check_spec(msgspec.structs.replace(short_spread, cash=limit * 0.6), catalog)] == ["cash"]
+    assert check_spec(msgspec.structs.replace(short_spread, cash=limit * 0.6, long_only=True), catalog) == []
