@@ -131,8 +131,9 @@ async def test_verify_reports_every_planted_difference_across_batches(real_backe
 
 @pytest.mark.redis
 async def test_snapshot_reads_keys_in_pipelined_batches(real_backend: Backend) -> None:
-    """A snapshot costs two round trips (types, contents) per SNAPSHOT_BATCH keys, not two per key:
-    one per key made `replay --verify` of 200,000 events spend ~28 s comparing."""
+    """A snapshot reads SNAPSHOT_BATCH keys of one type per round trip (the scan picks them by type),
+    not two round trips per key (TYPE, HGETALL), which made `replay --verify` of 200,000 events
+    spend ~28 s comparing."""
     b = real_backend
     before = await _folded_log(b, 700)
     round_trips: list[bytes] = []  # the first command's name of every request sent
@@ -150,4 +151,5 @@ async def test_snapshot_reads_keys_in_pipelined_batches(real_backend: Backend) -
     finally:
         await counted.aclose()
     reads = [name for name in round_trips if name in (b"TYPE", b"HGETALL", b"ZRANGE")]
-    assert 0 < len(reads) <= 2 * math.ceil(len(before) / SNAPSHOT_BATCH), len(reads)
+    # Hashes and sorted sets are read separately: one partial batch more at most.
+    assert 0 < len(reads) <= math.ceil(len(before) / SNAPSHOT_BATCH) + 1, len(reads)
