@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import shutil
 import socket
@@ -21,11 +22,12 @@ import subprocess
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from consumers.projector import Projector
-from consumers.replay import rebuild, verify_replay
+from consumers.replay import compare, live_keys, rebuild, snapshot, verify_replay
 from orchestrator.codec import encode_json
 from orchestrator.keys import Keys
 from orchestrator.projection import Projection
@@ -45,6 +47,12 @@ RESULT = encode_json(
         }
     }
 )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -120,6 +128,16 @@ async def main(events: int, binary: str) -> None:
                 f"replay --verify: fold {checked.events:,} events in {checked.seconds:.1f} s "
                 f"= {checked.rate:,.0f} events/s; with the comparison {verify_s:.1f} s "
                 f"= {checked.events / verify_s:,.0f} events/s end to end; differences: {len(checked.differences)}"
+            )
+            # The comparison alone, CPU included (steadier than wall time on a shared machine):
+            # what verify does after its fold, on the live projection twice.
+            live = await live_keys(client, keys)
+            wall, here, there = time.perf_counter(), time.process_time(), cpu_seconds(server.pid)
+            found = compare(await snapshot(client, live), await snapshot(client, live))
+            print(
+                f"comparison alone (two snapshots of the projection, compared; {len(found)} differences): "
+                f"{time.perf_counter() - wall:.2f} s wall, CPU {time.process_time() - here:.2f} s here "
+                f"+ {cpu_seconds(server.pid) - there:.2f} s redis-server"
             )
             rebuilt = await rebuild(client, keys)
             print(

@@ -82,6 +82,7 @@ def test_replay_bench_runs(tmp_path: Path) -> None:
     out = bench_script("replay_bench.py", "--smoke", tmp_path=tmp_path)
     assert "live projector (batch 5000): 400 events" in out, out
     assert re.search(r"^replay --verify: fold 400 events .* end to end; differences: 0$", out, re.M), out
+    assert re.search(r"^comparison alone \(.*; 0 differences\): [\d.]+ s wall, CPU", out, re.M), out
     assert "replay --rebuild: 400 events" in out, out
 
 
