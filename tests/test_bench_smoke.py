@@ -8,8 +8,9 @@ What runs where:
   HTTP with the real and the no-op worker, HTTP latency against `floor_app.py`, cancels, the
   Redis ceiling, the bounds, the key census, the report) in this interpreter. The peers are not
   run: their environment pins redis-py 5.3 (it cannot share one with Backstream's redis-py 8) and
-  would be built from seven packages on every CI run. What they share with Backstream's code is
-  `bench/work.py`, which the bounds run here.
+  would be built on every CI run (24 s here) before seven systems start and warm up, for code
+  pinned to fixed versions. What they share with Backstream's code is `bench/work.py`, which the
+  bounds run here.
 - `cpu_share.py --smoke` and `profile.py --smoke` measure Backstream in this interpreter (the test
   extras have aiohttp, the load client, and py-spy).
 - `engine_bench.py --smoke` and `replay_bench.py --smoke` run their own code on a 2 x 2 grid and
