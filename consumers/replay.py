@@ -50,8 +50,9 @@ async def live_keys(redis: Any, keys: Keys) -> Keys:
 async def snapshot(redis: Any, keys: Keys) -> dict[str, dict[str, bytes]]:
     """Every key of a projection as {relative key: {field or member: value}}, position excluded.
     Hashes give their fields and values, sorted sets their members (value b""); keys of other
-    types are left out (a key deleted between the scan and the read gives {}). The scan picks the keys of
-    each type (SCAN ... TYPE), and their contents are read SNAPSHOT_BATCH keys per round trip."""
+    types are left out, and a key deleted between the scan and the read gives {}. The scan picks
+    the keys of each type (SCAN ... TYPE, Redis 6.0+; XAUTOCLAIM already needs 6.2) and their
+    contents are read SNAPSHOT_BATCH keys per pipelined round trip."""
     root = keys.projection_root + ":"
     found: dict[str, dict[str, bytes]] = {}
     for kind in ("hash", "zset"):
