@@ -2,6 +2,7 @@
 
     python3 bench/cpu_share.py [--system backstream|taskiq|...] [--kind noop|sma] [--tasks 10000]
                                [--concurrency 8]
+    .venv/bin/python bench/cpu_share.py --smoke   # Backstream, 20 tasks, this interpreter: checks it runs (CI)
 
 One worker process on a private redis-server, warmed up, then one timed run of `--tasks` tasks.
 Prints the run's rate and, per process (worker, projector, redis-server, and the driver that
@@ -68,8 +69,13 @@ def main() -> int:
     parser.add_argument("--kind", default="noop", choices=["noop", "sma"])
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--smoke", action="store_true", help="20 tasks, Backstream in this interpreter (no venv)")
     args = parser.parse_args()
-    bs_python, peers_python = environments(REPO)
+    if args.smoke:
+        if args.system != "backstream":
+            parser.error("--smoke measures Backstream only (a peer needs its own environment)")
+        args.tasks = 20
+    bs_python, peers_python = environments(REPO, smoke=args.smoke)
     workdir = Path(tempfile.mkdtemp(prefix="backstream-cpu-"))
     redis = RedisServer(workdir)
     env = Env(redis, workdir, bs_python, peers_python, concurrency=args.concurrency)

@@ -1,7 +1,8 @@
 """Engine vs backtesting.py 0.6.6, side by side on the same data: one SMA-crossover run, and a
 100-combination sweep against Backtest.optimize() (serial, and with its multiprocessing).
 
-    .venv/bin/python bench/engine_bench.py [--repeat 15]
+    .venv/bin/python bench/engine_bench.py [--repeat 15] [--sweep-repeat 3]
+    .venv/bin/python bench/engine_bench.py --smoke   # a 2 x 2 grid, one repeat: checks it runs (CI)
 
 backtesting.py (AGPL-3.0) is only the yardstick here; the engine never imports it.
 """
@@ -30,6 +31,8 @@ from consumers.engine.sweep import admissible, make_row, ranked
 from orchestrator.spec import BacktestSpec
 
 GRID = {"fast": [5, 10, 15, 20, 25, 30, 35, 40, 45, 50], "slow": [60, 70, 80, 90, 100, 110, 120, 130, 140, 150]}
+# --smoke: the same code paths on a grid of four, so a test can run the script in a few seconds.
+SMOKE_GRID = {"fast": [5, 10], "slow": [60, 70]}
 
 
 def _sma(values: Any, n: int) -> Any:
@@ -106,12 +109,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--sweep-repeat", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="a 2 x 2 grid and one repeat each: checks that it runs")
     args = ap.parse_args()
+    grid = SMOKE_GRID if args.smoke else GRID
+    if args.smoke:
+        args.repeat = args.sweep_repeat = 1
     warnings.simplefilter("ignore")
     bars = bars_of(GOOG)
     bt = Backtest(GOOG, SmaCross, finalize_trades=True)
     single = BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20})
-    sweep = BacktestSpec(strategy="sma_cross", symbol="GOOG", params=GRID, constraint="fast < slow")
+    sweep = BacktestSpec(strategy="sma_cross", symbol="GOOG", params=grid, constraint="fast < slow")
 
     # Same answer first, then speed.
     assert engine_single(bars, single)["equity_final"] == bt.run(fast=10, slow=20)["Equity Final [$]"]
@@ -127,9 +134,10 @@ def main() -> None:
         f"ratio {t_bt / t_engine:6.1f}x"
     )
 
-    n = len(admissible(STRATEGIES["sma_cross"], GRID, "fast < slow", len(bars)))
+    # admissible() is lazy (a generator), so count it.
+    n = sum(1 for _ in admissible(STRATEGIES["sma_cross"], grid, "fast < slow", len(bars)))
     s_engine = median_time(lambda: engine_sweep(bars, sweep), args.sweep_repeat)
-    opt = dict(maximize="SQN", constraint=lambda p: p.fast < p.slow, **GRID)
+    opt = dict(maximize="SQN", constraint=lambda p: p.fast < p.slow, **grid)
     original_pool = backtesting.Pool
     backtesting.Pool = SerialPool  # type: ignore[assignment]
     try:

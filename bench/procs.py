@@ -21,6 +21,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_listening(port: int, timeout: float = 30.0) -> None:
+    """Return once something accepts connections on 127.0.0.1:`port`; RuntimeError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on port {port} after {timeout:.0f} s") from None
+            time.sleep(0.05)
+
+
 class Proc:
     """A child process in its own session (so its own children stop with it), output to a file."""
 

@@ -2,6 +2,7 @@
 
     python3 bench/profile.py [--kind noop|sma] [--tasks 10000] [--seconds 8] [--concurrency 8]
                              [--backstream-root DIR]
+    .venv/bin/python bench/profile.py --smoke --out DIR   # 1 s, this interpreter: checks it runs (CI)
 
 Writes bench/out/profile-<kind>.txt (py-spy's collapsed stacks, sampled only while a thread holds
 the GIL, so the samples are where the worker's CPU goes, the engine's compute thread included) and
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import subprocess
 import sys
 import tempfile
@@ -90,8 +92,13 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--backstream-root", type=Path, default=REPO)
     parser.add_argument("--out", type=Path, default=BENCH / "out")
+    parser.add_argument(
+        "--smoke", action="store_true", help="1 s of samples over 3,000 tasks, in this interpreter (needs py-spy)"
+    )
     args = parser.parse_args()
-    bs_python, peers_python = environments(args.backstream_root.resolve())
+    if args.smoke:
+        args.tasks, args.seconds = 3_000, 1  # enough load to outlast the 0.5 s before py-spy starts
+    bs_python, peers_python = environments(args.backstream_root.resolve(), smoke=args.smoke)
     workdir = Path(tempfile.mkdtemp(prefix="backstream-profile-"))
     redis = RedisServer(workdir)
     env = Env(redis, workdir, bs_python, peers_python, args.backstream_root.resolve(), concurrency=args.concurrency)
@@ -127,7 +134,7 @@ def main() -> int:
             capture_output=True,
         )
         load.join()
-        print(f"load: {result}")
+        print(f"load: {json.dumps(result)}")
     finally:
         block.stop()
         redis.stop()

@@ -1,16 +1,20 @@
 """How fast the log replays: events/s of `replay --verify` and `replay --rebuild` on real Redis.
 
 Usage: .venv/bin/python bench/replay_bench.py [--events 1000000] [--redis-server redis-server]
+       .venv/bin/python bench/replay_bench.py --smoke   # 400 events: checks that it runs (CI)
 
 Starts a private redis-server on a free port, writes a log of N events (tasks of four events
 each: submitted, started, progress, completed, as the real scripts write them), folds it
-into a live projection, then times a verify and a rebuild. Prints the numbers.
+into a live projection, then times a verify (its fold, and end to end with the field-by-field
+comparison) and a rebuild. Prints the numbers. The code measured is whatever `consumers` and
+`orchestrator` resolve to: `PYTHONPATH=/path/to/other/checkout` measures another version.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import shutil
 import socket
@@ -18,11 +22,12 @@ import subprocess
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from consumers.projector import Projector
-from consumers.replay import rebuild, verify_replay
+from consumers.replay import compare, live_keys, rebuild, snapshot, verify_replay
 from orchestrator.codec import encode_json
 from orchestrator.keys import Keys
 from orchestrator.projection import Projection
@@ -42,6 +47,12 @@ RESULT = encode_json(
         }
     }
 )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -110,10 +121,23 @@ async def main(events: int, binary: str) -> None:
                 f"= {live.applied / fold_s:,.0f} events/s"
             )
 
+            started = time.perf_counter()
             checked = await verify_replay(client, keys)
+            verify_s = time.perf_counter() - started
             print(
                 f"replay --verify: fold {checked.events:,} events in {checked.seconds:.1f} s "
-                f"= {checked.rate:,.0f} events/s; differences: {len(checked.differences)}"
+                f"= {checked.rate:,.0f} events/s; with the comparison {verify_s:.1f} s "
+                f"= {checked.events / verify_s:,.0f} events/s end to end; differences: {len(checked.differences)}"
+            )
+            # The comparison alone, CPU included (steadier than wall time on a shared machine):
+            # what verify does after its fold, on the live projection twice.
+            live = await live_keys(client, keys)
+            wall, here, there = time.perf_counter(), time.process_time(), cpu_seconds(server.pid)
+            found = compare(await snapshot(client, live), await snapshot(client, live))
+            print(
+                f"comparison alone (two snapshots of the projection, compared; {len(found)} differences): "
+                f"{time.perf_counter() - wall:.2f} s wall, CPU {time.process_time() - here:.2f} s here "
+                f"+ {cpu_seconds(server.pid) - there:.2f} s redis-server"
             )
             rebuilt = await rebuild(client, keys)
             print(
@@ -133,5 +157,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
+    parser.add_argument("--smoke", action="store_true", help="400 events: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.events = 400
     asyncio.run(main(args.events, args.redis_server))

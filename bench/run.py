@@ -2,9 +2,13 @@
 
     python3 bench/run.py            # full run (see bench/README.md for what it does and how long)
     python3 bench/run.py --quick    # a short run: 1,000 tasks, 1 repetition, fewer cancels
+    .venv/bin/python bench/run.py --smoke --out DIR   # Backstream only, tiny: checks that it runs (CI)
 
 Needs only a Python 3.11+ and redis-server/redis-cli/redis-benchmark on PATH; it creates its two
 environments under bench/.venv on first use. Writes bench/out/results.json and bench/out/results.md.
+`--smoke` creates no environment: it runs Backstream's side in the interpreter that runs it (which
+needs the test extras: aiohttp is the load client) and no peer (their environment pins redis-py
+5.3, which cannot share an environment with Backstream's redis-py 8).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.procs import BENCH, REPO, Proc, RedisServer, free_port  # noqa: E402
+from bench.procs import BENCH, REPO, Proc, RedisServer, free_port, wait_listening  # noqa: E402
 from bench.report import WORK_ALONE, render  # noqa: E402
 from bench.systems import BS_PREFIX, PEERS, Block, Env, call  # noqa: E402
 
@@ -61,7 +65,11 @@ def _requirements(path: Path) -> list[str]:
     return [line.split("#")[0].strip() for line in path.read_text().splitlines() if line.split("#")[0].strip()]
 
 
-def environments(bs_root: Path) -> tuple[str, str]:
+def environments(bs_root: Path, *, smoke: bool = False) -> tuple[str, str]:
+    """The interpreters of Backstream's side and of the peers' side. `smoke`: this interpreter for
+    Backstream and none for the peers (no environment is created)."""
+    if smoke:
+        return sys.executable, ""
     deps = tomllib.loads((bs_root / "pyproject.toml").read_text())["project"]["dependencies"]
     bs = _venv("backstream", [*deps, *_requirements(BENCH / "requirements-backstream.txt")])
     peers = _venv("peers", _requirements(BENCH / "requirements.txt"))
@@ -227,7 +235,8 @@ def scenario_http(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     ]
     out: dict[str, Any] = {}
     try:
-        time.sleep(3)
+        for port in (api_port, floor_port):
+            wait_listening(port)
         for concurrency, n in ((1, args.http_requests // 4), (32, args.http_requests)):
             rows: dict[str, list[dict[str, Any]]] = {"backstream": [], "floor": []}
             for _ in range(args.reps):
@@ -347,7 +356,8 @@ def scenario_ceiling(env: Env, args: argparse.Namespace) -> dict[str, Any]:
         out[name] = float(found[-1]) if found else None
         print(f"[bench] redis-benchmark {name}: {out[name]}/s", flush=True)
     env.redis.flush()
-    producer = call(env.bs_python, "bench.bounds", "append", env.redis.url, "200000", "1000", env=env.base_env())
+    events, per_call = str(args.producer_events), str(min(1000, args.producer_events))
+    producer = call(env.bs_python, "bench.bounds", "append", env.redis.url, events, per_call, env=env.base_env())
     out["python_producer"] = producer
     print(f"[bench] one Python producer: {producer}", flush=True)
     env.redis.flush()
@@ -360,6 +370,11 @@ def scenario_ceiling(env: Env, args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1,000 tasks, 1 repetition, 40 cancels")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="Backstream only, in this interpreter, 20 tasks, 1 repetition, 2 cancels: checks that it runs",
+    )
     parser.add_argument(
         "--tasks", type=int, default=3_000, help="tasks per timed run (the issue's full size is 10,000: ~40 min here)"
     )
@@ -382,6 +397,7 @@ def main() -> int:
     parser.add_argument("--http-requests", type=int, default=4_000)
     parser.add_argument("--cancels", type=int, default=300)
     parser.add_argument("--ceiling-requests", type=int, default=200_000)
+    parser.add_argument("--producer-events", type=int, default=200_000, help="events one Python producer appends")
     parser.add_argument(
         "--backstream-root",
         type=Path,
@@ -393,12 +409,17 @@ def main() -> int:
     if args.quick:
         args.tasks, args.reps, args.cancels, args.http_requests = 1_000, 1, 40, 1_000
         args.rq_fork_tasks, args.ceiling_requests = 500, 100_000
+    if args.smoke:
+        if args.systems not in ("all", "backstream"):
+            raise SystemExit("--smoke runs Backstream only (the peers need their own environment)")
+        args.tasks, args.reps, args.cancels, args.http_requests, args.systems = 20, 1, 2, 40, "backstream"
+        args.workers, args.ceiling_requests, args.producer_events = "1", 2_000, 2_000
     args.workers = [int(w) for w in str(args.workers).split(",")]
     for tool in ("redis-server", "redis-cli", "redis-benchmark"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not on PATH (Debian: apt-get install redis-server redis-tools)")
     bs_root = args.backstream_root.resolve()
-    bs_python, peers_python = environments(bs_root)
+    bs_python, peers_python = environments(bs_root, smoke=args.smoke)
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="backstream-bench-"))
     redis = RedisServer(workdir)
@@ -415,7 +436,7 @@ def main() -> int:
             "redis_flags": "--save '' --appendonly no (private server, loopback)",
         },
         "backstream": {"commit": _git_head(bs_root), "versions": versions(bs_python, BS_VERSIONS)},
-        "peers": versions(peers_python, PEER_VERSIONS),
+        "peers": versions(peers_python, PEER_VERSIONS) if peers_python else {},
         "settings": {
             "tasks": args.tasks,
             "rq_fork_tasks": args.rq_fork_tasks,
