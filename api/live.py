@@ -16,7 +16,7 @@ from starlette.routing import Route
 from api.errors import ApiError, task_id_param
 from orchestrator.codec import LAST_ID, decode_entry, id_order, parse_stream_id, text
 from orchestrator.errors import EventDecodeError
-from orchestrator.events import Cancelled, Completed, Failed, Progress, StoredEvent
+from orchestrator.events import TERMINAL_STATUSES, Cancelled, Completed, Failed, Progress, StoredEvent
 from orchestrator.history import event_view
 
 log = structlog.get_logger("backstream.live")
@@ -301,11 +301,14 @@ async def stream_task(request: Request) -> Response:
     feed = feed_of(request)
     sub = await feed.subscribe()
     try:
-        history = await request.app.state.ctx.store.task_events(task_id)
-        if not history:
+        ctx = request.app.state.ctx
+        # The read model decides, as for every other reader: a task whose log retention trimmed
+        # is still a finished task (204), not an unknown one.
+        history = await ctx.projection.history(task_id, ctx.store)
+        if history is None:
             raise ApiError.task_not_found(f"task {task_id} does not exist")
-        backlog = [e for e in history if id_order(e.id) > id_order(after)]
-        if not backlog and isinstance(history[-1].event, TERMINAL):
+        backlog = [e for e in history.events if id_order(e.id) > id_order(after)]
+        if not backlog and history.state.status in TERMINAL_STATUSES:
             feed.unsubscribe(sub)
             return Response(status_code=204)  # tells an EventSource to stop reconnecting
     except BaseException:
