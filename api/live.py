@@ -423,9 +423,10 @@ async def stream_task(request: Request) -> Response:
     after = _start_after(request) or "0-0"
     feed = feed_of(request)
     feed.check_open()
-    opened = _open(request)
+    # HEAD holds nothing: no slot, no subscription, just the answer a GET would start with.
+    opened = None if request.method == "HEAD" else _open(request)
     try:
-        if request.method != "HEAD":
+        if opened is not None:
             # Subscribed before the history is read: no event falls between the two.
             opened.sub = await feed.subscribe()
         ctx = request.app.state.ctx
@@ -436,14 +437,15 @@ async def stream_task(request: Request) -> Response:
             raise ApiError.task_not_found(f"task {task_id} does not exist")
         backlog = [e for e in history.events if id_order(e.id) > id_order(after)]
         if not backlog and history.state.status in TERMINAL_STATUSES:
-            opened.close()
+            if opened is not None:
+                opened.close()
             return Response(status_code=204)  # tells an EventSource to stop reconnecting
-        if request.method == "HEAD":
-            opened.close()
-            return _head()
     except BaseException:
-        opened.close()
+        if opened is not None:
+            opened.close()
         raise
+    if opened is None:
+        return _head()
     return _SseResponse(_events(request, opened, after, task_id, backlog), opened)
 
 
