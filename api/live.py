@@ -249,6 +249,11 @@ async def log_pages(redis: Any, stream: str, after: str) -> AsyncIterator[tuple[
             return
 
 
+async def _nothing() -> AsyncIterator[list[StoredEvent]]:
+    return
+    yield
+
+
 class _Open:
     """What one open stream holds, released once whatever way it ends (see _SseResponse)."""
 
@@ -282,10 +287,15 @@ class _SseResponse(StreamingResponse):
 
 
 async def _events(
-    request: Request, opened: _Open, after: str, task_id: str | None, backlog: list[StoredEvent]
+    request: Request,
+    opened: _Open,
+    after: str,
+    task_id: str | None,
+    backlog: AsyncIterator[list[StoredEvent]] | None = None,
 ) -> AsyncIterator[str]:
-    """The SSE body: the backlog after `after` (the whole log's in pages, or the task's
-    history), then live events, progress coalesced. Every keep-alive carries a resume point."""
+    """The SSE body: the backlog after `after` (the whole log's, or for a task stream the task's
+    pages in `backlog`), read a page at a time, then live events, progress coalesced. Every
+    keep-alive carries a resume point."""
     feed = opened.feed
     loop = asyncio.get_running_loop()
     coalescer = Coalescer(COALESCE_S)
@@ -345,7 +355,15 @@ async def _events(
                         yield chunk
                     if loop.time() - opened_at >= MAX_STREAM_S:
                         return
-        batch: list[StoredEvent] | None = backlog
+        else:
+            async for page in backlog or _nothing():
+                chunk = frames(page, loop.time())
+                if chunk:
+                    last_write = loop.time()
+                    yield chunk
+                if ended or loop.time() - opened_at >= MAX_STREAM_S:
+                    return
+        batch: list[StoredEvent] | None = []
         while True:
             now = loop.time()
             chunk = frames(batch or [], now)
@@ -413,7 +431,7 @@ async def stream_all(request: Request) -> Response:
         latest = await request.app.state.ctx.store.redis.xrevrange(feed.stream, "+", "-", count=1)
         after = text(latest[0][0]) if latest else "0-0"
     opened = _open(request)
-    return _SseResponse(_events(request, opened, after, None, []), opened)
+    return _SseResponse(_events(request, opened, after, None), opened)
 
 
 async def stream_task(request: Request) -> Response:
@@ -432,11 +450,11 @@ async def stream_task(request: Request) -> Response:
         ctx = request.app.state.ctx
         # The read model decides, as for every other reader: a task whose log retention trimmed
         # is still a finished task (204), not an unknown one.
-        history = await ctx.projection.history(task_id, ctx.store)
-        if history is None:
+        state = await ctx.projection.current(task_id, ctx.store)
+        if state is None:
             raise ApiError.task_not_found(f"task {task_id} does not exist")
-        backlog = [e for e in history.events if id_order(e.id) > id_order(after)]
-        if not backlog and history.state.status in TERMINAL_STATUSES:
+        last = await ctx.projection.last_task_event_id(task_id)
+        if state.status in TERMINAL_STATUSES and (last is None or id_order(last) <= id_order(after)):
             if opened is not None:
                 opened.close()
             return Response(status_code=204)  # tells an EventSource to stop reconnecting
@@ -446,6 +464,8 @@ async def stream_task(request: Request) -> Response:
         raise
     if opened is None:
         return _head()
+    # The task's history is read in pages as the stream sends it, not loaded first.
+    backlog = ctx.projection.task_event_pages(task_id, after, PAGE)
     return _SseResponse(_events(request, opened, after, task_id, backlog), opened)
 
 

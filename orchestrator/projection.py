@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -148,6 +149,34 @@ class Projection:
             for stored in await store.task_events(task_id, after_seq=state.seq if state else 0):
                 state = evolve(state, stored)
         return state
+
+    async def task_event_pages(self, task_id: str, after: str, page: int) -> AsyncIterator[list[StoredEvent]]:
+        """The task's events after stream id `after` that are still in the log, in order, read
+        lazily `page` ids of its log index at a time (LRANGE, then one pipelined XRANGE per id):
+        one page in memory however long the task's history is."""
+        start = 0
+        while True:
+            ids = [text(i) for i in await self.redis.lrange(self.keys.task_log(task_id), start, start + page - 1)]
+            start += len(ids)
+            wanted = [i for i in ids if id_order(i) > id_order(after)]
+            if wanted:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for entry_id in wanted:
+                        pipe.xrange(self.keys.events, entry_id, entry_id)
+                    replies = await pipe.execute()
+                events = [decode_entry(*entries[0]) for entries in replies if entries]
+                if events:
+                    yield events
+            if len(ids) < page:
+                return
+
+    async def last_task_event_id(self, task_id: str) -> str | None:
+        """The id of the task's newest event still in the log (None once retention trimmed it or
+        dropped the task's log index)."""
+        last = await self.redis.lindex(self.keys.task_log(task_id), -1)
+        if last is None or not await self.redis.xrange(self.keys.events, last, last):
+            return None
+        return text(last)
 
     async def history(self, task_id: str, store: Any) -> TaskHistory | None:
         """The task's state and its audit trail, from one read so the two agree: the projected

@@ -19,8 +19,9 @@ import redis.asyncio as aioredis
 from api.app import create_app
 from api.live import PAGE, log_pages
 from orchestrator.codec import entry_fields
-from orchestrator.events import Progress
+from orchestrator.events import Progress, Started, Submitted
 from orchestrator.settings import ApiToken
+from orchestrator.spec import BacktestSpec
 from tests.conftest import Backend
 from tests.harness import System
 from tests.processes import InProcessServer
@@ -31,7 +32,8 @@ DEADLINE_S = 20
 
 
 class RecordingRedis(aioredis.Redis):
-    """A real client that notes each XRANGE / XREAD it sends and how many entries came back."""
+    """A real client that notes each XRANGE / XREAD / LRANGE it sends (not those in pipelines)
+    and how many entries came back."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -40,7 +42,9 @@ class RecordingRedis(aioredis.Redis):
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         reply = await super().execute_command(*args, **options)
         name = (args[0].decode() if isinstance(args[0], bytes) else str(args[0])).upper()
-        if name in ("XRANGE", "XREAD"):
+        if name == "LRANGE":
+            self.reads.append((name, int(args[3]) - int(args[2]) + 1, len(reply)))
+        elif name in ("XRANGE", "XREAD"):
             words = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
             count = next((int(words[i + 1]) for i, a in enumerate(words) if a.upper() == "COUNT"), None)
             got = len(reply) if name == "XRANGE" else sum(len(e) for _, e in (reply or []))
@@ -100,6 +104,35 @@ async def test_a_stream_from_the_start_of_the_log_catches_up_in_pages(real_backe
         assert got == ids
         log_reads = [r for r in client.reads if r[0] == "XRANGE"]
         assert log_reads and all(count == PAGE and returned <= PAGE for _, count, returned in log_reads)
+
+
+async def test_a_task_stream_reads_the_task_history_in_pages(real_backend: Backend) -> None:
+    """A long task's history is sent as it is read, a page of its log index at a time."""
+    keys, task_id = real_backend.keys, str(uuid.uuid4())
+    spec = BacktestSpec(strategy="buy_and_hold", symbol="GOOG")
+    events: list[Any] = [Submitted(task_id=task_id, seq=1, spec=spec)]
+    # Started events (takeovers) are never coalesced, so every one of them must arrive.
+    events += [Started(task_id=task_id, seq=s, attempt=s - 1, worker="w") for s in range(2, 2 * PAGE + 9)]
+    async with real_backend.redis.pipeline(transaction=False) as pipe:
+        for event in events:
+            pipe.xadd(keys.events, entry_fields(event))
+        ids = [i.decode() for i in await pipe.execute()]
+    await real_backend.redis.rpush(keys.task_log(task_id), *ids)
+    async with recording_system(real_backend) as (system, client), served(system) as (_, http):
+        await system.project()  # as usual, the projection holds the task: nothing left to fold
+        got: list[str] = []
+        async with (
+            asyncio.timeout(DEADLINE_S),
+            http.stream("GET", f"/api/backtests/tasks/{task_id}/stream") as response,
+        ):
+            assert response.status_code == 200
+            async for event in sse(response):
+                got.append(event["id"])
+                if len(got) == len(ids):
+                    break
+        assert got == ids
+        pages = [r for r in client.reads if r[0] == "LRANGE"]
+        assert len(pages) >= 3 and all(asked == PAGE and returned <= PAGE for _, asked, returned in pages)
 
 
 def _raw_get(port: int, path: str, headers: str = "") -> socket.socket:
