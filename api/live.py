@@ -30,8 +30,9 @@ KEEPALIVE_S = 15.0
 MAX_STREAM_S = 60.0
 # What the browser waits before reconnecting (the SSE `retry:` field), in ms.
 RETRY_MS = 1000
-# Batches a subscriber may have waiting before it is cut off (it reconnects and catches up).
-QUEUE_BATCHES = 1000
+# Events a subscriber may have waiting before it is cut off (it reconnects and catches up from
+# its Last-Event-ID, in pages): what one slow client holds is bounded whatever the event rate.
+QUEUE_EVENTS = 5_000
 READ_BLOCK_MS = 1000
 # Entries per XREAD / XRANGE call: a stream holds at most one page of the log in memory.
 PAGE = 500
@@ -91,18 +92,41 @@ class Coalescer:
 
 
 class _Subscription:
+    """One stream's queue of the feed's batches, bounded by events (QUEUE_EVENTS)."""
+
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[list[StoredEvent] | None] = asyncio.Queue(QUEUE_BATCHES)
+        # Unbounded as a queue; `waiting` bounds it by events (batches vary from 1 to PAGE).
+        self.queue: asyncio.Queue[list[StoredEvent] | None] = asyncio.Queue()
+        self.waiting = 0
         # Set when the stream fell too far behind: it ends, and the client catches up on reconnect.
         self.overflowed = False
 
     def put(self, batch: list[StoredEvent] | None) -> bool:
-        try:
-            self.queue.put_nowait(batch)
-        except asyncio.QueueFull:
+        """Queue a batch (None: end the stream). False, and the stream ends, when the stream has
+        QUEUE_EVENTS waiting already: what it holds is dropped at once."""
+        if batch is None:
+            self.queue.put_nowait(None)
+            return True
+        if self.waiting + len(batch) > QUEUE_EVENTS:
             self.overflowed = True
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.waiting = 0
+            self.queue.put_nowait(None)
             return False
+        self.waiting += len(batch)
+        self.queue.put_nowait(batch)
         return True
+
+    async def get(self, wait_s: float) -> list[StoredEvent] | None:
+        """The next batch ([] if none came within `wait_s`); None when the stream must end."""
+        try:
+            batch = await asyncio.wait_for(self.queue.get(), timeout=wait_s)
+        except TimeoutError:
+            return []
+        if batch is not None:
+            self.waiting -= len(batch)
+        return batch
 
 
 class LiveFeed:
@@ -385,11 +409,8 @@ async def _events(
             if due is not None:
                 wait = min(wait, max(due - now, 0.0))
             assert opened.sub is not None
-            try:
-                batch = await asyncio.wait_for(opened.sub.queue.get(), timeout=max(wait, 0.0))
-            except TimeoutError:
-                batch = []
-            if batch is None or opened.sub.overflowed:
+            batch = await opened.sub.get(max(wait, 0.0))
+            if batch is None:
                 return
     finally:
         opened.close()

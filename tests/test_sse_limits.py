@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from api.app import create_app
-from api.live import PAGE, log_pages
+from api.live import PAGE, QUEUE_EVENTS, LiveFeed, log_pages
 from orchestrator.codec import entry_fields
 from orchestrator.events import Progress, Started, Submitted
 from orchestrator.settings import ApiToken
@@ -133,6 +133,27 @@ async def test_a_task_stream_reads_the_task_history_in_pages(real_backend: Backe
         assert got == ids
         pages = [r for r in client.reads if r[0] == "LRANGE"]
         assert len(pages) >= 3 and all(asked == PAGE and returned <= PAGE for _, asked, returned in pages)
+
+
+async def test_a_subscriber_that_falls_behind_is_cut_off_by_events_not_batches(real_backend: Backend) -> None:
+    """What a slow stream holds is bounded in events: past QUEUE_EVENTS it is cut off (and its
+    queue dropped at once), while a stream that keeps up gets everything."""
+    feed = LiveFeed(real_backend.blocking, real_backend.keys.events)
+    slow, fast = await feed.subscribe(), await feed.subscribe()
+    try:
+        ids = await write_events(real_backend, QUEUE_EVENTS + PAGE)
+        got: list[str] = []
+        async with asyncio.timeout(DEADLINE_S):
+            while len(got) < len(ids):
+                batch = await fast.get(1.0)
+                assert batch is not None
+                got += [e.id for e in batch]
+        assert got == ids and not fast.overflowed
+        # The feed read the same batches for both: the slow one went over its bound on the way.
+        assert slow.overflowed and slow.waiting == 0
+        assert await slow.get(1.0) is None  # its stream ends; the client resumes from its last id
+    finally:
+        feed.close()
 
 
 def _raw_get(port: int, path: str, headers: str = "") -> socket.socket:
