@@ -23,7 +23,7 @@ from consumers.engine.strategies import STRATEGIES
 from orchestrator.codec import decode_json, text
 from orchestrator.history import event_view
 from orchestrator.keys import WORKER_GROUP
-from orchestrator.state import fold, to_api
+from orchestrator.state import to_api
 
 HERE = Path(__file__).parent
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
@@ -318,16 +318,20 @@ async def task_page(request: Request) -> Response:
         task_id = str(uuid.UUID(raw))
     except ValueError:
         task_id = ""
-    history = await ctx.store.task_events(task_id) if task_id else []
-    if not history:
+    # State and audit trail from the read model, in one read, so they agree with each other
+    # and with every other reader (the API, the live streams), also once retention trimmed the log.
+    history = await ctx.projection.history(task_id, ctx.store) if task_id else None
+    if history is None:
         body = f"<section><h1>No such task</h1><p>There is no task {e(raw)}.</p></section>"
         response = page(request, "Backstream: no such task", body, name="task")
         response.status_code = 404
         return response
-    # State and audit trail from the same events, so they always agree.
-    state = fold(history)[task_id]
+    state = history.state
     api = to_api(state)
-    events = [event_view(s) for s in history]
+    events = [event_view(s) for s in history.events]
+    archived = ""
+    if history.archived is not None:
+        archived = f'<p class="archived" id="archived">Earlier history: {e(history.archived.describe())}.</p>'
     spec = msgspec.to_builtins(state.spec)
     params = spec.pop("params", {})
     summary = [
@@ -364,7 +368,7 @@ async def task_page(request: Request) -> Response:
 <div><h2>Parameters</h2>{_kv_table(parameter_rows)}</div>
 <div><h2>Metrics</h2>{_kv_table(list(metrics.items())) if metrics else "<p>None yet.</p>"}</div></section>
 <section>{result}</section>
-<section><h2>Audit trail</h2><table id="events"><thead><tr><th>seq</th><th>time</th><th>event</th>
+<section><h2>Audit trail</h2>{archived}<table id="events"><thead><tr><th>seq</th><th>time</th><th>event</th>
 <th>attempt</th><th>details</th></tr></thead><tbody>{audit_rows(events)}</tbody></table>
 </section>"""
     return page(
@@ -372,7 +376,7 @@ async def task_page(request: Request) -> Response:
         f"Backstream: task {task_id[:8]}",
         body,
         name="task",
-        data={"task": task_id, "since": history[-1].id, "status": api["status"], "seq": str(state.seq)},
+        data={"task": task_id, "since": state.last_event_id, "status": api["status"], "seq": str(state.seq)},
     )
 
 

@@ -16,9 +16,10 @@ from orchestrator.codec import parse_stream_id
 from orchestrator.errors import TaskConflict, TaskNotFound
 from orchestrator.events import TERMINAL_STATUSES
 from orchestrator.history import event_view
+from orchestrator.projection import HistoryArchived
 from orchestrator.spec import BacktestSpec, ParamValue
 from orchestrator.state import TaskState, to_api
-from orchestrator.timeline import as_of_id, state_as_of
+from orchestrator.timeline import as_of_id
 
 STATUSES = ("queued", "running", *sorted(TERMINAL_STATUSES))
 MAX_PAGE = 500
@@ -147,7 +148,14 @@ async def get_task(request: Request) -> Response:
         until = as_of_id(as_of)
     except ValueError as e:
         raise ApiError.invalid("as_of", str(e)) from None
-    state = state_as_of(await _ctx(request).store.task_events(task_id), until)
+    ctx = _ctx(request)
+    history = await ctx.projection.history(task_id, ctx.store)
+    try:
+        state = history.as_of(until) if history else None
+    except HistoryArchived as e:
+        raise ApiError(
+            410, "history_archived", f"{e}; the state as of {as_of} is not in the log", [FieldProblem("as_of", str(e))]
+        ) from None
     if state is None:
         raise ApiError(
             404,
@@ -217,12 +225,17 @@ async def list_tasks(request: Request) -> Response:
 
 
 async def events(request: Request) -> Response:
+    """GET …/events: the task's audit trail. When retention trimmed its first events from the
+    log, `archived` says how many, below which id, and which archive holds them."""
     task_id = task_id_param(request)
-    history = await _ctx(request).store.task_events(task_id)
-    if not history:
-        await _current(request, task_id)  # a 404 unless retention archived the task's events
-        return JSONResponse({"task_id": task_id, "events": [], "archived": True})
-    return JSONResponse({"task_id": task_id, "events": [event_view(e) for e in history]})
+    ctx = _ctx(request)
+    history = await ctx.projection.history(task_id, ctx.store)
+    if history is None:
+        raise ApiError.task_not_found(f"task {task_id} does not exist")
+    body: dict[str, Any] = {"task_id": task_id, "events": [event_view(e) for e in history.events]}
+    if history.archived is not None:
+        body["archived"] = {**msgspec.to_builtins(history.archived), "message": history.archived.describe()}
+    return JSONResponse(body)
 
 
 async def result(request: Request) -> Response:

@@ -15,10 +15,11 @@ import msgspec
 from orchestrator.connections import Connections
 from orchestrator.history import event_view
 from orchestrator.keys import Keys
+from orchestrator.projection import HistoryArchived, Projection
 from orchestrator.settings import Settings
 from orchestrator.state import to_api
 from orchestrator.store import EventStore
-from orchestrator.timeline import as_of_id, state_as_of
+from orchestrator.timeline import as_of_id
 
 
 def _summary(line: dict[str, Any]) -> str:
@@ -61,22 +62,31 @@ class _Progress:
 async def _audit(args: argparse.Namespace, settings: Settings) -> int:
     conns = Connections(settings)
     try:
-        store = EventStore(conns.commands, Keys(prefix=settings.prefix))
-        events = await store.task_events(args.task_id)
-        if not events:
-            print(f"backstream audit: no task {args.task_id} in the log", file=sys.stderr)
+        keys = Keys(prefix=settings.prefix)
+        store = EventStore(conns.commands, keys)
+        # The same read model as the API and the dashboard: a task retention compacted still exists.
+        history = await Projection(conns.commands, keys, follow_live=True).history(args.task_id, store)
+        if history is None:
+            print(f"backstream audit: no task {args.task_id}", file=sys.stderr)
             return 1
         if args.as_of:
             try:
-                state = state_as_of(events, as_of_id(args.as_of))
+                state = history.as_of(as_of_id(args.as_of))
             except ValueError as e:
                 print(f"backstream audit: --as-of {e}", file=sys.stderr)
                 return 2
+            except HistoryArchived as e:
+                print(f"backstream audit: --as-of {args.as_of}: {e}", file=sys.stderr)
+                return 1
             if state is None:
                 print(f"backstream audit: task {args.task_id} did not exist as of {args.as_of}", file=sys.stderr)
                 return 1
             print(json.dumps(to_api(state), indent=None if args.json else 2))
             return 0
+        if history.archived is not None:
+            # Not a JSON line: --json output stays one event per line.
+            print(f"earlier history: {history.archived.describe()}", file=sys.stderr if args.json else sys.stdout)
+        events = history.events
         for stored in events:
             line = event_view(stored)
             if args.json:

@@ -91,6 +91,13 @@ class Keys(msgspec.Struct, frozen=True):
     def archived_through(self) -> str:
         return f"{self.prefix}:archived-through"
 
+    # What the last retention run left (a hash: `log_starts_at`, the id the log holds nothing
+    # older than; `archived_through`, what `backstream export` had written by then; `at_ms`), so
+    # a reader can say where a task's trimmed history went. Overwritten by each run.
+    @property
+    def retention(self) -> str:
+        return f"{self.prefix}:retention"
+
     @property
     def projection_root(self) -> str:
         return f"{self.prefix}:{self.projection_name}"

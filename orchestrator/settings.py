@@ -93,6 +93,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_s: float = 10.0
     # The longest a request body may be; larger bodies are refused with 413.
     max_body_bytes: int = 64 * 1024
+    # Open SSE streams one client may hold at once (per token owner; per client address when
+    # access control is off); more are refused with 429. A browser tab holds one or two.
+    sse_streams_per_client: int = 16
     # API bearer tokens (BACKSTREAM_TOKENS, or one per line in BACKSTREAM_TOKENS_FILE). None
     # configured: the API is open (fine on the default loopback bind; a warning otherwise).
     tokens: tuple[ApiToken, ...] = ()
@@ -132,6 +135,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             retry_cap_ms=int(env.get("BACKSTREAM_RETRY_CAP_MS", defaults.retry_cap_ms)),
             task_timeout_s=float(env.get("BACKSTREAM_TASK_TIMEOUT_S", defaults.task_timeout_s)),
             shutdown_grace_s=float(env.get("BACKSTREAM_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s)),
+            sse_streams_per_client=int(env.get("BACKSTREAM_SSE_STREAMS_PER_CLIENT", defaults.sse_streams_per_client)),
             tokens=tokens,
             allowed_origins=parse_origins(env.get("BACKSTREAM_ALLOWED_ORIGINS", "")),
             api_url=env.get("BACKSTREAM_URL") or defaults.api_url,
