@@ -3,7 +3,10 @@ rebuild under a running projector, and what /readyz says about all of it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from consumers.projector import Projector
+from consumers.replay import verify
+from orchestrator.keys import DEFAULT_PROJECTION
+from orchestrator.projection import Projection
 from tests.blackhole import BlackholeProxy
+from tests.conftest import Backend
+from tests.harness import System
 from tests.processes import Cluster, wait_until
 from tests.test_faults import FAST_LEASES, SHORT, Log, projector_caught_up, submit
 
@@ -98,3 +107,63 @@ def test_silently_dropped_connections_are_noticed_and_replaced(
     wait_until(lambda: projector_caught_up(log), timeout=10, what="the projector to catch up after the drop")
     wait_until(lambda: feed.saw("completed", task_id), timeout=10, what="the live feed to carry the new task")
     feed.close()
+
+
+def backstream(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args], env=cluster.env, capture_output=True, text=True, timeout=120
+    )
+
+
+def live_projection_caught_up(log: Log) -> bool:
+    """The projection the pointer names has folded the whole log."""
+    name = log.redis.get(log.keys.live_projection)
+    keys = log.keys.with_projection(name.decode() if name else DEFAULT_PROJECTION)
+    last = log.redis.xrevrange(log.keys.events, count=1)
+    return bool(last) and log.redis.get(keys.projection_position) == last[0][0]
+
+
+def test_the_live_projector_follows_a_rebuild_and_carries_on(real_url: str, real_prefix: str, tmp_path: Path) -> None:
+    cluster = Cluster(real_url, real_prefix, tmp_path, **FAST_LEASES)
+    log = Log(real_url, real_prefix)
+    try:
+        _, url = cluster.api()
+        projector = cluster.start("projector")
+        cluster.start("worker", "--name", "w")
+        before = [submit(url, SHORT) for _ in range(3)]
+        wait_until(lambda: all(log.has(t, "completed") for t in before), timeout=30, what="the first tasks")
+        wait_until(lambda: live_projection_caught_up(log), timeout=10, what="the projector to catch up")
+
+        rebuilt = backstream(cluster, "replay", "--rebuild")
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        after = [submit(url, SHORT) for _ in range(3)]
+        wait_until(lambda: all(log.has(t, "completed") for t in after), timeout=30, what="the later tasks")
+        wait_until(lambda: live_projection_caught_up(log), timeout=10, what="the projector to follow the rebuild")
+
+        listed = httpx.get(f"{url}/api/backtests/tasks?status=completed&limit=50", timeout=5).json()["tasks"]
+        assert {t["task_id"] for t in listed} == set(before + after)
+        verified = backstream(cluster, "replay", "--verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert projector.proc.poll() is None
+    finally:
+        cluster.close()
+        log.redis.close()
+
+
+async def test_racing_projectors_never_stop_on_a_gap_that_is_not_in_the_log(real_backend: Backend) -> None:
+    # Two live projectors with small batches: each often has a batch refused because the other
+    # stored first, while its next batch was already folded onto the refused one.
+    backend = real_backend
+    system = System(backend, progress_interval_ms=10)
+    async with system.client() as http:
+        ids = [(await http.post("/api/backtests", json=SHORT)).json()["task_id"] for _ in range(40)]
+        projectors = [Projector(Projection(backend.redis, backend.keys, follow_live=True), batch_size=3) for _ in "ab"]
+        running = [asyncio.create_task(p.run()) for p in projectors]
+        await system.worker(concurrency=4).run(burst=True)
+        await Projector(system.projection).run(burst=True)
+        for p in projectors:
+            p.stop()
+        await asyncio.wait_for(asyncio.gather(*running), timeout=30)  # neither died on the way
+        assert sum(p.applied for p in projectors) > 0
+        assert await verify(backend.redis, backend.keys) == []
+        assert len(ids) == 40
