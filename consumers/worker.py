@@ -101,6 +101,10 @@ class Worker:
             reclaimed = await reclaim_expired(
                 self.store.redis, self.store.keys, self.name, min_idle_ms=self.settings.lease_ms, count=free
             )
+            # Never its own running tasks: their leases lapse only while the store refuses the
+            # renewals (out of memory, say), and the outcome they hold is stored once it passes.
+            mine = {e.job.message_id for e in self._running.values() if e is not None}
+            reclaimed = [(m, t) for m, t in reclaimed if m not in mine]
             if reclaimed:
                 log.info("worker.reclaimed", count=len(reclaimed))
                 return [Item(m, t, reclaim=True) for m, t in reclaimed]

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -22,8 +23,8 @@ from orchestrator.projection import Projection
 from tests.blackhole import BlackholeProxy
 from tests.conftest import Backend
 from tests.harness import System
-from tests.processes import Cluster, wait_until
-from tests.test_faults import FAST_LEASES, SHORT, Log, projector_caught_up, submit
+from tests.processes import Cluster, RedisServer, wait_until
+from tests.test_faults import FAST_LEASES, LONG, SHORT, Log, projector_caught_up, submit
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -167,3 +168,58 @@ async def test_racing_projectors_never_stop_on_a_gap_that_is_not_in_the_log(real
         assert sum(p.applied for p in projectors) > 0
         assert await verify(backend.redis, backend.keys) == []
         assert len(ids) == 40
+
+
+@pytest.fixture
+def private(tmp_path: Path, real_prefix: str) -> Iterator[tuple[Cluster, RedisServer, Log]]:
+    """Processes on a private redis-server that the test may starve of memory."""
+    server = RedisServer(tmp_path)
+    cluster = Cluster(server.url, real_prefix, tmp_path, **FAST_LEASES)
+    log = Log(server.url, real_prefix)
+    yield cluster, server, log
+    cluster.close()
+    log.redis.close()
+    server.stop()
+
+
+def test_out_of_memory_is_waited_out_and_the_computed_result_kept(private: tuple[Cluster, RedisServer, Log]) -> None:
+    cluster, _, log = private
+    _, url = cluster.api()
+    projector = cluster.start("projector")
+    worker = cluster.start("worker", "--name", "w", "--concurrency", "1")
+    task_id = submit(url, LONG)
+    wait_until(lambda: log.has(task_id, "progress", attempt=1), timeout=30, what="the task to compute")
+
+    log.redis.config_set("maxmemory", 1)  # noeviction (the default policy): every write refused
+    refused = httpx.post(f"{url}/api/backtests", json=SHORT, timeout=10)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"] == "store_out_of_memory"
+    assert int(refused.headers["Retry-After"]) > 0
+
+    def waiting_to_store() -> bool:
+        return any(e["event"] == "store.unavailable" and e.get("doing") == "storing the outcome" for e in worker.logs())
+
+    # The task computes to the end and holds its outcome while the store refuses it.
+    wait_until(waiting_to_store, timeout=60, what="the worker to wait with its outcome")
+    assert not log.has(task_id, "completed")
+
+    def held_past_two_leases() -> bool:
+        waits = [e["timestamp"] for e in worker.logs() if e.get("doing") == "storing the outcome"]
+        held = datetime.fromisoformat(waits[-1]) - datetime.fromisoformat(waits[0])
+        return held.total_seconds() > 2 * int(FAST_LEASES["lease_ms"]) / 1000
+
+    # Held longer than a lease, beside an idle worker that takes over any task whose lease lapses.
+    cluster.start("worker", "--name", "eager")
+    wait_until(held_past_two_leases, timeout=30, what="the outcome to be held past two leases")
+    log.redis.config_set("maxmemory", 0)
+
+    wait_until(lambda: log.has(task_id, "completed"), timeout=30, what="the held outcome to be stored")
+    assert log.types(task_id).count("started") == 1, log.types(task_id)  # not run again
+    assert log.events(task_id)[-1].event.attempt == 1
+    later = submit(url, SHORT)
+    wait_until(lambda: log.has(later, "completed"), timeout=30, what="a task submitted after")
+    wait_until(lambda: live_projection_caught_up(log), timeout=15, what="the projector to carry on")
+    assert projector.proc.poll() is None and worker.proc.poll() is None
+    task = httpx.get(f"{url}/api/backtests/tasks/{task_id}", timeout=5).json()
+    assert task["status"] == "completed" and task["attempt"] == 1
+    assert httpx.get(f"{url}/api/backtests/tasks/{task_id}/result", timeout=5).status_code == 200
