@@ -13,6 +13,7 @@ import structlog
 from orchestrator.connections import store_unavailable
 from orchestrator.errors import ProjectionGapError
 from orchestrator.events import StoredEvent
+from orchestrator.presence import Heartbeat
 from orchestrator.projection import Projection
 from orchestrator.state import TaskState, evolve
 
@@ -48,8 +49,11 @@ class Projector:
         block_ms: int = 1000,
         source: Source | None = None,
         on_batch: Callable[[int], None] | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.projection = projection
+        # The live projector's liveness for /readyz; replays run without one.
+        self.heartbeat = heartbeat
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.source = source or projection.read_log
@@ -120,6 +124,16 @@ class Projector:
         batch folded onto one that was then refused, or onto a projection a rebuild replaced,
         shows gaps that are not in the log."""
         log.info("projector.started", projection=self.projection.keys.projection_name)
+        heartbeat = self.heartbeat
+        beating = asyncio.create_task(heartbeat.run()) if heartbeat is not None else None
+        try:
+            await self._follow(burst)
+        finally:
+            if heartbeat is not None and beating is not None:
+                beating.cancel()
+                await heartbeat.remove()
+
+    async def _follow(self, burst: bool) -> None:
         delay = 0.1
         position = None
         inflight: asyncio.Task[bool] | None = None
@@ -139,7 +153,8 @@ class Projector:
                     await self.projection.refresh()
                     if self.projection.keys.projection_name != following:
                         log.info("projector.following", projection=self.projection.keys.projection_name)
-                        inflight = await _settle(inflight)
+                        await _settle(inflight)
+                        inflight = None
                         fresh = True
                         continue
                 if not burst and loop.time() < next_read:
@@ -165,7 +180,8 @@ class Projector:
                 position = batch.events[-1].id
                 delay = 0.1
             except ProjectionGapError as e:
-                inflight = await _settle(inflight)
+                await _settle(inflight)
+                inflight = None
                 if gap_seen and not on_unstored:
                     raise
                 # Folded onto a batch not stored yet (perhaps never), or seen once: again, from
@@ -174,7 +190,8 @@ class Projector:
                 fresh = True
                 log.info("projector.rechecking_gap", error=str(e))
             except redis.exceptions.RedisError as e:
-                inflight = await _settle(inflight)
+                await _settle(inflight)
+                inflight = None
                 if not store_unavailable(e):
                     raise
                 log.warning("store.unavailable", error=str(e), error_type=type(e).__name__, retry_in_s=delay)

@@ -64,6 +64,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     task_timeout_s: float = 3_600.0
     # On SIGTERM a worker lets running tasks finish this long, then releases the rest.
     shutdown_grace_s: float = 10.0
+    # /readyz answers 503 once the oldest log entry the projector has not applied is older than
+    # this (the projector is stuck or far behind), or no projector has beaten within the lease.
+    ready_max_lag_s: float = 30.0
     # The longest a request body may be; larger bodies are refused with 413.
     max_body_bytes: int = 64 * 1024
     # API bearer tokens (BACKSTREAM_TOKENS, or one per line in BACKSTREAM_TOKENS_FILE). None
@@ -102,6 +105,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             retry_cap_ms=int(env.get("BACKSTREAM_RETRY_CAP_MS", defaults.retry_cap_ms)),
             task_timeout_s=float(env.get("BACKSTREAM_TASK_TIMEOUT_S", defaults.task_timeout_s)),
             shutdown_grace_s=float(env.get("BACKSTREAM_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s)),
+            ready_max_lag_s=float(env.get("BACKSTREAM_READY_MAX_LAG_S", defaults.ready_max_lag_s)),
             tokens=tokens,
             api_url=env.get("BACKSTREAM_URL") or defaults.api_url,
             api_token=env.get("BACKSTREAM_TOKEN") or None,

@@ -12,13 +12,14 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from consumers.projector import Projector
 from consumers.replay import verify
-from orchestrator.keys import DEFAULT_PROJECTION
+from orchestrator.keys import DEFAULT_PROJECTION, WORKER_GROUP
 from orchestrator.projection import Projection
 from tests.blackhole import BlackholeProxy
 from tests.conftest import Backend
@@ -118,9 +119,9 @@ def backstream(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]
 
 def live_projection_caught_up(log: Log) -> bool:
     """The projection the pointer names has folded the whole log."""
-    name = log.redis.get(log.keys.live_projection)
+    name: Any = log.redis.get(log.keys.live_projection)
     keys = log.keys.with_projection(name.decode() if name else DEFAULT_PROJECTION)
-    last = log.redis.xrevrange(log.keys.events, count=1)
+    last: Any = log.redis.xrevrange(log.keys.events, count=1)
     return bool(last) and log.redis.get(keys.projection_position) == last[0][0]
 
 
@@ -223,3 +224,52 @@ def test_out_of_memory_is_waited_out_and_the_computed_result_kept(private: tuple
     task = httpx.get(f"{url}/api/backtests/tasks/{task_id}", timeout=5).json()
     assert task["status"] == "completed" and task["attempt"] == 1
     assert httpx.get(f"{url}/api/backtests/tasks/{task_id}/result", timeout=5).status_code == 200
+
+
+def test_readyz_follows_the_projector_and_an_idle_worker_stays_alive(
+    real_url: str, real_prefix: str, tmp_path: Path
+) -> None:
+    lease_s = int(FAST_LEASES["lease_ms"]) / 1000
+    cluster = Cluster(real_url, real_prefix, tmp_path, **FAST_LEASES)
+    log = Log(real_url, real_prefix)
+    try:
+        _, url = cluster.api()
+        projector = cluster.start("projector")
+        cluster.start("worker", "--name", "idler")
+
+        def ready() -> dict[str, Any] | None:
+            reply = httpx.get(f"{url}/readyz", timeout=5)
+            return reply.json() if reply.status_code == 200 and reply.json()["workers_alive"] == 1 else None
+
+        wait_until(ready, timeout=30, what="/readyz to see the projector and the worker")
+        # The worker stays idle for two leases: XINFO CONSUMERS' idle time grows past the lease on
+        # Redis before 7.2 (empty reads do not reset it), but its own heartbeat keeps it alive.
+        joined = time.monotonic()
+        wait_until(lambda: time.monotonic() - joined > 2 * lease_s, timeout=10, what="two leases")
+        consumers = log.redis.xinfo_consumers(log.keys.work, WORKER_GROUP)
+        if tuple(int(p) for p in log.redis.info("server")["redis_version"].split(".")[:2]) < (7, 2):
+            assert consumers[0]["idle"] > lease_s * 1000  # what made it look dead before
+        found = httpx.get(f"{url}/readyz", timeout=5)
+        assert found.status_code == 200 and found.json()["workers_alive"] == 1, found.text
+        page = httpx.get(f"{url}/workers", timeout=5).text
+        assert 'class="alive"><td>idler</td>' in page
+        metrics = httpx.get(f"{url}/metrics", timeout=5).text
+        assert "backstream_workers_alive 1.0" in metrics
+
+        projector.kill()  # SIGKILL: it cannot say goodbye
+        task_id = submit(url, SHORT)
+        wait_until(lambda: log.has(task_id, "completed"), timeout=30, what="the task to complete")
+
+        def not_ready() -> Any:
+            reply = httpx.get(f"{url}/readyz", timeout=5)
+            return reply.json() if reply.status_code == 503 else None
+
+        body = wait_until(not_ready, timeout=10, what="/readyz to notice the projector is gone")
+        assert body["status"] == "not_ready" and body["projector_lag_events"] > 0
+        assert "projector" in [r["check"] for r in body["reasons"]]
+
+        cluster.start("projector")
+        wait_until(ready, timeout=30, what="/readyz to be ready with a projector again")
+    finally:
+        cluster.close()
+        log.redis.close()
