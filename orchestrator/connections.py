@@ -79,10 +79,28 @@ COMMAND_TIMEOUT_S = 5.0
 LONGEST_BLOCK_MS = 1_000
 BLOCKING_TIMEOUT_S = LONGEST_BLOCK_MS / 1000 + 2.0
 
+
 # A read that timed out is re-sent once on a fresh connection (our scripts are idempotent, so
 # re-sending is safe): a dead pooled connection costs one timeout, not an error; a store that
 # is really away still fails within two timeouts.
-_RETRY_ON_TIMEOUT = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), retries=1)
+class _LoggedRetry(Retry):
+    """redis-py's retry, saying so in the log: a dropped connection is never silent."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def logged(error: Exception, *count: int) -> Any:
+            log.warning("store.connection_dropped", error=str(error), error_type=type(error).__name__)
+            return fail(error, *count)
+
+        return await super().call_with_retry(do, logged, is_retryable, with_failure_count)
+
+
+_RETRY_ON_TIMEOUT = _LoggedRetry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), retries=1)
 
 # TCP keepalive on every connection: the kernel finds an idle connection to a vanished host
 # after ~5 + 3 x 2 s instead of redis-py's default ~45 s, before a command has to time out on it.

@@ -91,7 +91,7 @@ def test_silently_dropped_connections_are_noticed_and_replaced(
     cluster, proxy, log = proxied
     _, url = cluster.api()
     cluster.start("projector")
-    cluster.start("worker", "--name", "behind-proxy", "--concurrency", "1")
+    worker = cluster.start("worker", "--name", "behind-proxy", "--concurrency", "1")
     feed = SseRecorder(url)
     assert feed.opened.wait(10)
     warm = submit(url, SHORT)
@@ -109,6 +109,8 @@ def test_silently_dropped_connections_are_noticed_and_replaced(
     wait_until(lambda: projector_caught_up(log), timeout=10, what="the projector to catch up after the drop")
     wait_until(lambda: feed.saw("completed", task_id), timeout=10, what="the live feed to carry the new task")
     feed.close()
+    # And it says so.
+    assert any(e["event"] == "store.connection_dropped" for e in worker.logs())
 
 
 def backstream(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
