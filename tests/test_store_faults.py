@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -16,11 +17,15 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from consumers.projector import Projector
 from consumers.replay import verify
+from orchestrator.events import StoredEvent
 from orchestrator.keys import DEFAULT_PROJECTION, WORKER_GROUP
 from orchestrator.projection import Projection
+from orchestrator.spec import BacktestSpec
+from orchestrator.store import EventStore
 from tests.blackhole import BlackholeProxy
 from tests.conftest import Backend
 from tests.harness import System
@@ -28,6 +33,8 @@ from tests.processes import Cluster, RedisServer, wait_until
 from tests.test_faults import FAST_LEASES, LONG, SHORT, Log, projector_caught_up, submit
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+SPEC = BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20})
 
 
 class SseRecorder:
@@ -152,6 +159,37 @@ def test_the_live_projector_follows_a_rebuild_and_carries_on(real_url: str, real
     finally:
         cluster.close()
         log.redis.close()
+
+
+async def test_a_batch_folded_onto_a_refused_one_is_not_taken_for_a_gap(backend: Backend) -> None:
+    store = EventStore(backend.redis, backend.keys)
+    other_task, task = str(uuid.uuid4()), str(uuid.uuid4())
+    await store.submit(other_task, SPEC)  # event 1
+    await store.submit(task, SPEC)  # event 2: the task's seq 1
+    await store.cancel(task)  # event 3: its seq 2
+    projection = Projection(backend.redis, backend.keys, follow_live=True)
+    other = Projector(Projection(backend.redis, backend.keys, follow_live=True), batch_size=1)
+    reads = 0
+    with capture_logs() as logs:
+
+        async def source(after: str | None, count: int, block_ms: int | None) -> list[StoredEvent]:
+            nonlocal reads
+            reads += 1
+            events = await projection.read_log(after, count, block_ms)
+            if reads == 1:
+                # Another projector stores event 1 alone: this one's store of events 1-2 is refused.
+                await other.step()
+            elif reads == 2:
+                # Events 3.. reach the fold only after that refusal (the order a slow read gives).
+                # (a log event has no awaitable to wait on, so poll the captured log)
+                while not any(e["event"] == "projector.retrying_batch" for e in logs):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            return events
+
+        projector = Projector(projection, batch_size=2, source=source)
+        await asyncio.wait_for(projector.run(burst=True), timeout=10)
+    assert await verify(backend.redis, backend.keys) == []
+    assert (await projection.current(task, store)).status == "cancelled"  # type: ignore[union-attr]
 
 
 async def test_racing_projectors_never_stop_on_a_gap_that_is_not_in_the_log(real_backend: Backend) -> None:
