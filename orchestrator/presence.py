@@ -19,8 +19,8 @@ log = structlog.get_logger("backstream.presence")
 
 class Heartbeat:
     """Writes `name` into the heartbeats set `key` every `interval_s` seconds until cancelled.
-    A beat the store refuses (unreachable, out of memory) is logged once and retried at the
-    next interval; the process carries on either way."""
+    A beat the store refuses (unreachable, out of memory, or any other error) is logged once
+    and retried at the next interval; the process carries on either way."""
 
     def __init__(self, redis: Any, key: str, name: str, *, interval_s: float) -> None:
         self.redis = redis
@@ -43,10 +43,10 @@ class Heartbeat:
                     log.info("heartbeat.resumed", name=self.name)
                 self._failing = False
             except redis.exceptions.RedisError as e:
-                if not store_unavailable(e):
-                    raise
+                # Never fatal: a process that cannot beat still works; it only looks silent.
                 if not self._failing:
-                    log.warning("heartbeat.refused", name=self.name, error=str(e), error_type=type(e).__name__)
+                    level = log.warning if store_unavailable(e) else log.error
+                    level("heartbeat.refused", name=self.name, error=str(e), error_type=type(e).__name__)
                 self._failing = True
             await asyncio.sleep(self.interval_s)
 

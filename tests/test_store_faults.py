@@ -4,6 +4,7 @@ rebuild under a running projector, and what /readyz says about all of it."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import subprocess
 import sys
@@ -19,8 +20,11 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from api.live import READ_BLOCK_MS as LIVE_BLOCK_MS
 from consumers.projector import Projector
 from consumers.replay import verify
+from consumers.worker import READ_BLOCK_MS as WORKER_BLOCK_MS
+from orchestrator.connections import BLOCKING_TIMEOUT_S, LONGEST_BLOCK_MS
 from orchestrator.events import StoredEvent
 from orchestrator.keys import DEFAULT_PROJECTION, WORKER_GROUP
 from orchestrator.projection import Projection
@@ -77,6 +81,14 @@ class SseRecorder:
 
     def close(self) -> None:
         self._stop.set()
+
+
+def test_no_blocking_read_outlasts_the_blocking_clients_socket_timeout() -> None:
+    # The blocking client's socket timeout is what notices a silently dropped connection; a
+    # BLOCK longer than the longest it allows would be cut off and re-sent on every idle read.
+    projector_ms = inspect.signature(Projector).parameters["block_ms"].default
+    blocks_ms = [WORKER_BLOCK_MS, LIVE_BLOCK_MS, projector_ms]
+    assert max(blocks_ms) <= LONGEST_BLOCK_MS < BLOCKING_TIMEOUT_S * 1000
 
 
 @pytest.fixture
