@@ -80,9 +80,6 @@ LONGEST_BLOCK_MS = 1_000
 BLOCKING_TIMEOUT_S = LONGEST_BLOCK_MS / 1000 + 2.0
 
 
-# A read that timed out is re-sent once on a fresh connection (our scripts are idempotent, so
-# re-sending is safe): a dead pooled connection costs one timeout, not an error; a store that
-# is really away still fails within two timeouts.
 class _LoggedRetry(Retry):
     """redis-py's retry, saying so in the log: a dropped connection is never silent."""
 
@@ -100,6 +97,9 @@ class _LoggedRetry(Retry):
         return await super().call_with_retry(do, logged, is_retryable, with_failure_count)
 
 
+# A call that timed out (or lost its connection) is re-sent once on a fresh connection (our
+# scripts are idempotent, so re-sending is safe): a dead pooled connection costs one timeout,
+# not an error; a store that is really away still fails within two timeouts.
 _RETRY_ON_TIMEOUT = _LoggedRetry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), retries=1)
 
 # TCP keepalive on every connection: the kernel finds an idle connection to a vanished host

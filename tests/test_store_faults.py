@@ -18,13 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.exceptions
+from redis._parsers.base import BaseParser
 from structlog.testing import capture_logs
 
 from api.live import READ_BLOCK_MS as LIVE_BLOCK_MS
 from consumers.projector import Projector
 from consumers.replay import verify
 from consumers.worker import READ_BLOCK_MS as WORKER_BLOCK_MS
-from orchestrator.connections import BLOCKING_TIMEOUT_S, LONGEST_BLOCK_MS
+from orchestrator.connections import BLOCKING_TIMEOUT_S, LONGEST_BLOCK_MS, store_unavailable
 from orchestrator.events import StoredEvent
 from orchestrator.keys import DEFAULT_PROJECTION, WORKER_GROUP
 from orchestrator.projection import Projection
@@ -81,6 +83,32 @@ class SseRecorder:
 
     def close(self) -> None:
         self._stop.set()
+
+
+@pytest.mark.parametrize(
+    ("reply", "passes"),
+    [
+        ("OOM command not allowed when used memory > 'maxmemory'.", True),
+        ("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist", True),
+        ("READONLY You can't write against a read only replica.", True),
+        ("LOADING Redis is loading the dataset in memory", True),
+        ("BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.", True),
+        ("NOREPLICAS Not enough good replicas to write.", True),
+        ("TRYAGAIN Multiple keys request during rehashing of slot", True),
+        ("CLUSTERDOWN The cluster is down", True),
+        ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", True),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", False),
+        ("ERR unknown command 'FOO'", False),
+        ("ERR Error running script (call to f_0): user_script:1: bad argument", False),
+        ("NOPERM this user has no permissions to run the 'xadd' command", False),
+    ],
+)
+def test_every_store_refusal_that_passes_is_waited_out_and_no_other(reply: str, passes: bool) -> None:
+    # The exception redis-py raises for that error reply, built by redis-py's own parser.
+    error = BaseParser.parse_error(reply)
+    assert store_unavailable(error) is passes, type(error).__name__
+    assert store_unavailable(redis.exceptions.TimeoutError("Timeout reading from 127.0.0.1:6379"))
+    assert store_unavailable(redis.exceptions.ConnectionError("Connection refused"))
 
 
 def test_no_blocking_read_outlasts_the_blocking_clients_socket_timeout() -> None:
