@@ -23,6 +23,7 @@ from consumers.engine.strategies import STRATEGIES
 from orchestrator.codec import decode_json, text
 from orchestrator.history import event_view
 from orchestrator.keys import WORKER_GROUP
+from orchestrator.presence import read_beats
 from orchestrator.state import to_api
 
 HERE = Path(__file__).parent
@@ -466,10 +467,14 @@ async def workers_page(request: Request) -> Response:
         for g in groups
     )
     lease = ctx.settings.lease_ms
+    beats = await read_beats(ctx.store.redis, keys.worker_heartbeats)
+    members = {text(c["name"]): c for c in consumers.get(WORKER_GROUP, [])}
     consumer_rows = []
-    for c in sorted(consumers.get(WORKER_GROUP, []), key=lambda c: str(c["name"])):
-        name = text(c["name"])
-        alive = c["idle"] < lease
+    for name in sorted(members.keys() | beats.ages_s.keys()):
+        c = members.get(name, {"pending": 0})
+        age = beats.ages_s.get(name)
+        alive = age is not None and age * 1000 < lease
+        beat = f"{age:.1f} s ago" if age is not None else "never"
         tasks = "".join(
             f'<a href="/tasks/{e(t.task_id)}" class="mono">{e(t.task_id[:8])}</a> '
             f"{e(t.spec.strategy)}/{e(t.spec.symbol)} {progress_bar(t.progress)}<br>"
@@ -478,13 +483,14 @@ async def workers_page(request: Request) -> Response:
         consumer_rows.append(
             f'<tr class="{"alive" if alive else "silent"}"><td>{e(name)}</td>'
             f'<td><span class="badge {"running" if alive else "failed"}">{"alive" if alive else "silent"}</span></td>'
-            f"<td>{c['pending']}</td><td>{c['idle'] / 1000:.1f} s</td><td>{tasks or 'idle'}</td></tr>"
+            f"<td>{c['pending']}</td><td>{beat}</td><td>{tasks or 'idle'}</td></tr>"
         )
     body = f"""
 <section><h1>Workers</h1>
-<p>A worker is <em>alive</em> while it has touched the work stream within the lease
-({lease / 1000:g} s): every read and every lease renewal counts.</p>
-<table id="consumers"><thead><tr><th>worker</th><th>state</th><th>pending</th><th>idle</th><th>running</th></tr>
+<p>A worker is <em>alive</em> while its own heartbeat, sent on a timer whether it is busy or
+idle, is younger than the lease ({lease / 1000:g} s).</p>
+<table id="consumers"><thead><tr><th>worker</th><th>state</th><th>pending</th><th>last heartbeat</th>
+<th>running</th></tr>
 </thead><tbody>{"".join(consumer_rows)}</tbody></table>
 <h2>Consumer groups on {e(keys.work)}</h2>
 <table id="groups"><thead><tr><th>group</th><th>consumers</th><th>pending</th><th>lag</th><th>last delivered</th>

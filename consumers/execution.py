@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
+import redis.exceptions
 import structlog
 
 from consumers.first_chunks import FirstChunks, finished
 from consumers.retry import TaskTimeout, backoff_ms, is_retryable
-from orchestrator.connections import REDIS_UNAVAILABLE, until_reachable
+from orchestrator.connections import store_unavailable, until_reachable
 from orchestrator.events import Completed, Failed, RetryScheduled
 from orchestrator.settings import Settings
 from orchestrator.spec import BacktestSpec
@@ -112,13 +114,19 @@ class Execution:
         except Exception as error:
             event, result = self._failure(error), b""
         self.on_computed()
-        # An outcome must not be lost to a Redis restart: it is re-sent until stored.
-        fenced = await until_reachable(
-            lambda: self.store.finish(
-                event, message_id=job.message_id, result=result, reason=getattr(event, "error_type", "")
-            ),
-            doing="storing the outcome",
-        )
+        # An outcome must not be lost to a Redis restart or a full memory: it is re-sent until
+        # stored, and the lease is renewed meanwhile (a renewal is not refused for lack of
+        # memory), so no worker takes the task over to compute it again.
+        renewing = asyncio.create_task(self._renew_lease())
+        try:
+            fenced = await until_reachable(
+                lambda: self.store.finish(
+                    event, message_id=job.message_id, result=result, reason=getattr(event, "error_type", "")
+                ),
+                doing="storing the outcome",
+            )
+        finally:
+            renewing.cancel()
         outcome_name = type(event).__struct_config__.tag
         if fenced is not None:
             log.warning("task.write_refused", write=outcome_name, status=fenced.status, current_attempt=fenced.attempt)
@@ -146,13 +154,22 @@ class Execution:
                     last_progress, reported = now, run.progress
             await asyncio.to_thread(run.advance, CHUNK_SECONDS)
 
+    async def _renew_lease(self) -> None:
+        """Renew the lease every heartbeat until cancelled (while an outcome waits to be stored)."""
+        with contextlib.suppress(Stop):  # fenced: the outcome's own write will be refused too
+            while True:
+                await asyncio.sleep(self.settings.heartbeat_ms / 1000)
+                await self._heartbeat(None)
+
     async def _check_still_mine(self) -> None:
         """Between chunks: is the task still running under this attempt? A cancel or a takeover
         stops the run here; nothing more is written for it."""
         job = self.job
         try:
             status, current = await self.store.redis.hmget(self.store.keys.control(job.task_id), "status", "attempt")
-        except REDIS_UNAVAILABLE:
+        except redis.exceptions.RedisError as e:
+            if not store_unavailable(e):
+                raise
             return  # keep computing; the fenced writes decide later
         status = status.decode() if status else "missing"
         if status == "running" and int(current or 0) == job.attempt:
@@ -166,8 +183,11 @@ class Execution:
             fenced = await self.store.heartbeat(
                 job.task_id, job.attempt, worker=self.worker, message_id=job.message_id, progress=progress
             )
-        except REDIS_UNAVAILABLE as e:
-            log.warning("store.unavailable", write="heartbeat", error=str(e))
+        except redis.exceptions.RedisError as e:
+            if not store_unavailable(e):
+                raise
+            # Out of memory or unreachable: keep computing, the outcome is stored once it passes.
+            log.warning("store.unavailable", write="heartbeat", error=str(e), error_type=type(e).__name__)
             return
         if fenced is not None:
             log.warning("task.write_refused", write="heartbeat", status=fenced.status, current_attempt=fenced.attempt)

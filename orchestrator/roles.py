@@ -53,9 +53,17 @@ def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, con
 
 def _projector(settings: Settings, conns: Connections) -> Any:
     from consumers.projector import Projector
+    from orchestrator.presence import Heartbeat
 
-    projection = Projection(conns.commands, Keys(prefix=settings.prefix), follow_live=True, reader=conns.blocking)
-    return Projector(projection)
+    keys = Keys(prefix=settings.prefix)
+    projection = Projection(conns.commands, keys, follow_live=True, reader=conns.blocking)
+    heartbeat = Heartbeat(
+        conns.commands,
+        keys.projector_heartbeats,
+        f"{socket.gethostname()}-{os.getpid()}",
+        interval_s=min(settings.heartbeat_ms, settings.lease_ms / 3) / 1000,
+    )
+    return Projector(projection, heartbeat=heartbeat)
 
 
 def _server(settings: Settings, catalog: Any, conns: Connections | None, host: str, port: int) -> Any:

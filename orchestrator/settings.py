@@ -91,6 +91,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     task_timeout_s: float = 3_600.0
     # On SIGTERM a worker lets running tasks finish this long, then releases the rest.
     shutdown_grace_s: float = 10.0
+    # /readyz answers 503 once the oldest log entry the projector has not applied is older than
+    # this (the projector is stuck or far behind), or no projector has beaten within the lease.
+    ready_max_lag_s: float = 30.0
     # The longest a request body may be; larger bodies are refused with 413.
     max_body_bytes: int = 64 * 1024
     # Open SSE streams one client may hold at once (per token owner; per client address when
@@ -136,6 +139,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             task_timeout_s=float(env.get("BACKSTREAM_TASK_TIMEOUT_S", defaults.task_timeout_s)),
             shutdown_grace_s=float(env.get("BACKSTREAM_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s)),
             sse_streams_per_client=int(env.get("BACKSTREAM_SSE_STREAMS_PER_CLIENT", defaults.sse_streams_per_client)),
+            ready_max_lag_s=float(env.get("BACKSTREAM_READY_MAX_LAG_S", defaults.ready_max_lag_s)),
             tokens=tokens,
             allowed_origins=parse_origins(env.get("BACKSTREAM_ALLOWED_ORIGINS", "")),
             api_url=env.get("BACKSTREAM_URL") or defaults.api_url,
