@@ -1,11 +1,11 @@
-"""Running one claimed task: compute in chunks, heartbeat, honour cancels, record the outcome."""
+"""Running one claimed task: compute in chunks, keep its lease, honour cancels, record the outcome."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -87,6 +87,8 @@ class Execution:
         self.job = job
         # Set by the worker when it shuts down: give the task back after the current chunk.
         self.release_requested = asyncio.Event()
+        self._last_beat = time.monotonic()  # the last lease renewal sent (the claim renewed it)
+        self._claim_lost = False  # a renewal was refused: the attempt must stop, writing nothing
 
     async def run(self) -> str:
         """Returns how the attempt ended: completed, failed, retry_scheduled, released or stopped."""
@@ -96,16 +98,20 @@ class Execution:
             if job.spec is None:
                 raise UnreadableSpec(job.unreadable)
             limit = min(self.settings.task_timeout_s, job.spec.timeout_s or self.settings.task_timeout_s)
-            first = await self.first_chunks.compute(job.spec)
-            run = first.run
-            await self._compute(run, started + limit, limit)
-            if self.release_requested.is_set() and not run.done:
+            async with self._lease_kept(started + limit):
+                first = await self.first_chunks.compute(job.spec)
+                run = first.run
+                await self._compute(run, started + limit, limit)
+                releasing = self.release_requested.is_set() and not run.done
+                if first.outcome is not None:
+                    outcome, result = first.outcome, first.result
+                elif not releasing:
+                    # A long run's outcome (a sweep's table, say) can take a while to build and encode.
+                    outcome, result = await asyncio.to_thread(finished, run)
+            if self._claim_lost:
+                raise Stop
+            if releasing:
                 return await self._release()
-            if first.outcome is not None:
-                outcome, result = first.outcome, first.result
-            else:
-                # A long run's outcome (a sweep's table, say) can take a while to build and encode.
-                outcome, result = await asyncio.to_thread(finished, run)
             event: Completed | Failed | RetryScheduled = Completed(
                 task_id=job.task_id, attempt=job.attempt, result=outcome.summary
             )
@@ -134,24 +140,61 @@ class Execution:
         log.info("task.finished", outcome=outcome_name, seconds=round(time.monotonic() - started, 4))
         return str(outcome_name)
 
+    @contextlib.asynccontextmanager
+    async def _lease_kept(self, deadline: float) -> AsyncIterator[None]:
+        """While the body runs, a timer renews the lease every heartbeat interval (see
+        `_keep_lease`); it is stopped, and its last renewal awaited, before the body's outcome
+        is written."""
+        done = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_lease(done, deadline))
+        try:
+            yield
+        finally:
+            done.set()
+            await asyncio.wait([keeper])
+
+    async def _keep_lease(self, done: asyncio.Event, deadline: float) -> None:
+        """Renew the lease whenever `heartbeat_ms` has passed without a renewal, whatever the
+        computation is doing: it runs in a thread, so one step taking longer than the lease (a
+        large data file loading, indicators over a long series) does not look like a dead worker.
+
+        Fenced like every write: a refused renewal (the task was cancelled or taken over) marks
+        the claim lost, and the attempt stops at its next chunk without writing. Renewal stops at
+        the task's time limit, so a step that never returns cannot hold the task for ever: its
+        lease then runs out and the task is reclaimed."""
+        interval = self.settings.heartbeat_ms / 1000
+        while not done.is_set():
+            wait = self._last_beat + interval - time.monotonic()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), wait)
+                continue
+            if time.monotonic() > deadline:
+                log.warning("task.lease_not_renewed", reason="past_time_limit")
+                return
+            try:
+                await self._heartbeat(None)
+            except Stop:
+                self._claim_lost = True
+                return
+
     async def _compute(self, run: Any, deadline: float, limit: float) -> None:
-        heartbeat_s = self.settings.heartbeat_ms / 1000
         progress_s = self.settings.progress_interval_ms / 1000
-        last_beat = last_progress = time.monotonic()
+        last_progress = time.monotonic()
         reported = 0.0
         while not run.done:
             if self.release_requested.is_set():
                 return
+            if self._claim_lost:
+                raise Stop
             now = time.monotonic()
             if now > deadline:
                 raise TaskTimeout(f"the task ran past its time limit of {limit:g} s")
             await self._check_still_mine()
-            report = now - last_progress >= progress_s and run.progress > reported
-            if report or now - last_beat >= heartbeat_s:
-                await self._heartbeat(run.progress if report else None)
-                last_beat = now
-                if report:
-                    last_progress, reported = now, run.progress
+            if now - last_progress >= progress_s and run.progress > reported:
+                # A progress report renews the lease too; the timer renews it in between.
+                await self._heartbeat(run.progress)
+                last_progress, reported = now, run.progress
             await asyncio.to_thread(run.advance, CHUNK_SECONDS)
 
     async def _renew_lease(self) -> None:
@@ -179,6 +222,7 @@ class Execution:
 
     async def _heartbeat(self, progress: float | None) -> None:
         job = self.job
+        self._last_beat = time.monotonic()
         try:
             fenced = await self.store.heartbeat(
                 job.task_id, job.attempt, worker=self.worker, message_id=job.message_id, progress=progress

@@ -1,0 +1,87 @@
+"""A single computing step longer than the lease, on a healthy worker: real processes, real Redis.
+
+The worker keeps its lease on a timer while a step computes in its thread, and the indicators cost
+O(n) whatever their window, so such a task completes at attempt 1 and is never reclaimed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from consumers.engine.datasets import read_user_csv
+from tests.processes import Cluster, wait_until
+from tests.test_faults import Log, submit
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+LEASE_MS = 300
+HEARTBEAT_MS = 60
+# How long the worker's first step (loading the file, within one chunk) should take: four leases.
+LONG_STEP_S = 4 * LEASE_MS / 1000
+
+
+def write_long_csv(path: Path, rows: int) -> None:
+    """Daily bars from the year 1000 on: a cent-priced random walk that never reaches zero."""
+    rng = np.random.default_rng(13)
+    close = np.round(50 + np.abs(np.cumsum(rng.choice([-0.05, 0.0, 0.05], rows))), 2)
+    first = dt.date(1000, 1, 1).toordinal()
+    lines = ["Date,Open,High,Low,Close,Volume"]
+    for i, c in enumerate(close.tolist()):
+        lines.append(f"{dt.date.fromordinal(first + i).isoformat()},{c:.2f},{c + 0.1:.2f},{c - 0.1:.2f},{c:.2f},1000")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def rows_loading_in(seconds: float, scratch: Path) -> int:
+    """Rows of such a file that this machine loads in about `seconds` (timed on a sample)."""
+    sample = scratch / "SAMPLE.csv"
+    write_long_csv(sample, 10_000)
+    began = time.perf_counter()
+    read_user_csv(sample)
+    per_row = (time.perf_counter() - began) / 10_000
+    sample.unlink()
+    return min(1_000_000, int(seconds / per_row))
+
+
+def test_one_step_longer_than_the_lease_keeps_attempt_1(real_url: str, real_prefix: str, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = rows_loading_in(LONG_STEP_S, tmp_path)
+    write_long_csv(data / "LONGRUN.csv", rows)
+    cluster = Cluster(
+        real_url,
+        real_prefix,
+        tmp_path,
+        lease_ms=str(LEASE_MS),
+        heartbeat_ms=str(HEARTBEAT_MS),
+        # Progress after every chunk or two: the first one dates the end of the first chunk.
+        progress_interval_ms="20",
+        data_dir=str(data),
+    )
+    log = Log(real_url, real_prefix)
+    try:
+        _, url = cluster.api()
+        # One worker with free slots: it looks for expired leases (its own task's too) all along.
+        worker = cluster.start("worker", "--name", "alone", "--concurrency", "4")
+        # A window a quarter of the series: its standard deviation took seconds when it cost O(n·window).
+        spec = {"strategy": "bollinger", "symbol": "LONGRUN", "params": {"window": rows // 4, "k": 2.0}}
+        task_id = submit(url, spec)
+        wait_until(lambda: log.has(task_id, "completed") or log.has(task_id, "failed"), timeout=60, what="an outcome")
+        events = log.events(task_id)
+        assert log.types(task_id).count("started") == 1, log.types(task_id)
+        assert log.has(task_id, "completed", attempt=1)
+        assert {e.event.attempt for e in events[1:]} == {1}
+        assert not [e for e in worker.logs() if e["event"] in ("worker.reclaimed", "task.write_refused")]
+        assert log.pending() == 0
+        # The premise: the first chunk (from the claim to the first progress report, or to the
+        # outcome if the run ended within it) was one thread hop longer than two leases, during
+        # which no chunk ended to send a heartbeat.
+        started = next(e for e in events if type(e.event).__struct_config__.tag == "started")
+        boundary = next(e for e in events if type(e.event).__struct_config__.tag in ("progress", "completed"))
+        assert boundary.at_ms - started.at_ms > 2 * LEASE_MS, (rows, boundary.at_ms - started.at_ms)
+    finally:
+        cluster.close()
+        log.redis.close()
