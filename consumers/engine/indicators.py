@@ -19,16 +19,62 @@ NEAR_TIE = 1e-9
 BELOW, EQUAL, ABOVE, UNDEFINED = -1, 0, 1, 2
 
 
+class _Windows:
+    """Every full trailing window of a series, split at a block boundary into two runs whose sums
+    are taken around a value inside the window: O(n) work and memory, independent of the window.
+
+    The series is cut into blocks of `window` values. The window [s, s + window - 1] is the suffix
+    of the block holding s (part A: from s to that block's end) followed by a prefix of the next
+    block (part B: from its start; empty when s starts a block). Suffix and prefix sums within
+    each block are cumulative sums of deviations from the block's last value (for A) or first
+    value (for B). Both reference values lie inside the window (they are its two middle
+    neighbours at the block boundary), so the sums stay at the window's own scale and their
+    rounding does not grow with the length of the series, as one cumulative sum over the whole
+    series would (~3e-10 relative at 400,000 bars). This is the van Herk/Gil-Werman split,
+    used here for sums. Arrays are per window, oldest first (n - window + 1 of them).
+    """
+
+    def __init__(self, x: FloatArray, window: int) -> None:
+        n = x.shape[0]
+        blocks = -(-n // window)
+        count = n - window + 1  # windows
+        padded = np.zeros(blocks * window)
+        # The padding is never read: a window's part A lies in a full block, its part B ends by n - 1.
+        padded[:n] = x
+        grid = padded.reshape(blocks, window)
+        self.window = window
+        self.count = count
+        self.n_b = np.tile(np.arange(window, dtype=np.float64), blocks)[:count]  # values in part B
+        self.n_a = window - self.n_b
+        self.ref_a = np.repeat(grid[:, -1], window)[:count]
+        self.ref_b = np.repeat(grid[:, 0], window)[window - 1 : n]
+        # Reversed rows for the suffix sums: cumulative sums run from the block's end backwards.
+        self._dev_a = grid[:, ::-1] - grid[:, -1:]
+        self._dev_b = grid - grid[:, :1]
+
+    def sums(self, power: int) -> tuple[FloatArray, FloatArray]:
+        """Per window: the sum over part A of (x - ref_a)**power, and over part B of
+        (x - ref_b)**power (0 where part B is empty)."""
+        dev_a = self._dev_a if power == 1 else self._dev_a * self._dev_a
+        dev_b = self._dev_b if power == 1 else self._dev_b * self._dev_b
+        # A window starting at flat index s uses the suffix sum at s; one ending at e the prefix
+        # sum at e; windows starting a block (every window-th) have no part B.
+        suffix = np.cumsum(dev_a, axis=1)[:, ::-1].ravel()[: self.count]
+        prefix = np.cumsum(dev_b, axis=1).ravel()[self.window - 1 : self.window - 1 + self.count]
+        prefix[:: self.window] = 0.0
+        return suffix, prefix
+
+
 def rolling_mean_fast(x: FloatArray, window: int) -> FloatArray:
-    """Trailing mean over `window` values (NaN before that), by cumulative sums: O(n), vectorised."""
+    """Trailing mean over `window` values (NaN before that): O(n) vectorised work whatever the
+    window, within ~1e-15 relative of the exact mean however long the series (see `_Windows`)."""
     n = x.shape[0]
     out = np.full(n, np.nan)
     if window > n:
         return out
-    base = x[0] if n else 0.0
-    # Shifting by the first value keeps the running sums small, so the rounding stays ~1e-13.
-    cs = np.concatenate(([0.0], np.cumsum(x - base)))
-    out[window - 1 :] = (cs[window:] - cs[:-window]) / window + base
+    w = _Windows(x, window)
+    s_a, s_b = w.sums(1)
+    out[window - 1 :] = w.ref_a + (s_a + w.n_b * (w.ref_b - w.ref_a) + s_b) / window
     return out
 
 
@@ -77,22 +123,33 @@ def rolling_mean_exact(x: FloatArray, window: int) -> FloatArray:
     return np.array(out, dtype=np.float64)
 
 
-def rolling_std(x: FloatArray, window: int, mean: FloatArray) -> FloatArray:
-    """Population standard deviation over the trailing window around the given rolling `mean`.
+def rolling_std(x: FloatArray, window: int) -> FloatArray:
+    """Population standard deviation over the trailing `window` values (NaN before that):
+    √(Σ(x − mean)² / window), in O(n) vectorised work whatever the window.
 
-    Two-pass (sum of squared deviations from the window mean), so it stays accurate on prices
-    far from zero; O(n·window) vectorised work and O(n) memory.
+    Each window's sum of squared deviations is assembled from its two parts (see `_Windows`),
+    each taken around a value inside the window, with Chan et al.'s pairwise update ("Updating
+    Formulae and a Pairwise Algorithm for Computing Sample Variances", 1979):
+    M2 = M2_A + M2_B + δ²·n_A·n_B / window, δ the difference of the parts' means. Accurate to
+    ~1e-13 relative of the exact value on price series (tests compare it with exact rational
+    arithmetic); a window of equal values gives exactly 0.
     """
     n = x.shape[0]
     out = np.full(n, np.nan)
     if window > n:
         return out
-    m = mean[window - 1 :]
-    acc = np.zeros(n - window + 1)
-    for k in range(window):
-        d = x[k : n - window + 1 + k] - m
-        acc += d * d
-    out[window - 1 :] = np.sqrt(acc / window)
+    w = _Windows(x, window)
+    s1_a, s1_b = w.sums(1)
+    s2_a, s2_b = w.sums(2)
+    m2_a = s2_a - s1_a * s1_a / w.n_a
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_b = s1_b / w.n_b
+    mean_b[::window] = 0.0  # no part B
+    m2_b = s2_b - s1_b * mean_b
+    delta = (w.ref_b - w.ref_a) + (mean_b - s1_a / w.n_a)
+    # δ²·n_A·n_B/window is 0 where part B is empty (n_B = 0).
+    m2 = m2_a + m2_b + delta * delta * (w.n_a * w.n_b / window)
+    out[window - 1 :] = np.sqrt(np.maximum(m2, 0.0) / window)
     return out
 
 
@@ -180,7 +237,7 @@ class IndicatorCache:
         key = ("std", window)
         got = self._misc.get(key)
         if got is None:
-            got = self._misc[key] = rolling_std(self.close, window, self.mean(window))
+            got = self._misc[key] = rolling_std(self.close, window)
         return got
 
     def momentum(self, lookback: int) -> FloatArray:
