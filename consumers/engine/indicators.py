@@ -8,6 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
+from consumers.engine.errors import EngineError
+
 FloatArray = npt.NDArray[np.float64]
 SignArray = npt.NDArray[np.int8]
 
@@ -78,49 +80,80 @@ def rolling_mean_fast(x: FloatArray, window: int) -> FloatArray:
     return out
 
 
-def rolling_mean_exact(x: FloatArray, window: int) -> FloatArray:
-    """Bit-for-bit pandas `Series.rolling(window).mean()`: Kahan sums with separate add and remove
-    compensation, and the exact value for runs of equal values (pandas GH#42064).
+class ExactMean:
+    """Bit-for-bit pandas `Series.rolling(window).mean()`, replayed in resumable parts: Kahan sums
+    with separate add and remove compensation, and the exact value for runs of equal values
+    (pandas GH#42064).
 
-    A pure-Python loop (~0.3 µs a bar): called only when the fast mean leaves a comparison too
-    close to call.
+    A pure-Python loop (~0.3–1 µs a bar), sequential because pandas' rounding depends on every
+    earlier bar: used only when the fast mean leaves a comparison too close to call, and run in
+    parts of at most `advance(bars)` so one step of a long series stays short.
     """
-    vals = x.tolist()
-    n = len(vals)
-    out = [math.nan] * n
-    sum_x = comp_add = comp_rem = 0.0
-    nobs = neg = same = 0
-    prev = vals[0] if n else 0.0
-    for i in range(n):
-        if i >= window:
-            v = vals[i - window]
+
+    def __init__(self, x: FloatArray, window: int) -> None:
+        self.vals: list[float] = x.tolist()
+        self.window = window
+        self.out = [math.nan] * len(self.vals)
+        self.next_bar = 0
+        # Running state: sum, add/remove compensation, observations, negatives, equal run, last.
+        self._state = (0.0, 0.0, 0.0, 0, 0, 0, self.vals[0] if self.vals else 0.0)
+
+    @property
+    def done(self) -> bool:
+        return self.next_bar >= len(self.vals)
+
+    def advance(self, bars: int) -> None:
+        """Replay up to `bars` more bars."""
+        vals, out, window = self.vals, self.out, self.window
+        sum_x, comp_add, comp_rem, nobs, neg, same, prev = self._state
+        stop = min(len(vals), self.next_bar + bars)
+        for i in range(self.next_bar, stop):
+            if i >= window:
+                v = vals[i - window]
+                if v == v:
+                    nobs -= 1
+                    y = -v - comp_rem
+                    t = sum_x + y
+                    comp_rem = t - sum_x - y
+                    sum_x = t
+                    if math.copysign(1.0, v) < 0:
+                        neg -= 1
+            v = vals[i]
             if v == v:
-                nobs -= 1
-                y = -v - comp_rem
+                nobs += 1
+                y = v - comp_add
                 t = sum_x + y
-                comp_rem = t - sum_x - y
+                comp_add = t - sum_x - y
                 sum_x = t
                 if math.copysign(1.0, v) < 0:
-                    neg -= 1
-        v = vals[i]
-        if v == v:
-            nobs += 1
-            y = v - comp_add
-            t = sum_x + y
-            comp_add = t - sum_x - y
-            sum_x = t
-            if math.copysign(1.0, v) < 0:
-                neg += 1
-            same = same + 1 if v == prev else 1
-            prev = v
-        if nobs >= window and nobs > 0:
-            r = sum_x / nobs
-            if same >= nobs:
-                r = prev
-            elif neg == 0 and r < 0 or neg == nobs and r > 0:
-                r = 0.0
-            out[i] = r
-    return np.array(out, dtype=np.float64)
+                    neg += 1
+                same = same + 1 if v == prev else 1
+                prev = v
+            if nobs >= window and nobs > 0:
+                r = sum_x / nobs
+                if same >= nobs:
+                    r = prev
+                elif neg == 0 and r < 0 or neg == nobs and r > 0:
+                    r = 0.0
+                out[i] = r
+        self._state = (sum_x, comp_add, comp_rem, nobs, neg, same, prev)
+        self.next_bar = stop
+
+    def result(self) -> FloatArray:
+        """The means (NaN before the window fills); call once `done`."""
+        return np.array(self.out, dtype=np.float64)
+
+
+def rolling_mean_exact(x: FloatArray, window: int) -> FloatArray:
+    """Bit-for-bit pandas `Series.rolling(window).mean()` in one go (see `ExactMean`)."""
+    replay = ExactMean(x, window)
+    replay.advance(len(replay.vals))
+    return replay.result()
+
+
+class IndicatorUnfinished(EngineError):
+    """An exact replay has more bars to go than one step may compute; the step that asked for it
+    ends here, and the next one asks again and goes on where this one stopped."""
 
 
 def rolling_std(x: FloatArray, window: int) -> FloatArray:
@@ -205,8 +238,12 @@ def robust_sign(pair: Callable[[bool], tuple[FloatArray, FloatArray]]) -> SignAr
 class IndicatorCache:
     """Indicators of one price series, computed once per window and shared across a sweep."""
 
-    def __init__(self, close: FloatArray) -> None:
+    def __init__(self, close: FloatArray, exact_bars_per_call: int | None = None) -> None:
         self.close = close
+        # At most this many bars of an exact replay per call of `mean(exact=True)`, which raises
+        # IndicatorUnfinished until the replay is done (None: no bound).
+        self.exact_bars_per_call = exact_bars_per_call
+        self._replays: dict[tuple[str, int, bool], ExactMean] = {}
         self._means: dict[tuple[str, int, bool], FloatArray] = {}
         self._misc: dict[tuple[str, int], FloatArray] = {}
         self._gl: tuple[FloatArray, FloatArray] | None = None
@@ -224,7 +261,11 @@ class IndicatorCache:
         if got is None:
             x = self._series(of)
             if exact:
-                got = rolling_mean_exact(x, window)
+                replay = self._replays.get(key) or self._replays.setdefault(key, ExactMean(x, window))
+                replay.advance(self.exact_bars_per_call or len(replay.vals))
+                if not replay.done:
+                    raise IndicatorUnfinished(f"exact mean({window}) of {of}: {replay.next_bar} bars so far")
+                got = self._replays.pop(key).result()
             elif of == "close":
                 got = rolling_mean_fast(x, window)
             else:
