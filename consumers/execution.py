@@ -88,7 +88,9 @@ class Execution:
         # Set by the worker when it shuts down: give the task back after the current chunk.
         self.release_requested = asyncio.Event()
         self._last_beat = time.monotonic()  # the last lease renewal sent (the claim renewed it)
-        self._claim_lost = False  # a renewal was refused: the attempt must stop, writing nothing
+        # Set by the lease keeper when this attempt must stop, writing nothing more: "lost_claim"
+        # (a renewal was refused) or "timed_out" (the keeper recorded TaskTimeout itself).
+        self._stopped_by: str | None = None
 
     async def run(self) -> str:
         """Returns how the attempt ended: completed, failed, retry_scheduled, released or stopped."""
@@ -98,7 +100,7 @@ class Execution:
             if job.spec is None:
                 raise UnreadableSpec(job.unreadable)
             limit = min(self.settings.task_timeout_s, job.spec.timeout_s or self.settings.task_timeout_s)
-            async with self._lease_kept(started + limit):
+            async with self._lease_kept(started + limit, limit):
                 first = await self.first_chunks.compute(job.spec)
                 run = first.run
                 await self._compute(run, started + limit, limit)
@@ -108,8 +110,7 @@ class Execution:
                 elif not releasing:
                     # A long run's outcome (a sweep's table, say) can take a while to build and encode.
                     outcome, result = await asyncio.to_thread(finished, run)
-            if self._claim_lost:
-                raise Stop
+            self._stop_if_told()
             if releasing:
                 return await self._release()
             event: Completed | Failed | RetryScheduled = Completed(
@@ -141,27 +142,28 @@ class Execution:
         return str(outcome_name)
 
     @contextlib.asynccontextmanager
-    async def _lease_kept(self, deadline: float) -> AsyncIterator[None]:
+    async def _lease_kept(self, deadline: float, limit: float) -> AsyncIterator[None]:
         """While the body runs, a timer renews the lease every heartbeat interval (see
         `_keep_lease`); it is stopped, and its last renewal awaited, before the body's outcome
         is written."""
         done = asyncio.Event()
-        keeper = asyncio.create_task(self._keep_lease(done, deadline))
+        keeper = asyncio.create_task(self._keep_lease(done, deadline, limit))
         try:
             yield
         finally:
             done.set()
             await asyncio.wait([keeper])
 
-    async def _keep_lease(self, done: asyncio.Event, deadline: float) -> None:
+    async def _keep_lease(self, done: asyncio.Event, deadline: float, limit: float) -> None:
         """Renew the lease whenever `heartbeat_ms` has passed without a renewal, whatever the
         computation is doing: it runs in a thread, so one step taking longer than the lease (a
         large data file loading, indicators over a long series) does not look like a dead worker.
 
         Fenced like every write: a refused renewal (the task was cancelled or taken over) marks
-        the claim lost, and the attempt stops at its next chunk without writing. Renewal stops at
-        the task's time limit, so a step that never returns cannot hold the task for ever: its
-        lease then runs out and the task is reclaimed."""
+        the claim lost, and the attempt stops at its next chunk without writing. A step still
+        running one heartbeat interval past the task's time limit (a chunk boundary would have
+        raised TaskTimeout by then) is not waited for: the task fails with TaskTimeout here, so a
+        step that never returns cannot hold the task for ever."""
         interval = self.settings.heartbeat_ms / 1000
         while not done.is_set():
             wait = self._last_beat + interval - time.monotonic()
@@ -169,14 +171,32 @@ class Execution:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(done.wait(), wait)
                 continue
-            if time.monotonic() > deadline:
-                log.warning("task.lease_not_renewed", reason="past_time_limit")
+            if time.monotonic() > deadline + interval:
+                await self._time_out_within_step(limit)
                 return
             try:
                 await self._heartbeat(None)
             except Stop:
-                self._claim_lost = True
+                self._stopped_by = "lost_claim"
                 return
+
+    async def _time_out_within_step(self, limit: float) -> None:
+        """Record TaskTimeout while a step is still computing; whatever that step returns, the
+        attempt writes nothing more (its thread cannot be stopped, only ignored)."""
+        job = self.job
+        self._stopped_by = "timed_out"
+        event = self._failure(TaskTimeout(f"the task ran past its time limit of {limit:g} s (within one step)"))
+        fenced = await until_reachable(
+            lambda: self.store.finish(event, message_id=job.message_id, reason=getattr(event, "error_type", "")),
+            doing="storing the outcome",
+        )
+        if fenced is not None:
+            log.warning("task.write_refused", write="failed", status=fenced.status, current_attempt=fenced.attempt)
+
+    def _stop_if_told(self) -> None:
+        if self._stopped_by is not None:
+            log.info("task.stopped", reason=self._stopped_by)
+            raise Stop
 
     async def _compute(self, run: Any, deadline: float, limit: float) -> None:
         progress_s = self.settings.progress_interval_ms / 1000
@@ -185,8 +205,7 @@ class Execution:
         while not run.done:
             if self.release_requested.is_set():
                 return
-            if self._claim_lost:
-                raise Stop
+            self._stop_if_told()
             now = time.monotonic()
             if now > deadline:
                 raise TaskTimeout(f"the task ran past its time limit of {limit:g} s")

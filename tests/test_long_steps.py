@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
 
 from consumers.engine.datasets import read_user_csv
+from orchestrator.events import Failed
 from tests.processes import Cluster, wait_until
 from tests.test_faults import Log, submit
 
@@ -47,7 +50,14 @@ def rows_loading_in(seconds: float, scratch: Path) -> int:
     return min(1_000_000, int(seconds / per_row))
 
 
-def test_one_step_longer_than_the_lease_keeps_attempt_1(real_url: str, real_prefix: str, tmp_path: Path) -> None:
+class LongRun(NamedTuple):
+    cluster: Cluster
+    log: Log
+    rows: int  # of LONGRUN.csv, whose loading (the first step) takes about LONG_STEP_S
+
+
+@pytest.fixture
+def long_run(real_url: str, real_prefix: str, tmp_path: Path) -> Iterator[LongRun]:
     data = tmp_path / "data"
     data.mkdir()
     rows = rows_loading_in(LONG_STEP_S, tmp_path)
@@ -64,25 +74,59 @@ def test_one_step_longer_than_the_lease_keeps_attempt_1(real_url: str, real_pref
     )
     log = Log(real_url, real_prefix)
     try:
-        _, url = cluster.api()
-        # One worker with free slots: it looks for expired leases (its own task's too) all along.
-        worker = cluster.start("worker", "--name", "alone", "--concurrency", "4")
-        # A window a quarter of the series: its standard deviation took seconds when it cost O(n·window).
-        spec = {"strategy": "bollinger", "symbol": "LONGRUN", "params": {"window": rows // 4, "k": 2.0}}
-        task_id = submit(url, spec)
-        wait_until(lambda: log.has(task_id, "completed") or log.has(task_id, "failed"), timeout=60, what="an outcome")
-        events = log.events(task_id)
-        assert log.types(task_id).count("started") == 1, log.types(task_id)
-        assert log.has(task_id, "completed", attempt=1)
-        assert {e.event.attempt for e in events[1:]} == {1}
-        assert not [e for e in worker.logs() if e["event"] in ("worker.reclaimed", "task.write_refused")]
-        assert log.pending() == 0
-        # The premise: the first chunk (from the claim to the first progress report, or to the
-        # outcome if the run ended within it) was one thread hop longer than two leases, during
-        # which no chunk ended to send a heartbeat.
-        started = next(e for e in events if type(e.event).__struct_config__.tag == "started")
-        boundary = next(e for e in events if type(e.event).__struct_config__.tag in ("progress", "completed"))
-        assert boundary.at_ms - started.at_ms > 2 * LEASE_MS, (rows, boundary.at_ms - started.at_ms)
+        yield LongRun(cluster, log, rows)
     finally:
         cluster.close()
         log.redis.close()
+
+
+def tag(entry: Any) -> str:
+    return str(type(entry.event).__struct_config__.tag)
+
+
+def test_one_step_longer_than_the_lease_keeps_attempt_1(long_run: LongRun) -> None:
+    cluster, log, rows = long_run
+    _, url = cluster.api()
+    # One worker with free slots: it looks for expired leases (its own task's too) all along.
+    worker = cluster.start("worker", "--name", "alone", "--concurrency", "4")
+    # A window a quarter of the series: its standard deviation took seconds when it cost O(n·window).
+    spec = {"strategy": "bollinger", "symbol": "LONGRUN", "params": {"window": rows // 4, "k": 2.0}}
+    task_id = submit(url, spec)
+    wait_until(lambda: log.has(task_id, "completed") or log.has(task_id, "failed"), timeout=60, what="an outcome")
+    events = log.events(task_id)
+    assert log.types(task_id).count("started") == 1, log.types(task_id)
+    assert log.has(task_id, "completed", attempt=1)
+    assert {e.event.attempt for e in events[1:]} == {1}
+    assert not [e for e in worker.logs() if e["event"] in ("worker.reclaimed", "task.write_refused")]
+    assert log.pending() == 0
+    # The premise: the first chunk (from the claim to the first progress report, or to the
+    # outcome if the run ended within it) was one thread hop longer than two leases, during
+    # which no chunk ended to send a heartbeat.
+    started = next(e for e in events if tag(e) == "started")
+    boundary = next(e for e in events if tag(e) in ("progress", "completed"))
+    assert boundary.at_ms - started.at_ms > 2 * LEASE_MS, (rows, boundary.at_ms - started.at_ms)
+
+
+def test_a_step_running_past_the_time_limit_fails_the_task_at_once(long_run: LongRun) -> None:
+    """The lease is kept while a step computes, but not past the task's time limit: the task
+    fails with TaskTimeout (not retried) while the step still runs, and when the step returns
+    that attempt writes nothing."""
+    cluster, log, _ = long_run
+    _, url = cluster.api()
+    worker = cluster.start("worker", "--name", "alone", "--concurrency", "4")
+    # Loading the file alone takes about four leases; the task may run for one.
+    task_id = submit(url, {"strategy": "buy_and_hold", "symbol": "LONGRUN", "timeout_s": LEASE_MS / 1000})
+    wait_until(lambda: log.has(task_id, "completed") or log.has(task_id, "failed"), timeout=60, what="an outcome")
+    failed = log.events(task_id)[-1].event
+    assert isinstance(failed, Failed)
+    assert (failed.attempt, failed.error_type, failed.retryable) == (1, "TaskTimeout", False)
+    assert "within one step" in failed.error
+    # The step returns later; its attempt stops there without writing.
+    wait_until(
+        lambda: any(e["event"] == "task.stopped" and e.get("reason") == "timed_out" for e in worker.logs()),
+        timeout=30,
+        what="the step to return",
+    )
+    assert log.types(task_id) == ["submitted", "started", "failed"]
+    assert not [e for e in worker.logs() if e["event"] in ("worker.reclaimed", "task.write_refused", "task.crashed")]
+    assert log.pending() == 0
