@@ -119,6 +119,9 @@ class Execution:
         except Stop:
             return "stopped"
         except Exception as error:
+            if self._stopped_by is not None:  # the step failed after this attempt was stopped
+                log.info("task.stopped", reason=self._stopped_by, error_type=type(error).__name__)
+                return "stopped"
             event, result = self._failure(error), b""
         self.on_computed()
         # An outcome must not be lost to a Redis restart or a full memory: it is re-sent until
