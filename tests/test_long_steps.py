@@ -6,6 +6,7 @@ chunks: the worker reclaimed its own task three times and it failed as WorkerLos
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ import pytest
 
 from consumers.engine.datasets import read_user_csv
 from orchestrator.events import Failed
+from tests.conftest import Backend
+from tests.harness import System
 from tests.processes import Cluster, wait_until
 from tests.test_faults import Log, submit
 
@@ -130,3 +133,25 @@ def test_a_step_running_past_the_time_limit_fails_the_task_at_once(long_run: Lon
     assert log.types(task_id) == ["submitted", "started", "failed"]
     assert not [e for e in worker.logs() if e["event"] in ("worker.reclaimed", "task.write_refused", "task.crashed")]
     assert log.pending() == 0
+
+
+async def test_the_api_answers_while_a_submit_reads_a_long_file(real_backend: Backend, tmp_path: Path) -> None:
+    """The API checks a spec against its data; the first read of a long user file takes seconds.
+    It happens off the event loop, so other requests are answered meanwhile."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_long_csv(data / "LONGRUN.csv", rows_loading_in(LONG_STEP_S, tmp_path))
+    system = System(real_backend, data_dir=str(data))
+    async with system.client() as http:
+        began = time.perf_counter()
+        submitting = asyncio.create_task(
+            http.post("/api/backtests", json={"strategy": "buy_and_hold", "symbol": "LONGRUN"})
+        )
+        await asyncio.sleep(0.05)  # orders the requests: the submit is reading the file by now
+        health = await http.get("/healthz")
+        answered = time.perf_counter() - began
+        submitted = await submitting
+        took = time.perf_counter() - began
+    assert health.status_code == 200 and submitted.status_code == 202, submitted.text
+    # Blocked, /healthz would answer only once the file is read, at about the same time.
+    assert answered < took / 2, (answered, took)
