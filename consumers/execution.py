@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -63,6 +62,63 @@ class UnreadableSpec(Exception):
     like a crash: another attempt may land on a worker that reads it."""
 
     retryable = True
+
+
+class LeaseTimer:
+    """Calls `renew` whenever `interval` seconds have passed since `last_renewal()`, on the event
+    loop's clock, until stopped (`async with`) or `renew` returns False; past `deadline` plus one
+    interval it calls `time_out` instead, once. A timer handle, not a task, between renewals: a
+    task done within one interval costs a heap push and a cancel."""
+
+    def __init__(
+        self,
+        interval: float,
+        deadline: float,
+        *,
+        last_renewal: Callable[[], float],
+        renew: Callable[[], Awaitable[bool]],
+        time_out: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.interval = interval
+        self.deadline = deadline
+        self._last_renewal = last_renewal
+        self._renew = renew
+        self._time_out = time_out
+        self._handle: asyncio.TimerHandle | None = None
+        self._busy: asyncio.Future[None] | None = None
+        self._stopped = False
+
+    async def __aenter__(self) -> LeaseTimer:
+        self._schedule()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stopped = True
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._busy is not None:
+            await asyncio.wait([self._busy])
+
+    def _schedule(self) -> None:
+        if not self._stopped:
+            delay = max(0.0, self._last_renewal() + self.interval - time.monotonic())
+            self._handle = asyncio.get_running_loop().call_later(delay, self._due)
+
+    def _due(self) -> None:
+        self._handle = None
+        if self._stopped:
+            return
+        now = time.monotonic()
+        if now > self.deadline + self.interval:
+            self._busy = asyncio.ensure_future(self._time_out())
+        elif now < self._last_renewal() + self.interval:
+            self._schedule()  # renewed meanwhile (a progress report)
+        else:
+            self._busy = asyncio.ensure_future(self._renew_then_schedule())
+
+    async def _renew_then_schedule(self) -> None:
+        if await self._renew():
+            self._schedule()
 
 
 class Execution:
@@ -144,44 +200,32 @@ class Execution:
         log.info("task.finished", outcome=outcome_name, seconds=round(time.monotonic() - started, 4))
         return str(outcome_name)
 
-    @contextlib.asynccontextmanager
-    async def _lease_kept(self, deadline: float, limit: float) -> AsyncIterator[None]:
-        """While the body runs, a timer renews the lease every heartbeat interval (see
-        `_keep_lease`); it is stopped, and its last renewal awaited, before the body's outcome
-        is written."""
-        done = asyncio.Event()
-        keeper = asyncio.create_task(self._keep_lease(done, deadline, limit))
-        try:
-            yield
-        finally:
-            done.set()
-            await asyncio.wait([keeper])
-
-    async def _keep_lease(self, done: asyncio.Event, deadline: float, limit: float) -> None:
-        """Renew the lease whenever `heartbeat_ms` has passed without a renewal, whatever the
+    def _lease_kept(self, deadline: float, limit: float) -> LeaseTimer:
+        """While the body runs, a timer renews the lease every heartbeat interval, whatever the
         computation is doing: it runs in a thread, so one step taking longer than the lease (a
         large data file loading, indicators over a long series) does not look like a dead worker.
 
-        Fenced like every write: a refused renewal (the task was cancelled or taken over) marks
-        the claim lost, and the attempt stops at its next chunk without writing. A step still
-        running one heartbeat interval past the task's time limit (a chunk boundary would have
-        raised TaskTimeout by then) is not waited for: the task fails with TaskTimeout here, so a
-        step that never returns cannot hold the task for ever."""
-        interval = self.settings.heartbeat_ms / 1000
-        while not done.is_set():
-            wait = self._last_beat + interval - time.monotonic()
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), wait)
-                continue
-            if time.monotonic() > deadline + interval:
-                await self._time_out_within_step(limit)
-                return
-            try:
-                await self._heartbeat(None)
-            except Stop:
-                self._stopped_by = "lost_claim"
-                return
+        Fenced like every write: a refused renewal (the task was cancelled or taken over) stops
+        the attempt at its next chunk without writing. A step still running one heartbeat
+        interval past the task's time limit (a chunk boundary would have raised TaskTimeout by
+        then) is not waited for: the task fails with TaskTimeout at once, so a step that never
+        returns cannot hold the task for ever. The timer is stopped, and a renewal in flight
+        awaited, before the body's outcome is written."""
+        return LeaseTimer(
+            self.settings.heartbeat_ms / 1000,
+            deadline,
+            last_renewal=lambda: self._last_beat,
+            renew=self._renew_lease,
+            time_out=lambda: self._time_out_within_step(limit),
+        )
+
+    async def _renew_lease(self) -> bool:
+        try:
+            await self._heartbeat(None)
+        except Stop:
+            self._stopped_by = "lost_claim"
+            return False
+        return True
 
     async def _time_out_within_step(self, limit: float) -> None:
         """Record TaskTimeout while a step is still computing; whatever that step returns, the
