@@ -66,9 +66,10 @@ class UnreadableSpec(Exception):
 
 class LeaseTimer:
     """Calls `renew` whenever `interval` seconds have passed since `last_renewal()`, on the event
-    loop's clock, until stopped (`async with`) or `renew` returns False; past `deadline` plus one
-    interval it calls `time_out` instead, once. A timer handle, not a task, between renewals: a
-    task done within one interval costs a heap push and a cancel."""
+    loop, until stopped (`async with`) or `renew` returns False; past `deadline` plus one
+    interval it calls `time_out` instead, once. Times are seconds of `time.monotonic()`. A timer
+    handle, not a task, between renewals: a task done within one interval costs a heap push and
+    a cancel. An unexpected error in `renew` is logged and renewing goes on."""
 
     def __init__(
         self,
@@ -117,7 +118,12 @@ class LeaseTimer:
             self._busy = asyncio.ensure_future(self._renew_then_schedule())
 
     async def _renew_then_schedule(self) -> None:
-        if await self._renew():
+        try:
+            renewed = await self._renew()
+        except Exception:  # a bug, not a refusal: say so, and keep the lease rather than lose it
+            log.exception("task.lease_renewal_failed")
+            renewed = True
+        if renewed:
             self._schedule()
 
 

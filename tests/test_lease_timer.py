@@ -6,6 +6,8 @@ import asyncio
 import threading
 import time
 
+import structlog.testing
+
 from consumers.execution import LeaseTimer
 
 
@@ -77,3 +79,22 @@ async def test_a_short_body_leaves_nothing_behind() -> None:
         await asyncio.sleep(0)
     assert r.count == 0 and r.timed_out == 0
     assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+async def test_an_unexpected_error_in_a_renewal_is_logged_and_renewing_goes_on() -> None:
+    r = Renewals(wanted=3)
+    plain = r.renew
+
+    async def flaky() -> bool:
+        if r.count == 0:
+            r.count += 1
+            raise RuntimeError("a bug in the renewal")
+        return await plain()
+
+    with structlog.testing.capture_logs() as logs:
+        async with LeaseTimer(
+            0.01, time.monotonic() + 60, last_renewal=r.last_renewal, renew=flaky, time_out=r.time_out
+        ):
+            await asyncio.to_thread(compute_until, r.enough, 20.0)
+    assert r.count >= 3
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["task.lease_renewal_failed"]
