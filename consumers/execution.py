@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -189,16 +190,13 @@ class Execution:
         # An outcome must not be lost to a Redis restart or a full memory: it is re-sent until
         # stored, and the lease is renewed meanwhile (a renewal is not refused for lack of
         # memory), so no worker takes the task over to compute it again.
-        renewing = asyncio.create_task(self._renew_lease())
-        try:
+        async with self._lease_kept(math.inf, 0.0):
             fenced = await until_reachable(
                 lambda: self.store.finish(
                     event, message_id=job.message_id, result=result, reason=getattr(event, "error_type", "")
                 ),
                 doing="storing the outcome",
             )
-        finally:
-            renewing.cancel()
         outcome_name = type(event).__struct_config__.tag
         if fenced is not None:
             log.warning("task.write_refused", write=outcome_name, status=fenced.status, current_attempt=fenced.attempt)
@@ -221,11 +219,11 @@ class Execution:
             self.settings.heartbeat_ms / 1000,
             deadline,
             last_renewal=lambda: self._last_beat,
-            renew=self._renew_lease,
+            renew=self._renew_once,
             time_out=lambda: self._time_out_within_step(limit),
         )
 
-    async def _renew_lease(self) -> bool:
+    async def _renew_once(self) -> bool:
         try:
             await self._heartbeat(None)
         except Stop:
@@ -268,13 +266,6 @@ class Execution:
                 await self._heartbeat(run.progress)
                 last_progress, reported = now, run.progress
             await asyncio.to_thread(run.advance, CHUNK_SECONDS)
-
-    async def _renew_lease(self) -> None:
-        """Renew the lease every heartbeat until cancelled (while an outcome waits to be stored)."""
-        with contextlib.suppress(Stop):  # fenced: the outcome's own write will be refused too
-            while True:
-                await asyncio.sleep(self.settings.heartbeat_ms / 1000)
-                await self._heartbeat(None)
 
     async def _check_still_mine(self) -> None:
         """Between chunks: is the task still running under this attempt? A cancel or a takeover
