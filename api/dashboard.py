@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import math
@@ -410,7 +411,7 @@ def _field(name: str, label: str, control: str, hint: str = "") -> str:
 
 
 async def submit_page(request: Request) -> Response:
-    datasets = _ctx(request).catalog.datasets()
+    datasets = await asyncio.to_thread(_ctx(request).catalog.datasets)  # reads user files: off the loop
     strategies = "".join(f'<option value="{e(n)}">{e(n)}</option>' for n in STRATEGIES)
     symbols = "".join(
         f'<option value="{e(d.symbol)}" data-start="{d.start}" data-end="{d.end}">'
