@@ -25,8 +25,8 @@ from tests.test_faults import Log, submit
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
-LEASE_MS = 300
-HEARTBEAT_MS = 60
+LEASE_MS = 600
+HEARTBEAT_MS = 100
 # How long the worker's first step (loading the file, within one chunk) should take: four leases.
 LONG_STEP_S = 4 * LEASE_MS / 1000
 
