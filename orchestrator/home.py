@@ -193,8 +193,11 @@ class EmbeddedStore:
         self._log = log.info if command == "up" else log.debug
 
     def acquire(self) -> None:
-        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)  # the user's tasks and results
-        fd = os.open(self.home / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)  # the user's tasks and results
+            fd = os.open(self.home / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise HomeError(f"cannot use {self.home} as the home: {e.strerror} (give --home or BACKSTREAM_HOME)") from e
         if not _flock_soon(fd):
             os.close(fd)
             owner = running_owner(self.home, wait_s=2.0)

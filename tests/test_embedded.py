@@ -244,12 +244,18 @@ def test_a_second_up_on_one_home_refuses_and_the_first_keeps_serving(tmp_path: P
     assert completed(first.url, task_id)["status"] == "completed"
 
 
-def test_offline_commands_name_a_home_without_a_store(tmp_path: Path) -> None:
+def test_a_home_that_cannot_serve_is_named(tmp_path: Path) -> None:
     empty = tmp_path / "nothing-here"
     audit = backstream("audit", "0b43dc92-e707-4b85-862c-aa8a47f6e0da", "--home", str(empty))
     assert audit.returncode == 2
     assert f"no store in {empty}: `backstream up` has not run there" in audit.stderr
     assert not empty.exists()
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    up = backstream("up", "--port", str(free_port()), "--home", str(a_file))
+    assert up.returncode == 1
+    assert f"backstream up: cannot use {a_file} as the home" in up.stderr
 
 
 def test_without_the_wheel_up_runs_in_memory_and_says_so(tmp_path: Path, ups: list[Up]) -> None:
