@@ -242,6 +242,10 @@ def test_a_second_up_on_one_home_refuses_and_the_first_keeps_serving(tmp_path: P
 
     task_id = httpx.post(f"{first.url}/api/backtests", json=SPEC, timeout=10).json()["task_id"]
     assert completed(first.url, task_id)["status"] == "completed"
+    # The refused one left the home's record alone: the CLI still finds the first's API there.
+    listed = backstream("ls", "--json", "--home", str(home))
+    assert listed.returncode == 0, listed.stderr
+    assert [t["task_id"] for t in json.loads(listed.stdout)] == [task_id]
 
 
 def test_a_home_that_cannot_serve_is_named(tmp_path: Path) -> None:
