@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env()
     if getattr(args, "home", None):
         settings = msgspec.structs.replace(settings, home=args.home)
-    # No --url and no BACKSTREAM_URL: the API of the `up` running on the home, if one is.
+    # No --url and no BACKSTREAM_URL (or BACKSTREAM_URL at the default, which the home's `up`
+    # then overrides): the API of the `up` running on the home, if one is.
     if getattr(args, "url", "") is None and settings.api_url == DEFAULT_API_URL and settings.home:
         args.url = running_api_url(Path(settings.home))
     return int(args.run(args, settings))
