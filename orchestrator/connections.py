@@ -127,7 +127,8 @@ def client(url: str, *, socket_timeout: float) -> Any:
 
 
 class Connections:
-    """The clients of one process. On the embedded store, all share one in-process fake server."""
+    """The clients of one process. Without a Redis URL (`up`'s fallback where no valkey-server wheel
+    exists), all share one in-process fake server."""
 
     def __init__(self, settings: Settings, *, fake_server: Any = None) -> None:
         self.settings = settings
