@@ -112,17 +112,19 @@ _KEEPALIVE = {
 
 
 def client(url: str, *, socket_timeout: float) -> Any:
-    """A redis-py asyncio client that notices a dead peer: socket timeouts, TCP keepalive, and a
-    read re-sent once on a fresh connection after a timeout. RESP2 replies."""
+    """A redis-py asyncio client that notices a dead peer: socket timeouts, TCP keepalive (over
+    TCP; a unix socket, the embedded store's, has no peer to lose), and a read re-sent once on a
+    fresh connection after a timeout. RESP2 replies."""
+    tcp = not url.startswith("unix:")
+    keepalive: dict[str, Any] = {"socket_keepalive": True, "socket_keepalive_options": _KEEPALIVE} if tcp else {}
     return aioredis.Redis.from_url(
         url,
         protocol=2,
         socket_timeout=socket_timeout,
         socket_connect_timeout=COMMAND_TIMEOUT_S,
-        socket_keepalive=True,
-        socket_keepalive_options=_KEEPALIVE,
         retry=_RETRY_ON_TIMEOUT,
         retry_on_timeout=True,
+        **keepalive,
     )
 
 
