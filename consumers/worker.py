@@ -60,6 +60,11 @@ class Worker:
         # one is read and claimed while the outcome is being stored (their round trips overlap).
         self._computing: set[asyncio.Task[str]] = set()
         self._slot_freed = asyncio.Event()
+        # Reclaimed work items (their last attempt lost its worker): each is claimed and run alone,
+        # once this worker holds nothing else, and nothing else starts until it is done. A loss
+        # is charged to a task only when it ran alone (see claim.lua).
+        self._solo: list[Item] = []
+        self._alone: asyncio.Task[str] | None = None
         self._stopping = asyncio.Event()
         self._releasing = False  # the grace period is over: unfinished tasks go back to the queue
         self._next_sweep = 0.0
@@ -73,20 +78,29 @@ class Worker:
         """Take and run work until stopped; in burst mode, until no work is left."""
         log.info("worker.started", worker=self.name, concurrency=self.concurrency)
         await self._with_reconnect(self.store.ensure_group, "creating the group")
-        # A worker restarted under the same name first takes back what it held before.
-        backlog = await self._with_reconnect(self._own_pending, "reading own pending work")
+        # A worker restarted under the same name first takes back what it held before, one alone
+        # at a time: it died with them in hand, and which of them killed it (if any) is unknown.
+        self._solo = await self._with_reconnect(self._own_pending, "reading own pending work")
         while not self._stopping.is_set():
+            if self._alone is not None or (self._solo and self._running):
+                # A task runs alone, or one waits for this worker to hold nothing else.
+                await self._wait_for_a_slot()
+                continue
+            if self._solo:
+                item = self._solo.pop(0)
+                if await self._with_reconnect(functools.partial(self._still_mine, item), "checking a reclaim"):
+                    self._alone = self._start(item)
+                continue
             free = self.concurrency - len(self._computing)
             if free <= 0:
                 await self._wait_for_a_slot()
                 continue
-            items, backlog = backlog[:free], backlog[free:]
-            if not items:
-                items = await self._with_reconnect(functools.partial(self._next_items, free, burst), "reading work")
+            items = await self._with_reconnect(functools.partial(self._next_items, free, burst), "reading work")
             if not items and burst:
-                if not self._running:
+                if not self._running and not self._solo:
                     break
-                await asyncio.wait(list(self._running), return_when=asyncio.FIRST_COMPLETED)
+                if self._running:
+                    await asyncio.wait(list(self._running), return_when=asyncio.FIRST_COMPLETED)
             for item in items:
                 self._start(item)
         await self._drain()
@@ -98,12 +112,14 @@ class Worker:
             # Reclaims and due retries are looked for a few times per lease, not on every read.
             self._next_sweep = now + min(self.settings.lease_ms / 4000, 1.0)
             await self.store.promote_due_retries()
+            # One at a time: a reclaimed item waits for this worker to hold nothing else.
             reclaimed = await reclaim_expired(
-                self.store.redis, self.store.keys, self.name, min_idle_ms=self.settings.lease_ms, count=free
+                self.store.redis, self.store.keys, self.name, min_idle_ms=self.settings.lease_ms, count=1
             )
             if reclaimed:
                 log.info("worker.reclaimed", count=len(reclaimed))
-                return [Item(m, t, reclaim=True) for m, t in reclaimed]
+                self._solo += [Item(m, t, reclaim=True) for m, t in reclaimed]
+                return []
         # With work waiting, read and claim in one round trip; only an idle worker blocks.
         taken = await self.store.take(worker=self.name, count=free)
         if taken:
@@ -121,6 +137,21 @@ class Worker:
         reply = await self.reader.xreadgroup(WORKER_GROUP, self.name, {self.store.keys.work: "0"}, count=10_000)
         return [Item(text(m), text(f[b"task_id"]), reclaim=True) for _, entries in reply or [] for m, f in entries if f]
 
+    async def _still_mine(self, item: Item) -> bool:
+        """Is a reclaimed item still pending under this worker? While it waited its turn to run
+        alone, its lease may have expired and another worker taken it over."""
+        rows = await self.store.redis.xpending_range(
+            self.store.keys.work,
+            WORKER_GROUP,
+            min=item.message_id,
+            max=item.message_id,
+            count=1,
+            consumername=self.name,
+        )
+        if not rows:
+            log.info("task.reclaim_taken_over", task_id=item.task_id)
+        return bool(rows)
+
     async def _wait_for_a_slot(self) -> None:
         self._slot_freed.clear()
         stopping = asyncio.ensure_future(self._stopping.wait())
@@ -129,11 +160,12 @@ class Worker:
         stopping.cancel()
         freed.cancel()
 
-    def _start(self, item: Item) -> None:
+    def _start(self, item: Item) -> asyncio.Task[str]:
         task = asyncio.create_task(self._handle(item))
         self._running[task] = None  # type: ignore[assignment]  # filled in once claimed
         self._computing.add(task)
         task.add_done_callback(self._finished)
+        return task
 
     def _free_slot(self, task: asyncio.Task[str] | None) -> None:
         if task in self._computing:
@@ -143,6 +175,9 @@ class Worker:
     def _finished(self, task: asyncio.Task[str]) -> None:
         self._running.pop(task, None)
         self._free_slot(task)
+        if task is self._alone:
+            self._alone = None
+        self._slot_freed.set()  # a reclaim may be waiting for this worker to hold nothing else
         if task.cancelled():
             return
         error = task.exception()
@@ -161,13 +196,13 @@ class Worker:
             log.info("task.not_claimed", outcome=claim.outcome)
             return "skipped"
         structlog.contextvars.bind_contextvars(attempt=claim.attempt)
-        log.debug("task.claimed", reclaim=item.reclaim)
+        log.debug("task.claimed", reclaim=item.reclaim, alone=claim.alone)
         job = Assignment(
             task_id=task_id,
             attempt=claim.attempt,
             message_id=message_id,
             spec=claim.spec,
-            budget=claim.budget,
+            failures=claim.failures,
             unreadable=claim.error,
         )
         current = asyncio.current_task()

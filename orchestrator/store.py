@@ -42,19 +42,23 @@ class Claim(msgspec.Struct, frozen=True):
     outcome: str
     attempt: int = 0
     spec: BacktestSpec | None = None
-    # Where the current run of retries began (the attempt count at the last requeue).
-    budget: int = 0
+    # Attempts that ended in a retryable error since the task was submitted or requeued: the
+    # ones charged to its budget of `max_attempts` (releases and shared losses are not).
+    failures: int = 0
+    # True when this attempt must run alone on its worker (a reclaim: its last attempt was lost).
+    alone: bool = False
     error: str = ""
 
 
-def _claimed(attempt: Any, spec: bytes, budget: Any) -> Claim:
+def _claimed(attempt: Any, spec: bytes, failures: Any, alone: Any = b"0") -> Claim:
+    number, charged, solo = int(attempt), int(failures or 0), text(alone) == "1"
     try:
         decoded = msgspec.json.decode(spec, type=BacktestSpec)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         # Written by a newer version (a field this one does not know), or damaged: this worker
         # cannot run it, and must not crash on it with other claimed tasks in hand.
-        return Claim(outcome="unreadable", attempt=int(attempt), budget=int(budget or 0), error=str(e))
-    return Claim(outcome="ok", attempt=int(attempt), spec=decoded, budget=int(budget or 0))
+        return Claim(outcome="unreadable", attempt=number, failures=charged, alone=solo, error=str(e))
+    return Claim(outcome="ok", attempt=number, spec=decoded, failures=charged, alone=solo)
 
 
 class Taken(msgspec.Struct, frozen=True):
@@ -174,15 +178,20 @@ class EventStore:
     async def claim(
         self, task_id: str, *, worker: str, token: str, message_id: str, reclaim: bool, max_attempts: int
     ) -> Claim:
-        # A reclaim may end the task (it lost its worker too often): the dead letter then carries
-        # the attempts so far. Reclaims are rare, so reading the task's events for it is cheap.
-        history = encode_json(attempt_history(await self.task_events(task_id))) if reclaim else b"[]"
+        # A reclaim may end the task (its worker died under it on every attempt it ran alone): the
+        # dead letter then carries every attempt, the lost one included. Reclaims are rare, so
+        # reading the task's events for it is cheap.
         lost = Failed(
             task_id=task_id,
-            error=f"the task lost its worker on {max_attempts} attempts",
+            error=f"the task's worker died under it on {max_attempts} attempts that ran it alone "
+            "(it kills its worker: out of memory, a crash, a resource limit)",
             error_type="WorkerLost",
             retryable=True,
         )
+        history = b"[]"
+        if reclaim:
+            events = await self.task_events(task_id)
+            history = encode_json(attempt_history([*events, StoredEvent(id="0-0", event=lost)]))
         reply = await self._batcher.call(
             self.scripts.claim,
             keys=[*self._task_keys(task_id), self.keys.work, self.keys.dead_letters],
@@ -190,7 +199,7 @@ class EventStore:
                 task_id,
                 worker,
                 token,
-                event_data(Started(task_id=task_id, worker=worker, reclaimed=reclaim)),
+                event_data(Started(task_id=task_id, worker=worker, reclaimed=reclaim, alone=reclaim)),
                 Started.SCHEMA_VERSION,
                 message_id,
                 "1" if reclaim else "0",
@@ -204,7 +213,7 @@ class EventStore:
         outcome = text(reply[0])
         if outcome != "ok":
             return Claim(outcome=outcome)
-        return _claimed(reply[1], reply[2], reply[3])
+        return _claimed(reply[1], reply[2], reply[3], reply[4])
 
     async def take(self, *, worker: str, count: int) -> list[Taken]:
         """Read up to `count` new work items and claim them, in one round trip; [] if none are

@@ -9,7 +9,7 @@ from redis.exceptions import ResponseError
 
 from consumers.projector import Projector
 from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
-from orchestrator.events import Cancelled, Completed, Failed, Progress, Started, Submitted
+from orchestrator.events import Cancelled, Completed, Failed, Progress, RetryScheduled, Started, Submitted
 from orchestrator.keys import WORKER_GROUP
 from orchestrator.projection import Projection
 from orchestrator.spec import BacktestSpec
@@ -256,3 +256,73 @@ async def test_events_carry_attempts(store: EventStore, backend: Backend) -> Non
     assert events[1] == Started(task_id=task_id, seq=2, attempt=1, worker="w9")
     await store.heartbeat(task_id, 1, worker="w9", message_id=message_id, progress=0.25)
     assert (await store.task_events(task_id))[-1].event == Progress(task_id=task_id, seq=3, attempt=1, progress=0.25)
+
+
+async def test_only_losses_of_an_attempt_run_alone_are_charged(store: EventStore, backend: Backend) -> None:
+    """Releases are never charged; a loss is charged only when the lost attempt ran alone; a task
+    whose worker died under it on `max_attempts` attempts run alone fails, and its dead letter
+    gives every attempt's true outcome."""
+    task_id = new_id()
+    await store.submit(task_id, SPEC)
+    for attempt in (1, 2):  # two rolling deploys: released twice
+        message_id, _ = await take(store, backend)
+        claim = await store.claim(
+            task_id, worker="w1", token=f"t{attempt}", message_id=message_id, reclaim=False, max_attempts=3
+        )
+        assert (claim.outcome, claim.attempt, claim.alone) == ("ok", attempt, False)
+        assert await store.release(task_id, attempt, worker="w1", message_id=message_id) is None
+    message_id, _ = await take(store, backend)
+    await store.claim(task_id, worker="w1", token="t3", message_id=message_id, reclaim=False, max_attempts=3)
+    # Attempt 3's worker dies with other tasks in hand: not charged; attempt 4 runs alone.
+    claim = await store.claim(task_id, worker="w2", token="t4", message_id=message_id, reclaim=True, max_attempts=3)
+    assert (claim.outcome, claim.attempt, claim.alone) == ("ok", 4, True)
+    assert (await control(backend, task_id))["losses"] == "0"
+    # Attempts 4 and 5 lose their worker while running alone: charged.
+    for attempt, worker in ((5, "w3"), (6, "w4")):
+        claim = await store.claim(
+            task_id, worker=worker, token=f"t{attempt}", message_id=message_id, reclaim=True, max_attempts=3
+        )
+        assert (claim.outcome, claim.attempt, claim.alone) == ("ok", attempt, True)
+    assert (await control(backend, task_id))["losses"] == "2"
+    # Attempt 6 too: the third loss alone ends the task.
+    final = await store.claim(task_id, worker="w5", token="t7", message_id=message_id, reclaim=True, max_attempts=3)
+    assert final.outcome == "terminal"
+    events = await store.task_events(task_id)
+    failed = events[-1].event
+    assert isinstance(failed, Failed) and failed.error_type == "WorkerLost" and failed.attempt == 6
+    assert "3 attempts that ran it alone" in failed.error
+    [letter] = await store.dead_letters(limit=10, before=None)
+    assert letter["reason"] == "worker_lost"
+    assert [(a["attempt"], a["outcome"], a["alone"]) for a in letter["history"]] == [
+        (1, "released", False),
+        (2, "released", False),
+        (3, "lost", False),
+        (4, "lost", True),
+        (5, "lost", True),
+        (6, "lost", True),
+    ]
+    assert await backend.redis.xlen(backend.keys.work) == 0
+    # A user's requeue starts over with nothing charged.
+    await store.requeue(task_id)
+    message_id, _ = await take(store, backend)
+    claim = await store.claim(task_id, worker="w1", token="t8", message_id=message_id, reclaim=False, max_attempts=3)
+    assert (claim.attempt, claim.failures) == (7, 0)
+    assert (await control(backend, task_id))["losses"] == "0"
+
+
+async def test_retryable_failures_are_counted_in_the_claim(store: EventStore, backend: Backend) -> None:
+    """A retry_scheduled outcome is charged (`failures`), a release is not: the worker decides
+    between a retry and a failure from the count its claim returns."""
+    task_id = new_id()
+    await store.submit(task_id, SPEC)
+    message_id, _ = await take(store, backend)
+    await store.claim(task_id, worker="w1", token="a", message_id=message_id, reclaim=False, max_attempts=3)
+    event = RetryScheduled(task_id=task_id, attempt=1, error="blip", error_type="OSError", delay_ms=0)
+    assert await store.finish(event, message_id=message_id) is None
+    assert await store.promote_due_retries() == 1
+    message_id, _ = await take(store, backend)
+    claim = await store.claim(task_id, worker="w1", token="b", message_id=message_id, reclaim=False, max_attempts=3)
+    assert (claim.attempt, claim.failures) == (2, 1)
+    assert await store.release(task_id, 2, worker="w1", message_id=message_id) is None
+    [taken] = await store.take(worker="w2", count=1)
+    assert (taken.claim.attempt, taken.claim.failures) == (3, 1)
