@@ -12,6 +12,7 @@ import structlog
 
 from consumers.execution import CHUNK_SECONDS, Assignment, Execution, StartRun
 from consumers.first_chunks import FirstChunks
+from consumers.isolation import IsolatedRuns
 from consumers.reclaim import reclaim_expired
 from orchestrator.codec import text
 from orchestrator.connections import until_reachable
@@ -60,11 +61,6 @@ class Worker:
         # one is read and claimed while the outcome is being stored (their round trips overlap).
         self._computing: set[asyncio.Task[str]] = set()
         self._slot_freed = asyncio.Event()
-        # Reclaimed work items (their last attempt lost its worker): each is claimed and run alone,
-        # once this worker holds nothing else, and nothing else starts until it is done. A loss
-        # is charged to a task only when it ran alone (see claim.lua).
-        self._solo: list[Item] = []
-        self._alone: asyncio.Task[str] | None = None
         self._stopping = asyncio.Event()
         self._releasing = False  # the grace period is over: unfinished tasks go back to the queue
         self._next_sweep = 0.0
@@ -78,29 +74,20 @@ class Worker:
         """Take and run work until stopped; in burst mode, until no work is left."""
         log.info("worker.started", worker=self.name, concurrency=self.concurrency)
         await self._with_reconnect(self.store.ensure_group, "creating the group")
-        # A worker restarted under the same name first takes back what it held before, one alone
-        # at a time: it died with them in hand, and which of them killed it (if any) is unknown.
-        self._solo = await self._with_reconnect(self._own_pending, "reading own pending work")
+        # A worker restarted under the same name first takes back what it held before.
+        backlog = await self._with_reconnect(self._own_pending, "reading own pending work")
         while not self._stopping.is_set():
-            if self._alone is not None or (self._solo and self._running):
-                # A task runs alone, or one waits for this worker to hold nothing else.
-                await self._wait_for_a_slot()
-                continue
-            if self._solo:
-                item = self._solo.pop(0)
-                if await self._with_reconnect(functools.partial(self._still_mine, item), "checking a reclaim"):
-                    self._alone = self._start(item)
-                continue
             free = self.concurrency - len(self._computing)
             if free <= 0:
                 await self._wait_for_a_slot()
                 continue
-            items = await self._with_reconnect(functools.partial(self._next_items, free, burst), "reading work")
+            items, backlog = backlog[:free], backlog[free:]
+            if not items:
+                items = await self._with_reconnect(functools.partial(self._next_items, free, burst), "reading work")
             if not items and burst:
-                if not self._running and not self._solo:
+                if not self._running:
                     break
-                if self._running:
-                    await asyncio.wait(list(self._running), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(list(self._running), return_when=asyncio.FIRST_COMPLETED)
             for item in items:
                 self._start(item)
         await self._drain()
@@ -112,14 +99,12 @@ class Worker:
             # Reclaims and due retries are looked for a few times per lease, not on every read.
             self._next_sweep = now + min(self.settings.lease_ms / 4000, 1.0)
             await self.store.promote_due_retries()
-            # One at a time: a reclaimed item waits for this worker to hold nothing else.
             reclaimed = await reclaim_expired(
-                self.store.redis, self.store.keys, self.name, min_idle_ms=self.settings.lease_ms, count=1
+                self.store.redis, self.store.keys, self.name, min_idle_ms=self.settings.lease_ms, count=free
             )
             if reclaimed:
                 log.info("worker.reclaimed", count=len(reclaimed))
-                self._solo += [Item(m, t, reclaim=True) for m, t in reclaimed]
-                return []
+                return [Item(m, t, reclaim=True) for m, t in reclaimed]
         # With work waiting, read and claim in one round trip; only an idle worker blocks.
         taken = await self.store.take(worker=self.name, count=free)
         if taken:
@@ -137,21 +122,6 @@ class Worker:
         reply = await self.reader.xreadgroup(WORKER_GROUP, self.name, {self.store.keys.work: "0"}, count=10_000)
         return [Item(text(m), text(f[b"task_id"]), reclaim=True) for _, entries in reply or [] for m, f in entries if f]
 
-    async def _still_mine(self, item: Item) -> bool:
-        """Is a reclaimed item still pending under this worker? While it waited its turn to run
-        alone, its lease may have expired and another worker taken it over."""
-        rows = await self.store.redis.xpending_range(
-            self.store.keys.work,
-            WORKER_GROUP,
-            min=item.message_id,
-            max=item.message_id,
-            count=1,
-            consumername=self.name,
-        )
-        if not rows:
-            log.info("task.reclaim_taken_over", task_id=item.task_id)
-        return bool(rows)
-
     async def _wait_for_a_slot(self) -> None:
         self._slot_freed.clear()
         stopping = asyncio.ensure_future(self._stopping.wait())
@@ -160,12 +130,11 @@ class Worker:
         stopping.cancel()
         freed.cancel()
 
-    def _start(self, item: Item) -> asyncio.Task[str]:
+    def _start(self, item: Item) -> None:
         task = asyncio.create_task(self._handle(item))
         self._running[task] = None  # type: ignore[assignment]  # filled in once claimed
         self._computing.add(task)
         task.add_done_callback(self._finished)
-        return task
 
     def _free_slot(self, task: asyncio.Task[str] | None) -> None:
         if task in self._computing:
@@ -175,9 +144,6 @@ class Worker:
     def _finished(self, task: asyncio.Task[str]) -> None:
         self._running.pop(task, None)
         self._free_slot(task)
-        if task is self._alone:
-            self._alone = None
-        self._slot_freed.set()  # a reclaim may be waiting for this worker to hold nothing else
         if task.cancelled():
             return
         error = task.exception()
@@ -196,7 +162,7 @@ class Worker:
             log.info("task.not_claimed", outcome=claim.outcome)
             return "skipped"
         structlog.contextvars.bind_contextvars(attempt=claim.attempt)
-        log.debug("task.claimed", reclaim=item.reclaim, alone=claim.alone)
+        log.debug("task.claimed", reclaim=item.reclaim, isolated=claim.isolated)
         job = Assignment(
             task_id=task_id,
             attempt=claim.attempt,
@@ -206,13 +172,25 @@ class Worker:
             unreadable=claim.error,
         )
         current = asyncio.current_task()
+        # A task whose worker was lost under it runs in a process of its own: if it kills that
+        # process, only it fails (see consumers/isolation.py and streams.md).
+        isolated = IsolatedRuns(self.settings.data_dir) if claim.isolated else None
         execution = Execution(
-            self.store, self.first_chunks, self.settings, self.name, job, on_computed=lambda: self._free_slot(current)
+            self.store,
+            FirstChunks(isolated, CHUNK_SECONDS) if isolated else self.first_chunks,
+            self.settings,
+            self.name,
+            job,
+            on_computed=lambda: self._free_slot(current),
         )
         self._running[current] = execution  # type: ignore[index]
         if self._releasing:
             execution.release_requested.set()
-        return await execution.run()
+        try:
+            return await execution.run()
+        finally:
+            if isolated is not None:
+                isolated.close()
 
     async def _claim(self, item: Item) -> Claim:
         token = uuid.uuid4().hex  # one token for every re-send: the claim is made once

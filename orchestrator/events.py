@@ -36,9 +36,9 @@ class Started(Event, frozen=True, tag="started"):
     worker: str
     # True when this attempt took the task over from a worker whose lease expired.
     reclaimed: bool = False
-    # True when the worker runs this attempt alone (nothing else in hand): every reclaimed attempt
-    # does, so that a worker lost under it again is a loss charged to this task (streams.md).
-    alone: bool = False
+    # True when this attempt runs in a process of its own: every attempt after the task once
+    # lost its worker does, so a death of that process is the task's own (streams.md).
+    isolated: bool = False
 
 
 class Progress(Event, frozen=True, tag="progress"):

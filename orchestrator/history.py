@@ -12,8 +12,8 @@ from orchestrator.events import Cancelled, Completed, Failed, Released, RetrySch
 
 
 def attempt_history(events: Iterable[StoredEvent]) -> list[dict[str, Any]]:
-    """One entry per attempt: attempt, worker, started_at, alone (whether its worker ran it with
-    nothing else), and its outcome (completed, failed, retry_scheduled, released, cancelled, or
+    """One entry per attempt: attempt, worker, started_at, isolated (whether it ran in a process
+    of its own), and its outcome (completed, failed, retry_scheduled, released, cancelled, or
     `lost` when its worker died under it: a later attempt took it over, or the task failed with
     `WorkerLost`) with the error when there was one."""
     attempts: list[dict[str, Any]] = []
@@ -27,7 +27,7 @@ def attempt_history(events: Iterable[StoredEvent]) -> list[dict[str, Any]]:
                     "attempt": event.attempt,
                     "worker": event.worker,
                     "started_at": iso_ms(stored.at_ms),
-                    "alone": event.alone,
+                    "isolated": event.isolated,
                     "outcome": None,
                     "error": None,
                 }

@@ -29,6 +29,11 @@ from orchestrator.keys import IDEMPOTENCY_TTL_SECONDS, STAGED_RESULT_TTL_MS, WOR
 from orchestrator.scripts import Scripts
 from orchestrator.spec import BacktestSpec
 
+# A lost worker is not charged to a task; a task that loses its worker this many times its
+# `max_attempts` anyway (it runs isolated after the first loss, so only its worker's own deaths
+# can do that) is failed with `WorkerLost`, so that no task is taken over forever.
+LOST_WORKERS_PER_ATTEMPT = 5
+
 
 class SubmitResult(msgspec.Struct, frozen=True):
     task_id: str
@@ -43,22 +48,22 @@ class Claim(msgspec.Struct, frozen=True):
     attempt: int = 0
     spec: BacktestSpec | None = None
     # Attempts that ended in a retryable error since the task was submitted or requeued: the
-    # ones charged to its budget of `max_attempts` (releases and shared losses are not).
+    # ones charged to its budget of `max_attempts` (releases and lost workers are not).
     failures: int = 0
-    # True when this attempt must run alone on its worker (a reclaim: its last attempt was lost).
-    alone: bool = False
+    # True when this attempt must run in a process of its own (the task once lost its worker).
+    isolated: bool = False
     error: str = ""
 
 
-def _claimed(attempt: Any, spec: bytes, failures: Any, alone: Any = b"0") -> Claim:
-    number, charged, solo = int(attempt), int(failures or 0), text(alone) == "1"
+def _claimed(attempt: Any, spec: bytes, failures: Any, isolated: Any) -> Claim:
+    number, charged, solo = int(attempt), int(failures or 0), text(isolated or b"0") == "1"
     try:
         decoded = msgspec.json.decode(spec, type=BacktestSpec)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         # Written by a newer version (a field this one does not know), or damaged: this worker
         # cannot run it, and must not crash on it with other claimed tasks in hand.
-        return Claim(outcome="unreadable", attempt=number, failures=charged, alone=solo, error=str(e))
-    return Claim(outcome="ok", attempt=number, spec=decoded, failures=charged, alone=solo)
+        return Claim(outcome="unreadable", attempt=number, failures=charged, isolated=solo, error=str(e))
+    return Claim(outcome="ok", attempt=number, spec=decoded, failures=charged, isolated=solo)
 
 
 class Taken(msgspec.Struct, frozen=True):
@@ -178,13 +183,13 @@ class EventStore:
     async def claim(
         self, task_id: str, *, worker: str, token: str, message_id: str, reclaim: bool, max_attempts: int
     ) -> Claim:
-        # A reclaim may end the task (its worker died under it on every attempt it ran alone): the
+        # A reclaim may end the task (it lost its worker too often, even running isolated): the
         # dead letter then carries every attempt, the lost one included. Reclaims are rare, so
         # reading the task's events for it is cheap.
+        max_losses = max_attempts * LOST_WORKERS_PER_ATTEMPT
         lost = Failed(
             task_id=task_id,
-            error=f"the task's worker died under it on {max_attempts} attempts that ran it alone "
-            "(it kills its worker: out of memory, a crash, a resource limit)",
+            error=f"the task lost its worker {max_losses} times, running in a process of its own after the first",
             error_type="WorkerLost",
             retryable=True,
         )
@@ -199,12 +204,12 @@ class EventStore:
                 task_id,
                 worker,
                 token,
-                event_data(Started(task_id=task_id, worker=worker, reclaimed=reclaim, alone=reclaim)),
+                event_data(Started(task_id=task_id, worker=worker, reclaimed=reclaim)),
                 Started.SCHEMA_VERSION,
                 message_id,
                 "1" if reclaim else "0",
                 WORKER_GROUP,
-                max_attempts,
+                max_losses,
                 event_data(lost),
                 Failed.SCHEMA_VERSION,
                 history,
@@ -235,7 +240,7 @@ class EventStore:
         taken = []
         for item in reply:
             message_id, task_id, outcome = text(item[0]), text(item[1]), text(item[2])
-            claim = _claimed(item[3], item[4], item[5]) if outcome == "ok" else Claim(outcome=outcome)
+            claim = _claimed(item[3], item[4], item[5], item[6]) if outcome == "ok" else Claim(outcome=outcome)
             taken.append(Taken(message_id=message_id, task_id=task_id, claim=claim))
         return taken
 

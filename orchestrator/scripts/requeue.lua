@@ -1,5 +1,5 @@
 -- A user sends a failed task back to the queue: a new attempt with a fresh budget (no attempt
--- charged to it yet: neither failures nor losses of a worker running it alone).
+-- charged to it, no lost worker counted). A task once isolated stays isolated.
 -- KEYS: control, log, events, work
 -- ARGV: task_id, data, version
 local ctl, log, events, work = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
