@@ -18,7 +18,6 @@ Usage: python -m consumers.isolation DATA_DIR  (the spec as JSON on stdin; DATA_
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import signal
@@ -159,23 +158,17 @@ class IsolatedRuns:
         self._runs.clear()
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent (the worker) dies; elsewhere the next
-    write to the closed pipe ends it."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def _frame(value: Any) -> None:
     sys.stdout.buffer.write(encode_json(value) + b"\n")
     sys.stdout.buffer.flush()
 
 
 def main(data_dir: str) -> int:
-    """The child: compute the run of the spec on stdin, reporting as the module docstring says."""
-    _die_with_parent()
+    """The child: compute the run of the spec on stdin, reporting as the module docstring says.
+
+    It dies with its worker: once the worker is gone, its next report (every PROGRESS_SECONDS)
+    fails on the closed pipe (BrokenPipeError). (Not PR_SET_PDEATHSIG: that fires when the
+    parent's *thread* that started it ends, which would kill a healthy run.)"""
     from consumers.engine.datasets import Catalog
     from consumers.engine.runner import start_run
 
@@ -198,4 +191,7 @@ def main(data_dir: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else ""))
+    try:
+        sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else ""))
+    except BrokenPipeError:
+        os._exit(1)  # the worker is gone: nobody to report to (and stdout cannot be flushed)

@@ -241,6 +241,32 @@ def test_sigterm_releases_running_tasks_to_another_worker_at_once(
         log.redis.close()
 
 
+def test_two_rolling_deploys_and_a_crash_do_not_fail_a_healthy_task(cluster: Cluster, log: Log) -> None:
+    """Releases are never charged and a lost worker is not either: before, the third attempt was
+    the last of a budget of 3, and the reclaim after the crash failed the task (WorkerLost)."""
+    _, url = cluster.api()
+    task_id = submit(url, LONG)
+    for attempt, name in ((1, "before-deploy"), (2, "after-first-deploy")):
+        worker = cluster.start("worker", "--name", name)
+        wait_until(lambda a=attempt: log.has(task_id, "progress", attempt=a), timeout=60, what=f"attempt {attempt}")
+        assert worker.stop() == 0  # SIGTERM: the grace period is too short for it, so it is released
+        assert log.has(task_id, "released", attempt=attempt, worker=name)
+    crashing = cluster.start("worker", "--name", "crashing")
+    wait_until(lambda: log.has(task_id, "progress", attempt=3), timeout=60, what="attempt 3")
+    crashing.kill()
+    cluster.start("worker", "--name", "survivor")
+    wait_until(lambda: log.has(task_id, "completed") or log.has(task_id, "failed"), timeout=90, what="an outcome")
+    assert log.types(task_id).count("completed") == 1 and "failed" not in log.types(task_id), log.types(task_id)
+    started = [e.event for e in log.events(task_id) if isinstance(e.event, Started)]
+    assert [(s.attempt, s.reclaimed, s.isolated) for s in started] == [
+        (1, False, False),
+        (2, False, False),
+        (3, False, False),
+        (4, True, True),  # taken over after the crash, in a process of its own
+    ]
+    assert log.pending() == 0
+
+
 def test_projector_killed_anywhere_resumes_without_applying_twice(cluster: Cluster, log: Log) -> None:
     _, url = cluster.api()
     cluster.start("worker", "--name", "w1", "--concurrency", "2")
