@@ -24,6 +24,7 @@ from consumers.replay import verify
 from orchestrator.codec import decode_entry
 from orchestrator.events import Failed, Started
 from orchestrator.keys import WORKER_GROUP, Keys
+from orchestrator.store import LOST_WORKERS_PER_ATTEMPT
 from tests.processes import Cluster, RedisServer, Role, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -492,6 +493,7 @@ def test_chaos_every_healthy_task_completes(cluster: Cluster, log: Log, seed: in
     lost = [len(s) - 1 for s in started]  # every attempt but the last lost its worker
     print(
         f"chaos seed={seed} kills={kills} attempts_lost={sum(lost)} tasks_lost={sum(n > 0 for n in lost)} "
-        f"most_lost={max(lost)} isolated={sum(a.isolated for s in started for a in s)} "
+        f"most_lost={max(lost)} backstop={3 * LOST_WORKERS_PER_ATTEMPT} "
+        f"isolated={sum(a.isolated for s in started for a in s)} "
         f"seconds={time.monotonic() - began:.0f}"
     )
