@@ -19,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from api.metrics import consumer_groups, projector_lag
 from consumers.engine.metrics import OBJECTIVES
-from consumers.engine.strategies import STRATEGIES
+from consumers.engine.registry import strategies as installed_strategies
 from orchestrator.codec import decode_json, text
 from orchestrator.history import event_view
 from orchestrator.keys import WORKER_GROUP
@@ -378,7 +378,7 @@ async def task_page(request: Request) -> Response:
 
 def _strategy_fields() -> str:
     out = []
-    for name, strategy in STRATEGIES.items():
+    for name, strategy in installed_strategies().items():
         inputs = []
         for p in strategy.params:
             kind = "integer" if p.kind is int else "number"
@@ -406,7 +406,7 @@ def _field(name: str, label: str, control: str, hint: str = "") -> str:
 
 async def submit_page(request: Request) -> Response:
     datasets = _ctx(request).catalog.datasets()
-    strategies = "".join(f'<option value="{e(n)}">{e(n)}</option>' for n in STRATEGIES)
+    strategies = "".join(f'<option value="{e(n)}">{e(n)}</option>' for n in installed_strategies())
     symbols = "".join(
         f'<option value="{e(d.symbol)}" data-start="{d.start}" data-end="{d.end}">'
         f"{e(d.symbol)} ({d.start} to {d.end}, {d.rows} bars)</option>"
@@ -453,6 +453,7 @@ async def workers_page(request: Request) -> Response:
     position = await ctx.projection.position()
     lag, lag_s = await projector_lag(ctx.store.redis, keys.events, position)
     dead = await ctx.store.redis.xlen(keys.dead_letters)
+    can_run = {text(k): text(v) for k, v in (await ctx.store.redis.hgetall(keys.worker_strategies)).items()}
     by_worker: dict[str, list[Any]] = {}
     for t in running:
         by_worker.setdefault(t.worker or "?", []).append(t)
@@ -474,13 +475,15 @@ async def workers_page(request: Request) -> Response:
         consumer_rows.append(
             f'<tr class="{"alive" if alive else "silent"}"><td>{e(name)}</td>'
             f'<td><span class="badge {"running" if alive else "failed"}">{"alive" if alive else "silent"}</span></td>'
-            f"<td>{c['pending']}</td><td>{c['idle'] / 1000:.1f} s</td><td>{tasks or 'idle'}</td></tr>"
+            f"<td>{c['pending']}</td><td>{c['idle'] / 1000:.1f} s</td><td>{tasks or 'idle'}</td>"
+            f'<td class="strategies">{e(", ".join(json.loads(can_run[name])) if name in can_run else "?")}</td></tr>'
         )
     body = f"""
 <section><h1>Workers</h1>
 <p>A worker is <em>alive</em> while it has touched the work stream within the lease
 ({lease / 1000:g} s): every read and every lease renewal counts.</p>
-<table id="consumers"><thead><tr><th>worker</th><th>state</th><th>pending</th><th>idle</th><th>running</th></tr>
+<table id="consumers"><thead><tr><th>worker</th><th>state</th><th>pending</th><th>idle</th><th>running</th>
+<th>strategies</th></tr>
 </thead><tbody>{"".join(consumer_rows)}</tbody></table>
 <h2>Consumer groups on {e(keys.work)}</h2>
 <table id="groups"><thead><tr><th>group</th><th>consumers</th><th>pending</th><th>lag</th><th>last delivered</th>

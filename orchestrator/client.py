@@ -403,6 +403,23 @@ def _tail(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _strategies(args: argparse.Namespace, settings: Settings) -> int:
+    reply = _api(args, settings).call("GET", "/api/strategies")
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return 0
+    rows = []
+    for s in reply["strategies"]:
+        rows.append([s["name"], "", "", "", s["summary"]])
+        for p in s["params"]:
+            bounds = f"{fmt(p['minimum'])}..{fmt(p['maximum'])}"
+            rows.append(["", p["name"], f"{p['type']} {bounds}", fmt(p["default"]), p["description"]])
+    print(table(rows, ["strategy", "param", "type", "default", "description"]))
+    for f in reply.get("load_failures", []):
+        print(f"not loaded: {f['entry_point']}: {f['error']}", file=sys.stderr)
+    return 0
+
+
 def _guarded(run: Any) -> Any:
     def guarded(args: argparse.Namespace, settings: Settings) -> int:
         try:
@@ -420,7 +437,7 @@ def register(sub: Any) -> None:
     common.add_argument("--token", help="a bearer token (default: BACKSTREAM_TOKEN)")
 
     submit = sub.add_parser("submit", parents=[common], help="submit a backtest through the API")
-    submit.add_argument("strategy", help="e.g. sma_cross, momentum, bollinger, rsi, buy_and_hold")
+    submit.add_argument("strategy", help="e.g. sma_cross, or any installed plugin (`backstream strategies`)")
     submit.add_argument("symbol", help="e.g. AAPL (GET /api/datasets lists them)")
     submit.add_argument(
         "-p",
@@ -451,6 +468,10 @@ def register(sub: Any) -> None:
         help="show a progress bar until the task ends, then its metrics; exit 1 unless completed",
     )
     submit.set_defaults(run=_guarded(_submit))
+
+    strategies = sub.add_parser("strategies", parents=[common], help="the strategies the API accepts, with parameters")
+    strategies.add_argument("--json", action="store_true")
+    strategies.set_defaults(run=_guarded(_strategies))
 
     status = sub.add_parser("status", parents=[common], help="a task's status, progress and metrics")
     status.add_argument("task_id")

@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from consumers.engine.errors import RepresentationError
+from consumers.engine.interface import FLAT, Signals
 from consumers.engine.limits import MAX_UNITS
-from consumers.engine.strategies import FLAT, Signals
 
 # backtesting.py sizes "all equity" orders as this fraction, so the floor division below sees
 # the same operands as its broker.

@@ -14,10 +14,11 @@ from consumers.engine import kernel, sweep
 from consumers.engine.datasets import Bars, Catalog, DataProvenance, NotAdjustedReason
 from consumers.engine.errors import CheckpointError, EngineError, SpecError
 from consumers.engine.indicators import IndicatorCache
+from consumers.engine.interface import Registered, Signals, to_signals
 from consumers.engine.kernel import Costs, KernelState, Simulation
 from consumers.engine.metrics import compute_metrics
+from consumers.engine.registry import strategies
 from consumers.engine.report import backtest_detail, headline, json_safe, sweep_detail, trades_table
-from consumers.engine.strategies import STRATEGIES, Signals, StrategyDef
 from consumers.engine.sweep import SweepRow
 from consumers.engine.validation import check_spec
 from orchestrator.spec import BacktestSpec
@@ -57,7 +58,8 @@ class Market:
     @classmethod
     def of(cls, bars: Bars, not_adjusted_reason: NotAdjustedReason | None = None) -> Market:
         """The market of `bars` (a range of one symbol's prices, from `Bars.prices`)."""
-        return cls(bars, IndicatorCache(bars.close), bars.open.tolist(), bars.provenance(not_adjusted_reason))
+        cache = IndicatorCache(bars.close, open=bars.open, high=bars.high, low=bars.low, volume=bars.volume)
+        return cls(bars, cache, bars.open.tolist(), bars.provenance(not_adjusted_reason))
 
 
 def costs_of(spec: BacktestSpec) -> Costs:
@@ -72,8 +74,9 @@ def fingerprint(spec: BacktestSpec, bars: Bars) -> str:
     return h.hexdigest()[:32]
 
 
-def signals_for(market: Market, strategy: StrategyDef, params: Mapping[str, Any], long_only: bool) -> Signals:
-    return strategy.build(market.indicators, params, strategy.warmup(params) + 1, long_only)
+def signals_for(market: Market, strategy: Registered, params: Mapping[str, Any], long_only: bool) -> Signals:
+    """The strategy's decisions after its warm-up, in the kernel's form."""
+    return to_signals(strategy.decide(market.indicators, params, long_only), strategy.warmup(params) + 1)
 
 
 class Job:
@@ -82,7 +85,7 @@ class Job:
     def __init__(
         self,
         market: Market,
-        strategy: StrategyDef,
+        strategy: Registered,
         params: Mapping[str, Any],
         costs: Costs,
         long_only: bool,
@@ -115,7 +118,7 @@ class Job:
 
 
 def run_once(
-    market: Market, strategy: StrategyDef, params: Mapping[str, Any], costs: Costs, long_only: bool, cash: float
+    market: Market, strategy: Registered, params: Mapping[str, Any], costs: Costs, long_only: bool, cash: float
 ) -> tuple[Simulation, dict[str, object]]:
     """One complete backtest without pauses."""
     job = Job(market, strategy, params, costs, long_only, cash)
@@ -130,21 +133,22 @@ class BacktestRun:
     checks for a cancel and may save `checkpoint()`."""
 
     def __init__(self, spec: BacktestSpec, catalog: Catalog, checkpoint: Checkpoint | None = None) -> None:
-        errors = check_spec(spec, catalog)
+        known = strategies()
+        strategy = known.require(spec.strategy)  # before validation: a missing plugin is not a bad request
+        errors = check_spec(spec, catalog, known)
         if errors:
             raise SpecError("; ".join(f"{e.field}: {e.message}" for e in errors), list(errors))
         bars, not_adjusted = catalog.load(spec.symbol).prices(spec.adjusted)
         bars = bars.between(spec.start, spec.end)
         bars.day_strings  # made once per dataset, here rather than inside a chunk of the run  # noqa: B018
         self.spec = spec
-        self.strategy = STRATEGIES[spec.strategy]
+        self.strategy = strategy
         self.market = Market.of(bars, not_adjusted)
         self.costs = costs_of(spec)
         self.fingerprint = fingerprint(spec, bars)
+        params = strategy.with_defaults(spec.params)
         self.combinations = (
-            list(sweep.admissible(self.strategy, spec.params, spec.constraint, len(bars)))
-            if spec.is_sweep
-            else [dict(spec.params)]
+            list(sweep.admissible(self.strategy, params, spec.constraint, len(bars))) if spec.is_sweep else [params]
         )
         self.rows: list[SweepRow] = []
         self._job: Job | None = None

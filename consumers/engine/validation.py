@@ -10,9 +10,11 @@ import msgspec
 from consumers.engine.constraints import Constraint, ConstraintError
 from consumers.engine.datasets import Bars, Catalog
 from consumers.engine.errors import DatasetError, DataUnavailable, InvalidSymbolError, UnknownSymbolError
+from consumers.engine.interface import ParamDef, Registered
 from consumers.engine.limits import MAX_MONEY, MAX_UNITS, lowest_fill_price
 from consumers.engine.metrics import OBJECTIVES
-from consumers.engine.strategies import STRATEGIES, StrategyDef, min_bars
+from consumers.engine.registry import Registry, strategies
+from consumers.engine.strategies import min_bars
 from consumers.engine.sweep import MAX_COMBINATIONS, admissible, grid_size
 from orchestrator.spec import BacktestSpec
 
@@ -65,7 +67,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else f"{text[:12]}... ({len(text)} characters)"
 
 
-def _value_error(strategy: StrategyDef, name: str, value: Any) -> str | None:
+def _value_error(strategy: Registered, name: str, value: Any) -> str | None:
     pdef = next(p for p in strategy.params if p.name == name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"must be a number, got {value!r}"
@@ -73,12 +75,22 @@ def _value_error(strategy: StrategyDef, name: str, value: Any) -> str | None:
         return f"must be an integer, got {value!r}"
     if not _finite(value):
         return f"must be finite, got {_shown(value)}"
-    if not pdef.minimum <= value <= pdef.maximum:
-        return f"must be between {pdef.minimum:g} and {pdef.maximum:g}, got {value:g}"
+    low_ok = value > pdef.minimum if pdef.min_exclusive else value >= pdef.minimum
+    high_ok = value < pdef.maximum if pdef.max_exclusive else value <= pdef.maximum
+    if not (low_ok and high_ok):
+        return f"must be {_range(pdef)}, got {value:g}"
     return None
 
 
-def _param_errors(spec: BacktestSpec, strategy: StrategyDef) -> list[FieldError]:
+def _range(p: ParamDef) -> str:
+    if not p.min_exclusive and not p.max_exclusive:
+        return f"between {p.minimum:g} and {p.maximum:g}"
+    low = f"{'above' if p.min_exclusive else 'at least'} {p.minimum:g}"
+    high = f"{'below' if p.max_exclusive else 'at most'} {p.maximum:g}"
+    return f"{low} and {high}"
+
+
+def _param_errors(spec: BacktestSpec, strategy: Registered) -> list[FieldError]:
     errors = []
     expected = strategy.param_names
     for name in spec.params:
@@ -89,6 +101,8 @@ def _param_errors(spec: BacktestSpec, strategy: StrategyDef) -> list[FieldError]
                 )
             )
     for name in expected:
+        if name not in spec.params and name in strategy.defaults:
+            continue  # the default applies
         if name not in spec.params:
             errors.append(FieldError(f"params.{name}", f"missing; {strategy.name} needs {', '.join(expected)}"))
             continue
@@ -110,14 +124,14 @@ def _date_field(spec: BacktestSpec) -> str:
     return "start" if spec.start is not None else "end" if spec.end is not None else "symbol"
 
 
-def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
-    """Every domain problem with the request, as field errors; an empty list means runnable."""
+def check_spec(spec: BacktestSpec, catalog: Catalog, known: Registry | None = None) -> list[FieldError]:
+    """Every domain problem with the request, as field errors; an empty list means runnable.
+    `known`: the strategies to check against (default: this process's, `registry.strategies()`)."""
     errors: list[FieldError] = []
-    strategy = STRATEGIES.get(spec.strategy)
+    known = strategies() if known is None else known
+    strategy = known.get(spec.strategy)
     if strategy is None:
-        errors.append(
-            FieldError("strategy", f"unknown strategy {spec.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        )
+        errors.append(FieldError("strategy", f"unknown strategy {spec.strategy!r}; choose one of {', '.join(known)}"))
     bars: Bars | None = None
     try:
         bars = catalog.load(spec.symbol)
@@ -163,13 +177,13 @@ def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
     if not any(e.field in ("cash", "spread", "slippage_bps") for e in errors):
         errors += _unit_errors(spec, window)
     if not spec.is_sweep:
-        scalars = cast("dict[str, float]", spec.params)  # not a sweep: every value is one number
+        scalars = strategy.with_defaults(cast("dict[str, float]", spec.params))  # not a sweep: numbers
         rule_errors = [FieldError(f, m) for f, m in strategy.rules(scalars)]
         errors += rule_errors
         need = min_bars(strategy, scalars)
         if not rule_errors and len(window) < need:
             errors.append(FieldError(_date_field(spec), _too_few(spec, bars, len(window), need)))
-    elif not any(admissible(strategy, spec.params, spec.constraint, len(window))):
+    elif not any(admissible(strategy, strategy.with_defaults(spec.params), spec.constraint, len(window))):
         errors.append(
             FieldError(
                 "params",
