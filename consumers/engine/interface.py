@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from consumers.engine.indicators import IndicatorCache
+from orchestrator.spec import MANAGEMENT_FIELDS
 
 # What a decision asks for at the next bar's open. Every entry first closes the open trade,
 # so LONG while already long re-enters (as backtesting.py's SmaCross does on a repeated cross).
@@ -227,6 +228,8 @@ class Registered:
         self.origin = origin  # "built-in", or the entry point's "package: module:object"
         self.params = param_defs(strategy.Params)
         self.param_names = tuple(p.name for p in self.params)
+        if taken := set(self.param_names) & set(MANAGEMENT_FIELDS):
+            raise InterfaceError(f"{self.name}: {', '.join(sorted(taken))} name position management; rename it")
         self.defaults = {p.name: p.default for p in self.params if p.default is not None}
 
     def with_defaults(self, combo: Mapping[str, Any]) -> dict[str, Any]:
@@ -235,7 +238,8 @@ class Registered:
 
     def struct(self, combo: Mapping[str, Any]) -> Any:
         """The Params instance of a combination (defaults filled, no validation: `check_spec` did it)."""
-        return self.impl.Params(**self.with_defaults(combo))
+        full = self.with_defaults(combo)  # a sweep's combination also holds position management
+        return self.impl.Params(**{n: full[n] for n in self.param_names if n in full})
 
     def warmup(self, combo: Mapping[str, Any]) -> int:
         return int(self.impl.warmup(self.struct(combo)))

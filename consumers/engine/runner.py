@@ -16,12 +16,13 @@ from consumers.engine.errors import CheckpointError, EngineError, SpecError
 from consumers.engine.indicators import IndicatorCache
 from consumers.engine.interface import Registered, Signals, to_signals
 from consumers.engine.kernel import Costs, KernelState, Simulation
+from consumers.engine.managed import ATR_PERIODS, Management, Manager, advance_managed, atr
 from consumers.engine.metrics import compute_metrics
 from consumers.engine.registry import strategies
 from consumers.engine.report import backtest_detail, headline, json_safe, sweep_detail, trades_table
 from consumers.engine.sweep import SweepRow
 from consumers.engine.validation import check_spec
-from orchestrator.spec import BacktestSpec
+from orchestrator.spec import MANAGEMENT_FIELDS, BacktestSpec
 
 # Decisions per kernel chunk between clock checks: ~1 µs each, so a check every ~0.1 ms.
 EVENTS_PER_CHUNK = 128
@@ -61,6 +62,18 @@ class Market:
         cache = IndicatorCache(bars.close, open=bars.open, high=bars.high, low=bars.low, volume=bars.volume)
         return cls(bars, cache, bars.open.tolist(), bars.provenance(not_adjusted_reason))
 
+    def manager(self, m: Management) -> Manager:
+        """Position management over these bars (the lists and the ATR made once per market)."""
+        lists = self.indicators.memo(
+            ("engine:bar-lists",), lambda: (self.bars.high.tolist(), self.bars.low.tolist(), self.bars.close.tolist())
+        )
+        atr_list = None
+        if m.trailing_atr is not None:
+            b = self.bars
+            atr_list = self.indicators.memo(("engine:atr", ATR_PERIODS), lambda: atr(b.high, b.low, b.close).tolist())
+        high, low, close = lists
+        return Manager(m, self.open_list, high, low, close, atr_list)
+
 
 def costs_of(spec: BacktestSpec) -> Costs:
     return Costs(spec.commission, spec.commission_fixed, spec.spread, spec.slippage_bps / 10_000)
@@ -96,6 +109,8 @@ class Job:
         self.costs, self.long_only = costs, long_only
         self.warmup = strategy.warmup(params)
         self.state = state if state is not None else kernel.initial_state(cash, self.warmup + 1)
+        management = Management(**{k: params[k] for k in MANAGEMENT_FIELDS if k in params})
+        self.manager = market.manager(management) if management.active else None
         self.signals: Signals | None = None
         self.sim: Simulation | None = None
         self.metrics: dict[str, object] | None = None
@@ -110,9 +125,12 @@ class Job:
             if self.signals is None:
                 # Recomputed after a resume too (not saved): same data, same signals.
                 self.signals = signals_for(self.market, self.strategy, self.params, self.long_only)
-            kernel.advance(self.state, self.signals, self.market.open_list, len(bars), self.costs, max_events)
+            if self.manager is None:
+                kernel.advance(self.state, self.signals, self.market.open_list, len(bars), self.costs, max_events)
+            else:
+                advance_managed(self.state, self.signals, self.manager, self.costs, max_events)
         elif self.sim is None:
-            self.sim = kernel.settle(self.state, bars.open, bars.close, self.warmup + 1, self.costs)
+            self.sim = kernel.settle(self.state, bars.open, bars.close, self.warmup + 1, self.costs, self.manager)
         else:
             self.metrics = compute_metrics(bars.dates, bars.close, self.sim.equity, self.sim.trades, self.warmup)
 
@@ -146,7 +164,7 @@ class BacktestRun:
         self.market = Market.of(bars, not_adjusted)
         self.costs = costs_of(spec)
         self.fingerprint = fingerprint(spec, bars)
-        params = strategy.with_defaults(spec.params)
+        params = {**strategy.with_defaults(spec.params), **spec.management}
         self.combinations = (
             list(sweep.admissible(self.strategy, params, spec.constraint, len(bars))) if spec.is_sweep else [params]
         )
@@ -257,7 +275,8 @@ class BacktestRun:
             self.market.bars, best.sim, best.metrics, self.spec.strategy, best.params, trades=self._trades
         )
         table = sweep.ranked(self.rows)
-        detail = sweep_detail(table, self.spec.objective, sweep.grid_size(self.spec.params), best_detail)
+        grid = sweep.grid_size({**self.spec.params, **self.spec.management})
+        detail = sweep_detail(table, self.spec.objective, grid, best_detail)
         data = self._data()
         summary = {
             "metrics": headline(best_detail["metrics"]),

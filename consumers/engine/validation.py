@@ -120,6 +120,55 @@ def _param_errors(spec: BacktestSpec, strategy: Registered) -> list[FieldError]:
     return errors
 
 
+# Position management: field, lowest, highest, lowest allowed, highest allowed, integer only.
+MANAGEMENT_LIMITS: dict[str, tuple[float, float, bool, bool, bool]] = {
+    "size": (0.0, float(MAX_UNITS), False, True, False),
+    "margin": (0.0, 1.0, False, True, False),
+    # A stop 100% or more from the entry would be at or beyond a price of 0 for a long.
+    "stop_loss_pct": (0.0, 100.0, False, False, False),
+    # A short's target 100% or more below the entry would be at or below a price of 0.
+    "take_profit_pct": (0.0, 100.0, False, False, False),
+    "trailing_stop_pct": (0.0, 100.0, False, False, False),
+    "trailing_atr": (0.0, 1000.0, False, True, False),
+    "max_bars": (1.0, 10_000_000.0, True, True, True),
+}
+
+
+def _management_value_error(name: str, value: Any) -> str | None:
+    low, high, low_ok, high_ok, integer = MANAGEMENT_LIMITS[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
+        return f"must be a finite number, got {_shown(value)}"
+    if integer and value != int(value):
+        return f"must be a whole number, got {value!r}"
+    if value < low or (value == low and not low_ok) or value > high or (value == high and not high_ok):
+        return (
+            f"must be {'at least' if low_ok else 'above'} {low:g} and {'at most' if high_ok else 'below'} {high:g}, "
+            f"got {value:g}"
+        )
+    if name == "size" and value >= 1 and value != int(value):
+        return f"a size of 1 or more is a number of units and must be whole (backtesting.py's rule), got {value!r}"
+    return None
+
+
+def _management_errors(spec: BacktestSpec) -> list[FieldError]:
+    """Each position-management field within its range (MANAGEMENT_LIMITS), one value or a sweep list."""
+    errors = []
+    for name, value in spec.management.items():
+        if isinstance(value, list):
+            if not value:
+                errors.append(FieldError(name, "a sweep list needs at least one value"))
+            if len(set(value)) != len(value):
+                errors.append(FieldError(name, "a sweep list must not repeat values"))
+            errors += [
+                FieldError(f"{name}[{k}]", msg)
+                for k, v in enumerate(value)
+                if (msg := _management_value_error(name, v)) is not None
+            ]
+        elif (msg := _management_value_error(name, value)) is not None:
+            errors.append(FieldError(name, msg))
+    return errors
+
+
 def _date_field(spec: BacktestSpec) -> str:
     return "start" if spec.start is not None else "end" if spec.end is not None else "symbol"
 
@@ -148,6 +197,7 @@ def check_spec(spec: BacktestSpec, catalog: Catalog, known: Registry | None = No
     range_errors = [] if bars is None else _range_errors(spec, bars)
     errors += range_errors
     errors += _number_errors(spec)
+    errors += _management_errors(spec)
     if spec.start is not None and spec.end is not None and spec.end <= spec.start:
         errors.append(FieldError("end", f"must be after start ({spec.start}), got {spec.end}"))
     if spec.objective not in OBJECTIVES:
@@ -157,7 +207,7 @@ def check_spec(spec: BacktestSpec, catalog: Catalog, known: Registry | None = No
     constraint_ok = True
     if spec.constraint is not None:
         try:
-            Constraint(spec.constraint, list(spec.params))
+            Constraint(spec.constraint, [*spec.params, *spec.management])
         except ConstraintError as e:
             errors.append(FieldError("constraint", str(e)))
             constraint_ok = False
@@ -167,14 +217,16 @@ def check_spec(spec: BacktestSpec, catalog: Catalog, known: Registry | None = No
     errors += param_errors
     if param_errors:
         return errors
-    size = grid_size(spec.params)
+    if any(e.field.split("[")[0] in spec.management for e in errors):
+        return errors
+    size = grid_size({**spec.params, **spec.management})
     if size > MAX_COMBINATIONS:
         errors.append(FieldError("params", f"the sweep has {size} combinations; at most {MAX_COMBINATIONS} allowed"))
         return errors
     if bars is None or not constraint_ok or range_errors or any(e.field in ("end",) for e in errors):
         return errors
     window = bars.prices(spec.adjusted)[0].between(spec.start, spec.end)  # the prices the run uses
-    if not any(e.field in ("cash", "spread", "slippage_bps") for e in errors):
+    if not any(e.field.split("[")[0] in ("cash", "spread", "slippage_bps", "margin", "size") for e in errors):
         errors += _unit_errors(spec, window)
     if not spec.is_sweep:
         scalars = strategy.with_defaults(cast("dict[str, float]", spec.params))  # not a sweep: numbers
@@ -183,7 +235,9 @@ def check_spec(spec: BacktestSpec, catalog: Catalog, known: Registry | None = No
         need = min_bars(strategy, scalars)
         if not rule_errors and len(window) < need:
             errors.append(FieldError(_date_field(spec), _too_few(spec, bars, len(window), need)))
-    elif not any(admissible(strategy, strategy.with_defaults(spec.params), spec.constraint, len(window))):
+    elif not any(
+        admissible(strategy, {**strategy.with_defaults(spec.params), **spec.management}, spec.constraint, len(window))
+    ):
         errors.append(
             FieldError(
                 "params",
@@ -226,15 +280,19 @@ def _unit_errors(spec: BacktestSpec, window: Bars) -> list[FieldError]:
     if not len(window):
         return []
     price = lowest_fill_price(float(window.open.min()), spec.spread, spec.slippage_bps / 10_000, spec.long_only)
-    if price > 0 and spec.cash / price <= MAX_UNITS:
+    # With margin, an order buys up to cash / margin (backtesting.py's leverage).
+    margins = spec.margin if isinstance(spec.margin, list) else [spec.margin]
+    leverage = 1 / min(margins)
+    if price > 0 and spec.cash * leverage / price <= MAX_UNITS:
         return []
-    most = MAX_UNITS * price
+    most = MAX_UNITS * price / leverage
+    with_margin = f" with margin {min(margins):g}" if leverage != 1 else ""
     return [
         FieldError(
             "cash",
-            f"{spec.cash:g} would buy {spec.cash / price if price > 0 else math.inf:.3g} units at the lowest fill "
-            f"price in the date range ({price:.6g}); the engine holds at most 2^53 ({MAX_UNITS:.3g}) units, so "
-            f"cash must be at most {most:.6g} here",
+            f"{spec.cash:g}{with_margin} would buy {spec.cash * leverage / price if price > 0 else math.inf:.3g} "
+            f"units at the lowest fill price in the date range ({price:.6g}); the engine holds at most 2^53 "
+            f"({MAX_UNITS:.3g}) units, so cash must be at most {most:.6g} here",
         )
     ]
 
