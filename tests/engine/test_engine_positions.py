@@ -206,3 +206,29 @@ def test_a_stop_never_fills_better_than_its_level_unless_the_bar_opens_beyond_it
             level = t.entry_price * (1 + tp_pct / 100) if t.size > 0 else t.entry_price * (1 - tp_pct / 100)
             # A target fills at its level, or better when the bar opens beyond it.
             assert (t.exit_price >= level) if t.size > 0 else (t.exit_price <= level)
+
+
+def test_a_long_trade_is_scanned_in_bounded_pieces_with_the_same_result() -> None:
+    """A trade open for 10,000 bars is scanned SCAN_BARS bars per event: one event at a time
+    (as chunks between checkpoints would) gives the uninterrupted result."""
+    from consumers.engine import kernel, managed
+    from consumers.engine.runner import signals_for
+
+    rng = np.random.default_rng(7)
+    close = np.round(100 * np.exp(np.cumsum(rng.normal(0.0003, 0.01, 10_000))), 2)
+    bars = make_bars(close, with_opens(close, 0.0))
+    m = market(bars)
+    params = {"trailing_stop_pct": 60.0}
+    strategy = STRATEGIES["buy_and_hold"]
+    mgr = m.manager(managed.Management(trailing_stop_pct=60.0))
+    sig = signals_for(m, strategy, params, False)
+    whole = kernel.initial_state(10_000.0, 1)
+    managed.advance_managed(whole, sig, mgr, Costs(), 1 << 30)
+    pieces = kernel.initial_state(10_000.0, 1)
+    steps = 0
+    while not pieces.done:
+        managed.advance_managed(pieces, sig, mgr, Costs(), 1)
+        steps += 1
+    assert pieces == whole and steps >= 10_000 // managed.SCAN_BARS
+    sim, _ = run_once(m, strategy, params, Costs(), False, 10_000.0)
+    assert [t.exit_reason for t in sim.trades] in (["end"], ["trailing"])
