@@ -44,11 +44,19 @@ class Decisions:
     the action taken at that bar's close when the position is flat, long or short. Build them
     with `rules()` (if/elif masks per state) or `from_target()` (a target position per bar)
     rather than by hand. Decisions inside the warm-up are ignored by the engine.
+
+    `stop_price`, `target_price` (optional float64 arrays, one per bar, NaN for none): the
+    stop-loss and take-profit price of a trade entered on the decision taken at that bar's close
+    (backtesting.py's `buy(sl=, tp=)`). A level on the wrong side of the fill price (a long's
+    stop at or above it, its target at or below it; mirrored for a short) is ignored; the
+    request's `stop_loss_pct` / `take_profit_pct`, when set, replace these.
     """
 
     flat: CodeArray
     long: CodeArray
     short: CodeArray
+    stop_price: npt.NDArray[np.float64] | None = None
+    target_price: npt.NDArray[np.float64] | None = None
 
     def for_state(self, state: int) -> CodeArray:
         return self.flat if state == 0 else self.long if state > 0 else self.short
@@ -63,18 +71,33 @@ def _codes(n: int, pairs: Sequence[Rule]) -> CodeArray:
     return code
 
 
-def rules(n: int, *, flat: Sequence[Rule] = (), long: Sequence[Rule] = (), short: Sequence[Rule] = ()) -> Decisions:
-    """Decisions from (mask, action) pairs per position state, `n` bars long.
+def rules(
+    n: int,
+    *,
+    flat: Sequence[Rule] = (),
+    long: Sequence[Rule] = (),
+    short: Sequence[Rule] = (),
+    stop_price: npt.NDArray[np.float64] | None = None,
+    target_price: npt.NDArray[np.float64] | None = None,
+) -> Decisions:
+    """Decisions from (mask, action) pairs per position state, `n` bars long, with optional
+    per-entry stop and target prices (see `Decisions`).
 
     Within a state, the first pair whose boolean mask is true at a bar decides it (if/elif);
     a bar no mask covers holds. Example, an SMA cross that always reverses:
     `rules(n, flat=[(up, LONG), (down, SHORT)], long=[(down, SHORT)], short=[(up, LONG)])`.
     """
-    return Decisions(_codes(n, flat), _codes(n, long), _codes(n, short))
+    return Decisions(_codes(n, flat), _codes(n, long), _codes(n, short), stop_price, target_price)
 
 
-def from_target(target: npt.NDArray[np.floating[Any]]) -> Decisions:
-    """Decisions from a target position per bar: 1 long, -1 short, 0 flat, NaN no opinion.
+def from_target(
+    target: npt.NDArray[np.floating[Any]],
+    *,
+    stop_price: npt.NDArray[np.float64] | None = None,
+    target_price: npt.NDArray[np.float64] | None = None,
+) -> Decisions:
+    """Decisions from a target position per bar: 1 long, -1 short, 0 flat, NaN no opinion (with
+    optional per-entry stop and target prices, see `Decisions`).
 
     The engine trades at a bar whose target differs from the position it holds (an entry
     closes the opposite trade first); NaN bars hold whatever is held.
@@ -90,7 +113,7 @@ def from_target(target: npt.NDArray[np.floating[Any]]) -> Decisions:
         act = ~np.isnan(t) & (t != state)
         code[act] = t[act].astype(np.int8)
         out.append(code)
-    return Decisions(*out)
+    return Decisions(out[0], out[1], out[2], stop_price, target_price)
 
 
 @dataclass(frozen=True)
@@ -101,6 +124,9 @@ class Signals:
 
     bars: dict[int, list[int]]
     acts: dict[int, list[int]]
+    # Per-entry levels by decision bar (NaN: none), when the strategy gives them.
+    stop: list[float] | None = None
+    target: list[float] | None = None
 
 
 def to_signals(d: Decisions, start: int) -> Signals:
@@ -112,7 +138,9 @@ def to_signals(d: Decisions, start: int) -> Signals:
         idx = np.flatnonzero(code[start:] != HOLD) + start
         bars[state] = idx.tolist()
         acts[state] = code[idx].tolist()
-    return Signals(bars, acts)
+    stop = None if d.stop_price is None else np.asarray(d.stop_price, dtype=np.float64).tolist()
+    target = None if d.target_price is None else np.asarray(d.target_price, dtype=np.float64).tolist()
+    return Signals(bars, acts, stop, target)
 
 
 @dataclass(frozen=True)
@@ -252,8 +280,8 @@ class Registered:
         if not isinstance(d, Decisions):
             raise InterfaceError(f"{self.name}.decide must return Decisions, got {type(d).__name__}")
         n = data.close.shape[0]
-        for a in (d.flat, d.long, d.short):
-            if a.shape != (n,):
+        for a in (d.flat, d.long, d.short, d.stop_price, d.target_price):
+            if a is not None and np.shape(a) != (n,):
                 raise InterfaceError(f"{self.name}.decide: each array of Decisions has one value per bar ({n})")
         return d
 

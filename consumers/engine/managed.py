@@ -76,6 +76,7 @@ class Manager:
     low: list[float]
     close: list[float]
     atr: list[float] | None  # only with trailing_atr
+    signals: Signals | None = None  # set by the run once computed (the final settlement needs them)
 
     @property
     def size(self) -> float | None:
@@ -85,10 +86,17 @@ class Manager:
     def leverage(self) -> float:
         return 1 / self.m.margin
 
-    def levels(self, acc: _Account) -> tuple[float, float]:
-        """The new trade's stop-loss and take-profit, at their distances from its entry price."""
+    def levels(self, acc: _Account, sig: Signals, decided: int) -> tuple[float, float]:
+        """The new trade's stop-loss and take-profit: the request's distances from its entry
+        price, or else the strategy's levels for the decision at bar `decided` when they lie on
+        the right side of the entry price."""
         long, e = acc.size > 0, acc.entry_price
-        sl = tp = math.nan
+        sl = math.nan if sig.stop is None else sig.stop[decided]
+        tp = math.nan if sig.target is None else sig.target[decided]
+        if not (sl < e if long else sl > e):
+            sl = math.nan  # also NaN itself
+        if not (tp > e if long else tp < e):
+            tp = math.nan
         if self.m.stop_loss_pct is not None:
             sl = e * (1 - self.m.stop_loss_pct / 100) if long else e * (1 + self.m.stop_loss_pct / 100)
         if self.m.take_profit_pct is not None:
@@ -132,9 +140,11 @@ class Manager:
         return out
 
     def after_entry(self, acc: _Account, bar: int, costs: Costs, trades: list[Trade]) -> None:
-        """A trade opened at the last bar's open in the final settlement: its stop and target are
-        checked against that bar, as backtesting.py re-processes them after a market entry."""
-        sl, tp = self.levels(acc)
+        """A trade opened at the last bar's open in the final settlement (decided at that bar):
+        its stop and target are checked against the bar, as backtesting.py re-processes them
+        after a market entry."""
+        assert self.signals is not None
+        sl, tp = self.levels(acc, self.signals, bar)
         got = self.hit(acc, bar, sl, tp, costs)
         if got is not None:
             _close(acc, got[0], bar, costs, trades, got[1])
@@ -197,7 +207,7 @@ def advance_managed(state: KernelState, sig: Signals, pm: Manager, costs: Costs,
         if acc.size:
             _close(acc, _exit_price(acc.size, o, costs), f, costs, trades)
         if act != FLAT and _enter(acc, act, o, f, costs, m.size, pm.leverage):
-            sl, tp = pm.levels(acc)
+            sl, tp = pm.levels(acc, sig, j)
             trailed = False
         segments.append(Segment(f, acc.cash, acc.size, acc.entry_price))
         i = f

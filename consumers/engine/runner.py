@@ -125,6 +125,10 @@ class Job:
             if self.signals is None:
                 # Recomputed after a resume too (not saved): same data, same signals.
                 self.signals = signals_for(self.market, self.strategy, self.params, self.long_only)
+                if self.manager is None and (self.signals.stop is not None or self.signals.target is not None):
+                    self.manager = self.market.manager(Management())  # the strategy's own levels
+                if self.manager is not None:
+                    self.manager.signals = self.signals
             if self.manager is None:
                 kernel.advance(self.state, self.signals, self.market.open_list, len(bars), self.costs, max_events)
             else:

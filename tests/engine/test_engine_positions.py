@@ -4,18 +4,25 @@ period, against backtesting.py 0.6.6, by properties, at the door, and in sweeps.
 from __future__ import annotations
 
 import math
-from typing import Any
+import warnings
+from typing import Annotated, Any
 
+import bt_oracle
+import msgspec
 import numpy as np
 import pytest
+from backtesting import Backtest
+from backtesting import Strategy as BtStrategy
 from hypothesis import given
 from hypothesis import strategies as st
 from test_engine_parity import assert_parity, run_engine
 from test_engine_properties import SETTINGS, costs, make_bars, market, prices, strategy_params, with_opens
 
 from consumers.engine.datasets import Catalog
+from consumers.engine.indicators import IndicatorCache
+from consumers.engine.interface import LONG, Decisions, Registered, Strategy
 from consumers.engine.kernel import Costs
-from consumers.engine.runner import run_once
+from consumers.engine.runner import Market, run_once
 from consumers.engine.strategies import STRATEGIES
 from consumers.engine.validation import check_spec
 from orchestrator.spec import BacktestSpec
@@ -232,3 +239,54 @@ def test_a_long_trade_is_scanned_in_bounded_pieces_with_the_same_result() -> Non
     assert pieces == whole and steps >= 10_000 // managed.SCAN_BARS
     sim, _ = run_once(m, strategy, params, Costs(), False, 10_000.0)
     assert [t.exit_reason for t in sim.trades] in (["end"], ["trailing"])
+
+
+class _LeveledParams(msgspec.Struct, frozen=True):
+    fast: Annotated[int, msgspec.Meta(ge=1, description="fast SMA bars")] = 10
+    slow: Annotated[int, msgspec.Meta(ge=2, description="slow SMA bars")] = 30
+
+
+class _Leveled(Strategy[_LeveledParams]):
+    """sma_cross, each entry with a stop 3% and a target 6% from the deciding bar's Close."""
+
+    name = "leveled"
+    summary = "sma_cross with per-entry price levels"
+    Params = _LeveledParams
+
+    def warmup(self, p: _LeveledParams) -> int:
+        return STRATEGIES["sma_cross"].impl.warmup(p)
+
+    def decide(self, data: IndicatorCache, p: _LeveledParams, long_only: bool) -> Decisions:
+        d = STRATEGIES["sma_cross"].impl.decide(data, p, long_only)
+        up = d.flat == LONG  # the cross up decides LONG in every state
+        c = data.close
+        return Decisions(
+            d.flat, d.long, d.short, np.where(up, c - c * 0.03, c + c * 0.03), np.where(up, c + c * 0.06, c - c * 0.06)
+        )
+
+
+def test_strategy_price_levels_fill_as_backtesting_py_brackets(catalog: Catalog) -> None:
+    """A strategy's own stop and target prices behave as backtesting.py's `buy(sl=, tp=)`."""
+
+    class Oracle(bt_oracle.SmaCross):
+        def buy(self, **_: Any) -> Any:
+            c = self.data.Close[-1]
+            return BtStrategy.buy(self, sl=c - c * 0.03, tp=c + c * 0.06)
+
+        def sell(self, **_: Any) -> Any:
+            c = self.data.Close[-1]
+            return BtStrategy.sell(self, sl=c + c * 0.03, tp=c - c * 0.06)
+
+    spec = BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 30}, commission=0.001)
+    bars = bt_oracle.bars_of(catalog, spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stats = Backtest(bt_oracle.frame(bars), Oracle, commission=0.001, finalize_trades=True).run(fast=10, slow=30)
+    sim, _ = run_once(Market.of(bars), Registered(_Leveled()), {"fast": 10, "slow": 30}, Costs(0.001), False, 10_000.0)
+    theirs = stats["_trades"]
+    assert [t.entry_bar for t in sim.trades] == theirs["EntryBar"].tolist()
+    assert [t.exit_bar for t in sim.trades] == theirs["ExitBar"].tolist()
+    assert [t.exit_price for t in sim.trades] == theirs["ExitPrice"].tolist()
+    np.testing.assert_array_equal(sim.equity, stats["_equity_curve"]["Equity"].to_numpy())
+    reasons = {t.exit_reason for t in sim.trades}
+    assert {"stop", "target"} <= reasons
