@@ -266,6 +266,19 @@ def _params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
+# Position management (STRATEGIES.md, "Position management"): request fields, each a number or a
+# comma-separated list to sweep.
+MANAGEMENT = {
+    "size": "order size: a fraction of equity in (0, 1), or whole units (default: all equity)",
+    "margin": "margin in (0, 1]: leverage 1/margin",
+    "stop_loss_pct": "stop-loss, percent from the entry price",
+    "take_profit_pct": "take-profit, percent from the entry price",
+    "trailing_stop_pct": "a stop trailing the close by this percent",
+    "trailing_atr": "a stop trailing the close by this many ATRs",
+    "max_bars": "close a trade after this many bars",
+}
+
+
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {"strategy": args.strategy, "symbol": args.symbol, "params": _params(args.param)}
     for name in (
@@ -282,6 +295,16 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
     ):
         if getattr(args, name) is not None:
             spec[name] = getattr(args, name)
+    for name in MANAGEMENT:
+        value = getattr(args, name)
+        if value is not None:
+            try:
+                numbers = [_number(v) for v in value.split(",")]
+            except ValueError:
+                raise ClientError(
+                    f"--{name.replace('_', '-')} {value!r}: expected a number or V1,V2,… (a sweep)"
+                ) from None
+            spec[name] = numbers if "," in value else numbers[0]
     if args.long_only:
         spec["long_only"] = True
     if args.unadjusted:
@@ -458,6 +481,8 @@ def register(sub: Any) -> None:
     submit.add_argument(
         "--unadjusted", action="store_true", help="raw prices, not split- and dividend-adjusted (the default)"
     )
+    for name, meaning in MANAGEMENT.items():
+        submit.add_argument(f"--{name.replace('_', '-')}", metavar="V[,V2,…]", help=f"{meaning}; a list sweeps")
     submit.add_argument("--objective", help="sweeps: the metric to maximise (default sqn)")
     submit.add_argument("--constraint", help='sweeps: e.g. "fast < slow"')
     submit.add_argument("--timeout-s", type=float, help="a time limit for this task")

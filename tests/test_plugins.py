@@ -203,9 +203,10 @@ def test_the_plugin_in_every_interface_on_the_real_stack(cluster: Cluster, insta
     shown = cli(bare, url, "strategies")
     assert shown.returncode == 0, shown.stderr
     assert "donchian" in shown.stdout and "bars in the breakout channel" in shown.stdout
-    done = cli(bare, url, "submit", "donchian", "IBM", "-p", "entry=10,20,30", "-p", "exit=5,10", "--wait")
+    argv = ["submit", "donchian", "IBM", "-p", "entry=10,20,30", "-p", "exit=5,10", "--stop-loss-pct", "5,10"]
+    done = cli(bare, url, *argv, "--wait")
     assert done.returncode == 0, done.stderr
-    assert "status        completed" in done.stdout and "best of 6 combinations by sqn" in done.stdout
+    assert "status        completed" in done.stdout and "best of 12 combinations by sqn" in done.stdout
 
     # Over HTTP too; the result is the in-process engine's, to the bit.
     reply = httpx.post(f"{url}/api/backtests", json=SWEEP, timeout=5)
