@@ -397,6 +397,25 @@ def _strategy_fields() -> str:
     return "".join(out)
 
 
+# Position management in the form (STRATEGIES.md, "Position management"): name, label, hint.
+MANAGEMENT_INPUTS = (
+    ("size", "Size", "empty: all equity; (0, 1) a fraction; ≥ 1 units"),
+    ("margin", "Margin", "empty: 1; leverage is 1 / margin"),
+    ("stop_loss_pct", "Stop-loss %", "from the entry price"),
+    ("take_profit_pct", "Take-profit %", "from the entry price"),
+    ("trailing_stop_pct", "Trailing stop %", "below the close (long)"),
+    ("trailing_atr", "Trailing stop (ATRs)", "ATR over 100 bars"),
+    ("max_bars", "Max bars held", "then closed at the next open"),
+)
+
+
+def _management_fields() -> str:
+    return "".join(
+        _field(name, label, f'<input name="{name}" data-management placeholder="none">', f"{hint}; a list sweeps")
+        for name, label, hint in MANAGEMENT_INPUTS
+    )
+
+
 def _field(name: str, label: str, control: str, hint: str = "") -> str:
     return (
         f'<label data-field="{name}">{label} {control}'
@@ -436,6 +455,7 @@ async def submit_page(request: Request) -> Response:
 {_field("spread", "Spread", f'<input name="spread" {number} value="0">', "relative, paid on entry")}
 {_field("slippage_bps", "Slippage (bps)", f'<input name="slippage_bps" {number} value="0">')}
 {_field("long_only", "Long only", '<input name="long_only" type="checkbox">')}
+{_management_fields()}
 {_field("objective", "Sweep objective", f'<select name="objective">{objectives}</select>', "sweeps only")}
 {_field("constraint", "Sweep constraint", '<input name="constraint" placeholder="fast < slow">', "sweeps only")}
 </div></div>
