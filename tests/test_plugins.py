@@ -198,6 +198,16 @@ def test_the_plugin_in_every_interface_on_the_real_stack(cluster: Cluster, insta
     # A refusal names the field, as for a built-in.
     bad = httpx.post(f"{url}/api/backtests", json={**SWEEP, "params": {"entry": 1}}, timeout=5)
     assert bad.status_code == 422 and "params.entry" in bad.text
+    # So is bad position management, by the field (and the element of a sweep list).
+    for extra, field in [
+        ({"stop_loss_pct": -1}, "stop_loss_pct"),
+        ({"max_bars": 2.5}, "max_bars"),
+        ({"take_profit_pct": [5, "x"]}, "take_profit_pct[1]"),
+        ({"size": 1.5}, "size"),
+    ]:
+        bad = httpx.post(f"{url}/api/backtests", json={**SWEEP, **extra}, timeout=5)
+        assert bad.status_code == 422, bad.text
+        assert [f["field"] for f in bad.json()["fields"]] == [field], bad.text
 
     # The CLI lists it and runs a sweep of it through the API to completion.
     shown = cli(bare, url, "strategies")
