@@ -292,6 +292,7 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
         "objective",
         "constraint",
         "timeout_s",
+        "fractional_unit",
     ):
         if getattr(args, name) is not None:
             spec[name] = getattr(args, name)
@@ -481,6 +482,7 @@ def register(sub: Any) -> None:
     submit.add_argument(
         "--unadjusted", action="store_true", help="raw prices, not split- and dividend-adjusted (the default)"
     )
+    submit.add_argument("--fractional-unit", type=float, help="trade multiples of this fraction of a unit (1e-8)")
     for name, meaning in MANAGEMENT.items():
         submit.add_argument(f"--{name.replace('_', '-')}", metavar="V[,V2,…]", help=f"{meaning}; a list sweeps")
     submit.add_argument("--objective", help="sweeps: the metric to maximise (default sqn)")

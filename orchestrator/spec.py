@@ -53,6 +53,9 @@ class BacktestSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     trailing_atr: float | list[float] | None = None
     # A trade is closed at the next open once it has been held this many bars.
     max_bars: int | list[int] | None = None
+    # Trade in multiples of this fraction of a unit (e.g. 1e-8: a satoshi), as backtesting.py's
+    # lib.FractionalBacktest; unset: whole units.
+    fractional_unit: float | None = None
 
     @property
     def management(self) -> dict[str, float | list[float] | int | list[int]]:

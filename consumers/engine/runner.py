@@ -57,10 +57,12 @@ class Market:
     provenance: DataProvenance
 
     @classmethod
-    def of(cls, bars: Bars, not_adjusted_reason: NotAdjustedReason | None = None) -> Market:
+    def of(
+        cls, bars: Bars, not_adjusted_reason: NotAdjustedReason | None = None, provenance: DataProvenance | None = None
+    ) -> Market:
         """The market of `bars` (a range of one symbol's prices, from `Bars.prices`)."""
         cache = IndicatorCache(bars.close, open=bars.open, high=bars.high, low=bars.low, volume=bars.volume)
-        return cls(bars, cache, bars.open.tolist(), bars.provenance(not_adjusted_reason))
+        return cls(bars, cache, bars.open.tolist(), provenance or bars.provenance(not_adjusted_reason))
 
     def manager(self, m: Management) -> Manager:
         """Position management over these bars (the lists and the ATR made once per market)."""
@@ -73,6 +75,34 @@ class Market:
             atr_list = self.indicators.memo(("engine:atr", ATR_PERIODS), lambda: atr(b.high, b.low, b.close).tolist())
         high, low, close = lists
         return Manager(m, self.open_list, high, low, close, atr_list)
+
+
+def scaled(bars: Bars, unit: float) -> Bars:
+    """`bars` priced per `unit` of the asset: Open, High, Low, Close x unit, Volume / unit
+    (backtesting.py's FractionalBacktest, operation for operation)."""
+    return Bars(
+        bars.symbol,
+        bars.source,
+        bars.dates,
+        bars.open * unit,
+        bars.high * unit,
+        bars.low * unit,
+        bars.close * unit,
+        bars.volume / unit,
+        None,
+        bars.adjusted,
+    )
+
+
+def in_units(detail: dict[str, Any], unit: float) -> None:
+    """A fractional run's detail back in units of the asset: trade sizes and positions x unit,
+    trade prices / unit; money (pnl, commission, equity, position value) is unchanged."""
+    trades = detail["trades"]
+    trades["size"] = [s * unit for s in trades["size"]]
+    for col in ("entry_price", "exit_price"):
+        trades[col] = [None if p is None else p / unit for p in trades[col]]
+    curve = detail["equity_curve"]
+    curve["position"] = [p * unit for p in curve["position"]]
 
 
 def costs_of(spec: BacktestSpec) -> Costs:
@@ -165,7 +195,12 @@ class BacktestRun:
         bars.day_strings  # made once per dataset, here rather than inside a chunk of the run  # noqa: B018
         self.spec = spec
         self.strategy = strategy
+        self.unit = spec.fractional_unit
         self.market = Market.of(bars, not_adjusted)
+        if self.unit is not None:
+            # backtesting.py's FractionalBacktest: trade whole multiples of `unit` on prices x unit,
+            # then show sizes x unit and prices / unit (see STRATEGIES.md, "Fractional units").
+            self.market = Market.of(scaled(bars, self.unit), provenance=self.market.provenance)
         self.costs = costs_of(spec)
         self.fingerprint = fingerprint(spec, bars)
         params = {**strategy.with_defaults(spec.params), **spec.management}
@@ -270,6 +305,8 @@ class BacktestRun:
         detail = backtest_detail(
             self.market.bars, job.sim, job.metrics, self.spec.strategy, job.params, trades=self._trades
         )
+        if self.unit is not None:
+            in_units(detail, self.unit)
         data = self._data()
         return Outcome({"metrics": headline(detail["metrics"]), "data": data}, {**detail, "data": data})
 
@@ -278,6 +315,8 @@ class BacktestRun:
         best_detail = backtest_detail(
             self.market.bars, best.sim, best.metrics, self.spec.strategy, best.params, trades=self._trades
         )
+        if self.unit is not None:
+            in_units(best_detail, self.unit)
         table = sweep.ranked(self.rows)
         grid = sweep.grid_size({**self.spec.params, **self.spec.management})
         detail = sweep_detail(table, self.spec.objective, grid, best_detail)

@@ -198,6 +198,9 @@ def check_spec(spec: BacktestSpec, catalog: Catalog, known: Registry | None = No
     errors += range_errors
     errors += _number_errors(spec)
     errors += _management_errors(spec)
+    unit = spec.fractional_unit
+    if unit is not None and (isinstance(unit, bool) or not _finite(unit) or not 0 < unit <= 1):
+        errors.append(FieldError("fractional_unit", f"must be above 0 and at most 1, got {_shown(unit)}"))
     if spec.start is not None and spec.end is not None and spec.end <= spec.start:
         errors.append(FieldError("end", f"must be after start ({spec.start}), got {spec.end}"))
     if spec.objective not in OBJECTIVES:
@@ -226,7 +229,9 @@ def check_spec(spec: BacktestSpec, catalog: Catalog, known: Registry | None = No
     if bars is None or not constraint_ok or range_errors or any(e.field in ("end",) for e in errors):
         return errors
     window = bars.prices(spec.adjusted)[0].between(spec.start, spec.end)  # the prices the run uses
-    if not any(e.field.split("[")[0] in ("cash", "spread", "slippage_bps", "margin", "size") for e in errors):
+    if not any(
+        e.field.split("[")[0] in ("cash", "spread", "slippage_bps", "margin", "size", "fractional_unit") for e in errors
+    ):
         errors += _unit_errors(spec, window)
     if not spec.is_sweep:
         scalars = strategy.with_defaults(cast("dict[str, float]", spec.params))  # not a sweep: numbers
@@ -280,6 +285,7 @@ def _unit_errors(spec: BacktestSpec, window: Bars) -> list[FieldError]:
     if not len(window):
         return []
     price = lowest_fill_price(float(window.open.min()), spec.spread, spec.slippage_bps / 10_000, spec.long_only)
+    price *= spec.fractional_unit or 1.0  # a fractional run counts units of that fraction
     # With margin, an order buys up to cash / margin (backtesting.py's leverage).
     margins = spec.margin if isinstance(spec.margin, list) else [spec.margin]
     leverage = 1 / min(margins)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from backtesting import Backtest, Strategy
-from backtesting.lib import TrailingStrategy, crossover
+from backtesting.lib import FractionalBacktest, TrailingStrategy, crossover
 
 from consumers.engine.datasets import Bars, Catalog
 from consumers.engine.indicators import IndicatorCache
@@ -206,8 +206,12 @@ def backtest(bars: Bars, spec: BacktestSpec) -> Backtest:
     commission: Any = (spec.commission_fixed, spec.commission) if spec.commission_fixed else spec.commission
     strategy = ORACLES[spec.strategy]
     if spec.management:
-        strategy = managed(strategy, spec, bars.open)
-    return Backtest(
+        strategy = managed(strategy, spec, bars.open * (spec.fractional_unit or 1.0))
+    kind: Any = Backtest
+    extra: dict[str, Any] = {}
+    if spec.fractional_unit is not None:
+        kind, extra = FractionalBacktest, {"fractional_unit": spec.fractional_unit}
+    return kind(
         frame(bars),
         strategy,
         cash=spec.cash,
@@ -215,6 +219,7 @@ def backtest(bars: Bars, spec: BacktestSpec) -> Backtest:
         spread=spec.spread,
         margin=spec.margin,
         finalize_trades=True,
+        **extra,
     )
 
 

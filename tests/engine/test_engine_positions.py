@@ -54,6 +54,9 @@ MANAGED: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
         {"stop_loss_pct": 4.0, "take_profit_pct": 8.0, "trailing_stop_pct": 6.0, "max_bars": 4, "long_only": True},
     ),
     ("GOOG", "buy_and_hold", {}, {"trailing_stop_pct": 10.0, "size": 0.8}),
+    # Fractional units, as backtesting.py's FractionalBacktest: here in thousandths of a share.
+    ("GOOG", "sma_cross", {"fast": 10, "slow": 30}, {"fractional_unit": 0.001, "commission": 0.002}),
+    ("IBM", "momentum", {"lookback": 20, "threshold": 0.02}, {"fractional_unit": 1e-6, "stop_loss_pct": 8.0}),
 ]
 
 
@@ -290,3 +293,15 @@ def test_strategy_price_levels_fill_as_backtesting_py_brackets(catalog: Catalog)
     np.testing.assert_array_equal(sim.equity, stats["_equity_curve"]["Equity"].to_numpy())
     reasons = {t.exit_reason for t in sim.trades}
     assert {"stop", "target"} <= reasons
+
+
+def test_fractional_units_buy_fractions_of_a_share(catalog: Catalog) -> None:
+    spec = BacktestSpec(strategy="buy_and_hold", symbol="GOOG", fractional_unit=0.001)
+    detail = run_engine(catalog, spec).detail
+    whole = run_engine(catalog, msgspec.structs.replace(spec, fractional_unit=None)).detail
+    (size,), (entry,) = detail["trades"]["size"], detail["trades"]["entry_price"]
+    assert size != int(size) and abs(size * 1000 - round(size * 1000)) < 1e-6  # thousandths of a share
+    assert entry == pytest.approx(whole["trades"]["entry_price"][0], rel=1e-15)  # per share, as without
+    # All the cash is invested: less than a thousandth of a share's price is left over.
+    assert 10_000.0 - size * entry < entry / 1000 < 10_000.0 - whole["trades"]["size"][0] * entry
+    assert detail["equity_curve"]["position"][-2] == size
