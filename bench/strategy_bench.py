@@ -55,8 +55,9 @@ def registry(name: str) -> Any:
     return strategies()[name]
 
 
-def sweep(bars: Any, name: str) -> int:
+def sweep(bars: Any, name: str, **management: Any) -> int:
     grid, constraint = GRIDS[name]
+    grid = {**grid, **management}  # position management joins the grid (engines that have it)
     spec = BacktestSpec(strategy=name, symbol="GOOG", params=grid, constraint=constraint)  # type: ignore[arg-type]
     market, strategy, costs = Market.of(bars), registry(name), costs_of(spec)
     combos = list(admissible(strategy, spec.params, constraint, len(bars)))
@@ -71,6 +72,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=31)
     ap.add_argument("--sweep-repeat", type=int, default=9)
     ap.add_argument("--plugin", help="also time a sweep of this installed plugin strategy (see GRIDS)")
+    ap.add_argument(
+        "--managed", action="store_true", help="also time the sma_cross sweep with a 5%% stop and a 10%% target"
+    )
     args = ap.parse_args()
     bars = Catalog.from_env_dir(None).load("GOOG").prices(True)[0]
     sma = registry("sma_cross")
@@ -86,6 +90,10 @@ def main() -> None:
         m = sweep(bars, args.plugin)
         p = median_time(lambda: sweep(bars, args.plugin), args.sweep_repeat)
         line += f"; {args.plugin} sweep {m} combos {p * 1e3:.1f} ms ({p / m * 1e6:.0f} us/combo)"
+    if args.managed:
+        stops = {"stop_loss_pct": 5.0, "take_profit_pct": 10.0}
+        q = median_time(lambda: sweep(bars, "sma_cross", **stops), args.sweep_repeat)
+        line += f"; sma_cross sweep with stop and target {q * 1e3:.1f} ms ({q / n * 1e6:.0f} us/combo)"
     print(line, flush=True)
 
 
