@@ -105,7 +105,7 @@ def from_target(
     t = np.asarray(target, dtype=np.float64)
     bad = ~np.isnan(t) & ~np.isin(t, (-1.0, 0.0, 1.0))
     if bad.any():
-        raise ValueError(f"a target is -1, 0, 1 or NaN; bar {int(np.flatnonzero(bad)[0])} has {t[bad][0]!r}")
+        raise ValueError(f"a target is -1, 0, 1 or NaN; bar {int(np.flatnonzero(bad)[0])} has {float(t[bad][0])!r}")
     n = t.shape[0]
     out = []
     for state in (0, 1, -1):
