@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from api.metrics import consumer_groups, projector_lag
 from consumers.engine.metrics import OBJECTIVES
-from consumers.engine.strategies import STRATEGIES
+from consumers.engine.registry import strategies as installed_strategies
 from orchestrator.codec import decode_json, text
 from orchestrator.history import event_view
 from orchestrator.keys import WORKER_GROUP
@@ -384,7 +384,7 @@ async def task_page(request: Request) -> Response:
 
 def _strategy_fields() -> str:
     out = []
-    for name, strategy in STRATEGIES.items():
+    for name, strategy in installed_strategies().items():
         inputs = []
         for p in strategy.params:
             kind = "integer" if p.kind is int else "number"
@@ -403,6 +403,25 @@ def _strategy_fields() -> str:
     return "".join(out)
 
 
+# Position management in the form (STRATEGIES.md, "Position management"): name, label, hint.
+MANAGEMENT_INPUTS = (
+    ("size", "Size", "empty: all equity; (0, 1) a fraction; ≥ 1 units"),
+    ("margin", "Margin", "empty: 1; leverage is 1 / margin"),
+    ("stop_loss_pct", "Stop-loss %", "from the entry price"),
+    ("take_profit_pct", "Take-profit %", "from the entry price"),
+    ("trailing_stop_pct", "Trailing stop %", "below the close (long)"),
+    ("trailing_atr", "Trailing stop (ATRs)", "ATR over 100 bars"),
+    ("max_bars", "Max bars held", "then closed at the next open"),
+)
+
+
+def _management_fields() -> str:
+    return "".join(
+        _field(name, label, f'<input name="{name}" data-management placeholder="none">', f"{hint}; a list sweeps")
+        for name, label, hint in MANAGEMENT_INPUTS
+    )
+
+
 def _field(name: str, label: str, control: str, hint: str = "") -> str:
     return (
         f'<label data-field="{name}">{label} {control}'
@@ -412,7 +431,7 @@ def _field(name: str, label: str, control: str, hint: str = "") -> str:
 
 async def submit_page(request: Request) -> Response:
     datasets = await asyncio.to_thread(_ctx(request).catalog.datasets)  # reads user files: off the loop
-    strategies = "".join(f'<option value="{e(n)}">{e(n)}</option>' for n in STRATEGIES)
+    strategies = "".join(f'<option value="{e(n)}">{e(n)}</option>' for n in installed_strategies())
     symbols = "".join(
         f'<option value="{e(d.symbol)}" data-start="{d.start}" data-end="{d.end}">'
         f"{e(d.symbol)} ({d.start} to {d.end}, {d.rows} bars)</option>"
@@ -442,6 +461,7 @@ async def submit_page(request: Request) -> Response:
 {_field("spread", "Spread", f'<input name="spread" {number} value="0">', "relative, paid on entry")}
 {_field("slippage_bps", "Slippage (bps)", f'<input name="slippage_bps" {number} value="0">')}
 {_field("long_only", "Long only", '<input name="long_only" type="checkbox">')}
+{_management_fields()}
 {_field("objective", "Sweep objective", f'<select name="objective">{objectives}</select>', "sweeps only")}
 {_field("constraint", "Sweep constraint", '<input name="constraint" placeholder="fast < slow">', "sweeps only")}
 </div></div>
@@ -459,6 +479,7 @@ async def workers_page(request: Request) -> Response:
     position = await ctx.projection.position()
     lag, lag_s = await projector_lag(ctx.store.redis, keys.events, position)
     dead = await ctx.store.redis.xlen(keys.dead_letters)
+    can_run = {text(k): text(v) for k, v in (await ctx.store.redis.hgetall(keys.worker_strategies)).items()}
     by_worker: dict[str, list[Any]] = {}
     for t in running:
         by_worker.setdefault(t.worker or "?", []).append(t)
@@ -484,14 +505,15 @@ async def workers_page(request: Request) -> Response:
         consumer_rows.append(
             f'<tr class="{"alive" if alive else "silent"}"><td>{e(name)}</td>'
             f'<td><span class="badge {"running" if alive else "failed"}">{"alive" if alive else "silent"}</span></td>'
-            f"<td>{c['pending']}</td><td>{beat}</td><td>{tasks or 'idle'}</td></tr>"
+            f"<td>{c['pending']}</td><td>{beat}</td><td>{tasks or 'idle'}</td>"
+            f'<td class="strategies">{e(", ".join(json.loads(can_run[name])) if name in can_run else "?")}</td></tr>'
         )
     body = f"""
 <section><h1>Workers</h1>
 <p>A worker is <em>alive</em> while its own heartbeat, sent on a timer whether it is busy or
 idle, is younger than the lease ({lease / 1000:g} s).</p>
 <table id="consumers"><thead><tr><th>worker</th><th>state</th><th>pending</th><th>last heartbeat</th>
-<th>running</th></tr>
+<th>running</th><th>strategies</th></tr>
 </thead><tbody>{"".join(consumer_rows)}</tbody></table>
 <h2>Consumer groups on {e(keys.work)}</h2>
 <table id="groups"><thead><tr><th>group</th><th>consumers</th><th>pending</th><th>lag</th><th>last delivered</th>

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import structlog
@@ -50,6 +52,7 @@ class Worker:
         *,
         name: str,
         concurrency: int = 1,
+        strategies: Sequence[str] = (),
     ) -> None:
         self.store = store
         self.reader = reader  # a client without a socket timeout, for blocking reads
@@ -57,6 +60,7 @@ class Worker:
         self.settings = settings
         self.name = name
         self.concurrency = concurrency
+        self.strategies = list(strategies)  # what this worker can run, shown on the workers page
         self._running: dict[asyncio.Task[str], Execution] = {}
         # The tasks holding a slot: a task gives its slot up once it has computed, so the next
         # one is read and claimed while the outcome is being stored (their round trips overlap).
@@ -91,6 +95,8 @@ class Worker:
 
     async def _run(self, burst: bool) -> None:
         await self._with_reconnect(self.store.ensure_group, "creating the group")
+        if self.strategies:
+            await self._with_reconnect(self._publish_strategies, "publishing the strategies")
         # A worker restarted under the same name first takes back what it held before.
         backlog = await self._with_reconnect(self._own_pending, "reading own pending work")
         while not self._stopping.is_set():
@@ -108,7 +114,14 @@ class Worker:
             for item in items:
                 self._start(item)
         await self._drain()
+        if self.strategies:
+            await self._with_reconnect(
+                lambda: self.store.redis.hdel(self.store.keys.worker_strategies, self.name), "removing the strategies"
+            )
         log.info("worker.stopped", worker=self.name, outcomes=self.outcomes)
+
+    async def _publish_strategies(self) -> None:
+        await self.store.redis.hset(self.store.keys.worker_strategies, self.name, json.dumps(self.strategies))
 
     async def _next_items(self, free: int, burst: bool) -> list[Item]:
         now = time.monotonic()

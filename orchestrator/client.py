@@ -266,6 +266,19 @@ def _params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
+# Position management (STRATEGIES.md, "Position management"): request fields, each a number or a
+# comma-separated list to sweep.
+MANAGEMENT = {
+    "size": "order size: a fraction of equity in (0, 1), or whole units (default: all equity)",
+    "margin": "margin in (0, 1]: leverage 1/margin",
+    "stop_loss_pct": "stop-loss, percent from the entry price",
+    "take_profit_pct": "take-profit, percent from the entry price",
+    "trailing_stop_pct": "a stop trailing the close by this percent",
+    "trailing_atr": "a stop trailing the close by this many ATRs",
+    "max_bars": "close a trade after this many bars",
+}
+
+
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {"strategy": args.strategy, "symbol": args.symbol, "params": _params(args.param)}
     for name in (
@@ -279,9 +292,20 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
         "objective",
         "constraint",
         "timeout_s",
+        "fractional_unit",
     ):
         if getattr(args, name) is not None:
             spec[name] = getattr(args, name)
+    for name in MANAGEMENT:
+        value = getattr(args, name)
+        if value is not None:
+            try:
+                numbers = [_number(v) for v in value.split(",")]
+            except ValueError:
+                raise ClientError(
+                    f"--{name.replace('_', '-')} {value!r}: expected a number or V1,V2,… (a sweep)"
+                ) from None
+            spec[name] = numbers if "," in value else numbers[0]
     if args.long_only:
         spec["long_only"] = True
     if args.unadjusted:
@@ -403,6 +427,23 @@ def _tail(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _strategies(args: argparse.Namespace, settings: Settings) -> int:
+    reply = _api(args, settings).call("GET", "/api/strategies")
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return 0
+    rows = []
+    for s in reply["strategies"]:
+        rows.append([s["name"], "", "", "", s["summary"]])
+        for p in s["params"]:
+            bounds = f"{fmt(p['minimum'])}..{fmt(p['maximum'])}"
+            rows.append(["", p["name"], f"{p['type']} {bounds}", fmt(p["default"]), p["description"]])
+    print(table(rows, ["strategy", "param", "type", "default", "description"]))
+    for f in reply.get("load_failures", []):
+        print(f"not loaded: {f['entry_point']}: {f['error']}", file=sys.stderr)
+    return 0
+
+
 def _guarded(run: Any) -> Any:
     def guarded(args: argparse.Namespace, settings: Settings) -> int:
         try:
@@ -420,7 +461,7 @@ def register(sub: Any) -> None:
     common.add_argument("--token", help="a bearer token (default: BACKSTREAM_TOKEN)")
 
     submit = sub.add_parser("submit", parents=[common], help="submit a backtest through the API")
-    submit.add_argument("strategy", help="e.g. sma_cross, momentum, bollinger, rsi, buy_and_hold")
+    submit.add_argument("strategy", help="e.g. sma_cross, or any installed plugin (`backstream strategies`)")
     submit.add_argument("symbol", help="e.g. AAPL (GET /api/datasets lists them)")
     submit.add_argument(
         "-p",
@@ -441,6 +482,9 @@ def register(sub: Any) -> None:
     submit.add_argument(
         "--unadjusted", action="store_true", help="raw prices, not split- and dividend-adjusted (the default)"
     )
+    submit.add_argument("--fractional-unit", type=float, help="trade multiples of this fraction of a unit (1e-8)")
+    for name, meaning in MANAGEMENT.items():
+        submit.add_argument(f"--{name.replace('_', '-')}", metavar="V[,V2,…]", help=f"{meaning}; a list sweeps")
     submit.add_argument("--objective", help="sweeps: the metric to maximise (default sqn)")
     submit.add_argument("--constraint", help='sweeps: e.g. "fast < slow"')
     submit.add_argument("--timeout-s", type=float, help="a time limit for this task")
@@ -451,6 +495,10 @@ def register(sub: Any) -> None:
         help="show a progress bar until the task ends, then its metrics; exit 1 unless completed",
     )
     submit.set_defaults(run=_guarded(_submit))
+
+    strategies = sub.add_parser("strategies", parents=[common], help="the strategies the API accepts, with parameters")
+    strategies.add_argument("--json", action="store_true")
+    strategies.set_defaults(run=_guarded(_strategies))
 
     status = sub.add_parser("status", parents=[common], help="a task's status, progress and metrics")
     status.add_argument("task_id")

@@ -55,6 +55,13 @@ class Keys(msgspec.Struct, frozen=True):
     def dead_letters(self) -> str:
         return f"{self.prefix}:dead"
 
+    # The strategies each worker can run: a hash of worker name -> JSON list of names, written
+    # when a worker starts and removed when it stops cleanly, read by the workers page. One
+    # field per worker name, so it stays as small as the set of names in use.
+    @property
+    def worker_strategies(self) -> str:
+        return f"{self.prefix}:workers:strategies"
+
     # The write model of a task: the few fields the command scripts check (status, attempt,
     # seq, owner). Kept for the task's lifetime.
     def control(self, task_id: str) -> str:

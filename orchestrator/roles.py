@@ -40,6 +40,7 @@ def _on_signals(stop: Callable[[], None]) -> None:
 
 
 def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, concurrency: int) -> Any:
+    from consumers.engine.registry import strategies
     from consumers.engine.runner import start_run
     from consumers.worker import Worker
 
@@ -51,6 +52,7 @@ def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, con
         settings,
         name=name,
         concurrency=concurrency,
+        strategies=list(strategies()),
     )
 
 

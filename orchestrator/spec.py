@@ -40,7 +40,45 @@ class BacktestSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     timeout_s: float | None = None
     # Split- and dividend-adjusted prices (from the data's Adj Close column, when it has one).
     adjusted: bool = True
+    # Position management (STRATEGIES.md, "Position management"); each may be a list to sweep.
+    # Order size as backtesting.py's: unset all equity; in (0, 1) that fraction; >= 1 whole units.
+    size: float | list[float] | None = None
+    # backtesting.py's margin: the fraction of a position's value put up (leverage 1 / margin).
+    margin: float | list[float] = 1.0
+    # Stop-loss and take-profit, in percent of the entry price, on the losing and winning side.
+    stop_loss_pct: float | list[float] | None = None
+    take_profit_pct: float | list[float] | None = None
+    # A stop trailing each close by this percent, or by this many ATRs (100 bars, TrailingStrategy's).
+    trailing_stop_pct: float | list[float] | None = None
+    trailing_atr: float | list[float] | None = None
+    # A trade is closed at the next open once it has been held this many bars.
+    max_bars: int | list[int] | None = None
+    # Trade in multiples of this fraction of a unit (e.g. 1e-8: a satoshi), as backtesting.py's
+    # lib.FractionalBacktest; unset: whole units.
+    fractional_unit: float | None = None
+
+    @property
+    def management(self) -> dict[str, float | list[float] | int | list[int]]:
+        """The position-management fields that are set (margin only when not 1), by name."""
+        out: dict[str, float | list[float] | int | list[int]] = {}
+        for name in MANAGEMENT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not (name == "margin" and value == 1.0):
+                out[name] = value
+        return out
 
     @property
     def is_sweep(self) -> bool:
-        return any(isinstance(v, list) for v in self.params.values())
+        return any(isinstance(v, list) for v in (*self.params.values(), *self.management.values()))
+
+
+# The fields of position management, in the order a sweep's grid takes them (after `params`).
+MANAGEMENT_FIELDS = (
+    "size",
+    "margin",
+    "stop_loss_pct",
+    "take_profit_pct",
+    "trailing_stop_pct",
+    "trailing_atr",
+    "max_bars",
+)

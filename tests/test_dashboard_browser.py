@@ -262,3 +262,24 @@ def test_signed_in_dashboard_acts_and_a_page_on_another_port_cannot(
     httpx.delete(f"{server}/api/backtests/tasks/{victim}", headers=alice, timeout=5)
     context.close()
     assert errors == []
+
+
+def test_the_form_sends_position_management(server: str, browser: Any) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{server}/submit")
+    page.select_option("select[name=strategy]", "sma_cross")
+    page.select_option("select[name=symbol]", "GOOG")
+    page.fill("input[name='param:fast']", "10")
+    page.fill("input[name='param:slow']", "30")
+    page.fill("input[name=stop_loss_pct]", "0")  # refused next to its field
+    page.click("#submit-button")
+    page.wait_for_selector("label.invalid .error:not(:empty)")
+    assert page.get_attribute("label.invalid", "data-field") == "stop_loss_pct"
+    page.fill("input[name=stop_loss_pct]", "2,4")  # a sweep over the stop
+    page.fill("input[name=take_profit_pct]", "6")
+    page.click("#submit-button")
+    page.wait_for_url(f"{server}/tasks/*")
+    task = httpx.get(f"{server}/api/backtests/tasks/{page.url.rsplit('/', 1)[1]}", timeout=5).json()
+    assert task["spec"]["stop_loss_pct"] == [2.0, 4.0] and task["spec"]["take_profit_pct"] == 6.0
+    assert "size" not in task["spec"]  # an empty field is not sent

@@ -223,6 +223,10 @@ function submitPage() {
       const raw = form.elements[name].value;
       if (raw !== "") spec[name] = Number.isFinite(Number(raw)) ? Number(raw) : raw;
     }
+    // Position management: optional, a number or a comma-separated list to sweep.
+    form.querySelectorAll("input[data-management]").forEach((input) => {
+      if (input.value.trim() !== "") spec[input.name] = numberOrList(input.value);
+    });
     spec.long_only = form.elements.long_only.checked;
     spec.objective = form.elements.objective.value;
     const reply = await fetch("/api/backtests", {

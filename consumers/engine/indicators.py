@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -236,17 +237,47 @@ def robust_sign(pair: Callable[[bool], tuple[FloatArray, FloatArray]]) -> SignAr
 
 
 class IndicatorCache:
-    """Indicators of one price series, computed once per window and shared across a sweep."""
+    """The bars of one run and their indicators, each computed once and shared across a sweep.
 
-    def __init__(self, close: FloatArray, exact_bars_per_call: int | None = None) -> None:
+    `open`, `high`, `low`, `close`, `volume`: float64 arrays, one value per bar, oldest first
+    (only `close` is required; the others default to it, volume to zeros). Strategies read them
+    and ask for indicators here: `mean`, `std`, `momentum`, or any array of their own through
+    `memo(key, compute)`.
+    """
+
+    def __init__(
+        self,
+        close: FloatArray,
+        *,
+        open: FloatArray | None = None,  # noqa: A002  (the bar's field name)
+        high: FloatArray | None = None,
+        low: FloatArray | None = None,
+        volume: FloatArray | None = None,
+        exact_bars_per_call: int | None = None,
+    ) -> None:
         self.close = close
         # At most this many bars of an exact replay per call of `mean(exact=True)`, which raises
         # IndicatorUnfinished until the replay is done (None: no bound).
         self.exact_bars_per_call = exact_bars_per_call
         self._replays: dict[tuple[str, int, bool], ExactMean] = {}
+        self.open = close if open is None else open
+        self.high = close if high is None else high
+        self.low = close if low is None else low
+        self.volume = np.zeros_like(close) if volume is None else volume
         self._means: dict[tuple[str, int, bool], FloatArray] = {}
         self._misc: dict[tuple[str, int], FloatArray] = {}
         self._gl: tuple[FloatArray, FloatArray] | None = None
+        self._memo: dict[Hashable, Any] = {}
+
+    def memo(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """`compute()`'s value, computed on the first call with this `key` and kept for the run:
+        a plugin's own indicators, shared across the combinations of a sweep. Make the key
+        name the indicator and every parameter it depends on, e.g. ("donchian_high", 20)."""
+        try:
+            return self._memo[key]
+        except KeyError:
+            got = self._memo[key] = compute()
+            return got
 
     def _series(self, name: str) -> FloatArray:
         if name == "close":

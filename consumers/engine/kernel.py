@@ -13,15 +13,15 @@ import sys
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from consumers.engine.errors import RepresentationError
+from consumers.engine.interface import FLAT, Signals
 from consumers.engine.limits import MAX_UNITS
-from consumers.engine.strategies import FLAT, Signals
 
 # backtesting.py sizes "all equity" orders as this fraction, so the floor division below sees
 # the same operands as its broker.
@@ -41,7 +41,8 @@ class Costs(msgspec.Struct, frozen=True):
 
 
 class Trade(msgspec.Struct, frozen=True, array_like=True):
-    """A closed trade. `commission` covers entry and exit; prices include spread and slippage."""
+    """A closed trade. `commission` covers entry and exit; prices include spread and slippage.
+    `exit_reason`: one of EXIT_REASONS (see STRATEGIES.md, "Position management")."""
 
     size: int
     entry_bar: int
@@ -49,6 +50,12 @@ class Trade(msgspec.Struct, frozen=True, array_like=True):
     entry_price: float
     exit_price: float
     commission: float
+    exit_reason: str = "signal"
+
+
+# Why a trade closed: the strategy's decision, its stop-loss, its take-profit, its trailing stop,
+# its maximum holding period, or the end of the data (or of the money: the stop-out).
+EXIT_REASONS = ("signal", "stop", "target", "trailing", "time", "end")
 
 
 class TradeColumns(NamedTuple):
@@ -106,6 +113,11 @@ class KernelState(msgspec.Struct):
     segments: list[Segment] = []
     last_action: int | None = None  # decision taken on the last bar, filled by the final settlement
     done: bool = False
+    # The open trade's stop-loss and take-profit levels (None: none), and whether the stop was
+    # last moved by the trailing rule (position management only; see `managed.py`).
+    sl: float | None = None
+    tp: float | None = None
+    trailed: bool = False
 
 
 def initial_state(cash: float, start: int) -> KernelState:
@@ -120,11 +132,11 @@ class _Account:
     entry_bar: int
 
 
-def _close(acc: _Account, price: float, bar: int, costs: Costs, trades: list[Trade]) -> None:
+def _close(acc: _Account, price: float, bar: int, costs: Costs, trades: list[Trade], reason: str = "signal") -> None:
     size, entry = acc.size, acc.entry_price
     fee = costs.fee(size, price)
     acc.cash += size * (price - entry) - fee
-    trades.append(Trade(size, acc.entry_bar, bar, entry, price, fee + costs.fee(size, entry)))
+    trades.append(Trade(size, acc.entry_bar, bar, entry, price, fee + costs.fee(size, entry), reason))
     acc.size, acc.entry_price, acc.entry_bar = 0, 0.0, -1
 
 
@@ -132,26 +144,40 @@ def _exit_price(size: int, open_: float, costs: Costs) -> float:
     return open_ * (1.0 - costs.slippage) if size > 0 else open_ * (1.0 + costs.slippage)
 
 
-def _enter(acc: _Account, direction: int, open_: float, bar: int, costs: Costs) -> None:
-    """Open a trade with all available equity, or do nothing if not even one unit is affordable."""
+def _enter(
+    acc: _Account,
+    direction: int,
+    open_: float,
+    bar: int,
+    costs: Costs,
+    size: float | None = None,
+    leverage: float = 1.0,
+) -> bool:
+    """Open a trade at this open, or do nothing if the order is not affordable; whether it opened.
+
+    `size` as backtesting.py's `buy(size=)`: None for all available equity (its 1 - ε), a
+    fraction in (0, 1) of the available margin times `leverage`, or a whole number of units.
+    """
+    frac = FULL_EQUITY if size is None else size
     price = open_ * (1.0 + direction * costs.slippage)
     adjusted = price * (1 + (costs.spread if direction > 0 else -costs.spread))
-    with_fee = adjusted + (costs.commission_fixed + FULL_EQUITY * price * costs.commission) / FULL_EQUITY
+    with_fee = adjusted + (costs.commission_fixed + frac * price * costs.commission) / frac
     # No trade is open here, so equity is cash and all of it is available as margin.
     margin = max(0, acc.cash + 0.0)
     if margin == math.inf:
         raise RepresentationError(f"equity at bar {bar} is beyond float64 (over 1.8e308): prices too far apart")
-    units = int((margin * 1.0 * FULL_EQUITY) // with_fee)
-    if not units or units * with_fee > margin * 1.0:
-        return  # the broker cancels the order: not enough cash for one unit
+    units = int((margin * leverage * frac) // with_fee) if frac < 1 else int(frac)
+    if not units or units * with_fee > margin * leverage:
+        return False  # the broker cancels the order: not enough cash for one unit
     if units > MAX_UNITS:
         raise RepresentationError(
             f"an order at bar {bar} would hold {units:.3g} units (equity {margin:.6g} at {adjusted:.6g} a unit), "
             f"more than the engine represents exactly (2^53 = {MAX_UNITS:.3g}); use less cash or prices further from 0"
         )
-    size = units * direction
-    acc.cash -= costs.fee(size, adjusted)
-    acc.size, acc.entry_price, acc.entry_bar = size, adjusted, bar
+    signed = units * direction
+    acc.cash -= costs.fee(signed, adjusted)
+    acc.size, acc.entry_price, acc.entry_bar = signed, adjusted, bar
+    return True
 
 
 def advance(state: KernelState, sig: Signals, open_: list[float], n: int, costs: Costs, max_events: int) -> None:
@@ -208,7 +234,21 @@ def _expand(segments: list[Segment], close: FloatArray) -> tuple[FloatArray, npt
     return cash + (close * size - size * entry), size_i
 
 
-def settle(state: KernelState, open_: FloatArray, close: FloatArray, start: int, costs: Costs) -> Simulation:
+class LastBar(Protocol):
+    """Position management's part in the final settlement (see `managed.Manager`)."""
+
+    @property
+    def size(self) -> float | None: ...
+
+    @property
+    def leverage(self) -> float: ...
+
+    def after_entry(self, acc: _Account, bar: int, costs: Costs, trades: list[Trade]) -> None: ...
+
+
+def settle(
+    state: KernelState, open_: FloatArray, close: FloatArray, start: int, costs: Costs, pm: LastBar | None = None
+) -> Simulation:
     """Rebuild equity, apply the stop-out where equity first reaches zero, and close at the end."""
     n = close.shape[0]
     equity, position = _expand(state.segments, close)
@@ -221,7 +261,7 @@ def settle(state: KernelState, open_: FloatArray, close: FloatArray, start: int,
         if seg.size:
             # Every fill closes the open trade first, so a trade lives in exactly one segment.
             acc = _Account(seg.cash, seg.size, seg.entry_price, seg.bar)
-            _close(acc, _exit_price(seg.size, float(close[k]), costs), k, costs, trades)
+            _close(acc, _exit_price(seg.size, float(close[k]), costs), k, costs, trades, "end")
         equity[k:] = 0.0
         position[k:] = 0
         return Simulation(trades, equity, position, k)
@@ -231,15 +271,18 @@ def settle(state: KernelState, open_: FloatArray, close: FloatArray, start: int,
     acc = _Account(state.cash, state.size, state.entry_price, state.entry_bar)
     last = n - 1
     if acc.size:
-        _close(acc, _exit_price(acc.size, float(open_[last]), costs), last, costs, trades)
+        _close(acc, _exit_price(acc.size, float(open_[last]), costs), last, costs, trades, "end")
     if state.last_action is not None and state.last_action != FLAT:
-        _enter(acc, state.last_action, float(open_[last]), last, costs)
+        if pm is None:
+            _enter(acc, state.last_action, float(open_[last]), last, costs)
+        elif _enter(acc, state.last_action, float(open_[last]), last, costs, pm.size, pm.leverage):
+            pm.after_entry(acc, last, costs, trades)
     size_f = float(acc.size)
     equity[last] = acc.cash + (float(close[last]) * size_f - size_f * acc.entry_price)
     position[last] = acc.size
     if equity[last] <= 0:
         if acc.size:
-            _close(acc, _exit_price(acc.size, float(close[last]), costs), last, costs, trades)
+            _close(acc, _exit_price(acc.size, float(close[last]), costs), last, costs, trades, "end")
         equity[last] = 0.0
         position[last] = 0
         return Simulation(trades, equity, position, last)

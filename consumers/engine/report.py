@@ -60,6 +60,7 @@ def trades_table(bars: Bars, sim: Simulation) -> dict[str, list[Any]]:
         "commission": _floats(c.commission),
         "return_pct": _floats(c.returns * 100),
         "duration_days": (days[c.exit_bar] - days[c.entry_bar]).astype(np.int64).tolist(),
+        "exit_reason": [t.exit_reason for t in sim.trades],
     }
 
 
@@ -76,6 +77,8 @@ def backtest_detail(
     are columnar (a list per field, aligned by index)."""
     with np.errstate(all="ignore"):
         drawdown = -(1 - sim.equity / np.maximum.accumulate(sim.equity)) * 100
+        value = sim.position * bars.close
+        exposure = np.where(sim.equity > 0, value / sim.equity, 0.0)
     return {
         "kind": "backtest",
         "strategy": strategy,
@@ -87,6 +90,9 @@ def backtest_detail(
             "equity": _floats(sim.equity),
             "drawdown_pct": _floats(drawdown + 0.0),
             "position": sim.position.tolist(),
+            # The position's market value (units x Close) and its exposure (value / equity).
+            "position_value": _floats(value),
+            "exposure": _floats(exposure),
         },
         "trades": trades if trades is not None else trades_table(bars, sim),
         "bankrupt_at": None if sim.bankrupt_bar is None else str(bars.dates[sim.bankrupt_bar]),

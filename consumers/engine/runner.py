@@ -14,13 +14,15 @@ from consumers.engine import kernel, sweep
 from consumers.engine.datasets import Bars, Catalog, DataProvenance, NotAdjustedReason
 from consumers.engine.errors import CheckpointError, EngineError, SpecError
 from consumers.engine.indicators import IndicatorCache, IndicatorUnfinished
+from consumers.engine.interface import Registered, Signals, to_signals
 from consumers.engine.kernel import Costs, KernelState, Simulation
+from consumers.engine.managed import ATR_PERIODS, Management, Manager, advance_managed, atr
 from consumers.engine.metrics import compute_metrics
+from consumers.engine.registry import strategies
 from consumers.engine.report import backtest_detail, headline, json_safe, sweep_detail, trades_table
-from consumers.engine.strategies import STRATEGIES, Signals, StrategyDef
 from consumers.engine.sweep import SweepRow
 from consumers.engine.validation import check_spec
-from orchestrator.spec import BacktestSpec
+from orchestrator.spec import MANAGEMENT_FIELDS, BacktestSpec
 
 # Decisions per kernel chunk between clock checks: ~1 µs each, so a check every ~0.1 ms.
 EVENTS_PER_CHUNK = 128
@@ -57,10 +59,59 @@ class Market:
     provenance: DataProvenance
 
     @classmethod
-    def of(cls, bars: Bars, not_adjusted_reason: NotAdjustedReason | None = None) -> Market:
+    def of(
+        cls, bars: Bars, not_adjusted_reason: NotAdjustedReason | None = None, provenance: DataProvenance | None = None
+    ) -> Market:
         """The market of `bars` (a range of one symbol's prices, from `Bars.prices`)."""
-        indicators = IndicatorCache(bars.close, EXACT_BARS_PER_STEP)
-        return cls(bars, indicators, bars.open.tolist(), bars.provenance(not_adjusted_reason))
+        cache = IndicatorCache(
+            bars.close,
+            open=bars.open,
+            high=bars.high,
+            low=bars.low,
+            volume=bars.volume,
+            exact_bars_per_call=EXACT_BARS_PER_STEP,
+        )
+        return cls(bars, cache, bars.open.tolist(), provenance or bars.provenance(not_adjusted_reason))
+
+    def manager(self, m: Management) -> Manager:
+        """Position management over these bars (the lists and the ATR made once per market)."""
+        lists = self.indicators.memo(
+            ("engine:bar-lists",), lambda: (self.bars.high.tolist(), self.bars.low.tolist(), self.bars.close.tolist())
+        )
+        atr_list = None
+        if m.trailing_atr is not None:
+            b = self.bars
+            atr_list = self.indicators.memo(("engine:atr", ATR_PERIODS), lambda: atr(b.high, b.low, b.close).tolist())
+        high, low, close = lists
+        return Manager(m, self.open_list, high, low, close, atr_list)
+
+
+def scaled(bars: Bars, unit: float) -> Bars:
+    """`bars` priced per `unit` of the asset: Open, High, Low, Close x unit, Volume / unit
+    (backtesting.py's FractionalBacktest, operation for operation)."""
+    return Bars(
+        bars.symbol,
+        bars.source,
+        bars.dates,
+        bars.open * unit,
+        bars.high * unit,
+        bars.low * unit,
+        bars.close * unit,
+        bars.volume / unit,
+        None,
+        bars.adjusted,
+    )
+
+
+def in_units(detail: dict[str, Any], unit: float) -> None:
+    """A fractional run's detail back in units of the asset: trade sizes and positions x unit,
+    trade prices / unit; money (pnl, commission, equity, position value) is unchanged."""
+    trades = detail["trades"]
+    trades["size"] = [s * unit for s in trades["size"]]
+    for col in ("entry_price", "exit_price"):
+        trades[col] = [None if p is None else p / unit for p in trades[col]]
+    curve = detail["equity_curve"]
+    curve["position"] = [p * unit for p in curve["position"]]
 
 
 def costs_of(spec: BacktestSpec) -> Costs:
@@ -75,8 +126,9 @@ def fingerprint(spec: BacktestSpec, bars: Bars) -> str:
     return h.hexdigest()[:32]
 
 
-def signals_for(market: Market, strategy: StrategyDef, params: Mapping[str, Any], long_only: bool) -> Signals:
-    return strategy.build(market.indicators, params, strategy.warmup(params) + 1, long_only)
+def signals_for(market: Market, strategy: Registered, params: Mapping[str, Any], long_only: bool) -> Signals:
+    """The strategy's decisions after its warm-up, in the kernel's form."""
+    return to_signals(strategy.decide(market.indicators, params, long_only), strategy.warmup(params) + 1)
 
 
 class Job:
@@ -85,7 +137,7 @@ class Job:
     def __init__(
         self,
         market: Market,
-        strategy: StrategyDef,
+        strategy: Registered,
         params: Mapping[str, Any],
         costs: Costs,
         long_only: bool,
@@ -96,6 +148,8 @@ class Job:
         self.costs, self.long_only = costs, long_only
         self.warmup = strategy.warmup(params)
         self.state = state if state is not None else kernel.initial_state(cash, self.warmup + 1)
+        management = Management(**{k: params[k] for k in MANAGEMENT_FIELDS if k in params})
+        self.manager = market.manager(management) if management.active else None
         self.signals: Signals | None = None
         self.sim: Simulation | None = None
         self.metrics: dict[str, object] | None = None
@@ -113,15 +167,22 @@ class Job:
                     self.signals = signals_for(self.market, self.strategy, self.params, self.long_only)
                 except IndicatorUnfinished:
                     return  # a bounded part of an exact replay is done; the next step goes on
-            kernel.advance(self.state, self.signals, self.market.open_list, len(bars), self.costs, max_events)
+                if self.manager is None and (self.signals.stop is not None or self.signals.target is not None):
+                    self.manager = self.market.manager(Management())  # the strategy's own levels
+                if self.manager is not None:
+                    self.manager.signals = self.signals
+            if self.manager is None:
+                kernel.advance(self.state, self.signals, self.market.open_list, len(bars), self.costs, max_events)
+            else:
+                advance_managed(self.state, self.signals, self.manager, self.costs, max_events)
         elif self.sim is None:
-            self.sim = kernel.settle(self.state, bars.open, bars.close, self.warmup + 1, self.costs)
+            self.sim = kernel.settle(self.state, bars.open, bars.close, self.warmup + 1, self.costs, self.manager)
         else:
             self.metrics = compute_metrics(bars.dates, bars.close, self.sim.equity, self.sim.trades, self.warmup)
 
 
 def run_once(
-    market: Market, strategy: StrategyDef, params: Mapping[str, Any], costs: Costs, long_only: bool, cash: float
+    market: Market, strategy: Registered, params: Mapping[str, Any], costs: Costs, long_only: bool, cash: float
 ) -> tuple[Simulation, dict[str, object]]:
     """One complete backtest without pauses."""
     job = Job(market, strategy, params, costs, long_only, cash)
@@ -136,21 +197,27 @@ class BacktestRun:
     checks for a cancel and may save `checkpoint()`."""
 
     def __init__(self, spec: BacktestSpec, catalog: Catalog, checkpoint: Checkpoint | None = None) -> None:
-        errors = check_spec(spec, catalog)
+        known = strategies()
+        strategy = known.require(spec.strategy)  # before validation: a missing plugin is not a bad request
+        errors = check_spec(spec, catalog, known)
         if errors:
             raise SpecError("; ".join(f"{e.field}: {e.message}" for e in errors), list(errors))
         bars, not_adjusted = catalog.load(spec.symbol).prices(spec.adjusted)
         bars = bars.between(spec.start, spec.end)
         bars.day_strings  # made once per dataset, here rather than inside a chunk of the run  # noqa: B018
         self.spec = spec
-        self.strategy = STRATEGIES[spec.strategy]
+        self.strategy = strategy
+        self.unit = spec.fractional_unit
         self.market = Market.of(bars, not_adjusted)
+        if self.unit is not None:
+            # backtesting.py's FractionalBacktest: trade whole multiples of `unit` on prices x unit,
+            # then show sizes x unit and prices / unit (see STRATEGIES.md, "Fractional units").
+            self.market = Market.of(scaled(bars, self.unit), provenance=self.market.provenance)
         self.costs = costs_of(spec)
         self.fingerprint = fingerprint(spec, bars)
+        params = {**strategy.with_defaults(spec.params), **spec.management}
         self.combinations = (
-            list(sweep.admissible(self.strategy, spec.params, spec.constraint, len(bars)))
-            if spec.is_sweep
-            else [dict(spec.params)]
+            list(sweep.admissible(self.strategy, params, spec.constraint, len(bars))) if spec.is_sweep else [params]
         )
         self.rows: list[SweepRow] = []
         self._job: Job | None = None
@@ -250,6 +317,8 @@ class BacktestRun:
         detail = backtest_detail(
             self.market.bars, job.sim, job.metrics, self.spec.strategy, job.params, trades=self._trades
         )
+        if self.unit is not None:
+            in_units(detail, self.unit)
         data = self._data()
         return Outcome({"metrics": headline(detail["metrics"]), "data": data}, {**detail, "data": data})
 
@@ -258,8 +327,11 @@ class BacktestRun:
         best_detail = backtest_detail(
             self.market.bars, best.sim, best.metrics, self.spec.strategy, best.params, trades=self._trades
         )
+        if self.unit is not None:
+            in_units(best_detail, self.unit)
         table = sweep.ranked(self.rows)
-        detail = sweep_detail(table, self.spec.objective, sweep.grid_size(self.spec.params), best_detail)
+        grid = sweep.grid_size({**self.spec.params, **self.spec.management})
+        detail = sweep_detail(table, self.spec.objective, grid, best_detail)
         data = self._data()
         summary = {
             "metrics": headline(best_detail["metrics"]),

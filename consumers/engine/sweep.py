@@ -10,7 +10,8 @@ from typing import Any
 import msgspec
 
 from consumers.engine.constraints import Constraint
-from consumers.engine.strategies import StrategyDef, min_bars
+from consumers.engine.interface import Registered
+from consumers.engine.strategies import min_bars
 
 MAX_COMBINATIONS = 10_000
 # Metrics kept for every row of the sweep table, besides the objective.
@@ -51,7 +52,7 @@ def grid(params: Mapping[str, Any]) -> Iterator[Combination]:
 
 
 def admissible(
-    strategy: StrategyDef, params: Mapping[str, Any], constraint: str | None, n_bars: int
+    strategy: Registered, params: Mapping[str, Any], constraint: str | None, n_bars: int
 ) -> Iterator[Combination]:
     """Combinations that pass the constraint, the strategy's rules and have enough bars, in grid
     order. Lazy: whether there is any at all is known at the first one."""

@@ -10,9 +10,11 @@ import msgspec
 from consumers.engine.constraints import Constraint, ConstraintError
 from consumers.engine.datasets import Bars, Catalog
 from consumers.engine.errors import DatasetError, DataUnavailable, InvalidSymbolError, UnknownSymbolError
+from consumers.engine.interface import ParamDef, Registered
 from consumers.engine.limits import MAX_MONEY, MAX_UNITS, lowest_fill_price
 from consumers.engine.metrics import OBJECTIVES
-from consumers.engine.strategies import STRATEGIES, StrategyDef, min_bars
+from consumers.engine.registry import Registry, strategies
+from consumers.engine.strategies import min_bars
 from consumers.engine.sweep import MAX_COMBINATIONS, admissible, grid_size
 from orchestrator.spec import BacktestSpec
 
@@ -65,7 +67,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else f"{text[:12]}... ({len(text)} characters)"
 
 
-def _value_error(strategy: StrategyDef, name: str, value: Any) -> str | None:
+def _value_error(strategy: Registered, name: str, value: Any) -> str | None:
     pdef = next(p for p in strategy.params if p.name == name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"must be a number, got {value!r}"
@@ -73,12 +75,22 @@ def _value_error(strategy: StrategyDef, name: str, value: Any) -> str | None:
         return f"must be an integer, got {value!r}"
     if not _finite(value):
         return f"must be finite, got {_shown(value)}"
-    if not pdef.minimum <= value <= pdef.maximum:
-        return f"must be between {pdef.minimum:g} and {pdef.maximum:g}, got {value:g}"
+    low_ok = value > pdef.minimum if pdef.min_exclusive else value >= pdef.minimum
+    high_ok = value < pdef.maximum if pdef.max_exclusive else value <= pdef.maximum
+    if not (low_ok and high_ok):
+        return f"must be {_range(pdef)}, got {value:g}"
     return None
 
 
-def _param_errors(spec: BacktestSpec, strategy: StrategyDef) -> list[FieldError]:
+def _range(p: ParamDef) -> str:
+    if not p.min_exclusive and not p.max_exclusive:
+        return f"between {p.minimum:g} and {p.maximum:g}"
+    low = f"{'above' if p.min_exclusive else 'at least'} {p.minimum:g}"
+    high = f"{'below' if p.max_exclusive else 'at most'} {p.maximum:g}"
+    return f"{low} and {high}"
+
+
+def _param_errors(spec: BacktestSpec, strategy: Registered) -> list[FieldError]:
     errors = []
     expected = strategy.param_names
     for name in spec.params:
@@ -89,6 +101,8 @@ def _param_errors(spec: BacktestSpec, strategy: StrategyDef) -> list[FieldError]
                 )
             )
     for name in expected:
+        if name not in spec.params and name in strategy.defaults:
+            continue  # the default applies
         if name not in spec.params:
             errors.append(FieldError(f"params.{name}", f"missing; {strategy.name} needs {', '.join(expected)}"))
             continue
@@ -106,18 +120,67 @@ def _param_errors(spec: BacktestSpec, strategy: StrategyDef) -> list[FieldError]
     return errors
 
 
+# Position management: field, lowest, highest, lowest allowed, highest allowed, integer only.
+MANAGEMENT_LIMITS: dict[str, tuple[float, float, bool, bool, bool]] = {
+    "size": (0.0, float(MAX_UNITS), False, True, False),
+    "margin": (0.0, 1.0, False, True, False),
+    # A stop 100% or more from the entry would be at or beyond a price of 0 for a long.
+    "stop_loss_pct": (0.0, 100.0, False, False, False),
+    # A short's target 100% or more below the entry would be at or below a price of 0.
+    "take_profit_pct": (0.0, 100.0, False, False, False),
+    "trailing_stop_pct": (0.0, 100.0, False, False, False),
+    "trailing_atr": (0.0, 1000.0, False, True, False),
+    "max_bars": (1.0, 10_000_000.0, True, True, True),
+}
+
+
+def _management_value_error(name: str, value: Any) -> str | None:
+    low, high, low_ok, high_ok, integer = MANAGEMENT_LIMITS[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
+        return f"must be a finite number, got {_shown(value)}"
+    if integer and value != int(value):
+        return f"must be a whole number, got {value!r}"
+    if value < low or (value == low and not low_ok) or value > high or (value == high and not high_ok):
+        return (
+            f"must be {'at least' if low_ok else 'above'} {low:g} and {'at most' if high_ok else 'below'} {high:g}, "
+            f"got {value:g}"
+        )
+    if name == "size" and value >= 1 and value != int(value):
+        return f"a size of 1 or more is a number of units and must be whole (backtesting.py's rule), got {value!r}"
+    return None
+
+
+def _management_errors(spec: BacktestSpec) -> list[FieldError]:
+    """Each position-management field within its range (MANAGEMENT_LIMITS), one value or a sweep list."""
+    errors = []
+    for name, value in spec.management.items():
+        if isinstance(value, list):
+            if not value:
+                errors.append(FieldError(name, "a sweep list needs at least one value"))
+            if len(set(value)) != len(value):
+                errors.append(FieldError(name, "a sweep list must not repeat values"))
+            errors += [
+                FieldError(f"{name}[{k}]", msg)
+                for k, v in enumerate(value)
+                if (msg := _management_value_error(name, v)) is not None
+            ]
+        elif (msg := _management_value_error(name, value)) is not None:
+            errors.append(FieldError(name, msg))
+    return errors
+
+
 def _date_field(spec: BacktestSpec) -> str:
     return "start" if spec.start is not None else "end" if spec.end is not None else "symbol"
 
 
-def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
-    """Every domain problem with the request, as field errors; an empty list means runnable."""
+def check_spec(spec: BacktestSpec, catalog: Catalog, known: Registry | None = None) -> list[FieldError]:
+    """Every domain problem with the request, as field errors; an empty list means runnable.
+    `known`: the strategies to check against (default: this process's, `registry.strategies()`)."""
     errors: list[FieldError] = []
-    strategy = STRATEGIES.get(spec.strategy)
+    known = strategies() if known is None else known
+    strategy = known.get(spec.strategy)
     if strategy is None:
-        errors.append(
-            FieldError("strategy", f"unknown strategy {spec.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        )
+        errors.append(FieldError("strategy", f"unknown strategy {spec.strategy!r}; choose one of {', '.join(known)}"))
     bars: Bars | None = None
     try:
         bars = catalog.load(spec.symbol)
@@ -134,6 +197,10 @@ def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
     range_errors = [] if bars is None else _range_errors(spec, bars)
     errors += range_errors
     errors += _number_errors(spec)
+    errors += _management_errors(spec)
+    unit = spec.fractional_unit
+    if unit is not None and (isinstance(unit, bool) or not _finite(unit) or not 0 < unit <= 1):
+        errors.append(FieldError("fractional_unit", f"must be above 0 and at most 1, got {_shown(unit)}"))
     if spec.start is not None and spec.end is not None and spec.end <= spec.start:
         errors.append(FieldError("end", f"must be after start ({spec.start}), got {spec.end}"))
     if spec.objective not in OBJECTIVES:
@@ -143,7 +210,7 @@ def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
     constraint_ok = True
     if spec.constraint is not None:
         try:
-            Constraint(spec.constraint, list(spec.params))
+            Constraint(spec.constraint, [*spec.params, *spec.management])
         except ConstraintError as e:
             errors.append(FieldError("constraint", str(e)))
             constraint_ok = False
@@ -153,23 +220,29 @@ def check_spec(spec: BacktestSpec, catalog: Catalog) -> list[FieldError]:
     errors += param_errors
     if param_errors:
         return errors
-    size = grid_size(spec.params)
+    if any(e.field.split("[")[0] in spec.management for e in errors):
+        return errors
+    size = grid_size({**spec.params, **spec.management})
     if size > MAX_COMBINATIONS:
         errors.append(FieldError("params", f"the sweep has {size} combinations; at most {MAX_COMBINATIONS} allowed"))
         return errors
     if bars is None or not constraint_ok or range_errors or any(e.field in ("end",) for e in errors):
         return errors
     window = bars.prices(spec.adjusted)[0].between(spec.start, spec.end)  # the prices the run uses
-    if not any(e.field in ("cash", "spread", "slippage_bps") for e in errors):
+    if not any(
+        e.field.split("[")[0] in ("cash", "spread", "slippage_bps", "margin", "size", "fractional_unit") for e in errors
+    ):
         errors += _unit_errors(spec, window)
     if not spec.is_sweep:
-        scalars = cast("dict[str, float]", spec.params)  # not a sweep: every value is one number
+        scalars = strategy.with_defaults(cast("dict[str, float]", spec.params))  # not a sweep: numbers
         rule_errors = [FieldError(f, m) for f, m in strategy.rules(scalars)]
         errors += rule_errors
         need = min_bars(strategy, scalars)
         if not rule_errors and len(window) < need:
             errors.append(FieldError(_date_field(spec), _too_few(spec, bars, len(window), need)))
-    elif not any(admissible(strategy, spec.params, spec.constraint, len(window))):
+    elif not any(
+        admissible(strategy, {**strategy.with_defaults(spec.params), **spec.management}, spec.constraint, len(window))
+    ):
         errors.append(
             FieldError(
                 "params",
@@ -212,15 +285,20 @@ def _unit_errors(spec: BacktestSpec, window: Bars) -> list[FieldError]:
     if not len(window):
         return []
     price = lowest_fill_price(float(window.open.min()), spec.spread, spec.slippage_bps / 10_000, spec.long_only)
-    if price > 0 and spec.cash / price <= MAX_UNITS:
+    price *= spec.fractional_unit or 1.0  # a fractional run counts units of that fraction
+    # With margin, an order buys up to cash / margin (backtesting.py's leverage).
+    margins = spec.margin if isinstance(spec.margin, list) else [spec.margin]
+    leverage = 1 / min(margins)
+    if price > 0 and spec.cash * leverage / price <= MAX_UNITS:
         return []
-    most = MAX_UNITS * price
+    most = MAX_UNITS * price / leverage
+    with_margin = f" with margin {min(margins):g}" if leverage != 1 else ""
     return [
         FieldError(
             "cash",
-            f"{spec.cash:g} would buy {spec.cash / price if price > 0 else math.inf:.3g} units at the lowest fill "
-            f"price in the date range ({price:.6g}); the engine holds at most 2^53 ({MAX_UNITS:.3g}) units, so "
-            f"cash must be at most {most:.6g} here",
+            f"{spec.cash:g}{with_margin} would buy {spec.cash * leverage / price if price > 0 else math.inf:.3g} "
+            f"units at the lowest fill price in the date range ({price:.6g}); the engine holds at most 2^53 "
+            f"({MAX_UNITS:.3g}) units, so cash must be at most {most:.6g} here",
         )
     ]
 

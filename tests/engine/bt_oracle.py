@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from backtesting import Backtest, Strategy
-from backtesting.lib import crossover
+from backtesting.lib import FractionalBacktest, TrailingStrategy, crossover
 
 from consumers.engine.datasets import Bars, Catalog
 from consumers.engine.indicators import IndicatorCache
@@ -150,15 +150,76 @@ def frame(bars: Bars) -> pd.DataFrame:
     )
 
 
+def managed(base: type[Strategy], spec: BacktestSpec, opens: np.ndarray) -> type[Strategy]:
+    """`base` with the request's position management, as a backtesting.py user writes it: orders
+    sized with `size=`, each entry a bracket order whose `sl`/`tp` lie the given percent from its
+    fill price (the next bar's Open with the spread; the oracle reads that bar ahead, which the
+    engine never does: it sets the levels at the fill), `lib.TrailingStrategy` for an ATR trail
+    and the same rule by percent of Close, and `trade.close()` after `max_bars` bars, all before
+    the strategy's own logic (TrailingStrategy's documented `super().next()` first)."""
+    m = spec.management
+    size = m.get("size")
+    sl_pct, tp_pct = m.get("stop_loss_pct"), m.get("take_profit_pct")
+    trail_pct, trail_atr, max_bars = m.get("trailing_stop_pct"), m.get("trailing_atr"), m.get("max_bars")
+    last = len(opens) - 1
+
+    class Managed(base, TrailingStrategy):  # type: ignore[valid-type,misc]
+        def init(self) -> None:
+            base.init(self)
+            if trail_atr is not None:
+                TrailingStrategy.init(self)
+                self.set_trailing_sl(trail_atr)
+
+        def next(self) -> None:
+            if trail_atr is not None:
+                TrailingStrategy.next(self)
+            c = self.data.Close[-1]
+            for trade in self.trades:
+                if trail_pct is not None:
+                    if trade.is_long:
+                        trade.sl = max(trade.sl or -np.inf, c - c * trail_pct / 100)
+                    else:
+                        trade.sl = min(trade.sl or np.inf, c + c * trail_pct / 100)
+                if max_bars is not None and len(self.data) - 1 - trade.entry_bar + 1 >= max_bars:
+                    trade.close()
+            base.next(self)
+
+        def _bracket(self, direction: int) -> dict[str, Any]:
+            entry = opens[min(len(self.data), last)] * (1 + math.copysign(spec.spread, direction))
+            kw: dict[str, Any] = {} if size is None else {"size": size}
+            if sl_pct is not None:
+                kw["sl"] = entry * (1 - sl_pct / 100) if direction > 0 else entry * (1 + sl_pct / 100)
+            if tp_pct is not None:
+                kw["tp"] = entry * (1 + tp_pct / 100) if direction > 0 else entry * (1 - tp_pct / 100)
+            return kw
+
+        def buy(self, **_: Any) -> Any:
+            return Strategy.buy(self, **self._bracket(1))
+
+        def sell(self, **_: Any) -> Any:
+            return Strategy.sell(self, **self._bracket(-1))
+
+    return Managed
+
+
 def backtest(bars: Bars, spec: BacktestSpec) -> Backtest:
     commission: Any = (spec.commission_fixed, spec.commission) if spec.commission_fixed else spec.commission
-    return Backtest(
+    strategy = ORACLES[spec.strategy]
+    if spec.management:
+        strategy = managed(strategy, spec, bars.open * (spec.fractional_unit or 1.0))
+    kind: Any = Backtest
+    extra: dict[str, Any] = {}
+    if spec.fractional_unit is not None:
+        kind, extra = FractionalBacktest, {"fractional_unit": spec.fractional_unit}
+    return kind(
         frame(bars),
-        ORACLES[spec.strategy],
+        strategy,
         cash=spec.cash,
         commission=commission,
         spread=spec.spread,
+        margin=spec.margin,
         finalize_trades=True,
+        **extra,
     )
 
 

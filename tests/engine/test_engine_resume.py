@@ -22,6 +22,19 @@ SPECS = [
     BacktestSpec(
         strategy="sma_cross", symbol="AAPL", params={"fast": [5, 10, 20], "slow": [30, 60]}, objective="sharpe"
     ),
+    # Position management: stops, targets, a trailing stop and time exits between the decisions.
+    BacktestSpec(
+        strategy="momentum",
+        symbol="GOOGBT",
+        params={"lookback": 1, "threshold": 0.0},
+        commission=0.001,
+        stop_loss_pct=1.0,
+        take_profit_pct=2.0,
+        trailing_stop_pct=1.5,
+        max_bars=3,
+        size=0.5,
+        margin=0.5,
+    ),
 ]
 
 
@@ -32,7 +45,7 @@ def uninterrupted(catalog: Catalog, spec: BacktestSpec) -> Outcome:
     return run.outcome()
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=["single", "sweep"])
+@pytest.mark.parametrize("spec", SPECS, ids=["single", "sweep", "managed"])
 def test_resume_after_every_chunk_gives_identical_result(catalog: Catalog, spec: BacktestSpec) -> None:
     expected = uninterrupted(catalog, spec)
     run = start_run(spec, catalog)

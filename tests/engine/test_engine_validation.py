@@ -36,7 +36,7 @@ def test_valid_requests_have_no_errors(catalog: Catalog) -> None:
     [
         ({"strategy": "martingale"}, ["strategy"]),
         ({"symbol": "NOPE"}, ["symbol"]),
-        ({"params": {"fast": 10}}, ["params.slow"]),
+        ({"params": {"fast": 30}}, ["params.fast"]),  # slow takes its default, 20: fast must be below it
         ({"params": {"fast": 10, "slow": 20, "extra": 1}}, ["params.extra"]),
         ({"params": {"fast": 10.5, "slow": 20}}, ["params.fast"]),
         ({"params": {"fast": 0, "slow": 20}}, ["params.fast"]),

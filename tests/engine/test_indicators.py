@@ -129,7 +129,7 @@ def test_a_run_whose_replay_spans_steps_equals_one_in_a_single_step(name: str, p
     strategy = STRATEGIES[name]
     unbounded = dataclasses.replace(Market.of(bars), indicators=IndicatorCache(close))
     whole = run_once(unbounded, strategy, params, Costs(), False, 10_000.0)
-    in_parts = dataclasses.replace(Market.of(bars), indicators=IndicatorCache(close, 500))
+    in_parts = dataclasses.replace(Market.of(bars), indicators=IndicatorCache(close, exact_bars_per_call=500))
     job = Job(in_parts, strategy, params, Costs(), False, 10_000.0)
     steps_before_signals = 0
     while job.signals is None:
