@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import auth, dashboard, live, metrics, tasks
+from api import auth, dashboard, live, metrics, openapi, tasks
 from api.auth import SIGNIN_PATH, TokenAuth
 from api.csrf import SameOriginOnly
 from api.errors import EXCEPTION_HANDLERS
@@ -48,6 +48,7 @@ routes = [
     *tasks.routes,
     *live.routes,
     *metrics.routes,
+    *openapi.routes,
     *dashboard.routes,
     *auth.routes,
 ]

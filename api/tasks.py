@@ -18,7 +18,7 @@ from orchestrator.history import event_view
 from orchestrator.spec import BacktestSpec, ParamValue
 from orchestrator.state import TaskState, to_api
 from orchestrator.timeline import as_of_id, state_as_of
-from orchestrator.views import DeadLetterQuery, TaskListQuery
+from orchestrator.views import DeadLetterQuery, TaskListQuery, TaskQuery
 
 Q = TypeVar("Q", bound=msgspec.Struct)
 _IDEMPOTENCY_KEY_MAX = 200
@@ -139,7 +139,7 @@ async def _current(request: Request, task_id: str) -> TaskState:
 
 async def get_task(request: Request) -> Response:
     task_id = task_id_param(request)
-    as_of = request.query_params.get("as_of")
+    as_of = _query(request, TaskQuery).as_of
     if as_of is None:
         return JSONResponse(to_api(await _current(request, task_id)))
     try:
