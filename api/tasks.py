@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from api.errors import ApiError, FieldProblem, from_validation_error, task_id_param
 from consumers.engine.validation import check_spec, with_dataset_name
-from orchestrator.codec import parse_stream_id
+from orchestrator.codec import canonical_stream_id
 from orchestrator.errors import TaskConflict, TaskNotFound
 from orchestrator.history import event_view
 from orchestrator.spec import BacktestSpec, ParamValue
@@ -185,9 +185,10 @@ async def retry(request: Request) -> Response:
 
 async def dead_letters(request: Request) -> Response:
     query = _query(request, DeadLetterQuery)
-    if query.before is not None and parse_stream_id(query.before) is None:
+    before = None if query.before is None else canonical_stream_id(query.before)
+    if query.before is not None and before is None:
         raise ApiError.invalid("before", "must be a stream id such as 1700000000000-0")
-    letters = await _ctx(request).store.dead_letters(limit=query.limit, before=query.before)
+    letters = await _ctx(request).store.dead_letters(limit=query.limit, before=before)
     return JSONResponse({"dead_letters": letters})
 
 

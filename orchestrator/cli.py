@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 
 from orchestrator import audit_commands, client, logs, roles
@@ -24,10 +26,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The exit code of a program whose reader went away (128 + SIGPIPE), as `yes | head` gives.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logs.configure(json=args.log_json)
-    return int(args.run(args, Settings.from_env()))
+    try:
+        args = build_parser().parse_args(argv)
+        logs.configure(json=args.log_json)
+        return int(args.run(args, Settings.from_env()))
+    except BrokenPipeError:
+        # The reader of our output closed it (`backstream audit --json | head`): end quietly. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":
