@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from consumers.engine.errors import DataUnavailable
 from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
-from orchestrator.views import FieldProblem
+from orchestrator.views import FieldProblem as FieldProblem  # the error bodies' type, re-exported
 
 # How long a client should wait before retrying while Redis is unreachable.
 RETRY_AFTER_SECONDS = 2

@@ -15,6 +15,7 @@ imports nothing of api/ or consumers/: it speaks to any deployment over HTTP.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import sys
 import threading
@@ -215,8 +216,7 @@ class NotebookBar:
     """The same bar as one output line of a Jupyter cell, updated in place (IPython's display)."""
 
     def __init__(self) -> None:
-        from IPython.display import display
-
+        display = importlib.import_module("IPython.display").display
         self._handle = display("", display_id=True)
 
     def show(self, status: str, progress: float, attempt: int, worker: str | None) -> None:
@@ -251,7 +251,7 @@ def _frame(columns: dict[str, list[Any]] | list[dict[str, Any]] | None) -> Any:
     if columns is None:
         return None
     try:
-        import pandas
+        pandas = importlib.import_module("pandas")  # optional: the `pandas` extra
     except ImportError:
         return columns
     return pandas.DataFrame(columns)
