@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -120,3 +121,22 @@ async def test_submit_a_range_and_ls_by_symbol_and_strategy_with_the_metric(
             assert [line.split()[0] for line in lines[2:]] == wanted, argv
             for line in lines[2:]:
                 float(line.split()[5].replace(",", ""))  # every completed task shows its return
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("command", ["up", "api"])
+def test_a_busy_port_says_which_option_to_change(command: str, real_url: str, real_prefix: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = {**os.environ, "REDIS_URL": real_url, "BACKSTREAM_PREFIX": real_prefix}
+        run = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", command, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
+    assert run.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "--port" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
