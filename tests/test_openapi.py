@@ -7,7 +7,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -18,7 +20,7 @@ from api import app as app_module
 from api.openapi import document
 from orchestrator.spec import BacktestSpec
 from orchestrator.views import TaskListQuery
-from tests.processes import Cluster, free_port, wait_until
+from tests.processes import Cluster, Role, free_port, wait_until
 
 # The dashboard's HTML pages, the sign-in and the Prometheus scrape are not part of the JSON API.
 NOT_API = {"/", "/tasks/{task_id}", "/submit", "/workers", "/signin", "/metrics", "/readyz", "/openapi.json", "/docs"}
@@ -65,14 +67,9 @@ def test_docs_page_loads_nothing_from_elsewhere() -> None:
     assert "http://" not in page and "https://" not in page and "@import" not in page
 
 
-@pytest.mark.slow
-@pytest.mark.redis
-def test_schemathesis_finds_no_server_error(tmp_path: Path, real_url: str, real_prefix: str) -> None:
-    """Property-based requests from the document (examples, coverage, fuzzing, stateful runs that
-    follow the submit's links) against a real server: no 5xx, and every answer matches its schema,
-    status and content type. The feed of every task (`/api/stream`) is left out: it stays open by design."""
-    binary = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
-    assert binary, "schemathesis is not installed (pip install -e '.[test]')"
+@pytest.fixture
+def served_up(tmp_path: Path, real_url: str, real_prefix: str) -> Iterator[tuple[str, Role]]:
+    """A real `backstream up` (all roles, real Redis, this test's prefix) on a free port."""
     cluster = Cluster(real_url, real_prefix, tmp_path)
     try:
         port = free_port()
@@ -87,34 +84,80 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path, real_url: str, real_
                 return False
 
         wait_until(answers, timeout=30, what="backstream up to answer")
-        run = subprocess.run(
-            [
-                binary,
-                "run",
-                f"{url}/openapi.json",
-                "--checks",
-                "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
-                "--max-examples",
-                "25",
-                "--exclude-path-regex",
-                "^/api/stream$",
-                "--request-timeout",
-                "20",
-                "--generation-database",
-                "none",
-                "--workers",
-                "1",
-                "--seed",
-                "19",
-                "--no-color",
-            ],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-        counted = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
-        assert counted and counted[1] == counted[2] and int(counted[1]) >= 200, run.stdout[-3000:]
+        yield url, role
     finally:
         cluster.close()
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_docs_page_renders_every_operation_offline(served_up: tuple[str, Role]) -> None:
+    from tests.test_dashboard_browser import CHROMIUM, FLAGS, _require_browser
+
+    url, _ = served_up
+    sync_playwright = _require_browser()
+    elsewhere: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            page = browser.new_page()
+
+            def only_the_server(route: Any) -> None:
+                if route.request.url.startswith(url + "/"):
+                    route.continue_()
+                else:
+                    elsewhere.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", only_the_server)
+            page.goto(f"{url}/docs")
+            page.wait_for_selector("#post_api_backtests")
+            operations = sum(len(methods) for methods in document()["paths"].values())
+            assert (
+                page.locator("section.op[id^='get_'], section.op[id^='post_'], section.op[id^='delete_']").count()
+                == operations
+            )
+            assert page.locator("#schema-BacktestSpec").inner_text().count("commission") >= 2
+        finally:
+            browser.close()
+    assert elsewhere == []
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_schemathesis_finds_no_server_error(tmp_path: Path, served_up: tuple[str, Role]) -> None:
+    """Property-based requests from the document (examples, coverage, fuzzing, stateful runs that
+    follow the submit's links) against a real server: no 5xx, and every answer matches its schema,
+    status and content type. The feed of every task (`/api/stream`) is left out: it stays open by design."""
+    binary = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
+    assert binary, "schemathesis is not installed (pip install -e '.[test]')"
+    url, _ = served_up
+    run = subprocess.run(
+        [
+            binary,
+            "run",
+            f"{url}/openapi.json",
+            "--checks",
+            "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
+            "--max-examples",
+            "25",
+            "--exclude-path-regex",
+            "^/api/stream$",
+            "--request-timeout",
+            "20",
+            "--generation-database",
+            "none",
+            "--workers",
+            "1",
+            "--seed",
+            "19",
+            "--no-color",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    counted = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
+    assert counted and counted[1] == counted[2] and int(counted[1]) >= 200, run.stdout[-3000:]
