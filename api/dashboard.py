@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import math
@@ -23,7 +24,8 @@ from consumers.engine.strategies import STRATEGIES
 from orchestrator.codec import decode_json, text
 from orchestrator.history import event_view
 from orchestrator.keys import WORKER_GROUP
-from orchestrator.state import fold, to_api
+from orchestrator.presence import read_beats
+from orchestrator.state import to_api
 
 HERE = Path(__file__).parent
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
@@ -318,16 +320,20 @@ async def task_page(request: Request) -> Response:
         task_id = str(uuid.UUID(raw))
     except ValueError:
         task_id = ""
-    history = await ctx.store.task_events(task_id) if task_id else []
-    if not history:
+    # State and audit trail from the read model, in one read, so they agree with each other
+    # and with every other reader (the API, the live streams), also once retention trimmed the log.
+    history = await ctx.projection.history(task_id, ctx.store) if task_id else None
+    if history is None:
         body = f"<section><h1>No such task</h1><p>There is no task {e(raw)}.</p></section>"
         response = page(request, "Backstream: no such task", body, name="task")
         response.status_code = 404
         return response
-    # State and audit trail from the same events, so they always agree.
-    state = fold(history)[task_id]
+    state = history.state
     api = to_api(state)
-    events = [event_view(s) for s in history]
+    events = [event_view(s) for s in history.events]
+    archived = ""
+    if history.archived is not None:
+        archived = f'<p class="archived" id="archived">Earlier history: {e(history.archived.describe())}.</p>'
     spec = msgspec.to_builtins(state.spec)
     params = spec.pop("params", {})
     summary = [
@@ -364,7 +370,7 @@ async def task_page(request: Request) -> Response:
 <div><h2>Parameters</h2>{_kv_table(parameter_rows)}</div>
 <div><h2>Metrics</h2>{_kv_table(list(metrics.items())) if metrics else "<p>None yet.</p>"}</div></section>
 <section>{result}</section>
-<section><h2>Audit trail</h2><table id="events"><thead><tr><th>seq</th><th>time</th><th>event</th>
+<section><h2>Audit trail</h2>{archived}<table id="events"><thead><tr><th>seq</th><th>time</th><th>event</th>
 <th>attempt</th><th>details</th></tr></thead><tbody>{audit_rows(events)}</tbody></table>
 </section>"""
     return page(
@@ -372,7 +378,7 @@ async def task_page(request: Request) -> Response:
         f"Backstream: task {task_id[:8]}",
         body,
         name="task",
-        data={"task": task_id, "since": history[-1].id, "status": api["status"], "seq": str(state.seq)},
+        data={"task": task_id, "since": state.last_event_id, "status": api["status"], "seq": str(state.seq)},
     )
 
 
@@ -405,7 +411,7 @@ def _field(name: str, label: str, control: str, hint: str = "") -> str:
 
 
 async def submit_page(request: Request) -> Response:
-    datasets = _ctx(request).catalog.datasets()
+    datasets = await asyncio.to_thread(_ctx(request).catalog.datasets)  # reads user files: off the loop
     strategies = "".join(f'<option value="{e(n)}">{e(n)}</option>' for n in STRATEGIES)
     symbols = "".join(
         f'<option value="{e(d.symbol)}" data-start="{d.start}" data-end="{d.end}">'
@@ -462,10 +468,14 @@ async def workers_page(request: Request) -> Response:
         for g in groups
     )
     lease = ctx.settings.lease_ms
+    beats = await read_beats(ctx.store.redis, keys.worker_heartbeats)
+    members = {text(c["name"]): c for c in consumers.get(WORKER_GROUP, [])}
     consumer_rows = []
-    for c in sorted(consumers.get(WORKER_GROUP, []), key=lambda c: str(c["name"])):
-        name = text(c["name"])
-        alive = c["idle"] < lease
+    for name in sorted(members.keys() | beats.ages_s.keys()):
+        c = members.get(name, {"pending": 0})
+        age = beats.ages_s.get(name)
+        alive = age is not None and age * 1000 < lease
+        beat = f"{age:.1f} s ago" if age is not None else "never"
         tasks = "".join(
             f'<a href="/tasks/{e(t.task_id)}" class="mono">{e(t.task_id[:8])}</a> '
             f"{e(t.spec.strategy)}/{e(t.spec.symbol)} {progress_bar(t.progress)}<br>"
@@ -474,13 +484,14 @@ async def workers_page(request: Request) -> Response:
         consumer_rows.append(
             f'<tr class="{"alive" if alive else "silent"}"><td>{e(name)}</td>'
             f'<td><span class="badge {"running" if alive else "failed"}">{"alive" if alive else "silent"}</span></td>'
-            f"<td>{c['pending']}</td><td>{c['idle'] / 1000:.1f} s</td><td>{tasks or 'idle'}</td></tr>"
+            f"<td>{c['pending']}</td><td>{beat}</td><td>{tasks or 'idle'}</td></tr>"
         )
     body = f"""
 <section><h1>Workers</h1>
-<p>A worker is <em>alive</em> while it has touched the work stream within the lease
-({lease / 1000:g} s): every read and every lease renewal counts.</p>
-<table id="consumers"><thead><tr><th>worker</th><th>state</th><th>pending</th><th>idle</th><th>running</th></tr>
+<p>A worker is <em>alive</em> while its own heartbeat, sent on a timer whether it is busy or
+idle, is younger than the lease ({lease / 1000:g} s).</p>
+<table id="consumers"><thead><tr><th>worker</th><th>state</th><th>pending</th><th>last heartbeat</th>
+<th>running</th></tr>
 </thead><tbody>{"".join(consumer_rows)}</tbody></table>
 <h2>Consumer groups on {e(keys.work)}</h2>
 <table id="groups"><thead><tr><th>group</th><th>consumers</th><th>pending</th><th>lag</th><th>last delivered</th>

@@ -8,12 +8,16 @@ from typing import Any
 
 import msgspec
 import redis.exceptions
+import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from consumers.engine.errors import DataUnavailable
+from orchestrator.connections import store_unavailable
 from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
 from orchestrator.views import FieldProblem as FieldProblem  # the error bodies' type, re-exported
+
+log = structlog.get_logger("backstream.api")
 
 # How long a client should wait before retrying while Redis is unreachable.
 RETRY_AFTER_SECONDS = 2
@@ -101,13 +105,21 @@ async def domain_error(request: Request, exc: Exception) -> Response:
     return await api_error(request, error)
 
 
-async def redis_unavailable(request: Request, exc: Exception) -> Response:
-    error = ApiError(
-        503,
-        "store_unavailable",
-        f"the event store is unreachable: {exc}",
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
+async def store_error(request: Request, exc: Exception) -> Response:
+    """Any store error. One that passes (unreachable, out of memory, read-only, loading...:
+    `store_unavailable`) is a 503 with Retry-After: the client retries, nothing was written.
+    Any other is a bug or a misconfiguration: a 500, still with a JSON body."""
+    assert isinstance(exc, redis.exceptions.RedisError)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        error = ApiError(
+            503, "store_out_of_memory", f"the event store is out of memory and refuses writes: {exc}", headers=headers
+        )
+    elif store_unavailable(exc):
+        error = ApiError(503, "store_unavailable", f"the event store is unavailable: {exc}", headers=headers)
+    else:
+        log.error("store.error", error=str(exc), error_type=type(exc).__name__, path=request.url.path)
+        error = ApiError(500, "store_error", f"the event store refused the request: {exc}")
     return await api_error(request, error)
 
 
@@ -128,6 +140,5 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     TaskNotFound: domain_error,
     TaskConflict: domain_error,
     IdempotencyConflict: domain_error,
-    redis.exceptions.ConnectionError: redis_unavailable,
-    redis.exceptions.TimeoutError: redis_unavailable,
+    redis.exceptions.RedisError: store_error,
 }

@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from api.errors import ApiError, task_id_param
+from api.errors import ApiError, FieldProblem, task_id_param
 from orchestrator.codec import LAST_ID, canonical_stream_id, decode_entry, id_order, text
 from orchestrator.errors import EventDecodeError
-from orchestrator.events import Cancelled, Completed, Failed, Progress, StoredEvent
+from orchestrator.events import TERMINAL_STATUSES, Cancelled, Completed, Failed, Progress, StoredEvent
 from orchestrator.history import event_view
 
 log = structlog.get_logger("backstream.live")
@@ -30,10 +30,14 @@ KEEPALIVE_S = 15.0
 MAX_STREAM_S = 60.0
 # What the browser waits before reconnecting (the SSE `retry:` field), in ms.
 RETRY_MS = 1000
-# Batches a subscriber may have waiting before it is cut off (it reconnects and catches up).
-QUEUE_BATCHES = 1000
+# Events a subscriber may have waiting before it is cut off (it reconnects and catches up from
+# its Last-Event-ID, in pages): what one slow client holds is bounded whatever the event rate.
+QUEUE_EVENTS = 5_000
 READ_BLOCK_MS = 1000
+# Entries per XREAD / XRANGE call: a stream holds at most one page of the log in memory.
 PAGE = 500
+# What a client refused a stream slot is told to wait (Retry-After, s).
+STREAM_SLOT_RETRY_S = 5
 TERMINAL = (Completed, Failed, Cancelled)
 
 
@@ -88,18 +92,41 @@ class Coalescer:
 
 
 class _Subscription:
+    """One stream's queue of the feed's batches, bounded by events (QUEUE_EVENTS)."""
+
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[list[StoredEvent] | None] = asyncio.Queue(QUEUE_BATCHES)
+        # Unbounded as a queue; `waiting` bounds it by events (batches vary from 1 to PAGE).
+        self.queue: asyncio.Queue[list[StoredEvent] | None] = asyncio.Queue()
+        self.waiting = 0
         # Set when the stream fell too far behind: it ends, and the client catches up on reconnect.
         self.overflowed = False
 
     def put(self, batch: list[StoredEvent] | None) -> bool:
-        try:
-            self.queue.put_nowait(batch)
-        except asyncio.QueueFull:
+        """Queue a batch (None: end the stream). False, and the stream ends, when the stream has
+        QUEUE_EVENTS waiting already: what it holds is dropped at once."""
+        if batch is None:
+            self.queue.put_nowait(None)
+            return True
+        if self.waiting + len(batch) > QUEUE_EVENTS:
             self.overflowed = True
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.waiting = 0
+            self.queue.put_nowait(None)
             return False
+        self.waiting += len(batch)
+        self.queue.put_nowait(batch)
         return True
+
+    async def get(self, wait_s: float) -> list[StoredEvent] | None:
+        """The next batch ([] if none came within `wait_s`); None when the stream must end."""
+        try:
+            batch = await asyncio.wait_for(self.queue.get(), timeout=wait_s)
+        except TimeoutError:
+            return []
+        if batch is not None:
+            self.waiting -= len(batch)
+        return batch
 
 
 class LiveFeed:
@@ -111,15 +138,42 @@ class LiveFeed:
         self.stream = stream
         self.closed = False
         self._subscribers: set[_Subscription] = set()
+        # Open streams per client (see acquire); in memory, per API process.
+        self._streams: dict[str, int] = {}
         self._reader: asyncio.Task[None] | None = None
         # Streams opening together must not start a reader each (only one would be stopped).
         self._starting = asyncio.Lock()
 
-    async def subscribe(self) -> _Subscription:
+    def check_open(self) -> None:
+        """Raise the 503 a shutting-down server answers a new stream with."""
         if self.closed:
             raise ApiError(
                 503, "shutting_down", "the server is shutting down; reconnect shortly", headers={"Retry-After": "1"}
             )
+
+    def acquire(self, client: str, limit: int) -> None:
+        """Count one more open stream of `client`; 429 if it holds `limit` already."""
+        held = self._streams.get(client, 0)
+        if held >= limit:
+            log.warning("sse.too_many_streams", client=client, open=held, limit=limit)
+            raise ApiError(
+                429,
+                "too_many_streams",
+                f"this client has {held} event streams open, the most allowed; close one first",
+                [FieldProblem("Authorization", f"at most {limit} open streams per client")],
+                headers={"Retry-After": str(STREAM_SLOT_RETRY_S)},
+            )
+        self._streams[client] = held + 1
+
+    def release(self, client: str) -> None:
+        held = self._streams.get(client, 0) - 1
+        if held > 0:
+            self._streams[client] = held
+        else:
+            self._streams.pop(client, None)
+
+    async def subscribe(self) -> _Subscription:
+        self.check_open()
         sub = _Subscription()
         async with self._starting:
             if self._reader is None or self._reader.done():
@@ -129,6 +183,8 @@ class LiveFeed:
                 self._reader = asyncio.create_task(self._read(start))
             # Added before the reader's first read can run: no event falls between the two.
             self._subscribers.add(sub)
+            if self.closed:  # closed while this one waited: it ends at once, as the others did
+                sub.put(None)
         return sub
 
     def unsubscribe(self, sub: _Subscription) -> None:
@@ -199,98 +255,204 @@ def _start_after(request: Request) -> str | None:
     return after
 
 
-async def _catch_up(request: Request, after: str, task_id: str | None) -> list[StoredEvent]:
-    store = request.app.state.ctx.store
-    if task_id is not None:
-        return [e for e in await store.task_events(task_id) if id_order(e.id) > id_order(after)]
+async def log_pages(redis: Any, stream: str, after: str) -> AsyncIterator[tuple[str, list[StoredEvent]]]:
+    """The log after `after`, read lazily one `XRANGE … COUNT PAGE` at a time: (the id of the
+    page's last entry, its decodable events). At most one page is in memory however long the
+    log is; the next page is read only when the caller asks for it. Ends at the log's end as of
+    the last read (a page of fewer than PAGE entries)."""
     if id_order(after) == LAST_ID:
-        return []
-    out: list[StoredEvent] = []
+        return
     position = after
     while True:
-        entries = await store.redis.xrange(store.keys.events, f"({position}", "+", count=PAGE)
+        entries = await redis.xrange(stream, f"({position}", "+", count=PAGE)
         if not entries:
-            return out
-        out += _decode(entries)
+            return
         position = text(entries[-1][0])
+        yield position, _decode(entries)
         if len(entries) < PAGE:
-            return out
+            return
+
+
+async def _nothing() -> AsyncIterator[list[StoredEvent]]:
+    return
+    yield
+
+
+class _Open:
+    """What one open stream holds, released once whatever way it ends (see _SseResponse)."""
+
+    def __init__(self, feed: LiveFeed, client: str) -> None:
+        self.feed, self.client = feed, client
+        self.sub: _Subscription | None = None
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.feed.release(self.client)
+        if self.sub is not None:
+            self.feed.unsubscribe(self.sub)
+            self.sub = None
+
+
+class _SseResponse(StreamingResponse):
+    """A streamed response that gives back its subscription and its slot when it ends, also when
+    its body was never iterated or the client went away mid-stream."""
+
+    def __init__(self, body: AsyncIterator[str], opened: _Open) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=_HEADERS)
+        self.opened = opened
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.opened.close()
 
 
 async def _events(
-    request: Request, feed: LiveFeed, sub: _Subscription, after: str, task_id: str | None, backlog: list[StoredEvent]
+    request: Request,
+    opened: _Open,
+    after: str,
+    task_id: str | None,
+    backlog: AsyncIterator[list[StoredEvent]] | None = None,
 ) -> AsyncIterator[str]:
-    """The SSE body: the backlog after `after`, then live events, progress coalesced."""
+    """The SSE body: the backlog after `after` (the whole log's, or for a task stream the task's
+    pages in `backlog`), read a page at a time, then live events, progress coalesced. Every
+    keep-alive carries a resume point."""
+    feed = opened.feed
     loop = asyncio.get_running_loop()
     coalescer = Coalescer(COALESCE_S)
-    seen = after  # the newest id looked at (sent, or coalesced away)
+    seen = after  # the newest id looked at (sent, coalesced away, or another task's)
     sent = after  # the newest id sent with an `id:` line: what the browser would resume from
-    opened = last_write = loop.time()
-    log.info("sse.connected", task_id=task_id, after=after)
+    opened_at = last_write = loop.time()
+    ended = False
+
+    def frames(batch: list[StoredEvent], now: float) -> str:
+        nonlocal seen, sent, ended
+        out: list[StoredEvent] = []
+        for stored in batch:
+            if id_order(stored.id) <= id_order(seen):
+                continue
+            seen = stored.id
+            if task_id is not None and stored.event.task_id != task_id:
+                continue
+            out += coalescer.offer(stored, now)
+        out += coalescer.due(now)
+        chunks = []
+        for stored in out:
+            newer = id_order(stored.id) > id_order(sent)
+            chunks.append(_frame(stored, newer))
+            sent = stored.id if newer else sent
+        if task_id is not None and any(isinstance(s.event, TERMINAL) for s in out):
+            chunks.append("event: end\ndata: {}\n\n")
+            ended = True
+        return "".join(chunks)
+
+    def resume_point() -> str:
+        """An `id:` line moving the client's Last-Event-ID up to what it has seen, when nothing
+        it has not been sent lies behind that (no progress held back)."""
+        nonlocal sent
+        if coalescer.next_due() is None and id_order(seen) > id_order(sent):
+            sent = seen
+            return f"id: {seen}\n"
+        return ""
+
+    log.info("sse.connected", task_id=task_id, after=after, client=opened.client)
     try:
-        yield f"retry: {RETRY_MS}\n\n"
-        batch: list[StoredEvent] | None = backlog
+        # The resume point from the first byte on: a client that loses the stream before any
+        # event resumes from here, not from "now" at its reconnect.
+        yield f"retry: {RETRY_MS}\n" + (f"id: {after}\n" if task_id is None else "") + "\n"
+        if task_id is None:
+            store = request.app.state.ctx.store
+            # Catch up page by page before following the feed (so its queue does not fill while
+            # the log is read); then subscribe and read what arrived meanwhile, also in pages.
+            for subscribed in (False, True):
+                if subscribed:
+                    if feed.closed:  # shutting down while this stream caught up: end it
+                        return
+                    opened.sub = await feed.subscribe()
+                async for _, page in log_pages(store.redis, feed.stream, seen):
+                    chunk = frames(page, loop.time())
+                    if chunk:
+                        last_write = loop.time()
+                        yield chunk
+                    if loop.time() - opened_at >= MAX_STREAM_S:
+                        return
+        else:
+            async for page in backlog or _nothing():
+                chunk = frames(page, loop.time())
+                if chunk:
+                    last_write = loop.time()
+                    yield chunk
+                if ended or loop.time() - opened_at >= MAX_STREAM_S:
+                    return
+        batch: list[StoredEvent] | None = []
         while True:
             now = loop.time()
-            out: list[StoredEvent] = []
-            for stored in batch or []:
-                if id_order(stored.id) <= id_order(seen) or (task_id is not None and stored.event.task_id != task_id):
-                    continue
-                seen = stored.id
-                out += coalescer.offer(stored, now)
-            out += coalescer.due(now)
-            chunks = []
-            for stored in out:
-                newer = id_order(stored.id) > id_order(sent)
-                chunks.append(_frame(stored, newer))
-                sent = stored.id if newer else sent
-            if chunks:
+            chunk = frames(batch or [], now)
+            if chunk:
                 last_write = now
-                yield "".join(chunks)
-            if task_id is not None and any(isinstance(s.event, TERMINAL) for s in out):
-                yield "event: end\ndata: {}\n\n"
+                yield chunk
+            if ended:
                 return
             if now - last_write >= KEEPALIVE_S:
                 last_write = now
-                yield ": keep-alive\n\n"
-            if now - opened >= MAX_STREAM_S:
+                yield f": keep-alive\n{resume_point()}\n"
+            if now - opened_at >= MAX_STREAM_S:
+                point = resume_point()
+                if point:
+                    yield point + "\n"
                 return
             due = coalescer.next_due()
-            wait = min(KEEPALIVE_S - (now - last_write), MAX_STREAM_S - (now - opened))
+            wait = min(KEEPALIVE_S - (now - last_write), MAX_STREAM_S - (now - opened_at))
             if due is not None:
                 wait = min(wait, max(due - now, 0.0))
-            try:
-                batch = await asyncio.wait_for(sub.queue.get(), timeout=max(wait, 0.0))
-            except TimeoutError:
-                batch = []
-            if batch is None or sub.overflowed:
+            assert opened.sub is not None
+            batch = await opened.sub.get(max(wait, 0.0))
+            if batch is None:
                 return
     finally:
-        feed.unsubscribe(sub)
+        opened.close()
         log.info("sse.disconnected", task_id=task_id, last_event_id=sent)
 
 
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+def _client(request: Request) -> str:
+    """Whose streams these are: the token's owner, or the client's address without access control."""
+    user = request.scope.get("user")
+    if user:
+        return f"user:{user}"
+    return f"addr:{request.client.host if request.client else '?'}"
+
+
+def _open(request: Request) -> _Open:
+    """Take one of the client's stream slots (429 when it holds its limit already)."""
+    feed = feed_of(request)
+    client = _client(request)
+    feed.acquire(client, request.app.state.ctx.settings.sse_streams_per_client)
+    return _Open(feed, client)
+
+
+def _head() -> Response:
+    """HEAD of a stream: its headers at once, no body and no stream held open."""
+    return Response(media_type="text/event-stream", headers=_HEADERS)
+
+
 async def stream_all(request: Request) -> Response:
     """GET /api/stream: every task's events from now on (or after Last-Event-ID)."""
     after = _start_after(request)
     feed = feed_of(request)
-    sub = await feed.subscribe()
-    try:
-        if after is None:
-            latest = await request.app.state.ctx.store.redis.xrevrange(feed.stream, "+", "-", count=1)
-            after = text(latest[0][0]) if latest else "0-0"
-            backlog = []
-        else:
-            backlog = await _catch_up(request, after, None)
-    except BaseException:
-        feed.unsubscribe(sub)
-        raise
-    return StreamingResponse(
-        _events(request, feed, sub, after, None, backlog), media_type="text/event-stream", headers=_HEADERS
-    )
+    feed.check_open()
+    if request.method == "HEAD":
+        return _head()
+    if after is None:
+        latest = await request.app.state.ctx.store.redis.xrevrange(feed.stream, "+", "-", count=1)
+        after = text(latest[0][0]) if latest else "0-0"
+    opened = _open(request)
+    return _SseResponse(_events(request, opened, after, None), opened)
 
 
 async def stream_task(request: Request) -> Response:
@@ -299,24 +461,36 @@ async def stream_task(request: Request) -> Response:
     task_id = task_id_param(request)
     after = _start_after(request) or "0-0"
     feed = feed_of(request)
-    sub = await feed.subscribe()
+    feed.check_open()
+    # HEAD holds nothing: no slot, no subscription, just the answer a GET would start with.
+    opened = None if request.method == "HEAD" else _open(request)
     try:
-        history = await request.app.state.ctx.store.task_events(task_id)
-        if not history:
+        if opened is not None:
+            # Subscribed before the history is read: no event falls between the two.
+            opened.sub = await feed.subscribe()
+        ctx = request.app.state.ctx
+        # The read model decides, as for every other reader: a task whose log retention trimmed
+        # is still a finished task (204), not an unknown one.
+        state = await ctx.projection.current(task_id, ctx.store)
+        if state is None:
             raise ApiError.task_not_found(f"task {task_id} does not exist")
-        backlog = [e for e in history if id_order(e.id) > id_order(after)]
-        if not backlog and isinstance(history[-1].event, TERMINAL):
-            feed.unsubscribe(sub)
+        last = await ctx.projection.last_task_event_id(task_id)
+        if state.status in TERMINAL_STATUSES and (last is None or id_order(last) <= id_order(after)):
+            if opened is not None:
+                opened.close()
             return Response(status_code=204)  # tells an EventSource to stop reconnecting
     except BaseException:
-        feed.unsubscribe(sub)
+        if opened is not None:
+            opened.close()
         raise
-    return StreamingResponse(
-        _events(request, feed, sub, after, task_id, backlog), media_type="text/event-stream", headers=_HEADERS
-    )
+    if opened is None:
+        return _head()
+    # The task's history is read in pages as the stream sends it, not loaded first.
+    backlog = ctx.projection.task_event_pages(task_id, after, PAGE)
+    return _SseResponse(_events(request, opened, after, task_id, backlog), opened)
 
 
 routes = [
-    Route("/api/stream", stream_all),
-    Route("/api/backtests/tasks/{task_id}/stream", stream_task),
+    Route("/api/stream", stream_all, methods=["GET", "HEAD"]),
+    Route("/api/backtests/tasks/{task_id}/stream", stream_task, methods=["GET", "HEAD"]),
 ]

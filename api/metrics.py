@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import redis.exceptions
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -30,7 +31,7 @@ from orchestrator.events import (
     StoredEvent,
     Submitted,
 )
-from orchestrator.keys import WORKER_GROUP
+from orchestrator.presence import read_beats
 
 log = structlog.get_logger("backstream.metrics")
 
@@ -236,6 +237,9 @@ async def read_gauges(ctx: Any) -> list[Metric]:
     counts, (dead, delayed, log_len, work_len) = replies[: len(STATUSES)], replies[len(STATUSES) :]
     lag_events, lag_seconds = await projector_lag(redis, keys.events, position)
     groups, consumers = await consumer_groups(redis, keys.work)
+    workers = await read_beats(redis, keys.worker_heartbeats)
+    projectors = await read_beats(redis, keys.projector_heartbeats)
+    lease = ctx.settings.lease_ms
     families: list[Metric] = [
         _gauge(
             "backstream_tasks",
@@ -284,8 +288,27 @@ async def read_gauges(ctx: Any) -> list[Metric]:
             [([g, text(c["name"])], float(c["pending"])) for g, cs in consumers.items() for c in cs],
         ),
         _gauge(
+            "backstream_worker_heartbeat_age_seconds",
+            "Time since a worker's own heartbeat (alive while under the lease)",
+            ["worker"],
+            [([name], age) for name, age in sorted(workers.ages_s.items())],
+        ),
+        _gauge(
+            "backstream_workers_alive",
+            "Workers whose heartbeat is within the lease",
+            [],
+            [([], len(workers.alive(lease)))],
+        ),
+        _gauge(
+            "backstream_projectors_alive",
+            "Projectors whose heartbeat is within the lease",
+            [],
+            [([], len(projectors.alive(lease)))],
+        ),
+        _gauge(
             "backstream_consumer_idle_seconds",
-            "Time since a consumer last read or renewed a lease",
+            "Time since a consumer last touched the work stream (before Redis 7.2, reads that "
+            "deliver nothing do not count: use backstream_worker_heartbeat_age_seconds for liveness)",
             ["group", "consumer"],
             [([g, text(c["name"])], c["idle"] / 1000) for g, cs in consumers.items() for c in cs],
         ),
@@ -303,22 +326,68 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+class Readiness(msgspec.Struct, frozen=True):
+    """What /readyz found. `reasons` is empty when ready; each names a check and what is wrong."""
+
+    reasons: list[dict[str, str]]
+    projector_lag_events: int  # log entries not yet projected, counted up to 100
+    projector_lag_s: float  # age of the oldest of them, by Redis's clock
+    projectors_alive: int
+    workers_alive: int
+
+
+async def readiness(ctx: Any) -> Readiness:
+    """Is the read side keeping up? Not when no projector has beaten within the lease
+    (stopped, or never started), nor when the oldest log entry not yet projected is older
+    than `ready_max_lag_s` (stuck or far behind). Raises redis errors."""
+    settings, redis, keys = ctx.settings, ctx.store.redis, ctx.store.keys
+    position = await ctx.projection.position()
+    # A probe runs often: it reads at most a hundred entries to say how far behind it is.
+    behind = await redis.xrange(keys.events, f"({position or '0-0'}", "+", count=100)
+    projectors = await read_beats(redis, keys.projector_heartbeats)
+    workers = await read_beats(redis, keys.worker_heartbeats)
+    lag_s = max(projectors.now_ms - _ms(text(behind[0][0])), 0) / 1000 if behind else 0.0
+    reasons = []
+    alive = projectors.alive(settings.lease_ms)
+    if not alive:
+        ages = projectors.ages_s.values()
+        last = f"the last one {min(ages):.0f} s ago" if ages else "none ever"
+        reasons.append(
+            {"check": "projector", "message": f"no projector has sent a heartbeat within the lease ({last})"}
+        )
+    if lag_s > settings.ready_max_lag_s:
+        reasons.append(
+            {
+                "check": "projector_lag",
+                "message": f"the oldest event not yet projected is {lag_s:.1f} s old, over the "
+                f"{settings.ready_max_lag_s:g} s allowed (BACKSTREAM_READY_MAX_LAG_S)",
+            }
+        )
+    return Readiness(
+        reasons=reasons,
+        projector_lag_events=len(behind),
+        projector_lag_s=lag_s,
+        projectors_alive=len(alive),
+        workers_alive=len(workers.alive(settings.lease_ms)),
+    )
+
+
 async def readyz(request: Request) -> Response:
-    """Ready to take traffic: Redis answers reads of the log and the projection, and the server
-    is not shutting down. (/healthz only says the process and Redis are up.)"""
+    """Ready to take traffic: Redis answers, the server is not shutting down, and a projector
+    is alive and keeping up (so lists and the dashboard show what was written). The body says
+    why when not. (/healthz only says the process and Redis are up.)"""
     ctx = request.app.state.ctx
     feed = getattr(request.app.state, "live", None)
     if feed is not None and feed.closed:
         return JSONResponse({"status": "shutting_down"}, status_code=503, headers={"Retry-After": "2"})
     try:
-        position = await ctx.projection.position()
-        # A probe runs often: it reads at most a hundred entries to say how far behind it is.
-        lag, _ = await projector_lag(ctx.store.redis, ctx.store.keys.events, position, cap=100)
-        _, consumers = await consumer_groups(ctx.store.redis, ctx.store.keys.work)
+        found = await readiness(ctx)
     except (redis.exceptions.RedisError, OSError) as e:  # any failure to answer means not ready
         return JSONResponse({"status": "unavailable", "error": str(e)}, status_code=503, headers={"Retry-After": "2"})
-    alive = [c for c in consumers.get(WORKER_GROUP, []) if c["idle"] < ctx.settings.lease_ms]
-    return JSONResponse({"status": "ready", "projector_lag_events": lag, "workers_alive": len(alive)})
+    body = {"status": "not_ready" if found.reasons else "ready", **msgspec.to_builtins(found)}
+    if found.reasons:
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+    return JSONResponse(body)
 
 
 _CANCEL_PATH = re.compile(r"^/api/backtests/tasks/[^/]+$")

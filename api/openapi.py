@@ -94,7 +94,7 @@ OPERATIONS: list[Operation] = [
         "get",
         "/api/backtests/tasks/{task_id}",
         "A task: status, progress, times, attempt, worker, error, spec and headline result",
-        {200: views.TaskView, 404: E, 422: E},
+        {200: views.TaskView, 404: E, 410: E, 422: E},
         query=views.TaskQuery,
     ),
     Operation(
@@ -125,14 +125,14 @@ OPERATIONS: list[Operation] = [
         "get",
         "/api/backtests/tasks/{task_id}/stream",
         "The task's events as Server-Sent Events, from its first, live, ending after its terminal event",
-        {200: SSE, 204: None, 404: E, 422: E},
+        {200: SSE, 204: None, 404: E, 422: E, 429: E},
         headers=(_LAST_EVENT_ID,),
     ),
     Operation(
         "get",
         "/api/stream",
         "Every task's events as Server-Sent Events, from now (or after Last-Event-ID)",
-        {200: SSE, 422: E},
+        {200: SSE, 422: E, 429: E},
         headers=(_LAST_EVENT_ID,),
     ),
     Operation(
@@ -267,9 +267,11 @@ def _describe(status: int) -> str:
         403: "Refused: another web origin, or a read-only token",
         404: "No such task (or no result yet)",
         409: "Idempotency-Key reused with another body",
+        410: "Retention trimmed the events this answer needs from the log",
         413: "Body over the limit",
         415: "Body is not application/json",
         422: "A field or parameter is invalid; `fields` names it",
+        429: "Too many open streams for this client; retry after Retry-After",
         503: "The store is unreachable; retry after Retry-After",
     }[status]
 

@@ -1,18 +1,20 @@
-"""Running one claimed task: compute in chunks, heartbeat, honour cancels, record the outcome."""
+"""Running one claimed task: compute in chunks, keep its lease, honour cancels, record the outcome."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msgspec
+import redis.exceptions
 import structlog
 
 from consumers.first_chunks import FirstChunks, finished
 from consumers.retry import TaskTimeout, backoff_ms, is_retryable
-from orchestrator.connections import REDIS_UNAVAILABLE, until_reachable
+from orchestrator.connections import store_unavailable, until_reachable
 from orchestrator.events import Completed, Failed, RetryScheduled
 from orchestrator.settings import Settings
 from orchestrator.spec import BacktestSpec
@@ -63,6 +65,69 @@ class UnreadableSpec(Exception):
     retryable = True
 
 
+class LeaseTimer:
+    """Calls `renew` whenever `interval` seconds have passed since `last_renewal()`, on the event
+    loop, until stopped (`async with`) or `renew` returns False; past `deadline` plus one
+    interval it calls `time_out` instead, once. Times are seconds of `time.monotonic()`. A timer
+    handle, not a task, between renewals: a task done within one interval costs a heap push and
+    a cancel. An unexpected error in `renew` is logged and renewing goes on."""
+
+    def __init__(
+        self,
+        interval: float,
+        deadline: float,
+        *,
+        last_renewal: Callable[[], float],
+        renew: Callable[[], Awaitable[bool]],
+        time_out: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.interval = interval
+        self.deadline = deadline
+        self._last_renewal = last_renewal
+        self._renew = renew
+        self._time_out = time_out
+        self._handle: asyncio.TimerHandle | None = None
+        self._busy: asyncio.Future[None] | None = None
+        self._stopped = False
+
+    async def __aenter__(self) -> LeaseTimer:
+        self._schedule()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stopped = True
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._busy is not None:
+            await asyncio.wait([self._busy])
+
+    def _schedule(self) -> None:
+        if not self._stopped:
+            delay = max(0.0, self._last_renewal() + self.interval - time.monotonic())
+            self._handle = asyncio.get_running_loop().call_later(delay, self._due)
+
+    def _due(self) -> None:
+        self._handle = None
+        if self._stopped:
+            return
+        now = time.monotonic()
+        if now > self.deadline + self.interval:
+            self._busy = asyncio.ensure_future(self._time_out())
+        elif now < self._last_renewal() + self.interval:
+            self._schedule()  # renewed meanwhile (a progress report)
+        else:
+            self._busy = asyncio.ensure_future(self._renew_then_schedule())
+
+    async def _renew_then_schedule(self) -> None:
+        try:
+            renewed = await self._renew()
+        except Exception:  # a bug, not a refusal: say so, and keep the lease rather than lose it
+            log.exception("task.lease_renewal_failed")
+            renewed = True
+        if renewed:
+            self._schedule()
+
+
 class Execution:
     """One attempt of one task on this worker."""
 
@@ -85,6 +150,10 @@ class Execution:
         self.job = job
         # Set by the worker when it shuts down: give the task back after the current chunk.
         self.release_requested = asyncio.Event()
+        self._last_beat = time.monotonic()  # the last lease renewal sent (the claim renewed it)
+        # Set by the lease keeper when this attempt must stop, writing nothing more: "lost_claim"
+        # (a renewal was refused) or "timed_out" (the keeper recorded TaskTimeout itself).
+        self._stopped_by: str | None = None
 
     async def run(self) -> str:
         """Returns how the attempt ended: completed, failed, retry_scheduled, released or stopped."""
@@ -94,31 +163,40 @@ class Execution:
             if job.spec is None:
                 raise UnreadableSpec(job.unreadable)
             limit = min(self.settings.task_timeout_s, job.spec.timeout_s or self.settings.task_timeout_s)
-            first = await self.first_chunks.compute(job.spec)
-            run = first.run
-            await self._compute(run, started + limit, limit)
-            if self.release_requested.is_set() and not run.done:
+            async with self._lease_kept(started + limit, limit):
+                first = await self.first_chunks.compute(job.spec)
+                run = first.run
+                await self._compute(run, started + limit, limit)
+                releasing = self.release_requested.is_set() and not run.done
+                if first.outcome is not None:
+                    outcome, result = first.outcome, first.result
+                elif not releasing:
+                    # A long run's outcome (a sweep's table, say) can take a while to build and encode.
+                    outcome, result = await asyncio.to_thread(finished, run)
+            self._stop_if_told()
+            if releasing:
                 return await self._release()
-            if first.outcome is not None:
-                outcome, result = first.outcome, first.result
-            else:
-                # A long run's outcome (a sweep's table, say) can take a while to build and encode.
-                outcome, result = await asyncio.to_thread(finished, run)
             event: Completed | Failed | RetryScheduled = Completed(
                 task_id=job.task_id, attempt=job.attempt, result=outcome.summary
             )
         except Stop:
             return "stopped"
         except Exception as error:
+            if self._stopped_by is not None:  # the step failed after this attempt was stopped
+                log.info("task.stopped", reason=self._stopped_by, error_type=type(error).__name__)
+                return "stopped"
             event, result = self._failure(error), b""
         self.on_computed()
-        # An outcome must not be lost to a Redis restart: it is re-sent until stored.
-        fenced = await until_reachable(
-            lambda: self.store.finish(
-                event, message_id=job.message_id, result=result, reason=getattr(event, "error_type", "")
-            ),
-            doing="storing the outcome",
-        )
+        # An outcome must not be lost to a Redis restart or a full memory: it is re-sent until
+        # stored, and the lease is renewed meanwhile (a renewal is not refused for lack of
+        # memory), so no worker takes the task over to compute it again.
+        async with self._lease_kept(math.inf, 0.0):
+            fenced = await until_reachable(
+                lambda: self.store.finish(
+                    event, message_id=job.message_id, result=result, reason=getattr(event, "error_type", "")
+                ),
+                doing="storing the outcome",
+            )
         outcome_name = type(event).__struct_config__.tag
         if fenced is not None:
             log.warning("task.write_refused", write=outcome_name, status=fenced.status, current_attempt=fenced.attempt)
@@ -126,24 +204,67 @@ class Execution:
         log.info("task.finished", outcome=outcome_name, seconds=round(time.monotonic() - started, 4))
         return str(outcome_name)
 
+    def _lease_kept(self, deadline: float, limit: float) -> LeaseTimer:
+        """While the body runs, a timer renews the lease every heartbeat interval, whatever the
+        computation is doing: it runs in a thread, so one step taking longer than the lease (a
+        large data file loading, indicators over a long series) does not look like a dead worker.
+
+        Fenced like every write: a refused renewal (the task was cancelled or taken over) stops
+        the attempt at its next chunk without writing. A step still running one heartbeat
+        interval past the task's time limit (a chunk boundary would have raised TaskTimeout by
+        then) is not waited for: the task fails with TaskTimeout at once, so a step that never
+        returns cannot hold the task for ever. The timer is stopped, and a renewal in flight
+        awaited, before the body's outcome is written."""
+        return LeaseTimer(
+            self.settings.heartbeat_ms / 1000,
+            deadline,
+            last_renewal=lambda: self._last_beat,
+            renew=self._renew_once,
+            time_out=lambda: self._time_out_within_step(limit),
+        )
+
+    async def _renew_once(self) -> bool:
+        try:
+            await self._heartbeat(None)
+        except Stop:
+            self._stopped_by = "lost_claim"
+            return False
+        return True
+
+    async def _time_out_within_step(self, limit: float) -> None:
+        """Record TaskTimeout while a step is still computing; whatever that step returns, the
+        attempt writes nothing more (its thread cannot be stopped, only ignored)."""
+        job = self.job
+        self._stopped_by = "timed_out"
+        event = self._failure(TaskTimeout(f"the task ran past its time limit of {limit:g} s (within one step)"))
+        fenced = await until_reachable(
+            lambda: self.store.finish(event, message_id=job.message_id, reason=getattr(event, "error_type", "")),
+            doing="storing the outcome",
+        )
+        if fenced is not None:
+            log.warning("task.write_refused", write="failed", status=fenced.status, current_attempt=fenced.attempt)
+
+    def _stop_if_told(self) -> None:
+        if self._stopped_by is not None:
+            log.info("task.stopped", reason=self._stopped_by)
+            raise Stop
+
     async def _compute(self, run: Any, deadline: float, limit: float) -> None:
-        heartbeat_s = self.settings.heartbeat_ms / 1000
         progress_s = self.settings.progress_interval_ms / 1000
-        last_beat = last_progress = time.monotonic()
+        last_progress = time.monotonic()
         reported = 0.0
         while not run.done:
             if self.release_requested.is_set():
                 return
+            self._stop_if_told()
             now = time.monotonic()
             if now > deadline:
                 raise TaskTimeout(f"the task ran past its time limit of {limit:g} s")
             await self._check_still_mine()
-            report = now - last_progress >= progress_s and run.progress > reported
-            if report or now - last_beat >= heartbeat_s:
-                await self._heartbeat(run.progress if report else None)
-                last_beat = now
-                if report:
-                    last_progress, reported = now, run.progress
+            if now - last_progress >= progress_s and run.progress > reported:
+                # A progress report renews the lease too; the timer renews it in between.
+                await self._heartbeat(run.progress)
+                last_progress, reported = now, run.progress
             await asyncio.to_thread(run.advance, CHUNK_SECONDS)
 
     async def _check_still_mine(self) -> None:
@@ -152,7 +273,9 @@ class Execution:
         job = self.job
         try:
             status, current = await self.store.redis.hmget(self.store.keys.control(job.task_id), "status", "attempt")
-        except REDIS_UNAVAILABLE:
+        except redis.exceptions.RedisError as e:
+            if not store_unavailable(e):
+                raise
             return  # keep computing; the fenced writes decide later
         status = status.decode() if status else "missing"
         if status == "running" and int(current or 0) == job.attempt:
@@ -162,12 +285,16 @@ class Execution:
 
     async def _heartbeat(self, progress: float | None) -> None:
         job = self.job
+        self._last_beat = time.monotonic()
         try:
             fenced = await self.store.heartbeat(
                 job.task_id, job.attempt, worker=self.worker, message_id=job.message_id, progress=progress
             )
-        except REDIS_UNAVAILABLE as e:
-            log.warning("store.unavailable", write="heartbeat", error=str(e))
+        except redis.exceptions.RedisError as e:
+            if not store_unavailable(e):
+                raise
+            # Out of memory or unreachable: keep computing, the outcome is stored once it passes.
+            log.warning("store.unavailable", write="heartbeat", error=str(e), error_type=type(e).__name__)
             return
         if fenced is not None:
             log.warning("task.write_refused", write="heartbeat", status=fenced.status, current_attempt=fenced.attempt)

@@ -7,10 +7,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+import redis.exceptions
 import structlog
 
-from orchestrator.connections import REDIS_UNAVAILABLE
+from orchestrator.connections import store_unavailable
+from orchestrator.errors import ProjectionGapError
 from orchestrator.events import StoredEvent
+from orchestrator.presence import Heartbeat
 from orchestrator.projection import Projection
 from orchestrator.state import TaskState, evolve
 
@@ -46,8 +49,11 @@ class Projector:
         block_ms: int = 1000,
         source: Source | None = None,
         on_batch: Callable[[int], None] | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.projection = projection
+        # The live projector's liveness for /readyz; replays run without one.
+        self.heartbeat = heartbeat
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.source = source or projection.read_log
@@ -110,22 +116,51 @@ class Projector:
 
         Batches are pipelined: the next batch is read and folded while Redis stores the last
         one, and its store is sent only once the last one was accepted at the position it
-        expected. Redis outages are waited out with backoff; the stored position says where
-        to go on."""
+        expected. A rebuild that makes another projection live is followed (the pointer is
+        re-read at most every POINTER_TTL_S, and whenever a store is refused). Store outages and
+        refusals that pass (out of memory, read-only, loading: `store_unavailable`) are waited
+        out with backoff; the stored position says where to go on. A gap in a task's events
+        stops the projector, but only once it is seen twice folding onto stored states alone: a
+        batch folded onto one that was then refused, or onto a projection a rebuild replaced,
+        shows gaps that are not in the log."""
         log.info("projector.started", projection=self.projection.keys.projection_name)
+        heartbeat = self.heartbeat
+        beating = asyncio.create_task(heartbeat.run()) if heartbeat is not None else None
+        try:
+            await self._follow(burst)
+        finally:
+            if heartbeat is not None and beating is not None:
+                beating.cancel()
+                await heartbeat.remove()
+
+    async def _follow(self, burst: bool) -> None:
         delay = 0.1
         position = None
         inflight: asyncio.Task[bool] | None = None
         fresh = True
+        gap_seen = False
+        on_unstored = False
         loop = asyncio.get_running_loop()
         next_read = 0.0
+        following = self.projection.keys.projection_name
         while not self._stopping.is_set():
             try:
                 if fresh:
+                    self._cache.clear()
                     position, fresh = await self.projection.position(), False
+                    following = self.projection.keys.projection_name
+                else:
+                    await self.projection.refresh()
+                    if self.projection.keys.projection_name != following:
+                        log.info("projector.following", projection=self.projection.keys.projection_name)
+                        await _settle(inflight)
+                        inflight = None
+                        fresh = True
+                        continue
                 if not burst and loop.time() < next_read:
                     await asyncio.sleep(next_read - loop.time())
-                batch = await self._fold(position, block=not burst and inflight is None)
+                on_unstored = inflight is not None
+                batch = await self._fold(position, block=not burst and not on_unstored)
                 full = batch is not None and len(batch.events) >= self.batch_size
                 next_read = 0.0 if full else loop.time() + FOLLOW_INTERVAL_S
                 if inflight is not None:
@@ -134,9 +169,9 @@ class Projector:
                     if not accepted:
                         # The batch just folded was folded onto states that were never stored,
                         # and its fold may have refilled the cache after _store cleared it.
-                        self._cache.clear()
                         fresh = True
                         continue
+                    gap_seen = False
                 if batch is None:
                     if burst:
                         break
@@ -144,12 +179,22 @@ class Projector:
                 inflight = asyncio.create_task(self._store(batch))
                 position = batch.events[-1].id
                 delay = 0.1
-            except REDIS_UNAVAILABLE as e:
-                log.warning("store.unavailable", error=str(e), retry_in_s=delay)
-                if inflight is not None:
-                    await asyncio.gather(inflight, return_exceptions=True)
-                    inflight = None
-                self._cache.clear()
+            except ProjectionGapError as e:
+                await _settle(inflight)
+                inflight = None
+                if gap_seen and not on_unstored:
+                    raise
+                # Folded onto a batch not stored yet (perhaps never), or seen once: again, from
+                # the stored position and the stored states only.
+                gap_seen = gap_seen or not on_unstored
+                fresh = True
+                log.info("projector.rechecking_gap", error=str(e))
+            except redis.exceptions.RedisError as e:
+                await _settle(inflight)
+                inflight = None
+                if not store_unavailable(e):
+                    raise
+                log.warning("store.unavailable", error=str(e), error_type=type(e).__name__, retry_in_s=delay)
                 fresh = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -161,6 +206,12 @@ class Projector:
         if inflight is not None:
             await inflight
         log.info("projector.stopped", applied=self.applied)
+
+
+async def _settle(inflight: asyncio.Task[bool] | None) -> None:
+    """Let a store in flight finish, whatever its outcome (the stored position tells)."""
+    if inflight is not None:
+        await asyncio.gather(inflight, return_exceptions=True)
 
 
 async def fold_log(projection: Projection, **kwargs: Any) -> int:

@@ -66,6 +66,11 @@ async def apply_retention(redis: Any, keys: Keys, *, horizon_ms: int, dry_run: b
     if dry_run:
         trimmed = len(await redis.xrange(keys.events, "-", f"({keep_from}"))
         return RetentionReport(keep_from, limited_by, trimmed, len(finished), 0, memory_before, memory_before)
+    # Recorded before anything is trimmed, so a reader never meets a trimmed task without it.
+    mark = {"log_starts_at": keep_from, "at_ms": str(int(seconds) * 1000 + int(micros) // 1000)}
+    if archived:
+        mark["archived_through"] = text(archived)
+    await redis.hset(keys.retention, mapping=mark)
     trimmed = await redis.xtrim(keys.events, minid=keep_from, approximate=False)
     for start in range(0, len(finished), 500):
         chunk = finished[start : start + 500]

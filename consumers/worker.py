@@ -16,6 +16,7 @@ from consumers.reclaim import reclaim_expired
 from orchestrator.codec import text
 from orchestrator.connections import until_reachable
 from orchestrator.keys import WORKER_GROUP
+from orchestrator.presence import Heartbeat
 from orchestrator.settings import Settings
 from orchestrator.store import Claim, EventStore
 
@@ -72,6 +73,22 @@ class Worker:
     async def run(self, *, burst: bool = False) -> None:
         """Take and run work until stopped; in burst mode, until no work is left."""
         log.info("worker.started", worker=self.name, concurrency=self.concurrency)
+        # Its liveness, for /readyz, the workers page and metrics: beats on a timer, so an idle
+        # worker is seen alive too (see orchestrator/presence.py).
+        heartbeat = Heartbeat(
+            self.store.redis,
+            self.store.keys.worker_heartbeats,
+            self.name,
+            interval_s=min(self.settings.heartbeat_ms, self.settings.lease_ms / 3) / 1000,
+        )
+        beating = asyncio.create_task(heartbeat.run())
+        try:
+            await self._run(burst)
+        finally:
+            beating.cancel()
+            await heartbeat.remove()
+
+    async def _run(self, burst: bool) -> None:
         await self._with_reconnect(self.store.ensure_group, "creating the group")
         # A worker restarted under the same name first takes back what it held before.
         backlog = await self._with_reconnect(self._own_pending, "reading own pending work")
@@ -101,6 +118,10 @@ class Worker:
             reclaimed = await reclaim_expired(
                 self.store.redis, self.store.keys, self.name, min_idle_ms=self.settings.lease_ms, count=free
             )
+            # Never its own running tasks: their leases lapse only while the store refuses the
+            # renewals (out of memory, say), and the outcome they hold is stored once it passes.
+            mine = {e.job.message_id for e in self._running.values() if e is not None}
+            reclaimed = [(m, t) for m, t in reclaimed if m not in mine]
             if reclaimed:
                 log.info("worker.reclaimed", count=len(reclaimed))
                 return [Item(m, t, reclaim=True) for m, t in reclaimed]

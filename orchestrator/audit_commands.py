@@ -1,4 +1,5 @@
-"""Audit and replay subcommands: `audit`, `replay`, `export`, `retention` (they read Redis directly)."""
+"""Audit and replay subcommands: `audit`, `replay`, `export`, `retention` (they read Redis directly:
+REDIS_URL's, or the embedded store of the home)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ import msgspec
 
 from orchestrator.connections import Connections
 from orchestrator.history import event_view
+from orchestrator.home import HOME_HELP, HomeError, store_for
 from orchestrator.keys import Keys
+from orchestrator.projection import HistoryArchived, Projection
 from orchestrator.settings import Settings
 from orchestrator.state import to_api
 from orchestrator.store import EventStore
-from orchestrator.timeline import as_of_id, state_as_of
+from orchestrator.timeline import as_of_id
 
 
 def _summary(line: dict[str, Any]) -> str:
@@ -61,22 +64,31 @@ class _Progress:
 async def _audit(args: argparse.Namespace, settings: Settings) -> int:
     conns = Connections(settings)
     try:
-        store = EventStore(conns.commands, Keys(prefix=settings.prefix))
-        events = await store.task_events(args.task_id)
-        if not events:
-            print(f"backstream audit: no task {args.task_id} in the log", file=sys.stderr)
+        keys = Keys(prefix=settings.prefix)
+        store = EventStore(conns.commands, keys)
+        # The same read model as the API and the dashboard: a task retention compacted still exists.
+        history = await Projection(conns.commands, keys, follow_live=True).history(args.task_id, store)
+        if history is None:
+            print(f"backstream audit: no task {args.task_id}", file=sys.stderr)
             return 1
         if args.as_of:
             try:
-                state = state_as_of(events, as_of_id(args.as_of))
+                state = history.as_of(as_of_id(args.as_of))
             except ValueError as e:
                 print(f"backstream audit: --as-of {e}", file=sys.stderr)
                 return 2
+            except HistoryArchived as e:
+                print(f"backstream audit: --as-of {args.as_of}: {e}", file=sys.stderr)
+                return 1
             if state is None:
                 print(f"backstream audit: task {args.task_id} did not exist as of {args.as_of}", file=sys.stderr)
                 return 1
             print(json.dumps(to_api(state), indent=None if args.json else 2))
             return 0
+        if history.archived is not None:
+            # Not a JSON line: --json output stays one event per line.
+            print(f"earlier history: {history.archived.describe()}", file=sys.stderr if args.json else sys.stdout)
+        events = history.events
         for stored in events:
             line = event_view(stored)
             if args.json:
@@ -169,14 +181,19 @@ def _range_bound(value: str | None, default: str, *, low: bool) -> str:
 
 
 def _needs_redis(run: Any) -> Any:
+    """Run the command on REDIS_URL's Redis or, without it, on the embedded store of the home:
+    the running `backstream up`'s, or one this command starts and stops itself."""
+
     def wrapped(args: argparse.Namespace, settings: Settings) -> int:
-        if settings.redis_url is None:
-            print(
-                f"backstream {args.command}: set REDIS_URL; the embedded store lives only inside `backstream up`",
-                file=sys.stderr,
-            )
+        if settings.redis_url is not None:
+            return int(asyncio.run(run(args, settings)))
+        assert settings.home is not None
+        try:
+            with store_for(Path(settings.home), args.command) as url:
+                return int(asyncio.run(run(args, msgspec.structs.replace(settings, redis_url=url))))
+        except HomeError as e:
+            print(f"backstream {args.command}: {e}", file=sys.stderr)
             return 2
-        return int(asyncio.run(run(args, settings)))
 
     return wrapped
 
@@ -186,6 +203,7 @@ def register(sub: Any) -> None:
     audit.add_argument("task_id")
     audit.add_argument("--json", action="store_true", help="JSON lines, as GET …/events gives them")
     audit.add_argument("--as-of", help="a stream id or ISO time: print the task's state as it was then")
+    audit.add_argument("--home", help=HOME_HELP)
     audit.set_defaults(run=_needs_redis(_audit))
 
     replay = sub.add_parser("replay", help="fold the whole log into fresh keys: verify or rebuild the projection")
@@ -203,12 +221,14 @@ def register(sub: Any) -> None:
     replay.add_argument(
         "--archive", action="append", default=[], help="an exported archive to read before the live log (repeatable)"
     )
+    replay.add_argument("--home", help=HOME_HELP)
     replay.set_defaults(run=_needs_redis(_replay))
 
     export = sub.add_parser("export", help="write the log to newline-delimited JSON (.gz compresses)")
     export.add_argument("file")
     export.add_argument("--since", help="stream id or ISO time (default: the beginning)")
     export.add_argument("--until", help="stream id or ISO time (default: now)")
+    export.add_argument("--home", help=HOME_HELP)
     export.set_defaults(run=_needs_redis(_export))
 
     retention = sub.add_parser(
@@ -216,4 +236,5 @@ def register(sub: Any) -> None:
     )
     retention.add_argument("--horizon", type=_duration_ms, required=True, help="keep this much: 30d, 12h, …")
     retention.add_argument("--dry-run", action="store_true", help="report what would be trimmed")
+    retention.add_argument("--home", help=HOME_HELP)
     retention.set_defaults(run=_needs_redis(_retention))

@@ -1,8 +1,9 @@
-"""Redis clients: one pool for commands, a separate client for blocking reads."""
+"""Redis clients (one pool for commands, one for blocking reads) and how store errors are waited out."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -10,6 +11,8 @@ import fakeredis
 import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from orchestrator.settings import Settings
 
@@ -20,21 +23,48 @@ T = TypeVar("T")
 # What Redis being unreachable (down, restarting, a network blip) looks like to a client.
 REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
+# Refusals that pass once the store recovers: out of memory (maxmemory with noeviction), a
+# replica that is read-only after a failover, a cluster resharding or down. Connection errors
+# (BusyLoadingError, a dataset still loading, among them) and timeouts are outages too.
+_REFUSALS_THAT_PASS = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,  # and MasterDownError
+)
+# The same, for errors redis-py leaves as a plain ResponseError: their code is the reply's first word.
+_CODES_THAT_PASS = frozenset({"MISCONF", "BUSY", "NOREPLICAS", "LOADING", "OOM", "READONLY", "TRYAGAIN", "CLUSTERDOWN"})
+
+
+def store_unavailable(error: BaseException) -> bool:
+    """True when `error` says the store cannot serve the call now but may later (unreachable,
+    out of memory, read-only, loading, failing to persist, busy, resharding): the caller waits
+    it out or answers 503. False for errors that the same call will meet again (a bad command,
+    a script bug, a wrong type), which must surface."""
+    if isinstance(error, REDIS_UNAVAILABLE + _REFUSALS_THAT_PASS):
+        return True
+    if isinstance(error, redis.exceptions.ResponseError):
+        return str(error).split(" ", 1)[0].upper() in _CODES_THAT_PASS
+    return False
+
 
 async def until_reachable(
     call: Callable[[], Awaitable[T]], *, doing: str, give_up: Callable[[], bool] = lambda: False, fallback: Any = None
 ) -> T:
-    """Run `call` until Redis answers, waiting out outages with exponential backoff (0.1 s to
-    5 s). Only for calls that are safe to re-send (our scripts are idempotent). Returns
-    `fallback` instead once `give_up()` says so (e.g. the process is stopping)."""
+    """Run `call` until Redis answers, waiting out outages and refusals that pass (see
+    `store_unavailable`) with exponential backoff (0.1 s to 5 s). Only for calls that are safe
+    to re-send (our scripts are idempotent). Returns `fallback` instead once `give_up()` says so
+    (e.g. the process is stopping). Other store errors are raised."""
     delay = 0.1
     while True:
         try:
             return await call()
-        except REDIS_UNAVAILABLE as e:
+        except redis.exceptions.RedisError as e:
+            if not store_unavailable(e):
+                raise
             if give_up():
                 return fallback  # type: ignore[no-any-return]
-            log.warning("store.unavailable", doing=doing, error=str(e), retry_in_s=delay)
+            log.warning("store.unavailable", doing=doing, error=str(e), error_type=type(e).__name__, retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -42,9 +72,65 @@ async def until_reachable(
 # Commands get a short timeout so an unreachable Redis becomes a quick 503, not a hung request.
 COMMAND_TIMEOUT_S = 5.0
 
+# The longest BLOCK any blocking reader asks for (worker 500 ms, projector and live feed 1 s).
+# Blocking readers get a socket timeout this much plus a margin: a connection that went silent
+# (a peer gone without a FIN or an RST, a proxy that dropped it) is noticed within seconds,
+# where no timeout at all would wait on it forever.
+LONGEST_BLOCK_MS = 1_000
+BLOCKING_TIMEOUT_S = LONGEST_BLOCK_MS / 1000 + 2.0
+
+
+class _LoggedRetry(Retry):
+    """redis-py's retry, saying so in the log: a dropped connection is never silent."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def logged(error: Exception, *count: int) -> Any:
+            log.warning("store.connection_dropped", error=str(error), error_type=type(error).__name__)
+            return fail(error, *count)
+
+        return await super().call_with_retry(do, logged, is_retryable, with_failure_count)
+
+
+# A call that timed out (or lost its connection) is re-sent once on a fresh connection (our
+# scripts are idempotent, so re-sending is safe): a dead pooled connection costs one timeout,
+# not an error; a store that is really away still fails within two timeouts.
+_RETRY_ON_TIMEOUT = _LoggedRetry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), retries=1)
+
+# TCP keepalive on every connection: the kernel finds an idle connection to a vanished host
+# after ~5 + 3 x 2 s instead of redis-py's default ~45 s, before a command has to time out on it.
+_KEEPALIVE = {
+    option: value
+    for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3))
+    if (option := getattr(socket, name, None)) is not None
+}
+
+
+def client(url: str, *, socket_timeout: float) -> Any:
+    """A redis-py asyncio client that notices a dead peer: socket timeouts, TCP keepalive (over
+    TCP; a unix socket, the embedded store's, has no peer to lose), and a read re-sent once on a
+    fresh connection after a timeout. RESP2 replies."""
+    tcp = not url.startswith("unix:")
+    keepalive: dict[str, Any] = {"socket_keepalive": True, "socket_keepalive_options": _KEEPALIVE} if tcp else {}
+    return aioredis.Redis.from_url(
+        url,
+        protocol=2,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=COMMAND_TIMEOUT_S,
+        retry=_RETRY_ON_TIMEOUT,
+        retry_on_timeout=True,
+        **keepalive,
+    )
+
 
 class Connections:
-    """The clients of one process. On the embedded store, all share one in-process fake server."""
+    """The clients of one process. Without a Redis URL (`up`'s fallback where no valkey-server wheel
+    exists), all share one in-process fake server."""
 
     def __init__(self, settings: Settings, *, fake_server: Any = None) -> None:
         self.settings = settings
@@ -53,20 +139,10 @@ class Connections:
             self.commands: Any = fakeredis.aioredis.FakeRedis(server=server, protocol=2)
             self.blocking: Any = fakeredis.aioredis.FakeRedis(server=server, protocol=2)
         else:
-            self.commands = aioredis.Redis.from_url(
-                settings.redis_url,
-                protocol=2,
-                socket_timeout=COMMAND_TIMEOUT_S,
-                socket_connect_timeout=COMMAND_TIMEOUT_S,
-            )
-            # Blocking XREAD/XREADGROUP wait up to their BLOCK time; a client socket timeout
-            # shorter than that would abort (and retry) them, so blocking readers get none.
-            self.blocking = aioredis.Redis.from_url(
-                settings.redis_url,
-                protocol=2,
-                socket_timeout=None,
-                socket_connect_timeout=COMMAND_TIMEOUT_S,
-            )
+            self.commands = client(settings.redis_url, socket_timeout=COMMAND_TIMEOUT_S)
+            # Blocking XREAD/XREADGROUP wait up to their BLOCK time, so blocking readers get a
+            # client of their own whose timeout is above the longest BLOCK.
+            self.blocking = client(settings.redis_url, socket_timeout=BLOCKING_TIMEOUT_S)
 
     async def close(self) -> None:
         await self.commands.aclose()

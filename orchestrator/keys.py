@@ -17,6 +17,10 @@ DEFAULT_PROJECTION = "proj"
 # A result staged for `finish.lua` lives microseconds; this only bounds one a crash left behind.
 STAGED_RESULT_TTL_MS = 3600 * 1000
 
+# A heartbeat silent this long is dropped from its set by the next beat of any process: a worker
+# or projector that died (or was renamed) stays listed as silent for a day, then goes.
+HEARTBEAT_KEEP_MS = 24 * 3600 * 1000
+
 # An Idempotency-Key is remembered this long; a client retrying a submit after a day is a new submit.
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
@@ -69,6 +73,19 @@ class Keys(msgspec.Struct, frozen=True):
     def staged_result(self, task_id: str, attempt: int) -> str:
         return f"{self.prefix}:task:{task_id}:staged-result:{attempt}"
 
+    # Each worker's heartbeat: a sorted set of worker names scored by the Redis time (ms) of its
+    # last beat, written on a timer by the worker itself (`beat.lua`). Liveness comes from here,
+    # not from XINFO CONSUMERS' idle time, which reads that deliver nothing do not reset before
+    # Redis 7.2. A worker that stops cleanly removes itself; others leave after HEARTBEAT_KEEP_MS.
+    @property
+    def worker_heartbeats(self) -> str:
+        return f"{self.prefix}:heartbeats:workers"
+
+    # The same for the live projectors (named `<host>-<pid>`).
+    @property
+    def projector_heartbeats(self) -> str:
+        return f"{self.prefix}:heartbeats:projectors"
+
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
 
@@ -90,6 +107,13 @@ class Keys(msgspec.Struct, frozen=True):
     @property
     def archived_through(self) -> str:
         return f"{self.prefix}:archived-through"
+
+    # What the last retention run left (a hash: `log_starts_at`, the id the log holds nothing
+    # older than; `archived_through`, what `backstream export` had written by then; `at_ms`), so
+    # a reader can say where a task's trimmed history went. Overwritten by each run.
+    @property
+    def retention(self) -> str:
+        return f"{self.prefix}:retention"
 
     @property
     def projection_root(self) -> str:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
-from orchestrator.codec import decode_entry, text
+import msgspec
+
+from orchestrator.codec import decode_entry, id_order, iso_ms, text
+from orchestrator.errors import BackstreamError
 from orchestrator.events import StoredEvent
 from orchestrator.keys import DEFAULT_PROJECTION, Keys
 from orchestrator.scripts import Scripts
 from orchestrator.state import TaskState, changed_fields, evolve, from_hash, index_member, to_hash
+from orchestrator.timeline import state_as_of
 
 # How long a reader trusts its knowledge of which projection is live. A rebuild keeps the old
 # projection intact for longer than this after switching, so a reader a moment behind still
@@ -185,3 +190,108 @@ class Projection:
             for stored in await store.task_events(task_id, after_seq=state.seq if state else 0):
                 state = evolve(state, stored)
         return state
+
+    async def task_event_pages(self, task_id: str, after: str, page: int) -> AsyncIterator[list[StoredEvent]]:
+        """The task's events after stream id `after` that are still in the log, in order, read
+        lazily `page` ids of its log index at a time (LRANGE, then one pipelined XRANGE per id):
+        one page in memory however long the task's history is."""
+        start = 0
+        while True:
+            ids = [text(i) for i in await self.redis.lrange(self.keys.task_log(task_id), start, start + page - 1)]
+            start += len(ids)
+            wanted = [i for i in ids if id_order(i) > id_order(after)]
+            if wanted:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for entry_id in wanted:
+                        pipe.xrange(self.keys.events, entry_id, entry_id)
+                    replies = await pipe.execute()
+                events = [decode_entry(*entries[0]) for entries in replies if entries]
+                if events:
+                    yield events
+            if len(ids) < page:
+                return
+
+    async def last_task_event_id(self, task_id: str) -> str | None:
+        """The id of the task's newest event still in the log (None once retention trimmed it or
+        dropped the task's log index)."""
+        last = await self.redis.lindex(self.keys.task_log(task_id), -1)
+        if last is None or not await self.redis.xrange(self.keys.events, last, last):
+            return None
+        return text(last)
+
+    async def history(self, task_id: str, store: Any) -> TaskHistory | None:
+        """The task's state and its audit trail, from one read so the two agree: the projected
+        state with any events the projector has not folded yet, and the task's events still in
+        the log. When retention trimmed the first of them, `archived` says where they went.
+        None if the task does not exist (neither in the projection nor in the log)."""
+        await self.refresh()
+        fields = await self.redis.hgetall(self.keys.projected_task(task_id))
+        state = from_hash(fields) if fields else None
+        events = await store.task_events(task_id)
+        for stored in events:
+            if state is None or stored.event.seq > state.seq:
+                state = evolve(state, stored)
+        if state is None:
+            return None
+        first_seq = events[0].event.seq if events else state.seq + 1
+        archived = None
+        if first_seq > 1:
+            mark = {text(k): text(v) for k, v in (await self.redis.hgetall(self.keys.retention)).items()}
+            archived = Archived(
+                events=first_seq - 1,
+                log_starts_at=mark.get("log_starts_at"),
+                archived_through=mark.get("archived_through"),
+                trimmed_at=iso_ms(int(mark["at_ms"])) if "at_ms" in mark else None,
+            )
+        return TaskHistory(state=state, events=events, archived=archived)
+
+
+class Archived(msgspec.Struct, frozen=True):
+    """Where the first events of a task went once retention trimmed them from the log."""
+
+    # How many of the task's first events the log no longer holds.
+    events: int
+    # Retention trimmed the log below this stream id (None: no retention run was recorded).
+    log_starts_at: str | None
+    # `backstream export` had written the log up to this id to an archive file by then: the
+    # trimmed events are there (`backstream replay --archive FILE`, or the file itself).
+    archived_through: str | None
+    # When that retention run happened, ISO 8601 UTC.
+    trimmed_at: str | None
+
+    def describe(self) -> str:
+        """One sentence for people: what is missing and where it is."""
+        where = (
+            f"an archive written by `backstream export` (through {self.archived_through})"
+            if self.archived_through
+            else "no recorded archive"
+        )
+        when = f" on {self.trimmed_at}" if self.trimmed_at else ""
+        below = f" below {self.log_starts_at}" if self.log_starts_at else ""
+        trimmed = f"the first {self.events} events were trimmed from the log{below} by retention{when}"
+        return f"{trimmed}; they are in {where}"
+
+
+class HistoryArchived(BackstreamError):
+    """A question about a task's past that only its trimmed events could answer."""
+
+    def __init__(self, task_id: str, archived: Archived) -> None:
+        super().__init__(f"task {task_id}: {archived.describe()}")
+        self.archived = archived
+
+
+class TaskHistory(msgspec.Struct, frozen=True):
+    """A task's current state and the events the log still holds (see Projection.history)."""
+
+    state: TaskState
+    events: list[StoredEvent]
+    archived: Archived | None = None
+
+    def as_of(self, until: tuple[int, int]) -> TaskState | None:
+        """The state after every event at or before `until` (as (ms, seq)); None if the task did
+        not exist yet. Raises HistoryArchived when that needs events retention trimmed."""
+        if id_order(self.state.last_event_id) <= until:
+            return self.state
+        if self.archived is not None:
+            raise HistoryArchived(self.state.task_id, self.archived)
+        return state_as_of(self.events, until)

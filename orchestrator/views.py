@@ -90,12 +90,23 @@ class EventView(msgspec.Struct, frozen=True):
     data: dict[str, Any]
 
 
+class ArchivedEvents(msgspec.Struct, frozen=True):
+    """The first `events` events of a task that retention trimmed from the log: below which stream
+    id, when, and through which id `backstream export` had archived the log (null: no archive)."""
+
+    events: int
+    log_starts_at: str | None
+    archived_through: str | None
+    trimmed_at: str | None
+    message: str
+
+
 class TaskEvents(msgspec.Struct, frozen=True):
-    """`GET …/events`: every event of the task in order; `archived` when retention dropped them."""
+    """`GET …/events`: the task's events in order; `archived` when retention trimmed the first ones."""
 
     task_id: str
     events: list[EventView]
-    archived: bool | msgspec.UnsetType = msgspec.UNSET
+    archived: ArchivedEvents | msgspec.UnsetType = msgspec.UNSET
 
 
 class Attempt(msgspec.Struct, frozen=True):

@@ -187,7 +187,8 @@ async def test_retention_trims_only_what_is_archived_and_projected(real_backend:
         # A compacted task is still a finished one: cancelling it is refused, not "unknown".
         refused = await http.delete(f"/api/backtests/tasks/{ids[0]}")
         assert refused.status_code == 400 and refused.json()["fields"][0]["message"] == "task is completed"
-        assert (await http.get(f"/api/backtests/tasks/{ids[0]}/events")).json()["archived"] is True
+        archived = (await http.get(f"/api/backtests/tasks/{ids[0]}/events")).json()["archived"]
+        assert archived["events"] == 3 and archived["log_starts_at"] == report.keep_from
         assert (await http.get(f"/api/backtests/tasks/{unfinished}")).json()["status"] == "queued"
         await system.project()
         assert await verify(backend.redis, keys, archives=[tmp_path / "a.ndjson"]) == []

@@ -60,6 +60,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded default
     env.update(BACKSTREAM_PROGRESS_INTERVAL_MS="100", BACKSTREAM_HEARTBEAT_MS="100")
+    env["BACKSTREAM_HOME"] = str(tmp_path / "home")  # not the user's own
     role = Role(["up", "--port", str(port), "--workers", "2"], env, tmp_path / "up.log")
     url = f"http://127.0.0.1:{port}"
 
@@ -158,6 +159,7 @@ def signed_server(tmp_path: Path) -> Iterator[tuple[str, Role]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update(BACKSTREAM_TOKENS="alice:alice-secret:rw", BACKSTREAM_PROGRESS_INTERVAL_MS="100")
+    env["BACKSTREAM_HOME"] = str(tmp_path / "home")  # not the user's own
     role = Role(["up", "--port", str(port), "--workers", "1"], env, tmp_path / "up.log")
     url = f"http://127.0.0.1:{port}"
 

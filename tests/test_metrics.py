@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -10,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.events import Failed
 from orchestrator.keys import WORKER_GROUP
+from orchestrator.presence import Heartbeat
 from orchestrator.spec import BacktestSpec
 from tests.conftest import Backend
 from tests.harness import System
@@ -135,9 +137,48 @@ async def test_gauges_show_lag_pending_and_the_queue(system: System, backend: Ba
     assert value(samples, "backstream_tasks", status="queued") == 3
 
 
-async def test_readyz_is_separate_from_healthz(system: System) -> None:
+async def test_readyz_is_separate_from_healthz(system: System, backend: Backend) -> None:
+    # A live projector's heartbeat (the real Projector beats the same way on a timer).
+    await Heartbeat(backend.redis, backend.keys.projector_heartbeats, "p1", interval_s=1).beat()
     async with system.client() as http:
         ready = await http.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json() == {"status": "ready", "projector_lag_events": 0, "workers_alive": 0}
+        assert ready.json() == {
+            "status": "ready",
+            "reasons": [],
+            "projector_lag_events": 0,
+            "projector_lag_s": 0.0,
+            "projectors_alive": 1,
+            "workers_alive": 0,
+        }
         assert (await http.get("/healthz")).json() == {"status": "ok"}
+
+
+async def test_readyz_is_not_ready_without_a_projector_and_says_why(system: System, backend: Backend) -> None:
+    async with system.client() as http:
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503 and ready.headers["Retry-After"]
+        assert ready.json()["status"] == "not_ready"
+        assert [r["check"] for r in ready.json()["reasons"]] == ["projector"]
+        assert "no projector has sent a heartbeat" in ready.json()["reasons"][0]["message"]
+        assert (await http.get("/healthz")).status_code == 200  # the process and Redis are fine
+
+
+async def test_readyz_is_not_ready_when_the_projector_is_stuck_past_the_allowed_lag(backend: Backend) -> None:
+    system = System(backend, ready_max_lag_s=0.2)
+    beat = Heartbeat(backend.redis, backend.keys.projector_heartbeats, "stuck", interval_s=1)
+    async with system.client() as http:
+        await http.post("/api/backtests", json=BODY)  # never projected: the projector beats, but is stuck
+        for _ in range(100):
+            await beat.beat()
+            ready = await http.get("/readyz")
+            if ready.status_code == 503:
+                break
+            await asyncio.sleep(0.05)
+        assert ready.status_code == 503
+        body = ready.json()
+        assert [r["check"] for r in body["reasons"]] == ["projector_lag"]
+        assert body["projector_lag_events"] == 1 and body["projector_lag_s"] > 0.2
+        assert "BACKSTREAM_READY_MAX_LAG_S" in body["reasons"][0]["message"]
+        await system.project()
+        assert (await http.get("/readyz")).status_code == 200  # caught up: ready again

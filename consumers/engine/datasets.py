@@ -134,8 +134,13 @@ class Bars:
 
     @functools.cached_property
     def day_strings(self) -> npt.NDArray[np.str_]:
-        """The dates as ISO strings: every result lists them, so a dataset makes them once."""
-        return np.datetime_as_string(self.dates, unit="D")
+        """The dates as ISO strings: every result lists them, so a dataset makes them once.
+
+        In slices: numpy holds the GIL for a whole call (~1 µs a date), which would delay the
+        worker's lease renewals by as long on a long series."""
+        step = 20_000
+        parts = [np.datetime_as_string(self.dates[i : i + step], unit="D") for i in range(0, len(self), step)]
+        return np.concatenate(parts) if parts else np.datetime_as_string(self.dates, unit="D")
 
     def between(self, start: dt.date | None, end: dt.date | None) -> Bars:
         """The bars dated within [start, end], both inclusive; None leaves that side open."""

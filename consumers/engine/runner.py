@@ -13,7 +13,7 @@ import msgspec
 from consumers.engine import kernel, sweep
 from consumers.engine.datasets import Bars, Catalog, DataProvenance, NotAdjustedReason
 from consumers.engine.errors import CheckpointError, EngineError, SpecError
-from consumers.engine.indicators import IndicatorCache
+from consumers.engine.indicators import IndicatorCache, IndicatorUnfinished
 from consumers.engine.kernel import Costs, KernelState, Simulation
 from consumers.engine.metrics import compute_metrics
 from consumers.engine.report import backtest_detail, headline, json_safe, sweep_detail, trades_table
@@ -24,6 +24,8 @@ from orchestrator.spec import BacktestSpec
 
 # Decisions per kernel chunk between clock checks: ~1 µs each, so a check every ~0.1 ms.
 EVENTS_PER_CHUNK = 128
+# Bars of an exact indicator replay (for near ties) per step: ~0.3-1 µs each, so ~10-40 ms.
+EXACT_BARS_PER_STEP = 40_000
 CHECKPOINT_VERSION = 1
 
 
@@ -57,7 +59,8 @@ class Market:
     @classmethod
     def of(cls, bars: Bars, not_adjusted_reason: NotAdjustedReason | None = None) -> Market:
         """The market of `bars` (a range of one symbol's prices, from `Bars.prices`)."""
-        return cls(bars, IndicatorCache(bars.close), bars.open.tolist(), bars.provenance(not_adjusted_reason))
+        indicators = IndicatorCache(bars.close, EXACT_BARS_PER_STEP)
+        return cls(bars, indicators, bars.open.tolist(), bars.provenance(not_adjusted_reason))
 
 
 def costs_of(spec: BacktestSpec) -> Costs:
@@ -106,7 +109,10 @@ class Job:
         if not self.state.done:
             if self.signals is None:
                 # Recomputed after a resume too (not saved): same data, same signals.
-                self.signals = signals_for(self.market, self.strategy, self.params, self.long_only)
+                try:
+                    self.signals = signals_for(self.market, self.strategy, self.params, self.long_only)
+                except IndicatorUnfinished:
+                    return  # a bounded part of an exact replay is done; the next step goes on
             kernel.advance(self.state, self.signals, self.market.open_list, len(bars), self.costs, max_events)
         elif self.sim is None:
             self.sim = kernel.settle(self.state, bars.open, bars.close, self.warmup + 1, self.costs)

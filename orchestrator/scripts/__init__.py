@@ -28,3 +28,4 @@ class Scripts:
         self.promote: AsyncScript = redis.register_script(_source("promote"))
         self.apply: AsyncScript = redis.register_script(_source("apply"))
         self.switch: AsyncScript = redis.register_script(_source("switch"))
+        self.beat: AsyncScript = redis.register_script(_source("beat"))
