@@ -143,6 +143,13 @@ OPERATIONS: list[Operation] = [
         query=views.DeadLetterQuery,
     ),
     Operation("get", "/api/datasets", "The symbols this server offers", {200: views.Datasets}),
+    # Documented once the strategy registry's route is served (document() keeps served paths only).
+    Operation(
+        "get",
+        "/api/strategies",
+        "Every strategy with its parameters (types, bounds, defaults) and the sweep objectives",
+        {200: views.Strategies},
+    ),
     Operation(
         "get", "/healthz", "200 when the store answers, 503 when it does not", {200: views.Health, 503: views.Health}
     ),
@@ -195,14 +202,16 @@ def _content(answer: Any, refs: dict[Any, Any]) -> dict[str, Any]:
 
 
 @functools.cache
-def document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of OPERATIONS, built once (it depends on the code only)."""
-    named = [BacktestSpec, views.EventView, *(t for op in OPERATIONS for t in (op.body, *op.answers.values()))]
+def document(served: frozenset[str] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of OPERATIONS (those whose path is in `served`, when given: the
+    app's routes), built once per set of routes (it depends on the code only)."""
+    operations = [op for op in OPERATIONS if served is None or op.path in served]
+    named = [BacktestSpec, views.EventView, *(t for op in operations for t in (op.body, *op.answers.values()))]
     types = list(dict.fromkeys(t for t in named if t is not None and t != SSE))
     refs_list, schemas = msgspec.json.schema_components(types, ref_template=REF)
     refs = dict(zip(types, refs_list, strict=True))
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
+    for op in operations:
         parameters = [TASK_ID] if "{task_id}" in op.path else []
         parameters += list(op.headers)
         if op.query is not None:
@@ -286,7 +295,8 @@ def _version() -> str:
 
 
 async def openapi_json(request: Request) -> Response:
-    return JSONResponse(document())
+    served = frozenset(getattr(route, "path", "") for route in request.app.routes)
+    return JSONResponse(document(served))
 
 
 async def docs(request: Request) -> Response:

@@ -150,6 +150,46 @@ class Datasets(msgspec.Struct, frozen=True):
     datasets: list[Dataset]
 
 
+class StrategyParam(msgspec.Struct, frozen=True):
+    """One parameter of a strategy: `integer` or `number`, its bounds (null: unbounded; exclusive
+    when the flag says so), its default (null: required) and what it means."""
+
+    name: str
+    type: Literal["integer", "number"]
+    minimum: float | None
+    maximum: float | None
+    exclusive_minimum: bool
+    exclusive_maximum: bool
+    default: float | None
+    description: str
+
+
+class Strategy(msgspec.Struct, frozen=True):
+    """A strategy a request may name: what it does, where it comes from (built in or a plugin's
+    entry point), and its parameters."""
+
+    name: str
+    summary: str
+    origin: str
+    params: list[StrategyParam]
+
+
+class LoadFailure(msgspec.Struct, frozen=True):
+    """A strategy plugin that failed to load, and why."""
+
+    entry_point: str
+    error: str
+
+
+class Strategies(msgspec.Struct, frozen=True):
+    """`GET /api/strategies`: every strategy, the objectives a sweep may maximise, and plugins that
+    failed to load."""
+
+    strategies: list[Strategy]
+    objectives: list[str]
+    load_failures: list[LoadFailure] = []
+
+
 class Health(msgspec.Struct, frozen=True):
     status: Literal["ok", "unavailable"]
     error: str | None = None
