@@ -49,8 +49,8 @@ class Assignment(msgspec.Struct, frozen=True):
     attempt: int
     message_id: str
     spec: BacktestSpec | None  # None: claimed, but unreadable here (`unreadable` says why)
-    # The attempt number before this run of retries began (0, or where a user's requeue left it).
-    budget: int = 0
+    # Attempts charged to the task before this one (retryable errors since submit or requeue).
+    failures: int = 0
     unreadable: str = ""
 
 
@@ -316,7 +316,7 @@ class Execution:
         job = self.job
         message = str(error) or type(error).__name__
         kind = type(error).__name__
-        if is_retryable(error) and job.attempt - job.budget < self.settings.max_attempts:
+        if is_retryable(error) and job.failures + 1 < self.settings.max_attempts:
             delay = backoff_ms(job.attempt, self.settings)
             log.warning("task.attempt_failed", error=message, error_type=kind, retry_in_ms=delay)
             return RetryScheduled(

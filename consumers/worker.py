@@ -12,6 +12,7 @@ import structlog
 
 from consumers.execution import CHUNK_SECONDS, Assignment, Execution, StartRun
 from consumers.first_chunks import FirstChunks
+from consumers.isolation import IsolatedRuns
 from consumers.reclaim import reclaim_expired
 from orchestrator.codec import text
 from orchestrator.connections import until_reachable
@@ -182,23 +183,35 @@ class Worker:
             log.info("task.not_claimed", outcome=claim.outcome)
             return "skipped"
         structlog.contextvars.bind_contextvars(attempt=claim.attempt)
-        log.debug("task.claimed", reclaim=item.reclaim)
+        log.debug("task.claimed", reclaim=item.reclaim, isolated=claim.isolated)
         job = Assignment(
             task_id=task_id,
             attempt=claim.attempt,
             message_id=message_id,
             spec=claim.spec,
-            budget=claim.budget,
+            failures=claim.failures,
             unreadable=claim.error,
         )
         current = asyncio.current_task()
+        # A task whose worker was lost under it runs in a process of its own: if it kills that
+        # process, only it fails (see consumers/isolation.py and streams.md).
+        isolated = IsolatedRuns(self.settings.data_dir) if claim.isolated else None
         execution = Execution(
-            self.store, self.first_chunks, self.settings, self.name, job, on_computed=lambda: self._free_slot(current)
+            self.store,
+            FirstChunks(isolated, CHUNK_SECONDS) if isolated else self.first_chunks,
+            self.settings,
+            self.name,
+            job,
+            on_computed=lambda: self._free_slot(current),
         )
         self._running[current] = execution  # type: ignore[index]
         if self._releasing:
             execution.release_requested.set()
-        return await execution.run()
+        try:
+            return await execution.run()
+        finally:
+            if isolated is not None:
+                isolated.close()
 
     async def _claim(self, item: Item) -> Claim:
         token = uuid.uuid4().hex  # one token for every re-send: the claim is made once

@@ -36,6 +36,9 @@ class Started(Event, frozen=True, tag="started"):
     worker: str
     # True when this attempt took the task over from a worker whose lease expired.
     reclaimed: bool = False
+    # True when this attempt runs in a process of its own: every attempt after the task once
+    # lost its worker does, so a death of that process is the task's own (streams.md).
+    isolated: bool = False
 
 
 class Progress(Event, frozen=True, tag="progress"):

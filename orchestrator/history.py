@@ -12,9 +12,10 @@ from orchestrator.events import Cancelled, Completed, Failed, Released, RetrySch
 
 
 def attempt_history(events: Iterable[StoredEvent]) -> list[dict[str, Any]]:
-    """One entry per attempt: attempt, worker, started_at, and its outcome (completed, failed,
-    retry_scheduled, released, cancelled, or `lost` when a later attempt took it over) with the
-    error when there was one."""
+    """One entry per attempt: attempt, worker, started_at, isolated (whether it ran in a process
+    of its own), and its outcome (completed, failed, retry_scheduled, released, cancelled, or
+    `lost` when its worker died under it: a later attempt took it over, or the task failed with
+    `WorkerLost`) with the error when there was one."""
     attempts: list[dict[str, Any]] = []
     for stored in events:
         event = stored.event
@@ -26,6 +27,7 @@ def attempt_history(events: Iterable[StoredEvent]) -> list[dict[str, Any]]:
                     "attempt": event.attempt,
                     "worker": event.worker,
                     "started_at": iso_ms(stored.at_ms),
+                    "isolated": event.isolated,
                     "outcome": None,
                     "error": None,
                 }
@@ -35,7 +37,8 @@ def attempt_history(events: Iterable[StoredEvent]) -> list[dict[str, Any]]:
             and attempts[-1]["outcome"] is None
             and isinstance(event, (Completed, Failed, RetryScheduled, Released, Cancelled))
         ):
-            attempts[-1]["outcome"] = type(event).__struct_config__.tag
+            lost = isinstance(event, Failed) and event.error_type == "WorkerLost"
+            attempts[-1]["outcome"] = "lost" if lost else type(event).__struct_config__.tag
             attempts[-1]["error"] = getattr(event, "error", None)
     return attempts
 

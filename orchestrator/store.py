@@ -29,6 +29,13 @@ from orchestrator.keys import IDEMPOTENCY_TTL_SECONDS, STAGED_RESULT_TTL_MS, WOR
 from orchestrator.scripts import Scripts
 from orchestrator.spec import BacktestSpec
 
+# A lost worker is not charged to a task; a task that loses its worker this many times its
+# `max_attempts` anyway (it runs isolated after the first loss, so only its worker's own deaths
+# can do that) is failed with `WorkerLost`, so that no task is taken over forever. Far above
+# what chaos does to a healthy task: with one of three workers killed every 0.5-2 s for 25 s,
+# the most any task lost in 15 seeded runs was 8 (tests/test_faults.py).
+LOST_WORKERS_PER_ATTEMPT = 10
+
 
 class SubmitResult(msgspec.Struct, frozen=True):
     task_id: str
@@ -42,19 +49,23 @@ class Claim(msgspec.Struct, frozen=True):
     outcome: str
     attempt: int = 0
     spec: BacktestSpec | None = None
-    # Where the current run of retries began (the attempt count at the last requeue).
-    budget: int = 0
+    # Attempts that ended in a retryable error since the task was submitted or requeued: the
+    # ones charged to its budget of `max_attempts` (releases and lost workers are not).
+    failures: int = 0
+    # True when this attempt must run in a process of its own (the task once lost its worker).
+    isolated: bool = False
     error: str = ""
 
 
-def _claimed(attempt: Any, spec: bytes, budget: Any) -> Claim:
+def _claimed(attempt: Any, spec: bytes, failures: Any, isolated: Any) -> Claim:
+    number, charged, solo = int(attempt), int(failures or 0), text(isolated or b"0") == "1"
     try:
         decoded = msgspec.json.decode(spec, type=BacktestSpec)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         # Written by a newer version (a field this one does not know), or damaged: this worker
         # cannot run it, and must not crash on it with other claimed tasks in hand.
-        return Claim(outcome="unreadable", attempt=int(attempt), budget=int(budget or 0), error=str(e))
-    return Claim(outcome="ok", attempt=int(attempt), spec=decoded, budget=int(budget or 0))
+        return Claim(outcome="unreadable", attempt=number, failures=charged, isolated=solo, error=str(e))
+    return Claim(outcome="ok", attempt=number, spec=decoded, failures=charged, isolated=solo)
 
 
 class Taken(msgspec.Struct, frozen=True):
@@ -174,15 +185,20 @@ class EventStore:
     async def claim(
         self, task_id: str, *, worker: str, token: str, message_id: str, reclaim: bool, max_attempts: int
     ) -> Claim:
-        # A reclaim may end the task (it lost its worker too often): the dead letter then carries
-        # the attempts so far. Reclaims are rare, so reading the task's events for it is cheap.
-        history = encode_json(attempt_history(await self.task_events(task_id))) if reclaim else b"[]"
+        # A reclaim may end the task (it lost its worker too often, even running isolated): the
+        # dead letter then carries every attempt, the lost one included. Reclaims are rare, so
+        # reading the task's events for it is cheap.
+        max_losses = max_attempts * LOST_WORKERS_PER_ATTEMPT
         lost = Failed(
             task_id=task_id,
-            error=f"the task lost its worker on {max_attempts} attempts",
+            error=f"the task lost its worker {max_losses} times, running in a process of its own after the first",
             error_type="WorkerLost",
             retryable=True,
         )
+        history = b"[]"
+        if reclaim:
+            events = await self.task_events(task_id)
+            history = encode_json(attempt_history([*events, StoredEvent(id="0-0", event=lost)]))
         reply = await self._batcher.call(
             self.scripts.claim,
             keys=[*self._task_keys(task_id), self.keys.work, self.keys.dead_letters],
@@ -195,7 +211,7 @@ class EventStore:
                 message_id,
                 "1" if reclaim else "0",
                 WORKER_GROUP,
-                max_attempts,
+                max_losses,
                 event_data(lost),
                 Failed.SCHEMA_VERSION,
                 history,
@@ -204,7 +220,7 @@ class EventStore:
         outcome = text(reply[0])
         if outcome != "ok":
             return Claim(outcome=outcome)
-        return _claimed(reply[1], reply[2], reply[3])
+        return _claimed(reply[1], reply[2], reply[3], reply[4])
 
     async def take(self, *, worker: str, count: int) -> list[Taken]:
         """Read up to `count` new work items and claim them, in one round trip; [] if none are
@@ -226,7 +242,7 @@ class EventStore:
         taken = []
         for item in reply:
             message_id, task_id, outcome = text(item[0]), text(item[1]), text(item[2])
-            claim = _claimed(item[3], item[4], item[5]) if outcome == "ok" else Claim(outcome=outcome)
+            claim = _claimed(item[3], item[4], item[5], item[6]) if outcome == "ok" else Claim(outcome=outcome)
             taken.append(Taken(message_id=message_id, task_id=task_id, claim=claim))
         return taken
 

@@ -42,7 +42,9 @@ def wait_until(check: Callable[[], T], *, timeout: float, what: str, every: floa
 class Role:
     """One `backstream` process, its JSON log captured to a file."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log_path: Path, preexec_fn: Callable[[], None] | None = None
+    ) -> None:
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115  # closed in stop()
@@ -52,6 +54,7 @@ class Role:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=preexec_fn,  # e.g. resource limits an operator would set on the process
         )
 
     def logs(self) -> list[dict[str, Any]]:
@@ -103,9 +106,9 @@ class Cluster:
         self.roles: list[Role] = []
         self._count = 0
 
-    def start(self, *args: str) -> Role:
+    def start(self, *args: str, preexec_fn: Callable[[], None] | None = None) -> Role:
         self._count += 1
-        role = Role(list(args), self.env, self.workdir / f"{self._count:02d}-{args[0]}.log")
+        role = Role(list(args), self.env, self.workdir / f"{self._count:02d}-{args[0]}.log", preexec_fn)
         self.roles.append(role)
         return role
 

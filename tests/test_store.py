@@ -9,7 +9,7 @@ from redis.exceptions import ResponseError
 
 from consumers.projector import Projector
 from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
-from orchestrator.events import Cancelled, Completed, Failed, Progress, Started, Submitted
+from orchestrator.events import Cancelled, Completed, Failed, Progress, RetryScheduled, Started, Submitted
 from orchestrator.keys import WORKER_GROUP
 from orchestrator.projection import Projection
 from orchestrator.spec import BacktestSpec
@@ -256,3 +256,90 @@ async def test_events_carry_attempts(store: EventStore, backend: Backend) -> Non
     assert events[1] == Started(task_id=task_id, seq=2, attempt=1, worker="w9")
     await store.heartbeat(task_id, 1, worker="w9", message_id=message_id, progress=0.25)
     assert (await store.task_events(task_id))[-1].event == Progress(task_id=task_id, seq=3, attempt=1, progress=0.25)
+
+
+async def test_releases_and_lost_workers_are_not_charged_and_isolate_the_task(
+    store: EventStore, backend: Backend
+) -> None:
+    """Releases are never charged; a lost worker is not charged either, but from then on the task
+    runs isolated (in a process of its own), also when it is taken again after a retry."""
+    task_id = new_id()
+    await store.submit(task_id, SPEC)
+    for attempt in (1, 2):  # two rolling deploys: released twice
+        message_id, _ = await take(store, backend)
+        claim = await store.claim(
+            task_id, worker="w1", token=f"t{attempt}", message_id=message_id, reclaim=False, max_attempts=3
+        )
+        assert (claim.outcome, claim.attempt, claim.isolated) == ("ok", attempt, False)
+        assert await store.release(task_id, attempt, worker="w1", message_id=message_id) is None
+    message_id, _ = await take(store, backend)
+    await store.claim(task_id, worker="w1", token="t3", message_id=message_id, reclaim=False, max_attempts=3)
+    # Attempt 3's worker dies: before, the third attempt was the last of the budget and the
+    # reclaim failed the task; now nothing is charged and attempt 4 runs isolated.
+    claim = await store.claim(task_id, worker="w2", token="t4", message_id=message_id, reclaim=True, max_attempts=3)
+    assert (claim.outcome, claim.attempt, claim.failures, claim.isolated) == ("ok", 4, 0, True)
+    assert (await control(backend, task_id))["losses"] == "1"
+    # Its isolated process dies (a retryable failure, charged); the retry runs isolated too.
+    event = RetryScheduled(task_id=task_id, attempt=4, error="killed", error_type="TaskProcessDied", delay_ms=0)
+    assert await store.finish(event, message_id=message_id) is None
+    assert await store.promote_due_retries() == 1
+    [taken] = await store.take(worker="w3", count=1)
+    assert (taken.claim.attempt, taken.claim.failures, taken.claim.isolated) == (5, 1, True)
+    started = [e.event for e in await store.task_events(task_id) if isinstance(e.event, Started)]
+    assert [(s.attempt, s.reclaimed, s.isolated) for s in started] == [
+        (1, False, False),
+        (2, False, False),
+        (3, False, False),
+        (4, True, True),
+        (5, False, True),
+    ]
+
+
+async def test_a_task_that_keeps_losing_its_worker_fails_with_every_attempt_in_its_dead_letter(
+    store: EventStore, backend: Backend
+) -> None:
+    """The backstop: 10 lost workers per allowed attempt fail the task (WorkerLost); its dead
+    letter gives every attempt's true outcome, the last lost one included (it was null)."""
+    task_id = new_id()
+    await store.submit(task_id, SPEC)
+    message_id, _ = await take(store, backend)
+    await store.claim(task_id, worker="w0", token="t0", message_id=message_id, reclaim=False, max_attempts=1)
+    for n in range(1, 10):
+        claim = await store.claim(
+            task_id, worker=f"w{n}", token=f"t{n}", message_id=message_id, reclaim=True, max_attempts=1
+        )
+        assert (claim.outcome, claim.attempt, claim.isolated) == ("ok", n + 1, True)
+    final = await store.claim(task_id, worker="w10", token="t10", message_id=message_id, reclaim=True, max_attempts=1)
+    assert final.outcome == "terminal"
+    failed = (await store.task_events(task_id))[-1].event
+    assert isinstance(failed, Failed) and failed.error_type == "WorkerLost" and failed.attempt == 10
+    [letter] = await store.dead_letters(limit=10, before=None)
+    assert letter["reason"] == "worker_lost"
+    assert [(a["attempt"], a["outcome"], a["isolated"]) for a in letter["history"]] == [
+        (1, "lost", False),
+        *((n, "lost", True) for n in range(2, 11)),
+    ]
+    assert await backend.redis.xlen(backend.keys.work) == 0
+    # A user's requeue starts over with nothing charged; the task stays isolated.
+    await store.requeue(task_id)
+    [taken] = await store.take(worker="w1", count=1)
+    assert (taken.claim.attempt, taken.claim.failures, taken.claim.isolated) == (11, 0, True)
+    assert (await control(backend, task_id))["losses"] == "0"
+
+
+async def test_retryable_failures_are_counted_in_the_claim(store: EventStore, backend: Backend) -> None:
+    """A retry_scheduled outcome is charged (`failures`), a release is not: the worker decides
+    between a retry and a failure from the count its claim returns."""
+    task_id = new_id()
+    await store.submit(task_id, SPEC)
+    message_id, _ = await take(store, backend)
+    await store.claim(task_id, worker="w1", token="a", message_id=message_id, reclaim=False, max_attempts=3)
+    event = RetryScheduled(task_id=task_id, attempt=1, error="blip", error_type="OSError", delay_ms=0)
+    assert await store.finish(event, message_id=message_id) is None
+    assert await store.promote_due_retries() == 1
+    message_id, _ = await take(store, backend)
+    claim = await store.claim(task_id, worker="w1", token="b", message_id=message_id, reclaim=False, max_attempts=3)
+    assert (claim.attempt, claim.failures, claim.isolated) == (2, 1, False)
+    assert await store.release(task_id, 2, worker="w1", message_id=message_id) is None
+    [taken] = await store.take(worker="w2", count=1)
+    assert (taken.claim.attempt, taken.claim.failures) == (3, 1)

@@ -1,10 +1,18 @@
 -- A worker claims a task it read from the work stream: a new attempt begins.
 -- KEYS: control, log, events, work, dead letters
 -- ARGV: task_id, worker, claim token, data, schema version, work message id, reclaim (1/0),
---       group, max attempts, failed-event data, failed schema version, attempt history json
--- Returns {'ok', attempt, spec, retry budget start} or {'terminal'|'missing'|'busy'|'stale', status}.
+--       group, max lost workers, failed-event data, failed schema version, attempt history json
+-- Returns {'ok', attempt, spec, failures, isolated (1/0)} or
+-- {'terminal'|'missing'|'busy'|'stale', status}.
 -- The work item of a task that is gone, finished, or no longer behind it is retired.
 -- Idempotent by claim token: a re-sent claim returns the attempt it already made.
+--
+-- Attempt accounting: a reclaim of a running task takes over an attempt that lost its worker.
+-- The loss is not charged to the task's budget (the worker may have died of anything, with
+-- other tasks in hand); instead the task is marked `isolate`, and from then on every attempt
+-- runs in a process of its own, where a death is the task's own, seen by its worker, and
+-- charged like an error (finish.lua). Losses are only counted, as a backstop: a task that
+-- loses its worker `max lost workers` times is failed (`WorkerLost`).
 local ctl, log, events, work, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local task_id, worker, token, msg = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
 local status = redis.call('HGET', ctl, 'status')
@@ -13,7 +21,8 @@ if not status then
   return {'missing', ''}
 end
 if redis.call('HGET', ctl, 'token') == token then
-  return {'ok', redis.call('HGET', ctl, 'attempt'), redis.call('HGET', ctl, 'spec'), redis.call('HGET', ctl, 'budget')}
+  local current, spec, failures, isolate = unpack(redis.call('HMGET', ctl, 'attempt', 'spec', 'failures', 'isolate'))
+  return {'ok', current, spec, failures or '0', isolate or '0'}
 end
 if is_terminal(status) then
   retire(work, ARGV[8], msg)
@@ -28,8 +37,11 @@ end
 -- A running task is taken only through a reclaim (its lease expired).
 if status == 'running' and ARGV[7] ~= '1' then return {'busy', status} end
 local attempt = tonumber(redis.call('HGET', ctl, 'attempt'))
-if status == 'running' and attempt - tonumber(redis.call('HGET', ctl, 'budget') or 0) >= tonumber(ARGV[9]) then
-  -- It lost its worker on every attempt it was allowed: a poison task, not a transient crash.
+local lost = status == 'running'
+local losses = tonumber(redis.call('HGET', ctl, 'losses') or 0)
+if lost and losses + 1 >= tonumber(ARGV[9]) then
+  -- It lost its worker that often, even running in a process of its own: give up on it.
+  redis.call('HSET', ctl, 'losses', losses + 1)
   fail_for_good(ctl, log, events, dead, task_id, ARGV[11], attempt, ARGV[10], 'worker_lost', ARGV[12])
   retire(work, ARGV[8], msg)
   redis.call('HDEL', ctl, 'msg')
@@ -37,5 +49,9 @@ if status == 'running' and attempt - tonumber(redis.call('HGET', ctl, 'budget') 
 end
 attempt = redis.call('HINCRBY', ctl, 'attempt', 1)
 redis.call('HSET', ctl, 'status', 'running', 'owner', worker, 'token', token)
-append(ctl, log, events, task_id, 'started', ARGV[5], attempt, ARGV[4])
-return {'ok', tostring(attempt), redis.call('HGET', ctl, 'spec'), redis.call('HGET', ctl, 'budget')}
+if lost then redis.call('HSET', ctl, 'losses', losses + 1, 'isolate', '1') end
+local spec, failures, isolate = unpack(redis.call('HMGET', ctl, 'spec', 'failures', 'isolate'))
+local data = ARGV[4]
+if isolate == '1' then data = with_true(data, 'isolated') end
+append(ctl, log, events, task_id, 'started', ARGV[5], attempt, data)
+return {'ok', tostring(attempt), spec, failures or '0', isolate or '0'}

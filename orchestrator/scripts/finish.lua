@@ -2,7 +2,9 @@
 -- same step. Fenced: refused unless the task is still running under this very attempt.
 --   completed        keeps the full result (staged by the caller); the task is done
 --   failed           the task is done; it goes to the dead-letter stream
---   retry_scheduled  the task waits `delay` ms in the delayed set, then gets a new work item
+--   retry_scheduled  the task waits `delay` ms in the delayed set, then gets a new work item;
+--                    the attempt is charged to the task (`failures`, which the worker checks
+--                    against the maximum before it chooses between a retry and a failure)
 -- The full result is not an argument: the caller SETs it under the staged key in the same
 -- round trip (Lua would copy it), and it is renamed to the result key here, or dropped.
 -- KEYS: control, log, events, work, result, delayed, dead letters, staged result
@@ -45,6 +47,7 @@ elseif outcome == 'retry_scheduled' then
   local now = redis.call('TIME')
   local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[9])
   redis.call('ZADD', delayed, due, task_id)
+  redis.call('HINCRBY', ctl, 'failures', 1)
 end
 retire(work, ARGV[3], msg)
 redis.call('HDEL', ctl, 'msg')

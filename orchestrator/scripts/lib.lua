@@ -15,6 +15,13 @@ local function with_field(json, key, value)
   return '{"' .. key .. '":"' .. value .. '"' .. rest
 end
 
+-- Add `"key":true` to a JSON object made by the caller.
+local function with_true(json, key)
+  local rest = string.sub(json, 2)
+  if rest ~= '}' then rest = ',' .. rest end
+  return '{"' .. key .. '":true' .. rest
+end
+
 local function is_terminal(status)
   return status == 'completed' or status == 'failed' or status == 'cancelled'
 end

@@ -17,7 +17,7 @@ if redis.call('EXISTS', ctl) == 1 then return {'existing', task_id} end
 local id = append(ctl, log, events, task_id, 'submitted', ARGV[3], 0, ARGV[2])
 local msg = redis.call('XADD', work, '*', 'task_id', task_id)
 -- The spec is kept here while the task may still run, so a claim returns it in one round trip.
-redis.call('HSET', ctl, 'status', 'queued', 'attempt', 0, 'budget', 0, 'msg', msg, 'spec', ARGV[4])
+redis.call('HSET', ctl, 'status', 'queued', 'attempt', 0, 'msg', msg, 'spec', ARGV[4])
 if ARGV[5] == '1' then
   redis.call('SET', idem, task_id .. '|' .. ARGV[6], 'EX', ARGV[7])
 end

@@ -7,7 +7,7 @@
 -- KEYS: work, events
 -- ARGV: group, worker, count, key prefix, started-event data, started schema version,
 --       claim token prefix
--- Returns one entry per item read: {msg, task_id, 'ok', attempt, spec, budget} or
+-- Returns one entry per item read: {msg, task_id, 'ok', attempt, spec, failures, isolated} or
 -- {msg, task_id, 'skipped'|'busy', status}.
 local work, events = KEYS[1], KEYS[2]
 local group, worker, prefix = ARGV[1], ARGV[2], ARGV[4]
@@ -26,9 +26,11 @@ for _, entry in ipairs(read[1][2]) do
   else
     local attempt = redis.call('HINCRBY', ctl, 'attempt', 1)
     redis.call('HSET', ctl, 'status', 'running', 'owner', worker, 'token', ARGV[7] .. msg)
-    append(ctl, ctl .. ':log', events, task_id, 'started', ARGV[6], attempt, ARGV[5])
-    local spec, budget = unpack(redis.call('HMGET', ctl, 'spec', 'budget'))
-    out[#out + 1] = {msg, task_id, 'ok', tostring(attempt), spec, budget or '0'}
+    local spec, failures, isolate = unpack(redis.call('HMGET', ctl, 'spec', 'failures', 'isolate'))
+    local data = ARGV[5]
+    if isolate == '1' then data = with_true(data, 'isolated') end
+    append(ctl, ctl .. ':log', events, task_id, 'started', ARGV[6], attempt, data)
+    out[#out + 1] = {msg, task_id, 'ok', tostring(attempt), spec, failures or '0', isolate or '0'}
   end
 end
 return out
