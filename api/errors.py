@@ -15,16 +15,12 @@ from starlette.responses import JSONResponse, Response
 from consumers.engine.errors import DataUnavailable
 from orchestrator.connections import store_unavailable
 from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
+from orchestrator.views import FieldProblem as FieldProblem  # the error bodies' type, re-exported
 
 log = structlog.get_logger("backstream.api")
 
 # How long a client should wait before retrying while Redis is unreachable.
 RETRY_AFTER_SECONDS = 2
-
-
-class FieldProblem(msgspec.Struct, frozen=True):
-    field: str | None
-    message: str
 
 
 class ApiError(Exception):
@@ -53,12 +49,18 @@ class ApiError(Exception):
 
 
 def task_id_param(request: Request) -> str:
-    """The path's `{task_id}` as a canonical UUID, or a 422 naming it."""
+    """The path's `{task_id}` as a canonical UUID. An id that is not a UUID names no task, so it
+    gets the same 404 `task_not_found` as an unknown UUID (the body says why), on every route."""
     raw = request.path_params["task_id"]
     try:
         return str(uuid.UUID(raw))
     except ValueError:
-        raise ApiError.invalid("task_id", f"{raw!r} is not a UUID") from None
+        raise ApiError(
+            404,
+            "task_not_found",
+            f"no task has the id {raw!r}: task ids are UUIDs",
+            [FieldProblem("task_id", "no such task (task ids are UUIDs)")],
+        ) from None
 
 
 _AT = re.compile(r"^(?P<detail>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)

@@ -14,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from api.errors import ApiError, FieldProblem, task_id_param
-from orchestrator.codec import LAST_ID, decode_entry, id_order, parse_stream_id, text
+from orchestrator.codec import LAST_ID, canonical_stream_id, decode_entry, id_order, text
 from orchestrator.errors import EventDecodeError
 from orchestrator.events import TERMINAL_STATUSES, Cancelled, Completed, Failed, Progress, StoredEvent
 from orchestrator.history import event_view
@@ -249,10 +249,10 @@ def _start_after(request: Request) -> str | None:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     if raw is None:
         return None
-    raw = raw.strip()
-    if parse_stream_id(raw) is None:
-        raise ApiError.invalid("Last-Event-ID", "must be a stream id such as 1700000000000-0")
-    return raw
+    after = canonical_stream_id(raw.strip())
+    if after is None:
+        raise ApiError.invalid("Last-Event-ID", "must be a stream id such as 1700000000000-0 (or 0: the start)")
+    return after
 
 
 async def log_pages(redis: Any, stream: str, after: str) -> AsyncIterator[tuple[str, list[StoredEvent]]]:

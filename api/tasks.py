@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
@@ -13,17 +13,16 @@ from starlette.routing import Route
 
 from api.errors import ApiError, FieldProblem, from_validation_error, task_id_param
 from consumers.engine.validation import FieldError, check_spec, with_dataset_name
-from orchestrator.codec import parse_stream_id
+from orchestrator.codec import canonical_stream_id
 from orchestrator.errors import TaskConflict, TaskNotFound
-from orchestrator.events import TERMINAL_STATUSES
 from orchestrator.history import event_view
 from orchestrator.projection import HistoryArchived
 from orchestrator.spec import BacktestSpec, ParamValue
 from orchestrator.state import TaskState, to_api
 from orchestrator.timeline import as_of_id
+from orchestrator.views import DeadLetterQuery, TaskListQuery, TaskQuery
 
-STATUSES = ("queued", "running", *sorted(TERMINAL_STATUSES))
-MAX_PAGE = 500
+Q = TypeVar("Q", bound=msgspec.Struct)
 _IDEMPOTENCY_KEY_MAX = 200
 
 
@@ -148,7 +147,7 @@ async def _current(request: Request, task_id: str) -> TaskState:
 
 async def get_task(request: Request) -> Response:
     task_id = task_id_param(request)
-    as_of = request.query_params.get("as_of")
+    as_of = _query(request, TaskQuery).as_of
     if as_of is None:
         return JSONResponse(to_api(await _current(request, task_id)))
     try:
@@ -189,12 +188,6 @@ async def cancel(request: Request) -> Response:
     return JSONResponse(to_api(await _current(request, task_id)))
 
 
-def _page_limit(raw: str) -> int:
-    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_PAGE):
-        raise ApiError.invalid("limit", f"must be an integer from 1 to {MAX_PAGE}")
-    return int(raw)
-
-
 async def retry(request: Request) -> Response:
     ctx = _ctx(request)
     task_id = task_id_param(request)
@@ -206,28 +199,30 @@ async def retry(request: Request) -> Response:
 
 
 async def dead_letters(request: Request) -> Response:
-    params = request.query_params
-    limit = _page_limit(params.get("limit", "50"))
-    before = params.get("before")
-    if before is not None and parse_stream_id(before) is None:
+    query = _query(request, DeadLetterQuery)
+    before = None if query.before is None else canonical_stream_id(query.before)
+    if query.before is not None and before is None:
         raise ApiError.invalid("before", "must be a stream id such as 1700000000000-0")
-    letters = await _ctx(request).store.dead_letters(limit=limit, before=before)
+    letters = await _ctx(request).store.dead_letters(limit=query.limit, before=before)
     return JSONResponse({"dead_letters": letters})
 
 
+def _query(request: Request, kind: type[Q]) -> Q:
+    """The query string decoded into `kind` (the same type the OpenAPI document describes);
+    a 422 naming the parameter when it does not fit."""
+    try:
+        return msgspec.convert(dict(request.query_params), kind, strict=False)
+    except msgspec.ValidationError as e:
+        raise from_validation_error(e) from None
+
+
 async def list_tasks(request: Request) -> Response:
-    params = request.query_params
-    unknown = set(params) - {"status", "limit", "cursor"}
-    if unknown:
-        raise ApiError.invalid(sorted(unknown)[0], "unknown query parameter")
-    status = params.get("status")
-    if status is not None and status not in STATUSES:
-        raise ApiError.invalid("status", f"must be one of {', '.join(STATUSES)}")
-    limit = _page_limit(params.get("limit", "50"))
-    cursor = params.get("cursor")
-    if cursor is not None and ("|" not in cursor or len(cursor) > 80):
+    query = _query(request, TaskListQuery)
+    if query.cursor is not None and "|" not in query.cursor:
         raise ApiError.invalid("cursor", "not a cursor this API returned")
-    tasks, next_cursor = await _ctx(request).projection.list_tasks(status=status, limit=limit, cursor=cursor)
+    tasks, next_cursor = await _ctx(request).projection.list_tasks(
+        status=query.status, limit=query.limit, cursor=query.cursor, symbol=query.symbol, strategy=query.strategy
+    )
     return JSONResponse({"tasks": [to_api(t) for t in tasks], "next_cursor": next_cursor})
 
 

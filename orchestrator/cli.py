@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,7 +38,22 @@ def _has_home(command: argparse.ArgumentParser) -> bool:
     return any(action.dest == "home" for action in command._actions)
 
 
+# The exit code of a program whose reader went away (128 + SIGPIPE), as `yes | head` gives.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader of our output closed it (`backstream audit --json | head`): end quietly. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(json=args.log_json)
     settings = Settings.from_env()

@@ -7,131 +7,17 @@ import argparse
 import json
 import math
 import sys
-import threading
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator
 from typing import Any, TextIO
 
+import msgspec
+
+from orchestrator.api_client import TERMINAL, Api, Client, ClientError, ProgressBar, Refused, Run
 from orchestrator.settings import Settings
 
-TERMINAL = ("completed", "failed", "cancelled")
-# A live stream sends a keep-alive at least every 15 s; silence for this long means it is gone.
-STREAM_TIMEOUT_S = 45.0
-REQUEST_TIMEOUT_S = 30.0
-RECONNECTS = 5
-BAR_WIDTH = 30
-
-
-class ClientError(Exception):
-    """The API refused or could not be reached; the message says why."""
-
-    # True when trying again may help (unreachable, or a 5xx); a refusal (4xx) will not change.
-    transient = True
-
-
-class Refused(ClientError):
-    transient = False
-
-
-class Api:
-    def __init__(self, url: str, token: str | None) -> None:
-        self.url = url.rstrip("/")
-        self.token = token
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = REQUEST_TIMEOUT_S,
-    ) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
-        try:
-            return urllib.request.urlopen(request, timeout=timeout)  # the user's URL
-        except urllib.error.HTTPError as e:
-            raise (ClientError if e.code >= 500 else Refused)(_problem(e)) from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise ClientError(
-                f"cannot reach the Backstream API at {self.url}: {reason} (set --url or BACKSTREAM_URL)"
-            ) from None
-
-    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
-        with self._request(method, path, body, headers) as reply:
-            return json.loads(reply.read() or b"null")
-
-    def events(self, path: str, after: str | None = None) -> Iterator[dict[str, Any]]:
-        """The events of an SSE stream, reconnecting with Last-Event-ID when it ends or breaks,
-        until the server says there is nothing more (204 or an `end` event)."""
-        failures = 0
-        pause = threading.Event()
-        while True:
-            headers = {"Accept": "text/event-stream"}
-            if after:
-                headers["Last-Event-ID"] = after
-            try:
-                reply = self._request("GET", path, headers=headers, timeout=STREAM_TIMEOUT_S)
-            except ClientError as e:
-                failures += 1
-                if not e.transient or failures > RECONNECTS:
-                    raise
-                pause.wait(min(2.0**failures / 4, 5.0))
-                continue
-            with reply:
-                if reply.status == 204:
-                    return
-                failures = 0
-                try:
-                    for event_name, event_id, data in _sse(reply):
-                        if event_name == "end":
-                            return
-                        if event_id:
-                            after = event_id
-                        if data:
-                            yield json.loads(data)
-                except (OSError, TimeoutError):
-                    continue  # broken or silent: reconnect where we were
-
-
-def _problem(error: urllib.error.HTTPError) -> str:
-    try:
-        body = json.loads(error.read())
-        fields = "; ".join(f"{f['field']}: {f['message']}" for f in body.get("fields", []) if f.get("field"))
-        return f"{error.code} {body.get('error', '')}: {fields or body.get('message', '')}"
-    except (ValueError, AttributeError):
-        return f"{error.code} {error.reason}"
-
-
-def _sse(reply: Any) -> Iterator[tuple[str, str | None, str]]:
-    """(event name, id, data) per SSE event; comments are skipped."""
-    name, event_id, data = "message", None, list[str]()
-    for raw in reply:
-        line = raw.decode("utf-8").rstrip("\r\n")
-        if not line:
-            if data or name != "message":
-                yield name, event_id, "\n".join(data)
-            name, event_id, data = "message", None, list[str]()
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "data":
-                data.append(value)
-            elif field == "id":
-                event_id = value
-            elif field == "event":
-                name = value
+# The transport, errors and progress bar live in the client library; the CLI renders its answers.
+__all__ = ["Api", "ClientError", "Refused"]
+# The metric `ls` shows for each completed task (for a sweep, its best run's).
+MAIN_METRIC = "return_pct"
 
 
 # --- output ---
@@ -158,35 +44,6 @@ def table(rows: list[list[Any]], header: list[str] | None = None) -> str:
     if header:
         lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-class ProgressBar:
-    """A one-line bar redrawn in place on a terminal; on anything else, a line per change of
-    status and per tenth of progress."""
-
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.tty = out.isatty()
-        self._last: tuple[str, int] | None = None
-
-    def show(self, status: str, progress: float, attempt: int, worker: str | None) -> None:
-        filled = round(max(0.0, min(progress, 1.0)) * BAR_WIDTH)
-        where = f"  attempt {attempt} on {worker}" if worker and status == "running" else ""
-        line = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {progress * 100:5.1f}%  {status}{where}"
-        if self.tty:
-            self.out.write("\r" + line.ljust(78))
-        else:
-            key = (status, int(progress * 10))
-            if key == self._last:
-                return
-            self._last = key
-            self.out.write(line + "\n")
-        self.out.flush()
-
-    def done(self) -> None:
-        if self.tty:
-            self.out.write("\n")
-            self.out.flush()
 
 
 def params_text(params: dict[str, Any]) -> str:
@@ -241,8 +98,12 @@ def _print_task(task: dict[str, Any], out: TextIO) -> None:
 # --- the commands ---
 
 
+def _client(args: argparse.Namespace, settings: Settings) -> Client:
+    return Client(args.url or settings.api_url, args.token or settings.api_token)
+
+
 def _api(args: argparse.Namespace, settings: Settings) -> Api:
-    return Api(args.url or settings.api_url, args.token or settings.api_token)
+    return _client(args, settings).api
 
 
 def _number(text: str) -> int | float:
@@ -252,12 +113,41 @@ def _number(text: str) -> int | float:
         return float(text)
 
 
+# A sweep range NAME=START:STOP[:STEP] lists at most this many values (the API bounds the grid too).
+MAX_RANGE_VALUES = 100_000
+
+
+def _range(pair: str, text: str) -> list[int | float]:
+    """`5:50:5` -> 5, 10, ..., 50: START, then every STEP up to STOP *inclusive* when the steps land
+    on it (like numpy.arange with the stop included); STEP defaults to 1. All ints give ints."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise ClientError(f"--param {pair!r}: a range is START:STOP or START:STOP:STEP")
+    try:
+        start, stop, step = (_number(p) for p in (*parts, "1")[:3])
+    except ValueError:
+        raise ClientError(f"--param {pair!r}: a range's START, STOP and STEP must be numbers") from None
+    if not step > 0 or stop < start:
+        raise ClientError(f"--param {pair!r}: a range needs STEP > 0 and START <= STOP")
+    count = int((stop - start) / step + 1e-9) + 1
+    if count > MAX_RANGE_VALUES:
+        raise ClientError(f"--param {pair!r}: {count} values; at most {MAX_RANGE_VALUES}")
+    if all(isinstance(x, int) for x in (start, stop, step)):
+        return list(range(int(start), int(stop) + 1, int(step)))
+    return [round(start + k * step, 12) for k in range(count)]
+
+
 def _params(pairs: list[str]) -> dict[str, Any]:
+    """`-p fast=10` (a value), `-p fast=5,10,20` (a sweep over a list) and `-p fast=5:50:5` (a sweep
+    over a range, STOP included: see _range)."""
     params: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise ClientError(f"--param {pair!r}: expected NAME=VALUE or NAME=V1,V2,… (a sweep)")
+            raise ClientError(f"--param {pair!r}: expected NAME=VALUE, NAME=V1,V2,… or NAME=START:STOP:STEP (sweeps)")
+        if ":" in value:
+            params[name.strip()] = _range(pair, value)
+            continue
         try:
             values = [_number(v) for v in value.split(",") if v.strip()]
         except ValueError:
@@ -313,40 +203,22 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
     return spec
 
 
-def wait(api: Api, task_id: str, err: TextIO) -> dict[str, Any]:
-    """Follow the task's stream with a progress bar until it ends; return the task."""
-    bar = ProgressBar(err)
-    status, progress, attempt, worker = "queued", 0.0, 0, None
-    bar.show(status, progress, attempt, worker)
-    for event in api.events(f"/api/backtests/tasks/{task_id}/stream"):
-        kind, data = event["type"], event["data"]
-        if kind == "started":
-            status, progress, attempt, worker = "running", 0.0, event["attempt"], data.get("worker")
-        elif kind == "progress":
-            progress = data["progress"]
-        elif kind == "completed":
-            status, progress = "completed", 1.0
-        elif kind in ("failed", "cancelled"):
-            status = kind
-        elif kind in ("retry_scheduled", "released", "requeued"):
-            status, progress = "queued", 0.0
-        bar.show(status, progress, attempt, worker)
-        if status in TERMINAL:
-            break
-    bar.done()
-    return api.call("GET", f"/api/backtests/tasks/{task_id}")  # type: ignore[no-any-return]
+def wait(client: Client, task_id: str, err: TextIO) -> dict[str, Any]:
+    """Follow the task's stream with a progress bar on `err` until it ends; return the task."""
+    task = Run(client, task_id).wait(bar=ProgressBar(err))
+    return msgspec.to_builtins(task)  # type: ignore[no-any-return]
 
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
-    api = _api(args, settings)
+    client = _client(args, settings)
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
-    reply = api.call("POST", "/api/backtests", _spec(args), headers)
+    reply = client.api.call("POST", "/api/backtests", _spec(args), headers)
     task_id = reply["task_id"]
     if not args.wait:
         print(task_id)
         return 0
     print(f"submitted {task_id}", file=sys.stderr)
-    task = wait(api, task_id, sys.stderr)
+    task = wait(client, task_id, sys.stderr)
     _print_task(task, sys.stdout)
     return 0 if task["status"] == "completed" else 1
 
@@ -373,10 +245,12 @@ def _retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _ls(args: argparse.Namespace, settings: Settings) -> int:
-    query = {"limit": str(args.limit), **({"status": args.status} if args.status else {})}
-    page = _api(args, settings).call("GET", "/api/backtests/tasks?" + urllib.parse.urlencode(query))
+    page = _client(args, settings).page(
+        status=args.status, symbol=args.symbol, strategy=args.strategy, limit=args.limit
+    )
+    tasks = [msgspec.to_builtins(t) for t in page.tasks]
     if args.json:
-        print(json.dumps(page["tasks"], indent=2))
+        print(json.dumps(tasks, indent=2))
         return 0
     rows = [
         [
@@ -385,13 +259,15 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
             f"{t['progress'] * 100:.0f}%",
             t["spec"]["symbol"],
             t["spec"]["strategy"],
+            ((t.get("result") or {}).get("metrics") or {}).get(MAIN_METRIC),
             t["attempt"],
             t.get("worker"),
             t["created_at"],
         ]
-        for t in page["tasks"]
+        for t in tasks
     ]
-    print(table(rows, ["task", "status", "progress", "symbol", "strategy", "attempt", "worker", "created"]))
+    header = ["task", "status", "progress", "symbol", "strategy", MAIN_METRIC, "attempt", "worker", "created"]
+    print(table(rows, header))
     return 0
 
 
@@ -469,7 +345,8 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a strategy parameter; NAME=V1,V2,… sweeps over the values (repeatable)",
+        help="a strategy parameter; NAME=V1,V2,… sweeps over the values, NAME=START:STOP:STEP over a "
+        "range with STOP included (5:50:5 is 5,10,…,50; STEP defaults to 1) (repeatable)",
     )
     submit.add_argument("--start", help="first date, YYYY-MM-DD")
     submit.add_argument("--end", help="last date, YYYY-MM-DD")
@@ -515,13 +392,15 @@ def register(sub: Any) -> None:
 
     ls = sub.add_parser("ls", parents=[common], help="tasks, newest first")
     ls.add_argument("--status", choices=("queued", "running", *TERMINAL))
+    ls.add_argument("--symbol", help="only this symbol's tasks")
+    ls.add_argument("--strategy", help="only this strategy's tasks")
     ls.add_argument("--limit", type=int, default=20)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(run=_guarded(_ls))
 
     tail = sub.add_parser("tail", parents=[common], help="live events of every task (or one), until Ctrl-C")
     tail.add_argument("--task", help="only this task's events, from its start; ends with the task")
-    tail.add_argument("--since", help="a stream id: start after it instead of now")
+    tail.add_argument("--since", help="a stream id (or 0: from the first event): start after it instead of now")
     tail.add_argument("--count", type=int, help="stop after this many events")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.set_defaults(run=_guarded(_tail))

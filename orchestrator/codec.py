@@ -152,6 +152,13 @@ def parse_stream_id(value: str) -> tuple[int, int] | None:
     return (ms, seq) if ms <= ID_PART_MAX and seq <= ID_PART_MAX else None
 
 
+def canonical_stream_id(value: str) -> str | None:
+    """A stream id a user typed, as `ms-seq`: `1700000000000-5` as it is, and `ms` alone (such as
+    `0`) as `ms-0`, the way Redis reads it in XREAD; None for anything that is not an id."""
+    parsed = parse_stream_id(value if "-" in value else f"{value}-0")
+    return None if parsed is None else f"{parsed[0]}-{parsed[1]}"
+
+
 def id_order(entry_id: str) -> tuple[int, int]:
     """The order of a well-formed stream id (`ms-seq`, or `ms` alone, which Redis reads as `ms-0`)."""
     ms, _, seq = entry_id.partition("-")

@@ -20,6 +20,10 @@ from orchestrator.timeline import state_as_of
 # projection intact for longer than this after switching, so a reader a moment behind still
 # sees a whole projection.
 POINTER_TTL_S = 1.0
+# A filtered list (by symbol or strategy, which have no index) reads the status index in batches of
+# FILTER_BATCH and stops after FILTER_SCAN members, so one request's cost stays bounded.
+FILTER_BATCH = 200
+FILTER_SCAN = 5000
 
 
 class Projection:
@@ -124,17 +128,54 @@ class Projection:
         return [decode_entry(entry_id, fields) for entry_id, fields in entries]
 
     async def list_tasks(
-        self, *, status: str | None, limit: int, cursor: str | None
+        self,
+        *,
+        status: str | None,
+        limit: int,
+        cursor: str | None,
+        symbol: str | None = None,
+        strategy: str | None = None,
+        scan: int = FILTER_SCAN,
+        batch: int = FILTER_BATCH,
     ) -> tuple[list[TaskState], str | None]:
-        """Tasks newest first. `cursor` is the index member of the last task of the previous page."""
+        """Tasks newest first. `cursor` is the index member of the last task of the previous page.
+
+        `symbol` (case-insensitive) and `strategy` have no index: they filter while paging through
+        the status index, reading at most `scan` members per call, `batch` at a time. The cursor stays exact (the
+        member of the last task looked at), so a filtered page may hold fewer than `limit` tasks,
+        even none, with a `next_cursor` to go on from; None means the index is exhausted."""
         await self.refresh()
         index = self.keys.projected_index(status)
         upper = f"({cursor}" if cursor else "+"
-        members = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)
-        page = [text(m) for m in members[:limit]]
-        states = await self.load([m.split("|", 1)[1] for m in page])
-        tasks = [states[m.split("|", 1)[1]] for m in page if m.split("|", 1)[1] in states]
-        return tasks, (page[-1] if len(members) > limit else None)
+        if symbol is None and strategy is None:
+            members = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)
+            page = [text(m) for m in members[:limit]]
+            states = await self.load([m.split("|", 1)[1] for m in page])
+            tasks = [states[m.split("|", 1)[1]] for m in page if m.split("|", 1)[1] in states]
+            return tasks, (page[-1] if len(members) > limit else None)
+        wanted = symbol.casefold() if symbol is not None else None
+        tasks = []
+        scanned = 0
+        while True:
+            want = min(batch, scan - scanned)
+            members = [text(m) for m in await self.redis.zrevrangebylex(index, upper, "-", start=0, num=want)]
+            states = await self.load([m.split("|", 1)[1] for m in members])
+            for member in members:
+                scanned += 1
+                state = states.get(member.split("|", 1)[1])
+                if (
+                    state is not None
+                    and (wanted is None or state.spec.symbol.casefold() == wanted)
+                    and (strategy is None or state.spec.strategy == strategy)
+                ):
+                    tasks.append(state)
+                    if len(tasks) == limit:
+                        return tasks, member
+                if scanned >= scan:
+                    return tasks, member
+            if len(members) < want:
+                return tasks, None
+            upper = f"({members[-1]}"
 
     async def current(self, task_id: str, store: Any) -> TaskState | None:
         """The task's state including events the projector has not folded yet (read-your-writes):

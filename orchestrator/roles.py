@@ -91,10 +91,27 @@ def _server(settings: Settings, catalog: Any, conns: Connections | None, host: s
             _on_signals(stop)
             yield
 
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().serve(sockets=sockets or [listening])
+
+    listening = _listen(host, port)
     app = create_app(settings, catalog=catalog, connections=conns)
     warn_if_exposed(settings, host)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
     return Server(config)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts, so a busy port ends the command at
+    once with a message naming the option to change (uvicorn alone logs a bare errno and exits)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as e:
+        raise SystemExit(
+            f"backstream: cannot listen on {host}:{port}: {e.strerror or e}. Is another server using it? "
+            "Choose another port with --port (or another address with --host)."
+        ) from None
 
 
 async def _run_api(settings: Settings, host: str, port: int) -> None:

@@ -22,6 +22,7 @@ from orchestrator.events import (
     Submitted,
 )
 from orchestrator.spec import BacktestSpec
+from orchestrator.views import TaskView
 
 
 class TaskState(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -158,22 +159,22 @@ def index_member(state: TaskState) -> str:
 
 
 def to_api(state: TaskState) -> dict[str, Any]:
-    """The public JSON shape of a task."""
-    body: dict[str, Any] = {
-        "task_id": state.task_id,
-        "status": state.status,
-        "progress": state.progress,
-        "created_at": state.created_at,
-        "started_at": state.started_at,
-        "finished_at": state.finished_at,
-        "attempt": state.attempt,
-        "worker": state.worker,
-        "error": state.error,
-        "error_retryable": state.error_retryable,
-        "result": state.result,
-        "spec": msgspec.to_builtins(state.spec),
-        "submitted_by": state.submitted_by,
-    }
-    if state.status == "cancelled":
-        body["cancelled_by"] = state.cancelled_by
+    """The public JSON shape of a task: `orchestrator.views.TaskView`, as builtins."""
+    view = TaskView(
+        task_id=state.task_id,
+        status=state.status,  # type: ignore[arg-type]  # the fold only ever sets a Status
+        progress=state.progress,
+        created_at=state.created_at,
+        started_at=state.started_at,
+        finished_at=state.finished_at,
+        attempt=state.attempt,
+        worker=state.worker,
+        error=state.error,
+        error_retryable=state.error_retryable,
+        result=state.result,
+        spec=state.spec,
+        submitted_by=state.submitted_by,
+        cancelled_by=state.cancelled_by if state.status == "cancelled" else msgspec.UNSET,
+    )
+    body: dict[str, Any] = msgspec.to_builtins(view)
     return body

@@ -179,9 +179,19 @@ async def test_oversized_body_and_bad_ids(system: System, backend: Backend) -> N
         huge = {**BODY, "constraint": "x" * 100_000}
         reply = await http.post("/api/backtests", json=huge)
         assert reply.status_code == 413 and reply.json()["error"] == "body_too_large"
-        for method in ("GET", "DELETE"):
-            reply = await http.request(method, "/api/backtests/tasks/not-a-uuid")
-            assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == "task_id"
+        # An id that is not a UUID names no task: the same 404 as an unknown UUID, on every route.
+        for method, path in (
+            ("GET", ""),
+            ("DELETE", ""),
+            ("GET", "/events"),
+            ("GET", "/result"),
+            ("POST", "/retry"),
+            ("GET", "/stream"),
+        ):
+            reply = await http.request(method, f"/api/backtests/tasks/not-a-uuid{path}")
+            assert reply.status_code == 404, (method, path)
+            assert reply.json()["error"] == "task_not_found" and reply.json()["fields"][0]["field"] == "task_id"
+            assert "UUID" in reply.json()["message"]
         for path in ("", "/events", "/result"):
             reply = await http.get(f"/api/backtests/tasks/{uuid.uuid4()}{path}")
             assert reply.status_code == 404 and reply.json()["fields"][0]["field"] == "task_id"
@@ -215,6 +225,69 @@ async def test_list_newest_first_with_pagination_and_status(system: System) -> N
         assert [t["task_id"] for t in cancelled] == [ids[1]]
         queued = (await http.get("/api/backtests/tasks?status=queued")).json()["tasks"]
         assert [t["task_id"] for t in queued] == [i for i in ids[::-1] if i != ids[1]]
+
+
+FILTER_BODIES = [
+    {**BODY, "symbol": symbol, "strategy": strategy, "params": {} if strategy == "buy_and_hold" else BODY["params"]}
+    for symbol in ("GOOG", "IBM", "AAPL")
+    for strategy in ("sma_cross", "buy_and_hold")
+] * 3
+FILTERS = (
+    ({"symbol": "ibm"}, lambda b: b["symbol"] == "IBM"),
+    ({"strategy": "buy_and_hold"}, lambda b: b["strategy"] == "buy_and_hold"),
+    (
+        {"symbol": "AAPL", "strategy": "sma_cross", "status": "queued"},
+        lambda b: b["symbol"] == "AAPL" and b["strategy"] == "sma_cross",
+    ),
+    ({"symbol": "MSFT"}, lambda b: False),
+)
+
+
+async def test_list_filters_by_symbol_and_strategy(system: System) -> None:
+    async with system.client() as http:
+        ids = [(await http.post("/api/backtests", json=body)).json()["task_id"] for body in FILTER_BODIES]
+        await system.project()
+        for query, match in FILTERS:
+            wanted = [i for i, b in zip(ids, FILTER_BODIES, strict=True) if match(b)]
+            seen, cursor = [], None
+            while True:
+                params = {**query, "limit": "2", **({"cursor": cursor} if cursor else {})}
+                page = (await http.get("/api/backtests/tasks", params=params)).json()
+                assert len(page["tasks"]) <= 2
+                seen += [t["task_id"] for t in page["tasks"]]
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+            assert seen == wanted[::-1], query
+        for query, field in (("symbol=", "symbol"), ("strategy=" + "x" * 101, "strategy")):
+            reply = await http.get(f"/api/backtests/tasks?{query}")
+            assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == field
+
+
+async def test_filtered_list_stops_at_its_scan_bound_with_an_exact_cursor(system: System) -> None:
+    async with system.client() as http:
+        ids = [(await http.post("/api/backtests", json=body)).json()["task_id"] for body in FILTER_BODIES]
+    await system.project()
+    for query, match in FILTERS:
+        wanted = [i for i, b in zip(ids, FILTER_BODIES, strict=True) if match(b)]
+        seen, cursor, pages = list[str](), None, 0
+        while True:
+            tasks, cursor = await system.projection.list_tasks(
+                status=query.get("status"),
+                limit=2,
+                cursor=cursor,
+                symbol=query.get("symbol"),
+                strategy=query.get("strategy"),
+                scan=7,
+                batch=3,
+            )
+            pages += 1
+            seen += [t.task_id for t in tasks]
+            if cursor is None:
+                break
+        assert seen == wanted[::-1], query
+        # Each call reads at most 7 members, so walking 18 tasks takes at least 3 calls.
+        assert pages >= 3
 
 
 async def test_healthz_and_datasets(system: System) -> None:

@@ -92,7 +92,17 @@ async def test_status_cancel_and_ls(system: System, capsys: pytest.CaptureFixtur
         capsys.readouterr()  # the projector's log lines
         assert await backstream(settings, "ls", "--status", "queued") == 0
         lines = capsys.readouterr().out.splitlines()
-        assert lines[0].split() == ["task", "status", "progress", "symbol", "strategy", "attempt", "worker", "created"]
+        assert lines[0].split() == [
+            "task",
+            "status",
+            "progress",
+            "symbol",
+            "strategy",
+            "return_pct",
+            "attempt",
+            "worker",
+            "created",
+        ]
         assert [line.split()[0] for line in lines[2:]] == [ids[1]]
         assert await backstream(settings, "ls") == 0
         assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]] == ids[::-1]

@@ -132,7 +132,7 @@ async def test_task_stream_sends_history_then_live_events_and_ends(system: Syste
         assert [e["id"] for e in tail[:-1]] == [e["id"] for e in events[1:-1]]
 
         assert (await http.get(f"/api/backtests/tasks/{uuid.uuid4()}/stream")).status_code == 404
-        assert (await http.get("/api/backtests/tasks/nope/stream")).status_code == 422
+        assert (await http.get("/api/backtests/tasks/nope/stream")).status_code == 404  # names no task
         bad = await http.get("/api/stream", headers={"Last-Event-ID": "yesterday"})
         assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "Last-Event-ID"
 
