@@ -8,6 +8,7 @@ import io
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from orchestrator.api_client import AsyncClient, Client, ProgressBar, Refused, Result
@@ -29,19 +30,22 @@ async def test_submit_wait_and_read_a_backtest(system: System) -> None:
     async with served(system, worker=True) as url:
         client = Client(url)
 
-        def research() -> tuple[TaskView, Result, list[str], str]:
+        def research() -> tuple[TaskView, Result, list[str], str, list[str]]:
             out = io.StringIO()
             run = client.submit("sma_cross", "AAPL", params=SMA, commission=0.002, start="2005-01-01")
             task = run.wait(bar=ProgressBar(out))
-            return task, run.result(), [e.type for e in run.events()], out.getvalue()
+            columns = list(httpx.get(f"{url}/api/backtests/tasks/{task.task_id}/result").json()["equity_curve"])
+            return task, run.result(), [e.type for e in run.events()], out.getvalue(), columns
 
-        task, result, types, bar = await asyncio.to_thread(research)
+        task, result, types, bar, api_columns = await asyncio.to_thread(research)
     assert isinstance(task, TaskView) and task.status == "completed" and task.progress == 1.0
     assert isinstance(task.spec, BacktestSpec) and task.spec.commission == 0.002 and task.spec.params == SMA
     assert bar.splitlines()[0].endswith("queued") and bar.splitlines()[-1].endswith("100.0%  completed")
     assert types == ["submitted", "started", "completed"]
     assert result.kind == "backtest" and result.metrics["num_trades"] == task.result["metrics"]["num_trades"]
-    assert list(result.equity.columns) == ["time", "equity", "drawdown_pct", "position"]
+    # The frame has the API's columns, in the API's order.
+    assert list(result.equity.columns) == api_columns
+    assert api_columns[:4] == ["time", "equity", "drawdown_pct", "position"]
     assert len(result.equity) == result.data["bars"] and len(result.trades) == result.metrics["num_trades"]
     assert result.equity["equity"].iloc[-1] == pytest.approx(result.metrics["equity_final"])
 
@@ -102,7 +106,8 @@ async def test_results_without_pandas_are_the_apis_columns(system: System, monke
         run = await asyncio.to_thread(client.submit, "buy_and_hold", "AAPL")
         await asyncio.to_thread(run.wait, progress=False)
         result = await asyncio.to_thread(run.result)
-    assert isinstance(result.equity, dict) and set(result.equity) == {"time", "equity", "drawdown_pct", "position"}
+        raw = (await asyncio.to_thread(httpx.get, f"{url}/api/backtests/tasks/{run.task_id}/result")).json()
+    assert isinstance(result.equity, dict) and result.equity == raw["equity_curve"]
     assert isinstance(result.trades, dict) and len(result.trades["pnl"]) == result.metrics["num_trades"]
 
 
