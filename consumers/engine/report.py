@@ -87,6 +87,8 @@ def backtest_detail(
             "equity": _floats(sim.equity),
             "drawdown_pct": _floats(drawdown + 0.0),
             "position": sim.position.tolist(),
+            # The simulated close per bar: what a chart's buy-and-hold benchmark is drawn from.
+            "close": _floats(bars.close),
         },
         "trades": trades if trades is not None else trades_table(bars, sim),
         "bankrupt_at": None if sim.bankrupt_bar is None else str(bars.dates[sim.bankrupt_bar]),
