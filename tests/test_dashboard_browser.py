@@ -215,6 +215,10 @@ def test_equity_chart_trades_and_metrics_of_a_run(server: str, browser: Any) -> 
     labels = page.locator("#equity-chart .u-legend .u-series th").all_inner_texts()
     assert [x.strip().lower() for x in labels] == ["date", "strategy", "buy and hold", "entry", "exit"]
     assert page.locator("#log-scale").is_checked()
+    # One marker per bar where a trade was entered, and one where one was exited, at its equity.
+    marked = "i => document.getElementById('equity-chart').uplot.data[i].filter(v => v !== null)"
+    assert page.evaluate(marked, 3) == [curve["equity"][b] for b in sorted(set(trades["entry_bar"]))]
+    assert page.evaluate(marked, 4) == [curve["equity"][b] for b in sorted(set(trades["exit_bar"]))]
     assert page.evaluate("document.getElementById('equity-chart').uplot.scales.y.distr") == 3  # log
 
     # Hover: the legend shows that bar's date and values, to the cent.
