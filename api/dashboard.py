@@ -172,43 +172,26 @@ def _kv_table(rows: list[tuple[str, Any]], cls: str = "kv", *, metrics: bool = F
     return f'<table class="{cls}">' + "".join(cells) + "</table>"
 
 
+@cache
+def _templates() -> Jinja2Templates:
+    """The Jinja2 templates (autoescaped) that newer pages render their body with."""
+    return Jinja2Templates(directory=HERE / "templates")
+
+
 def _known_so_far(state: Any, events: list[dict[str, Any]]) -> str:
     """What a task without a result can say: where it is, or why it ended without one (a
     cancellation's `previous_status` in the log says whether an attempt was running)."""
-    pct = f"{max(0.0, min(state.progress, 1.0)):.0%}"
-    attempt = f"attempt {state.attempt}" if state.attempt else "no attempt yet"
-    if state.status == "queued":
-        return (
-            f'<div class="outcome queued" id="outcome"><p>Waiting in the queue since {e(state.created_at)} '
-            f"({e(attempt)}). Metrics and charts appear when it completes.</p></div>"
+    cancelled = [ev for ev in events if ev["type"] == "cancelled"]
+    return (
+        _templates()
+        .get_template("outcome.html")
+        .render(
+            state=state,
+            pct=f"{max(0.0, min(state.progress, 1.0)):.0%}",
+            attempt=f"attempt {state.attempt}" if state.attempt else "no attempt yet",
+            before=cancelled[-1]["data"].get("previous_status") if cancelled else None,
         )
-    if state.status == "running":
-        return (
-            f'<div class="outcome running" id="outcome"><p>Running on worker <b>{e(state.worker)}</b> since '
-            f"{e(state.started_at)} ({e(attempt)}); the bar above shows its progress live. Metrics and "
-            "charts appear when it completes.</p></div>"
-        )
-    if state.status == "failed":
-        kind = "retryable" if state.error_retryable else "not retryable"
-        return (
-            f'<div class="outcome failed" id="outcome"><p><b>Failed</b> at {e(state.finished_at)} on '
-            f"{e(attempt)} ({kind}), {pct} done. No result was kept.</p>"
-            f'<pre class="error">{e(state.error or "no error message was recorded")}</pre>'
-            "<p class=note>Retry runs it again as a new attempt.</p></div>"
-        )
-    if state.status == "cancelled":
-        cancelled = [ev for ev in events if ev["type"] == "cancelled"]
-        before = str(cancelled[-1]["data"].get("previous_status")) if cancelled else ""
-        where = {
-            "running": f"while running ({pct} done, {e(attempt)})",
-            "queued": "while queued, before any worker started it" + (f" ({pct} done)" if state.progress else ""),
-        }.get(before, f"({pct} done)")
-        who = f" by <b>{e(state.cancelled_by)}</b>" if state.cancelled_by else ""
-        return (
-            f'<div class="outcome cancelled" id="outcome"><p><b>Cancelled</b>{who} at '
-            f"{e(state.finished_at)}, {where}. Work stopped there; no result was kept.</p></div>"
-        )
-    return ""
+    )
 
 
 def _event_detail(event: dict[str, Any]) -> str:
@@ -464,12 +447,6 @@ idle, is younger than the lease ({lease / 1000:g} s).</p>
     }
 </section>"""
     return page(request, "Backstream: workers", body, name="workers", refresh_s=3)
-
-
-@cache
-def _templates() -> Jinja2Templates:
-    """The Jinja2 templates (autoescaped) that newer pages render their body with."""
-    return Jinja2Templates(directory=HERE / "templates")
 
 
 async def compare_page(request: Request) -> Response:
