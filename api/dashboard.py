@@ -17,11 +17,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
 
 from api.metrics import consumer_groups, projector_lag
 from consumers.engine.metrics import OBJECTIVES
 from consumers.engine.registry import strategies as installed_strategies
-from orchestrator.codec import decode_json, text
+from orchestrator.codec import text
 from orchestrator.history import event_view
 from orchestrator.keys import WORKER_GROUP
 from orchestrator.presence import read_beats
@@ -30,8 +31,12 @@ from orchestrator.state import to_api
 HERE = Path(__file__).parent
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 PAGE_SIZE = 100
-MAX_TRADES = 200
-MAX_SWEEP_ROWS = 20
+# Compare draws two to four runs: more curves on one chart stop being readable.
+COMPARE_MIN, COMPARE_MAX = 2, 4
+# Metrics counted in whole units; every other metric shows two decimals (results.js agrees).
+WHOLE_METRICS = frozenset(
+    ("num_trades", "duration_days", "max_drawdown_duration_days", "max_trade_duration_days", "size")
+)
 # Values the submit form starts with (presentation only; the API validates whatever is sent).
 EXAMPLE_PARAMS: dict[str, dict[str, float]] = {
     "sma_cross": {"fast": 10, "slow": 20},
@@ -53,7 +58,8 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return "—"
-        return f"{value:,.2f}" if abs(value) >= 1000 else f"{value:.4g}"
+        # Amounts and prices to the cent (168.21, never 168.2); small rates keep their digits.
+        return f"{value:,.2f}" if abs(value) >= 1 or value == 0 else f"{value:.4g}"
     if isinstance(value, list | dict):
         return json.dumps(value)
     return str(value)
@@ -80,6 +86,7 @@ def page(
         for key, href, label in (
             ("tasks", "/", "Tasks"),
             ("submit", "/submit", "Submit"),
+            ("compare", "/compare", "Compare"),
             ("workers", "/workers", "Workers"),
             ("metrics", "/metrics", "Metrics"),
         )
@@ -149,62 +156,41 @@ async def tasks_page(request: Request) -> Response:
     return page(request, "Backstream: tasks", body, name="tasks", data={"since": position, "filter": status or ""})
 
 
-def _downsample(times: list[str], values: list[float | None], most: int) -> list[tuple[int, float]]:
-    """At most about `most` points that keep each bucket's extremes, so peaks and troughs show."""
-    points = [(i, v) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
-    if len(points) <= most:
-        return points
-    size = math.ceil(len(points) / (most / 2))
-    out = []
-    for start in range(0, len(points), size):
-        bucket = points[start : start + size]
-        low, high = min(bucket, key=lambda p: p[1]), max(bucket, key=lambda p: p[1])
-        out += sorted({low, high})
-    return out
+def metric_text(name: str, value: Any) -> str:
+    """A metric as tables show it: whole units for counts, two decimals for everything else."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return f"{value:,.0f}" if name in WHOLE_METRICS else f"{value:,.2f}"
+    return fmt(value)
 
 
-def line_chart(
-    times: list[str], values: list[float | None], *, css: str, fill: bool, width: int = 960, height: int = 240
-) -> str:
-    """An inline SVG line chart with min/max/last labels and the first, middle and last dates."""
-    points = _downsample(times, values, width)
-    if len(points) < 2:
-        return "<p>Not enough data to draw.</p>"
-    left, right, top, bottom = 70, 10, 10, 24
-    lo, hi = min(v for _, v in points), max(v for _, v in points)
-    if fill:
-        hi = max(hi, 0.0)
-    span = (hi - lo) or 1.0
-    n = max(len(values) - 1, 1)
-
-    def xy(i: int, v: float) -> tuple[float, float]:
-        return (left + (width - left - right) * i / n, top + (height - top - bottom) * (hi - v) / span)
-
-    path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, v) for i, v in points))
-    shape = f'<polyline class="line" points="{path}"/>'
-    if fill:
-        x0, y0 = xy(points[0][0], 0.0)
-        x1, _ = xy(points[-1][0], 0.0)
-        shape = f'<polygon class="area" points="{x0:.1f},{y0:.1f} {path} {x1:.1f},{y0:.1f}"/>' + shape
-    labels = "".join(
-        f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{e(fmt(v))}</text>'
-        f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>'
-        for v, y in ((hi, xy(0, hi)[1]), (lo, xy(0, lo)[1]), ((hi + lo) / 2, xy(0, (hi + lo) / 2)[1]))
-    )
-    dates = "".join(
-        f'<text x="{xy(i, lo)[0]:.1f}" y="{height - 6}" text-anchor="{anchor}">{e(times[i])}</text>'
-        for i, anchor in ((0, "start"), (n // 2, "middle"), (n, "end"))
-        if i < len(times)
-    )
-    svg = f'<svg class="{css}" viewBox="0 0 {width} {height}" role="img" aria-label="{css} chart">'
-    return f"{svg}{labels}{shape}{dates}</svg>"
+def _kv_table(rows: list[tuple[str, Any]], cls: str = "kv", *, metrics: bool = False) -> str:
+    cells = []
+    for k, v in rows:
+        number = metrics and isinstance(v, int | float) and not isinstance(v, bool)
+        shown = metric_text(k, v) if metrics else fmt(v)
+        cells.append(f"<tr><th>{e(k)}</th><td{' class=num' if number else ''}>{e(shown)}</td></tr>")
+    return f'<table class="{cls}">' + "".join(cells) + "</table>"
 
 
-def _kv_table(rows: list[tuple[str, Any]], cls: str = "kv") -> str:
+@cache
+def _templates() -> Jinja2Templates:
+    """The Jinja2 templates (autoescaped) that newer pages render their body with."""
+    return Jinja2Templates(directory=HERE / "templates")
+
+
+def _known_so_far(state: Any, events: list[dict[str, Any]]) -> str:
+    """What a task without a result can say: where it is, or why it ended without one (a
+    cancellation's `previous_status` in the log says whether an attempt was running)."""
+    cancelled = [ev for ev in events if ev["type"] == "cancelled"]
     return (
-        f'<table class="{cls}">'
-        + "".join(f"<tr><th>{e(k)}</th><td>{e(fmt(v))}</td></tr>" for k, v in rows)
-        + "</table>"
+        _templates()
+        .get_template("outcome.html")
+        .render(
+            state=state,
+            pct=f"{max(0.0, min(state.progress, 1.0)):.0%}",
+            attempt=f"attempt {state.attempt}" if state.attempt else "no attempt yet",
+            before=cancelled[-1]["data"].get("previous_status") if cancelled else None,
+        )
     )
 
 
@@ -262,57 +248,6 @@ def event_row(event: dict[str, Any]) -> str:
     )
 
 
-def _trades(trades: dict[str, list[Any]]) -> str:
-    """The result's trades come as columns (one list per field, aligned by index)."""
-    count = len(trades.get("entry_bar", []))
-    if not count:
-        return "<p>No trades.</p>"
-    cols = ("entry_time", "exit_time", "size", "entry_price", "exit_price", "pnl", "return_pct", "duration_days")
-    head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in cols)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{e(fmt(trades.get(c, [None] * count)[i]))}</td>" for c in cols) + "</tr>"
-        for i in range(min(count, MAX_TRADES))
-    )
-    more = f"<p class=note>First {MAX_TRADES} of {count} trades.</p>" if count > MAX_TRADES else ""
-    return f'<table class="trades"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}'
-
-
-def _result_sections(detail: dict[str, Any]) -> str:
-    out = []
-    if detail.get("kind") == "sweep":
-        rows = detail.get("table", [])[:MAX_SWEEP_ROWS]
-        if rows:
-            names = list(rows[0]["params"])
-            head = "".join(f"<th>{e(n)}</th>" for n in names) + f"<th>{e(detail.get('objective'))}</th>"
-            body = "".join(
-                "<tr>"
-                + "".join(f"<td>{e(fmt(r['params'].get(n)))}</td>" for n in names)
-                + f"<td>{e(fmt(r.get('objective')))}</td></tr>"
-                for r in rows
-            )
-            out.append(
-                f"<h2>Sweep: best {len(rows)} of {detail.get('combinations')} combinations</h2>"
-                f'<table class="sweep"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-            )
-        detail = detail.get("best") or {}
-        out.append(f"<h2>Best parameters: {e(fmt(detail.get('params')))}</h2>")
-    curve = detail.get("equity_curve")
-    if curve:
-        out.append(
-            '<h2>Equity</h2><figure class="chart" id="equity-chart">'
-            + line_chart(curve["time"], curve["equity"], css="equity", fill=False)
-            + "</figure>"
-        )
-        out.append(
-            '<h2>Drawdown (%)</h2><figure class="chart" id="drawdown-chart">'
-            + line_chart(curve["time"], curve["drawdown_pct"], css="drawdown", fill=True)
-            + "</figure>"
-        )
-    if "trades" in detail:
-        out.append(f"<h2>Trades ({len(detail['trades'].get('entry_bar', []))})</h2>" + _trades(detail["trades"]))
-    return "".join(out)
-
-
 async def task_page(request: Request) -> Response:
     ctx = _ctx(request)
     raw = request.path_params["task_id"]
@@ -347,29 +282,32 @@ async def task_page(request: Request) -> Response:
     ]
     if state.status == "cancelled":
         summary.append(("cancelled by", state.cancelled_by))
-    if state.error:
-        summary.append(("error", state.error))
     metrics = (state.result or {}).get("metrics") or {}
     parameter_rows = [(f"params.{k}", params_text(v)) for k, v in params.items()] + list(spec.items())
+    # A completed task's charts, heatmap and tables are drawn by results.js from GET …/result (the
+    # same JSON every client reads); until then the headline metrics of the summary show.
     result = ""
     if state.status == "completed":
-        stored = await ctx.store.result(task_id)
-        if stored:
-            detail = decode_json(stored)
-            # The summary has the headline metrics; the stored result has all of them.
-            metrics = (detail.get("best") or detail).get("metrics") or metrics
-            result = _result_sections(detail)
+        result = (
+            '<section id="result"><p class="note" id="result-loading">Loading the result…</p></section>'
+            '<link rel="stylesheet" href="/static/vendor/uPlot.min.css">'
+            '<script src="/static/vendor/uPlot.iife.min.js"></script><script src="/static/results.js"></script>'
+        )
+    compare = ""
+    if state.status == "completed":
+        compare = f'<a class="button" id="compare-link" href="/compare?ids={e(task_id)}">Compare with other runs</a>'
+    metrics_html = _kv_table(list(metrics.items()), metrics=True) if metrics else _known_so_far(state, events)
     body = f"""
 <section class="task-head"><h1>{e(state.spec.strategy)} on {e(state.spec.symbol)}
 <span class="badge {e(state.status)}" id="status">{e(state.status)}</span></h1>
 <p class="mono">{e(task_id)}</p>
 <div id="progress" class="progress big">{progress_bar(state.progress)}</div>
 <p id="flash" class="flash" hidden></p>
-<div class="actions"><button class="cancel">Cancel</button><button class="retry">Retry</button></div></section>
+<div class="actions"><button class="cancel">Cancel</button><button class="retry">Retry</button>{compare}</div></section>
 <section class="columns"><div><h2>Task</h2>{_kv_table(summary)}</div>
 <div><h2>Parameters</h2>{_kv_table(parameter_rows)}</div>
-<div><h2>Metrics</h2>{_kv_table(list(metrics.items())) if metrics else "<p>None yet.</p>"}</div></section>
-<section>{result}</section>
+<div><h2>{"Metrics" if metrics else "Outcome"}</h2><div id="metrics">{metrics_html}</div></div></section>
+{result}
 <section><h2>Audit trail</h2>{archived}<table id="events"><thead><tr><th>seq</th><th>time</th><th>event</th>
 <th>attempt</th><th>details</th></tr></thead><tbody>{audit_rows(events)}</tbody></table>
 </section>"""
@@ -533,10 +471,54 @@ idle, is younger than the lease ({lease / 1000:g} s).</p>
     return page(request, "Backstream: workers", body, name="workers", refresh_s=3)
 
 
+async def compare_page(request: Request) -> Response:
+    """GET /compare?ids=A&ids=B: two to four completed runs' equity curves and metrics side by side
+    (drawn by results.js from each run's GET …/result), and a picker of recent completed runs."""
+    ctx = _ctx(request)
+    chosen: list[str] = []
+    for raw in request.query_params.getlist("ids"):
+        for part in raw.split(","):
+            try:
+                task_id = str(uuid.UUID(part.strip()))
+            except ValueError:
+                continue
+            if task_id not in chosen:
+                chosen.append(task_id)
+    recent, _ = await ctx.projection.list_tasks(status="completed", limit=PAGE_SIZE, cursor=None)
+    problem = ""
+    if len(chosen) > COMPARE_MAX:
+        problem = f"Pick {COMPARE_MIN} to {COMPARE_MAX} runs to compare; {len(chosen)} were picked."
+    elif len(chosen) == 1:
+        problem = "Pick at least one more run to compare it with."
+    runs = [
+        {
+            "id": t.task_id,
+            "label": f"{t.spec.strategy} {t.spec.symbol} {t.task_id[:8]}",
+            "params": ", ".join(f"{k}={params_text(v)}" for k, v in t.spec.params.items()),
+            "finished": t.finished_at,
+            "checked": t.task_id in chosen,
+        }
+        for t in recent
+    ]
+    body = (
+        _templates()
+        .get_template("compare.html")
+        .render(
+            runs=runs,
+            chosen=chosen if not problem else [],
+            problem=problem,
+            least=COMPARE_MIN,
+            most=COMPARE_MAX,
+        )
+    )
+    return page(request, "Backstream: compare", body, name="compare")
+
+
 routes = [
     Route("/", tasks_page),
     Route("/tasks/{task_id}", task_page),
     Route("/submit", submit_page),
+    Route("/compare", compare_page, name="compare"),
     Route("/workers", workers_page),
     Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
 ]

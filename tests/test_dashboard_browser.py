@@ -55,8 +55,11 @@ def _require_browser() -> Any:
     return sync_playwright
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One `backstream up` for the module's tests: starting one takes seconds, and no test here
+    needs an empty store (each finds its own tasks by id)."""
+    tmp_path = tmp_path_factory.mktemp("up")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded default
     env.update(BACKSTREAM_PROGRESS_INTERVAL_MS="100", BACKSTREAM_HEARTBEAT_MS="100")
@@ -78,7 +81,7 @@ def server(tmp_path: Path) -> Iterator[str]:
         assert role.stop() == 0, role.log_path.read_text()[-3000:]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     sync_playwright = _require_browser()
     ARTIFACTS.mkdir(exist_ok=True)
@@ -122,9 +125,9 @@ def test_submit_watch_chart_and_cancel(server: str, browser: Any) -> None:
     wait_until(lambda: 0 < progress_of(bar) < 100, timeout=30, what="the progress bar to move")
     moving = progress_of(bar)
     page.wait_for_selector("#status.completed")  # the page reloads with the result
-    page.wait_for_selector("#equity-chart svg polyline")
-    page.wait_for_selector("#drawdown-chart svg polygon")
-    assert page.locator("table.trades tbody tr").count() > 0
+    page.wait_for_selector("#equity-chart canvas")
+    page.wait_for_selector("#drawdown-chart canvas")
+    assert page.locator("#trades tbody tr").count() > 0
     assert page.locator("#events tbody tr").count() >= 3  # submitted, started, … completed
     assert progress_of(page.locator("#progress .bar")) == 100 > moving
     page.screenshot(path=str(ARTIFACTS / "dashboard-task.png"), full_page=True)
@@ -150,6 +153,263 @@ def test_submit_watch_chart_and_cancel(server: str, browser: Any) -> None:
     newcomer = httpx.post(f"{server}/api/backtests", json=QUICK, timeout=5).json()["task_id"]
     page.locator(f'tr[data-task="{newcomer}"] .badge.completed').wait_for()
     page.close()  # closes its event streams before the server stops
+    assert errors == []
+
+
+SWEEP_2D: dict[str, Any] = {
+    "strategy": "sma_cross",
+    "symbol": "AAPL",
+    "params": {"fast": list(range(2, 21, 2)), "slow": list(range(30, 101, 10))},
+    "objective": "sharpe",
+}
+
+
+def submit(server: str, spec: dict[str, Any]) -> str:
+    reply = httpx.post(f"{server}/api/backtests", json=spec, timeout=5)
+    assert reply.status_code == 202, reply.text
+    return str(reply.json()["task_id"])
+
+
+def task(server: str, task_id: str) -> dict[str, Any]:
+    return httpx.get(f"{server}/api/backtests/tasks/{task_id}", timeout=5).json()  # type: ignore[no-any-return]
+
+
+def finished(server: str, *task_ids: str) -> dict[str, dict[str, Any]]:
+    states: dict[str, dict[str, Any]] = {}
+
+    def done() -> bool:
+        states.update({t: task(server, t) for t in task_ids})
+        return all(s["status"] in ("completed", "failed", "cancelled") for s in states.values())
+
+    wait_until(done, timeout=60, what="the tasks to finish")
+    return states
+
+
+def result(server: str, task_id: str) -> dict[str, Any]:
+    return httpx.get(f"{server}/api/backtests/tasks/{task_id}/result", timeout=10).json()  # type: ignore[no-any-return]
+
+
+def cents(value: float) -> str:
+    return f"{value:,.2f}"
+
+
+def new_page(browser: Any) -> tuple[Any, list[str]]:
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return page, errors
+
+
+def test_equity_chart_trades_and_metrics_of_a_run(server: str, browser: Any) -> None:
+    run = submit(server, {**QUICK, "symbol": "AAPL"})
+    assert finished(server, run)[run]["status"] == "completed"
+    detail = result(server, run)
+    curve, trades = detail["equity_curve"], detail["trades"]
+    page, errors = new_page(browser)
+    page.goto(f"{server}/tasks/{run}")
+
+    # Strategy, buy and hold, entries and exits on one chart (log scale), drawdown beneath it.
+    page.wait_for_selector("#equity-chart canvas")
+    page.wait_for_selector("#drawdown-chart canvas")
+    labels = page.locator("#equity-chart .u-legend .u-series th").all_inner_texts()
+    assert [x.strip().lower() for x in labels] == ["date", "strategy", "buy and hold", "entry", "exit"]
+    assert page.locator("#log-scale").is_checked()
+    # One marker per bar where a trade was entered, and one where one was exited, at its equity.
+    marked = "i => document.getElementById('equity-chart').uplot.data[i].filter(v => v !== null)"
+    assert page.evaluate(marked, 3) == [curve["equity"][b] for b in sorted(set(trades["entry_bar"]))]
+    assert page.evaluate(marked, 4) == [curve["equity"][b] for b in sorted(set(trades["exit_bar"]))]
+    assert page.evaluate("document.getElementById('equity-chart').uplot.scales.y.distr") == 3  # log
+
+    # Hover: the legend shows that bar's date and values, to the cent.
+    page.locator("#equity-chart .u-over").hover(position={"x": 500, "y": 100})
+    values = page.locator("#equity-chart .u-legend .u-series td.u-value").all_inner_texts()
+    day = values[0]
+    assert day in curve["time"], values
+    i = curve["time"].index(day)
+    hold = curve["equity"][0] * curve["close"][i] / curve["close"][0]
+    assert values[1:3] == [cents(curve["equity"][i]), cents(hold)]
+    drawdown = page.locator("#drawdown-chart .u-legend .u-series td.u-value").all_inner_texts()
+    assert drawdown == [day, f"{curve['drawdown_pct'][i]:,.2f} %"]  # the cursors move together
+    page.locator("#equity-chart").screenshot(path=str(ARTIFACTS / "equity.png"))
+
+    # The log-scale box redraws on a linear scale.
+    page.uncheck("#log-scale")
+    assert page.evaluate("document.getElementById('equity-chart').uplot.scales.y.distr") == 1
+
+    # Trades: prices, P&L and returns to the cent, right-aligned; days and sizes whole.
+    rows = page.locator("#trades tbody tr")
+    shown = min(rows.count(), 25)
+    assert shown == min(len(trades["entry_bar"]), 25) > 0
+    head = [h.strip().lower() for h in page.locator("#trades thead th").all_inner_texts()]
+    col = {name: head.index(name) for name in ("entry price", "exit price", "p&l", "size", "days")}
+    cells = [rows.nth(r).locator("td").all_inner_texts() for r in range(shown)]
+    for r, row in enumerate(cells):
+        assert row[col["entry price"]] == cents(trades["entry_price"][r])
+        assert row[col["exit price"]] == cents(trades["exit_price"][r])
+        assert row[col["p&l"]] == cents(trades["pnl"][r])
+        assert row[col["size"]] == f"{trades['size'][r]:,}"
+        assert row[col["days"]] == f"{trades['duration_days'][r]:,}"
+    # Among them a price whose fourth significant digit is not its last (168.21, not 168.2).
+    assert any(f"{p:.4g}" != f"{p:.2f}" for p in trades["entry_price"][:shown] + trades["exit_price"][:shown])
+    align = rows.first.locator("td.num").first.evaluate("el => getComputedStyle(el).textAlign")
+    assert align == "right"
+
+    # Every metric from the result, two decimals, counts whole.
+    metrics = detail["metrics"]
+    grid = page.locator("#metrics-table")
+    assert grid.locator("[data-metric]").count() == len(metrics)
+    assert grid.locator('[data-metric="equity_final"] .num').inner_text() == cents(metrics["equity_final"])
+    assert grid.locator('[data-metric="sharpe"] .num').inner_text() == cents(metrics["sharpe"])
+    assert grid.locator('[data-metric="num_trades"] .num').inner_text() == str(metrics["num_trades"])
+    page.screenshot(path=str(ARTIFACTS / "dashboard-run.png"), full_page=True)
+    page.close()
+    assert errors == []
+
+
+def test_sweep_heatmap_table_and_a_cell_opens_its_run(server: str, browser: Any) -> None:
+    sweep = submit(server, SWEEP_2D)
+    assert finished(server, sweep)[sweep]["status"] == "completed"
+    table = result(server, sweep)["table"]
+    combos = len(SWEEP_2D["params"]["fast"]) * len(SWEEP_2D["params"]["slow"])
+    assert len(table) == combos
+    page, errors = new_page(browser)
+    page.goto(f"{server}/tasks/{sweep}")
+
+    # One cell per combination, colored by the objective; any metric can color it.
+    cells = page.locator("#heatmap rect.cell")
+    cells.first.wait_for()
+    assert cells.count() == combos
+    by_params = {(r["params"]["fast"], r["params"]["slow"]): r for r in table}
+
+    def cell_value(fast: int, slow: int) -> str:
+        return page.locator(f'#heatmap rect.cell[data-x="{fast}"][data-y="{slow}"]').get_attribute("data-value") or ""
+
+    assert float(cell_value(10, 50)) == pytest.approx(by_params[(10, 50)]["objective"])
+    page.locator('#heatmap rect.cell[data-x="10"][data-y="50"]').hover()
+    assert "fast=10, slow=50: sharpe " + cents(by_params[(10, 50)]["objective"]) in page.inner_text("#heatmap-readout")
+    top, bottom = page.locator("#sweep").bounding_box(), page.locator("#sweep-table tbody tr").nth(5).bounding_box()
+    scrolled = page.evaluate("window.scrollY")  # bounding boxes are in the viewport, a clip in the page
+    clip = {"x": top["x"], "y": top["y"] + scrolled, "width": top["width"], "height": bottom["y"] - top["y"]}
+    page.screenshot(path=str(ARTIFACTS / "heatmap.png"), clip=clip, full_page=True)
+    page.select_option("#heatmap-metric", "return_pct")
+    assert float(cell_value(10, 50)) == pytest.approx(by_params[(10, 50)]["return_pct"])
+
+    # The full table: paged 25 at a time, sorted by the objective, then by any column.
+    sweep_rows = page.locator("#sweep-table tbody tr")
+    assert sweep_rows.count() == 25
+    assert page.inner_text("#sweep-table .where") == f"rows 1–25 of {combos}"
+    page.click("#sweep-table button.next")
+    assert page.inner_text("#sweep-table .where") == f"rows 26–50 of {combos}"
+    page.click("#sweep-table button.prev")
+    keys = [th.get_attribute("data-key") for th in page.locator("#sweep-table thead th").all()]
+
+    def column(key: str) -> list[str]:
+        index = keys.index(key)
+        return [sweep_rows.nth(r).locator("td").nth(index).inner_text() for r in range(sweep_rows.count())]
+
+    def sorted_by() -> str:
+        return page.locator("#sweep-table th[data-sort]:not([data-sort=''])").get_attribute("data-key") or ""
+
+    def top(key: str, descending: bool) -> list[str]:
+        values = sorted((r[key] for r in table if r[key] is not None), reverse=descending)
+        return [cents(v) for v in values[:25]]
+
+    assert sorted_by() == "objective"
+    assert column("objective") == top("objective", True)
+    page.click('#sweep-table th[data-key="return_pct"]')  # numbers sort largest first
+    assert column("return_pct") == top("return_pct", True)
+    page.click('#sweep-table th[data-key="return_pct"]')  # a second click: smallest first
+    assert page.get_attribute('#sweep-table th[data-key="return_pct"]', "data-sort") == "asc"
+    assert column("return_pct") == top("return_pct", False)
+
+    # A click on a cell submits that combination as a single run and opens it.
+    page.locator('#heatmap rect.cell[data-x="10"][data-y="50"]').click()
+    page.wait_for_url(lambda url: "/tasks/" in url and sweep not in url)
+    single = page.url.rsplit("/", 1)[1]
+    spec = task(server, single)["spec"]
+    assert spec["params"] == {"fast": 10, "slow": 50} and spec["symbol"] == "AAPL"
+    assert finished(server, single)[single]["status"] == "completed"
+    page.wait_for_selector("#equity-chart canvas")
+    assert result(server, single)["metrics"]["return_pct"] == pytest.approx(by_params[(10, 50)]["return_pct"])
+
+    # A second click on the same cell opens that run again instead of running it twice.
+    page.goto(f"{server}/tasks/{sweep}")
+    page.locator('#heatmap rect.cell[data-x="10"][data-y="50"]').click()
+    page.wait_for_url(f"{server}/tasks/{single}")
+    page.close()
+    assert errors == []
+
+
+def test_compare_two_to_four_runs(server: str, browser: Any) -> None:
+    runs = [
+        submit(server, {**QUICK, "symbol": "AAPL"}),
+        submit(server, {**QUICK, "params": {"fast": 5, "slow": 30}}),
+        submit(server, {"strategy": "momentum", "symbol": "AAPL", "params": {"lookback": 20, "threshold": 0.02}}),
+    ]
+    assert {s["status"] for s in finished(server, *runs).values()} == {"completed"}
+    page, errors = new_page(browser)
+
+    # The picker: two runs ticked and submitted.
+    page.goto(f"{server}/compare")
+    for run in runs[:2]:
+        page.check(f"#pick-{run}")
+    page.click("#compare-button")
+    page.wait_for_selector("#compare-equity canvas")
+    assert page.locator("#compare-equity .u-legend .u-series").count() == 1 + 2  # the date and two curves
+
+    # Three at once: three curves, three columns of metrics, each from its run's result.
+    page.goto(f"{server}/compare?ids={','.join(runs)}")
+    page.wait_for_selector("#compare-metrics")
+    assert page.locator("#compare-equity .u-legend .u-series").count() == 1 + 3
+    assert page.locator("#compare-drawdown .u-legend .u-series").count() == 1 + 3
+    sharpe = page.locator("#compare-metrics tbody tr", has=page.locator("th", has_text="sharpe")).first
+    expected = [cents(result(server, r)["metrics"]["sharpe"]) for r in runs]
+    assert sharpe.locator("td").all_inner_texts() == expected
+    page.screenshot(path=str(ARTIFACTS / "dashboard-compare.png"), full_page=True)
+
+    # One run alone is not a comparison: the page says so and draws nothing.
+    page.goto(f"{server}/compare?ids={runs[0]}")
+    assert "at least one more" in page.inner_text("#compare-problem")
+    assert page.locator("#compare").count() == 0
+    page.close()
+    assert errors == []
+
+
+def test_running_failed_and_cancelled_pages_say_what_is_known(server: str, browser: Any) -> None:
+    failed = submit(server, {**LONG_SWEEP, "timeout_s": 0.2})
+    victim = submit(server, LONG_SWEEP)
+    page, errors = new_page(browser)
+
+    # Running: who runs it, since when, how far.
+    wait_until(lambda: task(server, victim)["progress"] > 0, timeout=30, what="the victim to make progress")
+    page.goto(f"{server}/tasks/{victim}")
+    running = page.locator("#outcome.running")
+    assert task(server, victim)["worker"] in running.inner_text()
+    assert "None yet" not in page.inner_text("main")
+
+    # Cancelled while the page is open: it reloads and says who stopped it and how far it got.
+    httpx.delete(f"{server}/api/backtests/tasks/{victim}", timeout=5).raise_for_status()
+    cancelled = page.locator("#outcome.cancelled")
+    cancelled.wait_for()
+    state = task(server, victim)
+    assert f"{state['progress']:.0%} done" in cancelled.inner_text()
+    assert "while running" in cancelled.inner_text()
+    cancelled_look = cancelled.evaluate("el => getComputedStyle(el).backgroundColor")
+    cancelled_badge = page.locator("#status").evaluate("el => getComputedStyle(el).backgroundColor")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-cancelled.png"), full_page=True)
+
+    # Failed: the error, whether it may be retried; red where cancelled is slate.
+    assert finished(server, failed)[failed]["status"] == "failed"
+    page.goto(f"{server}/tasks/{failed}")
+    outcome = page.locator("#outcome.failed")
+    assert task(server, failed)["error"] in outcome.locator("pre.error").inner_text()
+    assert "not retryable" in outcome.inner_text()
+    assert outcome.evaluate("el => getComputedStyle(el).backgroundColor") != cancelled_look
+    assert page.locator("#status").evaluate("el => getComputedStyle(el).backgroundColor") != cancelled_badge
+    assert "None yet" not in page.inner_text("main")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-failed.png"), full_page=True)
+    page.close()
     assert errors == []
 
 

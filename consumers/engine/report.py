@@ -93,6 +93,8 @@ def backtest_detail(
             # The position's market value (units x Close) and its exposure (value / equity).
             "position_value": _floats(value),
             "exposure": _floats(exposure),
+            # The simulated close per bar: what a chart's buy-and-hold benchmark is drawn from.
+            "close": _floats(bars.close),
         },
         "trades": trades if trades is not None else trades_table(bars, sim),
         "bankrupt_at": None if sim.bankrupt_bar is None else str(bars.dates[sim.bankrupt_bar]),
