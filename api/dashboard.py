@@ -19,6 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from api.metrics import consumer_groups, projector_lag
+from api.results import full_result_json
 from consumers.engine.metrics import OBJECTIVES
 from consumers.engine.strategies import STRATEGIES
 from orchestrator.codec import decode_json, text
@@ -353,7 +354,7 @@ async def task_page(request: Request) -> Response:
     parameter_rows = [(f"params.{k}", params_text(v)) for k, v in params.items()] + list(spec.items())
     result = ""
     if state.status == "completed":
-        stored = await ctx.store.result(task_id)
+        stored = await full_result_json(ctx, state)
         if stored:
             detail = decode_json(stored)
             # The summary has the headline metrics; the stored result has all of them.

@@ -13,6 +13,7 @@ import structlog
 from consumers.execution import CHUNK_SECONDS, Assignment, Execution, StartRun
 from consumers.first_chunks import FirstChunks
 from consumers.reclaim import reclaim_expired
+from consumers.results import ResultStore
 from orchestrator.codec import text
 from orchestrator.connections import until_reachable
 from orchestrator.keys import WORKER_GROUP
@@ -49,8 +50,11 @@ class Worker:
         *,
         name: str,
         concurrency: int = 1,
+        results: ResultStore | None = None,
     ) -> None:
         self.store = store
+        # The results store full results go to (None: Redis, as before it existed).
+        self.results = results
         self.reader = reader  # a client without a socket timeout, for blocking reads
         self.first_chunks = FirstChunks(start_run, CHUNK_SECONDS)
         self.settings = settings
@@ -193,7 +197,13 @@ class Worker:
         )
         current = asyncio.current_task()
         execution = Execution(
-            self.store, self.first_chunks, self.settings, self.name, job, on_computed=lambda: self._free_slot(current)
+            self.store,
+            self.first_chunks,
+            self.settings,
+            self.name,
+            job,
+            on_computed=lambda: self._free_slot(current),
+            results=self.results,
         )
         self._running[current] = execution  # type: ignore[index]
         if self._releasing:

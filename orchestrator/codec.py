@@ -32,6 +32,7 @@ def _failed_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
 # Old events are upcast when read; the log is never rewritten.
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
     ("failed", 1): _failed_v1_to_v2,
+    ("completed", 1): lambda data: data,  # v2 added `result_ref`, None for v1
 }
 
 

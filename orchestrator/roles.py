@@ -41,6 +41,7 @@ def _on_signals(stop: Callable[[], None]) -> None:
 
 def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, concurrency: int) -> Any:
     from consumers.engine.runner import start_run
+    from consumers.results import results_for
     from consumers.worker import Worker
 
     keys = Keys(prefix=settings.prefix)
@@ -51,6 +52,7 @@ def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, con
         settings,
         name=name,
         concurrency=concurrency,
+        results=results_for(settings),
     )
 
 
