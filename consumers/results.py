@@ -445,27 +445,3 @@ def table_csv(table: pa.Table) -> bytes:
 def table_json(name: str, table: pa.Table) -> bytes:
     """The table as the JSON detail holds it: a list of rows (sweep, symbols) or a dict of columns."""
     return encode_json(table.to_pylist() if name in ("sweep", "symbols") else table.to_pydict())
-
-
-# --- orphans ---
-
-
-async def collect_orphans(results: ResultStore, named: set[str], *, grace_ms: int, now_ms: int) -> list[str]:
-    """Delete result prefixes no `completed` event names (`named`: their keys) whose newest
-    object is older than `grace_ms`: uploads whose outcome was never recorded (the worker
-    crashed, or lost its claim, between the upload and the outcome). The grace period covers an
-    upload whose outcome is being recorded right now. Returns the prefixes deleted."""
-    newest: dict[str, int] = {}
-    async for obj in results.objects():
-        parts = obj.path.split("/")
-        if len(parts) < 3:
-            continue
-        prefix = "/".join(parts[:2])
-        newest[prefix] = max(newest.get(prefix, 0), obj.last_modified_ms)
-    deleted = []
-    for prefix, modified in sorted(newest.items()):
-        if prefix not in named and now_ms - modified > grace_ms:
-            await results.delete(prefix)
-            deleted.append(prefix)
-            log.info("results.orphan_deleted", key=prefix, age_ms=now_ms - modified)
-    return deleted

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import io
 import json
+import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,11 +18,15 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from consumers.archive import export
 from consumers.engine.datasets import Catalog
 from consumers.engine.runner import start_run
+from consumers.result_retention import ResultPolicy, apply_result_retention
 from consumers.results import RESULT_SCHEMA_VERSION, results_for
-from orchestrator.codec import encode_json
+from consumers.retention import apply_retention
+from orchestrator.codec import decode_entry, encode_json
 from orchestrator.spec import BacktestSpec
+from orchestrator.state import fold
 from tests.conftest import Backend
 from tests.harness import System
 from tests.objectstores import S3Server
@@ -234,3 +239,108 @@ async def test_a_result_stored_in_redis_stays_readable_in_every_format(real_back
         etag = parquet.headers["etag"]
         again = await http.get(url, params={"table": "trades", "format": "parquet"}, headers={"If-None-Match": etag})
         assert again.status_code == 304
+
+
+async def events_of(system: System, task_id: str) -> list[str]:
+    return [str(type(e.event).__struct_config__.tag) for e in await system.store.task_events(task_id)]
+
+
+async def keys_in_store(system: System, key: str) -> list[str]:
+    results = results_for(system.settings)
+    assert results is not None
+    return [o.path async for o in results.objects(f"{key}/")]
+
+
+async def test_retention_deletes_by_count_size_and_age_records_it_and_reads_say_410(system: System) -> None:
+    results = results_for(system.settings)
+    assert results is not None
+    async with system.client() as http:
+        tasks = []
+        for fast in (5, 10, 15):  # oldest first
+            tasks.append(await submit_and_run(system, http, {**SINGLE, "params": {"fast": fast, "slow": 30}}))
+        states = await system.projection.load(tasks)
+        refs = {t: states[t].result_ref for t in tasks}
+        assert all(refs.values())
+
+        async def retain(policy: ResultPolicy, **kw: Any) -> list[tuple[str, str]]:
+            report = await apply_result_retention(system.store, system.projection, results, policy, **kw)
+            await system.project()
+            return [(d.task_id, d.reason) for d in report.deleted]
+
+        # Dry run: says what would go, writes nothing.
+        report = await apply_result_retention(
+            system.store, system.projection, results, ResultPolicy(max_count=2), dry_run=True
+        )
+        assert [(d.task_id, d.reason) for d in report.deleted] == [(tasks[0], "count")]
+        assert await keys_in_store(system, refs[tasks[0]].key) != []  # type: ignore[union-attr]
+        assert await retain(ResultPolicy(max_count=2)) == [(tasks[0], "count")]
+        assert (await events_of(system, tasks[0]))[-2:] == ["completed", "result_deleted"]
+        assert await keys_in_store(system, refs[tasks[0]].key) == []  # type: ignore[union-attr]
+        gone = await http.get(f"/api/backtests/tasks/{tasks[0]}/result")
+        assert gone.status_code == 410 and gone.json()["error"] == "result_deleted"
+        assert gone.json()["fields"][0]["field"] == "task_id"
+        gone_csv = await http.get(
+            f"/api/backtests/tasks/{tasks[0]}/result", params={"table": "trades", "format": "csv"}
+        )
+        assert gone_csv.status_code == 410
+        task = (await http.get(f"/api/backtests/tasks/{tasks[0]}")).json()
+        assert task["status"] == "completed" and task["result_location"] == "deleted" and task["result"]["metrics"]
+        # A second run with the same policy deletes nothing and records nothing.
+        assert await retain(ResultPolicy(max_count=2)) == []
+        assert (await events_of(system, tasks[0])).count("result_deleted") == 1
+        # Size: only the newest fits.
+        newest_bytes = refs[tasks[2]].bytes  # type: ignore[union-attr]
+        assert await retain(ResultPolicy(max_bytes=newest_bytes)) == [(tasks[1], "size")]
+        # Age: everything older than a minute, a minute from now.
+        later = int(time.time() * 1000) + 120_000
+        assert await retain(ResultPolicy(max_age_ms=60_000), now_ms=later) == [(tasks[2], "age")]
+        assert [(await http.get(f"/api/backtests/tasks/{t}/result")).status_code for t in tasks] == [410, 410, 410]
+        # Replaying the log gives exactly the projected states (the fold of result_deleted agrees).
+        log = [decode_entry(i, f) for i, f in await system.backend.redis.xrange(system.backend.keys.events)]
+        assert {t: fold(log)[t] for t in tasks} == await system.projection.load(tasks)
+
+
+async def test_orphans_are_collected_after_the_grace_period_and_named_results_never(system: System) -> None:
+    results = results_for(system.settings)
+    assert results is not None
+    async with system.client() as http:
+        named = await submit_and_run(system, http, SINGLE)
+        # Completed but not yet projected: only the log names its result.
+        unprojected = (await http.post("/api/backtests", json={**SINGLE, "params": {"fast": 7, "slow": 30}})).json()
+        await system.worker().run(burst=True)
+        # An upload whose outcome was never recorded (the worker died in between), and one of a
+        # second attempt that was fenced.
+        orphan = await results.put(str(uuid.uuid4()), 1, engine_detail(SINGLE))
+        fenced = await results.put(named, 2, engine_detail(SINGLE))
+        now = int(time.time() * 1000)
+        policy = ResultPolicy(orphan_grace_ms=3_600_000)
+        soon = await apply_result_retention(system.store, system.projection, results, policy, now_ms=now)
+        assert soon.orphans_deleted == [] and soon.deleted == []
+        later = await apply_result_retention(system.store, system.projection, results, policy, now_ms=now + 7_200_000)
+        assert sorted(later.orphans_deleted) == sorted([orphan.key, fenced.key]) and later.deleted == []
+        assert await keys_in_store(system, orphan.key) == [] and await keys_in_store(system, fenced.key) == []
+        await system.project()
+        for task_id in (named, unprojected["task_id"]):
+            assert (await http.get(f"/api/backtests/tasks/{task_id}/result")).status_code == 200
+
+
+async def test_deleting_the_result_of_a_task_retention_compacted(real_backend: Backend, tmp_path: Path) -> None:
+    system = System(real_backend, results_url=f"file://{tmp_path}/results")
+    results = results_for(system.settings)
+    assert results is not None
+    keys = real_backend.keys
+    async with system.client() as http:
+        task_id = await submit_and_run(system, http, SINGLE)
+        last = (await real_backend.redis.xrevrange(keys.events, count=1))[0][0].decode()
+        await export(real_backend.redis, keys, tmp_path / "archive.ndjson")
+        await real_backend.redis.set(keys.archived_through, last)
+        assert (await apply_retention(real_backend.redis, keys, horizon_ms=0)).tasks_compacted == 1
+        assert await real_backend.redis.exists(keys.control(task_id)) == 0
+        report = await apply_result_retention(system.store, system.projection, results, ResultPolicy(max_count=0))
+        assert [d.task_id for d in report.deleted] == [task_id]
+        await system.project()
+        state = (await system.projection.load([task_id]))[task_id]
+        assert state.result_deleted_at is not None and state.seq == 4 and state.status == "completed"
+        assert (await http.get(f"/api/backtests/tasks/{task_id}/result")).status_code == 410
+        again = await apply_result_retention(system.store, system.projection, results, ResultPolicy(max_count=0))
+        assert again.deleted == []
