@@ -307,13 +307,41 @@ def open_results(url: str, options: dict[str, str] | None = None, *, timeout_s: 
     return ResultStore(store, url)
 
 
+# The AWS_* variables passed on to an s3:// results store (obstore's S3 configuration keys).
+S3_OPTIONS = frozenset(
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT",
+        "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
+        "AWS_SKIP_SIGNATURE",
+        "AWS_REQUEST_PAYER",
+        "AWS_UNSIGNED_PAYLOAD",
+        "AWS_CHECKSUM_ALGORITHM",
+        "AWS_SERVER_SIDE_ENCRYPTION",
+        "AWS_SSE_KMS_KEY_ID",
+        "AWS_IMDSV1_FALLBACK",
+        "AWS_METADATA_ENDPOINT",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_ROLE_SESSION_NAME",
+    }
+)
+
+
 def results_for(settings: Settings) -> ResultStore | None:
     """The results store the settings name (see `Settings.results_location`), or None: full
     results then stay in Redis. Raises ValueError for a URL of another scheme."""
     url = settings.results_location()
     if url is None:
         return None
-    options = dict(settings.results_options)
+    # Only the keys obstore's S3 store knows (others, such as AWS_CA_BUNDLE, it refuses).
+    options = {k: v for k, v in settings.results_options.items() if k in S3_OPTIONS}
     options.setdefault("AWS_REGION", options.get("AWS_DEFAULT_REGION", "us-east-1"))
     return open_results(url, options, timeout_s=settings.results_timeout_s)
 
