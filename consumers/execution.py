@@ -14,7 +14,7 @@ import redis.exceptions
 import structlog
 
 from consumers.first_chunks import FirstChunks, finished
-from consumers.results import ResultStore, with_top_rows
+from consumers.results import EncodedResult, ResultStore, encode_result, with_top_rows
 from consumers.retry import TaskTimeout, backoff_ms, is_retryable
 from orchestrator.connections import store_unavailable, until_reachable
 from orchestrator.events import Completed, Failed, ResultRef, RetryScheduled
@@ -177,7 +177,10 @@ class Execution:
                     outcome, result = first.outcome, first.result
                 elif not releasing:
                     # A long run's outcome (a sweep's table, say) can take a while to build and encode.
-                    outcome, result = await asyncio.to_thread(finished, run)
+                    outcome, result = await asyncio.to_thread(finished, run, self.results is None)
+                if self.results is not None and not releasing:
+                    # Encoded once, here: an error is the attempt's; retried uploads reuse it.
+                    encoded = await asyncio.to_thread(encode_result, job.task_id, job.attempt, outcome.detail)
             self._stop_if_told()
             if releasing:
                 return await self._release()
@@ -197,7 +200,7 @@ class Execution:
         # memory), so no worker takes the task over to compute it again.
         async with self._lease_kept(math.inf, 0.0):
             if self.results is not None and isinstance(event, Completed):
-                ref = await self._upload(outcome.detail)
+                ref = await self._upload(encoded)
                 if ref is None:
                     return "stopped"
                 event, result = msgspec.structs.replace(event, result_ref=ref), b""
@@ -214,21 +217,18 @@ class Execution:
         log.info("task.finished", outcome=outcome_name, seconds=round(time.monotonic() - started, 4))
         return str(outcome_name)
 
-    async def _upload(self, detail: dict[str, Any]) -> ResultRef | None:
+    async def _upload(self, encoded: EncodedResult) -> ResultRef | None:
         """Upload the full result to the results store, retrying (with backoff, the lease kept)
         until it is stored: an object store that is down or slow delays the outcome, never loses
         it, and the computed result is kept in memory meanwhile. None if the attempt was stopped
         while waiting (cancelled or taken over): what was uploaded is an orphan, collected later."""
         assert self.results is not None
-        job = self.job
         delay = 0.1
         failures = 0
         started = time.monotonic()
         while True:
             try:
-                ref = await asyncio.wait_for(
-                    self.results.put(job.task_id, job.attempt, detail), self.settings.results_timeout_s
-                )
+                ref = await asyncio.wait_for(self.results.upload(encoded), self.settings.results_timeout_s)
             except (OSError, TimeoutError, obstore.exceptions.BaseError) as e:
                 failures += 1
                 log.warning("result.upload_failed", error=str(e)[:500], error_type=type(e).__name__, failures=failures)

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import obstore
 import pyarrow as pa
@@ -119,9 +119,20 @@ def _parquet(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def encode_result(task_id: str, attempt: int, detail: dict[str, Any]) -> tuple[bytes, dict[str, bytes]]:
-    """The manifest and the Parquet files (by file name) of one result. CPU-bound: call it off
-    the event loop."""
+@dataclass(frozen=True)
+class EncodedResult:
+    """One result ready to upload: its manifest, its Parquet files by name, rows per table."""
+
+    task_id: str
+    attempt: int
+    manifest: bytes
+    files: dict[str, bytes]
+    rows: dict[str, int]
+
+
+def encode_result(task_id: str, attempt: int, detail: dict[str, Any]) -> EncodedResult:
+    """The manifest and the Parquet files of one result. CPU-bound: call it off the event loop.
+    Raises pyarrow's errors for a detail it cannot store."""
     meta, tables = _split(detail)
     files: dict[str, bytes] = {}
     entries: dict[str, Any] = {}
@@ -144,7 +155,8 @@ def encode_result(task_id: str, attempt: int, detail: dict[str, Any]) -> tuple[b
         "tables": entries,
         "meta": meta,
     }
-    return encode_json(manifest), files
+    rows = {name: entry["rows"] for name, entry in entries.items()}
+    return EncodedResult(task_id, attempt, encode_json(manifest), files, rows)
 
 
 def tables_of_legacy(detail: dict[str, Any]) -> tuple[dict[str, Any], dict[str, pa.Table]]:
@@ -174,19 +186,20 @@ class ResultStore:
         self.url = url
 
     async def put(self, task_id: str, attempt: int, detail: dict[str, Any]) -> ResultRef:
-        """Upload one attempt's result; returns its address for the `completed` event. Each call
-        writes a fresh prefix (attempt plus a nonce), so a re-sent upload never overwrites what a
-        recorded outcome names. Raises obstore's errors when the store cannot be reached."""
-        manifest, files = await asyncio.to_thread(encode_result, task_id, attempt, detail)
-        key = f"{task_id}/{attempt}-{uuid.uuid4().hex[:12]}"
-        for name, data in files.items():
+        """Encode (in a thread) and upload one attempt's result; see `upload`."""
+        return await self.upload(await asyncio.to_thread(encode_result, task_id, attempt, detail))
+
+    async def upload(self, encoded: EncodedResult) -> ResultRef:
+        """Upload an encoded result; returns its address for the `completed` event. Each call
+        writes a fresh prefix (attempt plus a nonce), so a retried upload never touches what a
+        recorded outcome names, and the manifest goes last: a prefix without one is incomplete.
+        Raises obstore's errors (or OSError) when the store cannot be reached."""
+        key = f"{encoded.task_id}/{encoded.attempt}-{uuid.uuid4().hex[:12]}"
+        for name, data in encoded.files.items():
             await obstore.put_async(self.store, f"{key}/{name}", data)
-        await obstore.put_async(self.store, f"{key}/{MANIFEST}", manifest)
-        size = len(manifest) + sum(len(d) for d in files.values())
-        tables = {name[: -len(".parquet")]: 0 for name in files}
-        for name, entry in decode_json(manifest)["tables"].items():
-            tables[name] = entry["rows"]
-        return ResultRef(key=key, schema_version=RESULT_SCHEMA_VERSION, bytes=size, tables=tables)
+        await obstore.put_async(self.store, f"{key}/{MANIFEST}", encoded.manifest)
+        size = len(encoded.manifest) + sum(len(d) for d in encoded.files.values())
+        return ResultRef(key=key, schema_version=RESULT_SCHEMA_VERSION, bytes=size, tables=encoded.rows)
 
     async def manifest(self, ref: ResultRef) -> dict[str, Any]:
         """The manifest of a stored result. Raises ResultGone if it is not in the store."""
@@ -294,12 +307,9 @@ def open_results(url: str, options: dict[str, str] | None = None, *, timeout_s: 
         config.setdefault("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false")
         # obstore retries a failed request itself too; a short budget lets the worker's own
         # retry loop (which keeps the lease and logs) decide.
-        store = from_url(
-            url,
-            config=config,
-            client_options=client_options,
-            retry_config={"max_retries": 2, "retry_timeout": timedelta(seconds=timeout_s)},
-        )
+        retry: Any = {"max_retries": 2, "retry_timeout": timedelta(seconds=timeout_s)}
+        s3_config: Any = config
+        store = from_url(url, config=s3_config, client_options=cast(Any, client_options), retry_config=retry)
     elif scheme == "memory":
         store = from_url(url)
     else:

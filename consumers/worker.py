@@ -56,7 +56,7 @@ class Worker:
         # The results store full results go to (None: Redis, as before it existed).
         self.results = results
         self.reader = reader  # a client without a socket timeout, for blocking reads
-        self.first_chunks = FirstChunks(start_run, CHUNK_SECONDS)
+        self.first_chunks = FirstChunks(start_run, CHUNK_SECONDS, encode=results is None)
         self.settings = settings
         self.name = name
         self.concurrency = concurrency

@@ -21,16 +21,6 @@ class ApiToken(msgspec.Struct, frozen=True):
     secret: str
     can_write: bool = True
 
-    def results_location(self) -> str | None:
-        """The results store's URL: BACKSTREAM_RESULTS_URL, else `file://<home>/results`. None
-        only for settings built in code with neither (tests): full results then stay in Redis,
-        the way they were stored before the results store."""
-        if self.results_url:
-            return self.results_url
-        if self.home:
-            return "file://" + os.path.join(os.path.abspath(self.home), "results")
-        return None
-
     def __repr__(self) -> str:
         return f"ApiToken(owner={self.owner!r}, can_write={self.can_write})"
 
