@@ -30,6 +30,7 @@ from orchestrator.state import fold
 from tests.conftest import Backend
 from tests.harness import System
 from tests.objectstores import S3Server
+from tests.processes import free_port
 
 pytestmark = pytest.mark.redis
 
@@ -344,3 +345,28 @@ async def test_deleting_the_result_of_a_task_retention_compacted(real_backend: B
         assert (await http.get(f"/api/backtests/tasks/{task_id}/result")).status_code == 410
         again = await apply_result_retention(system.store, system.projection, results, ResultPolicy(max_count=0))
         assert again.deleted == []
+
+
+async def test_an_unreachable_store_answers_503_and_vanished_objects_410_never_500(
+    real_backend: Backend, tmp_path: Path, s3_server: S3Server
+) -> None:
+    bucket = make_bucket(s3_server)
+    system = System(real_backend, results_url=f"s3://{bucket}/results", results_options=s3_options(s3_server))
+    async with system.client() as http:
+        task_id = await submit_and_run(system, http, SINGLE)
+    # The same deployment, its API pointed at an S3 endpoint where nothing listens.
+    dead = {**s3_options(s3_server), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    down = System(real_backend, results_url=f"s3://{bucket}/results", results_options=dead, results_timeout_s=2)
+    async with down.client() as http:
+        for params in ({}, {"table": "trades", "format": "csv"}, {"table": "equity", "format": "parquet"}):
+            got = await http.get(f"/api/backtests/tasks/{task_id}/result", params=params)
+            assert got.status_code == 503 and got.json()["error"] == "results_store_unavailable", got.text
+            assert got.headers["retry-after"]
+    # Objects deleted behind the system's back (no result_deleted event): 410, saying so.
+    results = results_for(system.settings)
+    assert results is not None
+    ref = (await system.projection.load([task_id]))[task_id].result_ref
+    assert ref is not None and await results.delete(ref.key) == 3
+    async with system.client() as http:
+        gone = await http.get(f"/api/backtests/tasks/{task_id}/result", params={"table": "trades"})
+        assert gone.status_code == 410 and "no longer in the results store" in gone.json()["message"]
