@@ -194,15 +194,21 @@ class Execution:
                 log.info("task.stopped", reason=self._stopped_by, error_type=type(error).__name__)
                 return "stopped"
             event, result = self._failure(error), b""
-        self.on_computed()
+        uploading = self.results is not None and isinstance(event, Completed)
+        if not uploading:
+            self.on_computed()
         # An outcome must not be lost to a Redis restart or a full memory: it is re-sent until
         # stored, and the lease is renewed meanwhile (a renewal is not refused for lack of
         # memory), so no worker takes the task over to compute it again.
         async with self._lease_kept(math.inf, 0.0):
-            if self.results is not None and isinstance(event, Completed):
+            if uploading:
                 ref = await self._upload(encoded)
                 if ref is None:
                     return "stopped"
+                # Only now is the slot given up: while the results store is down, a worker holds
+                # its computed results and takes no more work, rather than pile up results it
+                # cannot store (the work waits in the stream for the store, or another worker).
+                self.on_computed()
                 event, result = msgspec.structs.replace(event, result_ref=ref), b""
             fenced = await until_reachable(
                 lambda: self.store.finish(

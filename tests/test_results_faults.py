@@ -134,3 +134,36 @@ def test_a_hanging_s3_server_times_the_upload_out_and_it_is_retried(
         cluster.close()
         log.redis.close()
         proxy.close()
+
+
+def test_while_the_store_is_down_a_worker_takes_no_more_work_and_a_cancel_stops_its_upload(
+    real_url: str, real_prefix: str, tmp_path: Path, s3: S3Server
+) -> None:
+    bucket = make_bucket(s3)
+    cluster = results_cluster(real_url, real_prefix, tmp_path, s3.endpoint, bucket)
+    log = Log(real_url, real_prefix)
+    try:
+        _, url = cluster.api()
+        worker = cluster.start("worker", "--name", "w1", "--concurrency", "1")
+        s3.stop()
+        first = submit(url, SINGLE)
+        wait_until(lambda: upload_failures(cluster) >= 1, timeout=60, what="the first failed upload")
+        second = submit(url, {**SINGLE, "params": {"fast": 7, "slow": 30}})
+        wait_until(lambda: upload_failures(cluster) >= 6, timeout=60, what="more failed uploads")
+        # The one slot stays with the task whose result waits for the store: nothing more is
+        # claimed and computed only to wait in memory too.
+        assert log.types(second) == ["submitted"]
+        # A cancel reaches the waiting attempt through its lease renewal: it stops retrying and
+        # writes nothing; the slot goes to the next task, which waits for the store in turn.
+        assert httpx.delete(f"{url}/api/backtests/tasks/{first}", timeout=10).status_code == 200
+        wait_until(
+            lambda: any(line.get("event") == "task.stopped" for line in worker.logs()), timeout=30, what="the stop"
+        )
+        wait_until(lambda: log.has(second, "started"), timeout=30, what="the next task to start")
+        assert log.types(first) == ["submitted", "started", "cancelled"]
+        s3.start()
+        wait_until(lambda: log.has(second, "completed"), timeout=60, what="the second outcome")
+        assert log.types(first) == ["submitted", "started", "cancelled"]
+    finally:
+        cluster.close()
+        log.redis.close()
