@@ -233,12 +233,14 @@ async def _from_store(request: Request, query: _Query, results: ResultStore, sta
         raise _missing_table(task_id, query.table, list(manifest["tables"]))
     if query.queried:
         source = results.open_file(ref, entry["file"])
-        schema = await asyncio.to_thread(lambda: pq.ParquetFile(source).schema_arrow)
-        args = _query_args(query, schema)
         try:
+            schema = await asyncio.to_thread(lambda: pq.ParquetFile(source).schema_arrow)
+            args = _query_args(query, schema)
             table, matched = await asyncio.to_thread(lambda: scan(source, **args))
         except FileNotFoundError as e:
             raise ResultGone(ref.key) from e
+        finally:
+            source.close()
         headers["X-Matched-Rows"] = str(matched)
         return _send(request, query, await asyncio.to_thread(_encode, query, table), headers)
     if query.format == "parquet":
