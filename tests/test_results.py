@@ -370,3 +370,20 @@ async def test_an_unreachable_store_answers_503_and_vanished_objects_410_never_5
     async with system.client() as http:
         gone = await http.get(f"/api/backtests/tasks/{task_id}/result", params={"table": "trades"})
         assert gone.status_code == 410 and "no longer in the results store" in gone.json()["message"]
+
+
+def test_a_version_1_completed_event_reads_as_version_2_without_a_result_ref() -> None:
+    """`completed` v2 only added `result_ref`: a v1 entry (every log written before) decodes, on
+    the fast path and the careful one alike, to the same event with `result_ref` None."""
+    from orchestrator.codec import _decode_carefully
+    from orchestrator.errors import EventDecodeError
+    from orchestrator.events import Completed
+
+    fields = {b"type": b"completed", b"v": b"1", b"task_id": b"t-1", b"seq": b"3", b"attempt": b"1"}
+    fields[b"data"] = b'{"result":{"metrics":{"sharpe":1.5}}}'
+    expected = Completed(task_id="t-1", seq=3, attempt=1, result={"metrics": {"sharpe": 1.5}})
+    assert decode_entry("1-0", fields).event == expected
+    assert _decode_carefully("1-0", fields).event == expected
+    # A version newer than this code knows is still refused, not read as the current one.
+    with pytest.raises(EventDecodeError, match="schema version 3 is newer"):
+        decode_entry("1-0", {**fields, b"v": b"3"})
