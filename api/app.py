@@ -17,6 +17,7 @@ from api import auth, dashboard, live, metrics, openapi, strategies, tasks
 from api.auth import SIGNIN_PATH, TokenAuth
 from api.csrf import SameOriginOnly
 from api.errors import EXCEPTION_HANDLERS
+from consumers.results import results_for
 from orchestrator.connections import Connections
 from orchestrator.keys import Keys
 from orchestrator.projection import Projection
@@ -33,6 +34,8 @@ class AppContext(msgspec.Struct):
     catalog: Any
     # For reads that block (live streams): its own connections, so they never starve commands.
     blocking: Any
+    # Where full results are (consumers.results.ResultStore); None: only Redis-stored results.
+    results: Any = None
 
 
 async def healthz(request: Request) -> Response:
@@ -69,6 +72,7 @@ def create_app(settings: Settings, *, catalog: Any, connections: Connections | N
             projection=Projection(conns.commands, keys, follow_live=True),
             catalog=catalog,
             blocking=conns.blocking,
+            results=results_for(settings),
         )
         try:
             yield

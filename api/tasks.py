@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api import results
 from api.errors import ApiError, FieldProblem, from_validation_error, task_id_param
 from consumers.engine.validation import FieldError, check_spec, with_dataset_name
 from orchestrator.codec import canonical_stream_id
@@ -240,20 +241,6 @@ async def events(request: Request) -> Response:
     return JSONResponse(body)
 
 
-async def result(request: Request) -> Response:
-    task_id = task_id_param(request)
-    state = await _current(request, task_id)
-    if state.status != "completed":
-        raise ApiError(
-            404,
-            "result_not_available",
-            f"task {task_id} is {state.status}, not completed",
-            [FieldProblem("status", f"task is {state.status}")],
-        )
-    stored = await _ctx(request).store.result(task_id)
-    return Response(stored or b"{}", media_type="application/json")
-
-
 async def datasets(request: Request) -> Response:
     datasets = await asyncio.to_thread(_ctx(request).catalog.datasets)  # reads user files: off the loop
     return JSONResponse({"datasets": msgspec.to_builtins(datasets)})
@@ -265,7 +252,7 @@ routes = [
     Route("/api/backtests/tasks/{task_id}", get_task),
     Route("/api/backtests/tasks/{task_id}", cancel, methods=["DELETE"]),
     Route("/api/backtests/tasks/{task_id}/events", events),
-    Route("/api/backtests/tasks/{task_id}/result", result),
+    Route("/api/backtests/tasks/{task_id}/result", results.result, name="task_result"),
     Route("/api/backtests/tasks/{task_id}/retry", retry, methods=["POST"]),
     Route("/api/dead-letters", dead_letters),
     Route("/api/datasets", datasets),

@@ -9,13 +9,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msgspec
+import obstore.exceptions
 import redis.exceptions
 import structlog
 
 from consumers.first_chunks import FirstChunks, finished
+from consumers.results import EncodedResult, ResultStore, encode_result, with_top_rows
 from consumers.retry import TaskTimeout, backoff_ms, is_retryable
 from orchestrator.connections import store_unavailable, until_reachable
-from orchestrator.events import Completed, Failed, RetryScheduled
+from orchestrator.events import Completed, Failed, ResultRef, RetryScheduled
 from orchestrator.settings import Settings
 from orchestrator.spec import BacktestSpec
 from orchestrator.store import EventStore
@@ -140,8 +142,11 @@ class Execution:
         job: Assignment,
         *,
         on_computed: Callable[[], None] = lambda: None,
+        results: ResultStore | None = None,
     ) -> None:
         self.store = store
+        # Where the full result goes; None: into Redis beside the task (the way before).
+        self.results = results
         # Called when the computing is over and only the outcome remains to be stored.
         self.on_computed = on_computed
         self.first_chunks = first_chunks
@@ -172,12 +177,15 @@ class Execution:
                     outcome, result = first.outcome, first.result
                 elif not releasing:
                     # A long run's outcome (a sweep's table, say) can take a while to build and encode.
-                    outcome, result = await asyncio.to_thread(finished, run)
+                    outcome, result = await asyncio.to_thread(finished, run, self.results is None)
+                if self.results is not None and not releasing:
+                    # Encoded once, here: an error is the attempt's; retried uploads reuse it.
+                    encoded = await asyncio.to_thread(encode_result, job.task_id, job.attempt, outcome.detail)
             self._stop_if_told()
             if releasing:
                 return await self._release()
             event: Completed | Failed | RetryScheduled = Completed(
-                task_id=job.task_id, attempt=job.attempt, result=outcome.summary
+                task_id=job.task_id, attempt=job.attempt, result=with_top_rows(outcome.summary, outcome.detail)
             )
         except Stop:
             return "stopped"
@@ -186,11 +194,22 @@ class Execution:
                 log.info("task.stopped", reason=self._stopped_by, error_type=type(error).__name__)
                 return "stopped"
             event, result = self._failure(error), b""
-        self.on_computed()
+        uploading = self.results is not None and isinstance(event, Completed)
+        if not uploading:
+            self.on_computed()
         # An outcome must not be lost to a Redis restart or a full memory: it is re-sent until
         # stored, and the lease is renewed meanwhile (a renewal is not refused for lack of
         # memory), so no worker takes the task over to compute it again.
         async with self._lease_kept(math.inf, 0.0):
+            if uploading:
+                ref = await self._upload(encoded)
+                if ref is None:
+                    return "stopped"
+                # Only now is the slot given up: while the results store is down, a worker holds
+                # its computed results and takes no more work, rather than pile up results it
+                # cannot store (the work waits in the stream for the store, or another worker).
+                self.on_computed()
+                event, result = msgspec.structs.replace(event, result_ref=ref), b""
             fenced = await until_reachable(
                 lambda: self.store.finish(
                     event, message_id=job.message_id, result=result, reason=getattr(event, "error_type", "")
@@ -203,6 +222,30 @@ class Execution:
             return "stopped"
         log.info("task.finished", outcome=outcome_name, seconds=round(time.monotonic() - started, 4))
         return str(outcome_name)
+
+    async def _upload(self, encoded: EncodedResult) -> ResultRef | None:
+        """Upload the full result to the results store, retrying (with backoff, the lease kept)
+        until it is stored: an object store that is down or slow delays the outcome, never loses
+        it, and the computed result is kept in memory meanwhile. None if the attempt was stopped
+        while waiting (cancelled or taken over): what was uploaded is an orphan, collected later."""
+        assert self.results is not None
+        delay = 0.1
+        failures = 0
+        started = time.monotonic()
+        while True:
+            try:
+                ref = await asyncio.wait_for(self.results.upload(encoded), self.settings.results_timeout_s)
+            except (OSError, TimeoutError, obstore.exceptions.BaseError) as e:
+                failures += 1
+                log.warning("result.upload_failed", error=str(e)[:500], error_type=type(e).__name__, failures=failures)
+                if self._stopped_by is not None:
+                    log.info("task.stopped", reason=self._stopped_by)
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            log.info("result.uploaded", key=ref.key, bytes=ref.bytes, seconds=round(time.monotonic() - started, 4))
+            return ref
 
     def _lease_kept(self, deadline: float, limit: float) -> LeaseTimer:
         """While the body runs, a timer renews the lease every heartbeat interval, whatever the

@@ -32,9 +32,11 @@ class FirstChunks:
     A hop stops starting further runs once it has computed for `chunk_seconds`; the ones left
     go into the next hop, so a cancel still waits for at most about one chunk of other work."""
 
-    def __init__(self, start_run: Callable[[BacktestSpec], Any], chunk_seconds: float) -> None:
+    def __init__(self, start_run: Callable[[BacktestSpec], Any], chunk_seconds: float, *, encode: bool = True) -> None:
         self.start_run = start_run
         self.chunk_seconds = chunk_seconds
+        # False when full results go to the results store (encoded there): no JSON is built.
+        self.encode = encode
         self._queue: list[tuple[BacktestSpec, asyncio.Future[FirstChunk]]] = []
         self._flush_scheduled = False
 
@@ -82,10 +84,11 @@ class FirstChunks:
         run.advance(self.chunk_seconds)
         if not run.done:
             return FirstChunk(run)
-        return FirstChunk(run, *finished(run))
+        return FirstChunk(run, *finished(run, self.encode))
 
 
-def finished(run: Any) -> tuple[Any, bytes]:
-    """A finished run's outcome, and its full result encoded for storing."""
+def finished(run: Any, encode: bool = True) -> tuple[Any, bytes]:
+    """A finished run's outcome, and its full result encoded as JSON for Redis (b"" when not
+    `encode`: the results store encodes it as Parquet)."""
     outcome = run.outcome()
-    return outcome, encode_json(outcome.detail)
+    return outcome, encode_json(outcome.detail) if encode else b""

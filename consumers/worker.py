@@ -16,6 +16,7 @@ from consumers.execution import CHUNK_SECONDS, Assignment, Execution, StartRun
 from consumers.first_chunks import FirstChunks
 from consumers.isolation import IsolatedRuns
 from consumers.reclaim import reclaim_expired
+from consumers.results import ResultStore
 from orchestrator.codec import text
 from orchestrator.connections import until_reachable
 from orchestrator.keys import WORKER_GROUP
@@ -53,10 +54,13 @@ class Worker:
         name: str,
         concurrency: int = 1,
         strategies: Sequence[str] = (),
+        results: ResultStore | None = None,
     ) -> None:
         self.store = store
+        # The results store full results go to (None: Redis, as before it existed).
+        self.results = results
         self.reader = reader  # a client without a socket timeout, for blocking reads
-        self.first_chunks = FirstChunks(start_run, CHUNK_SECONDS)
+        self.first_chunks = FirstChunks(start_run, CHUNK_SECONDS, encode=results is None)
         self.settings = settings
         self.name = name
         self.concurrency = concurrency
@@ -211,11 +215,12 @@ class Worker:
         isolated = IsolatedRuns(self.settings.data_dir) if claim.isolated else None
         execution = Execution(
             self.store,
-            FirstChunks(isolated, CHUNK_SECONDS) if isolated else self.first_chunks,
+            FirstChunks(isolated, CHUNK_SECONDS, encode=self.results is None) if isolated else self.first_chunks,
             self.settings,
             self.name,
             job,
             on_computed=lambda: self._free_slot(current),
+            results=self.results,
         )
         self._running[current] = execution  # type: ignore[index]
         if self._releasing:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import msgspec
 
-from orchestrator import audit_commands, client, logs, roles
+from orchestrator import audit_commands, client, logs, result_commands, roles
 from orchestrator.home import HOME_HELP, running_api_url
 from orchestrator.settings import DEFAULT_API_URL, Settings
 
 # Modules that add subcommands: each has `register(subparsers)`, and every subcommand it adds
 # sets `run(args, settings) -> exit code`.
-COMMAND_GROUPS = [roles, audit_commands, client]
+COMMAND_GROUPS = [roles, audit_commands, client, result_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,6 +86,10 @@ def _print_task(task: dict[str, Any], out: TextIO) -> None:
         )
     if result.get("metrics"):
         out.write("\n" + table([[k, v] for k, v in result["metrics"].items()], ["metric", "value"]) + "\n")
+    if result.get("top"):
+        from orchestrator.result_commands import top_rows_text
+
+        out.write("\n" + top_rows_text(result) + "\n")
     data = result.get("data")
     if data:
         prices = "adjusted" if data["adjusted"] else f"not adjusted ({data['not_adjusted_reason']})"

@@ -32,6 +32,7 @@ def _failed_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
 # Old events are upcast when read; the log is never rewritten.
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
     ("failed", 1): _failed_v1_to_v2,
+    ("completed", 1): lambda data: data,  # v2 added `result_ref`, None for v1
 }
 
 
@@ -74,6 +75,9 @@ def _bytes(value: bytes | str | int) -> bytes:
 
 _event_decoder = msgspec.json.Decoder(AnyEvent)
 _CURRENT_VERSIONS = {name.encode(): str(cls.SCHEMA_VERSION).encode() for name, cls in EVENT_TYPES.items()}
+# Older versions whose data decodes as the current version's (the version added only a field with
+# a default): the fast path takes them too, so replaying an old log does not slow down.
+_SAME_AS_CURRENT = {(b"completed", b"1")}
 
 
 def decode_entry(entry_id: bytes | str, fields: dict[Any, Any]) -> StoredEvent:
@@ -85,7 +89,10 @@ def decode_entry(entry_id: bytes | str, fields: dict[Any, Any]) -> StoredEvent:
         # splicing its own fields into its JSON data and decoding that once, typed.
         kind, task_id, data = fields[b"type"], fields[b"task_id"], fields[b"data"]
         if (
-            _CURRENT_VERSIONS.get(kind) == fields.get(b"v", b"1")
+            (
+                _CURRENT_VERSIONS.get(kind) == fields.get(b"v", b"1")
+                or (kind, fields.get(b"v", b"1")) in _SAME_AS_CURRENT
+            )
             and data[:1] == b"{"
             and b'"' not in task_id
             and b"\\" not in task_id

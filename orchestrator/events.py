@@ -45,10 +45,38 @@ class Progress(Event, frozen=True, tag="progress"):
     progress: float
 
 
+class ResultRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where a completed attempt's full result lives in the results store (streams.md "Results").
+
+    `key` is the object prefix `<task_id>/<attempt>-<nonce>` under the store's root, holding
+    `manifest.json` and one Parquet file per table; `schema_version` is the manifest's layout;
+    `bytes` the total size of its objects; `tables` the rows of each table (equity, trades,
+    sweep, symbols)."""
+
+    key: str
+    schema_version: int
+    bytes: int
+    tables: dict[str, int]
+
+
 class Completed(Event, frozen=True, tag="completed"):
-    # The result summary (metrics; for a sweep also the best parameters). The full result is
-    # stored beside the task, not in the log.
+    """The task completed. Version 2 added `result_ref`: the full result's address in the
+    results store (None: the full result is the Redis key `{bs}:task:<id>:result`, as every
+    version 1 event had it). Version 1 events need no upcast: the field's default is theirs."""
+
+    SCHEMA_VERSION: ClassVar[int] = 2
+    # The result summary (metrics; for a sweep also the best parameters and its top rows). The
+    # full result is stored beside the task, not in the log.
     result: dict[str, Any]
+    result_ref: ResultRef | None = None
+
+
+class ResultDeleted(Event, frozen=True, tag="result_deleted"):
+    """Retention deleted a completed task's full result from the results store (`key`); the
+    summary stays. `reason` names the limit that chose it: age, count or size."""
+
+    key: str
+    reason: str
 
 
 class Failed(Event, frozen=True, tag="failed"):
@@ -92,7 +120,18 @@ class Cancelled(Event, frozen=True, tag="cancelled"):
     previous_status: str | None = None
 
 
-AnyEvent = Submitted | Started | Progress | Completed | Failed | RetryScheduled | Released | Requeued | Cancelled
+AnyEvent = (
+    Submitted
+    | Started
+    | Progress
+    | Completed
+    | Failed
+    | RetryScheduled
+    | Released
+    | Requeued
+    | Cancelled
+    | ResultDeleted
+)
 
 EVENT_TYPES: dict[str, type[Event]] = {
     "submitted": Submitted,
@@ -104,6 +143,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "released": Released,
     "requeued": Requeued,
     "cancelled": Cancelled,
+    "result_deleted": ResultDeleted,
 }
 
 # Statuses that end a task's life: nothing more is written for it (but a failed task may be

@@ -42,6 +42,7 @@ def _on_signals(stop: Callable[[], None]) -> None:
 def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, concurrency: int) -> Any:
     from consumers.engine.registry import strategies
     from consumers.engine.runner import start_run
+    from consumers.results import results_for
     from consumers.worker import Worker
 
     keys = Keys(prefix=settings.prefix)
@@ -53,6 +54,7 @@ def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, con
         name=name,
         concurrency=concurrency,
         strategies=list(strategies()),
+        results=results_for(settings),
     )
 
 

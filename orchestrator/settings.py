@@ -130,12 +130,30 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # The `backstream submit/status/ls/...` client: the API it talks to, and its token.
     api_url: str = DEFAULT_API_URL
     api_token: str | None = None
+    # Where full results go (BACKSTREAM_RESULTS_URL: file:///dir or s3://bucket/prefix); unset,
+    # `results/` in the home, with or without REDIS_URL (see `results_location`).
+    results_url: str | None = None
+    # The AWS_* variables (credentials, region, AWS_ENDPOINT_URL, ...) for an s3:// results URL.
+    results_options: dict[str, str] = msgspec.field(default_factory=dict)
+    # One upload or download of a result taking longer than this fails (and an upload is retried).
+    results_timeout_s: float = 60.0
+
+    def results_location(self) -> str | None:
+        """The results store's URL: BACKSTREAM_RESULTS_URL, else `file://<home>/results`. None
+        only for settings built in code with neither (tests): full results then stay in Redis,
+        the way they were stored before the results store."""
+        if self.results_url:
+            return self.results_url
+        if self.home:
+            return "file://" + os.path.join(os.path.abspath(self.home), "results")
+        return None
 
     def __repr__(self) -> str:
         # The URL may carry a password.
         return (
             f"Settings(redis_url={'<set>' if self.redis_url else None}, prefix={self.prefix!r}, "
-            f"tokens=<{len(self.tokens)} set>, api_token={'<set>' if self.api_token else None})"
+            f"tokens=<{len(self.tokens)} set>, api_token={'<set>' if self.api_token else None}, "
+            f"results_url={self.results_url!r}, results_options=<{len(self.results_options)} set>)"
         )
 
     @classmethod
@@ -151,6 +169,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return cls(
             redis_url=env.get("REDIS_URL") or None,
             home=env.get("BACKSTREAM_HOME") or default_home(env),
+            results_url=env.get("BACKSTREAM_RESULTS_URL") or None,
+            results_options={k: v for k, v in env.items() if k.startswith("AWS_")},
+            results_timeout_s=float(env.get("BACKSTREAM_RESULTS_TIMEOUT_S", defaults.results_timeout_s)),
             prefix=env.get("BACKSTREAM_PREFIX", defaults.prefix),
             data_dir=env.get("BACKSTREAM_DATA_DIR") or None,
             lease_ms=int(env.get("BACKSTREAM_LEASE_MS", defaults.lease_ms)),

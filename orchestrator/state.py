@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -16,6 +16,8 @@ from orchestrator.events import (
     Progress,
     Released,
     Requeued,
+    ResultDeleted,
+    ResultRef,
     RetryScheduled,
     Started,
     StoredEvent,
@@ -43,6 +45,10 @@ class TaskState(msgspec.Struct, frozen=True, omit_defaults=True):
     # For a failed task: could running it again succeed?
     error_retryable: bool | None = None
     result: dict[str, Any] | None = None
+    # Where the full result lives in the results store (None: in Redis, or no result).
+    result_ref: ResultRef | None = None
+    # When retention deleted the full result (the summary in `result` stays).
+    result_deleted_at: str | None = None
     submitted_by: str | None = None
     cancelled_by: str | None = None
 
@@ -50,7 +56,14 @@ class TaskState(msgspec.Struct, frozen=True, omit_defaults=True):
 # What each kind of transition resets, so that no field of an earlier attempt (or outcome)
 # survives into a later one. tests/test_state_fields.py checks every field for every transition.
 # An outcome (completed, failed, cancelled) replaces every outcome field of what came before:
-_OUTCOME: dict[str, Any] = {"error": None, "error_retryable": None, "result": None, "cancelled_by": None}
+_OUTCOME: dict[str, Any] = {
+    "error": None,
+    "error_retryable": None,
+    "result": None,
+    "result_ref": None,
+    "result_deleted_at": None,
+    "cancelled_by": None,
+}
 # A new attempt starts from nothing but the task's own fields (spec, submit time, attempt count):
 _NEW_ATTEMPT: dict[str, Any] = {**_OUTCOME, "progress": 0.0, "finished_at": None}
 # Back in the queue (retry scheduled, released, requeued): no attempt runs, so none has a worker,
@@ -98,8 +111,13 @@ def evolve(state: TaskState | None, stored: StoredEvent) -> TaskState:
             # A new attempt (first run, retry, after a release or requeue, or a reclaim): nothing
             # of the attempt before it survives; that one stays in the audit trail.
             return _reset(state, _NEW_ATTEMPT, status="running", attempt=attempt, worker=worker, started_at=at, **step)
-        case Completed(result=result):
-            return _reset(state, _OUTCOME, status="completed", progress=1.0, result=result, finished_at=at, **step)
+        case Completed(result=result, result_ref=ref):
+            return _reset(
+                state, _OUTCOME, status="completed", progress=1.0, result=result, result_ref=ref, finished_at=at, **step
+            )
+        case ResultDeleted():
+            # Only the full result goes; the outcome and its summary stay.
+            return msgspec.structs.replace(state, result_deleted_at=at, **step)
         case Failed(error=error, retryable=retryable):
             return _reset(
                 state, _OUTCOME, status="failed", error=error, error_retryable=retryable, finished_at=at, **step
@@ -158,6 +176,15 @@ def index_member(state: TaskState) -> str:
     return f"{int(ms):015d}-{int(seq):06d}|{state.task_id}"
 
 
+def result_location(state: TaskState) -> Literal["store", "redis", "deleted"] | None:
+    """ "store", "redis", "deleted" or None (the task has not completed)."""
+    if state.status != "completed":
+        return None
+    if state.result_deleted_at is not None:
+        return "deleted"
+    return "store" if state.result_ref is not None else "redis"
+
+
 def to_api(state: TaskState) -> dict[str, Any]:
     """The public JSON shape of a task: `orchestrator.views.TaskView`, as builtins."""
     view = TaskView(
@@ -172,9 +199,11 @@ def to_api(state: TaskState) -> dict[str, Any]:
         error=state.error,
         error_retryable=state.error_retryable,
         result=state.result,
+        result_location=result_location(state),
         spec=state.spec,
         submitted_by=state.submitted_by,
         cancelled_by=state.cancelled_by if state.status == "cancelled" else msgspec.UNSET,
+        result_deleted_at=state.result_deleted_at if state.result_deleted_at is not None else msgspec.UNSET,
     )
     body: dict[str, Any] = msgspec.to_builtins(view)
     return body

@@ -19,6 +19,7 @@ from orchestrator.events import (
     Progress,
     Released,
     Requeued,
+    ResultDeleted,
     RetryScheduled,
     Started,
     StoredEvent,
@@ -179,6 +180,23 @@ class EventStore:
         if outcome == "conflict":
             status = text(reply[1])
             raise TaskConflict(task_id, status, f"task {task_id} is {status}; only failed tasks can be retried")
+
+    async def record_result_deleted(self, task_id: str, key: str, *, reason: str, live_projection: Keys) -> str:
+        """Record that retention deletes the full result at `key` of a completed task (before
+        deleting its objects). Returns 'ok' (recorded now), 'done' (recorded before), 'missing'
+        or 'conflict' (the task is not completed). `live_projection`: the keys of the live
+        projection, which restores a compacted task's control hash."""
+        reply = await self._batcher.call(
+            self.scripts.drop_result,
+            keys=[*self._task_keys(task_id), live_projection.projected_task(task_id)],
+            args=[
+                task_id,
+                event_data(ResultDeleted(task_id=task_id, key=key, reason=reason)),
+                ResultDeleted.SCHEMA_VERSION,
+                key,
+            ],
+        )
+        return text(reply[0])
 
     # --- commands of the workers; every write after the claim is fenced by the attempt ---
 

@@ -67,6 +67,11 @@ class TaskView(msgspec.Struct, frozen=True):
     spec: BacktestSpec
     submitted_by: str | None
     cancelled_by: str | None | msgspec.UnsetType = msgspec.UNSET
+    # Where the full result is: "store" (the results store), "redis" (stored before results left
+    # Redis), "deleted" (retention removed it; the summary stays), or None (no result yet).
+    result_location: Literal["store", "redis", "deleted"] | None = None
+    # When retention deleted the full result (ISO 8601 UTC); only on such a task.
+    result_deleted_at: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class TaskPage(msgspec.Struct, frozen=True):

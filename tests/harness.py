@@ -14,6 +14,7 @@ from api.app import create_app
 from consumers.engine.datasets import Catalog
 from consumers.engine.runner import start_run
 from consumers.projector import Projector
+from consumers.results import results_for
 from consumers.worker import Worker
 from orchestrator.connections import Connections
 from orchestrator.projection import Projection
@@ -50,6 +51,7 @@ class System:
             self.settings,
             name=name,
             concurrency=concurrency,
+            results=results_for(self.settings),
         )
 
     async def run_workers(self) -> None:

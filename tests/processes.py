@@ -101,6 +101,8 @@ class Cluster:
             **os.environ,
             "REDIS_URL": redis_url,
             "BACKSTREAM_PREFIX": prefix,
+            # Each test's own home: the results store defaults to its `results/` directory.
+            "BACKSTREAM_HOME": str(workdir / "home"),
             **{f"BACKSTREAM_{k.upper()}": str(v) for k, v in settings.items()},
         }
         self.roles: list[Role] = []

@@ -24,6 +24,8 @@ from orchestrator.events import (
     Progress,
     Released,
     Requeued,
+    ResultDeleted,
+    ResultRef,
     RetryScheduled,
     Started,
     StoredEvent,
@@ -47,6 +49,8 @@ KEPT_FROM_ITS_ATTEMPT: dict[type[Event], set[str]] = {
     Completed: {"worker", "started_at"},
     Failed: {"worker", "started_at", "progress"},
     Cancelled: {"worker", "started_at", "progress"},
+    # Retention deleting the full result keeps the outcome whole (its summary, where it was).
+    ResultDeleted: set(TaskState.__struct_fields__) - {"result_deleted_at"},
 }
 # What each status allows next, as the scripts decide it (claim/take, heartbeat, finish, release,
 # requeue, cancel, and a reclaim: `started` on a running task).
@@ -54,7 +58,7 @@ NEXT: dict[str, list[type[Event]]] = {
     "queued": [Started, Cancelled],
     "running": [Progress, Completed, Failed, RetryScheduled, Released, Cancelled, Started],
     "failed": [Requeued],
-    "completed": [],
+    "completed": [ResultDeleted],
     "cancelled": [],
 }
 
@@ -68,7 +72,10 @@ def random_event(kind: type[Event], rng: random.Random, attempt: int) -> Event:
         case _ if kind is Progress:
             return Progress(task_id=TASK, attempt=attempt, progress=rng.random())
         case _ if kind is Completed:
-            return Completed(task_id=TASK, attempt=attempt, result={"metrics": {"n": n}})
+            ref = ResultRef(key=f"{TASK}/{attempt}-{n}", schema_version=1, bytes=n, tables={"trades": n})
+            return Completed(task_id=TASK, attempt=attempt, result={"metrics": {"n": n}}, result_ref=ref)
+        case _ if kind is ResultDeleted:
+            return ResultDeleted(task_id=TASK, attempt=attempt, key=f"{TASK}/{attempt}-{n}", reason="count")
         case _ if kind is Failed:
             return Failed(task_id=TASK, attempt=attempt, error=f"boom {n}", retryable=rng.random() < 0.5)
         case _ if kind is RetryScheduled:
@@ -142,6 +149,7 @@ def test_each_transition_sets_what_its_event_says() -> None:
         Completed: {"status": "completed", "progress": 1.0, "error": None, "finished_at": at},
         Failed: {"status": "failed", "result": None, "finished_at": at},
         Cancelled: {"status": "cancelled", "error": None, "result": None, "finished_at": at},
+        ResultDeleted: {"status": "completed", "result_deleted_at": at},
     }
     for kind, fields in expect.items():
         event = random_event(kind, random.Random(1), 0)

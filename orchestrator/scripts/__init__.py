@@ -25,6 +25,7 @@ class Scripts:
         self.cancel: AsyncScript = redis.register_script(lib + _source("cancel"))
         self.release: AsyncScript = redis.register_script(lib + _source("release"))
         self.requeue: AsyncScript = redis.register_script(lib + _source("requeue"))
+        self.drop_result: AsyncScript = redis.register_script(lib + _source("drop_result"))
         self.promote: AsyncScript = redis.register_script(_source("promote"))
         self.apply: AsyncScript = redis.register_script(_source("apply"))
         self.switch: AsyncScript = redis.register_script(_source("switch"))
