@@ -12,6 +12,7 @@ import msgspec
 import redis.exceptions
 import structlog
 
+from consumers.compute import ComputeThreads
 from consumers.first_chunks import FirstChunks, finished
 from consumers.retry import TaskTimeout, backoff_ms, is_retryable
 from orchestrator.connections import store_unavailable, until_reachable
@@ -139,9 +140,12 @@ class Execution:
         worker: str,
         job: Assignment,
         *,
+        compute: ComputeThreads,
         on_computed: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
+        # The worker's compute threads, which this attempt's chunks take turns on.
+        self.compute = compute
         # Called when the computing is over and only the outcome remains to be stored.
         self.on_computed = on_computed
         self.first_chunks = first_chunks
@@ -172,7 +176,8 @@ class Execution:
                     outcome, result = first.outcome, first.result
                 elif not releasing:
                     # A long run's outcome (a sweep's table, say) can take a while to build and encode.
-                    outcome, result = await asyncio.to_thread(finished, run)
+                    async with self.compute.turn():
+                        outcome, result = await self.compute.call(finished, run)
             self._stop_if_told()
             if releasing:
                 return await self._release()
@@ -265,7 +270,10 @@ class Execution:
                 # A progress report renews the lease too; the timer renews it in between.
                 await self._heartbeat(run.progress)
                 last_progress, reported = now, run.progress
-            await asyncio.to_thread(run.advance, CHUNK_SECONDS)
+            # Waiting for its turn on a compute thread, the attempt checks for a cancel every
+            # chunk, so a queued task stops as soon as a running one would.
+            async with self.compute.turn(self._check_still_mine, CHUNK_SECONDS):
+                await self.compute.call(run.advance, CHUNK_SECONDS)
 
     async def _check_still_mine(self) -> None:
         """Between chunks: is the task still running under this attempt? A cancel or a takeover

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from consumers.compute import ComputeThreads
 from orchestrator.batching import resolve
 from orchestrator.codec import encode_json
 from orchestrator.spec import BacktestSpec
@@ -30,11 +31,15 @@ class FirstChunks:
     """Coalesces the first chunks requested in one turn of the event loop into one thread hop.
 
     A hop stops starting further runs once it has computed for `chunk_seconds`; the ones left
-    go into the next hop, so a cancel still waits for at most about one chunk of other work."""
+    go into the next hop, so a cancel still waits for at most about one chunk of other work.
+    A hop runs on one of the worker's compute threads, in its turn (consumers/compute.py)."""
 
-    def __init__(self, start_run: Callable[[BacktestSpec], Any], chunk_seconds: float) -> None:
+    def __init__(
+        self, start_run: Callable[[BacktestSpec], Any], chunk_seconds: float, compute: ComputeThreads
+    ) -> None:
         self.start_run = start_run
         self.chunk_seconds = chunk_seconds
+        self.threads = compute
         self._queue: list[tuple[BacktestSpec, asyncio.Future[FirstChunk]]] = []
         self._flush_scheduled = False
 
@@ -54,7 +59,8 @@ class FirstChunks:
         batch, self._queue, self._flush_scheduled = self._queue, [], False
         batch = [(spec, future) for spec, future in batch if not future.cancelled()]
         try:
-            done = await asyncio.to_thread(self._compute_batch, [spec for spec, _ in batch])
+            async with self.threads.turn():
+                done = await self.threads.call(self._compute_batch, [spec for spec, _ in batch])
         except Exception as e:  # the hop itself failed: every caller hears of it
             for _, future in batch:
                 resolve(future, e)

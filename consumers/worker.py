@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import structlog
 
+from consumers.compute import ComputeThreads
 from consumers.execution import CHUNK_SECONDS, Assignment, Execution, StartRun
 from consumers.first_chunks import FirstChunks
 from consumers.isolation import IsolatedRuns
@@ -40,8 +41,10 @@ READ_BLOCK_MS = 500
 
 
 class Worker:
-    """Runs up to `concurrency` tasks at once. The backtest kernel computes in threads, so the
-    event loop keeps heartbeating and noticing cancels while it does."""
+    """Runs up to `concurrency` tasks at once. The backtest kernel computes on the worker's
+    compute threads (`settings.compute_threads`, default 1; consumers/compute.py), whatever the
+    concurrency, so the event loop keeps heartbeating and noticing cancels while it does, and
+    concurrency overlaps round trips rather than splitting a core between threads."""
 
     def __init__(
         self,
@@ -56,7 +59,10 @@ class Worker:
     ) -> None:
         self.store = store
         self.reader = reader  # a client without a socket timeout, for blocking reads
-        self.first_chunks = FirstChunks(start_run, CHUNK_SECONDS)
+        self.compute = ComputeThreads(settings.compute_threads)
+        # An isolated run's child process computes; its parent's thread only waits on a pipe.
+        self._waiting_threads = ComputeThreads(None)
+        self.first_chunks = FirstChunks(start_run, CHUNK_SECONDS, self.compute)
         self.settings = settings
         self.name = name
         self.concurrency = concurrency
@@ -77,7 +83,12 @@ class Worker:
 
     async def run(self, *, burst: bool = False) -> None:
         """Take and run work until stopped; in burst mode, until no work is left."""
-        log.info("worker.started", worker=self.name, concurrency=self.concurrency)
+        log.info(
+            "worker.started",
+            worker=self.name,
+            concurrency=self.concurrency,
+            compute_threads=self.settings.compute_threads,
+        )
         # Its liveness, for /readyz, the workers page and metrics: beats on a timer, so an idle
         # worker is seen alive too (see orchestrator/presence.py).
         heartbeat = Heartbeat(
@@ -91,6 +102,7 @@ class Worker:
             await self._run(burst)
         finally:
             beating.cancel()
+            self.compute.close()
             await heartbeat.remove()
 
     async def _run(self, burst: bool) -> None:
@@ -211,10 +223,11 @@ class Worker:
         isolated = IsolatedRuns(self.settings.data_dir) if claim.isolated else None
         execution = Execution(
             self.store,
-            FirstChunks(isolated, CHUNK_SECONDS) if isolated else self.first_chunks,
+            FirstChunks(isolated, CHUNK_SECONDS, self._waiting_threads) if isolated else self.first_chunks,
             self.settings,
             self.name,
             job,
+            compute=self._waiting_threads if isolated else self.compute,
             on_computed=lambda: self._free_slot(current),
         )
         self._running[current] = execution  # type: ignore[index]
