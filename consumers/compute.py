@@ -10,7 +10,7 @@ computing with worker processes, one per core.
 
 A task waiting for its turn is not idle towards its store: its lease timer renews on the event
 loop, and `turn` calls `while_waiting` every `every` seconds (the worker's cancel check), so a
-cancel reaches a queued task within about one chunk, as it reaches a running one.
+cancel reaches a queued task without its turn (within 50 ms in the worker).
 """
 
 from __future__ import annotations
