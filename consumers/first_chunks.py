@@ -34,9 +34,7 @@ class FirstChunks:
     go into the next hop, so a cancel still waits for at most about one chunk of other work.
     A hop runs on one of the worker's compute threads, in its turn (consumers/compute.py)."""
 
-    def __init__(
-        self, start_run: Callable[[BacktestSpec], Any], chunk_seconds: float, compute: ComputeThreads
-    ) -> None:
+    def __init__(self, start_run: Callable[[BacktestSpec], Any], chunk_seconds: float, compute: ComputeThreads) -> None:
         self.start_run = start_run
         self.chunk_seconds = chunk_seconds
         self.threads = compute
@@ -56,10 +54,12 @@ class FirstChunks:
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
 
     async def _flush(self) -> None:
-        batch, self._queue, self._flush_scheduled = self._queue, [], False
-        batch = [(spec, future) for spec, future in batch if not future.cancelled()]
+        batch: list[tuple[BacktestSpec, asyncio.Future[FirstChunk]]] = []
         try:
             async with self.threads.turn():
+                # Taken once the turn has come: runs requested while the hop waited join it.
+                batch, self._queue, self._flush_scheduled = self._queue, [], False
+                batch = [(spec, future) for spec, future in batch if not future.cancelled()]
                 done = await self.threads.call(self._compute_batch, [spec for spec, _ in batch])
         except Exception as e:  # the hop itself failed: every caller hears of it
             for _, future in batch:
