@@ -162,3 +162,34 @@ async def test_a_task_waiting_for_its_turn_notices_a_cancel(real_backend: Backen
     assert [e["reason"] for e in logs if e["event"] == "task.stopped"] == ["cancelled"]
     events = [type(e.event).__name__.lower() for e in await store.task_events(cancel)]
     assert events[-1] == "cancelled"
+
+
+@pytest.mark.redis
+async def test_a_task_waiting_for_its_turn_keeps_its_lease(real_backend: Backend) -> None:
+    """One sweep holds the only compute thread for three leases; the other, waiting for its
+    turn all that time, keeps renewing its lease (its work item's idle time stays under the
+    lease, so no other worker would reclaim it), then runs to completion."""
+    store = EventStore(real_backend.redis, real_backend.keys)
+    keep_spec = msgspec.structs.replace(SWEEP, params={**SWEEP.params, "fast": list(range(3, 22))})
+    gated = Gated(functools.partial(start_run, catalog=Catalog.from_env_dir(None)), keep_spec)
+    settings = Settings(prefix=real_backend.keys.prefix, compute_threads=1, lease_ms=300, heartbeat_ms=50)
+    worker = Worker(store, real_backend.blocking, gated, settings, name="w1", concurrency=2)
+    holder, waiter = str(uuid.uuid4()), str(uuid.uuid4())
+    await store.submit(holder, keep_spec)
+    await store.submit(waiter, SWEEP)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        running = asyncio.create_task(worker.run(burst=True))
+        try:
+            assert await asyncio.to_thread(gated.holding.wait, 60)
+            await asyncio.sleep(3 * settings.lease_ms / 1000)  # three leases pass with the thread held
+            pending = await real_backend.redis.xpending_range(real_backend.keys.work, "workers", "-", "+", 10)
+            assert len(pending) == 2
+            assert all(p["time_since_delivered"] < settings.lease_ms for p in pending), pending
+            status = await real_backend.redis.hmget(real_backend.keys.control(waiter), "status", "attempt")
+            assert status == [b"running", b"1"]
+        finally:
+            gated.go.set()
+        await asyncio.wait_for(running, 120)
+    finished = {e["task_id"]: e["outcome"] for e in logs if e["event"] == "task.finished"}
+    assert finished == {holder: "completed", waiter: "completed"}
+    assert not [e for e in logs if e["event"] == "task.stopped"]
