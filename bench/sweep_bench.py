@@ -65,12 +65,13 @@ async def _drive(url: str, n: int, spec: BacktestSpec, pid: int, timeout: float)
     t0 = time.time()
     ids = [str(uuid.uuid4()) for _ in range(n)]
     await asyncio.gather(*(store.submit(t, spec) for t in ids))
-    last, done, finish_ms = "0-0", 0, 0
+    last: bytes | str = "0-0"
+    done, finish_ms = 0, 0
     deadline = time.monotonic() + timeout
     while done < n:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{done} of {n} sweep tasks completed within {timeout} s")
-        reply = await r.xread({keys.events: last}, count=1000, block=200)
+        reply: Any = await r.xread({keys.events: last}, count=1000, block=200)
         for _, entries in reply or []:
             for entry_id, fields in entries:
                 last = entry_id
@@ -143,10 +144,10 @@ def main() -> int:
     print(f"\n{n} sweep tasks of {_combinations(fields)} combinations, one worker, median of {reps}\n")
     print("| tree | concurrency | combinations/s | worker CPU ms/task |")
     print("| --- | ---: | ---: | ---: |")
-    for (root, c), results in rows.items():
+    for (tree, c), results in rows.items():
         rate = statistics.median(r["combinations_per_s"] for r in results)
         cpu = statistics.median(r["worker_cpu_ms_per_task"] for r in results)
-        print(f"| {root} | {c} | {rate:,.0f} | {cpu:,.0f} |")
+        print(f"| {tree} | {c} | {rate:,.0f} | {cpu:,.0f} |")
     return 0
 
 

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import threading
 import uuid
+from collections.abc import MutableMapping
 from typing import Any
 
 import msgspec
@@ -139,7 +140,7 @@ async def test_a_task_waiting_for_its_turn_notices_a_cancel(real_backend: Backen
     keep, cancel = str(uuid.uuid4()), str(uuid.uuid4())
     stopped = asyncio.Event()
 
-    def on_stop(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    def on_stop(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         if event["event"] == "task.stopped" and event.get("task_id") == cancel:
             stopped.set()
         return event
