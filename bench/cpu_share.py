@@ -1,7 +1,7 @@
 """Where a system's CPU goes under the throughput load: CPU time per task of each of its processes.
 
     python3 bench/cpu_share.py [--system backstream|taskiq|...] [--kind noop|sma] [--tasks 10000]
-                               [--concurrency 8]
+                               [--concurrency 8] [--bs-root OLD_TREE]
     .venv/bin/python bench/cpu_share.py --smoke   # Backstream, 20 tasks, this interpreter: checks it runs (CI)
 
 One worker process on a private redis-server, warmed up, then one timed run of `--tasks` tasks.
@@ -67,18 +67,22 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--system", default="backstream", choices=["backstream", *PEERS])
     parser.add_argument("--kind", default="noop", choices=["noop", "sma"])
-    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--tasks", type=int, default=None, help="default 10,000 (20 with --smoke)")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--smoke", action="store_true", help="20 tasks, Backstream in this interpreter (no venv)")
+    parser.add_argument(
+        "--bs-root", type=Path, default=REPO, help="the Backstream tree to measure (an old one from `git worktree add`)"
+    )
     args = parser.parse_args()
     if args.smoke:
         if args.system != "backstream":
             parser.error("--smoke measures Backstream only (a peer needs its own environment)")
-        args.tasks = 20
+        args.tasks = args.tasks or 20
+    args.tasks = args.tasks or 10_000
     bs_python, peers_python = environments(REPO, smoke=args.smoke)
     workdir = Path(tempfile.mkdtemp(prefix="backstream-cpu-"))
     redis = RedisServer(workdir)
-    env = Env(redis, workdir, bs_python, peers_python, concurrency=args.concurrency)
+    env = Env(redis, workdir, bs_python, peers_python, bs_root=args.bs_root.resolve(), concurrency=args.concurrency)
     block = Block(env, args.system, 1, args.kind)
     try:
         block.start()

@@ -395,7 +395,7 @@ def main() -> int:
     parser.add_argument("--systems", default="all", help="comma list: backstream," + ",".join(PEERS))
     parser.add_argument("--scenarios", default="throughput,http,cancel,ceiling")
     parser.add_argument("--http-requests", type=int, default=4_000)
-    parser.add_argument("--cancels", type=int, default=300)
+    parser.add_argument("--cancels", type=int, default=None, help="default 300 (40 --quick, 2 --smoke)")
     parser.add_argument("--ceiling-requests", type=int, default=200_000)
     parser.add_argument("--producer-events", type=int, default=200_000, help="events one Python producer appends")
     parser.add_argument(
@@ -407,13 +407,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=BENCH / "out")
     args = parser.parse_args()
     if args.quick:
-        args.tasks, args.reps, args.cancels, args.http_requests = 1_000, 1, 40, 1_000
+        args.tasks, args.reps, args.http_requests = 1_000, 1, 1_000
+        args.cancels = args.cancels or 40
         args.rq_fork_tasks, args.ceiling_requests = 500, 100_000
     if args.smoke:
         if args.systems not in ("all", "backstream"):
             raise SystemExit("--smoke runs Backstream only (the peers need their own environment)")
-        args.tasks, args.reps, args.cancels, args.http_requests, args.systems = 20, 1, 2, 40, "backstream"
+        args.tasks, args.reps, args.http_requests, args.systems = 20, 1, 40, "backstream"
+        args.cancels = args.cancels or 2
         args.workers, args.ceiling_requests, args.producer_events = "1", 2_000, 2_000
+    args.cancels = args.cancels or 300
     args.workers = [int(w) for w in str(args.workers).split(",")]
     for tool in ("redis-server", "redis-cli", "redis-benchmark"):
         if shutil.which(tool) is None:

@@ -13,6 +13,7 @@ import obstore.exceptions
 import redis.exceptions
 import structlog
 
+from consumers.compute import ComputeThreads
 from consumers.first_chunks import FirstChunks, finished
 from consumers.results import EncodedResult, ResultStore, encode_result, with_top_rows
 from consumers.retry import TaskTimeout, backoff_ms, is_retryable
@@ -27,6 +28,11 @@ log = structlog.get_logger("backstream.worker")
 # How much computing one chunk of a backtest may do before the worker looks up again: the
 # bound on how long a cancel waits for the running task to notice it.
 CHUNK_SECONDS = 0.01
+# How often a task waiting for its turn on a compute thread checks for a cancel: the bound on
+# how late a queued task notices one (a computing one notices it within a chunk). Each check is
+# a round trip the event loop makes, taking the GIL from the computing thread: at every chunk, a
+# worker at concurrency 8 would make 700 a second while it computes one task at a time.
+WAITING_CHECK_SECONDS = 0.05
 
 
 class Run(Protocol):
@@ -141,12 +147,15 @@ class Execution:
         worker: str,
         job: Assignment,
         *,
+        compute: ComputeThreads,
         on_computed: Callable[[], None] = lambda: None,
         results: ResultStore | None = None,
     ) -> None:
         self.store = store
         # Where the full result goes; None: into Redis beside the task (the way before).
         self.results = results
+        # The worker's compute threads, which this attempt's chunks take turns on.
+        self.compute = compute
         # Called when the computing is over and only the outcome remains to be stored.
         self.on_computed = on_computed
         self.first_chunks = first_chunks
@@ -177,10 +186,12 @@ class Execution:
                     outcome, result = first.outcome, first.result
                 elif not releasing:
                     # A long run's outcome (a sweep's table, say) can take a while to build and encode.
-                    outcome, result = await asyncio.to_thread(finished, run, self.results is None)
+                    async with self.compute.turn():
+                        outcome, result = await self.compute.call(finished, run, self.results is None)
                 if self.results is not None and not releasing:
                     # Encoded once, here: an error is the attempt's; retried uploads reuse it.
-                    encoded = await asyncio.to_thread(encode_result, job.task_id, job.attempt, outcome.detail)
+                    async with self.compute.turn():
+                        encoded = await self.compute.call(encode_result, job.task_id, job.attempt, outcome.detail)
             self._stop_if_told()
             if releasing:
                 return await self._release()
@@ -308,7 +319,10 @@ class Execution:
                 # A progress report renews the lease too; the timer renews it in between.
                 await self._heartbeat(run.progress)
                 last_progress, reported = now, run.progress
-            await asyncio.to_thread(run.advance, CHUNK_SECONDS)
+            # Waiting for its turn on a compute thread, the attempt checks for a cancel now and
+            # then, so a queued task stops on a cancel without waiting for its turn.
+            async with self.compute.turn(self._check_still_mine, WAITING_CHECK_SECONDS):
+                await self.compute.call(run.advance, CHUNK_SECONDS)
 
     async def _check_still_mine(self) -> None:
         """Between chunks: is the task still running under this attempt? A cancel or a takeover

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from consumers.compute import ComputeThreads
 from orchestrator.batching import resolve
 from orchestrator.codec import encode_json
 from orchestrator.spec import BacktestSpec
@@ -30,11 +31,20 @@ class FirstChunks:
     """Coalesces the first chunks requested in one turn of the event loop into one thread hop.
 
     A hop stops starting further runs once it has computed for `chunk_seconds`; the ones left
-    go into the next hop, so a cancel still waits for at most about one chunk of other work."""
+    go into the next hop, so a cancel still waits for at most about one chunk of other work.
+    A hop runs on one of the worker's compute threads, in its turn (consumers/compute.py)."""
 
-    def __init__(self, start_run: Callable[[BacktestSpec], Any], chunk_seconds: float, *, encode: bool = True) -> None:
+    def __init__(
+        self,
+        start_run: Callable[[BacktestSpec], Any],
+        chunk_seconds: float,
+        compute: ComputeThreads,
+        *,
+        encode: bool = True,
+    ) -> None:
         self.start_run = start_run
         self.chunk_seconds = chunk_seconds
+        self.threads = compute
         # False when full results go to the results store (encoded there): no JSON is built.
         self.encode = encode
         self._queue: list[tuple[BacktestSpec, asyncio.Future[FirstChunk]]] = []
@@ -53,10 +63,13 @@ class FirstChunks:
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
 
     async def _flush(self) -> None:
-        batch, self._queue, self._flush_scheduled = self._queue, [], False
-        batch = [(spec, future) for spec, future in batch if not future.cancelled()]
+        batch: list[tuple[BacktestSpec, asyncio.Future[FirstChunk]]] = []
         try:
-            done = await asyncio.to_thread(self._compute_batch, [spec for spec, _ in batch])
+            async with self.threads.turn():
+                # Taken once the turn has come: runs requested while the hop waited join it.
+                batch, self._queue, self._flush_scheduled = self._queue, [], False
+                batch = [(spec, future) for spec, future in batch if not future.cancelled()]
+                done = await self.threads.call(self._compute_batch, [spec for spec, _ in batch])
         except Exception as e:  # the hop itself failed: every caller hears of it
             for _, future in batch:
                 resolve(future, e)

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import structlog
 
+from consumers.compute import ComputeThreads
 from consumers.execution import CHUNK_SECONDS, Assignment, Execution, StartRun
 from consumers.first_chunks import FirstChunks
 from consumers.isolation import IsolatedRuns
@@ -41,8 +42,10 @@ READ_BLOCK_MS = 500
 
 
 class Worker:
-    """Runs up to `concurrency` tasks at once. The backtest kernel computes in threads, so the
-    event loop keeps heartbeating and noticing cancels while it does."""
+    """Runs up to `concurrency` tasks at once. The backtest kernel computes on the worker's
+    compute threads (`settings.compute_threads`, default 1; consumers/compute.py), whatever the
+    concurrency, so the event loop keeps heartbeating and noticing cancels while it does, and
+    concurrency overlaps round trips rather than splitting a core between threads."""
 
     def __init__(
         self,
@@ -60,7 +63,10 @@ class Worker:
         # The results store full results go to (None: Redis, as before it existed).
         self.results = results
         self.reader = reader  # a client without a socket timeout, for blocking reads
-        self.first_chunks = FirstChunks(start_run, CHUNK_SECONDS, encode=results is None)
+        self.compute = ComputeThreads(settings.compute_threads)
+        # An isolated run's child process computes; its parent's thread only waits on a pipe.
+        self._waiting_threads = ComputeThreads(None)
+        self.first_chunks = FirstChunks(start_run, CHUNK_SECONDS, self.compute, encode=results is None)
         self.settings = settings
         self.name = name
         self.concurrency = concurrency
@@ -81,7 +87,12 @@ class Worker:
 
     async def run(self, *, burst: bool = False) -> None:
         """Take and run work until stopped; in burst mode, until no work is left."""
-        log.info("worker.started", worker=self.name, concurrency=self.concurrency)
+        log.info(
+            "worker.started",
+            worker=self.name,
+            concurrency=self.concurrency,
+            compute_threads=self.settings.compute_threads,
+        )
         # Its liveness, for /readyz, the workers page and metrics: beats on a timer, so an idle
         # worker is seen alive too (see orchestrator/presence.py).
         heartbeat = Heartbeat(
@@ -95,6 +106,7 @@ class Worker:
             await self._run(burst)
         finally:
             beating.cancel()
+            self.compute.close()
             await heartbeat.remove()
 
     async def _run(self, burst: bool) -> None:
@@ -215,10 +227,13 @@ class Worker:
         isolated = IsolatedRuns(self.settings.data_dir) if claim.isolated else None
         execution = Execution(
             self.store,
-            FirstChunks(isolated, CHUNK_SECONDS, encode=self.results is None) if isolated else self.first_chunks,
+            FirstChunks(isolated, CHUNK_SECONDS, self._waiting_threads, encode=self.results is None)
+            if isolated
+            else self.first_chunks,
             self.settings,
             self.name,
             job,
+            compute=self._waiting_threads if isolated else self.compute,
             on_computed=lambda: self._free_slot(current),
             results=self.results,
         )

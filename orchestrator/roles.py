@@ -247,8 +247,9 @@ def register(sub: Any) -> None:
         "--concurrency",
         type=int,
         default=4,
-        help="tasks run at once; the kernel is CPU-bound, so for compute run one "
-        "worker process per core, and use concurrency to overlap round trips",
+        help="tasks held at once, to overlap their round trips; they take turns on the "
+        "worker's compute thread (BACKSTREAM_COMPUTE_THREADS), so for more cores run one "
+        "worker process per core",
     )
     worker.add_argument(
         "--name",

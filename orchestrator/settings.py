@@ -102,6 +102,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     lease_ms: int = 15_000
     # How often a running task renews its lease and checks for a cancel.
     heartbeat_ms: int = 1_000
+    # Threads a worker process computes on (chunks, outcomes), whatever its concurrency: the GIL
+    # lets one compute at a time, so more only trade it back and forth. Scale with processes.
+    compute_threads: int = 1
     # Progress events are coalesced to at most one per task per this interval.
     progress_interval_ms: int = 250
     # Attempts a task gets (first run included) before it fails for good and is dead-lettered.
@@ -176,6 +179,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             data_dir=env.get("BACKSTREAM_DATA_DIR") or None,
             lease_ms=int(env.get("BACKSTREAM_LEASE_MS", defaults.lease_ms)),
             heartbeat_ms=int(env.get("BACKSTREAM_HEARTBEAT_MS", defaults.heartbeat_ms)),
+            compute_threads=int(env.get("BACKSTREAM_COMPUTE_THREADS", defaults.compute_threads)),
             progress_interval_ms=int(env.get("BACKSTREAM_PROGRESS_INTERVAL_MS", defaults.progress_interval_ms)),
             max_attempts=int(env.get("BACKSTREAM_MAX_ATTEMPTS", defaults.max_attempts)),
             retry_base_ms=int(env.get("BACKSTREAM_RETRY_BASE_MS", defaults.retry_base_ms)),

@@ -124,3 +124,11 @@ def test_profile_runs(tmp_path: Path) -> None:
     assert load["tasks"] == 3_000 and load["errors"] == 0, load
     assert re.search(r"^\d+ samples$", out, re.M), out
     assert (tmp_path / "profile-noop.txt").exists()
+
+
+def test_sweep_bench_smoke(tmp_path: Path) -> None:
+    out = bench_script("sweep_bench.py", "--smoke", tmp_path=tmp_path)
+    runs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["concurrency"] for r in runs] == [1, 2]
+    assert all(r["tasks"] == 2 and r["combinations_per_s"] > 0 and r["worker_cpu_ms_per_task"] >= 0 for r in runs)
+    assert "| tree | concurrency | combinations/s | worker CPU ms/task |" in out

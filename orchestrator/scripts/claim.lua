@@ -15,14 +15,15 @@
 -- loses its worker `max lost workers` times is failed (`WorkerLost`).
 local ctl, log, events, work, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local task_id, worker, token, msg = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
-local status = redis.call('HGET', ctl, 'status')
+-- Everything the claim needs, in one read; the claim's writes in one HSET.
+local status, held_by, attempt, current_msg, losses, spec, failures, isolate, seq = unpack(redis.call(
+  'HMGET', ctl, 'status', 'token', 'attempt', 'msg', 'losses', 'spec', 'failures', 'isolate', 'seq'))
 if not status then
   retire(work, ARGV[8], msg)
   return {'missing', ''}
 end
-if redis.call('HGET', ctl, 'token') == token then
-  local current, spec, failures, isolate = unpack(redis.call('HMGET', ctl, 'attempt', 'spec', 'failures', 'isolate'))
-  return {'ok', current, spec, failures or '0', isolate or '0'}
+if held_by == token then
+  return {'ok', attempt, spec, failures or '0', isolate or '0'}
 end
 if is_terminal(status) then
   retire(work, ARGV[8], msg)
@@ -30,15 +31,15 @@ if is_terminal(status) then
 end
 -- Only the task's current work item may start it (an item left behind by a release or retry
 -- is stale).
-if redis.call('HGET', ctl, 'msg') ~= msg then
+if current_msg ~= msg then
   retire(work, ARGV[8], msg)
   return {'stale', status}
 end
 -- A running task is taken only through a reclaim (its lease expired).
 if status == 'running' and ARGV[7] ~= '1' then return {'busy', status} end
-local attempt = tonumber(redis.call('HGET', ctl, 'attempt'))
+attempt = tonumber(attempt)
 local lost = status == 'running'
-local losses = tonumber(redis.call('HGET', ctl, 'losses') or 0)
+losses = tonumber(losses or 0)
 if lost and losses + 1 >= tonumber(ARGV[9]) then
   -- It lost its worker that often, even running in a process of its own: give up on it.
   redis.call('HSET', ctl, 'losses', losses + 1)
@@ -47,11 +48,16 @@ if lost and losses + 1 >= tonumber(ARGV[9]) then
   redis.call('HDEL', ctl, 'msg')
   return {'terminal', 'failed'}
 end
-attempt = redis.call('HINCRBY', ctl, 'attempt', 1)
-redis.call('HSET', ctl, 'status', 'running', 'owner', worker, 'token', token)
-if lost then redis.call('HSET', ctl, 'losses', losses + 1, 'isolate', '1') end
-local spec, failures, isolate = unpack(redis.call('HMGET', ctl, 'spec', 'failures', 'isolate'))
+attempt = attempt + 1
+seq = tonumber(seq or 0) + 1
+if lost then
+  isolate = '1'
+  redis.call('HSET', ctl, 'status', 'running', 'owner', worker, 'token', token, 'attempt', attempt, 'seq', seq,
+    'losses', losses + 1, 'isolate', '1')
+else
+  redis.call('HSET', ctl, 'status', 'running', 'owner', worker, 'token', token, 'attempt', attempt, 'seq', seq)
+end
 local data = ARGV[4]
 if isolate == '1' then data = with_true(data, 'isolated') end
-append(ctl, log, events, task_id, 'started', ARGV[5], attempt, data)
+append_at(log, events, task_id, 'started', ARGV[5], attempt, data, seq)
 return {'ok', tostring(attempt), spec, failures or '0', isolate or '0'}

@@ -16,8 +16,7 @@ local staged, has_result = KEYS[8], ARGV[8] == '1'
 local task_id, outcome, msg = ARGV[1], ARGV[5], ARGV[4]
 local after = outcome
 if outcome == 'retry_scheduled' then after = 'queued' end
-local status = redis.call('HGET', ctl, 'status')
-local attempt = redis.call('HGET', ctl, 'attempt')
+local status, attempt, seq = unpack(redis.call('HMGET', ctl, 'status', 'attempt', 'seq'))
 if status == after and attempt == ARGV[2] then
   if has_result then redis.call('DEL', staged) end
   return {'ok'}
@@ -32,13 +31,18 @@ if has_result and redis.call('EXISTS', staged) == 0 then
 end
 if outcome == 'failed' then
   fail_for_good(ctl, log, events, dead, task_id, ARGV[7], attempt, ARGV[6], ARGV[10], ARGV[11])
+  redis.call('HDEL', ctl, 'msg')
 else
-  append(ctl, log, events, task_id, outcome, ARGV[7], attempt, ARGV[6])
-  redis.call('HSET', ctl, 'status', after)
-  redis.call('HDEL', ctl, 'owner', 'token')
+  seq = tonumber(seq or 0) + 1
+  redis.call('HSET', ctl, 'status', after, 'seq', seq)
+  if outcome == 'completed' then
+    redis.call('HDEL', ctl, 'owner', 'token', 'msg', 'spec')
+  else
+    redis.call('HDEL', ctl, 'owner', 'token', 'msg')
+  end
+  append_at(log, events, task_id, outcome, ARGV[7], attempt, ARGV[6], seq)
 end
 if outcome == 'completed' then
-  redis.call('HDEL', ctl, 'spec')
   if has_result then
     redis.call('RENAME', staged, result)
     redis.call('PERSIST', result)
@@ -50,5 +54,4 @@ elseif outcome == 'retry_scheduled' then
   redis.call('HINCRBY', ctl, 'failures', 1)
 end
 retire(work, ARGV[3], msg)
-redis.call('HDEL', ctl, 'msg')
 return {'ok'}

@@ -14,10 +14,10 @@ if ARGV[5] == '1' then
   end
 end
 if redis.call('EXISTS', ctl) == 1 then return {'existing', task_id} end
-local id = append(ctl, log, events, task_id, 'submitted', ARGV[3], 0, ARGV[2])
+local id = append_at(log, events, task_id, 'submitted', ARGV[3], 0, ARGV[2], 1)
 local msg = redis.call('XADD', work, '*', 'task_id', task_id)
 -- The spec is kept here while the task may still run, so a claim returns it in one round trip.
-redis.call('HSET', ctl, 'status', 'queued', 'attempt', 0, 'msg', msg, 'spec', ARGV[4])
+redis.call('HSET', ctl, 'status', 'queued', 'attempt', 0, 'msg', msg, 'spec', ARGV[4], 'seq', 1)
 if ARGV[5] == '1' then
   redis.call('SET', idem, task_id .. '|' .. ARGV[6], 'EX', ARGV[7])
 end

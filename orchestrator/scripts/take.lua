@@ -17,19 +17,22 @@ if not read then return out end
 for _, entry in ipairs(read[1][2]) do
   local msg, task_id = entry[1], entry[2][2]
   local ctl = prefix .. ':task:' .. task_id
-  local status, current_msg = unpack(redis.call('HMGET', ctl, 'status', 'msg'))
+  -- Everything the claim needs, in one read; the claim's writes in one HSET.
+  local status, current_msg, attempt, seq, spec, failures, isolate = unpack(redis.call(
+    'HMGET', ctl, 'status', 'msg', 'attempt', 'seq', 'spec', 'failures', 'isolate'))
   if not status or is_terminal(status) or current_msg ~= msg then
     retire(work, group, msg)
     out[#out + 1] = {msg, task_id, 'skipped', status or 'missing'}
   elseif status == 'running' then
     out[#out + 1] = {msg, task_id, 'busy', status}
   else
-    local attempt = redis.call('HINCRBY', ctl, 'attempt', 1)
-    redis.call('HSET', ctl, 'status', 'running', 'owner', worker, 'token', ARGV[7] .. msg)
-    local spec, failures, isolate = unpack(redis.call('HMGET', ctl, 'spec', 'failures', 'isolate'))
+    attempt = tonumber(attempt or 0) + 1
+    seq = tonumber(seq or 0) + 1
+    redis.call('HSET', ctl, 'status', 'running', 'owner', worker, 'token', ARGV[7] .. msg,
+      'attempt', attempt, 'seq', seq)
     local data = ARGV[5]
     if isolate == '1' then data = with_true(data, 'isolated') end
-    append(ctl, ctl .. ':log', events, task_id, 'started', ARGV[6], attempt, data)
+    append_at(ctl .. ':log', events, task_id, 'started', ARGV[6], attempt, data, seq)
     out[#out + 1] = {msg, task_id, 'ok', tostring(attempt), spec, failures or '0', isolate or '0'}
   end
 end
