@@ -54,7 +54,9 @@ class IsolatedTaskError(EngineError):
 
 class IsolatedOutcome(msgspec.Struct, frozen=True):
     summary: dict[str, Any]
-    detail: msgspec.Raw  # the full result, already JSON: stored as it came
+    # The full result as the child sent it: a dict, like an in-process run's, since the parent
+    # may read it (a sweep's top rows, the results store's tables) as well as store it.
+    detail: dict[str, Any]
 
 
 class IsolatedRun:
@@ -119,7 +121,7 @@ class IsolatedRun:
             raise _raised(frame["error_type"], frame["error"], bool(frame["retryable"]))
         else:
             self._proc.wait()
-            self._outcome = IsolatedOutcome(summary=frame["summary"], detail=msgspec.Raw(encode_json(frame["detail"])))
+            self._outcome = IsolatedOutcome(summary=frame["summary"], detail=frame["detail"])
 
     def _died(self) -> None:
         code = self._proc.wait()
