@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -263,6 +264,16 @@ def test_equity_chart_trades_and_metrics_of_a_run(server: str, browser: Any) -> 
     assert grid.locator('[data-metric="sharpe"] .num').inner_text() == cents(metrics["sharpe"])
     assert grid.locator('[data-metric="num_trades"] .num').inner_text() == str(metrics["num_trades"])
     page.screenshot(path=str(ARTIFACTS / "dashboard-run.png"), full_page=True)
+
+    # Downloads: each table in CSV, Parquet and JSON, from links on the page.
+    with page.expect_download() as csv_download:
+        page.locator("#downloads a", has_text="csv").nth(1).click()  # trades (equity comes first)
+    rows_read = list(csv.DictReader(Path(csv_download.value.path()).read_text().splitlines()))
+    assert csv_download.value.suggested_filename == f"{run}-trades.csv"
+    assert [float(r["entry_price"]) for r in rows_read] == trades["entry_price"]
+    with page.expect_download() as parquet_download:
+        page.locator("#downloads a", has_text="parquet").first.click()  # equity
+    assert Path(parquet_download.value.path()).read_bytes()[:4] == b"PAR1"
     page.close()
     assert errors == []
 

@@ -424,6 +424,23 @@
   }
 
   // --- pages ---
+  function downloads(taskId, result) {
+    // Every table of the result, in each format the API serves (GET …/result?table=&format=).
+    const tables = (result.kind === "sweep" ? ["sweep"] : []).concat(["equity", "trades"]);
+    const box = el("p", { id: "downloads", class: "note" }, "Download: ");
+    const base = "/api/backtests/tasks/" + taskId + "/result";
+    box.append(el("a", { href: base, download: taskId + ".json" }, "full result (JSON)"));
+    for (const table of tables) {
+      box.append(" · " + table + ": ");
+      ["csv", "parquet", "json"].forEach((format, k) => {
+        if (k) box.append(", ");
+        const name = taskId + "-" + table + "." + format;
+        box.append(el("a", { href: base + "?table=" + table + "&format=" + format, download: name }, format));
+      });
+    }
+    return box;
+  }
+
   async function taskResult(section) {
     const taskId = document.body.dataset.task;
     let result;
@@ -434,7 +451,7 @@
       return;
     }
     const detail = result.kind === "sweep" ? result.best || {} : result;
-    section.replaceChildren();
+    section.replaceChildren(downloads(taskId, result));
     if (detail.metrics) {
       const box = document.getElementById("metrics");
       box.replaceChildren(metricsGrid(detail.metrics));
