@@ -24,7 +24,8 @@ from orchestrator.events import (
 from orchestrator.spec import BacktestSpec
 
 
-class TaskState(msgspec.Struct, frozen=True, omit_defaults=True):
+# gc=False: never part of a reference cycle; see Event in events.py.
+class TaskState(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     task_id: str
     status: str
     spec: BacktestSpec
