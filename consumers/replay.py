@@ -75,18 +75,22 @@ async def _read_keys(
 ) -> None:
     """Add the contents of `batch` (full key names of hashes or of sorted sets, as `kind` says) to
     `found` under their names relative to the projection root, in one pipelined round trip."""
+    # The replies are read as Redis sent them (flat lists of bytes): command names as bytes match
+    # none of redis-py's callbacks, which would build a dict per hash in Python.
     async with redis.pipeline(transaction=False) as pipe:
         for key in batch:
             if kind == "hash":
-                pipe.hgetall(key)
+                pipe.execute_command(b"HGETALL", key, NEVER_DECODE=True)
             else:
-                pipe.zrange(key, 0, -1)
+                pipe.execute_command(b"ZRANGE", key, 0, -1, NEVER_DECODE=True)
         contents = await pipe.execute()
     for key, content in zip(batch, contents, strict=True):
-        if kind == "hash":
-            found[key[root_len:]] = {text(k): bytes(v) for k, v in content.items()}
+        if kind == "hash" and isinstance(content, dict):  # RESP3 sends a map
+            found[key[root_len:]] = dict(zip(map(bytes.decode, content), content.values(), strict=True))
+        elif kind == "hash":
+            found[key[root_len:]] = dict(zip(map(bytes.decode, content[0::2]), content[1::2], strict=True))
         else:
-            found[key[root_len:]] = {text(m): b"" for m in content}
+            found[key[root_len:]] = dict.fromkeys(map(bytes.decode, content), b"")
 
 
 def compare(live: dict[str, dict[str, bytes]], replayed: dict[str, dict[str, bytes]]) -> list[Difference]:
@@ -158,7 +162,8 @@ async def verify_replay(
         folded = await _fold(redis, fresh, archives or [], on_batch)
         seconds = time.perf_counter() - started
         live = await live_keys(redis, keys)
-        differences = compare(await snapshot(redis, live), await snapshot(redis, fresh))
+        # Both read at once: Redis serves one's reads while this process builds the other's.
+        differences = compare(*await asyncio.gather(snapshot(redis, live), snapshot(redis, fresh)))
         return Replay(events=folded, seconds=seconds, differences=differences, projection=live.projection_name)
     finally:
         await delete_projection(redis, fresh)

@@ -112,6 +112,7 @@ _batch_decoder = msgspec.json.Decoder(list[StoredEvent])
 _SPLICED = b'{"id":"%s","event":{"type":"%s","task_id":"%s","seq":%s,"attempt":%s,%s}'
 _SPLICED_EMPTY = b'{"id":"%s","event":{"type":"%s","task_id":"%s","seq":%s,"attempt":%s}}'
 _tail = operator.itemgetter(slice(1, None))
+_ID = operator.attrgetter("id")
 
 
 def decode_entries(entries: list[Any]) -> list[StoredEvent]:
@@ -150,15 +151,11 @@ def decode_entries(entries: list[Any]) -> list[StoredEvent]:
                 bodies = list(map(_SPLICED.__mod__, zip(*head, map(_tail, datas), strict=True)))
             # seq and attempt went in as they are: anything but a JSON integer fails the decode.
             events = _batch_decoder.decode(b"[%s]" % b",".join(bodies))
-            if list(map(_id_bytes, events)) == list(ids):
+            if list(map(_ID, events)) == list(map(bytes.decode, ids)):
                 return events
     except (TypeError, ValueError, IndexError, msgspec.ValidationError, msgspec.DecodeError):
         pass  # not entries of the usual form: one at a time below, which says what is wrong
     return [decode_entry(i, f if isinstance(f, dict) else _pairs(f)) for i, f in entries]
-
-
-def _id_bytes(stored: StoredEvent) -> bytes:
-    return stored.id.encode()
 
 
 def _pairs(fields: list[Any]) -> dict[Any, Any]:

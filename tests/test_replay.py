@@ -197,3 +197,20 @@ async def test_snapshot_reads_keys_in_pipelined_batches(real_backend: Backend) -
     reads = [name for name in round_trips if name in (b"TYPE", b"HGETALL", b"ZRANGE")]
     # Hashes and sorted sets are read separately: one partial batch more at most.
     assert 0 < len(reads) <= math.ceil(len(before) / SNAPSHOT_BATCH) + 1, len(reads)
+
+
+async def test_snapshot_is_the_same_over_resp3(backend: Backend) -> None:
+    """snapshot reads replies without redis-py's callbacks: a RESP3 client's maps must give
+    what a RESP2 client's flat lists give."""
+    await write_log(backend, entries("real"))
+    await fold_log(Projection(backend.redis, backend.keys))
+    if backend.url is None:
+        client = type(backend.redis)(server=backend.redis.connection_pool.connection_kwargs["server"], protocol=3)
+    else:
+        client = aioredis.Redis.from_url(backend.url, protocol=3)
+    try:
+        resp2 = await snapshot(backend.redis, backend.keys)
+        assert await snapshot(client, backend.keys) == resp2
+        assert decoded(resp2) == json.loads((LOGS / "real.expected.json").read_text())
+    finally:
+        await client.aclose()
