@@ -144,8 +144,8 @@ async def main(events: int, binary: str) -> None:
             print(
                 f"replay --verify: fold {checked.events:,} events in {checked.seconds:.1f} s "
                 f"= {checked.rate:,.0f} events/s; with the comparison {verify_s:.1f} s "
-                f"= {checked.events / verify_s:,.0f} events/s end to end; differences: {len(checked.differences)}; "
-                f"end to end {cpu.per_event(checked.events)}"
+                f"= {checked.events / verify_s:,.0f} events/s end to end ({cpu.per_event(checked.events)}); "
+                f"differences: {len(checked.differences)}"
             )
             # The comparison alone, CPU included (steadier than wall time on a shared machine):
             # what verify does after its fold, on the live projection twice.
