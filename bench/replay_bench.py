@@ -144,7 +144,7 @@ async def main(events: int, binary: str) -> None:
             print(
                 f"replay --verify: fold {checked.events:,} events in {checked.seconds:.1f} s "
                 f"= {checked.rate:,.0f} events/s; with the comparison {verify_s:.1f} s "
-                f"= {checked.events / verify_s:,.0f} events/s end to end ({cpu.per_event(checked.events)}); "
+                f"({cpu.per_event(checked.events)}) = {checked.events / verify_s:,.0f} events/s end to end; "
                 f"differences: {len(checked.differences)}"
             )
             # The comparison alone, CPU included (steadier than wall time on a shared machine):
