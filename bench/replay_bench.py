@@ -5,9 +5,11 @@ Usage: .venv/bin/python bench/replay_bench.py [--events 1000000] [--redis-server
 
 Starts a private redis-server on a free port, writes a log of N events (tasks of four events
 each: submitted, started, progress, completed, as the real scripts write them), folds it
-into a live projection, then times a verify (its fold, and end to end with the field-by-field
-comparison) and a rebuild. Prints the numbers. The code measured is whatever `consumers` and
-`orchestrator` resolve to: `PYTHONPATH=/path/to/other/checkout` measures another version.
+into a live projection, reads and decodes it alone (the fold's floor), then times a verify
+(its fold, and end to end with the field-by-field comparison) and a rebuild. Prints the
+numbers, with the CPU per event of this process and of redis-server beside each rate. The
+code measured is whatever `consumers` and `orchestrator` resolve to:
+`PYTHONPATH=/path/to/other/checkout` measures another version.
 """
 
 from __future__ import annotations
@@ -135,6 +137,18 @@ async def main(events: int, binary: str) -> None:
             print(
                 f"live projector (batch 5000): {live.applied:,} events in {fold_s:.1f} s "
                 f"= {live.applied / fold_s:,.0f} events/s; {cpu.per_event(live.applied)}"
+            )
+
+            # The fold's floor: reading and decoding the log alone, no fold, no store.
+            cpu = Cpu(server.pid)
+            started = time.perf_counter()
+            reader, position, read = Projection(client, keys), None, 0
+            while batch := await reader.read_log(position, 5_000, None):
+                read, position = read + len(batch), batch[-1].id
+            read_s = time.perf_counter() - started
+            print(
+                f"read and decode alone (no fold, no store): {read:,} events in {read_s:.1f} s "
+                f"= {read / read_s:,.0f} events/s; {cpu.per_event(read)}"
             )
 
             cpu = Cpu(server.pid)
