@@ -5,9 +5,11 @@ Usage: .venv/bin/python bench/replay_bench.py [--events 1000000] [--redis-server
 
 Starts a private redis-server on a free port, writes a log of N events (tasks of four events
 each: submitted, started, progress, completed, as the real scripts write them), folds it
-into a live projection, then times a verify (its fold, and end to end with the field-by-field
-comparison) and a rebuild. Prints the numbers. The code measured is whatever `consumers` and
-`orchestrator` resolve to: `PYTHONPATH=/path/to/other/checkout` measures another version.
+into a live projection, reads and decodes it alone (the fold's floor), then times a verify
+(its fold, and end to end with the field-by-field comparison) and a rebuild. Prints the
+numbers, with the CPU per event of this process and of redis-server beside each rate. The
+code measured is whatever `consumers` and `orchestrator` resolve to:
+`PYTHONPATH=/path/to/other/checkout` measures another version.
 """
 
 from __future__ import annotations
@@ -53,6 +55,19 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Cpu:
+    """CPU used from now on by this process and by redis-server, per event."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.here, self.there = time.process_time(), cpu_seconds(server_pid)
+
+    def per_event(self, events: int) -> str:
+        here = (time.process_time() - self.here) / events * 1e6
+        there = (cpu_seconds(self.server_pid) - self.there) / events * 1e6
+        return f"CPU {here:.1f} µs/event here + {there:.1f} redis-server"
 
 
 def free_port() -> int:
@@ -112,22 +127,39 @@ async def main(events: int, binary: str) -> None:
             await write_log(client, keys, events)
             print(f"wrote {events:,} events in {time.perf_counter() - started:.1f} s")
 
+            # CPU per event (this process + redis-server) is printed beside each wall-clock rate:
+            # on a shared machine it is the steadier of the two.
+            cpu = Cpu(server.pid)
             started = time.perf_counter()
             live = Projector(Projection(client, keys, follow_live=True), batch_size=5_000)
             await live.run(burst=True)
             fold_s = time.perf_counter() - started
             print(
                 f"live projector (batch 5000): {live.applied:,} events in {fold_s:.1f} s "
-                f"= {live.applied / fold_s:,.0f} events/s"
+                f"= {live.applied / fold_s:,.0f} events/s; {cpu.per_event(live.applied)}"
             )
 
+            # The fold's floor: reading and decoding the log alone, no fold, no store.
+            cpu = Cpu(server.pid)
+            started = time.perf_counter()
+            reader, position, read = Projection(client, keys), None, 0
+            while batch := await reader.read_log(position, 5_000, None):
+                read, position = read + len(batch), batch[-1].id
+            read_s = time.perf_counter() - started
+            print(
+                f"read and decode alone (no fold, no store): {read:,} events in {read_s:.1f} s "
+                f"= {read / read_s:,.0f} events/s; {cpu.per_event(read)}"
+            )
+
+            cpu = Cpu(server.pid)
             started = time.perf_counter()
             checked = await verify_replay(client, keys)
             verify_s = time.perf_counter() - started
             print(
                 f"replay --verify: fold {checked.events:,} events in {checked.seconds:.1f} s "
                 f"= {checked.rate:,.0f} events/s; with the comparison {verify_s:.1f} s "
-                f"= {checked.events / verify_s:,.0f} events/s end to end; differences: {len(checked.differences)}"
+                f"({cpu.per_event(checked.events)}) = {checked.events / verify_s:,.0f} events/s end to end; "
+                f"differences: {len(checked.differences)}"
             )
             # The comparison alone, CPU included (steadier than wall time on a shared machine):
             # what verify does after its fold, on the live projection twice.
@@ -139,9 +171,11 @@ async def main(events: int, binary: str) -> None:
                 f"{time.perf_counter() - wall:.2f} s wall, CPU {time.process_time() - here:.2f} s here "
                 f"+ {cpu_seconds(server.pid) - there:.2f} s redis-server"
             )
+            cpu = Cpu(server.pid)
             rebuilt = await rebuild(client, keys)
             print(
-                f"replay --rebuild: {rebuilt.events:,} events in {rebuilt.seconds:.1f} s = {rebuilt.rate:,.0f} events/s"
+                f"replay --rebuild: {rebuilt.events:,} events in {rebuilt.seconds:.1f} s "
+                f"= {rebuilt.rate:,.0f} events/s; {cpu.per_event(rebuilt.events)} (old projection deleted too)"
             )
             print(
                 f"machine: {platform.processor() or platform.machine()}, "

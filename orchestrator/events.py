@@ -9,8 +9,19 @@ import msgspec
 from orchestrator.spec import BacktestSpec
 
 
+# gc=False (here, on StoredEvent, TaskState and BacktestSpec): instances are not tracked by the
+# cycle collector. They are frozen and hold only scalars, strings, specs and JSON-decoded dicts,
+# so they can never be part of a reference cycle; tracked, the millions a replay decodes and the
+# states its projector caches made the collector's full passes a large share of its CPU
+# (BENCHMARKS.md, Replay).
 class Event(
-    msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True, kw_only=True, omit_defaults=True
+    msgspec.Struct,
+    frozen=True,
+    tag_field="type",
+    forbid_unknown_fields=True,
+    kw_only=True,
+    omit_defaults=True,
+    gc=False,
 ):
     """Base of every event.
 
@@ -151,7 +162,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
-class StoredEvent(msgspec.Struct, frozen=True):
+class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     """An event as read back from the log, with its stream id."""
 
     id: str

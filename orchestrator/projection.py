@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from orchestrator.codec import decode_entry, id_order, iso_ms, text
+from orchestrator.codec import decode_entries, decode_entry, id_order, iso_ms, text
 from orchestrator.errors import BackstreamError
 from orchestrator.events import StoredEvent
 from orchestrator.keys import DEFAULT_PROJECTION, Keys
@@ -120,12 +120,20 @@ class Projection:
         return text(reply[0])
 
     async def read_log(self, after: str | None, count: int, block_ms: int | None) -> list[StoredEvent]:
-        """Events after `after` in log order (XREAD, blocking up to block_ms when given)."""
-        reply = await self.reader.xread({self.keys.events: after or "0-0"}, count=count, block=block_ms)
+        """Events after `after` in log order (XREAD, blocking up to block_ms when given).
+
+        The reply is read as Redis sent it: the command name is passed as bytes, which redis-py's
+        response callbacks (looked up by name as text) do not match, so its XREAD callback does
+        not turn every entry into a dict; `decode_entries` reads the flat field lists itself."""
+        block = (b"BLOCK", block_ms) if block_ms is not None else ()
+        reply = await self.reader.execute_command(
+            b"XREAD", b"COUNT", count, *block, b"STREAMS", self.keys.events, after or "0-0", NEVER_DECODE=True
+        )
         if not reply:
             return []
-        entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
-        return [decode_entry(entry_id, fields) for entry_id, fields in entries]
+        # RESP2: [[stream, entries]]; RESP3: {stream: entries}.
+        entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))
+        return decode_entries(entries)
 
     async def list_tasks(
         self,

@@ -10,7 +10,8 @@ import msgspec
 ParamValue = int | float | list[int | float]
 
 
-class BacktestSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+# gc=False: never part of a reference cycle; see Event in events.py.
+class BacktestSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, gc=False):
     """One backtest, or one parameter sweep when any of `params` is a list.
 
     Field meanings and defaults follow backtesting.py's conventions (see README "Strategies").

@@ -27,7 +27,8 @@ from orchestrator.spec import BacktestSpec
 from orchestrator.views import TaskView
 
 
-class TaskState(msgspec.Struct, frozen=True, omit_defaults=True):
+# gc=False: never part of a reference cycle; see Event in events.py.
+class TaskState(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     task_id: str
     status: str
     spec: BacktestSpec

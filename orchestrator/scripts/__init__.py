@@ -30,3 +30,4 @@ class Scripts:
         self.apply: AsyncScript = redis.register_script(_source("apply"))
         self.switch: AsyncScript = redis.register_script(_source("switch"))
         self.beat: AsyncScript = redis.register_script(_source("beat"))
+        self.hgetall_many: AsyncScript = redis.register_script(_source("hgetall_many"))
