@@ -57,6 +57,20 @@ class Role:
             preexec_fn=preexec_fn,  # e.g. resource limits an operator would set on the process
         )
 
+    def wait_serving(self, url: str, timeout: float = 30) -> None:
+        """Wait until this process answers `GET {url}/healthz` with 200; fails with its log's tail
+        if it exits first."""
+        import httpx
+
+        def answers() -> bool:
+            assert self.proc.poll() is None, f"{self.args[0]} exited: {self.log_path.read_text()[-3000:]}"
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, timeout=timeout, what=f"{self.args[0]} to answer at {url}")
+
     def logs(self) -> list[dict[str, Any]]:
         lines = self.log_path.read_text().splitlines()
         events = []
@@ -118,16 +132,7 @@ class Cluster:
         port = free_port()
         role = self.start("api", "--port", str(port))
         url = f"http://127.0.0.1:{port}"
-        import httpx
-
-        def answers() -> bool:
-            assert role.proc.poll() is None, f"api exited: {role.log_path.read_text()[-2000:]}"
-            try:
-                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answers, timeout=30, what="the API to answer")
+        role.wait_serving(url)
         return role, url
 
     def close(self) -> None:

@@ -68,15 +68,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     role = Role(["up", "--port", str(port), "--workers", "2"], env, tmp_path / "up.log")
     url = f"http://127.0.0.1:{port}"
 
-    def answers() -> bool:
-        assert role.proc.poll() is None, role.log_path.read_text()[-2000:]
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until(answers, timeout=30, what="backstream up to answer")
+        role.wait_serving(url, timeout=30)
         yield url
     finally:
         assert role.stop() == 0, role.log_path.read_text()[-3000:]
@@ -434,15 +427,8 @@ def signed_server(tmp_path: Path) -> Iterator[tuple[str, Role]]:
     role = Role(["up", "--port", str(port), "--workers", "1"], env, tmp_path / "up.log")
     url = f"http://127.0.0.1:{port}"
 
-    def answers() -> bool:
-        assert role.proc.poll() is None, role.log_path.read_text()[-2000:]
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until(answers, timeout=30, what="backstream up to answer")
+        role.wait_serving(url, timeout=30)
         yield url, role
     finally:
         assert role.stop() == 0, role.log_path.read_text()[-3000:]

@@ -21,7 +21,7 @@ from api import auth, dashboard
 from api.openapi import document
 from orchestrator.spec import BacktestSpec
 from orchestrator.views import TaskListQuery
-from tests.processes import Cluster, Role, free_port, wait_until
+from tests.processes import Cluster, Role, free_port
 
 # The dashboard's HTML pages, the sign-in and the Prometheus scrape are not part of the JSON API.
 # HTML pages (the dashboard's and the sign-in), probes, the scrape, and the document itself.
@@ -89,14 +89,7 @@ def served_up(tmp_path: Path, real_url: str, real_prefix: str) -> Iterator[tuple
         role = cluster.start("up", "--port", str(port), "--workers", "2")
         url = f"http://127.0.0.1:{port}"
 
-        def answers() -> bool:
-            assert role.proc.poll() is None, role.log_path.read_text()[-2000:]
-            try:
-                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answers, timeout=30, what="backstream up to answer")
+        role.wait_serving(url, timeout=30)
         yield url, role
     finally:
         cluster.close()
