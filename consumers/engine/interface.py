@@ -84,10 +84,19 @@ def rules(
     per-entry stop and target prices (see `Decisions`).
 
     Within a state, the first pair whose boolean mask is true at a bar decides it (if/elif);
-    a bar no mask covers holds. Example, an SMA cross that always reverses:
+    a bar no mask covers holds. States given the same list object share one array (read-only).
+    Example, an SMA cross that always reverses:
     `rules(n, flat=[(up, LONG), (down, SHORT)], long=[(down, SHORT)], short=[(up, LONG)])`.
     """
-    return Decisions(_codes(n, flat), _codes(n, long), _codes(n, short), stop_price, target_price)
+    made: dict[int, CodeArray] = {}  # states given the same list of pairs share one array
+
+    def codes(pairs: Sequence[Rule]) -> CodeArray:
+        got = made.get(id(pairs))
+        if got is None:
+            got = made[id(pairs)] = _codes(n, pairs)
+        return got
+
+    return Decisions(codes(flat), codes(long), codes(short), stop_price, target_price)
 
 
 def from_target(
