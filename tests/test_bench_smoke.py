@@ -13,8 +13,9 @@ What runs where:
   bounds run here.
 - `cpu_share.py --smoke` and `profile.py --smoke` measure Backstream in this interpreter (the test
   extras have aiohttp, the load client, and py-spy).
-- `engine_bench.py --smoke` and `replay_bench.py --smoke` run their own code on a 2 x 2 grid and
-  on 400 events.
+- `engine_bench.py --smoke`, `sweep_bench.py --smoke` and `replay_bench.py --smoke` run their own
+  code on a 2 x 2 grid and on 400 events (`sweep_bench.py`'s vectorbt and old-tree sides need a
+  separate venv and checkout, so they are left out here).
 Each script starts its own private redis-server (so redis-server and redis-benchmark must be on
 PATH, as CI's .ci/run makes sure); the first test uses the shared Redis with its own prefix.
 """
@@ -124,3 +125,10 @@ def test_profile_runs(tmp_path: Path) -> None:
     assert load["tasks"] == 3_000 and load["errors"] == 0, load
     assert re.search(r"^\d+ samples$", out, re.M), out
     assert (tmp_path / "profile-noop.txt").exists()
+
+
+def test_sweep_bench_runs(tmp_path: Path) -> None:
+    # The first sweep in a fresh checkout compiles the kernel (~5 s; numba caches it beside the module).
+    out = bench_script("sweep_bench.py", "--smoke", tmp_path=tmp_path)
+    assert re.search(r"^engine \(this tree\) +4 combinations +[\d.]+ s +[\d,]+ combinations/s", out, re.M), out
+    assert re.search(r"^backtesting\.py optimize\(\) +2 combinations", out, re.M), out
