@@ -153,7 +153,6 @@ def simulate(
     pl = np.empty(n + 1, np.float64)
     rets = np.empty(n + 1, np.float64)
     buf = np.empty(n + 1, np.float64)
-    held = np.empty(n + 1, np.int64)
     for k in range(count):
         status[k] = OK
         cash, size, entry, entry_bar = cash0, 0, 0.0, -1
@@ -208,15 +207,15 @@ def simulate(
             continue
         # Settlement: equity per bar from the segments (as kernel._expand), then the stop-out.
         s_bar[ns] = n
+        start = starts[k]
         for s in range(ns):
             sz = float(s_size[s])
             c, e = s_cash[s], s_entry[s]
             for b in range(s_bar[s], s_bar[s + 1]):
-                equity[k, b] = c + (close[b] * sz - sz * e)
-        for b in range(starts[k], n):
-            if equity[k, b] <= 0:
-                bad = True
-                break
+                v = c + (close[b] * sz - sz * e)
+                equity[k, b] = v
+                if v <= 0 and b >= start:
+                    bad = True
         last = n - 1
         if not bad:
             if size != 0:
@@ -260,16 +259,14 @@ def simulate(
             returns[k, j] = r
             ratio[k, j] = r + 1
         stats[k, EQUITY_FINAL] = eqn
-        for b in range(n + 1):
-            held[b] = 0
+        # Bars some trade holds (entry to exit, both included): trades follow each other in time
+        # and the next may enter on the bar the last one left, so count each bar once.
+        exposed, covered = 0, -1
         for t in range(nt):
-            held[t_entry_bar[t]] += 1
-            held[t_exit_bar[t] + 1] -= 1
-        run, exposed = 0, 0
-        for b in range(n):
-            run += held[b]
-            if run > 0:
-                exposed += 1
+            lo = max(t_entry_bar[t], covered + 1)
+            if t_exit_bar[t] >= lo:
+                exposed += t_exit_bar[t] - lo + 1
+                covered = t_exit_bar[t]
         stats[k, EXPOSURE_PCT] = exposed / n * 100
         # The deepest drawdown 1 - equity / running peak: for one peak the lowest equity gives it
         # (division and subtraction are monotonic in IEEE arithmetic), so one division per peak.

@@ -170,32 +170,34 @@ class FastSweep:
             bk.period_stats(self.returns, self.logs, k, self.period)
             p = self.period[:k]
             geo = np.exp(p[:, bk.LOG_SUM] / (m or math.nan)) - 1
-        collapsed, sq, down = p[:, bk.COLLAPSED], p[:, bk.SQ_DEV_SUM], p[:, bk.DOWN_SQ_SUM]
-        rows = []
-        stats = self.stats
+        # Python floats from here on: one conversion per batch, not one per number.
+        collapsed, sq, down = p[:, bk.COLLAPSED].tolist(), p[:, bk.SQ_DEV_SUM].tolist(), p[:, bk.DOWN_SQ_SUM].tolist()
+        geos = geo.tolist()
+        stats = self.stats[:k].tolist()
         annual = self.annual
+        objective = self.objective
+        rows = []
         for i in range(k):
             s = stats[i]
-            collapsed_i, geo_i, sq_i, down_i = bool(collapsed[i]), float(geo[i]), float(sq[i]), float(down[i])
+            c, g, q, d = bool(collapsed[i]), geos[i], sq[i], down[i]
             try:
-                ret_ann, vol_pct, sortino = _annualised(collapsed_i, geo_i, sq_i, down_i, m, annual)
+                ret_ann, vol_pct, sortino = _annualised(c, g, q, d, m, annual)
             except (OverflowError, ZeroDivisionError, ValueError):
                 # Python floats raise where numpy scalars give inf or NaN: numpy's arithmetic then.
-                ret_ann, vol_pct, sortino = _annualised_numpy(collapsed_i, geo_i, sq_i, down_i, m, annual)
-            trades = int(s[bk.NUM_TRADES])
+                ret_ann, vol_pct, sortino = _annualised_numpy(c, g, q, d, m, annual)
             metrics = {
-                "return_pct": float(s[bk.RETURN_PCT]),
+                "return_pct": s[bk.RETURN_PCT],
                 "return_ann_pct": ret_ann,
                 "volatility_ann_pct": vol_pct,
                 "sharpe": ret_ann / (vol_pct or math.nan),
                 "sortino": sortino,
-                "max_drawdown_pct": float(s[bk.MAX_DRAWDOWN_PCT]),
-                "num_trades": trades,
-                "win_rate_pct": float(s[bk.WIN_RATE_PCT]),
-                "profit_factor": float(s[bk.PROFIT_FACTOR]),
-                "sqn": float(s[bk.SQN]),
-                "equity_final": float(s[bk.EQUITY_FINAL]),
-                "exposure_pct": float(s[bk.EXPOSURE_PCT]),
+                "max_drawdown_pct": s[bk.MAX_DRAWDOWN_PCT],
+                "num_trades": int(s[bk.NUM_TRADES]),
+                "win_rate_pct": s[bk.WIN_RATE_PCT],
+                "profit_factor": s[bk.PROFIT_FACTOR],
+                "sqn": s[bk.SQN],
+                "equity_final": s[bk.EQUITY_FINAL],
+                "exposure_pct": s[bk.EXPOSURE_PCT],
             }
-            rows.append(make_row(combos[i], metrics, self.objective))
+            rows.append(make_row(combos[i], metrics, objective))
         return rows

@@ -212,3 +212,18 @@ def test_pairwise_sum_is_numpys() -> None:
         x = rng.normal(0, 1, n) * 10 ** rng.uniform(-6, 6, n)
         assert batch_kernel.pairwise_sum(x, 0, n) + 0.0 == x.sum(), n
     assert np.signbit(0.0 + batch_kernel.pairwise_sum(-np.zeros(3), 0, 3)) == np.signbit(np.sum(-np.zeros(3)))
+
+
+def test_signs_are_the_comparisons() -> None:
+    # _signs computes the sign codes arithmetically; the definition is the three comparisons.
+    from consumers.engine.indicators import ABOVE, BELOW, EQUAL, UNDEFINED, _signs
+
+    rng = np.random.default_rng(5)
+    values = np.array([1.0, 2.0, np.nan, np.inf, -np.inf, 0.0, -0.0, 3.5])
+    for n in (0, 1, 7, 500):
+        lhs, rhs = rng.choice(values, n), rng.choice(values, n)
+        want = np.full(n, UNDEFINED, dtype=np.int8)
+        with np.errstate(invalid="ignore"):
+            want[lhs < rhs], want[lhs > rhs], want[lhs == rhs] = BELOW, ABOVE, EQUAL
+        got = _signs(lhs, rhs)
+        assert got.dtype == np.int8 and got.tolist() == want.tolist()
