@@ -60,7 +60,7 @@ def _block_sum(a: npt.NDArray[np.float64], lo: int, n: int) -> float:  # pragma:
     while i < n:
         res += a[lo + i]
         i += 1
-    return res
+    return float(res)
 
 
 @njit(cache=True, error_model="numpy")
@@ -98,7 +98,7 @@ def pairwise_sum(a: npt.NDArray[np.float64], lo: int, n: int) -> float:  # pragm
             sp -= 1
             vp -= 1
             vals[vp - 1] = vals[vp - 1] + vals[vp]
-    return vals[0]
+    return float(vals[0])
 
 
 @njit(cache=True, error_model="numpy")

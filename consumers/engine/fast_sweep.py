@@ -16,6 +16,7 @@ an objective outside FAST_OBJECTIVES (see STRATEGIES.md, "Sweep speed").
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -97,7 +98,9 @@ class FastSweep:
         days = dates.astype("datetime64[D]").astype(np.int64)
         weekends = float((((days + 3) % 7) >= 5).mean()) > 2 / 7 * 0.6
         freq, self.annual = annualisation(_period_days(time), weekends)
-        self.sampled = _resample_last(days, np.arange(n, dtype=np.int64), freq)  # the bars whose equity is sampled
+        self.sampled = _resample_last(days, np.arange(n, dtype=np.float64), freq).astype(
+            np.int64
+        )  # the bars whose equity is sampled
         m = max(self.sampled.shape[0] - 1, 0)
         self.returns = np.empty((BATCH, m), dtype=np.float64)
         self.ratio = np.empty((BATCH, m), dtype=np.float64)
@@ -199,5 +202,22 @@ class FastSweep:
                 "equity_final": s[bk.EQUITY_FINAL],
                 "exposure_pct": s[bk.EXPOSURE_PCT],
             }
-            rows.append(make_row(combos[i], metrics, objective))
+            rows.append(make_row(dict(combos[i]), metrics, objective))
         return rows
+
+
+def warm_up() -> float:
+    """Load the compiled kernel from numba's disk cache (or compile it: ~5 s on first use after an
+    install) on a tiny input; seconds taken. A worker may call it at start so its first sweep's
+    first chunk does not pay for it (a chunk cannot be cut inside a compile)."""
+    t0 = time.perf_counter()
+    n = 8
+    prices = np.linspace(100.0, 107.0, n)
+    codes = np.zeros((1, 3, n), dtype=np.int8)  # FLAT throughout: no trade
+    equity, returns, ratio = np.empty((1, n)), np.empty((1, n - 1)), np.empty((1, n - 1))
+    stats, status, period = np.empty((1, bk.N_STATS)), np.empty(1, np.int8), np.empty((1, 5))
+    starts, sampled = np.ones(1, np.int64), np.arange(n, dtype=np.int64)
+    costs = (0.0, 0.0, 0.0, 0.0, 1e4)
+    bk.simulate(codes, starts, 1, prices, prices, *costs, sampled, equity, returns, ratio, stats, status)
+    bk.period_stats(returns, ratio, 1, period)
+    return time.perf_counter() - t0

@@ -227,3 +227,8 @@ def test_signs_are_the_comparisons() -> None:
             want[lhs < rhs], want[lhs > rhs], want[lhs == rhs] = BELOW, ABOVE, EQUAL
         got = _signs(lhs, rhs)
         assert got.dtype == np.int8 and got.tolist() == want.tolist()
+
+
+def test_warm_up_loads_both_kernels() -> None:
+    assert fast_sweep.warm_up() >= 0
+    assert batch_kernel.simulate.signatures and batch_kernel.period_stats.signatures
