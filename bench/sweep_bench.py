@@ -75,11 +75,8 @@ class _Replayed:
     def __init__(self, decisions: dict[int, Any], warmups: dict[int, int]) -> None:
         self.decisions, self.warmups = decisions, warmups
 
-    def decide(self, _data: Any, combo: Any, _long_only: bool) -> Any:
-        return self.decisions[id(combo)]
-
-    def warmup(self, combo: Any) -> int:
-        return self.warmups[id(combo)]
+    def decide_with_warmup(self, _data: Any, combo: Any, _long_only: bool) -> tuple[Any, int]:
+        return self.decisions[id(combo)], self.warmups[id(combo)]
 
 
 def parts(spec: Any, catalog: Any, fast_sweep: Any, repeat: int) -> dict[str, float]:

@@ -140,6 +140,7 @@ def simulate(
     and status (K,): OK, or FALLBACK where only the interpreted path is exact.
     """
     n = close.shape[0]
+    every_bar = sampled.shape[0] == n
     t_size = np.empty(n + 1, np.int64)
     t_entry_bar = np.empty(n + 1, np.int64)
     t_exit_bar = np.empty(n + 1, np.int64)
@@ -254,10 +255,17 @@ def simulate(
         # Statistics (metrics.compute_metrics, the same operations).
         eq0, eqn = equity[k, 0], equity[k, last]
         stats[k, RETURN_PCT] = (eqn - eq0) / eq0 * 100
-        for j in range(sampled.shape[0] - 1):
-            r = equity[k, sampled[j + 1]] / equity[k, sampled[j]] - 1
-            returns[k, j] = r
-            ratio[k, j] = r + 1
+        eq = equity[k]
+        if every_bar:  # daily or coarser bars: each bar is its own period (a loop that vectorises)
+            for j in range(n - 1):
+                r = eq[j + 1] / eq[j] - 1
+                returns[k, j] = r
+                ratio[k, j] = r + 1
+        else:
+            for j in range(sampled.shape[0] - 1):
+                r = eq[sampled[j + 1]] / eq[sampled[j]] - 1
+                returns[k, j] = r
+                ratio[k, j] = r + 1
         stats[k, EQUITY_FINAL] = eqn
         # Bars some trade holds (entry to exit, both included): trades follow each other in time
         # and the next may enter on the bar the last one left, so count each bar once.
@@ -333,7 +341,8 @@ def period_stats(
     Σ log, Σ r, Σ (mean - r)², Σ min(r, 0)², each numpy's pairwise sum, and whether some
     1 + r <= 0 (the geometric mean collapses to -1)."""
     m = returns.shape[1]
-    buf = np.empty(max(m, 1), np.float64)
+    dev = np.empty(max(m, 1), np.float64)
+    down = np.empty(max(m, 1), np.float64)
     for k in range(count):
         row = returns[k]
         out[k, LOG_SUM] = 0.0 + pairwise_sum(logs[k], 0, m)
@@ -342,13 +351,13 @@ def period_stats(
         avg = total / m
         collapsed = 0.0
         for j in range(m):
-            d = avg - row[j]
-            buf[j] = d * d
-            if row[j] + 1 <= 0:
+            r = row[j]
+            d = avg - r
+            dev[j] = d * d
+            c = r if r < 0 else 0.0
+            down[j] = c * c
+            if r + 1 <= 0:
                 collapsed = 1.0
-        out[k, SQ_DEV_SUM] = 0.0 + pairwise_sum(buf, 0, m)
-        for j in range(m):
-            c = row[j] if row[j] < 0 else 0.0
-            buf[j] = c * c
-        out[k, DOWN_SQ_SUM] = 0.0 + pairwise_sum(buf, 0, m)
+        out[k, SQ_DEV_SUM] = 0.0 + pairwise_sum(dev, 0, m)
+        out[k, DOWN_SQ_SUM] = 0.0 + pairwise_sum(down, 0, m)
         out[k, COLLAPSED] = collapsed

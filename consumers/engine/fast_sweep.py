@@ -124,14 +124,14 @@ class FastSweep:
         unfinished = False
         for combo in todo:
             try:
-                d = self.strategy.decide(self.data, combo, self.long_only)
+                d, warmup = self.strategy.decide_with_warmup(self.data, combo, self.long_only)
             except IndicatorUnfinished:
                 unfinished = True
                 break
             if d.stop_price is not None or d.target_price is not None:
                 break  # per-entry levels: position management's path
             self.codes[k, 0], self.codes[k, 1], self.codes[k, 2] = d.flat, d.long, d.short
-            self.starts[k] = self.strategy.warmup(combo) + 1
+            self.starts[k] = warmup + 1
             k += 1
         if k == 0:
             if unfinished:

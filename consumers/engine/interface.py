@@ -285,7 +285,16 @@ class Registered:
         return list(self.impl.check(self.struct(combo)))
 
     def decide(self, data: IndicatorCache, combo: Mapping[str, Any], long_only: bool) -> Decisions:
-        d = self.impl.decide(data, self.struct(combo), long_only)
+        return self._checked(self.impl.decide(data, self.struct(combo), long_only), data)
+
+    def decide_with_warmup(
+        self, data: IndicatorCache, combo: Mapping[str, Any], long_only: bool
+    ) -> tuple[Decisions, int]:
+        """`decide` and `warmup` of one combination, its Params built once (a sweep's inner loop)."""
+        p = self.struct(combo)
+        return self._checked(self.impl.decide(data, p, long_only), data), int(self.impl.warmup(p))
+
+    def _checked(self, d: Any, data: IndicatorCache) -> Decisions:
         if not isinstance(d, Decisions):
             raise InterfaceError(f"{self.name}.decide must return Decisions, got {type(d).__name__}")
         n = data.close.shape[0]

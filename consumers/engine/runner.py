@@ -220,6 +220,7 @@ class BacktestRun:
             list(sweep.admissible(self.strategy, params, spec.constraint, len(bars))) if spec.is_sweep else [params]
         )
         self.rows: list[SweepRow] = []
+        self._ranked: list[SweepRow] | None = None
         self._fast = self._fast_sweep() if spec.is_sweep else None
         self._job: Job | None = None
         self._best: Job | None = None
@@ -338,7 +339,13 @@ class BacktestRun:
     def _best_params(self) -> Mapping[str, Any]:
         # The best row; if no combination has an objective value (none traded), the first one
         # in grid order that did not go bankrupt, as optimize() reports the first combination.
-        return sweep.ranked(self.rows)[0].params
+        return self._table()[0].params
+
+    def _table(self) -> list[SweepRow]:
+        """The rows ranked (sweep.ranked), sorted once when the last row is in."""
+        if self._ranked is None or len(self._ranked) != len(self.rows):
+            self._ranked = sweep.ranked(self.rows)
+        return self._ranked
 
     def _single_outcome(self, job: Job) -> Outcome:
         assert job.sim is not None and job.metrics is not None
@@ -357,7 +364,7 @@ class BacktestRun:
         )
         if self.unit is not None:
             in_units(best_detail, self.unit)
-        table = sweep.ranked(self.rows)
+        table = self._table()
         grid = sweep.grid_size({**self.spec.params, **self.spec.management})
         detail = sweep_detail(table, self.spec.objective, grid, best_detail)
         data = self._data()
