@@ -13,8 +13,9 @@ What runs where:
   bounds run here.
 - `cpu_share.py --smoke` and `profile.py --smoke` measure Backstream in this interpreter (the test
   extras have aiohttp, the load client, and py-spy).
-- `engine_bench.py --smoke` and `replay_bench.py --smoke` run their own code on a 2 x 2 grid and
-  on 400 events.
+- `engine_bench.py --smoke`, `sweep_bench.py --smoke` and `replay_bench.py --smoke` run their own
+  code on a 2 x 2 grid and on 400 events (`sweep_bench.py`'s vectorbt and old-tree sides need a
+  separate venv and checkout, so they are left out here).
 Each script starts its own private redis-server (so redis-server and redis-benchmark must be on
 PATH, as CI's .ci/run makes sure); the first test uses the shared Redis with its own prefix.
 """
@@ -132,3 +133,10 @@ def test_sweep_bench_smoke(tmp_path: Path) -> None:
     assert [r["concurrency"] for r in runs] == [1, 2]
     assert all(r["tasks"] == 2 and r["combinations_per_s"] > 0 and r["worker_cpu_ms_per_task"] >= 0 for r in runs)
     assert "| tree | concurrency | combinations/s | worker CPU ms/task |" in out
+
+
+def test_sweep_engine_bench_runs(tmp_path: Path) -> None:
+    # The first sweep in a fresh checkout compiles the kernel (~5 s; numba caches it beside the module).
+    out = bench_script("sweep_engine_bench.py", "--smoke", tmp_path=tmp_path)
+    assert re.search(r"^engine \(this tree\) +4 combinations +[\d.]+ s +[\d,]+ combinations/s", out, re.M), out
+    assert re.search(r"^backtesting\.py optimize\(\) +2 combinations", out, re.M), out

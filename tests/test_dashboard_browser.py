@@ -30,10 +30,12 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# About 10,000 backtests: a few seconds of work, so a progress bar visibly moves.
+# About 10,000 backtests: a few seconds of work, so a progress bar visibly moves. Its objective
+# (calmar) keeps it on the interpreted path: the compiled sweep kernel would finish in ~0.5 s.
 LONG_SWEEP: dict[str, Any] = {
     "strategy": "sma_cross",
     "symbol": "AAPL",
+    "objective": "calmar",
     "params": {"fast": list(range(1, 101)), "slow": list(range(101, 201))},
 }
 QUICK: dict[str, Any] = {

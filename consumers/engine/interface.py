@@ -84,10 +84,19 @@ def rules(
     per-entry stop and target prices (see `Decisions`).
 
     Within a state, the first pair whose boolean mask is true at a bar decides it (if/elif);
-    a bar no mask covers holds. Example, an SMA cross that always reverses:
+    a bar no mask covers holds. States given the same list object share one array (read-only).
+    Example, an SMA cross that always reverses:
     `rules(n, flat=[(up, LONG), (down, SHORT)], long=[(down, SHORT)], short=[(up, LONG)])`.
     """
-    return Decisions(_codes(n, flat), _codes(n, long), _codes(n, short), stop_price, target_price)
+    made: dict[int, CodeArray] = {}  # states given the same list of pairs share one array
+
+    def codes(pairs: Sequence[Rule]) -> CodeArray:
+        got = made.get(id(pairs))
+        if got is None:
+            got = made[id(pairs)] = _codes(n, pairs)
+        return got
+
+    return Decisions(codes(flat), codes(long), codes(short), stop_price, target_price)
 
 
 def from_target(
@@ -276,7 +285,16 @@ class Registered:
         return list(self.impl.check(self.struct(combo)))
 
     def decide(self, data: IndicatorCache, combo: Mapping[str, Any], long_only: bool) -> Decisions:
-        d = self.impl.decide(data, self.struct(combo), long_only)
+        return self._checked(self.impl.decide(data, self.struct(combo), long_only), data)
+
+    def decide_with_warmup(
+        self, data: IndicatorCache, combo: Mapping[str, Any], long_only: bool
+    ) -> tuple[Decisions, int]:
+        """`decide` and `warmup` of one combination, its Params built once (a sweep's inner loop)."""
+        p = self.struct(combo)
+        return self._checked(self.impl.decide(data, p, long_only), data), int(self.impl.warmup(p))
+
+    def _checked(self, d: Any, data: IndicatorCache) -> Decisions:
         if not isinstance(d, Decisions):
             raise InterfaceError(f"{self.name}.decide must return Decisions, got {type(d).__name__}")
         n = data.close.shape[0]

@@ -107,6 +107,7 @@ def sweep_detail(rows: Sequence[SweepRow], objective: str, total_grid: int, best
         "objective": objective,
         "grid_size": total_grid,
         "combinations": len(rows),
-        "table": [json_safe({"params": r.params, "objective": r.objective, **r.metrics}) for r in rows],
+        # Already JSON-safe: make_row keeps finite numbers or None, params come from the request.
+        "table": [{"params": dict(r.params), "objective": r.objective, **r.metrics} for r in rows],
         "best": best,
     }

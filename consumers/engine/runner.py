@@ -220,12 +220,35 @@ class BacktestRun:
             list(sweep.admissible(self.strategy, params, spec.constraint, len(bars))) if spec.is_sweep else [params]
         )
         self.rows: list[SweepRow] = []
+        self._ranked: list[SweepRow] | None = None
+        self._fast = self._fast_sweep() if spec.is_sweep else None
         self._job: Job | None = None
         self._best: Job | None = None
         self._trades: dict[str, list[Any]] | None = None
         self._outcome: Outcome | None = None
         if checkpoint is not None:
             self._restore(checkpoint)
+
+    def _fast_sweep(self) -> Any:
+        """The compiled batch path for this sweep (`fast_sweep.py`), or None where it does not apply:
+        position management, an objective it does not compute, or numba not installed."""
+        if not self.spec.is_sweep:
+            return None
+        try:
+            from consumers.engine import fast_sweep  # imports numba: only for a sweep
+        except ImportError:
+            return None
+        if not fast_sweep.eligible(self.spec.objective, self.spec.management):
+            return None
+        return fast_sweep.FastSweep(
+            self.market.indicators,
+            self.market.bars.dates,
+            self.strategy,
+            self.costs,
+            self.spec.long_only,
+            self.spec.cash,
+            self.spec.objective,
+        )
 
     def _new_job(self, params: Mapping[str, Any], state: KernelState | None = None) -> Job:
         return Job(self.market, self.strategy, params, self.costs, self.spec.long_only, self.spec.cash, state)
@@ -284,6 +307,12 @@ class BacktestRun:
             self._step_last(self._job, self._single_outcome)
             return
         if len(self.rows) < len(self.combinations):
+            if self._job is None and self._fast is not None:
+                # A batch of rows; None: the next combination takes the interpreted path below.
+                batch = self._fast.step(self.combinations, len(self.rows))
+                if batch is not None:
+                    self.rows.extend(batch)
+                    return
             if self._job is None:
                 self._job = self._new_job(self.combinations[len(self.rows)])
             self._job.step()
@@ -310,7 +339,13 @@ class BacktestRun:
     def _best_params(self) -> Mapping[str, Any]:
         # The best row; if no combination has an objective value (none traded), the first one
         # in grid order that did not go bankrupt, as optimize() reports the first combination.
-        return sweep.ranked(self.rows)[0].params
+        return self._table()[0].params
+
+    def _table(self) -> list[SweepRow]:
+        """The rows ranked (sweep.ranked), sorted once when the last row is in."""
+        if self._ranked is None or len(self._ranked) != len(self.rows):
+            self._ranked = sweep.ranked(self.rows)
+        return self._ranked
 
     def _single_outcome(self, job: Job) -> Outcome:
         assert job.sim is not None and job.metrics is not None
@@ -329,7 +364,7 @@ class BacktestRun:
         )
         if self.unit is not None:
             in_units(best_detail, self.unit)
-        table = sweep.ranked(self.rows)
+        table = self._table()
         grid = sweep.grid_size({**self.spec.params, **self.spec.management})
         detail = sweep_detail(table, self.spec.objective, grid, best_detail)
         data = self._data()

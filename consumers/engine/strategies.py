@@ -50,10 +50,14 @@ class SmaCross(Strategy[SmaCrossParams]):
     def decide(self, data: IndicatorCache, p: SmaCrossParams, long_only: bool) -> Decisions:
         sign = robust_sign(lambda exact: (data.mean(p.fast, exact), data.mean(p.slow, exact)))
         n = sign.shape[0]
-        up = np.zeros(n, dtype=bool)
-        down = np.zeros(n, dtype=bool)
-        up[1:] = (sign[:-1] == BELOW) & (sign[1:] == ABOVE)
-        down[1:] = (sign[:-1] == ABOVE) & (sign[1:] == BELOW)
+        # Each bar's (previous, current) sign pair as one number, 4 * previous + current (signs are
+        # -1..2, so every pair has its own): a cross up is (BELOW, ABOVE), a cross down the reverse.
+        pair = np.empty(n, dtype=np.int8)
+        pair[:1] = 0  # no previous bar: no cross
+        np.multiply(sign[:-1], 4, out=pair[1:])
+        pair[1:] += sign[1:]
+        up = pair == 4 * BELOW + ABOVE
+        down = pair == 4 * ABOVE + BELOW
         pairs: list[Rule] = [(up, LONG), (down, FLAT if long_only else SHORT)]
         return rules(n, flat=[(up, LONG)] if long_only else pairs, long=pairs, short=pairs)
 

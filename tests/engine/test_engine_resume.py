@@ -19,8 +19,19 @@ from orchestrator.spec import BacktestSpec
 SPECS = [
     # About a thousand decisions: several kernel chunks.
     BacktestSpec(strategy="momentum", symbol="GOOGBT", params={"lookback": 1, "threshold": 0.0}, commission=0.001),
+    # Several batches of the compiled fast path (fast_sweep.BATCH combinations each).
     BacktestSpec(
-        strategy="sma_cross", symbol="AAPL", params={"fast": [5, 10, 20], "slow": [30, 60]}, objective="sharpe"
+        strategy="sma_cross",
+        symbol="AAPL",
+        params={"fast": list(range(2, 22)), "slow": list(range(30, 42))},
+        objective="sharpe",
+    ),
+    # Fast batches with bankrupt combinations between them, which take the interpreted kernel.
+    BacktestSpec(
+        strategy="sma_cross",
+        symbol="ROCKET",
+        params={"fast": [2, 5, 20], "slow": [60, 8, 90, 30]},
+        constraint="fast < slow",
     ),
     # Position management: stops, targets, a trailing stop and time exits between the decisions.
     BacktestSpec(
@@ -45,7 +56,7 @@ def uninterrupted(catalog: Catalog, spec: BacktestSpec) -> Outcome:
     return run.outcome()
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=["single", "sweep", "managed"])
+@pytest.mark.parametrize("spec", SPECS, ids=["single", "sweep", "sweep-fallback", "managed"])
 def test_resume_after_every_chunk_gives_identical_result(catalog: Catalog, spec: BacktestSpec) -> None:
     expected = uninterrupted(catalog, spec)
     run = start_run(spec, catalog)
