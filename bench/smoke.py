@@ -24,13 +24,15 @@ from bench.procs import REPO, Proc
 
 
 def run_smoke(redis_url: str, prefix: str, tasks: int = 300, *, timeout: float = 120.0) -> dict[str, Any]:
+    logdir = Path(tempfile.mkdtemp(prefix="backstream-smoke-"))
     env = dict(
         os.environ,
         REDIS_URL=redis_url,
         BACKSTREAM_PREFIX=prefix,
+        # The run's own home: results land in its `results/`, never in the user's data directory.
+        BACKSTREAM_HOME=str(logdir / "home"),
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
-    logdir = Path(tempfile.mkdtemp(prefix="backstream-smoke-"))
     cli = [sys.executable, "-m", "orchestrator.cli", "--log-json"]
     procs = [
         Proc([*cli, "projector"], env=env, log=logdir / "projector.log"),

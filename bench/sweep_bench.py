@@ -88,7 +88,9 @@ async def _drive(url: str, n: int, spec: BacktestSpec, pid: int, timeout: float)
 def run_one(root: Path, concurrency: int, n: int, fields: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """One timed run: a fresh private Redis and worker from `root`."""
     redis = RedisServer(workdir)
-    env = dict(os.environ, REDIS_URL=redis.url, BACKSTREAM_PREFIX=PREFIX, PYTHONPATH=str(root))
+    # The run's own home: results land in its `results/`, never in the user's data directory.
+    home = str(workdir / "home")
+    env = dict(os.environ, REDIS_URL=redis.url, BACKSTREAM_PREFIX=PREFIX, BACKSTREAM_HOME=home, PYTHONPATH=str(root))
     log = workdir / f"worker-c{concurrency}.log"
     worker = Proc(
         [sys.executable, "-m", "orchestrator.cli", "--log-json", "worker", "--concurrency", str(concurrency)],

@@ -42,6 +42,8 @@ class Env:
             PYTHONPATH=str(REPO),
             REDIS_URL=self.redis.url,
             BACKSTREAM_PREFIX=BS_PREFIX,
+            # The run's own home: results land in its `results/`, never in the user's data directory.
+            BACKSTREAM_HOME=str(self.workdir / "home"),
             BENCH_REDIS_URL=self.redis.url,
             BENCH_STAMP_DIR=str(self.workdir / "stamps"),
             BENCH_CONCURRENCY=str(self.concurrency),
