@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.conftest import service_missing
@@ -32,12 +34,29 @@ FLAGS = [
 ]
 # About 10,000 backtests: a few seconds of work, so a progress bar visibly moves. Its objective
 # (calmar) keeps it on the interpreted path: the compiled sweep kernel would finish in ~0.5 s.
+# A sweep that runs for a minute or more on any machine, so a test can watch and cancel it: the
+# largest grid over LONGRUN, a series many times longer than the bundled ones (`long_data`).
 LONG_SWEEP: dict[str, Any] = {
     "strategy": "sma_cross",
-    "symbol": "AAPL",
+    "symbol": "LONGRUN",
     "objective": "calmar",
     "params": {"fast": list(range(1, 101)), "slow": list(range(101, 201))},
 }
+LONG_BARS = 40_000
+
+
+def long_data(directory: Path) -> str:
+    """A data directory holding LONGRUN.csv: LONG_BARS daily bars of a cent-priced random walk."""
+    directory.mkdir(parents=True, exist_ok=True)
+    close = np.round(50 + np.abs(np.cumsum(np.random.default_rng(7).choice([-0.05, 0.0, 0.05], LONG_BARS))), 2)
+    first = dt.date(1900, 1, 1).toordinal()
+    lines = ["Date,Open,High,Low,Close,Volume"]
+    for i, c in enumerate(close.tolist()):
+        lines.append(f"{dt.date.fromordinal(first + i).isoformat()},{c:.2f},{c + 0.1:.2f},{c - 0.1:.2f},{c:.2f},1000")
+    (directory / "LONGRUN.csv").write_text("\n".join(lines) + "\n")
+    return str(directory)
+
+
 QUICK: dict[str, Any] = {
     "strategy": "sma_cross",
     "symbol": "GOOG",
@@ -67,6 +86,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded default
     env.update(BACKSTREAM_PROGRESS_INTERVAL_MS="100", BACKSTREAM_HEARTBEAT_MS="100")
     env["BACKSTREAM_HOME"] = str(tmp_path / "home")  # not the user's own
+    env["BACKSTREAM_DATA_DIR"] = long_data(tmp_path / "data")
     role = Role(["up", "--port", str(port), "--workers", "2"], env, tmp_path / "up.log")
     url = f"http://127.0.0.1:{port}"
 
@@ -112,9 +132,11 @@ def test_submit_watch_chart_and_cancel(server: str, browser: Any) -> None:
     assert "fast" in page.inner_text("label.invalid")
     page.screenshot(path=str(ARTIFACTS / "dashboard-submit.png"), full_page=True)
 
-    # A sweep long enough to watch: submit it from the form, follow its page to completion.
+    # A sweep long enough to watch: submit it from the form, follow its page to completion. Its
+    # objective (calmar) keeps it off the compiled batch kernel: a few seconds, not a fraction of one.
     page.fill("input[name='param:fast']", ",".join(map(str, range(1, 71))))
     page.fill("input[name='param:slow']", ",".join(map(str, range(101, 171))))
+    page.select_option("select[name=objective]", "calmar")
     page.click("#submit-button")
     page.wait_for_url(f"{server}/tasks/*")
     bar = page.locator("#progress .bar")
@@ -426,6 +448,7 @@ def signed_server(tmp_path: Path) -> Iterator[tuple[str, Role]]:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update(BACKSTREAM_TOKENS="alice:alice-secret:rw", BACKSTREAM_PROGRESS_INTERVAL_MS="100")
     env["BACKSTREAM_HOME"] = str(tmp_path / "home")  # not the user's own
+    env["BACKSTREAM_DATA_DIR"] = long_data(tmp_path / "data")
     role = Role(["up", "--port", str(port), "--workers", "1"], env, tmp_path / "up.log")
     url = f"http://127.0.0.1:{port}"
 
