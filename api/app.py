@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import auth, dashboard, live, metrics, openapi, strategies, tasks
+from api import auth, dashboard, live, metrics, openapi, results, strategies, tasks
 from api.auth import SIGNIN_PATH, TokenAuth
 from api.csrf import SameOriginOnly
 from api.errors import EXCEPTION_HANDLERS
@@ -49,6 +49,7 @@ async def healthz(request: Request) -> Response:
 routes = [
     Route("/healthz", healthz),
     *tasks.routes,
+    *results.routes,
     *strategies.routes,
     *live.routes,
     *metrics.routes,

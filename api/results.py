@@ -14,8 +14,10 @@ import pyarrow.parquet as pq
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from api.errors import RETRY_AFTER_SECONDS, ApiError, FieldProblem, task_id_param
+from api.tasks import _current  # the one read of a task's state
 from consumers.results import (
     TABLES,
     QueryError,
@@ -94,8 +96,6 @@ async def result(request: Request) -> Response:
     served. With `table`: that table as JSON (columns for equity and trades, rows for sweep),
     CSV or Parquet. 404 while not completed, 410 once retention deleted it, 422 for bad params;
     304 when If-None-Match matches; 206 for a satisfiable `Range: bytes=…`."""
-    from api.tasks import _current  # the one read of a task's state
-
     task_id = task_id_param(request)
     query = _Query(request)
     state = await _current(request, task_id)
@@ -300,3 +300,6 @@ async def full_result_json(ctx: Any, state: TaskState) -> bytes | None:
     except ResultGone:
         return None
     return encode_json(detail_of(manifest["meta"], tables))
+
+
+routes = [Route("/api/backtests/tasks/{task_id}/result", result, name="task_result")]

@@ -11,7 +11,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import results
 from api.errors import ApiError, FieldProblem, from_validation_error, task_id_param
 from consumers.engine.validation import FieldError, check_spec, with_dataset_name
 from orchestrator.codec import canonical_stream_id
@@ -252,7 +251,6 @@ routes = [
     Route("/api/backtests/tasks/{task_id}", get_task),
     Route("/api/backtests/tasks/{task_id}", cancel, methods=["DELETE"]),
     Route("/api/backtests/tasks/{task_id}/events", events),
-    Route("/api/backtests/tasks/{task_id}/result", results.result, name="task_result"),
     Route("/api/backtests/tasks/{task_id}/retry", retry, methods=["POST"]),
     Route("/api/dead-letters", dead_letters),
     Route("/api/datasets", datasets),
