@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.processes import free_port, wait_until
@@ -85,4 +84,3 @@ class S3Server:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
         self.proc = None
-        time.sleep(0)  # nothing to wait for: the ports are free once the process is reaped

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 import uuid
 from collections.abc import MutableMapping
 from typing import Any
@@ -22,6 +23,7 @@ from orchestrator.settings import Settings
 from orchestrator.spec import BacktestSpec
 from orchestrator.store import EventStore
 from tests.conftest import Backend
+from tests.processes import eventually
 
 # A sweep of 600 backtests: a few hundred milliseconds, many 10 ms chunks.
 SWEEP = msgspec.convert(
@@ -182,10 +184,16 @@ async def test_a_task_waiting_for_its_turn_keeps_its_lease(real_backend: Backend
         running = asyncio.create_task(worker.run(burst=True))
         try:
             assert await asyncio.to_thread(gated.holding.wait, 60)
-            await asyncio.sleep(3 * settings.lease_ms / 1000)  # three leases pass with the thread held
-            pending = await real_backend.redis.xpending_range(real_backend.keys.work, "workers", "-", "+", 10)
-            assert len(pending) == 2
-            assert all(p["time_since_delivered"] < settings.lease_ms for p in pending), pending
+            held_since = time.monotonic()
+
+            async def three_leases_kept() -> bool:
+                """Every look while the thread is held: both items pending, neither idle a lease."""
+                pending = await real_backend.redis.xpending_range(real_backend.keys.work, "workers", "-", "+", 10)
+                assert len(pending) == 2
+                assert all(p["time_since_delivered"] < settings.lease_ms for p in pending), pending
+                return time.monotonic() - held_since > 3 * settings.lease_ms / 1000
+
+            await eventually(three_leases_kept, timeout=30, what="three leases with the thread held")
             status = await real_backend.redis.hmget(real_backend.keys.control(waiter), "status", "attempt")
             assert status == [b"running", b"1"]
         finally:

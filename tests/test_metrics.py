@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -15,6 +15,7 @@ from orchestrator.presence import Heartbeat
 from orchestrator.spec import BacktestSpec
 from tests.conftest import Backend
 from tests.harness import System
+from tests.processes import eventually
 
 BODY: dict[str, Any] = {"strategy": "sma_cross", "symbol": "GOOG", "params": {"fast": 10, "slow": 20}}
 SPEC = BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20})
@@ -169,13 +170,13 @@ async def test_readyz_is_not_ready_when_the_projector_is_stuck_past_the_allowed_
     beat = Heartbeat(backend.redis, backend.keys.projector_heartbeats, "stuck", interval_s=1)
     async with system.client() as http:
         await http.post("/api/backtests", json=BODY)  # never projected: the projector beats, but is stuck
-        for _ in range(100):
+
+        async def not_ready() -> httpx.Response | None:
             await beat.beat()
             ready = await http.get("/readyz")
-            if ready.status_code == 503:
-                break
-            await asyncio.sleep(0.05)
-        assert ready.status_code == 503
+            return ready if ready.status_code == 503 else None
+
+        ready = await eventually(not_ready, timeout=5, what="/readyz to see the stuck projector")
         body = ready.json()
         assert [r["check"] for r in body["reasons"]] == ["projector_lag"]
         assert body["projector_lag_events"] == 1 and body["projector_lag_s"] > 0.2

@@ -24,7 +24,7 @@ from orchestrator.settings import ApiToken
 from orchestrator.spec import BacktestSpec
 from tests.conftest import Backend
 from tests.harness import System
-from tests.processes import InProcessServer
+from tests.processes import InProcessServer, eventually
 from tests.test_live import sse
 
 pytestmark = pytest.mark.redis
@@ -174,11 +174,13 @@ async def test_a_client_that_reads_nothing_holds_a_bounded_part_of_the_backlog(r
         sock = _raw_get(server.port, "/api/stream", "Last-Event-ID: 0-0\r\n")
         try:
             # Wait until the catch-up stalls (no new read for a while), within the deadline.
-            async with asyncio.timeout(DEADLINE_S):
-                seen = -1
-                while len(client.reads) != seen:
-                    seen = len(client.reads)
-                    await asyncio.sleep(0.5)
+            seen = [-1]
+
+            def stalled() -> bool:
+                stopped, seen[0] = len(client.reads) == seen[0], len(client.reads)
+                return stopped
+
+            await eventually(stalled, timeout=DEADLINE_S, what="the catch-up to stall", every=0.5)
             read = sum(returned for name, _, returned in client.reads if name == "XRANGE")
             assert 0 < read <= pages * PAGE // 2, f"a stream nobody reads pulled {read} entries of {pages * PAGE}"
         finally:
@@ -204,17 +206,17 @@ async def test_open_streams_per_client_are_limited_with_a_429(real_backend: Back
             # HEAD holds no stream, so it needs no slot.
             assert (await http.head(f"/api/backtests/tasks/{uuid.uuid4()}/stream")).status_code == 404
             assert (await http.head("/api/stream")).status_code == 200
+
         # Closed streams give their slots back (once the server saw the client go).
-        async with asyncio.timeout(DEADLINE_S):
-            for _ in range(2):
-                while True:
-                    again = await streams_after.enter_async_context(http.stream("GET", "/api/stream"))
-                    if again.status_code == 200:
-                        break
-                    assert again.status_code == 429
-                    await asyncio.sleep(0.05)  # noqa: ASYNC110 (the server notices a closed stream on its own)
-            # Released once each: the count is exact again, not below the limit.
-            assert (await http.get("/api/stream")).status_code == 429
+        async def reopened() -> bool:
+            again = await streams_after.enter_async_context(http.stream("GET", "/api/stream"))
+            assert again.status_code in (200, 429)
+            return again.status_code == 200
+
+        for _ in range(2):  # the server notices the closed streams on its own
+            await eventually(reopened, timeout=DEADLINE_S, what="a stream slot to be given back")
+        # Released once each: the count is exact again, not below the limit.
+        assert (await http.get("/api/stream")).status_code == 429
 
 
 async def test_the_limit_is_per_token(real_backend: Backend) -> None:

@@ -35,7 +35,7 @@ from orchestrator.store import EventStore
 from tests.blackhole import BlackholeProxy
 from tests.conftest import Backend
 from tests.harness import System
-from tests.processes import Cluster, RedisServer, wait_until
+from tests.processes import Cluster, RedisServer, eventually, wait_until
 from tests.test_faults import FAST_LEASES, LONG, SHORT, Log, projector_caught_up, submit
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -222,8 +222,12 @@ async def test_a_batch_folded_onto_a_refused_one_is_not_taken_for_a_gap(backend:
             elif reads == 2:
                 # Events 3.. reach the fold only after that refusal (the order a slow read gives).
                 # (a log event has no awaitable to wait on, so poll the captured log)
-                while not any(e["event"] == "projector.retrying_batch" for e in logs):  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)
+                await eventually(
+                    lambda: any(e["event"] == "projector.retrying_batch" for e in logs),
+                    timeout=10,
+                    what="the refused store",
+                    every=0.01,
+                )
             return events
 
         projector = Projector(projection, batch_size=2, source=source)
