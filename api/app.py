@@ -17,12 +17,12 @@ from api import auth, dashboard, live, metrics, openapi, results, strategies, ta
 from api.auth import SIGNIN_PATH, TokenAuth
 from api.csrf import SameOriginOnly
 from api.errors import EXCEPTION_HANDLERS
-from consumers.results import results_for
-from orchestrator.connections import Connections
-from orchestrator.keys import Keys
-from orchestrator.projection import Projection
 from orchestrator.settings import Settings
-from orchestrator.store import EventStore
+from orchestrator.storage.connections import Connections
+from orchestrator.storage.keys import Keys
+from orchestrator.storage.projection import Projection
+from orchestrator.storage.results import results_for
+from orchestrator.storage.store import EventStore
 
 
 class AppContext(msgspec.Struct):
@@ -34,7 +34,7 @@ class AppContext(msgspec.Struct):
     catalog: Any
     # For reads that block (live streams): its own connections, so they never starve commands.
     blocking: Any
-    # Where full results are (consumers.results.ResultStore); None: only Redis-stored results.
+    # Where full results are (orchestrator.storage.results.ResultStore); None: only Redis-stored results.
     results: Any = None
 
 

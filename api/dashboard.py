@@ -22,11 +22,11 @@ from starlette.templating import Jinja2Templates
 from api.metrics import consumer_groups, projector_lag
 from consumers.engine.metrics import OBJECTIVES
 from consumers.engine.registry import strategies as installed_strategies
-from orchestrator.codec import text
-from orchestrator.history import event_view
-from orchestrator.keys import WORKER_GROUP
-from orchestrator.presence import read_beats
-from orchestrator.state import to_api
+from orchestrator.domain.history import event_view
+from orchestrator.domain.views import to_api
+from orchestrator.storage.codec import text
+from orchestrator.storage.keys import WORKER_GROUP
+from orchestrator.storage.presence import read_beats
 
 HERE = Path(__file__).parent
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")

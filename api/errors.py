@@ -13,9 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from consumers.engine.errors import DataUnavailable
-from orchestrator.connections import store_unavailable
-from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
-from orchestrator.views import FieldProblem as FieldProblem  # the error bodies' type, re-exported
+from orchestrator.domain.errors import IdempotencyConflict, TaskConflict, TaskNotFound
+from orchestrator.domain.views import FieldProblem as FieldProblem  # the error bodies' type, re-exported
+from orchestrator.storage.connections import store_unavailable
 
 log = structlog.get_logger("backstream.api")
 

@@ -14,10 +14,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from api.errors import ApiError, FieldProblem, task_id_param
-from orchestrator.codec import LAST_ID, canonical_stream_id, decode_entry, id_order, text
-from orchestrator.errors import EventDecodeError
-from orchestrator.events import TERMINAL_STATUSES, Cancelled, Completed, Failed, Progress, StoredEvent
-from orchestrator.history import event_view
+from orchestrator.domain.errors import EventDecodeError
+from orchestrator.domain.events import Cancelled, Completed, Failed, Progress, StoredEvent
+from orchestrator.domain.history import event_view
+from orchestrator.domain.ids import LAST_ID, canonical_stream_id, id_order
+from orchestrator.domain.status import TERMINAL_STATUSES
+from orchestrator.storage.codec import decode_entry, text
 
 log = structlog.get_logger("backstream.live")
 

@@ -18,9 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from orchestrator.codec import decode_entry, text
-from orchestrator.errors import EventDecodeError
-from orchestrator.events import (
+from orchestrator.domain.errors import EventDecodeError
+from orchestrator.domain.events import (
     Cancelled,
     Completed,
     Failed,
@@ -31,7 +30,8 @@ from orchestrator.events import (
     StoredEvent,
     Submitted,
 )
-from orchestrator.presence import read_beats
+from orchestrator.storage.codec import decode_entry, text
+from orchestrator.storage.presence import read_beats
 
 log = structlog.get_logger("backstream.metrics")
 

@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from orchestrator import views
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain import views
+from orchestrator.domain.spec import BacktestSpec
 
 HERE = Path(__file__).parent
 REF = "#/components/schemas/{name}"

@@ -18,7 +18,9 @@ from starlette.routing import Route
 
 from api.errors import RETRY_AFTER_SECONDS, ApiError, FieldProblem, task_id_param
 from api.tasks import _current  # the one read of a task's state
-from consumers.results import (
+from orchestrator.domain.state import TaskState
+from orchestrator.storage.codec import decode_json, encode_json
+from orchestrator.storage.results import (
     TABLES,
     QueryError,
     ResultGone,
@@ -31,8 +33,6 @@ from consumers.results import (
     table_json,
     tables_of_legacy,
 )
-from orchestrator.codec import decode_json, encode_json
-from orchestrator.state import TaskState
 
 log = structlog.get_logger("backstream.api")
 

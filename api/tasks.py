@@ -13,14 +13,14 @@ from starlette.routing import Route
 
 from api.errors import ApiError, FieldProblem, from_validation_error, task_id_param
 from consumers.engine.validation import FieldError, check_spec, with_dataset_name
-from orchestrator.codec import canonical_stream_id
-from orchestrator.errors import TaskConflict, TaskNotFound
-from orchestrator.history import event_view
-from orchestrator.projection import HistoryArchived
-from orchestrator.spec import BacktestSpec, ParamValue
-from orchestrator.state import TaskState, to_api
-from orchestrator.timeline import as_of_id
-from orchestrator.views import DeadLetterQuery, TaskListQuery, TaskQuery
+from orchestrator.domain.errors import TaskConflict, TaskNotFound
+from orchestrator.domain.history import event_view
+from orchestrator.domain.ids import canonical_stream_id
+from orchestrator.domain.spec import BacktestSpec, ParamValue
+from orchestrator.domain.state import TaskState
+from orchestrator.domain.timeline import as_of_id
+from orchestrator.domain.views import DeadLetterQuery, TaskListQuery, TaskQuery, to_api
+from orchestrator.storage.projection import HistoryArchived
 
 Q = TypeVar("Q", bound=msgspec.Struct)
 _IDEMPOTENCY_KEY_MAX = 200

@@ -20,9 +20,9 @@ import msgspec
 import redis.asyncio as aioredis
 
 from bench.work import LONG_SPEC_FIELDS, SMA_SPEC_FIELDS, sma_spec
-from orchestrator.keys import Keys
-from orchestrator.spec import BacktestSpec
-from orchestrator.store import EventStore
+from orchestrator.domain.spec import BacktestSpec
+from orchestrator.storage.keys import Keys
+from orchestrator.storage.store import EventStore
 
 
 def _ms(entry_id: bytes) -> int:

@@ -12,13 +12,13 @@ import signal
 from typing import Any
 
 from bench.work import noop
-from consumers.worker import Worker
-from orchestrator import logs
-from orchestrator.connections import Connections
-from orchestrator.keys import Keys
+from consumers.worker.loop import Worker
+from orchestrator.cli import logs
+from orchestrator.domain.spec import BacktestSpec
 from orchestrator.settings import Settings
-from orchestrator.spec import BacktestSpec
-from orchestrator.store import EventStore
+from orchestrator.storage.connections import Connections
+from orchestrator.storage.keys import Keys
+from orchestrator.storage.store import EventStore
 
 
 class _NoopOutcome:
@@ -27,7 +27,7 @@ class _NoopOutcome:
 
 
 class NoopRun:
-    """Satisfies consumers.execution.Run: done at once, empty outcome."""
+    """Satisfies consumers.worker.attempt.Run: done at once, empty outcome."""
 
     done = True
     progress = 1.0

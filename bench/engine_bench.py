@@ -28,7 +28,7 @@ from consumers.engine.datasets import Bars
 from consumers.engine.runner import Market, costs_of, run_once
 from consumers.engine.strategies import STRATEGIES
 from consumers.engine.sweep import admissible, make_row, ranked
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.spec import BacktestSpec
 
 GRID = {"fast": [5, 10, 15, 20, 25, 30, 35, 40, 45, 50], "slow": [60, 70, 80, 90, 100, 110, 120, 130, 140, 150]}
 # --smoke: the same code paths on a grid of four, so a test can run the script in a few seconds.

@@ -22,7 +22,7 @@ import numpy as np
 from consumers.engine.datasets import Catalog
 from consumers.engine.indicators import rolling_mean_exact, rolling_mean_fast, rolling_std
 from consumers.engine.runner import start_run
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.spec import BacktestSpec
 
 RUNS: list[tuple[str, dict[str, int | float | list[int | float]]]] = [
     ("bollinger", {"window": 40_000, "k": 2.0}),

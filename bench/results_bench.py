@@ -22,8 +22,8 @@ import obstore
 import redis
 import redis.asyncio as aioredis
 
-from consumers.results import open_results
-from orchestrator.keys import Keys
+from orchestrator.storage.keys import Keys
+from orchestrator.storage.results import open_results
 from tests.conftest import Backend
 from tests.harness import System
 from tests.objectstores import S3Server

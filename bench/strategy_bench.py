@@ -23,7 +23,7 @@ from typing import Any
 from consumers.engine.datasets import Catalog
 from consumers.engine.runner import Market, costs_of, run_once
 from consumers.engine.sweep import admissible, make_row, ranked
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.spec import BacktestSpec
 
 GRIDS: dict[str, tuple[dict[str, list[int]], str | None]] = {
     "sma_cross": (

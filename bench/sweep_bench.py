@@ -30,9 +30,9 @@ import msgspec  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
 from bench.procs import REPO, Proc, RedisServer  # noqa: E402
-from orchestrator.keys import Keys  # noqa: E402
-from orchestrator.spec import BacktestSpec  # noqa: E402
-from orchestrator.store import EventStore  # noqa: E402
+from orchestrator.domain.spec import BacktestSpec  # noqa: E402
+from orchestrator.storage.keys import Keys  # noqa: E402
+from orchestrator.storage.store import EventStore  # noqa: E402
 
 PREFIX = "{sweep}"
 # 100 SMA crossovers over the 2,148 bundled GOOG bars (a corner of the 10,000-combination

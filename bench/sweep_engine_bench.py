@@ -48,7 +48,7 @@ def engine_times(fast: list[int], slow: list[int], repeat: int) -> dict[str, Any
     the kernel; the rest are the measurement. Imports the engine from PYTHONPATH."""
     from consumers.engine.datasets import Catalog
     from consumers.engine.runner import start_run
-    from orchestrator.spec import BacktestSpec
+    from orchestrator.domain.spec import BacktestSpec
 
     catalog = Catalog()
     spec = BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": fast, "slow": slow})

@@ -26,7 +26,7 @@ def _catalog() -> Any:
 
 @functools.cache
 def sma_spec() -> Any:
-    from orchestrator.spec import BacktestSpec
+    from orchestrator.domain.spec import BacktestSpec
 
     f = SMA_SPEC_FIELDS
     return BacktestSpec(
@@ -68,7 +68,7 @@ LONG_SPEC_FIELDS: dict[str, Any] = {
 def long_spec() -> Any:
     import msgspec
 
-    from orchestrator.spec import BacktestSpec
+    from orchestrator.domain.spec import BacktestSpec
 
     return msgspec.convert(LONG_SPEC_FIELDS, BacktestSpec)
 

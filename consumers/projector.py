@@ -11,12 +11,12 @@ import msgspec
 import redis.exceptions
 import structlog
 
-from orchestrator.connections import store_unavailable
-from orchestrator.errors import ProjectionGapError
-from orchestrator.events import StoredEvent
-from orchestrator.presence import Heartbeat
-from orchestrator.projection import Projection
-from orchestrator.state import TaskState, evolve
+from orchestrator.domain.errors import ProjectionGapError
+from orchestrator.domain.events import StoredEvent
+from orchestrator.domain.state import TaskState, evolve
+from orchestrator.storage.connections import store_unavailable
+from orchestrator.storage.presence import Heartbeat
+from orchestrator.storage.projection import Projection
 
 log = structlog.get_logger("backstream.projector")
 

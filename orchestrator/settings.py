@@ -10,7 +10,9 @@ from collections.abc import Mapping
 
 import msgspec
 
-from orchestrator.keys import DEFAULT_PREFIX
+# All keys of one deployment share the hash tag in the prefix (`{bs}` by default), so every
+# script's keys live in one Redis Cluster slot and the scripts stay atomic there too.
+DEFAULT_PREFIX = "{bs}"
 
 
 class ApiToken(msgspec.Struct, frozen=True):

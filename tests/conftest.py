@@ -15,7 +15,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from orchestrator.keys import Keys
+from orchestrator.storage.keys import Keys
 
 REQUIRE_REDIS = os.environ.get("BACKSTREAM_REQUIRE_REDIS") == "1"
 

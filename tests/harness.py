@@ -14,12 +14,12 @@ from api.app import create_app
 from consumers.engine.datasets import Catalog
 from consumers.engine.runner import start_run
 from consumers.projector import Projector
-from consumers.results import results_for
-from consumers.worker import Worker
-from orchestrator.connections import Connections
-from orchestrator.projection import Projection
+from consumers.worker.loop import Worker
 from orchestrator.settings import Settings
-from orchestrator.store import EventStore
+from orchestrator.storage.connections import Connections
+from orchestrator.storage.projection import Projection
+from orchestrator.storage.results import results_for
+from orchestrator.storage.store import EventStore
 from tests.conftest import Backend
 
 

@@ -11,9 +11,9 @@ import sys
 import httpx
 import pytest
 
-from orchestrator.api_client import AsyncClient, Client, ProgressBar, Refused, Result
-from orchestrator.spec import BacktestSpec
-from orchestrator.views import TaskView
+from orchestrator.client.api import AsyncClient, Client, ProgressBar, Refused, Result
+from orchestrator.domain.spec import BacktestSpec
+from orchestrator.domain.views import TaskView
 from tests.conftest import Backend
 from tests.harness import System
 from tests.test_client_cli import served
@@ -114,7 +114,7 @@ async def test_results_without_pandas_are_the_apis_columns(system: System, monke
 def test_the_client_imports_nothing_of_the_server() -> None:
     """Dependencies point inward: the client speaks HTTP and shares only orchestrator's types."""
     code = (
-        "import sys, orchestrator.api_client; "
+        "import sys, orchestrator.client.api; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('api', 'consumers', 'redis', 'starlette')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

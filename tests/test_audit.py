@@ -12,16 +12,17 @@ from typing import Any
 
 import pytest
 
-from consumers.archive import export, read_entries
+from consumers.maintenance.archive import export, read_entries
+from consumers.maintenance.replay import rebuild, snapshot, verify, verify_replay
+from consumers.maintenance.retention import apply_retention
 from consumers.projector import Projector, fold_log
-from consumers.replay import rebuild, snapshot, verify, verify_replay
-from consumers.retention import apply_retention
-from orchestrator.codec import decode_entry
-from orchestrator.errors import EventDecodeError, ProjectionGapError
-from orchestrator.events import Failed
-from orchestrator.projection import Projection
-from orchestrator.state import fold, to_hash
-from orchestrator.timeline import as_of_id, state_as_of
+from orchestrator.domain.errors import EventDecodeError, ProjectionGapError
+from orchestrator.domain.events import Failed
+from orchestrator.domain.state import fold
+from orchestrator.domain.timeline import as_of_id, state_as_of
+from orchestrator.storage.codec import decode_entry
+from orchestrator.storage.hashform import to_hash
+from orchestrator.storage.projection import Projection
 from tests.conftest import Backend
 from tests.harness import System
 from tests.test_replay import LOGS, entries, write_log
@@ -69,9 +70,9 @@ async def test_unreadable_event_stops_the_projector(backend: Backend, fields: di
 _FOLD_IN_A_PROCESS = """
 import asyncio, hashlib, json, sys, fakeredis
 from consumers.projector import fold_log
-from consumers.replay import snapshot
-from orchestrator.keys import Keys
-from orchestrator.projection import Projection
+from consumers.maintenance.replay import snapshot
+from orchestrator.storage.keys import Keys
+from orchestrator.storage.projection import Projection
 async def main():
     redis = fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer(), protocol=2)
     keys = Keys(prefix="{det}")

@@ -12,10 +12,10 @@ from structlog.testing import capture_logs
 
 from api.app import create_app
 from api.auth import warn_if_exposed
-from orchestrator.events import Failed
-from orchestrator.keys import WORKER_GROUP
+from orchestrator.domain.events import Failed
+from orchestrator.domain.spec import BacktestSpec
 from orchestrator.settings import ApiToken, Settings, parse_tokens
-from orchestrator.spec import BacktestSpec
+from orchestrator.storage.keys import WORKER_GROUP
 from tests.conftest import Backend
 from tests.harness import System
 

@@ -6,7 +6,7 @@ import asyncio
 
 from redis.exceptions import ResponseError
 
-from orchestrator.batching import ScriptBatcher
+from orchestrator.storage.batching import ScriptBatcher
 from tests.conftest import Backend
 
 # Returns its key and that key's value: shows what the commands sent before it left there.

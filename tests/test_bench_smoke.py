@@ -34,7 +34,7 @@ import redis
 
 from bench.procs import REPO
 from bench.smoke import run_smoke
-from orchestrator.keys import WORKER_GROUP, Keys
+from orchestrator.storage.keys import WORKER_GROUP, Keys
 
 pytestmark = pytest.mark.redis
 

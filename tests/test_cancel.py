@@ -11,7 +11,7 @@ import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from orchestrator.keys import WORKER_GROUP
+from orchestrator.storage.keys import WORKER_GROUP
 from tests.conftest import Backend
 from tests.harness import System
 

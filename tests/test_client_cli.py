@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from orchestrator.cli import build_parser
+from orchestrator.cli.main import build_parser
 from orchestrator.settings import ApiToken, Settings
 from tests.conftest import Backend
 from tests.harness import System

@@ -13,11 +13,11 @@ import redis.asyncio as aioredis
 
 from consumers.engine.datasets import Catalog
 from consumers.engine.runner import start_run
-from consumers.worker import Worker
-from orchestrator.keys import Keys
+from consumers.worker.loop import Worker
+from orchestrator.domain.spec import BacktestSpec
 from orchestrator.settings import Settings
-from orchestrator.spec import BacktestSpec
-from orchestrator.store import EventStore
+from orchestrator.storage.keys import Keys
+from orchestrator.storage.store import EventStore
 from tests.processes import RedisServer
 
 SMA = msgspec.convert(

@@ -15,13 +15,13 @@ import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from consumers.compute import THREAD_NAME
 from consumers.engine.datasets import Catalog
 from consumers.engine.runner import start_run
-from consumers.worker import Worker
+from consumers.worker.compute import THREAD_NAME
+from consumers.worker.loop import Worker
+from orchestrator.domain.spec import BacktestSpec
 from orchestrator.settings import Settings
-from orchestrator.spec import BacktestSpec
-from orchestrator.store import EventStore
+from orchestrator.storage.store import EventStore
 from tests.conftest import Backend
 from tests.processes import eventually
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from consumers.archive import read_entries
-from orchestrator.codec import decode_entries, decode_entry
-from orchestrator.errors import EventDecodeError
-from orchestrator.projection import Projection
+from consumers.maintenance.archive import read_entries
+from orchestrator.domain.errors import EventDecodeError
+from orchestrator.storage.codec import decode_entries, decode_entry
+from orchestrator.storage.projection import Projection
 from tests.conftest import Backend
 
 LOGS = Path(__file__).parent / "replay" / "logs"

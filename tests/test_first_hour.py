@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.api_client import ClientError
-from orchestrator.client import _params
+from orchestrator.cli.tasks import _params
+from orchestrator.client.api import ClientError
 from orchestrator.settings import Settings
 from tests.conftest import Backend
 from tests.harness import System

@@ -14,10 +14,10 @@ import pytest
 from consumers.engine.datasets import Catalog
 from consumers.engine.errors import EngineError
 from consumers.engine.runner import start_run
-from consumers.first_chunks import finished
-from consumers.isolation import IsolatedRuns, TaskProcessDied
-from consumers.retry import is_retryable
-from orchestrator.spec import BacktestSpec
+from consumers.worker.first_chunks import finished
+from consumers.worker.isolation import IsolatedRuns, TaskProcessDied
+from consumers.worker.retry import is_retryable
+from orchestrator.domain.spec import BacktestSpec
 
 SWEEP = msgspec.convert(
     {"strategy": "sma_cross", "symbol": "AAPL", "params": {"fast": list(range(2, 12)), "slow": list(range(70, 90))}},

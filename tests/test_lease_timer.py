@@ -8,7 +8,7 @@ import time
 
 import structlog.testing
 
-from consumers.execution import LeaseTimer
+from consumers.worker.attempt import LeaseTimer
 
 
 def compute_until(flag: threading.Event, limit_s: float) -> int:

@@ -14,9 +14,9 @@ import pytest
 
 from api.app import create_app
 from api.live import COALESCE_S, Coalescer, close_streams
-from orchestrator.events import Progress, StoredEvent, Submitted
-from orchestrator.keys import WORKER_GROUP
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.events import Progress, StoredEvent, Submitted
+from orchestrator.domain.spec import BacktestSpec
+from orchestrator.storage.keys import WORKER_GROUP
 from tests.conftest import Backend
 from tests.harness import System
 from tests.processes import InProcessServer

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from consumers.engine.datasets import read_user_csv
-from orchestrator.events import Failed
+from orchestrator.domain.events import Failed
 from tests.conftest import Backend
 from tests.harness import System
 from tests.processes import Cluster, wait_until

@@ -9,10 +9,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.events import Failed
-from orchestrator.keys import WORKER_GROUP
-from orchestrator.presence import Heartbeat
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.events import Failed
+from orchestrator.domain.spec import BacktestSpec
+from orchestrator.storage.keys import WORKER_GROUP
+from orchestrator.storage.presence import Heartbeat
 from tests.conftest import Backend
 from tests.harness import System
 from tests.processes import eventually

@@ -19,8 +19,8 @@ from starlette.routing import Route
 from api import app as app_module
 from api import auth, dashboard
 from api.openapi import document
-from orchestrator.spec import BacktestSpec
-from orchestrator.views import TaskListQuery
+from orchestrator.domain.spec import BacktestSpec
+from orchestrator.domain.views import TaskListQuery
 from tests.processes import Cluster, Role, free_port
 
 # The dashboard's HTML pages, the sign-in and the Prometheus scrape are not part of the JSON API.

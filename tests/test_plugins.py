@@ -27,8 +27,8 @@ from consumers.engine.datasets import Catalog
 from consumers.engine.registry import StrategyMissing, discover
 from consumers.engine.runner import start_run
 from consumers.engine.validation import check_spec
-from orchestrator.keys import Keys
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.spec import BacktestSpec
+from orchestrator.storage.keys import Keys
 from tests.processes import Cluster, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

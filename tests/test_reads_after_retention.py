@@ -18,10 +18,10 @@ import msgspec
 import pytest
 
 from api.app import create_app
-from consumers.archive import export
-from consumers.retention import apply_retention
-from orchestrator.events import Failed
-from orchestrator.spec import BacktestSpec
+from consumers.maintenance.archive import export
+from consumers.maintenance.retention import apply_retention
+from orchestrator.domain.events import Failed
+from orchestrator.domain.spec import BacktestSpec
 from tests.conftest import Backend
 from tests.harness import System
 from tests.processes import InProcessServer

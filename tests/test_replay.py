@@ -13,13 +13,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from bench.replay_bench import write_log as bench_log
-from consumers.archive import read_entries
+from consumers.maintenance.archive import read_entries
+from consumers.maintenance.replay import SNAPSHOT_BATCH, Difference, snapshot, verify
 from consumers.projector import GC_THRESHOLD, Projector, fold_log
-from consumers.replay import SNAPSHOT_BATCH, Difference, snapshot, verify
-from orchestrator.codec import decode_entry
-from orchestrator.errors import ProjectionGapError
-from orchestrator.projection import Projection
-from orchestrator.state import fold, to_hash
+from orchestrator.domain.errors import ProjectionGapError
+from orchestrator.domain.state import fold
+from orchestrator.storage.codec import decode_entry
+from orchestrator.storage.hashform import to_hash
+from orchestrator.storage.projection import Projection
 from tests.conftest import Backend
 
 LOGS = Path(__file__).parent / "replay" / "logs"

@@ -18,15 +18,15 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from consumers.archive import export
 from consumers.engine.datasets import Catalog
 from consumers.engine.runner import start_run
-from consumers.result_retention import ResultPolicy, apply_result_retention
-from consumers.results import RESULT_SCHEMA_VERSION, results_for
-from consumers.retention import apply_retention
-from orchestrator.codec import decode_entry, encode_json
-from orchestrator.spec import BacktestSpec
-from orchestrator.state import fold
+from consumers.maintenance.archive import export
+from consumers.maintenance.result_retention import ResultPolicy, apply_result_retention
+from consumers.maintenance.retention import apply_retention
+from orchestrator.domain.spec import BacktestSpec
+from orchestrator.domain.state import fold
+from orchestrator.storage.codec import decode_entry, encode_json
+from orchestrator.storage.results import RESULT_SCHEMA_VERSION, results_for
 from tests.conftest import Backend
 from tests.harness import System
 from tests.objectstores import S3Server
@@ -375,9 +375,9 @@ async def test_an_unreachable_store_answers_503_and_vanished_objects_410_never_5
 def test_a_version_1_completed_event_reads_as_version_2_without_a_result_ref() -> None:
     """`completed` v2 only added `result_ref`: a v1 entry (every log written before) decodes, on
     the fast path and the careful one alike, to the same event with `result_ref` None."""
-    from orchestrator.codec import _decode_carefully
-    from orchestrator.errors import EventDecodeError
-    from orchestrator.events import Completed
+    from orchestrator.domain.errors import EventDecodeError
+    from orchestrator.domain.events import Completed
+    from orchestrator.storage.codec import _decode_carefully
 
     fields = {b"type": b"completed", b"v": b"1", b"task_id": b"t-1", b"seq": b"3", b"attempt": b"1"}
     fields[b"data"] = b'{"result":{"metrics":{"sharpe":1.5}}}'

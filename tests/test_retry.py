@@ -14,8 +14,8 @@ from consumers.engine.errors import (
     SpecError,
     UnknownSymbolError,
 )
-from consumers.execution import UnreadableSpec
-from consumers.retry import TaskTimeout, is_retryable
+from consumers.worker.attempt import UnreadableSpec
+from consumers.worker.retry import TaskTimeout, is_retryable
 
 
 @pytest.mark.parametrize(

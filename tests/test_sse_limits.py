@@ -18,10 +18,10 @@ import redis.asyncio as aioredis
 
 from api.app import create_app
 from api.live import PAGE, QUEUE_EVENTS, LiveFeed, log_pages
-from orchestrator.codec import entry_fields
-from orchestrator.events import Progress, Started, Submitted
+from orchestrator.domain.events import Progress, Started, Submitted
+from orchestrator.domain.spec import BacktestSpec
 from orchestrator.settings import ApiToken
-from orchestrator.spec import BacktestSpec
+from orchestrator.storage.codec import entry_fields
 from tests.conftest import Backend
 from tests.harness import System
 from tests.processes import InProcessServer, eventually

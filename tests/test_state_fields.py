@@ -15,8 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from orchestrator.codec import iso_ms
-from orchestrator.events import (
+from orchestrator.domain.events import (
     Cancelled,
     Completed,
     Event,
@@ -31,8 +30,9 @@ from orchestrator.events import (
     StoredEvent,
     Submitted,
 )
-from orchestrator.spec import BacktestSpec
-from orchestrator.state import TaskState, evolve
+from orchestrator.domain.ids import iso_ms
+from orchestrator.domain.spec import BacktestSpec
+from orchestrator.domain.state import TaskState, evolve
 from tests.conftest import Backend
 from tests.harness import System
 

@@ -8,12 +8,12 @@ import pytest
 from redis.exceptions import ResponseError
 
 from consumers.projector import Projector
-from orchestrator.errors import IdempotencyConflict, TaskConflict, TaskNotFound
-from orchestrator.events import Cancelled, Completed, Failed, Progress, RetryScheduled, Started, Submitted
-from orchestrator.keys import WORKER_GROUP
-from orchestrator.projection import Projection
-from orchestrator.spec import BacktestSpec
-from orchestrator.store import EventStore
+from orchestrator.domain.errors import IdempotencyConflict, TaskConflict, TaskNotFound
+from orchestrator.domain.events import Cancelled, Completed, Failed, Progress, RetryScheduled, Started, Submitted
+from orchestrator.domain.spec import BacktestSpec
+from orchestrator.storage.keys import WORKER_GROUP
+from orchestrator.storage.projection import Projection
+from orchestrator.storage.store import EventStore
 from tests.conftest import Backend
 
 SPEC = BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20})

@@ -23,15 +23,15 @@ from redis._parsers.base import BaseParser
 from structlog.testing import capture_logs
 
 from api.live import READ_BLOCK_MS as LIVE_BLOCK_MS
+from consumers.maintenance.replay import verify
 from consumers.projector import Projector
-from consumers.replay import verify
-from consumers.worker import READ_BLOCK_MS as WORKER_BLOCK_MS
-from orchestrator.connections import BLOCKING_TIMEOUT_S, LONGEST_BLOCK_MS, store_unavailable
-from orchestrator.events import StoredEvent
-from orchestrator.keys import DEFAULT_PROJECTION, WORKER_GROUP
-from orchestrator.projection import Projection
-from orchestrator.spec import BacktestSpec
-from orchestrator.store import EventStore
+from consumers.worker.loop import READ_BLOCK_MS as WORKER_BLOCK_MS
+from orchestrator.domain.events import StoredEvent
+from orchestrator.domain.spec import BacktestSpec
+from orchestrator.storage.connections import BLOCKING_TIMEOUT_S, LONGEST_BLOCK_MS, store_unavailable
+from orchestrator.storage.keys import DEFAULT_PROJECTION, WORKER_GROUP
+from orchestrator.storage.projection import Projection
+from orchestrator.storage.store import EventStore
 from tests.blackhole import BlackholeProxy
 from tests.conftest import Backend
 from tests.harness import System
@@ -162,7 +162,11 @@ def test_silently_dropped_connections_are_noticed_and_replaced(
 
 def backstream(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args], env=cluster.env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

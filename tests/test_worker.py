@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from orchestrator.events import Failed
+from orchestrator.domain.events import Failed
 from tests.conftest import Backend
 from tests.harness import System
 

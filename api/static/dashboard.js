@@ -56,7 +56,7 @@ function apply(ev, view) {
   if (ev.type === "started" || ev.type === "requeued" || ev.type === "released" || ev.type === "retry_scheduled") {
     view.setProgress(0);
   }
-  // Back in the queue: no attempt runs, so no worker (as the read model says; orchestrator/state.py).
+  // Back in the queue: no attempt runs, so no worker (as the read model says; orchestrator/domain/state.py).
   if (ev.type === "requeued" || ev.type === "released" || ev.type === "retry_scheduled") view.setRun(ev.attempt, "");
   if (ev.type === "completed") view.setProgress(1);
   if (ev.type === "started") view.setRun(ev.attempt, ev.data.worker);

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from consumers.engine.indicators import IndicatorCache
-from orchestrator.spec import MANAGEMENT_FIELDS
+from orchestrator.domain.spec import MANAGEMENT_FIELDS
 
 # What a decision asks for at the next bar's open. Every entry first closes the open trade,
 # so LONG while already long re-enters (as backtesting.py's SmaCross does on a repeated cross).

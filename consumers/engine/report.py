@@ -11,10 +11,7 @@ import numpy as np
 from consumers.engine.datasets import Bars
 from consumers.engine.kernel import Simulation, trade_columns
 from consumers.engine.sweep import SweepRow
-
-# The metrics a task's summary carries (in its `completed` event and its projection): what a list
-# of results is read by. Every metric is in the full result; the log keeps each task small.
-HEADLINE_METRICS = ("return_pct", "sharpe", "max_drawdown_pct", "win_rate_pct", "num_trades", "equity_final")
+from orchestrator.domain.results import HEADLINE_METRICS
 
 
 def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from consumers.engine.registry import strategies
 from consumers.engine.report import backtest_detail, headline, json_safe, sweep_detail, trades_table
 from consumers.engine.sweep import SweepRow
 from consumers.engine.validation import check_spec
-from orchestrator.spec import MANAGEMENT_FIELDS, BacktestSpec
+from orchestrator.domain.spec import MANAGEMENT_FIELDS, BacktestSpec
 
 # Decisions per kernel chunk between clock checks: ~1 µs each, so a check every ~0.1 ms.
 EVENTS_PER_CHUNK = 128

@@ -16,7 +16,7 @@ from consumers.engine.metrics import OBJECTIVES
 from consumers.engine.registry import Registry, strategies
 from consumers.engine.strategies import min_bars
 from consumers.engine.sweep import MAX_COMBINATIONS, admissible, grid_size
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.spec import BacktestSpec
 
 # backtesting.py rejects commission rates of 10% or more; so do we, as such a rate is a typo.
 MAX_COMMISSION = 0.1

@@ -15,7 +15,7 @@ from backtesting.lib import FractionalBacktest, TrailingStrategy, crossover
 from consumers.engine.datasets import Bars, Catalog
 from consumers.engine.indicators import IndicatorCache
 from consumers.engine.metrics import BACKTESTING_PY_NAMES
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.spec import BacktestSpec
 
 
 def _sma(values: Any, n: int) -> Any:

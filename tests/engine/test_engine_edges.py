@@ -21,7 +21,7 @@ from test_engine_parity import assert_parity, run_engine
 from consumers.engine.datasets import Catalog
 from consumers.engine.metrics import OBJECTIVES, compute_metrics
 from consumers.engine.sweep import make_row, ranked
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.spec import BacktestSpec
 
 
 def metrics_of(index: pd.DatetimeIndex, equity: np.ndarray) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from consumers.engine.indicators import IndicatorCache
 from consumers.engine.interface import Decisions, Registered, Strategy, from_target
 from consumers.engine.runner import BacktestRun, run_once, start_run
 from consumers.engine.sweep import SweepRow, make_row, ranked
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.spec import BacktestSpec
 
 
 def interpreted_rows(run: BacktestRun, strategy: Registered | None = None) -> list[SweepRow]:

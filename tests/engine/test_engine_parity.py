@@ -16,7 +16,7 @@ import pytest
 
 from consumers.engine.datasets import BUNDLED_PATH, Catalog
 from consumers.engine.runner import Outcome, start_run
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.spec import BacktestSpec
 
 SMA_PARAMS = [(10, 20), (5, 20), (3, 7), (20, 50), (50, 200), (2, 3)]
 COSTS: list[dict[str, Any]] = [

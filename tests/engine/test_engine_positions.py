@@ -25,7 +25,7 @@ from consumers.engine.kernel import Costs
 from consumers.engine.runner import Market, run_once
 from consumers.engine.strategies import STRATEGIES
 from consumers.engine.validation import check_spec
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.spec import BacktestSpec
 
 # Every management field alone, then mixed, with costs and spread, on the bundled data: trades
 # and equity equal backtesting.py's exactly, statistics to 1e-9 (assert_parity).

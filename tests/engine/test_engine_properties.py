@@ -16,7 +16,7 @@ from consumers.engine.indicators import rolling_mean_exact, rolling_mean_fast
 from consumers.engine.kernel import Costs
 from consumers.engine.runner import Market, run_once
 from consumers.engine.strategies import STRATEGIES
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.spec import BacktestSpec
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

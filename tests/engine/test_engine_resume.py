@@ -14,7 +14,7 @@ from bt_oracle import write_csv
 from consumers.engine.datasets import Catalog
 from consumers.engine.errors import CheckpointError
 from consumers.engine.runner import Checkpoint, Outcome, resume_run, start_run
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.spec import BacktestSpec
 
 SPECS = [
     # About a thousand decisions: several kernel chunks.

@@ -15,7 +15,7 @@ from consumers.engine.datasets import Catalog
 from consumers.engine.fast_sweep import BATCH
 from consumers.engine.metrics import BACKTESTING_PY_NAMES
 from consumers.engine.runner import start_run
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.spec import BacktestSpec
 
 
 def run_sweep(catalog: Catalog, spec: BacktestSpec) -> tuple[dict[str, Any], dict[str, Any], list[float]]:

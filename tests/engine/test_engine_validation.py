@@ -14,7 +14,7 @@ from consumers.engine.datasets import Catalog
 from consumers.engine.limits import MAX_UNITS
 from consumers.engine.runner import start_run
 from consumers.engine.validation import FieldError, check_spec, with_dataset_name
-from orchestrator.spec import BacktestSpec
+from orchestrator.domain.spec import BacktestSpec
 
 
 def fields(catalog: Catalog, **kw: Any) -> list[str]:

@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import redis.asyncio as aioredis
 
-from consumers.archive import export
-from consumers.replay import live_keys, snapshot
-from orchestrator.keys import Keys
+from consumers.maintenance.archive import export
+from consumers.maintenance.replay import live_keys, snapshot
+from orchestrator.storage.keys import Keys
 from tests.processes import Cluster, RedisServer, wait_until
 from tests.test_faults import LONG, SHORT, Log, projector_caught_up, submit
 from tests.test_replay import decoded

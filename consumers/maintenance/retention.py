@@ -1,0 +1,107 @@
+"""Retention: trim what Redis no longer needs, and never an entry some reader still needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import structlog
+
+from orchestrator.domain.ids import id_order
+from orchestrator.storage.codec import text
+from orchestrator.storage.keys import DEFAULT_PROJECTION, Keys
+
+log = structlog.get_logger("backstream.retention")
+
+
+class RetentionReport(msgspec.Struct):
+    keep_from: str | None  # the oldest log id kept; None when nothing could be trimmed
+    limited_by: str  # what decided keep_from: horizon, archive, or a projection's position
+    events_trimmed: int
+    tasks_compacted: int  # finished tasks whose control hash and log index were dropped
+    dead_letters_trimmed: int
+    used_memory_before: int | None
+    used_memory_after: int | None
+
+
+def _after(stream_id: str) -> str:
+    ms, seq = id_order(stream_id)
+    return f"{ms}-{seq + 1}"
+
+
+async def _used_memory(redis: Any) -> int | None:
+    try:
+        return int((await redis.info("memory"))["used_memory"])
+    except Exception:  # the embedded store has no INFO
+        return None
+
+
+async def apply_retention(redis: Any, keys: Keys, *, horizon_ms: int, dry_run: bool = False) -> RetentionReport:
+    """Trim log entries older than the horizon that are archived (`backstream export`) and folded
+    into every projection; drop the control hash and log index of tasks that finished before
+    that point (their state stays in the projection, their result stays readable); trim dead
+    letters older than the horizon. Acknowledged work items need nothing: they are deleted
+    when their task ends."""
+    memory_before = await _used_memory(redis)
+    seconds, micros = await redis.time()
+    candidates = {"horizon": f"{int(seconds) * 1000 + int(micros) // 1000 - horizon_ms}-0"}
+    archived = await redis.get(keys.archived_through)
+    candidates["archive"] = _after(text(archived)) if archived else "0-0"
+    names = {text(n) for n in await redis.smembers(keys.projections)}
+    live = await redis.get(keys.live_projection)
+    names.add(text(live) if live else DEFAULT_PROJECTION)
+    for name in sorted(names):
+        position = await redis.get(keys.with_projection(name).projection_position)
+        candidates[f"projection {name}"] = _after(text(position)) if position else "0-0"
+    limited_by, keep_from = min(candidates.items(), key=lambda item: id_order(item[1]))
+    if keep_from == "0-0":
+        return RetentionReport(None, limited_by, 0, 0, 0, memory_before, memory_before)
+
+    finished = await _finished_before(redis, keys, keep_from)
+    # Leave out what an earlier run compacted already, so the count says what this run did.
+    async with redis.pipeline(transaction=False) as pipe:
+        for task_id in finished:
+            pipe.exists(keys.control(task_id))
+        present = await pipe.execute()
+    finished = [t for t, here in zip(finished, present, strict=True) if here]
+    if dry_run:
+        trimmed = len(await redis.xrange(keys.events, "-", f"({keep_from}"))
+        return RetentionReport(keep_from, limited_by, trimmed, len(finished), 0, memory_before, memory_before)
+    # Recorded before anything is trimmed, so a reader never meets a trimmed task without it.
+    mark = {"log_starts_at": keep_from, "at_ms": str(int(seconds) * 1000 + int(micros) // 1000)}
+    if archived:
+        mark["archived_through"] = text(archived)
+    await redis.hset(keys.retention, mapping=mark)
+    trimmed = await redis.xtrim(keys.events, minid=keep_from, approximate=False)
+    for start in range(0, len(finished), 500):
+        chunk = finished[start : start + 500]
+        await redis.delete(*[k for t in chunk for k in (keys.control(t), keys.task_log(t))])
+    dead = await redis.xtrim(keys.dead_letters, minid=candidates["horizon"], approximate=False)
+    report = RetentionReport(
+        keep_from, limited_by, int(trimmed), len(finished), int(dead), memory_before, await _used_memory(redis)
+    )
+    log.info("retention.applied", **msgspec.to_builtins(report))
+    return report
+
+
+async def _finished_before(redis: Any, keys: Keys, keep_from: str) -> list[str]:
+    """Completed or cancelled tasks whose every event lies before `keep_from`. Failed tasks keep
+    their control hash: a user may still retry them."""
+    live = await redis.get(keys.live_projection)
+    projection = keys.with_projection(text(live) if live else DEFAULT_PROJECTION)
+    ms, seq = id_order(keep_from)
+    upper = f"({ms:015d}-{seq:06d}"
+    found = []
+    for status in ("completed", "cancelled"):
+        members = [text(m) for m in await redis.zrangebylex(projection.projected_index(status), "-", upper)]
+        task_ids = [m.split("|", 1)[1] for m in members]
+        async with redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hget(projection.projected_task(task_id), "last_event_id")
+            lasts = await pipe.execute()
+        found += [
+            t
+            for t, last in zip(task_ids, lasts, strict=True)
+            if last and id_order(msgspec.json.decode(last)) < id_order(keep_from)
+        ]
+    return found

@@ -1,0 +1,151 @@
+"""A task's current state, derived from its events by a pure fold: no I/O, no clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import msgspec
+
+from orchestrator.domain.errors import ProjectionGapError
+from orchestrator.domain.events import (
+    Cancelled,
+    Completed,
+    Failed,
+    Progress,
+    Released,
+    Requeued,
+    ResultDeleted,
+    ResultRef,
+    RetryScheduled,
+    Started,
+    StoredEvent,
+    Submitted,
+)
+from orchestrator.domain.ids import iso_ms
+from orchestrator.domain.spec import BacktestSpec
+
+
+# gc=False: never part of a reference cycle; see Event in events.py.
+class TaskState(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
+    task_id: str
+    status: str
+    spec: BacktestSpec
+    created_at: str
+    # The id of the `submitted` event: orders tasks newest first.
+    submitted_id: str
+    seq: int
+    last_event_id: str
+    progress: float = 0.0
+    attempt: int = 0
+    started_at: str | None = None
+    finished_at: str | None = None
+    worker: str | None = None
+    error: str | None = None
+    # For a failed task: could running it again succeed?
+    error_retryable: bool | None = None
+    result: dict[str, Any] | None = None
+    # Where the full result lives in the results store (None: in Redis, or no result).
+    result_ref: ResultRef | None = None
+    # When retention deleted the full result (the summary in `result` stays).
+    result_deleted_at: str | None = None
+    submitted_by: str | None = None
+    cancelled_by: str | None = None
+
+
+# What each kind of transition resets, so that no field of an earlier attempt (or outcome)
+# survives into a later one. tests/test_state_fields.py checks every field for every transition.
+# An outcome (completed, failed, cancelled) replaces every outcome field of what came before:
+_OUTCOME: dict[str, Any] = {
+    "error": None,
+    "error_retryable": None,
+    "result": None,
+    "result_ref": None,
+    "result_deleted_at": None,
+    "cancelled_by": None,
+}
+# A new attempt starts from nothing but the task's own fields (spec, submit time, attempt count):
+_NEW_ATTEMPT: dict[str, Any] = {**_OUTCOME, "progress": 0.0, "finished_at": None}
+# Back in the queue (retry scheduled, released, requeued): no attempt runs, so none has a worker,
+# a start, progress or an end.
+_QUEUED: dict[str, Any] = {**_NEW_ATTEMPT, "status": "queued", "worker": None, "started_at": None}
+
+
+def _reset(state: TaskState, cleared: dict[str, Any], **fields: Any) -> TaskState:
+    """`state` with the `cleared` fields reset, then `fields` set."""
+    return msgspec.structs.replace(state, **{**cleared, **fields})
+
+
+def evolve(state: TaskState | None, stored: StoredEvent) -> TaskState:
+    """The state after one more event. Events out of sequence raise; a repeat is a no-op."""
+    event = stored.event
+    expected = (state.seq if state else 0) + 1
+    if state is not None and event.seq < expected:
+        return state  # already applied: folding is idempotent
+    if event.seq != expected:
+        raise ProjectionGapError(
+            f"task {event.task_id}: event {stored.id} has seq {event.seq}, expected {expected}; "
+            "an earlier event of this task is missing from the log"
+        )
+    step: dict[str, Any] = {"seq": event.seq, "last_event_id": stored.id}
+    if state is None:
+        if not isinstance(event, Submitted):
+            raise ProjectionGapError(
+                f"task {event.task_id}: its first event {stored.id} is a "
+                f"{type(event).__struct_config__.tag}, not `submitted`"
+            )
+        return TaskState(
+            task_id=event.task_id,
+            status="queued",
+            spec=event.spec,
+            created_at=iso_ms(stored.at_ms),
+            submitted_id=stored.id,
+            submitted_by=event.by,
+            **step,
+        )
+    if isinstance(event, Progress):  # the most frequent event, and the one that needs no time
+        return msgspec.structs.replace(state, progress=event.progress, **step)
+    at = iso_ms(stored.at_ms)
+    match event:
+        case Started(attempt=attempt, worker=worker):
+            # A new attempt (first run, retry, after a release or requeue, or a reclaim): nothing
+            # of the attempt before it survives; that one stays in the audit trail.
+            return _reset(state, _NEW_ATTEMPT, status="running", attempt=attempt, worker=worker, started_at=at, **step)
+        case Completed(result=result, result_ref=ref):
+            return _reset(
+                state, _OUTCOME, status="completed", progress=1.0, result=result, result_ref=ref, finished_at=at, **step
+            )
+        case ResultDeleted():
+            # Only the full result goes; the outcome and its summary stay.
+            return msgspec.structs.replace(state, result_deleted_at=at, **step)
+        case Failed(error=error, retryable=retryable):
+            return _reset(
+                state, _OUTCOME, status="failed", error=error, error_retryable=retryable, finished_at=at, **step
+            )
+        case RetryScheduled(error=error):
+            # Queued again; `error` says why until the next attempt starts.
+            return _reset(state, _QUEUED, error=error, **step)
+        case Released() | Requeued():
+            return _reset(state, _QUEUED, **step)
+        case Cancelled(by=by):
+            # The worker and progress of a cancelled running attempt stay: who ran it, how far.
+            return _reset(state, _OUTCOME, status="cancelled", cancelled_by=by, finished_at=at, **step)
+    raise AssertionError(f"unhandled event {event!r}")
+
+
+def fold(events: Iterable[StoredEvent], states: dict[str, TaskState] | None = None) -> dict[str, TaskState]:
+    """Fold events into states by task id (into `states` when given)."""
+    states = {} if states is None else states
+    for stored in events:
+        task_id = stored.event.task_id
+        states[task_id] = evolve(states.get(task_id), stored)
+    return states
+
+
+def result_location(state: TaskState) -> Literal["store", "redis", "deleted"] | None:
+    """ "store", "redis", "deleted" or None (the task has not completed)."""
+    if state.status != "completed":
+        return None
+    if state.result_deleted_at is not None:
+        return "deleted"
+    return "store" if state.result_ref is not None else "redis"
