@@ -12,8 +12,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from consumers.engine.errors import DataUnavailable
-from orchestrator.domain.errors import IdempotencyConflict, TaskConflict, TaskNotFound
+from orchestrator.domain.errors import DataUnavailable, IdempotencyConflict, TaskConflict, TaskNotFound
 from orchestrator.domain.views import FieldProblem as FieldProblem  # the error bodies' type, re-exported
 from orchestrator.storage.connections import store_unavailable
 

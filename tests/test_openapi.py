@@ -17,7 +17,8 @@ import pytest
 from starlette.routing import Route
 
 from api import app as app_module
-from api import auth, dashboard
+from api import auth
+from api.dashboard.routes import routes as dashboard_routes
 from api.openapi import document
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.views import TaskListQuery
@@ -25,7 +26,7 @@ from tests.processes import Cluster, Role, free_port
 
 # The dashboard's HTML pages, the sign-in and the Prometheus scrape are not part of the JSON API.
 # HTML pages (the dashboard's and the sign-in), probes, the scrape, and the document itself.
-NOT_API = {getattr(r, "path", "") for r in (*dashboard.routes, *auth.routes)} | {
+NOT_API = {getattr(r, "path", "") for r in (*dashboard_routes, *auth.routes)} | {
     "/metrics",
     "/readyz",
     "/openapi.json",

@@ -1,0 +1,3 @@
+"""The dashboard routes."""
+
+from api.dashboard_old import routes as routes
