@@ -63,6 +63,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        """Builds the AppContext; closes only the connections it opened."""
         conns = connections or Connections(settings)
         keys = Keys(prefix=settings.prefix)
         app.state.ctx = AppContext(

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.context import AppContext, context
+from api.context import context
 from api.errors import RETRY_AFTER_SECONDS, ApiError, FieldProblem, task_id_param
 from api.tasks import _current  # the one read of a task's state
 from orchestrator.domain.state import TaskState
@@ -279,24 +279,6 @@ async def _from_redis(request: Request, query: _Query, stored: bytes, task_id: s
         table, matched = await asyncio.to_thread(lambda: scan(source, **args))
         headers["X-Matched-Rows"] = str(matched)
     return _send(request, query, await asyncio.to_thread(_encode, query, table), headers)
-
-
-async def full_result_json(ctx: AppContext, state: TaskState) -> bytes | None:
-    """A completed task's whole result as JSON, wherever it is stored (the dashboard's read);
-    None when there is none (deleted, missing, or no results store configured)."""
-    if state.result_deleted_at is not None:
-        return None
-    if state.result_ref is None:
-        return await ctx.store.result(state.task_id)
-    results = ctx.results
-    if results is None:
-        return None
-    try:
-        manifest = await results.manifest(state.result_ref)
-        tables = await results.tables(state.result_ref, manifest, list(manifest["tables"]))
-    except ResultGone:
-        return None
-    return encode_json(detail_of(manifest["meta"], tables))
 
 
 routes = [Route("/api/backtests/tasks/{task_id}/result", result, name="task_result")]
