@@ -9,10 +9,10 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 
 from api import auth, live, metrics, openapi, results, strategies, tasks
-from api.auth import SIGNIN_PATH, TokenAuth
+from api.auth import OPEN_MOUNTS, OPEN_ROUTES, TokenAuth
 from api.context import AppContext, context
 from api.csrf import SameOriginOnly
 from api.dashboard.routes import routes as dashboard_routes
@@ -81,10 +81,18 @@ def create_app(
             if connections is None:
                 await conns.close()
 
+    # The middleware sees paths before routing: it gets them from the routes' names.
+    router = Router(routes)
+    open_paths = {str(router.url_path_for(name)) for name in OPEN_ROUTES}
+    open_prefixes = [str(router.url_path_for(name, path="/")) for name in OPEN_MOUNTS]
     middleware = [
         # First: a page of another origin changes nothing, signed in or not.
-        Middleware(SameOriginOnly, allowed_origins=settings.allowed_origins, form_paths={SIGNIN_PATH}),
-        Middleware(TokenAuth, tokens=settings.tokens),
+        Middleware(
+            SameOriginOnly,
+            allowed_origins=settings.allowed_origins,
+            form_paths={str(router.url_path_for("signin"))},
+        ),
+        Middleware(TokenAuth, tokens=settings.tokens, open_paths=open_paths, open_prefixes=open_prefixes),
         Middleware(metrics.CancelTimer),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan, middleware=middleware)

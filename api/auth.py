@@ -23,10 +23,11 @@ from orchestrator.settings import ApiToken, Settings, normalize_origin
 
 log = structlog.get_logger("backstream.auth")
 
-# Paths any caller may read: probes and the scrape (they reveal no task data), and the sign-in.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/signin"})
-# The dashboard's styles and script: the code we ship, no data; the sign-in page needs the styles.
-OPEN_PREFIXES = ("/static/",)
+# Routes (by name) any caller may read: probes and the scrape (they reveal no task data), and the sign-in.
+OPEN_ROUTES = ("healthz", "readyz", "metrics", "signin")
+# Mounts (by name) any caller may read: the dashboard's styles and scripts, the code we ship, no
+# data; the sign-in page needs the styles.
+OPEN_MOUNTS = ("static",)
 # Methods that only read; every other method needs a read-write token.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 COOKIE = "backstream_token"
@@ -82,9 +83,18 @@ class TokenAuth:
     session's CSRF token in `X-CSRF-Token` (403 `csrf_token_invalid` without it). Sets
     scope["csrf_token"] for the pages to hand to their scripts."""
 
-    def __init__(self, app: Any, tokens: Iterable[ApiToken]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        tokens: Iterable[ApiToken],
+        open_paths: Iterable[str] = (),
+        open_prefixes: Iterable[str] = (),
+    ) -> None:
         self.app = app
         self.tokens = tuple(tokens)
+        # Paths (and path prefixes) that pass without a token: OPEN_ROUTES and OPEN_MOUNTS'.
+        self.open_paths = frozenset(open_paths)
+        self.open_prefixes = tuple(open_prefixes)
         self._checked_hosts: set[str] = set()  # our own addresses that requests reached
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -98,8 +108,8 @@ class TokenAuth:
         if (
             scope["type"] != "http"
             or not self.tokens
-            or scope["path"] in OPEN_PATHS
-            or scope["path"].startswith(OPEN_PREFIXES)
+            or scope["path"] in self.open_paths
+            or scope["path"].startswith(self.open_prefixes)
         ):
             await self.app(scope, receive, send)
             return
