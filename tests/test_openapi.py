@@ -169,3 +169,10 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path, served_up: tuple[str
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     counted = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
     assert counted and counted[1] == counted[2] and int(counted[1]) >= 200, run.stdout[-3000:]
+
+
+def test_every_route_has_a_name_of_its_own() -> None:
+    # URLs are built from route names (url_path_for, path_for in templates): a name used twice
+    # would send one of them to the wrong page.
+    names = [r.name for r in app_module.routes if isinstance(r, Route)]
+    assert all(names) and len(names) == len(set(names)), names
