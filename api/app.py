@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
-import msgspec
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 
-from api import auth, dashboard, live, metrics, openapi, results, strategies, tasks
-from api.auth import SIGNIN_PATH, TokenAuth
+from api import auth, live, metrics, openapi, results, strategies, tasks
+from api.auth import OPEN_MOUNTS, OPEN_ROUTES, TokenAuth
+from api.context import AppContext, context
 from api.csrf import SameOriginOnly
+from api.dashboard.routes import routes as dashboard_routes
 from api.errors import EXCEPTION_HANDLERS
+from orchestrator.domain.ports import Catalog, SpecChecker
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import Connections
 from orchestrator.storage.keys import Keys
@@ -25,52 +26,51 @@ from orchestrator.storage.results import results_for
 from orchestrator.storage.store import EventStore
 
 
-class AppContext(msgspec.Struct):
-    """What the handlers use, built once per app."""
-
-    settings: Settings
-    store: EventStore
-    projection: Projection
-    catalog: Any
-    # For reads that block (live streams): its own connections, so they never starve commands.
-    blocking: Any
-    # Where full results are (orchestrator.storage.results.ResultStore); None: only Redis-stored results.
-    results: Any = None
-
-
 async def healthz(request: Request) -> Response:
+    """`GET /healthz`: 200 `{"status": "ok"}` when Redis answers a PING; otherwise 503
+    `{"status": "unavailable", "error"}` with Retry-After: 2."""
     try:
-        await request.app.state.ctx.store.redis.ping()
+        await context(request).store.redis.ping()
     except Exception as e:  # any failure to get an answer means unhealthy
         return JSONResponse({"status": "unavailable", "error": str(e)}, status_code=503, headers={"Retry-After": "2"})
     return JSONResponse({"status": "ok"})
 
 
 routes = [
-    Route("/healthz", healthz),
+    Route("/healthz", healthz, name="healthz"),
     *tasks.routes,
     *results.routes,
     *strategies.routes,
     *live.routes,
     *metrics.routes,
     *openapi.routes,
-    *dashboard.routes,
+    *dashboard_routes,
     *auth.routes,
 ]
 
 
-def create_app(settings: Settings, *, catalog: Any, connections: Connections | None = None) -> Starlette:
-    """The API app. Given `connections`, it uses them (embedded mode shares them with the other
-    roles); otherwise its lifespan opens its own and closes them on shutdown."""
+def create_app(
+    settings: Settings,
+    *,
+    checker: SpecChecker,
+    catalog: Catalog,
+    connections: Connections | None = None,
+) -> Starlette:
+    """The API app. `checker` decides whether a request can run and `catalog` lists strategies and
+    datasets (the engine implements both: consumers.engine.adapters; the composition root hands
+    them in). Given `connections`, it uses them (embedded mode shares them with the other roles);
+    otherwise its lifespan opens its own and closes them on shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        """Builds the AppContext; closes only the connections it opened."""
         conns = connections or Connections(settings)
         keys = Keys(prefix=settings.prefix)
         app.state.ctx = AppContext(
             settings=settings,
             store=EventStore(conns.commands, keys),
             projection=Projection(conns.commands, keys, follow_live=True),
+            checker=checker,
             catalog=catalog,
             blocking=conns.blocking,
             results=results_for(settings),
@@ -81,10 +81,18 @@ def create_app(settings: Settings, *, catalog: Any, connections: Connections | N
             if connections is None:
                 await conns.close()
 
+    # The middleware sees paths before routing: it gets them from the routes' names.
+    router = Router(routes)
+    open_paths = {str(router.url_path_for(name)) for name in OPEN_ROUTES}
+    open_prefixes = [str(router.url_path_for(name, path="/")) for name in OPEN_MOUNTS]
     middleware = [
         # First: a page of another origin changes nothing, signed in or not.
-        Middleware(SameOriginOnly, allowed_origins=settings.allowed_origins, form_paths={SIGNIN_PATH}),
-        Middleware(TokenAuth, tokens=settings.tokens),
+        Middleware(
+            SameOriginOnly,
+            allowed_origins=settings.allowed_origins,
+            form_paths={str(router.url_path_for("signin"))},
+        ),
+        Middleware(TokenAuth, tokens=settings.tokens, open_paths=open_paths, open_prefixes=open_prefixes),
         Middleware(metrics.CancelTimer),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan, middleware=middleware)

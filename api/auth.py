@@ -4,9 +4,7 @@ dashboard's sign-in, which trades a token for a cookie."""
 from __future__ import annotations
 
 import hmac
-import html
 import ipaddress
-import string
 import urllib.parse
 from collections.abc import Iterable
 from http.cookies import CookieError, SimpleCookie
@@ -17,29 +15,25 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from api.context import context
 from api.csrf import cross_origin_problem, csrf_problem, csrf_token
+from api.dashboard.render import render
 from api.errors import ApiError, api_error
 from orchestrator.settings import ApiToken, Settings, normalize_origin
 
 log = structlog.get_logger("backstream.auth")
 
-# Paths any caller may read: probes and the scrape (they reveal no task data), and the sign-in.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/signin"})
-# The dashboard's styles and script: the code we ship, no data; the sign-in page needs the styles.
-OPEN_PREFIXES = ("/static/",)
+# Routes (by name) any caller may read: probes and the scrape (they reveal no task data), and the sign-in.
+OPEN_ROUTES = ("healthz", "readyz", "metrics", "signin")
+# Mounts (by name) any caller may read: the dashboard's styles and scripts, the code we ship, no
+# data; the sign-in page needs the styles.
+OPEN_MOUNTS = ("static",)
 # Methods that only read; every other method needs a read-write token.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 COOKIE = "backstream_token"
 SIGNIN_PATH = "/signin"
 # A sign-in form body holds a token and a path: anything longer is not one.
 MAX_SIGNIN_BODY = 8 * 1024
-
-_LOGIN = string.Template("""<!doctype html><html><head><meta charset="utf-8"><title>Backstream: sign in</title>
-<link rel="stylesheet" href="/static/dashboard.css"></head><body><main class="login">
-<h1>Backstream</h1><p>This server needs an access token.</p>$problem
-<form method="post" action="/signin"><input type="hidden" name="next" value="$next">
-<label>Token <input type="password" name="token" autocomplete="current-password" autofocus></label>
-<button type="submit">Sign in</button></form></main></body></html>""")
 
 
 def match_token(tokens: Iterable[ApiToken], presented: str) -> ApiToken | None:
@@ -75,13 +69,10 @@ def _presented(scope: dict[str, Any]) -> tuple[str | None, bool]:
     return None, False
 
 
-def signin_page(next_path: str, *, status_code: int, problem: str | None = None) -> HTMLResponse:
-    """The sign-in form: it posts the token (never in a URL) and the page to return to."""
-    text = _LOGIN.substitute(
-        next=html.escape(safe_next(next_path), quote=True),
-        problem=f'<p class="flash">{html.escape(problem)}</p>' if problem else "",
-    )
-    return HTMLResponse(text, status_code=status_code, headers={"Cache-Control": "no-store"})
+def signin_page(request: Request, next_path: str, *, status_code: int, problem: str | None = None) -> HTMLResponse:
+    """The sign-in form (signin.html): it posts the token (never in a URL) and the page to return
+    to (`safe_next` of `next_path`); `problem`, when given, says why the last try failed."""
+    return render(request, "signin.html", status_code=status_code, next=safe_next(next_path), problem=problem)
 
 
 class TokenAuth:
@@ -92,9 +83,18 @@ class TokenAuth:
     session's CSRF token in `X-CSRF-Token` (403 `csrf_token_invalid` without it). Sets
     scope["csrf_token"] for the pages to hand to their scripts."""
 
-    def __init__(self, app: Any, tokens: Iterable[ApiToken]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        tokens: Iterable[ApiToken],
+        open_paths: Iterable[str] = (),
+        open_prefixes: Iterable[str] = (),
+    ) -> None:
         self.app = app
         self.tokens = tuple(tokens)
+        # Paths (and path prefixes) that pass without a token: OPEN_ROUTES and OPEN_MOUNTS'.
+        self.open_paths = frozenset(open_paths)
+        self.open_prefixes = tuple(open_prefixes)
         self._checked_hosts: set[str] = set()  # our own addresses that requests reached
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -108,8 +108,8 @@ class TokenAuth:
         if (
             scope["type"] != "http"
             or not self.tokens
-            or scope["path"] in OPEN_PATHS
-            or scope["path"].startswith(OPEN_PREFIXES)
+            or scope["path"] in self.open_paths
+            or scope["path"].startswith(self.open_prefixes)
         ):
             await self.app(scope, receive, send)
             return
@@ -122,7 +122,7 @@ class TokenAuth:
                 # Back to this page after signing in, without a `?token=` (never put a secret in a URL).
                 query = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
                 back = scope["path"] + (f"?{urllib.parse.urlencode(query)}" if query else "")
-                response = signin_page(back, status_code=401)
+                response = signin_page(request, back, status_code=401)
                 response.headers["WWW-Authenticate"] = "Bearer"
                 await response(scope, receive, send)
                 return
@@ -171,7 +171,7 @@ async def signin(request: Request) -> Response:
     carry `?token=`: GET then answers 303 to a URL without it. A valid token gets 303 to `next` with
     an HttpOnly SameSite=Strict cookie holding it (Secure over https); an invalid one the form
     again, 401. Only a navigation from our own origin (or a typed URL) signs in."""
-    settings = request.app.state.ctx.settings
+    settings = context(request).settings
     if request.method == "POST":
         fields = await _signin_form(request)
         presented, target = fields.get("token", ""), safe_next(fields.get("next"))
@@ -183,7 +183,7 @@ async def signin(request: Request) -> Response:
         if "token" in request.query_params:  # an empty one: still drop it from the URL
             return RedirectResponse(_signin_url(request, target), status_code=303)
         refused = "That token is not valid." if request.query_params.get("refused") else None
-        return signin_page(target, status_code=200 if request.method == "GET" else 401, problem=refused)
+        return signin_page(request, target, status_code=200 if request.method == "GET" else 401, problem=refused)
     token = match_token(settings.tokens, presented)
     # A page of another site may link here with its own token (sign the user in as someone else).
     allowed = frozenset(normalize_origin(o) for o in settings.allowed_origins)
@@ -191,7 +191,7 @@ async def signin(request: Request) -> Response:
     if token is None or problem is not None:
         log.info("auth.signin_refused", reason="invalid token" if token is None else problem)
         if request.method == "POST":
-            return signin_page(target, status_code=401, problem="That token is not valid.")
+            return signin_page(request, target, status_code=401, problem="That token is not valid.")
         return RedirectResponse(_signin_url(request, target, refused="1"), status_code=303)
     log.info("auth.signed_in", owner=token.owner)
     cookie = f"{COOKIE}={urllib.parse.quote(token.secret, safe='')}; Path=/; HttpOnly; SameSite=Strict"
@@ -218,6 +218,7 @@ def _is_ip(host: str) -> bool:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether `host` (`localhost` or an IP address) is this machine only; a name is not."""
     if host == "localhost":
         return True
     try:

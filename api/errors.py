@@ -12,8 +12,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from consumers.engine.errors import DataUnavailable
-from orchestrator.domain.errors import IdempotencyConflict, TaskConflict, TaskNotFound
+from orchestrator.domain.errors import DataUnavailable, IdempotencyConflict, TaskConflict, TaskNotFound
 from orchestrator.domain.views import FieldProblem as FieldProblem  # the error bodies' type, re-exported
 from orchestrator.storage.connections import store_unavailable
 
@@ -41,10 +40,12 @@ class ApiError(Exception):
 
     @classmethod
     def invalid(cls, field: str | None, message: str) -> ApiError:
+        """422 `validation_failed` naming `field` (None: the body as a whole)."""
         return cls(422, "validation_failed", f"{field or 'body'}: {message}", [FieldProblem(field, message)])
 
     @classmethod
     def task_not_found(cls, message: str) -> ApiError:
+        """404 `task_not_found` on the field `task_id`."""
         return cls(404, "task_not_found", message, [FieldProblem("task_id", "no such task")])
 
 
@@ -83,11 +84,14 @@ def _body(error: ApiError) -> dict[str, Any]:
 
 
 async def api_error(request: Request, exc: Exception) -> Response:
+    """An ApiError as its JSON body (`ErrorBody`), status and headers. `exc` must be an ApiError."""
     assert isinstance(exc, ApiError)
     return JSONResponse(_body(exc), status_code=exc.status, headers=exc.headers)
 
 
 async def domain_error(request: Request, exc: Exception) -> Response:
+    """TaskNotFound -> 404 `task_not_found`; TaskConflict -> 400 `invalid_for_status`;
+    IdempotencyConflict -> 409 `idempotency_conflict`. Re-raises anything else."""
     match exc:
         case TaskNotFound():
             error = ApiError.task_not_found(str(exc))
@@ -124,6 +128,8 @@ async def store_error(request: Request, exc: Exception) -> Response:
 
 
 async def data_unavailable(request: Request, exc: Exception) -> Response:
+    """orchestrator.domain.errors.DataUnavailable (the engine's is one) -> 503 `data_unavailable`
+    on the field `symbol`, with Retry-After: the data may be readable again soon."""
     error = ApiError(
         503,
         "data_unavailable",

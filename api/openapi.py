@@ -295,6 +295,7 @@ def _version() -> str:
 
 
 async def openapi_json(request: Request) -> Response:
+    """`GET /openapi.json`: the document of the operations this app serves."""
     served = frozenset(getattr(route, "path", "") for route in request.app.routes)
     return JSONResponse(document(served))
 

@@ -16,9 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api.context import context
 from api.errors import RETRY_AFTER_SECONDS, ApiError, FieldProblem, task_id_param
 from api.tasks import _current  # the one read of a task's state
 from orchestrator.domain.state import TaskState
+from orchestrator.domain.status import Status
 from orchestrator.storage.codec import decode_json, encode_json
 from orchestrator.storage.results import (
     TABLES,
@@ -41,10 +43,6 @@ PARAMS = {"format", "table", "sort", "where", "limit", "offset"}
 # Tables whose rows can be sorted, filtered and paged (one row per combination or symbol).
 QUERYABLE = ("sweep", "symbols")
 MAX_LIMIT = 100_000
-
-
-def _ctx(request: Request) -> Any:
-    return request.app.state.ctx
 
 
 def _gone(task_id: str, state: TaskState, why: str) -> ApiError:
@@ -99,7 +97,7 @@ async def result(request: Request) -> Response:
     task_id = task_id_param(request)
     query = _Query(request)
     state = await _current(request, task_id)
-    if state.status != "completed":
+    if state.status != Status.COMPLETED:
         raise ApiError(
             404,
             "result_not_available",
@@ -108,8 +106,8 @@ async def result(request: Request) -> Response:
         )
     if state.result_deleted_at is not None:
         raise _gone(task_id, state, f"by retention at {state.result_deleted_at}")
-    ctx = _ctx(request)
-    results: ResultStore | None = getattr(ctx, "results", None)
+    ctx = context(request)
+    results = ctx.results
     try:
         if state.result_ref is not None:
             if results is None:
@@ -281,25 +279,6 @@ async def _from_redis(request: Request, query: _Query, stored: bytes, task_id: s
         table, matched = await asyncio.to_thread(lambda: scan(source, **args))
         headers["X-Matched-Rows"] = str(matched)
     return _send(request, query, await asyncio.to_thread(_encode, query, table), headers)
-
-
-async def full_result_json(ctx: Any, state: TaskState) -> bytes | None:
-    """A completed task's whole result as JSON, wherever it is stored (the dashboard's read);
-    None when there is none (deleted, missing, or no results store configured)."""
-    if state.result_deleted_at is not None:
-        return None
-    if state.result_ref is None:
-        stored: bytes | None = await ctx.store.result(state.task_id)
-        return stored
-    results: ResultStore | None = getattr(ctx, "results", None)
-    if results is None:
-        return None
-    try:
-        manifest = await results.manifest(state.result_ref)
-        tables = await results.tables(state.result_ref, manifest, list(manifest["tables"]))
-    except ResultGone:
-        return None
-    return encode_json(detail_of(manifest["meta"], tables))
 
 
 routes = [Route("/api/backtests/tasks/{task_id}/result", result, name="task_result")]

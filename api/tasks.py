@@ -11,23 +11,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api.context import context
 from api.errors import ApiError, FieldProblem, from_validation_error, task_id_param
-from consumers.engine.validation import FieldError, check_spec, with_dataset_name
 from orchestrator.domain.errors import TaskConflict, TaskNotFound
 from orchestrator.domain.history import event_view
 from orchestrator.domain.ids import canonical_stream_id
 from orchestrator.domain.spec import BacktestSpec, ParamValue
 from orchestrator.domain.state import TaskState
+from orchestrator.domain.status import Status
 from orchestrator.domain.timeline import as_of_id
 from orchestrator.domain.views import DeadLetterQuery, TaskListQuery, TaskQuery, to_api
 from orchestrator.storage.projection import HistoryArchived
 
 Q = TypeVar("Q", bound=msgspec.Struct)
 _IDEMPOTENCY_KEY_MAX = 200
-
-
-def _ctx(request: Request) -> Any:
-    return request.app.state.ctx
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -104,17 +101,15 @@ def _out_of_range_index(raw: msgspec.Raw) -> int | None:
     return None
 
 
-def _checked(spec: BacktestSpec, catalog: Any) -> tuple[BacktestSpec, list[FieldError]]:
-    """The spec with its dataset's own symbol name, and what is wrong with it (reads the data)."""
-    spec = with_dataset_name(spec, catalog)
-    return spec, check_spec(spec, catalog)
-
-
 async def submit(request: Request) -> Response:
-    ctx = _ctx(request)
+    """`POST /api/backtests`: 202 `{"task_id", "status"}` with `Location`. 413 over the body limit,
+    400 malformed JSON, 422 `validation_failed` naming each field at fault, 503 when the data cannot
+    be read now; a replayed `Idempotency-Key` answers the first submit's task (its status now) with
+    `Idempotent-Replayed: true`, another body under the same key 409."""
+    ctx = context(request)
     body = await _read_body(request, ctx.settings.max_body_bytes)
     # Off the event loop: the first read of a long user file takes seconds (400,000 rows: ~3 s).
-    spec, problems = await asyncio.to_thread(_checked, _decode_spec(body), ctx.catalog)
+    spec, problems = await asyncio.to_thread(ctx.checker.check, _decode_spec(body))
     if problems:
         raise ApiError(
             422,
@@ -128,8 +123,8 @@ async def submit(request: Request) -> Response:
     submitted = await ctx.store.submit(
         str(uuid.uuid4()), spec, by=request.scope.get("user"), idempotency_key=key, body=body
     )
-    status = "queued"
-    headers = {"Location": f"/api/backtests/tasks/{submitted.task_id}"}
+    status: str = Status.QUEUED
+    headers = {"Location": str(request.app.url_path_for("task", task_id=submitted.task_id))}
     if not submitted.created:
         headers["Idempotent-Replayed"] = "true"
         state = await ctx.projection.current(submitted.task_id, ctx.store)
@@ -138,7 +133,8 @@ async def submit(request: Request) -> Response:
 
 
 async def _current(request: Request, task_id: str) -> TaskState:
-    ctx = _ctx(request)
+    """The task's current state from the read model (read-your-writes); 404 when it is unknown."""
+    ctx = context(request)
     state: TaskState | None = await ctx.projection.current(task_id, ctx.store)
     if state is None:
         raise ApiError.task_not_found(f"task {task_id} does not exist")
@@ -146,6 +142,8 @@ async def _current(request: Request, task_id: str) -> TaskState:
 
 
 async def get_task(request: Request) -> Response:
+    """`GET …/tasks/{id}`: the task as `TaskView`; with `as_of`, as it was then (410 when that
+    needs events retention trimmed, 404 when it did not exist yet)."""
     task_id = task_id_param(request)
     as_of = _query(request, TaskQuery).as_of
     if as_of is None:
@@ -154,7 +152,7 @@ async def get_task(request: Request) -> Response:
         until = as_of_id(as_of)
     except ValueError as e:
         raise ApiError.invalid("as_of", str(e)) from None
-    ctx = _ctx(request)
+    ctx = context(request)
     history = await ctx.projection.history(task_id, ctx.store)
     try:
         state = history.as_of(until) if history else None
@@ -179,7 +177,8 @@ async def _compacted(request: Request, task_id: str) -> TaskConflict:
 
 
 async def cancel(request: Request) -> Response:
-    ctx = _ctx(request)
+    """`DELETE …/tasks/{id}`: cancel; the task as it is now. 400 when its status forbids it."""
+    ctx = context(request)
     task_id = task_id_param(request)
     try:
         await ctx.store.cancel(task_id, by=request.scope.get("user"))
@@ -189,7 +188,8 @@ async def cancel(request: Request) -> Response:
 
 
 async def retry(request: Request) -> Response:
-    ctx = _ctx(request)
+    """`POST …/tasks/{id}/retry`: requeue a failed or cancelled task; 202 with the task."""
+    ctx = context(request)
     task_id = task_id_param(request)
     try:
         await ctx.store.requeue(task_id, by=request.scope.get("user"))
@@ -199,11 +199,12 @@ async def retry(request: Request) -> Response:
 
 
 async def dead_letters(request: Request) -> Response:
+    """`GET /api/dead-letters`: newest first, `limit` of them, those before `before` when given."""
     query = _query(request, DeadLetterQuery)
     before = None if query.before is None else canonical_stream_id(query.before)
     if query.before is not None and before is None:
         raise ApiError.invalid("before", "must be a stream id such as 1700000000000-0")
-    letters = await _ctx(request).store.dead_letters(limit=query.limit, before=before)
+    letters = await context(request).store.dead_letters(limit=query.limit, before=before)
     return JSONResponse({"dead_letters": letters})
 
 
@@ -217,10 +218,11 @@ def _query(request: Request, kind: type[Q]) -> Q:
 
 
 async def list_tasks(request: Request) -> Response:
+    """`GET /api/backtests/tasks`: a `TaskPage` newest first, filtered by status/symbol/strategy."""
     query = _query(request, TaskListQuery)
     if query.cursor is not None and "|" not in query.cursor:
         raise ApiError.invalid("cursor", "not a cursor this API returned")
-    tasks, next_cursor = await _ctx(request).projection.list_tasks(
+    tasks, next_cursor = await context(request).projection.list_tasks(
         status=query.status, limit=query.limit, cursor=query.cursor, symbol=query.symbol, strategy=query.strategy
     )
     return JSONResponse({"tasks": [to_api(t) for t in tasks], "next_cursor": next_cursor})
@@ -230,7 +232,7 @@ async def events(request: Request) -> Response:
     """GET …/events: the task's audit trail. When retention trimmed its first events from the
     log, `archived` says how many, below which id, and which archive holds them."""
     task_id = task_id_param(request)
-    ctx = _ctx(request)
+    ctx = context(request)
     history = await ctx.projection.history(task_id, ctx.store)
     if history is None:
         raise ApiError.task_not_found(f"task {task_id} does not exist")
@@ -241,17 +243,18 @@ async def events(request: Request) -> Response:
 
 
 async def datasets(request: Request) -> Response:
-    datasets = await asyncio.to_thread(_ctx(request).catalog.datasets)  # reads user files: off the loop
+    """`GET /api/datasets`: every symbol a request may name, as `Datasets`."""
+    datasets = await asyncio.to_thread(context(request).catalog.datasets)  # reads user files: off the loop
     return JSONResponse({"datasets": msgspec.to_builtins(datasets)})
 
 
 routes = [
-    Route("/api/backtests", submit, methods=["POST"]),
-    Route("/api/backtests/tasks", list_tasks),
-    Route("/api/backtests/tasks/{task_id}", get_task),
-    Route("/api/backtests/tasks/{task_id}", cancel, methods=["DELETE"]),
-    Route("/api/backtests/tasks/{task_id}/events", events),
-    Route("/api/backtests/tasks/{task_id}/retry", retry, methods=["POST"]),
-    Route("/api/dead-letters", dead_letters),
-    Route("/api/datasets", datasets),
+    Route("/api/backtests", submit, methods=["POST"], name="submit"),
+    Route("/api/backtests/tasks", list_tasks, name="tasks"),
+    Route("/api/backtests/tasks/{task_id}", get_task, name="task"),
+    Route("/api/backtests/tasks/{task_id}", cancel, methods=["DELETE"], name="cancel"),
+    Route("/api/backtests/tasks/{task_id}/events", events, name="task_events"),
+    Route("/api/backtests/tasks/{task_id}/retry", retry, methods=["POST"], name="retry"),
+    Route("/api/dead-letters", dead_letters, name="dead_letters"),
+    Route("/api/datasets", datasets, name="datasets"),
 ]

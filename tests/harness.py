@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from api.app import create_app
+from consumers.engine.adapters import EngineCatalog, EngineSpecChecker
 from consumers.engine.datasets import Catalog
 from consumers.engine.runner import start_run
 from consumers.projector import Projector
@@ -36,7 +37,9 @@ class System:
     def __init__(self, backend: Backend, *, data_dir: str | None = None, **settings: Any) -> None:
         self.backend = backend
         self.settings = Settings(prefix=backend.keys.prefix, data_dir=data_dir, **settings)
-        self.catalog = Catalog.from_env_dir(data_dir)
+        # The API's ports over the engine, as the composition root (orchestrator.cli) builds them.
+        data = Catalog.from_env_dir(data_dir)
+        self.checker, self.catalog = EngineSpecChecker(data), EngineCatalog(data)
         self.store = EventStore(backend.redis, backend.keys)
         self.projection = Projection(backend.redis, backend.keys, follow_live=True)
         self.connections = _SharedConnections(backend, self.settings)
@@ -64,7 +67,7 @@ class System:
 
     @contextlib.asynccontextmanager
     async def client(self) -> AsyncIterator[httpx.AsyncClient]:
-        app = create_app(self.settings, catalog=self.catalog, connections=self.connections)
+        app = create_app(self.settings, checker=self.checker, catalog=self.catalog, connections=self.connections)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:

@@ -305,3 +305,16 @@ async def test_healthz_and_datasets(system: System) -> None:
             "source": "bundled",
             "adjustable": True,
         }
+
+
+async def test_data_that_cannot_be_read_now_is_a_503_to_retry(backend: Backend, tmp_path: Any) -> None:
+    # The engine's DataUnavailable is the core's (orchestrator.domain.errors), which the API maps
+    # to 503 without importing the engine.
+    system = System(backend, data_dir=str(tmp_path / "unmounted"))
+    spec = {"strategy": "sma_cross", "symbol": "NOTBUNDLED", "params": {"fast": 10, "slow": 20}}
+    async with system.client() as http:
+        reply = await http.post("/api/backtests", json=spec)
+        assert reply.status_code == 503 and reply.headers["Retry-After"] == "2", reply.text
+        body = reply.json()
+        assert body["error"] == "data_unavailable" and body["fields"][0]["field"] == "symbol"
+        assert "unmounted" in body["message"] and await backend.redis.xlen(backend.keys.events) == 0

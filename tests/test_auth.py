@@ -152,7 +152,7 @@ def test_binding_beyond_loopback_without_tokens_warns() -> None:
 
 async def test_requests_reaching_a_network_address_without_tokens_warn_once(backend: Backend) -> None:
     system = System(backend)
-    app = create_app(system.settings, catalog=system.catalog, connections=system.connections)
+    app = create_app(system.settings, checker=system.checker, catalog=system.catalog, connections=system.connections)
     transport = httpx.ASGITransport(app=app)
     with capture_logs() as logs:
         async with (

@@ -29,7 +29,7 @@ def system(backend: Backend) -> System:
 
 @contextlib.asynccontextmanager
 async def served(system: System, *, worker: bool = False) -> AsyncIterator[str]:
-    app = create_app(system.settings, catalog=system.catalog, connections=system.connections)
+    app = create_app(system.settings, checker=system.checker, catalog=system.catalog, connections=system.connections)
     async with InProcessServer(app) as server:
         running = system.worker(concurrency=1) if worker else None
         task = asyncio.create_task(running.run()) if running else None

@@ -32,7 +32,7 @@ def system(backend: Backend) -> System:
 
 @contextlib.asynccontextmanager
 async def served(system: System) -> AsyncIterator[tuple[InProcessServer, httpx.AsyncClient]]:
-    app = create_app(system.settings, catalog=system.catalog, connections=system.connections)
+    app = create_app(system.settings, checker=system.checker, catalog=system.catalog, connections=system.connections)
     async with InProcessServer(app) as server, httpx.AsyncClient(base_url=server.url, timeout=DEADLINE_S) as http:
         yield server, http
 
@@ -188,7 +188,7 @@ def test_coalescer_holds_progress_per_task_and_keeps_the_latest() -> None:
 
 
 async def test_closing_the_streams_lets_the_server_shut_down(system: System) -> None:
-    app = create_app(system.settings, catalog=system.catalog, connections=system.connections)
+    app = create_app(system.settings, checker=system.checker, catalog=system.catalog, connections=system.connections)
     async with InProcessServer(app) as server, httpx.AsyncClient(base_url=server.url, timeout=DEADLINE_S) as http:
         async with asyncio.timeout(DEADLINE_S), http.stream("GET", "/api/stream") as response:
             assert response.status_code == 200

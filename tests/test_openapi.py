@@ -17,7 +17,8 @@ import pytest
 from starlette.routing import Route
 
 from api import app as app_module
-from api import auth, dashboard
+from api import auth
+from api.dashboard.routes import routes as dashboard_routes
 from api.openapi import document
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.views import TaskListQuery
@@ -25,7 +26,7 @@ from tests.processes import Cluster, Role, free_port
 
 # The dashboard's HTML pages, the sign-in and the Prometheus scrape are not part of the JSON API.
 # HTML pages (the dashboard's and the sign-in), probes, the scrape, and the document itself.
-NOT_API = {getattr(r, "path", "") for r in (*dashboard.routes, *auth.routes)} | {
+NOT_API = {getattr(r, "path", "") for r in (*dashboard_routes, *auth.routes)} | {
     "/metrics",
     "/readyz",
     "/openapi.json",
@@ -168,3 +169,10 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path, served_up: tuple[str
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     counted = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
     assert counted and counted[1] == counted[2] and int(counted[1]) >= 200, run.stdout[-3000:]
+
+
+def test_every_route_has_a_name_of_its_own() -> None:
+    # URLs are built from route names (url_path_for, path_for in templates): a name used twice
+    # would send one of them to the wrong page.
+    names = [r.name for r in app_module.routes if isinstance(r, Route)]
+    assert all(names) and len(names) == len(set(names)), names

@@ -31,7 +31,7 @@ SHORT: dict[str, Any] = {"strategy": "sma_cross", "symbol": "GOOG", "params": {"
 
 @contextlib.asynccontextmanager
 async def served(system: System) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(system.settings, catalog=system.catalog, connections=system.connections)
+    app = create_app(system.settings, checker=system.checker, catalog=system.catalog, connections=system.connections)
     async with InProcessServer(app) as server, httpx.AsyncClient(base_url=server.url, timeout=20) as http:
         yield http
 

@@ -63,7 +63,7 @@ async def recording_system(backend: Backend, **settings: Any) -> AsyncIterator[t
 
 @contextlib.asynccontextmanager
 async def served(system: System) -> AsyncIterator[tuple[InProcessServer, httpx.AsyncClient]]:
-    app = create_app(system.settings, catalog=system.catalog, connections=system.connections)
+    app = create_app(system.settings, checker=system.checker, catalog=system.catalog, connections=system.connections)
     async with InProcessServer(app) as server, httpx.AsyncClient(base_url=server.url, timeout=DEADLINE_S) as http:
         yield server, http
 

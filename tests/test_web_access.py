@@ -35,7 +35,7 @@ STATIC = Path(__file__).resolve().parent.parent / "api" / "static"
 
 @contextlib.asynccontextmanager
 async def served(system: System) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
-    app = create_app(system.settings, catalog=system.catalog, connections=system.connections)
+    app = create_app(system.settings, checker=system.checker, catalog=system.catalog, connections=system.connections)
     async with InProcessServer(app) as server, httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         yield server.url, http
 

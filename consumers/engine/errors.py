@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from orchestrator.domain import errors as domain
+
 
 class EngineError(Exception):
     """Root of every error the engine raises on purpose.
@@ -24,7 +26,7 @@ class DatasetError(EngineError):
         self.row = row
 
 
-class DataUnavailable(DatasetError):
+class DataUnavailable(DatasetError, domain.DataUnavailable):
     """The data could not be read at all (a missing directory, an I/O error): unlike invalid
     contents, this may pass (a remounted share, a file being replaced), so it is retried."""
 

@@ -79,6 +79,7 @@ def _server(settings: Settings, catalog: Any, conns: Connections | None, host: s
     from api.app import create_app
     from api.auth import warn_if_exposed
     from api.live import close_streams
+    from consumers.engine.adapters import EngineCatalog, EngineSpecChecker
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -97,7 +98,7 @@ def _server(settings: Settings, catalog: Any, conns: Connections | None, host: s
             await super().serve(sockets=sockets or [listening])
 
     listening = _listen(host, port)
-    app = create_app(settings, catalog=catalog, connections=conns)
+    app = create_app(settings, checker=EngineSpecChecker(catalog), catalog=EngineCatalog(catalog), connections=conns)
     warn_if_exposed(settings, host)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
     return Server(config)

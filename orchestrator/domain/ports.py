@@ -1,7 +1,7 @@
 """The ports of the core: what the outer layers implement and the composition root hands in.
 
 The API checks a request and lists what can run through these Protocols, never by importing the
-engine (`consumers.engine` implements them; `orchestrator.cli` wires them in). Both are blocking:
+engine (`consumers.engine.adapters` implements them; `orchestrator.cli` wires them in). Both are blocking:
 they may read data files and scan a grid of up to 10,000 combinations, so the API calls them off
 the event loop (`asyncio.to_thread`).
 """

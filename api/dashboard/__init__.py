@@ -1,0 +1,1 @@
+"""The dashboard: server-rendered pages (Jinja2 templates, autoescaped) with a little JavaScript."""
