@@ -20,7 +20,7 @@ from api.errors import EXCEPTION_HANDLERS
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import Connections
 from orchestrator.storage.keys import Keys
-from orchestrator.storage.projection import Projection
+from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.results import results_for
 from orchestrator.storage.store import EventStore
 
@@ -30,7 +30,7 @@ class AppContext(msgspec.Struct):
 
     settings: Settings
     store: EventStore
-    projection: Projection
+    projection: ReadModel
     catalog: Any
     # For reads that block (live streams): its own connections, so they never starve commands.
     blocking: Any
@@ -70,7 +70,7 @@ def create_app(settings: Settings, *, catalog: Any, connections: Connections | N
         app.state.ctx = AppContext(
             settings=settings,
             store=EventStore(conns.commands, keys),
-            projection=Projection(conns.commands, keys, follow_live=True),
+            projection=ReadModel(conns.commands, keys, follow_live=True),
             catalog=catalog,
             blocking=conns.blocking,
             results=results_for(settings),

@@ -19,7 +19,6 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from api.metrics import consumer_groups, projector_lag
 from consumers.engine.metrics import OBJECTIVES
 from consumers.engine.registry import strategies as installed_strategies
 from orchestrator.domain.history import event_view
@@ -27,6 +26,7 @@ from orchestrator.domain.views import to_api
 from orchestrator.storage.codec import text
 from orchestrator.storage.keys import WORKER_GROUP
 from orchestrator.storage.presence import read_beats
+from orchestrator.storage.readmodel.gauges import consumer_groups, projector_lag
 
 HERE = Path(__file__).parent
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
@@ -257,7 +257,7 @@ async def task_page(request: Request) -> Response:
         task_id = ""
     # State and audit trail from the read model, in one read, so they agree with each other
     # and with every other reader (the API, the live streams), also once retention trimmed the log.
-    history = await ctx.projection.history(task_id, ctx.store) if task_id else None
+    history = await ctx.projection.history(task_id) if task_id else None
     if history is None:
         body = f"<section><h1>No such task</h1><p>There is no task {e(raw)}.</p></section>"
         response = page(request, "Backstream: no such task", body, name="task")

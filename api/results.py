@@ -117,7 +117,7 @@ async def result(request: Request) -> Response:
                     503, "results_store_unconfigured", "this API has no results store (BACKSTREAM_RESULTS_URL)"
                 )
             return await _from_store(request, query, results, state)
-        stored = await ctx.store.result(task_id)
+        stored = await ctx.projection.result(task_id)
         return await _from_redis(request, query, stored or b"{}", task_id)
     except ResultGone as e:
         raise _gone(task_id, state, "its objects are no longer in the results store") from e
@@ -289,7 +289,7 @@ async def full_result_json(ctx: Any, state: TaskState) -> bytes | None:
     if state.result_deleted_at is not None:
         return None
     if state.result_ref is None:
-        stored: bytes | None = await ctx.store.result(state.task_id)
+        stored: bytes | None = await ctx.projection.result(state.task_id)
         return stored
     results: ResultStore | None = getattr(ctx, "results", None)
     if results is None:

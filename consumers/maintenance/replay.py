@@ -15,8 +15,8 @@ import structlog
 from consumers.maintenance.archive import ArchiveThenLive
 from consumers.projector import Projector
 from orchestrator.storage.codec import text
-from orchestrator.storage.keys import DEFAULT_PROJECTION, Keys
-from orchestrator.storage.projection import POINTER_TTL_S, Projection
+from orchestrator.storage.keys import Keys
+from orchestrator.storage.readmodel import POINTER_TTL_S, Projection, live_keys
 from orchestrator.storage.scripts import Scripts
 
 log = structlog.get_logger("backstream.replay")
@@ -43,12 +43,6 @@ class Difference(msgspec.Struct, frozen=True):
 def _pattern(root: str) -> str:
     # `[` is the only glob metacharacter a prefix may plausibly hold.
     return root.replace("[", "\\[") + ":*"
-
-
-async def live_keys(redis: Any, keys: Keys) -> Keys:
-    """`keys` pointing at the projection the API serves now."""
-    name = await redis.get(keys.live_projection)
-    return keys.with_projection(text(name) if name else DEFAULT_PROJECTION)
 
 
 async def snapshot(redis: Any, keys: Keys) -> dict[str, dict[str, bytes]]:
@@ -147,10 +141,6 @@ async def _fold(redis: Any, keys: Keys, archives: list[Path], on_batch: Callable
     projector = Projector(projection, batch_size=REPLAY_BATCH, source=source, on_batch=on_batch)
     await projector.run(burst=True)
     return projector.applied
-
-
-async def verify(redis: Any, keys: Keys, *, archives: list[Path] | None = None) -> list[Difference]:
-    return (await verify_replay(redis, keys, archives=archives)).differences
 
 
 async def verify_replay(
