@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 import redis.exceptions
 
+from orchestrator.domain.ids import id_order
 from orchestrator.domain.status import Status
 from orchestrator.storage.codec import text
 from orchestrator.storage.keys import Keys
@@ -17,10 +18,6 @@ from orchestrator.storage.presence import Beats, read_beats
 LAG_COUNT_CAP = 10_000
 # A readiness probe runs often: it reads at most this many entries to say how far behind it is.
 READY_LAG_CAP = 100
-
-
-def _ms(entry_id: str) -> int:
-    return int(entry_id.split("-", 1)[0])
 
 
 class Gauges(msgspec.Struct, frozen=True):
@@ -74,8 +71,8 @@ async def projector_lag(
     pending = await redis.xrange(stream, f"({after}", "+", count=cap)
     if not pending:
         return 0, 0.0
-    newest = _ms(text(pending[-1][0]))
-    return len(pending), max(newest - _ms(after), 0) / 1000 if position else 0.0
+    newest = id_order(text(pending[-1][0]))[0]
+    return len(pending), max(newest - id_order(after)[0], 0) / 1000 if position else 0.0
 
 
 async def read_gauges(redis: Any, keys: Keys, position: str | None, *, lag_cap: int = LAG_COUNT_CAP) -> Gauges:
@@ -113,7 +110,7 @@ async def read_readiness(redis: Any, keys: Keys, position: str | None, *, lag_ca
     behind = await redis.xrange(keys.events, f"({position or '0-0'}", "+", count=lag_cap)
     projectors = await read_beats(redis, keys.projector_heartbeats)
     workers = await read_beats(redis, keys.worker_heartbeats)
-    oldest = _ms(text(behind[0][0])) if behind else None
+    oldest = id_order(text(behind[0][0]))[0] if behind else None
     return Readiness(behind=len(behind), oldest_ms=oldest, projectors=projectors, workers=workers)
 
 
