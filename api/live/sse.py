@@ -62,6 +62,7 @@ class _Open:
         self.closed = False
 
     def close(self) -> None:
+        """Give back the slot and the subscription (idempotent)."""
         if not self.closed:
             self.closed = True
             self.feed.release(self.client)

@@ -32,6 +32,7 @@ class _Snapshot:
         self.families: list[Metric] = []
 
     def collect(self) -> Iterator[Metric]:
+        """The families read at the last scrape (prometheus-client's collector protocol)."""
         yield from self.families
 
 

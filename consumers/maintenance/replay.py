@@ -34,6 +34,8 @@ SCAN_COUNT = 10_000
 
 
 class Difference(msgspec.Struct, frozen=True):
+    """One field on which the live projection and a fresh fold differ (None: the field is absent)."""
+
     key: str  # the projection key, relative to the projection root (e.g. `task:<id>`)
     field: str
     live: str | None
@@ -91,6 +93,8 @@ async def _read_keys(
 
 
 def compare(live: dict[str, dict[str, bytes]], replayed: dict[str, dict[str, bytes]]) -> list[Difference]:
+    """Every field that differs between two snapshots (as `snapshot` gives them), sorted by key
+    then field."""
     differences = []
     for name in sorted(live.keys() | replayed.keys()):
         a, b = live.get(name, {}), replayed.get(name, {})
@@ -110,6 +114,7 @@ def compare(live: dict[str, dict[str, bytes]], replayed: dict[str, dict[str, byt
 
 
 async def delete_projection(redis: Any, keys: Keys) -> int:
+    """Delete every key of the projection `keys` names (SCAN, 1000 keys per DEL); how many went."""
     deleted = 0
     batch: list[Any] = []
     async for key in redis.scan_iter(match=_pattern(keys.projection_root), count=SCAN_COUNT):
@@ -132,6 +137,7 @@ class Replay(msgspec.Struct):
 
     @property
     def rate(self) -> float:
+        """Events folded per second (0.0 when no time was measured)."""
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 

@@ -36,6 +36,8 @@ class ResultPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DeletedResult(msgspec.Struct, frozen=True):
+    """A full result retention deleted (or would, in a dry run): its object prefix and size in bytes."""
+
     task_id: str
     key: str
     reason: str  # age, count or size
@@ -43,6 +45,8 @@ class DeletedResult(msgspec.Struct, frozen=True):
 
 
 class ResultRetentionReport(msgspec.Struct):
+    """What a run of results retention kept (count, bytes), deleted, and collected as orphans."""
+
     kept: int
     kept_bytes: int
     deleted: list[DeletedResult]

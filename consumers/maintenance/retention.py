@@ -17,6 +17,9 @@ log = structlog.get_logger("backstream.retention")
 
 
 class RetentionReport(msgspec.Struct):
+    """What a retention run trimmed (entries, tasks compacted, dead letters) and Redis's memory
+    in bytes before and after (None where INFO is not available)."""
+
     keep_from: str | None  # the oldest log id kept; None when nothing could be trimmed
     limited_by: str  # what decided keep_from: horizon, archive, or a projection's position
     events_trimmed: int

@@ -23,12 +23,14 @@ class _Ops:
         self.ops: list[bytes] = []
 
     def slot(self, key: str) -> bytes:
+        """The KEYS index of `key` as the script reads it (bytes of a decimal), numbered on first use."""
         if key not in self._slots:
             self.keys.append(key)
             self._slots[key] = len(self.keys)
         return str(self._slots[key]).encode()
 
     def add(self, name: bytes, key: str, args: bytes) -> None:
+        """One operation `name` (HSET, HDEL, ZADD, ZREM) on `key` with its `\0`-joined arguments."""
         self.ops.append(b"%s\x01%s\x01%s" % (name, self.slot(key), args))
 
 
