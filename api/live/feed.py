@@ -174,7 +174,7 @@ def feed_of(request: Request) -> LiveFeed:
     feed = getattr(state, "live", None)
     if feed is None:
         ctx = state.ctx
-        feed = state.live = LiveFeed(ctx.blocking, ctx.store.keys.events)
+        feed = state.live = LiveFeed(ctx.blocking, ctx.projection.keys.events)
     return feed
 
 
