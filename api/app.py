@@ -21,7 +21,7 @@ from orchestrator.domain.ports import Catalog, SpecChecker
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import Connections
 from orchestrator.storage.keys import Keys
-from orchestrator.storage.projection import Projection
+from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.results import results_for
 from orchestrator.storage.store import EventStore
 
@@ -69,7 +69,7 @@ def create_app(
         app.state.ctx = AppContext(
             settings=settings,
             store=EventStore(conns.commands, keys),
-            projection=Projection(conns.commands, keys, follow_live=True),
+            projection=ReadModel(conns.commands, keys, follow_live=True),
             checker=checker,
             catalog=catalog,
             blocking=conns.blocking,

@@ -9,7 +9,7 @@ from starlette.requests import HTTPConnection
 
 from orchestrator.domain.ports import Catalog, SpecChecker
 from orchestrator.settings import Settings
-from orchestrator.storage.projection import Projection
+from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.results import ResultStore
 from orchestrator.storage.store import EventStore
 
@@ -24,7 +24,7 @@ class AppContext:
 
     settings: Settings
     store: EventStore
-    projection: Projection
+    projection: ReadModel
     checker: SpecChecker
     catalog: Catalog
     blocking: Redis

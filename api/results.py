@@ -115,7 +115,7 @@ async def result(request: Request) -> Response:
                     503, "results_store_unconfigured", "this API has no results store (BACKSTREAM_RESULTS_URL)"
                 )
             return await _from_store(request, query, results, state)
-        stored = await ctx.store.result(task_id)
+        stored = await ctx.projection.result(task_id)
         return await _from_redis(request, query, stored or b"{}", task_id)
     except ResultGone as e:
         raise _gone(task_id, state, "its objects are no longer in the results store") from e

@@ -21,7 +21,7 @@ from orchestrator.domain.state import TaskState
 from orchestrator.domain.status import Status
 from orchestrator.domain.timeline import as_of_id
 from orchestrator.domain.views import DeadLetterQuery, TaskListQuery, TaskQuery, to_api
-from orchestrator.storage.projection import HistoryArchived
+from orchestrator.storage.readmodel import HistoryArchived
 
 Q = TypeVar("Q", bound=msgspec.Struct)
 _IDEMPOTENCY_KEY_MAX = 200
@@ -127,7 +127,7 @@ async def submit(request: Request) -> Response:
     headers = {"Location": str(request.app.url_path_for("task", task_id=submitted.task_id))}
     if not submitted.created:
         headers["Idempotent-Replayed"] = "true"
-        state = await ctx.projection.current(submitted.task_id, ctx.store)
+        state = await ctx.projection.current(submitted.task_id)
         status = state.status if state else status
     return JSONResponse({"task_id": submitted.task_id, "status": status}, status_code=202, headers=headers)
 
@@ -135,7 +135,7 @@ async def submit(request: Request) -> Response:
 async def _current(request: Request, task_id: str) -> TaskState:
     """The task's current state from the read model (read-your-writes); 404 when it is unknown."""
     ctx = context(request)
-    state: TaskState | None = await ctx.projection.current(task_id, ctx.store)
+    state: TaskState | None = await ctx.projection.current(task_id)
     if state is None:
         raise ApiError.task_not_found(f"task {task_id} does not exist")
     return state
@@ -153,7 +153,7 @@ async def get_task(request: Request) -> Response:
     except ValueError as e:
         raise ApiError.invalid("as_of", str(e)) from None
     ctx = context(request)
-    history = await ctx.projection.history(task_id, ctx.store)
+    history = await ctx.projection.history(task_id)
     try:
         state = history.as_of(until) if history else None
     except HistoryArchived as e:
@@ -204,7 +204,7 @@ async def dead_letters(request: Request) -> Response:
     before = None if query.before is None else canonical_stream_id(query.before)
     if query.before is not None and before is None:
         raise ApiError.invalid("before", "must be a stream id such as 1700000000000-0")
-    letters = await context(request).store.dead_letters(limit=query.limit, before=before)
+    letters = await context(request).projection.dead_letters(limit=query.limit, before=before)
     return JSONResponse({"dead_letters": letters})
 
 
@@ -233,7 +233,7 @@ async def events(request: Request) -> Response:
     log, `archived` says how many, below which id, and which archive holds them."""
     task_id = task_id_param(request)
     ctx = context(request)
-    history = await ctx.projection.history(task_id, ctx.store)
+    history = await ctx.projection.history(task_id)
     if history is None:
         raise ApiError.task_not_found(f"task {task_id} does not exist")
     body: dict[str, Any] = {"task_id": task_id, "events": [event_view(e) for e in history.events]}

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from consumers.maintenance.replay import compare, live_keys, rebuild, snapshot, verify_replay
+from consumers.maintenance.replay import compare, rebuild, snapshot, verify_replay
 from consumers.projector import Projector
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.storage.codec import encode_json
 from orchestrator.storage.keys import Keys
-from orchestrator.storage.projection import Projection
+from orchestrator.storage.readmodel import Projection, live_keys
 
 SPEC = encode_json({"spec": BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20})})
 RESULT = encode_json(

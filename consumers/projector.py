@@ -16,7 +16,7 @@ from orchestrator.domain.events import StoredEvent
 from orchestrator.domain.state import TaskState, evolve
 from orchestrator.storage.connections import store_unavailable
 from orchestrator.storage.presence import Heartbeat
-from orchestrator.storage.projection import Projection
+from orchestrator.storage.readmodel import Projection
 
 log = structlog.get_logger("backstream.projector")
 
@@ -264,10 +264,3 @@ async def _settle(inflight: asyncio.Task[Any] | None) -> None:
     """Let a store or read in flight finish, whatever its outcome (the stored position tells)."""
     if inflight is not None:
         await asyncio.gather(inflight, return_exceptions=True)
-
-
-async def fold_log(projection: Projection, **kwargs: Any) -> int:
-    """Fold the whole log into `projection` (used by replay): returns the number of events read."""
-    projector = Projector(projection, **kwargs)
-    await projector.run(burst=True)
-    return projector.applied

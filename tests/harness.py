@@ -18,7 +18,7 @@ from consumers.projector import Projector
 from consumers.worker.loop import Worker
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import Connections
-from orchestrator.storage.projection import Projection
+from orchestrator.storage.readmodel import Projection
 from orchestrator.storage.results import results_for
 from orchestrator.storage.store import EventStore
 from tests.conftest import Backend
@@ -79,7 +79,7 @@ class System:
         deadline = asyncio.get_running_loop().time() + timeout_s
         last = "0-0"
         while True:
-            if any(type(e.event).__name__.lower() == event_type for e in await self.store.task_events(task_id)):
+            if any(type(e.event).__name__.lower() == event_type for e in await self.projection.task_events(task_id)):
                 return
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:

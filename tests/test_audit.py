@@ -13,17 +13,18 @@ from typing import Any
 import pytest
 
 from consumers.maintenance.archive import export, read_entries
-from consumers.maintenance.replay import rebuild, snapshot, verify, verify_replay
+from consumers.maintenance.replay import rebuild, snapshot, verify_replay
 from consumers.maintenance.retention import apply_retention
-from consumers.projector import Projector, fold_log
+from consumers.projector import Projector
 from orchestrator.domain.errors import EventDecodeError, ProjectionGapError
 from orchestrator.domain.events import Failed
 from orchestrator.domain.state import fold
 from orchestrator.domain.timeline import as_of_id, state_as_of
 from orchestrator.storage.codec import decode_entry
 from orchestrator.storage.hashform import to_hash
-from orchestrator.storage.projection import Projection
+from orchestrator.storage.readmodel import Projection
 from tests.conftest import Backend
+from tests.folding import fold_log, verify
 from tests.harness import System
 from tests.test_replay import LOGS, entries, write_log
 
@@ -69,10 +70,10 @@ async def test_unreadable_event_stops_the_projector(backend: Backend, fields: di
 
 _FOLD_IN_A_PROCESS = """
 import asyncio, hashlib, json, sys, fakeredis
-from consumers.projector import fold_log
+from tests.folding import fold_log
 from consumers.maintenance.replay import snapshot
 from orchestrator.storage.keys import Keys
-from orchestrator.storage.projection import Projection
+from orchestrator.storage.readmodel import Projection
 async def main():
     redis = fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer(), protocol=2)
     keys = Keys(prefix="{det}")
@@ -234,11 +235,11 @@ async def test_reads_of_one_task_follow_a_rebuild(backend: Backend) -> None:
         task_id = (await http.post("/api/backtests", json=SHORT)).json()["task_id"]
         await system.run_workers()
         reader = Projection(backend.redis, backend.keys, follow_live=True)
-        assert (await reader.current(task_id, system.store)).status == "completed"
+        assert (await reader.current(task_id)).status == "completed"
         rebuilt = await rebuild(backend.redis, backend.keys)
         # The old projection is deleted by now: a reader that only reads single tasks must
         # have moved to the new one, not fall back to folding the task's whole log.
-        assert (await reader.current(task_id, system.store)).status == "completed"
+        assert (await reader.current(task_id)).status == "completed"
         assert reader.keys.projection_name == rebuilt.projection
         assert (await http.get(f"/api/backtests/tasks/{task_id}")).json()["status"] == "completed"
 

@@ -31,7 +31,7 @@ def system(backend: Backend, tmp_path: Path) -> System:
 
 async def stored(system: System, task_id: str) -> tuple[list[str], str | None]:
     """The task's event types in the log, and the status in its control hash."""
-    events = [type(e.event).__name__.lower() for e in await system.store.task_events(task_id)]
+    events = [type(e.event).__name__.lower() for e in await system.projection.task_events(task_id)]
     status = await system.backend.redis.hget(system.backend.keys.control(task_id), "status")
     return events, status.decode() if status else None
 

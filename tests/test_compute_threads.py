@@ -21,6 +21,7 @@ from consumers.worker.compute import THREAD_NAME
 from consumers.worker.loop import Worker
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.settings import Settings
+from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.store import EventStore
 from tests.conftest import Backend
 from tests.processes import eventually
@@ -163,7 +164,7 @@ async def test_a_task_waiting_for_its_turn_notices_a_cancel(real_backend: Backen
     finished = {e["task_id"]: e["outcome"] for e in logs if e["event"] == "task.finished"}
     assert finished == {keep: "completed"}
     assert [e["reason"] for e in logs if e["event"] == "task.stopped"] == ["cancelled"]
-    events = [type(e.event).__name__.lower() for e in await store.task_events(cancel)]
+    events = [type(e.event).__name__.lower() for e in await ReadModel(store.redis, store.keys).task_events(cancel)]
     assert events[-1] == "cancelled"
 
 

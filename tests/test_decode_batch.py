@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from consumers.maintenance.archive import read_entries
 from orchestrator.domain.errors import EventDecodeError
 from orchestrator.storage.codec import decode_entries, decode_entry
-from orchestrator.storage.projection import Projection
+from orchestrator.storage.readmodel import Projection
 from tests.conftest import Backend
 
 LOGS = Path(__file__).parent / "replay" / "logs"

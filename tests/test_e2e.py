@@ -11,8 +11,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from consumers.maintenance.replay import verify
 from orchestrator.storage.keys import WORKER_GROUP, Keys
+from tests.folding import verify
 from tests.processes import Cluster, wait_until
 
 pytestmark = pytest.mark.redis

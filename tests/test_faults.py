@@ -20,11 +20,11 @@ import httpx
 import pytest
 import redis
 
-from consumers.maintenance.replay import verify
 from orchestrator.domain.events import Failed, Started
 from orchestrator.storage.codec import decode_entry
 from orchestrator.storage.keys import WORKER_GROUP, Keys
 from orchestrator.storage.store import LOST_WORKERS_PER_ATTEMPT
+from tests.folding import verify
 from tests.processes import Cluster, RedisServer, Role, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]

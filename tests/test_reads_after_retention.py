@@ -25,6 +25,7 @@ from orchestrator.domain.spec import BacktestSpec
 from tests.conftest import Backend
 from tests.harness import System
 from tests.processes import InProcessServer
+from tests.test_live import collect
 
 SHORT: dict[str, Any] = {"strategy": "sma_cross", "symbol": "GOOG", "params": {"fast": 10, "slow": 20}}
 
@@ -127,3 +128,40 @@ async def test_an_unknown_task_is_unknown_to_every_reader(backend: Backend) -> N
         assert (await http.get(f"/api/backtests/tasks/{missing}/events")).status_code == 404
         assert (await http.get(f"/api/backtests/tasks/{missing}/stream")).status_code == 404
         assert (await http.get(f"/tasks/{missing}")).status_code == 404
+
+
+@pytest.mark.redis
+async def test_a_compacted_task_whose_result_is_then_deleted_reads_the_same_everywhere(
+    real_backend: Backend, tmp_path: Path
+) -> None:
+    """Retention compacts a completed task; then results-retention records `result_deleted`,
+    which gives it back a control hash and a log index holding that one event. Before the
+    projector folds it, the task (GET), its audit trail and its SSE stream agree: the result is
+    deleted, the task is completed, and the stream sends what the log holds and ends."""
+    backend, keys = real_backend, real_backend.keys
+    system = System(backend)
+    await system.store.ensure_group()
+    async with served(system) as http:
+        done = (await http.post("/api/backtests", json=SHORT)).json()["task_id"]
+        await system.run_workers()
+        last = (await backend.redis.xrevrange(keys.events, count=1))[0][0].decode()
+        await backend.redis.set(keys.archived_through, last)
+        assert (await apply_retention(backend.redis, keys, horizon_ms=0)).tasks_compacted == 1
+        outcome = await system.store.record_result_deleted(
+            done, f"{done}/1-x", reason="age", live_projection=system.projection.keys
+        )
+        assert outcome == "ok"
+
+        trail = (await http.get(f"/api/backtests/tasks/{done}/events")).json()
+        [deleted] = trail["events"]
+        assert deleted["type"] == "result_deleted" and trail["archived"]["events"] == 3
+        task = (await http.get(f"/api/backtests/tasks/{done}")).json()
+        assert task["status"] == "completed" and task["result_deleted_at"] == deleted["time"]
+        assert task["result_location"] == "deleted"
+
+        # The stream of a finished task sends the events still in the log and ends: a client
+        # (an EventSource, `Run.wait`) does not wait for a terminal event retention trimmed.
+        streamed = await collect(http, f"/api/backtests/tasks/{done}/stream")
+        assert [e["id"] for e in streamed[:-1]] == [deleted["id"]] and streamed[-1]["event"] == "end"
+        again = await http.get(f"/api/backtests/tasks/{done}/stream", headers={"Last-Event-ID": deleted["id"]})
+        assert again.status_code == 204

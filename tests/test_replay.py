@@ -14,14 +14,15 @@ import redis.asyncio as aioredis
 
 from bench.replay_bench import write_log as bench_log
 from consumers.maintenance.archive import read_entries
-from consumers.maintenance.replay import SNAPSHOT_BATCH, Difference, snapshot, verify
-from consumers.projector import GC_THRESHOLD, Projector, fold_log
+from consumers.maintenance.replay import SNAPSHOT_BATCH, Difference, snapshot
+from consumers.projector import GC_THRESHOLD, Projector
 from orchestrator.domain.errors import ProjectionGapError
 from orchestrator.domain.state import fold
 from orchestrator.storage.codec import decode_entry
 from orchestrator.storage.hashform import to_hash
-from orchestrator.storage.projection import Projection
+from orchestrator.storage.readmodel import Projection
 from tests.conftest import Backend
+from tests.folding import fold_log, verify
 
 LOGS = Path(__file__).parent / "replay" / "logs"
 GOLDEN = sorted(p.stem for p in LOGS.glob("*.jsonl"))

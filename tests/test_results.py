@@ -114,7 +114,9 @@ async def test_full_result_lives_in_the_store_and_reads_back_as_the_same_json(sy
             assert task["status"] == "completed" and task["result_location"] == "store"
             # Redis holds no full result: only the summary and the address, in the event.
             assert await system.backend.redis.exists(system.backend.keys.result(task_id)) == 0
-            completed = [e for e in await system.store.task_events(task_id) if type(e.event).__name__ == "Completed"]
+            completed = [
+                e for e in await system.projection.task_events(task_id) if type(e.event).__name__ == "Completed"
+            ]
             ref = completed[0].event.result_ref  # type: ignore[union-attr]
             assert ref is not None and ref.key.startswith(f"{task_id}/1-") and ref.schema_version == 1
             got = await http.get(f"/api/backtests/tasks/{task_id}/result")
@@ -243,7 +245,7 @@ async def test_a_result_stored_in_redis_stays_readable_in_every_format(real_back
 
 
 async def events_of(system: System, task_id: str) -> list[str]:
-    return [str(type(e.event).__struct_config__.tag) for e in await system.store.task_events(task_id)]
+    return [str(type(e.event).__struct_config__.tag) for e in await system.projection.task_events(task_id)]
 
 
 async def keys_in_store(system: System, key: str) -> list[str]:

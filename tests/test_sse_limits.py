@@ -17,11 +17,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from api.app import create_app
-from api.live import PAGE, QUEUE_EVENTS, LiveFeed, log_pages
+from api.live import PAGE, QUEUE_EVENTS, LiveFeed
 from orchestrator.domain.events import Progress, Started, Submitted
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.settings import ApiToken
 from orchestrator.storage.codec import entry_fields
+from orchestrator.storage.readmodel.log import log_pages
 from tests.conftest import Backend
 from tests.harness import System
 from tests.processes import InProcessServer, eventually
@@ -81,11 +82,11 @@ async def write_events(backend: Backend, count: int) -> list[str]:
 async def test_catch_up_reads_one_page_per_call_and_only_when_asked(real_backend: Backend) -> None:
     ids = await write_events(real_backend, 2 * PAGE + 7)
     async with recording_system(real_backend) as (_, client):
-        pages = log_pages(client, real_backend.keys.events, "0-0")
-        _, first = await anext(pages)
+        pages = log_pages(client, real_backend.keys.events, "0-0", PAGE)
+        first = (await anext(pages)).events
         # One page read, and nothing more until the caller asks: memory holds one page.
         assert client.reads == [("XRANGE", PAGE, PAGE)] and len(first) == PAGE
-        rest = [e for _, page in [p async for p in pages] for e in page]
+        rest = [e for page in [p async for p in pages] for e in page.events]
         assert [e.id for e in first + rest] == ids
         assert client.reads == [("XRANGE", PAGE, PAGE), ("XRANGE", PAGE, PAGE), ("XRANGE", PAGE, 7)]
 

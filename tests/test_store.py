@@ -12,7 +12,7 @@ from orchestrator.domain.errors import IdempotencyConflict, TaskConflict, TaskNo
 from orchestrator.domain.events import Cancelled, Completed, Failed, Progress, RetryScheduled, Started, Submitted
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.storage.keys import WORKER_GROUP
-from orchestrator.storage.projection import Projection
+from orchestrator.storage.readmodel import Projection, ReadModel
 from orchestrator.storage.store import EventStore
 from tests.conftest import Backend
 
@@ -35,8 +35,13 @@ async def take(store: EventStore, b: Backend, worker: str = "w1") -> tuple[str, 
     return message_id.decode(), fields[b"task_id"].decode()
 
 
+def reads(store: EventStore) -> ReadModel:
+    """The read model beside `store`: its reads of the log, dead letters and results."""
+    return ReadModel(store.redis, store.keys)
+
+
 async def types(store: EventStore, task_id: str) -> list[str]:
-    return [type(e.event).__name__ for e in await store.task_events(task_id)]
+    return [type(e.event).__name__ for e in await reads(store).task_events(task_id)]
 
 
 @pytest.fixture
@@ -50,7 +55,7 @@ async def test_submit_appends_one_event_and_one_work_item(store: EventStore, bac
     task_id = new_id()
     result = await store.submit(task_id, SPEC)
     assert result.created and result.task_id == task_id
-    events = await store.task_events(task_id)
+    events = await reads(store).task_events(task_id)
     assert [e.event for e in events] == [Submitted(task_id=task_id, seq=1, spec=SPEC)]
     assert await backend.redis.xlen(backend.keys.work) == 1
     assert (await control(backend, task_id))["status"] == "queued"
@@ -100,7 +105,7 @@ async def test_claim_heartbeat_finish_and_fencing(store: EventStore, backend: Ba
         Completed(task_id=task_id, attempt=1, result={"x": 1}), message_id=message_id, result=b'{"late": true}'
     )
     assert late is not None
-    assert await store.result(task_id) is None
+    assert await reads(store).result(task_id) is None
     done = await store.finish(
         Completed(task_id=task_id, attempt=2, result={"x": 2}), message_id=message_id, result=b'{"full": true}'
     )
@@ -112,7 +117,7 @@ async def test_claim_heartbeat_finish_and_fencing(store: EventStore, backend: Ba
     assert resent is None
     assert await types(store, task_id) == ["Submitted", "Started", "Progress", "Started", "Completed"]
     assert (await control(backend, task_id))["status"] == "completed"
-    assert await store.result(task_id) == b'{"full": true}'
+    assert await reads(store).result(task_id) == b'{"full": true}'
     assert await backend.redis.ttl(backend.keys.result(task_id)) == -1  # kept for the task's lifetime
     # The results staged by the refused, the accepted and the re-sent outcome are all gone.
     staged = [backend.keys.staged_result(task_id, attempt) for attempt in (1, 2)]
@@ -165,7 +170,7 @@ async def test_a_completion_whose_staged_result_is_gone_writes_nothing(store: Ev
         )
     assert (await control(backend, task_id))["status"] == "running"
     assert await types(store, task_id) == ["Submitted", "Started"]
-    assert await store.result(task_id) is None
+    assert await reads(store).result(task_id) is None
 
 
 async def test_take_reads_and_claims_in_one_call(store: EventStore, backend: Backend) -> None:
@@ -179,7 +184,7 @@ async def test_take_reads_and_claims_in_one_call(store: EventStore, backend: Bac
     assert [(t.task_id, t.claim.outcome) for t in taken] == [(first, "ok"), (orphan, "skipped"), (second, "ok")]
     claimed = [t for t in taken if t.claim.outcome == "ok"]
     assert all(t.claim.attempt == 1 and t.claim.spec == SPEC for t in claimed)
-    started = (await store.task_events(first))[-1].event
+    started = (await reads(store).task_events(first))[-1].event
     assert started == Started(task_id=first, seq=2, attempt=1, worker="w1")
     assert (await control(backend, second))["status"] == "running"
     pending = await backend.redis.xpending_range(backend.keys.work, WORKER_GROUP, "-", "+", 10)
@@ -213,14 +218,14 @@ async def test_cancel_rules(store: EventStore, backend: Backend) -> None:
     assert await store.cancel(running)
     fenced = await store.heartbeat(running, 1, worker="w1", message_id=by_task[running], progress=0.3)
     assert fenced is not None and fenced.status == "cancelled"
-    cancelled = (await store.task_events(running))[-1].event
+    cancelled = (await reads(store).task_events(running))[-1].event
     assert isinstance(cancelled, Cancelled) and cancelled.previous_status == "running"
 
     for task_id, status in ((done, "completed"), (failed, "failed")):
-        before = await store.task_events(task_id)
+        before = await reads(store).task_events(task_id)
         with pytest.raises(TaskConflict):
             await store.cancel(task_id)
-        assert await store.task_events(task_id) == before
+        assert await reads(store).task_events(task_id) == before
         assert (await control(backend, task_id))["status"] == status
     unknown = new_id()
     with pytest.raises(TaskNotFound):
@@ -235,10 +240,10 @@ async def test_read_your_writes_before_the_projector_runs(store: EventStore, bac
     projection = Projection(backend.redis, backend.keys)
     task_id = new_id()
     await store.submit(task_id, SPEC)
-    assert (await projection.current(task_id, store)).status == "queued"  # type: ignore[union-attr]
+    assert (await projection.current(task_id)).status == "queued"  # type: ignore[union-attr]
     await Projector(projection).run(burst=True)
     await store.cancel(task_id)
-    state = await projection.current(task_id, store)
+    state = await projection.current(task_id)
     assert state is not None and state.status == "cancelled" and state.seq == 2
     # The projected hash itself is still behind until the projector runs.
     behind = (await projection.load([task_id]))[task_id]
@@ -252,10 +257,12 @@ async def test_events_carry_attempts(store: EventStore, backend: Backend) -> Non
     await store.submit(task_id, SPEC)
     message_id, _ = await take(store, backend)
     await store.claim(task_id, worker="w9", token="x", message_id=message_id, reclaim=False, max_attempts=3)
-    events = [e.event for e in await store.task_events(task_id)]
+    events = [e.event for e in await reads(store).task_events(task_id)]
     assert events[1] == Started(task_id=task_id, seq=2, attempt=1, worker="w9")
     await store.heartbeat(task_id, 1, worker="w9", message_id=message_id, progress=0.25)
-    assert (await store.task_events(task_id))[-1].event == Progress(task_id=task_id, seq=3, attempt=1, progress=0.25)
+    assert (await reads(store).task_events(task_id))[-1].event == Progress(
+        task_id=task_id, seq=3, attempt=1, progress=0.25
+    )
 
 
 async def test_releases_and_lost_workers_are_not_charged_and_isolate_the_task(
@@ -285,7 +292,7 @@ async def test_releases_and_lost_workers_are_not_charged_and_isolate_the_task(
     assert await store.promote_due_retries() == 1
     [taken] = await store.take(worker="w3", count=1)
     assert (taken.claim.attempt, taken.claim.failures, taken.claim.isolated) == (5, 1, True)
-    started = [e.event for e in await store.task_events(task_id) if isinstance(e.event, Started)]
+    started = [e.event for e in await reads(store).task_events(task_id) if isinstance(e.event, Started)]
     assert [(s.attempt, s.reclaimed, s.isolated) for s in started] == [
         (1, False, False),
         (2, False, False),
@@ -311,9 +318,9 @@ async def test_a_task_that_keeps_losing_its_worker_fails_with_every_attempt_in_i
         assert (claim.outcome, claim.attempt, claim.isolated) == ("ok", n + 1, True)
     final = await store.claim(task_id, worker="w10", token="t10", message_id=message_id, reclaim=True, max_attempts=1)
     assert final.outcome == "terminal"
-    failed = (await store.task_events(task_id))[-1].event
+    failed = (await reads(store).task_events(task_id))[-1].event
     assert isinstance(failed, Failed) and failed.error_type == "WorkerLost" and failed.attempt == 10
-    [letter] = await store.dead_letters(limit=10, before=None)
+    [letter] = await reads(store).dead_letters(limit=10, before=None)
     assert letter["reason"] == "worker_lost"
     assert [(a["attempt"], a["outcome"], a["isolated"]) for a in letter["history"]] == [
         (1, "lost", False),

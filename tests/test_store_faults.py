@@ -23,17 +23,17 @@ from redis._parsers.base import BaseParser
 from structlog.testing import capture_logs
 
 from api.live import READ_BLOCK_MS as LIVE_BLOCK_MS
-from consumers.maintenance.replay import verify
 from consumers.projector import Projector
 from consumers.worker.loop import READ_BLOCK_MS as WORKER_BLOCK_MS
 from orchestrator.domain.events import StoredEvent
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.storage.connections import BLOCKING_TIMEOUT_S, LONGEST_BLOCK_MS, store_unavailable
 from orchestrator.storage.keys import DEFAULT_PROJECTION, WORKER_GROUP
-from orchestrator.storage.projection import Projection
+from orchestrator.storage.readmodel import Projection
 from orchestrator.storage.store import EventStore
 from tests.blackhole import BlackholeProxy
 from tests.conftest import Backend
+from tests.folding import verify
 from tests.harness import System
 from tests.processes import Cluster, RedisServer, eventually, wait_until
 from tests.test_faults import FAST_LEASES, LONG, SHORT, Log, projector_caught_up, submit
@@ -237,7 +237,7 @@ async def test_a_batch_folded_onto_a_refused_one_is_not_taken_for_a_gap(backend:
         projector = Projector(projection, batch_size=2, source=source)
         await asyncio.wait_for(projector.run(burst=True), timeout=10)
     assert await verify(backend.redis, backend.keys) == []
-    assert (await projection.current(task, store)).status == "cancelled"  # type: ignore[union-attr]
+    assert (await projection.current(task)).status == "cancelled"  # type: ignore[union-attr]
 
 
 async def test_racing_projectors_never_stop_on_a_gap_that_is_not_in_the_log(real_backend: Backend) -> None:

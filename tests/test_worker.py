@@ -29,7 +29,7 @@ async def test_a_spec_this_worker_cannot_read_fails_that_task_only(backend: Back
     assert [t["status"] for t in tasks] == ["completed", "failed", "completed"]
     # Another attempt could land on a worker that reads it: a manual retry is worth it.
     assert "leverage" in tasks[1]["error"] and tasks[1]["error_retryable"] is True
-    failed = (await system.store.task_events(ids[1]))[-1].event
+    failed = (await system.projection.task_events(ids[1]))[-1].event
     assert isinstance(failed, Failed) and failed.error_type == "UnreadableSpec"
     assert [(d["task_id"], d["reason"]) for d in letters] == [(ids[1], "UnreadableSpec")]
     assert await backend.redis.xlen(backend.keys.work) == 0
@@ -60,7 +60,7 @@ async def test_an_error_the_input_raises_again_fails_at_once(backend: Backend, t
         letters = (await http.get("/api/dead-letters")).json()["dead_letters"]
     assert (task["status"], task["attempt"], task["error_retryable"]) == ("failed", 1, False)
     assert "2^53" in task["error"]
-    history = [e.event for e in await system.store.task_events(task_id)]
+    history = [e.event for e in await system.projection.task_events(task_id)]
     assert [type(e).__name__ for e in history] == ["Submitted", "Started", "Failed"]
     assert isinstance(history[-1], Failed) and history[-1].error_type == "RepresentationError"
     assert [(d["task_id"], d["reason"]) for d in letters] == [(task_id, "RepresentationError")]

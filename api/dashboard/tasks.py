@@ -15,7 +15,7 @@ from api.dashboard.format import params_text
 from api.dashboard.render import page
 from orchestrator.domain.state import TaskState
 from orchestrator.domain.status import Status
-from orchestrator.storage.projection import Archived
+from orchestrator.storage.readmodel import Archived
 
 # Rows of the task list; the page says it shows the newest PAGE_SIZE.
 PAGE_SIZE = 100
@@ -71,7 +71,7 @@ async def _archived(ctx: AppContext, task_id: str, first_seq: int) -> Archived |
     seq 1), as the read model records it; None when the log holds them all."""
     if first_seq <= FIRST_SEQ:
         return None
-    history = await ctx.projection.history(task_id, ctx.store)
+    history = await ctx.projection.history(task_id)
     return history.archived if history is not None else None
 
 
@@ -85,7 +85,7 @@ async def task_page(request: Request) -> Response:
         task_id = str(uuid.UUID(raw))
     except ValueError:
         task_id = ""
-    state = await ctx.projection.current(task_id, ctx.store) if task_id else None
+    state = await ctx.projection.current(task_id) if task_id else None
     if state is None:
         return page(request, "no_task.html", title="Backstream: no such task", name="task", status_code=404, raw=raw)
     pages = ctx.projection.task_event_pages(task_id, "0-0", EVENT_PAGE)

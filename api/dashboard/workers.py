@@ -12,12 +12,10 @@ from starlette.responses import Response
 
 from api.context import context
 from api.dashboard.render import page
-from api.metrics import consumer_groups, projector_lag
 from orchestrator.domain.state import TaskState
 from orchestrator.domain.status import Status
 from orchestrator.storage.codec import text
 from orchestrator.storage.keys import WORKER_GROUP
-from orchestrator.storage.presence import read_beats
 
 # Running tasks the page reads (more than any fleet runs at once).
 RUNNING_LIMIT = 500
@@ -68,15 +66,11 @@ async def workers_page(request: Request) -> Response:
     """`GET /workers`: a worker is alive while its own heartbeat (sent on a timer, busy or idle)
     is younger than the lease."""
     ctx = context(request)
-    redis, keys = ctx.store.redis, ctx.store.keys
-    groups, consumers = await consumer_groups(redis, keys.work)
+    keys = ctx.store.keys
     running, _ = await ctx.projection.list_tasks(status=Status.RUNNING, limit=RUNNING_LIMIT, cursor=None)
     position = await ctx.projection.position()
-    lag, lag_s = await projector_lag(redis, keys.events, position)
-    dead = await redis.xlen(keys.dead_letters)
-    can_run = {text(k): text(v) for k, v in (await redis.hgetall(keys.worker_strategies)).items()}
-    beats = await read_beats(redis, keys.worker_heartbeats)
-    members = {text(c["name"]): c for c in consumers.get(WORKER_GROUP, [])}
+    fleet = await ctx.projection.workers()
+    members = {text(c["name"]): c for c in fleet.consumers.get(WORKER_GROUP, [])}
     return page(
         request,
         "workers.html",
@@ -84,13 +78,13 @@ async def workers_page(request: Request) -> Response:
         name="workers",
         refresh_s=REFRESH_S,
         lease_s=f"{ctx.settings.lease_ms / 1000:g}",
-        workers=_worker_rows(members, beats.ages_s, running, can_run, ctx.settings.lease_ms),
+        workers=_worker_rows(members, fleet.beats.ages_s, running, fleet.strategies, ctx.settings.lease_ms),
         work_stream=keys.work,
-        groups=[{k: text(v) if isinstance(v, bytes) else v for k, v in g.items()} for g in groups],
+        groups=[{k: text(v) if isinstance(v, bytes) else v for k, v in g.items()} for g in fleet.groups],
         projector=[
             ("projector position", position),
-            ("log entries not yet projected", lag),
-            ("projector behind by (s)", lag_s),
-            ("dead letters", dead),
+            ("log entries not yet projected", fleet.lag_events),
+            ("projector behind by (s)", fleet.lag_seconds),
+            ("dead letters", fleet.dead_letters),
         ],
     )

@@ -57,6 +57,8 @@ async def export(
 
 
 def read_entries(path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """The (stream id, fields) of each entry of an archive file, in file order. Raises ValueError
+    when the file is not a backstream-log archive, OSError and json errors as they come."""
     with _open(path, "r") as lines:
         for number, line in enumerate(lines, 1):
             record = json.loads(line)

@@ -15,8 +15,8 @@ import structlog
 from consumers.maintenance.archive import ArchiveThenLive
 from consumers.projector import Projector
 from orchestrator.storage.codec import text
-from orchestrator.storage.keys import DEFAULT_PROJECTION, Keys
-from orchestrator.storage.projection import POINTER_TTL_S, Projection
+from orchestrator.storage.keys import Keys
+from orchestrator.storage.readmodel import POINTER_TTL_S, Projection, live_keys
 from orchestrator.storage.scripts import Scripts
 
 log = structlog.get_logger("backstream.replay")
@@ -34,6 +34,8 @@ SCAN_COUNT = 10_000
 
 
 class Difference(msgspec.Struct, frozen=True):
+    """One field on which the live projection and a fresh fold differ (None: the field is absent)."""
+
     key: str  # the projection key, relative to the projection root (e.g. `task:<id>`)
     field: str
     live: str | None
@@ -43,12 +45,6 @@ class Difference(msgspec.Struct, frozen=True):
 def _pattern(root: str) -> str:
     # `[` is the only glob metacharacter a prefix may plausibly hold.
     return root.replace("[", "\\[") + ":*"
-
-
-async def live_keys(redis: Any, keys: Keys) -> Keys:
-    """`keys` pointing at the projection the API serves now."""
-    name = await redis.get(keys.live_projection)
-    return keys.with_projection(text(name) if name else DEFAULT_PROJECTION)
 
 
 async def snapshot(redis: Any, keys: Keys) -> dict[str, dict[str, bytes]]:
@@ -97,6 +93,8 @@ async def _read_keys(
 
 
 def compare(live: dict[str, dict[str, bytes]], replayed: dict[str, dict[str, bytes]]) -> list[Difference]:
+    """Every field that differs between two snapshots (as `snapshot` gives them), sorted by key
+    then field."""
     differences = []
     for name in sorted(live.keys() | replayed.keys()):
         a, b = live.get(name, {}), replayed.get(name, {})
@@ -116,6 +114,7 @@ def compare(live: dict[str, dict[str, bytes]], replayed: dict[str, dict[str, byt
 
 
 async def delete_projection(redis: Any, keys: Keys) -> int:
+    """Delete every key of the projection `keys` names (SCAN, 1000 keys per DEL); how many went."""
     deleted = 0
     batch: list[Any] = []
     async for key in redis.scan_iter(match=_pattern(keys.projection_root), count=SCAN_COUNT):
@@ -138,6 +137,7 @@ class Replay(msgspec.Struct):
 
     @property
     def rate(self) -> float:
+        """Events folded per second (0.0 when no time was measured)."""
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
@@ -147,10 +147,6 @@ async def _fold(redis: Any, keys: Keys, archives: list[Path], on_batch: Callable
     projector = Projector(projection, batch_size=REPLAY_BATCH, source=source, on_batch=on_batch)
     await projector.run(burst=True)
     return projector.applied
-
-
-async def verify(redis: Any, keys: Keys, *, archives: list[Path] | None = None) -> list[Difference]:
-    return (await verify_replay(redis, keys, archives=archives)).differences
 
 
 async def verify_replay(

@@ -11,8 +11,8 @@ import structlog
 
 from orchestrator.domain.events import Completed, ResultDeleted
 from orchestrator.domain.state import TaskState
-from orchestrator.storage.codec import text
-from orchestrator.storage.projection import Projection
+from orchestrator.domain.status import Status
+from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.results import ResultStore
 from orchestrator.storage.store import EventStore
 
@@ -36,6 +36,8 @@ class ResultPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DeletedResult(msgspec.Struct, frozen=True):
+    """A full result retention deleted (or would, in a dry run): its object prefix and size in bytes."""
+
     task_id: str
     key: str
     reason: str  # age, count or size
@@ -43,6 +45,8 @@ class DeletedResult(msgspec.Struct, frozen=True):
 
 
 class ResultRetentionReport(msgspec.Struct):
+    """What a run of results retention kept (count, bytes), deleted, and collected as orphans."""
+
     kept: int
     kept_bytes: int
     deleted: list[DeletedResult]
@@ -56,17 +60,10 @@ def _ms(iso: str | None) -> int:
     return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-async def _stored_results(projection: Projection) -> list[TaskState]:
+async def _stored_results(reads: ReadModel) -> list[TaskState]:
     """Completed tasks whose full result is in the store, newest completion first."""
-    await projection.refresh(force=True)
-    members = [
-        text(m) for m in await projection.redis.zrangebylex(projection.keys.projected_index("completed"), "-", "+")
-    ]
-    ids = [m.split("|", 1)[1] for m in members]
-    states: list[TaskState] = []
-    for start in range(0, len(ids), 500):
-        loaded = await projection.load(ids[start : start + 500])
-        states += [s for s in loaded.values() if s.result_ref is not None and s.result_deleted_at is None]
+    completed = await reads.all_tasks(Status.COMPLETED)
+    states = [s for s in completed if s.result_ref is not None and s.result_deleted_at is None]
     return sorted(states, key=lambda s: (s.finished_at or "", s.task_id), reverse=True)
 
 
@@ -82,7 +79,7 @@ def _reason(policy: ResultPolicy, age_ms: int, rank: int, total_bytes: int) -> s
 
 async def apply_result_retention(
     store: EventStore,
-    projection: Projection,
+    projection: ReadModel,
     results: ResultStore,
     policy: ResultPolicy,
     *,
@@ -118,19 +115,19 @@ async def apply_result_retention(
             log.warning("results.not_deleted", task_id=state.task_id, key=ref.key, outcome=outcome)
     named = {s.result_ref.key for s in live if s.result_ref is not None} - {d.key for d in deleted}
     orphans = await collect_orphans(
-        store, results, named, grace_ms=policy.orphan_grace_ms, now_ms=now_ms, dry_run=dry_run
+        projection, results, named, grace_ms=policy.orphan_grace_ms, now_ms=now_ms, dry_run=dry_run
     )
     report = ResultRetentionReport(kept, kept_bytes, deleted, orphans, dry_run)
     log.info("results.retention_applied", kept=kept, kept_bytes=kept_bytes, deleted=len(deleted), orphans=len(orphans))
     return report
 
 
-async def _named_in_log(store: EventStore, key: str) -> bool:
+async def _named_in_log(reads: ReadModel, key: str) -> bool:
     """Does the task's log name `key` as a live result (completed with it, not deleted since)?
     For a task the projection has not folded yet."""
     task_id = key.split("/", 1)[0]
     named = False
-    for stored in await store.task_events(task_id):
+    for stored in await reads.task_events(task_id):
         event = stored.event
         if isinstance(event, Completed) and event.result_ref is not None and event.result_ref.key == key:
             named = True
@@ -140,7 +137,7 @@ async def _named_in_log(store: EventStore, key: str) -> bool:
 
 
 async def collect_orphans(
-    store: EventStore, results: ResultStore, named: set[str], *, grace_ms: int, now_ms: int, dry_run: bool = False
+    reads: ReadModel, results: ResultStore, named: set[str], *, grace_ms: int, now_ms: int, dry_run: bool = False
 ) -> list[str]:
     """Delete result prefixes (`<task_id>/<attempt>-<nonce>`) that no live result names, whose
     newest object is older than `grace_ms`: uploads whose outcome was never recorded (the worker
@@ -156,7 +153,7 @@ async def collect_orphans(
             newest[prefix] = max(newest.get(prefix, 0), obj.last_modified_ms)
     collected = []
     for prefix, modified in sorted(newest.items()):
-        if prefix in named or now_ms - modified <= grace_ms or await _named_in_log(store, prefix):
+        if prefix in named or now_ms - modified <= grace_ms or await _named_in_log(reads, prefix):
             continue
         collected.append(prefix)
         if not dry_run:

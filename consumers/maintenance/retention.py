@@ -9,12 +9,17 @@ import structlog
 
 from orchestrator.domain.ids import id_order
 from orchestrator.storage.codec import text
-from orchestrator.storage.keys import DEFAULT_PROJECTION, Keys
+from orchestrator.storage.keys import Keys
+from orchestrator.storage.readmodel import ReadModel
+from orchestrator.storage.readmodel.pointer import projection_positions
 
 log = structlog.get_logger("backstream.retention")
 
 
 class RetentionReport(msgspec.Struct):
+    """What a retention run trimmed (entries, tasks compacted, dead letters) and Redis's memory
+    in bytes before and after (None where INFO is not available)."""
+
     keep_from: str | None  # the oldest log id kept; None when nothing could be trimmed
     limited_by: str  # what decided keep_from: horizon, archive, or a projection's position
     events_trimmed: int
@@ -47,17 +52,13 @@ async def apply_retention(redis: Any, keys: Keys, *, horizon_ms: int, dry_run: b
     candidates = {"horizon": f"{int(seconds) * 1000 + int(micros) // 1000 - horizon_ms}-0"}
     archived = await redis.get(keys.archived_through)
     candidates["archive"] = _after(text(archived)) if archived else "0-0"
-    names = {text(n) for n in await redis.smembers(keys.projections)}
-    live = await redis.get(keys.live_projection)
-    names.add(text(live) if live else DEFAULT_PROJECTION)
-    for name in sorted(names):
-        position = await redis.get(keys.with_projection(name).projection_position)
-        candidates[f"projection {name}"] = _after(text(position)) if position else "0-0"
+    for name, position in (await projection_positions(redis, keys)).items():
+        candidates[f"projection {name}"] = _after(position) if position else "0-0"
     limited_by, keep_from = min(candidates.items(), key=lambda item: id_order(item[1]))
     if keep_from == "0-0":
         return RetentionReport(None, limited_by, 0, 0, 0, memory_before, memory_before)
 
-    finished = await _finished_before(redis, keys, keep_from)
+    finished = await ReadModel(redis, keys).finished_before(keep_from)
     # Leave out what an earlier run compacted already, so the count says what this run did.
     async with redis.pipeline(transaction=False) as pipe:
         for task_id in finished:
@@ -82,26 +83,3 @@ async def apply_retention(redis: Any, keys: Keys, *, horizon_ms: int, dry_run: b
     )
     log.info("retention.applied", **msgspec.to_builtins(report))
     return report
-
-
-async def _finished_before(redis: Any, keys: Keys, keep_from: str) -> list[str]:
-    """Completed or cancelled tasks whose every event lies before `keep_from`. Failed tasks keep
-    their control hash: a user may still retry them."""
-    live = await redis.get(keys.live_projection)
-    projection = keys.with_projection(text(live) if live else DEFAULT_PROJECTION)
-    ms, seq = id_order(keep_from)
-    upper = f"({ms:015d}-{seq:06d}"
-    found = []
-    for status in ("completed", "cancelled"):
-        members = [text(m) for m in await redis.zrangebylex(projection.projected_index(status), "-", upper)]
-        task_ids = [m.split("|", 1)[1] for m in members]
-        async with redis.pipeline(transaction=False) as pipe:
-            for task_id in task_ids:
-                pipe.hget(projection.projected_task(task_id), "last_event_id")
-            lasts = await pipe.execute()
-        found += [
-            t
-            for t, last in zip(task_ids, lasts, strict=True)
-            if last and id_order(msgspec.json.decode(last)) < id_order(keep_from)
-        ]
-    return found

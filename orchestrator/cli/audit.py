@@ -20,8 +20,7 @@ from orchestrator.domain.views import to_api
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import Connections
 from orchestrator.storage.keys import Keys
-from orchestrator.storage.projection import HistoryArchived, Projection
-from orchestrator.storage.store import EventStore
+from orchestrator.storage.readmodel import HistoryArchived, ReadModel
 
 
 def _summary(line: dict[str, Any]) -> str:
@@ -65,9 +64,8 @@ async def _audit(args: argparse.Namespace, settings: Settings) -> int:
     conns = Connections(settings)
     try:
         keys = Keys(prefix=settings.prefix)
-        store = EventStore(conns.commands, keys)
         # The same read model as the API and the dashboard: a task retention compacted still exists.
-        history = await Projection(conns.commands, keys, follow_live=True).history(args.task_id, store)
+        history = await ReadModel(conns.commands, keys, follow_live=True).history(args.task_id)
         if history is None:
             print(f"backstream audit: no task {args.task_id}", file=sys.stderr)
             return 1

@@ -99,7 +99,7 @@ async def _retention(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.maintenance.result_retention import ResultPolicy, apply_result_retention
     from orchestrator.storage.connections import Connections
     from orchestrator.storage.keys import Keys
-    from orchestrator.storage.projection import Projection
+    from orchestrator.storage.readmodel import ReadModel
     from orchestrator.storage.results import results_for
     from orchestrator.storage.store import EventStore
 
@@ -115,7 +115,7 @@ async def _retention(args: argparse.Namespace, settings: Settings) -> int:
     try:
         report = await apply_result_retention(
             EventStore(conns.commands, keys),
-            Projection(conns.commands, keys, follow_live=True),
+            ReadModel(conns.commands, keys, follow_live=True),
             results,
             policy,
             dry_run=args.dry_run,

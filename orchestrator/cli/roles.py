@@ -21,7 +21,7 @@ from orchestrator.cli.home import HOME_HELP, EmbeddedStore, HomeError, api_host
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import Connections
 from orchestrator.storage.keys import Keys
-from orchestrator.storage.projection import Projection
+from orchestrator.storage.readmodel import Projection
 from orchestrator.storage.store import EventStore
 
 log = structlog.get_logger("backstream")

@@ -6,7 +6,8 @@ import datetime as dt
 import functools
 import re
 
-_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+# A stream id as people and Redis write it: `ms-seq`, or `ms` alone (group 2 is then None).
+STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 ID_PART_MAX = 2**64 - 1
 # Redis refuses a range that excludes the first id from below or the last one from above.
 FIRST_ID, LAST_ID = (0, 0), (ID_PART_MAX, ID_PART_MAX)
@@ -14,8 +15,8 @@ FIRST_ID, LAST_ID = (0, 0), (ID_PART_MAX, ID_PART_MAX)
 
 def parse_stream_id(value: str) -> tuple[int, int] | None:
     """`1700000000000-5` -> (1700000000000, 5); None for anything Redis would not take as an id."""
-    match = _STREAM_ID.fullmatch(value)
-    if match is None:
+    match = STREAM_ID.fullmatch(value)
+    if match is None or match[2] is None:
         return None
     ms, seq = int(match[1]), int(match[2])
     return (ms, seq) if ms <= ID_PART_MAX and seq <= ID_PART_MAX else None

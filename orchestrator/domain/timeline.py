@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Iterable
 
 from orchestrator.domain.events import StoredEvent
-from orchestrator.domain.ids import ID_PART_MAX, id_order
+from orchestrator.domain.ids import ID_PART_MAX, STREAM_ID, id_order
 from orchestrator.domain.state import TaskState, evolve
-
-_STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 
 
 def as_of_id(value: str) -> tuple[int, int]:
     """`1700000000000-5` (a stream id), `1700000000000` (ms: the whole millisecond), or an ISO
     8601 time (naive means UTC) -> the last stream id position it covers, as (ms, seq).
     Raises ValueError with a message fit for a user."""
-    match = _STREAM_ID.fullmatch(value)
+    match = STREAM_ID.fullmatch(value)
     if match:
         ms, seq = int(match[1]), int(match[2]) if match[2] is not None else ID_PART_MAX
         if ms > ID_PART_MAX or seq > ID_PART_MAX:

@@ -206,7 +206,7 @@ class Health(msgspec.Struct, frozen=True):
 
 class TaskListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`GET /api/backtests/tasks`. `symbol` (case-insensitive) and `strategy` filter while paging
-    (no index): a page scans at most `orchestrator.storage.projection.FILTER_SCAN` tasks, so with a filter
+    (no index): a page scans at most `orchestrator.storage.readmodel.FILTER_SCAN` tasks, so with a filter
     a page can hold fewer than `limit` tasks and still have a `next_cursor`."""
 
     status: Status | None = None

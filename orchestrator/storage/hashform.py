@@ -37,7 +37,14 @@ def from_hash(fields: dict[Any, Any]) -> TaskState:
     return msgspec.convert(data, TaskState)
 
 
+def index_position(stream_id: str) -> str:
+    """Where a stream id (`ms-seq`) sorts in the projection's indexes: `<ms, 15 digits>-<seq, 6
+    digits>`, so that members compare by text as their ids compare by number."""
+    ms, _, seq = stream_id.partition("-")
+    return f"{int(ms):015d}-{int(seq or 0):06d}"
+
+
 def index_member(state: TaskState) -> str:
-    """Sort key of a task in the projection's indexes: submit time, then task id."""
-    ms, _, seq = state.submitted_id.partition("-")
-    return f"{int(ms):015d}-{int(seq):06d}|{state.task_id}"
+    """Sort key of a task in the projection's indexes: its submit's index position, then its
+    task id (`<position>|<task id>`)."""
+    return f"{index_position(state.submitted_id)}|{state.task_id}"

@@ -24,11 +24,11 @@ from orchestrator.domain.events import (
     Submitted,
 )
 from orchestrator.domain.history import attempt_history
-from orchestrator.domain.ids import FIRST_ID, id_order
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.storage.batching import ScriptBatcher
-from orchestrator.storage.codec import decode_entry, decode_json, encode_json, event_data, text
+from orchestrator.storage.codec import encode_json, event_data, text
 from orchestrator.storage.keys import IDEMPOTENCY_TTL_SECONDS, STAGED_RESULT_TTL_MS, WORKER_GROUP, Keys
+from orchestrator.storage.readmodel.log import task_events
 from orchestrator.storage.scripts import Scripts
 
 # A lost worker is not charged to a task; a task that loses its worker this many times its
@@ -91,7 +91,7 @@ def body_fingerprint(body: bytes) -> str:
 
 
 class EventStore:
-    """Appends events through the command scripts and reads a task's events back."""
+    """Appends events through the command scripts (reads are the read model's: readmodel/)."""
 
     def __init__(self, redis: Any, keys: Keys) -> None:
         self.redis = redis
@@ -216,7 +216,7 @@ class EventStore:
         )
         history = b"[]"
         if reclaim:
-            events = await self.task_events(task_id)
+            events = await task_events(self.redis, self.keys, task_id)
             history = encode_json(attempt_history([*events, StoredEvent(id="0-0", event=lost)]))
         reply = await self._batcher.call(
             self.scripts.claim,
@@ -300,7 +300,7 @@ class EventStore:
         keys = self.keys
         history = b"[]"
         if isinstance(event, Failed):
-            events = await self.task_events(task_id)
+            events = await task_events(self.redis, self.keys, task_id)
             history = encode_json(attempt_history([*events, StoredEvent(id="0-0", event=event)]))
         # The full result is SET beside the script, not passed through it: Lua copies an argument
         # (~1.3 µs per KB, blocking Redis), a RENAME of the staged value costs the same at any size.
@@ -369,43 +369,6 @@ class EventStore:
             )
         )
         return sum(text(reply[0]) == "ok" for reply in replies)
-
-    # --- reads of the log ---
-
-    async def task_events(self, task_id: str, *, after_seq: int = 0) -> list[StoredEvent]:
-        """A task's events in order (those with seq > after_seq), through its log index."""
-        ids = await self.redis.lrange(self.keys.task_log(task_id), after_seq, -1)
-        if not ids:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for entry_id in ids:
-                pipe.xrange(self.keys.events, entry_id, entry_id)
-            replies = await pipe.execute()
-        return [decode_entry(*entries[0]) for entries in replies if entries]
-
-    async def dead_letters(self, *, limit: int, before: str | None) -> list[dict[str, Any]]:
-        """Dead letters newest first (ids before `before` when given)."""
-        if before is not None and id_order(before) == FIRST_ID:
-            return []
-        entries = await self.redis.xrevrange(self.keys.dead_letters, f"({before}" if before else "+", "-", count=limit)
-        letters = []
-        for entry_id, fields in entries:
-            get = {text(k): text(v) for k, v in fields.items()}
-            letters.append(
-                {
-                    "id": text(entry_id),
-                    "task_id": get["task_id"],
-                    "attempt": int(get["attempt"]),
-                    "reason": get["reason"],
-                    "failed_event": get["failed_event"],
-                    "history": decode_json(get.get("history", "[]")),
-                }
-            )
-        return letters
-
-    async def result(self, task_id: str) -> bytes | None:
-        value = await self.redis.get(self.keys.result(task_id))
-        return bytes(value) if value is not None else None
 
 
 def _fenced(reply: list[Any]) -> Fenced | None:

@@ -19,8 +19,9 @@ import httpx
 import redis.asyncio as aioredis
 
 from consumers.maintenance.archive import export
-from consumers.maintenance.replay import live_keys, snapshot
+from consumers.maintenance.replay import snapshot
 from orchestrator.storage.keys import Keys
+from orchestrator.storage.readmodel import live_keys
 from tests.processes import Cluster, RedisServer, wait_until
 from tests.test_faults import LONG, SHORT, Log, projector_caught_up, submit
 from tests.test_replay import decoded

@@ -1,0 +1,134 @@
+"""Reads of the event log: the whole stream in pages (SSE catch-up, metrics), a blocking tail (the
+live feed), raw batches (the projector), and one task's events through its log index.
+
+Undecodable entries (written by a newer Backstream) are never fatal to a lenient reader: a
+`LogPage` carries them apart, with why, for the caller to log under its own name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from orchestrator.domain.errors import EventDecodeError
+from orchestrator.domain.events import StoredEvent
+from orchestrator.domain.ids import LAST_ID, id_order
+from orchestrator.storage.codec import decode_entries, decode_entry, text
+from orchestrator.storage.keys import Keys
+
+
+class LogPage(msgspec.Struct, frozen=True):
+    """Consecutive entries of the log: the id of the last one (a position to read on from), the
+    decodable ones as events in log order, and the others as (entry id, why)."""
+
+    last_id: str
+    events: list[StoredEvent]
+    undecodable: list[tuple[str, str]] = []
+
+
+def decode_page(entries: list[Any]) -> LogPage:
+    """A non-empty XRANGE/XREAD reply's entries `[(id, {field: value})]` as a LogPage."""
+    events: list[StoredEvent] = []
+    undecodable: list[tuple[str, str]] = []
+    for entry_id, fields in entries:
+        try:
+            events.append(decode_entry(entry_id, fields))
+        except EventDecodeError as e:
+            undecodable.append((text(entry_id), str(e)))
+    return LogPage(last_id=text(entries[-1][0]), events=events, undecodable=undecodable)
+
+
+async def latest_id(redis: Any, stream: str) -> str | None:
+    """The id of the newest entry of `stream` (None: empty or missing). Raises redis errors."""
+    latest = await redis.xrevrange(stream, "+", "-", count=1)
+    return text(latest[0][0]) if latest else None
+
+
+async def log_pages(redis: Any, stream: str, after: str, page: int) -> AsyncIterator[LogPage]:
+    """The log after stream id `after`, read lazily one `XRANGE … COUNT page` at a time. At most
+    one page is in memory however long the log is; the next page is read only when the caller
+    asks for it. Ends at the log's end as of the last read (a page of fewer than `page` entries)."""
+    if id_order(after) == LAST_ID:  # nothing can follow it, and Redis refuses the range
+        return
+    position = after
+    while True:
+        entries = await redis.xrange(stream, f"({position}", "+", count=page)
+        if not entries:
+            return
+        found = decode_page(entries)
+        position = found.last_id
+        yield found
+        if len(entries) < page:
+            return
+
+
+async def tail(redis: Any, stream: str, after: str, *, count: int, block_ms: int) -> LogPage | None:
+    """Up to `count` entries after `after`, waiting up to `block_ms` ms for one (XREAD BLOCK, on
+    a client without a socket timeout); None if none came. Raises redis errors and OSError."""
+    reply = await redis.xread({stream: after}, count=count, block=block_ms)
+    return decode_page(reply[0][1]) if reply else None
+
+
+async def read_batch(redis: Any, stream: str, after: str | None, count: int, block_ms: int | None) -> list[StoredEvent]:
+    """Events after `after` in log order (XREAD, blocking up to block_ms when given): the
+    projector's read. Raises EventDecodeError on an entry this version cannot read.
+
+    The reply is read as Redis sent it: the command name is passed as bytes, which redis-py's
+    response callbacks (looked up by name as text) do not match, so its XREAD callback does
+    not turn every entry into a dict; `decode_entries` reads the flat field lists itself."""
+    block = (b"BLOCK", block_ms) if block_ms is not None else ()
+    reply = await redis.execute_command(
+        b"XREAD", b"COUNT", count, *block, b"STREAMS", stream, after or "0-0", NEVER_DECODE=True
+    )
+    if not reply:
+        return []
+    # RESP2: [[stream, entries]]; RESP3: {stream: entries}.
+    entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))
+    return decode_entries(entries)
+
+
+async def task_events(redis: Any, keys: Keys, task_id: str, *, start: int = 0) -> list[StoredEvent]:
+    """The task's events still in the log, in order, from position `start` of its log index
+    (LRANGE, then one pipelined XRANGE per id; ids retention trimmed are skipped)."""
+    ids = await redis.lrange(keys.task_log(task_id), start, -1)
+    if not ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for entry_id in ids:
+            pipe.xrange(keys.events, entry_id, entry_id)
+        replies = await pipe.execute()
+    return [decode_entry(*entries[0]) for entries in replies if entries]
+
+
+async def task_event_pages(
+    redis: Any, keys: Keys, task_id: str, after: str, page: int
+) -> AsyncIterator[list[StoredEvent]]:
+    """The task's events after stream id `after` that are still in the log, in order, read
+    lazily `page` ids of its log index at a time (LRANGE, then one pipelined XRANGE per id):
+    one page in memory however long the task's history is."""
+    start = 0
+    while True:
+        ids = [text(i) for i in await redis.lrange(keys.task_log(task_id), start, start + page - 1)]
+        start += len(ids)
+        wanted = [i for i in ids if id_order(i) > id_order(after)]
+        if wanted:
+            async with redis.pipeline(transaction=False) as pipe:
+                for entry_id in wanted:
+                    pipe.xrange(keys.events, entry_id, entry_id)
+                replies = await pipe.execute()
+            events = [decode_entry(*entries[0]) for entries in replies if entries]
+            if events:
+                yield events
+        if len(ids) < page:
+            return
+
+
+async def last_task_event_id(redis: Any, keys: Keys, task_id: str) -> str | None:
+    """The id of the task's newest event still in the log (None once retention trimmed it or
+    dropped the task's log index)."""
+    last = await redis.lindex(keys.task_log(task_id), -1)
+    if last is None or not await redis.xrange(keys.events, last, last):
+        return None
+    return text(last)

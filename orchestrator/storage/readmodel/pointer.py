@@ -1,0 +1,37 @@
+"""The live-projection pointer: which projection the API serves, and every projection's position.
+
+The one place that reads `{bs}:projection` (written by `switch.lua` when a rebuild goes live):
+the read model, the projector, replay and retention all ask here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.storage.codec import text
+from orchestrator.storage.keys import DEFAULT_PROJECTION, Keys
+
+# How long a reader trusts its knowledge of which projection is live, in seconds. A rebuild keeps
+# the old projection intact for longer than this after switching, so a reader a moment behind
+# still sees a whole projection.
+POINTER_TTL_S = 1.0
+
+
+async def live_keys(redis: Any, keys: Keys) -> Keys:
+    """`keys` pointing at the projection the API serves now (DEFAULT_PROJECTION until a rebuild
+    switched the pointer). One GET; raises redis errors."""
+    name = await redis.get(keys.live_projection)
+    return keys.with_projection(text(name) if name else DEFAULT_PROJECTION)
+
+
+async def projection_positions(redis: Any, keys: Keys) -> dict[str, str | None]:
+    """{projection name: the id of the last event folded into it (None: nothing yet)} for the
+    live projection and every one registered in `{bs}:projections` (being rebuilt), sorted by
+    name. Raises redis errors."""
+    names = {text(n) for n in await redis.smembers(keys.projections)}
+    names.add((await live_keys(redis, keys)).projection_name)
+    positions: dict[str, str | None] = {}
+    for name in sorted(names):
+        position = await redis.get(keys.with_projection(name).projection_position)
+        positions[name] = text(position) if position else None
+    return positions
