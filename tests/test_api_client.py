@@ -11,7 +11,8 @@ import sys
 import httpx
 import pytest
 
-from orchestrator.client.api import AsyncClient, Client, ProgressBar, Refused, Result
+from orchestrator.client import AsyncClient, Client, Refused, Result
+from orchestrator.client.progress import ProgressBar
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.views import TaskView
 from tests.conftest import Backend
@@ -114,7 +115,7 @@ async def test_results_without_pandas_are_the_apis_columns(system: System, monke
 def test_the_client_imports_nothing_of_the_server() -> None:
     """Dependencies point inward: the client speaks HTTP and shares only orchestrator's types."""
     code = (
-        "import sys, orchestrator.client.api; "
+        "import sys, orchestrator.client; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('api', 'consumers', 'redis', 'starlette')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
