@@ -66,7 +66,9 @@ class Run:
         return self.client.api.get(_task_path(self.task_id, "/retry"), TaskView, method="POST")
 
 
-def _spec(strategy: str | BacktestSpec, symbol: str | None, params: dict[str, ParamValue] | None, **fields: Any) -> Any:
+def _spec(
+    strategy: str | BacktestSpec, symbol: str | None, params: dict[str, ParamValue] | None, **fields: Any
+) -> BacktestSpec | dict[str, Any]:
     if isinstance(strategy, BacktestSpec):
         return strategy
     body: dict[str, Any] = {"strategy": strategy, "symbol": symbol, "params": params or {}}
