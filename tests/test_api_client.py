@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import subprocess
 import sys
+from typing import Any
 
 import httpx
 import pytest
 
-from orchestrator.client.api import AsyncClient, Client, ProgressBar, Refused, Result
+from orchestrator.client import AsyncClient, Client, Refused, Result
+from orchestrator.client.progress import ProgressBar, Watch
+from orchestrator.domain.events import Completed, Progress, RetryScheduled, Started, StoredEvent, Submitted
+from orchestrator.domain.history import event_view
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.views import TaskView
 from tests.conftest import Backend
@@ -114,8 +119,48 @@ async def test_results_without_pandas_are_the_apis_columns(system: System, monke
 def test_the_client_imports_nothing_of_the_server() -> None:
     """Dependencies point inward: the client speaks HTTP and shares only orchestrator's types."""
     code = (
-        "import sys, orchestrator.client.api; "
+        "import sys, orchestrator.client; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('api', 'consumers', 'redis', 'starlette')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _wire(stored: StoredEvent) -> dict[str, Any]:
+    """An event as the API streams it (JSON and back)."""
+    return json.loads(json.dumps(event_view(stored)))
+
+
+def test_following_a_task_folds_its_stream_with_the_domains_fold() -> None:
+    spec = BacktestSpec(strategy="sma_cross", symbol="AAPL", params=SMA)
+    stream = [
+        StoredEvent("1-0", Submitted(task_id="t", seq=1, spec=spec)),
+        StoredEvent("2-0", Started(task_id="t", seq=2, attempt=1, worker="w1")),
+        StoredEvent("3-0", Progress(task_id="t", seq=3, attempt=1, progress=0.4)),
+        StoredEvent("4-0", RetryScheduled(task_id="t", seq=4, attempt=1, error="boom")),
+        StoredEvent("5-0", Started(task_id="t", seq=5, attempt=2, worker="w2")),
+        StoredEvent("6-0", Completed(task_id="t", seq=6, attempt=2, result={"metrics": {}})),
+    ]
+    watch = Watch(lambda: pytest.fail("the stream folds: nothing to ask the API"))
+    shown = [watch.see(_wire(stored)) for stored in stream]
+    assert [(s.status, s.progress, s.attempt) for s in shown] == [
+        ("queued", 0.0, 0),
+        ("running", 0.0, 1),
+        ("running", 0.4, 1),
+        ("queued", 0.0, 1),
+        ("running", 0.0, 2),
+        ("completed", 1.0, 2),
+    ]
+    assert shown[4].worker == "w2"
+
+
+def test_a_stream_that_cannot_be_folded_is_answered_by_the_api() -> None:
+    """A stream that starts after retention trimmed the task's first events: the API decides."""
+    spec = BacktestSpec(strategy="sma_cross", symbol="AAPL", params=SMA)
+    answer = TaskView(
+        task_id="t", status="running", progress=0.7, created_at="", started_at=None, finished_at=None, attempt=3,
+        worker="w9", error=None, error_retryable=None, result=None, spec=spec, submitted_by=None,
+    )  # fmt: skip
+    watch = Watch(lambda: answer)
+    shown = watch.see(_wire(StoredEvent("9-0", Progress(task_id="t", seq=9, attempt=3, progress=0.6))))
+    assert shown == ("running", 0.7, 3, "w9")

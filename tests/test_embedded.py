@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from orchestrator.cli.home import valkey_binary
+from orchestrator.cli.embedded import valkey_binary
 from orchestrator.settings import Settings
 from tests.processes import free_port, wait_until
 

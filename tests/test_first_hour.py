@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cli.tasks import _params
-from orchestrator.client.api import ClientError
+from orchestrator.cli.request import params
+from orchestrator.client import ClientError
 from orchestrator.settings import Settings
 from tests.conftest import Backend
 from tests.harness import System
@@ -87,13 +87,13 @@ async def test_tail_since_0_reads_from_the_first_event(system: System, capsys: p
     ],
 )
 def test_sweep_ranges(text: str, values: list[Any]) -> None:
-    assert _params([text]) == {text.split("=")[0]: values}
+    assert params([text]) == {text.split("=")[0]: values}
 
 
 @pytest.mark.parametrize("text", ["fast=5:1", "fast=1:5:0", "fast=1:5:-1", "fast=a:5", "fast=1:2:3:4", "fast=0:1e9"])
 def test_bad_sweep_ranges_are_refused(text: str) -> None:
     with pytest.raises(ClientError, match="--param"):
-        _params([text])
+        params([text])
 
 
 async def test_submit_a_range_and_ls_by_symbol_and_strategy_with_the_metric(

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from orchestrator.cli.tasks import Api, Refused
+from orchestrator.client.http import Api, Refused
 from orchestrator.settings import ApiToken, Settings
 from tests.conftest import Backend
 from tests.harness import System

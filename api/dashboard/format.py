@@ -3,33 +3,22 @@ templates escape what these return)."""
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
+
+from orchestrator.domain import display
+from orchestrator.domain.display import WEB, event_fields, param_text
 
 # Metrics counted in whole units; every other metric shows two decimals (results.js agrees).
 WHOLE_METRICS = frozenset(
     ("num_trades", "duration_days", "max_drawdown_duration_days", "max_trade_duration_days", "size")
 )
-# A sweep list longer than this shows its first two values, its last and its length.
-SHORT_LIST = 6
 
 
 def fmt(value: Any) -> str:
-    """A value for people: `—` for None and non-finite floats, yes/no for booleans, amounts and
-    prices to the cent (168.21, with thousands separators), small rates to 4 significant digits,
-    lists and dicts as JSON, anything else as `str`."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "—"
-        return f"{value:,.2f}" if abs(value) >= 1 or value == 0 else f"{value:.4g}"
-    if isinstance(value, list | dict):
-        return json.dumps(value)
-    return str(value)
+    """A value as the dashboard shows it (`display.fmt` in the WEB style: `—` for nothing,
+    yes/no, amounts to the cent)."""
+    return display.fmt(value, WEB)
 
 
 def metric_text(name: str, value: Any) -> str:
@@ -41,11 +30,8 @@ def metric_text(name: str, value: Any) -> str:
 
 
 def params_text(value: Any) -> str:
-    """A parameter's value; a sweep of more than SHORT_LIST values is shortened to
-    `first, second, …, last (n values: a sweep)`."""
-    if isinstance(value, list) and len(value) > SHORT_LIST:
-        return f"{fmt(value[0])}, {fmt(value[1])}, …, {fmt(value[-1])} ({len(value)} values: a sweep)"
-    return fmt(value)
+    """A parameter's value as the dashboard shows it (`display.param_text` in the WEB style)."""
+    return param_text(value, WEB)
 
 
 def percent(progress: float) -> float:
@@ -54,15 +40,10 @@ def percent(progress: float) -> float:
 
 
 def event_detail(event: dict[str, Any]) -> str:
-    """An event's own fields as `k=v, …` (an `EventView` as builtins): a submitted event without
-    its spec (the page shows it), a completed one with its result's fields but the metrics."""
-    data = dict(event["data"])
-    if event["type"] == "submitted":
-        data.pop("spec", None)
-    if event["type"] == "completed":
-        result = data.pop("result", {}) or {}
-        data = {k: v for k, v in result.items() if k != "metrics"} | data
-    return ", ".join(f"{k}={fmt(v)}" for k, v in data.items())
+    """An event's own fields as `k=v, …` (an `EventView` as builtins): its outcome and the rest
+    (`display.event_fields`), without the spec or the metrics the page shows elsewhere."""
+    fields = event_fields(event)
+    return ", ".join(f"{k}={fmt(v)}" for k, v in {**fields.outcome, **fields.rest}.items())
 
 
 def progress_run_detail(run: list[dict[str, Any]]) -> str:

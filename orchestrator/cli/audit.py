@@ -4,16 +4,20 @@ REDIS_URL's, or the embedded store of the home)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
-from orchestrator.cli.home import HOME_HELP, HomeError, store_for
+from consumers.maintenance import replay
+from consumers.maintenance.archive import export, read_entries
+from consumers.maintenance.retention import apply_retention
+from orchestrator.cli.args import Subcommands, duration_ms
+from orchestrator.cli.home import HOME_HELP
+from orchestrator.cli.render import audit_line
+from orchestrator.cli.stores import needs_redis
 from orchestrator.domain.history import event_view
 from orchestrator.domain.timeline import as_of_id
 from orchestrator.domain.views import to_api
@@ -21,17 +25,6 @@ from orchestrator.settings import Settings
 from orchestrator.storage.connections import Connections
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel import HistoryArchived, ReadModel
-
-
-def _summary(line: dict[str, Any]) -> str:
-    data = dict(line["data"])
-    if "spec" in data:
-        spec = data.pop("spec")
-        data = {"strategy": spec["strategy"], "symbol": spec["symbol"], "params": spec.get("params", {}), **data}
-    if "result" in data:
-        metrics = data.pop("result").get("metrics", {})
-        data.update({k: metrics[k] for k in ("return_pct", "sharpe", "num_trades") if k in metrics})
-    return " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in data.items())
 
 
 class _Progress:
@@ -56,6 +49,7 @@ class _Progress:
             )
 
     def close(self) -> None:
+        """End the bar's line."""
         if self.tty:
             print(file=sys.stderr)
 
@@ -89,19 +83,13 @@ async def _audit(args: argparse.Namespace, settings: Settings) -> int:
         events = history.events
         for stored in events:
             line = event_view(stored)
-            if args.json:
-                print(json.dumps(line, separators=(",", ":")))
-            else:
-                print(f"{line['time']}  {line['type']:<16} attempt={line['attempt']}  {_summary(line)}")
+            print(json.dumps(line, separators=(",", ":")) if args.json else audit_line(line))
         return 0
     finally:
         await conns.close()
 
 
 async def _replay(args: argparse.Namespace, settings: Settings) -> int:
-    from consumers.maintenance import replay
-    from consumers.maintenance.archive import read_entries
-
     conns = Connections(settings)
     keys = Keys(prefix=settings.prefix)
     archives = [Path(p) for p in args.archive]
@@ -131,8 +119,6 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _export(args: argparse.Namespace, settings: Settings) -> int:
-    from consumers.maintenance.archive import export
-
     conns = Connections(settings)
     keys = Keys(prefix=settings.prefix)
     try:
@@ -148,8 +134,6 @@ async def _export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _retention(args: argparse.Namespace, settings: Settings) -> int:
-    from consumers.maintenance.retention import apply_retention
-
     conns = Connections(settings)
     try:
         report = await apply_retention(
@@ -161,14 +145,6 @@ async def _retention(args: argparse.Namespace, settings: Settings) -> int:
         await conns.close()
 
 
-def _duration_ms(value: str) -> int:
-    units = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-    try:
-        return int(float(value[:-1]) * units[value[-1]]) if value[-1] in units else int(float(value) * 1000)
-    except (ValueError, IndexError):
-        raise argparse.ArgumentTypeError(f"{value!r}: use a number with s, m, h or d (e.g. 30d)") from None
-
-
 def _range_bound(value: str | None, default: str, *, low: bool) -> str:
     if value is None:
         return default
@@ -178,34 +154,17 @@ def _range_bound(value: str | None, default: str, *, low: bool) -> str:
     return f"{ms}-{seq}"
 
 
-def _needs_redis(run: Any) -> Any:
-    """Run the command on REDIS_URL's Redis or, without it, on the embedded store of the home:
-    the running `backstream up`'s, or one this command starts and stops itself."""
-
-    def wrapped(args: argparse.Namespace, settings: Settings) -> int:
-        if settings.redis_url is not None:
-            return int(asyncio.run(run(args, settings)))
-        assert settings.home is not None
-        try:
-            with store_for(Path(settings.home), args.command) as url:
-                return int(asyncio.run(run(args, msgspec.structs.replace(settings, redis_url=url))))
-        except HomeError as e:
-            print(f"backstream {args.command}: {e}", file=sys.stderr)
-            return 2
-
-    return wrapped
-
-
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
+    """Add the audit and replay commands to `sub`."""
     audit = sub.add_parser("audit", help="a task's full history (or its state as of a moment)")
     audit.add_argument("task_id")
     audit.add_argument("--json", action="store_true", help="JSON lines, as GET …/events gives them")
     audit.add_argument("--as-of", help="a stream id or ISO time: print the task's state as it was then")
     audit.add_argument("--home", help=HOME_HELP)
-    audit.set_defaults(run=_needs_redis(_audit))
+    audit.set_defaults(run=needs_redis(_audit, embedded=True))
 
-    replay = sub.add_parser("replay", help="fold the whole log into fresh keys: verify or rebuild the projection")
-    mode = replay.add_mutually_exclusive_group(required=True)
+    replaying = sub.add_parser("replay", help="fold the whole log into fresh keys: verify or rebuild the projection")
+    mode = replaying.add_mutually_exclusive_group(required=True)
     mode.add_argument(
         "--verify",
         action="store_true",
@@ -216,23 +175,23 @@ def register(sub: Any) -> None:
         action="store_true",
         help="build a new projection beside the live one, then switch to it atomically",
     )
-    replay.add_argument(
+    replaying.add_argument(
         "--archive", action="append", default=[], help="an exported archive to read before the live log (repeatable)"
     )
-    replay.add_argument("--home", help=HOME_HELP)
-    replay.set_defaults(run=_needs_redis(_replay))
+    replaying.add_argument("--home", help=HOME_HELP)
+    replaying.set_defaults(run=needs_redis(_replay, embedded=True))
 
-    export = sub.add_parser("export", help="write the log to newline-delimited JSON (.gz compresses)")
-    export.add_argument("file")
-    export.add_argument("--since", help="stream id or ISO time (default: the beginning)")
-    export.add_argument("--until", help="stream id or ISO time (default: now)")
-    export.add_argument("--home", help=HOME_HELP)
-    export.set_defaults(run=_needs_redis(_export))
+    exporting = sub.add_parser("export", help="write the log to newline-delimited JSON (.gz compresses)")
+    exporting.add_argument("file")
+    exporting.add_argument("--since", help="stream id or ISO time (default: the beginning)")
+    exporting.add_argument("--until", help="stream id or ISO time (default: now)")
+    exporting.add_argument("--home", help=HOME_HELP)
+    exporting.set_defaults(run=needs_redis(_export, embedded=True))
 
     retention = sub.add_parser(
         "retention", help="trim the log older than a horizon, once archived and folded into every projection"
     )
-    retention.add_argument("--horizon", type=_duration_ms, required=True, help="keep this much: 30d, 12h, …")
+    retention.add_argument("--horizon", type=duration_ms, required=True, help="keep this much: 30d, 12h, …")
     retention.add_argument("--dry-run", action="store_true", help="report what would be trimmed")
     retention.add_argument("--home", help=HOME_HELP)
-    retention.set_defaults(run=_needs_redis(_retention))
+    retention.set_defaults(run=needs_redis(_retention, embedded=True))

@@ -9,6 +9,8 @@ import structlog
 
 
 def configure(*, json: bool | None = None, level: str = "INFO") -> None:
+    """Configure structlog for this process: logs on stderr, JSON lines when `json` (None: when
+    stderr is not a terminal), else coloured console lines; `level` is a logging level name."""
     if json is None:
         json = not sys.stderr.isatty()
     renderer: structlog.typing.Processor = (

@@ -20,6 +20,7 @@ COMMAND_GROUPS = [roles, audit, tasks, results]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `backstream` parser with every subcommand; each parsed command has `run(args, settings)`."""
     parser = argparse.ArgumentParser(
         prog="backstream", description="An event-sourced backtest orchestrator on Redis Streams."
     )
@@ -43,6 +44,7 @@ EXIT_BROKEN_PIPE = 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run `backstream ARGV` (None: sys.argv); its exit code. A closed stdout ends it with 141."""
     try:
         return _main(argv)
     except BrokenPipeError:

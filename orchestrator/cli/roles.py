@@ -1,4 +1,5 @@
-"""The long-running roles (`up`, `api`, `worker`, `projector`), wired to their stores."""
+"""The long-running roles (`up`, `api`, `worker`, `projector`), wired to their stores: the one
+place that builds the API, the worker and the projector from the core's parts."""
 
 from __future__ import annotations
 
@@ -12,25 +13,49 @@ import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import structlog
+import uvicorn
+from starlette.applications import Starlette
 
-from orchestrator.cli.home import HOME_HELP, EmbeddedStore, HomeError, api_host
+from api.app import create_app
+from api.auth import warn_if_exposed
+from api.live import close_streams
+from consumers.engine.adapters import EngineCatalog, EngineSpecChecker
+from consumers.engine.datasets import Catalog
+from consumers.engine.registry import strategies
+from consumers.engine.runner import start_run
+from consumers.projector import Projector
+from consumers.worker.loop import Worker
+from orchestrator.cli.args import Subcommands
+from orchestrator.cli.embedded import EmbeddedStore
+from orchestrator.cli.home import HOME_HELP, HomeError, api_host
+from orchestrator.cli.stores import needs_redis
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import Connections
 from orchestrator.storage.keys import Keys
+from orchestrator.storage.presence import Heartbeat
 from orchestrator.storage.readmodel import Projection
+from orchestrator.storage.results import results_for
 from orchestrator.storage.store import EventStore
 
 log = structlog.get_logger("backstream")
 
 
-def _catalog(settings: Settings) -> Any:
-    from consumers.engine.datasets import Catalog
-
+def _catalog(settings: Settings) -> Catalog:
     return Catalog.from_env_dir(settings.data_dir)
+
+
+# --- the API's wiring to the engine (its ports) ---
+
+
+def _app(settings: Settings, catalog: Catalog, conns: Connections | None) -> Starlette:
+    """The API app, its engine ports served by `catalog`."""
+    return create_app(settings, checker=EngineSpecChecker(catalog), catalog=EngineCatalog(catalog), connections=conns)
+
+
+# --- the roles ---
 
 
 def _on_signals(stop: Callable[[], None]) -> None:
@@ -39,12 +64,7 @@ def _on_signals(stop: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, stop)
 
 
-def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, concurrency: int) -> Any:
-    from consumers.engine.registry import strategies
-    from consumers.engine.runner import start_run
-    from consumers.worker.loop import Worker
-    from orchestrator.storage.results import results_for
-
+def _worker(settings: Settings, conns: Connections, catalog: Catalog, name: str, concurrency: int) -> Worker:
     keys = Keys(prefix=settings.prefix)
     return Worker(
         EventStore(conns.commands, keys),
@@ -58,10 +78,7 @@ def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, con
     )
 
 
-def _projector(settings: Settings, conns: Connections) -> Any:
-    from consumers.projector import Projector
-    from orchestrator.storage.presence import Heartbeat
-
+def _projector(settings: Settings, conns: Connections) -> Projector:
     keys = Keys(prefix=settings.prefix)
     projection = Projection(conns.commands, keys, follow_live=True, reader=conns.blocking)
     heartbeat = Heartbeat(
@@ -73,35 +90,38 @@ def _projector(settings: Settings, conns: Connections) -> Any:
     return Projector(projection, heartbeat=heartbeat)
 
 
-def _server(settings: Settings, catalog: Any, conns: Connections | None, host: str, port: int) -> Any:
-    import uvicorn
+class _Server(uvicorn.Server):
+    """uvicorn serving `app` on a socket bound beforehand (see _listen), ending cleanly on SIGTERM."""
 
-    from api.app import create_app
-    from api.auth import warn_if_exposed
-    from api.live import close_streams
-    from consumers.engine.adapters import EngineCatalog, EngineSpecChecker
+    def __init__(self, config: uvicorn.Config, app: Starlette, listening: socket.socket) -> None:
+        super().__init__(config)
+        self.app, self.listening = app, listening
 
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # uvicorn re-raises SIGTERM after shutting down, so the process would end "killed by
-            # signal"; a clean shutdown on SIGTERM should exit 0. Open live streams are ended at
-            # once, since uvicorn waits for every response before it stops.
-            def stop() -> None:
-                close_streams(app)
-                self.handle_exit(signal.SIGTERM, None)
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM end the live streams, then shut the server down (exit 0)."""
 
-            _on_signals(stop)
-            yield
+        # uvicorn re-raises SIGTERM after shutting down, so the process would end "killed by
+        # signal"; a clean shutdown on SIGTERM should exit 0. Open live streams are ended at
+        # once, since uvicorn waits for every response before it stops.
+        def stop() -> None:
+            close_streams(self.app)
+            self.handle_exit(signal.SIGTERM, None)
 
-        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().serve(sockets=sockets or [listening])
+        _on_signals(stop)
+        yield
 
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve on `sockets`, by default the one bound beforehand, until shut down."""
+        await super().serve(sockets=sockets or [self.listening])
+
+
+def _server(settings: Settings, catalog: Catalog, conns: Connections | None, host: str, port: int) -> _Server:
     listening = _listen(host, port)
-    app = create_app(settings, checker=EngineSpecChecker(catalog), catalog=EngineCatalog(catalog), connections=conns)
+    app = _app(settings, catalog, conns)
     warn_if_exposed(settings, host)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
-    return Server(config)
+    return _Server(config, app, listening)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -117,23 +137,25 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from None
 
 
-async def _run_api(settings: Settings, host: str, port: int) -> None:
-    server = _server(settings, _catalog(settings), None, host, port)
-    log.info("api.listening", url=f"http://{host}:{port}")
+async def _run_api(args: argparse.Namespace, settings: Settings) -> int:
+    server = _server(settings, _catalog(settings), None, args.host, args.port)
+    log.info("api.listening", url=f"http://{args.host}:{args.port}")
     await server.serve()
+    return 0
 
 
-async def _run_worker(settings: Settings, name: str, concurrency: int) -> None:
+async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     conns = Connections(settings)
-    worker = _worker(settings, conns, _catalog(settings), name, concurrency)
+    worker = _worker(settings, conns, _catalog(settings), args.name, args.concurrency)
     _on_signals(worker.stop)
     try:
         await worker.run()
     finally:
         await conns.close()
+    return 0
 
 
-async def _run_projector(settings: Settings) -> None:
+async def _run_projector(args: argparse.Namespace, settings: Settings) -> int:
     conns = Connections(settings)
     projector = _projector(settings, conns)
     _on_signals(projector.stop)
@@ -141,6 +163,7 @@ async def _run_projector(settings: Settings) -> None:
         await projector.run()
     finally:
         await conns.close()
+    return 0
 
 
 async def _run_all(settings: Settings, host: str, port: int, workers: int, store: str) -> None:
@@ -166,17 +189,6 @@ async def _run_all(settings: Settings, host: str, port: int, workers: int, store
             task.cancel()
         await asyncio.gather(working, projecting, return_exceptions=True)
         await conns.close()
-
-
-def _needs_redis(settings: Settings, command: str) -> bool:
-    if settings.redis_url is None:
-        print(
-            f"backstream {command}: set REDIS_URL (e.g. redis://127.0.0.1:6379/0); only "
-            "`backstream up` runs on the embedded store",
-            file=sys.stderr,
-        )
-        return False
-    return True
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
@@ -207,28 +219,8 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _api(args: argparse.Namespace, settings: Settings) -> int:
-    if not _needs_redis(settings, "api"):
-        return 2
-    asyncio.run(_run_api(settings, args.host, args.port))
-    return 0
-
-
-def _worker_role(args: argparse.Namespace, settings: Settings) -> int:
-    if not _needs_redis(settings, "worker"):
-        return 2
-    asyncio.run(_run_worker(settings, args.name, args.concurrency))
-    return 0
-
-
-def _projector_role(args: argparse.Namespace, settings: Settings) -> int:
-    if not _needs_redis(settings, "projector"):
-        return 2
-    asyncio.run(_run_projector(settings))
-    return 0
-
-
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
+    """Add the roles to `sub`."""
     up = sub.add_parser(
         "up", help="run the API, projector and workers in one process (embedded store unless REDIS_URL is set)"
     )
@@ -241,7 +233,7 @@ def register(sub: Any) -> None:
     api = sub.add_parser("api", help="serve the HTTP API (needs REDIS_URL)")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
-    api.set_defaults(run=_api)
+    api.set_defaults(run=needs_redis(_run_api, embedded=False))
 
     worker = sub.add_parser("worker", help="run backtests as a member of the worker group (needs REDIS_URL)")
     worker.add_argument(
@@ -257,7 +249,7 @@ def register(sub: Any) -> None:
         default=f"{socket.gethostname()}-{os.getpid()}",
         help="consumer name; reuse it after a restart to recover this worker's pending tasks",
     )
-    worker.set_defaults(run=_worker_role)
+    worker.set_defaults(run=needs_redis(_run_worker, embedded=False))
 
     projector = sub.add_parser("projector", help="fold the event log into the current-state hashes (needs REDIS_URL)")
-    projector.set_defaults(run=_projector_role)
+    projector.set_defaults(run=needs_redis(_run_projector, embedded=False))
