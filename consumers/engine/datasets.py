@@ -456,10 +456,3 @@ class Catalog:
 
     def symbols(self) -> list[str]:
         return [d.symbol for d in self.datasets()]
-
-    def has(self, symbol: str) -> bool:
-        try:
-            self.load(symbol)
-        except DatasetError:
-            return False
-        return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from orchestrator.domain import errors as domain
+
 
 class EngineError(Exception):
     """Root of every error the engine raises on purpose.
@@ -24,9 +26,12 @@ class DatasetError(EngineError):
         self.row = row
 
 
-class DataUnavailable(DatasetError):
+class DataUnavailable(DatasetError, domain.DataUnavailable):
     """The data could not be read at all (a missing directory, an I/O error): unlike invalid
-    contents, this may pass (a remounted share, a file being replaced), so it is retried."""
+    contents, this may pass (a remounted share, a file being replaced), so it is retried.
+
+    Also the core's `orchestrator.domain.errors.DataUnavailable`, which the `SpecChecker` port
+    promises: a caller of the port catches that one and never names the engine's."""
 
     retryable = True
 

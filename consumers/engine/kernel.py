@@ -41,8 +41,13 @@ class Costs(msgspec.Struct, frozen=True):
 
 
 class Trade(msgspec.Struct, frozen=True, array_like=True):
-    """A closed trade. `commission` covers entry and exit; prices include spread and slippage.
-    `exit_reason`: one of EXIT_REASONS (see STRATEGIES.md, "Position management")."""
+    """A closed trade: `size` in units (negative: short), bars as indexes into the run's bars,
+    prices per unit including spread and slippage, `commission` (money) for entry and exit.
+
+    `exit_reason` says why it closed (see STRATEGIES.md, "Position management"): `signal` (the
+    strategy's decision), `stop` (its stop-loss), `target` (its take-profit), `trailing` (its
+    trailing stop), `time` (its maximum holding period) or `end` (the end of the data, or of the
+    money: the stop-out)."""
 
     size: int
     entry_bar: int
@@ -51,11 +56,6 @@ class Trade(msgspec.Struct, frozen=True, array_like=True):
     exit_price: float
     commission: float
     exit_reason: str = "signal"
-
-
-# Why a trade closed: the strategy's decision, its stop-loss, its take-profit, its trailing stop,
-# its maximum holding period, or the end of the data (or of the money: the stop-out).
-EXIT_REASONS = ("signal", "stop", "target", "trailing", "time", "end")
 
 
 class TradeColumns(NamedTuple):

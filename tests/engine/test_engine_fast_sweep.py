@@ -12,7 +12,8 @@ from consumers.engine import batch_kernel, fast_sweep
 from consumers.engine.datasets import Catalog
 from consumers.engine.indicators import IndicatorCache
 from consumers.engine.interface import Decisions, Registered, Strategy, from_target
-from consumers.engine.runner import BacktestRun, run_once, start_run
+from consumers.engine.job import run_once
+from consumers.engine.runner import BacktestRun, start_run
 from consumers.engine.sweep import SweepRow, make_row, ranked
 from orchestrator.domain.spec import BacktestSpec
 
