@@ -11,7 +11,7 @@ import hashlib
 
 import msgspec
 
-from consumers.engine.datasets import Bars
+from consumers.engine.bars import Bars
 from consumers.engine.kernel import KernelState
 from consumers.engine.sweep import SweepRow
 from orchestrator.domain.spec import BacktestSpec

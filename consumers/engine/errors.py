@@ -41,7 +41,7 @@ class UnknownSymbolError(DatasetError):
 
 
 class InvalidSymbolError(UnknownSymbolError):
-    """The requested text cannot name any dataset (see `datasets.SYMBOL_RULE`)."""
+    """The requested text cannot name any dataset (see `csvdata.SYMBOL_RULE`)."""
 
 
 class SpecError(EngineError):

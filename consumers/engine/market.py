@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from consumers.engine.datasets import Bars, DataProvenance, NotAdjustedReason
+from consumers.engine.bars import Bars, DataProvenance, NotAdjustedReason
 from consumers.engine.indicators import IndicatorCache
 from consumers.engine.interface import Registered, Signals, to_signals
 from consumers.engine.kernel import Costs

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from consumers.engine.datasets import Bars
+from consumers.engine.bars import Bars
 from consumers.engine.kernel import Simulation, trade_columns
 from consumers.engine.sweep import SweepRow
 from orchestrator.domain.results import HEADLINE_METRICS

@@ -7,8 +7,9 @@ from typing import Any, cast
 
 import msgspec
 
+from consumers.engine.bars import Bars
 from consumers.engine.constraints import Constraint, ConstraintError
-from consumers.engine.datasets import Bars, Catalog
+from consumers.engine.datasets import Catalog
 from consumers.engine.errors import DatasetError, DataUnavailable, InvalidSymbolError, UnknownSymbolError
 from consumers.engine.interface import ParamDef, Registered
 from consumers.engine.limits import MAX_MONEY, MAX_UNITS, lowest_fill_price
