@@ -22,7 +22,7 @@ import numpy.typing as npt
 from numba import njit
 
 from consumers.engine.batch_stats import Floats, Ints, Trades, statistics
-from consumers.engine.interface import FLAT, HOLD
+from consumers.engine.decisions import FLAT, HOLD
 from consumers.engine.kernel import FULL_EQUITY
 from consumers.engine.limits import MAX_UNITS
 

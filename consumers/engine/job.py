@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from consumers.engine import kernel
+from consumers.engine.decisions import Signals
 from consumers.engine.indicators import IndicatorUnfinished
-from consumers.engine.interface import Registered, Signals
+from consumers.engine.interface import Registered
 from consumers.engine.kernel import Costs, KernelState, Simulation
 from consumers.engine.managed import Management, advance_managed
 from consumers.engine.market import Market, signals_for

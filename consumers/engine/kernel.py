@@ -19,8 +19,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from consumers.engine.decisions import FLAT, Signals
 from consumers.engine.errors import RepresentationError
-from consumers.engine.interface import FLAT, Signals
 from consumers.engine.limits import MAX_UNITS
 
 # backtesting.py sizes "all equity" orders as this fraction, so the floor division below sees

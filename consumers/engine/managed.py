@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
-from consumers.engine.indicators import rolling_mean_exact
-from consumers.engine.interface import FLAT, Signals
+from consumers.engine.decisions import FLAT, Signals
 from consumers.engine.kernel import (
     Costs,
     FloatArray,
@@ -28,6 +27,7 @@ from consumers.engine.kernel import (
     _enter,
     _exit_price,
 )
+from consumers.engine.rolling import rolling_mean_exact
 
 # Bars a trade is scanned for stops before the loop counts an event and may pause for a chunk.
 SCAN_BARS = 4096

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumers.engine.bars import Bars, DataProvenance, NotAdjustedReason
+from consumers.engine.decisions import Signals, to_signals
 from consumers.engine.indicators import IndicatorCache
-from consumers.engine.interface import Registered, Signals, to_signals
+from consumers.engine.interface import Registered
 from consumers.engine.kernel import Costs
 from consumers.engine.managed import ATR_PERIODS, Management, Manager, atr
 from orchestrator.domain.spec import BacktestSpec
