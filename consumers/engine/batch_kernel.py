@@ -219,7 +219,7 @@ def simulate(
 
     codes: (K, 3, n) int8, per combination the decisions when flat, long and short (interface
     codes); starts: (K,) first bar a decision may be taken (warm-up + 1); sampled: the bars whose
-    equity the period returns compare (metrics._resample_last), m + 1 of them. Writes equity
+    equity the period returns compare (periods.resample_last), m + 1 of them. Writes equity
     (K, n), the period returns (K, m) and 1 + each (K, m, for numpy's log), stats (K, N_STATS)
     and status (K,): OK, or FALLBACK where only the interpreted path is exact.
     """

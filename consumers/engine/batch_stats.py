@@ -27,7 +27,7 @@ N_STATS = 8
 @njit(cache=True, error_model="numpy")
 def _period_returns(k: int, eq: Floats, sampled: Ints, returns: Floats, ratio: Floats) -> None:  # pragma: no cover
     """Combination k's period returns r (equity at each sampled bar over the one before, - 1) and
-    1 + r, as compute_metrics' `_resample_last` then `pct_change`."""
+    1 + r, as compute_metrics' `resample_last` then `pct_change`."""
     n = eq.shape[0]
     if sampled.shape[0] == n:  # daily or coarser bars: each bar is its own period (a loop that vectorises)
         for j in range(n - 1):

@@ -28,7 +28,7 @@ from consumers.engine import batch_stats as bs
 from consumers.engine.indicators import IndicatorCache, IndicatorUnfinished
 from consumers.engine.interface import Registered
 from consumers.engine.kernel import Costs
-from consumers.engine.metrics import _period_days, _resample_last, annualisation
+from consumers.engine.periods import annualisation, period_days, resample_last
 from consumers.engine.sweep import TABLE_METRICS, SweepRow, make_row
 
 # Objectives the fast path computes for every row; another objective takes the interpreted path.
@@ -98,8 +98,8 @@ class FastSweep:
         time = dates.astype("datetime64[s]").astype(np.int64) / 86400.0
         days = dates.astype("datetime64[D]").astype(np.int64)
         weekends = float((((days + 3) % 7) >= 5).mean()) > 2 / 7 * 0.6
-        freq, self.annual = annualisation(_period_days(time), weekends)
-        self.sampled = _resample_last(days, np.arange(n, dtype=np.float64), freq).astype(
+        freq, self.annual = annualisation(period_days(time), weekends)
+        self.sampled = resample_last(days, np.arange(n, dtype=np.float64), freq).astype(
             np.int64
         )  # the bars whose equity is sampled
         m = max(self.sampled.shape[0] - 1, 0)
