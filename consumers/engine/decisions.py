@@ -47,6 +47,7 @@ class Decisions:
     target_price: npt.NDArray[np.float64] | None = None
 
     def for_state(self, state: int) -> CodeArray:
+        """The codes for position state `state`: 0 flat, > 0 long, < 0 short."""
         return self.flat if state == 0 else self.long if state > 0 else self.short
 
 
@@ -75,6 +76,7 @@ def rules(
     a bar no mask covers holds. States given the same list object share one array (read-only).
     Example, an SMA cross that always reverses:
     `rules(n, flat=[(up, LONG), (down, SHORT)], long=[(down, SHORT)], short=[(up, LONG)])`.
+    Raises ValueError for an action other than LONG, SHORT or FLAT.
     """
     made: dict[int, CodeArray] = {}  # states given the same list of pairs share one array
 
@@ -97,7 +99,8 @@ def from_target(
     optional per-entry stop and target prices, see `Decisions`).
 
     The engine trades at a bar whose target differs from the position it holds (an entry
-    closes the opposite trade first); NaN bars hold whatever is held.
+    closes the opposite trade first); NaN bars hold whatever is held. Raises ValueError for a
+    target other than -1, 0, 1 or NaN.
     """
     t = np.asarray(target, dtype=np.float64)
     bad = ~np.isnan(t) & ~np.isin(t, (-1.0, 0.0, 1.0))

@@ -132,6 +132,10 @@ class IndicatorCache:
         return self._gl[0] if name == "gain" else self._gl[1]
 
     def mean(self, window: int, exact: bool = False, of: str = "close") -> FloatArray:
+        """The simple moving average over `window` bars of `of` (`close`, or `gain`/`loss`: Close's
+        per-bar rise and fall), NaN before the window fills; (n,) float64, cached. `exact`: pandas'
+        own arithmetic bit for bit (`rolling.ExactMean`), which raises IndicatorUnfinished until
+        its replay is done when `exact_bars_per_call` bounds it."""
         key = (of, window, exact)
         got = self._means.get(key)
         if got is None:
@@ -151,6 +155,8 @@ class IndicatorCache:
         return got
 
     def std(self, window: int) -> FloatArray:
+        """The population standard deviation of Close over `window` bars (`rolling.rolling_std`),
+        NaN before the window fills; (n,) float64, cached."""
         key = ("std", window)
         got = self._misc.get(key)
         if got is None:
@@ -158,6 +164,7 @@ class IndicatorCache:
         return got
 
     def momentum(self, lookback: int) -> FloatArray:
+        """Close[t] / Close[t - lookback] - 1 (`momentum`), NaN for the first `lookback` bars; cached."""
         key = ("mom", lookback)
         got = self._misc.get(key)
         if got is None:

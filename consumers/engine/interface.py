@@ -76,6 +76,8 @@ class ParamDef:
     doc: str
 
     def as_json(self) -> dict[str, Any]:
+        """The parameter as `/api/strategies` lists it (`orchestrator.domain.views.StrategyParam`):
+        infinite bounds become None."""
         return {
             "name": self.name,
             "type": "integer" if self.kind is int else "number",
@@ -189,12 +191,16 @@ class Registered:
         return self.impl.Params(**{n: full[n] for n in self.param_names if n in full})
 
     def warmup(self, combo: Mapping[str, Any]) -> int:
+        """The strategy's warm-up (bars) for this combination."""
         return int(self.impl.warmup(self.struct(combo)))
 
     def rules(self, combo: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """The strategy's cross-parameter rules this combination breaks, as (field, message)."""
         return list(self.impl.check(self.struct(combo)))
 
     def decide(self, data: IndicatorCache, combo: Mapping[str, Any], long_only: bool) -> Decisions:
+        """The strategy's decisions for this combination; raises InterfaceError when they are not
+        Decisions of one value per bar."""
         return self._checked(self.impl.decide(data, self.struct(combo), long_only), data)
 
     def decide_with_warmup(
@@ -214,6 +220,7 @@ class Registered:
         return d
 
     def as_json(self) -> dict[str, Any]:
+        """The strategy as `/api/strategies` lists it (`orchestrator.domain.views.Strategy`)."""
         return {
             "name": self.name,
             "summary": self.summary,

@@ -31,12 +31,16 @@ FloatArray = npt.NDArray[np.float64]
 
 
 class Costs(msgspec.Struct, frozen=True):
+    """Trading costs as backtesting.py charges them: a commission rate and a fixed commission per
+    order (money), a relative spread on entry, and slippage against every fill (a fraction)."""
+
     commission: float = 0.0  # rate of traded value, on entry and on exit
     commission_fixed: float = 0.0  # per order, on entry and on exit
     spread: float = 0.0  # relative, paid on entry only
     slippage: float = 0.0  # relative (bps / 10_000), against us on every fill
 
     def fee(self, size: int, price: float) -> float:
+        """The commission of an order of `size` units at `price`: fixed + |size| x price x rate."""
         return self.commission_fixed + abs(size) * price * self.commission
 
 
@@ -72,6 +76,9 @@ class TradeColumns(NamedTuple):
 
 
 def trade_columns(trades: Sequence[Trade]) -> TradeColumns:
+    """The trades as columns, with each trade's P&L = size x (exit - entry) - commission (money) and
+    return = sign(size) x (exit / entry - 1) - commission / (|size| x entry) (a fraction), as
+    backtesting.py's trades table computes PnL and ReturnPct."""
     size = np.array([t.size for t in trades], dtype=np.int64)
     entry = np.array([t.entry_price for t in trades], dtype=np.float64)
     exit_ = np.array([t.exit_price for t in trades], dtype=np.float64)
@@ -121,6 +128,7 @@ class KernelState(msgspec.Struct):
 
 
 def initial_state(cash: float, start: int) -> KernelState:
+    """A flat account with `cash`, its first decision at bar `start` (the warm-up + 1)."""
     return KernelState(cursor=start, cash=cash, segments=[Segment(0, cash, 0, 0.0)])
 
 
@@ -238,18 +246,28 @@ class LastBar(Protocol):
     """Position management's part in the final settlement (see `managed.Manager`)."""
 
     @property
-    def size(self) -> float | None: ...
+    def size(self) -> float | None:
+        """The order size (`managed.Management.size`): None all equity."""
+        ...
 
     @property
-    def leverage(self) -> float: ...
+    def leverage(self) -> float:
+        """1 / margin."""
+        ...
 
-    def after_entry(self, acc: _Account, bar: int, costs: Costs, trades: list[Trade]) -> None: ...
+    def after_entry(self, acc: _Account, bar: int, costs: Costs, trades: list[Trade]) -> None:
+        """Check a trade entered at the last bar's open against that bar's stop and target."""
+        ...
 
 
 def settle(
     state: KernelState, open_: FloatArray, close: FloatArray, start: int, costs: Costs, pm: LastBar | None = None
 ) -> Simulation:
-    """Rebuild equity, apply the stop-out where equity first reaches zero, and close at the end."""
+    """Rebuild equity, apply the stop-out where equity first reaches zero, and close at the end.
+
+    `open_` and `close` (n,) per bar, `start` the first decision bar; `pm` position management
+    (None: all-in trading). Equity is money per bar; a stop-out closes at that bar's close and
+    leaves equity 0 from there (`Simulation.bankrupt_bar`)."""
     n = close.shape[0]
     equity, position = _expand(state.segments, close)
     trades = list(state.trades)

@@ -80,10 +80,12 @@ class Manager:
 
     @property
     def size(self) -> float | None:
+        """The order size: None all equity, (0, 1) a fraction of it, >= 1 whole units."""
         return self.m.size
 
     @property
     def leverage(self) -> float:
+        """1 / margin (backtesting.py's leverage)."""
         return 1 / self.m.margin
 
     def levels(self, acc: _Account, sig: Signals, decided: int) -> tuple[float, float]:

@@ -90,6 +90,7 @@ class ExactMean:
 
     @property
     def done(self) -> bool:
+        """True once every bar is replayed (`result()` may be read)."""
         return self.next_bar >= len(self.vals)
 
     def advance(self, bars: int) -> None:
