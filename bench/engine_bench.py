@@ -25,7 +25,8 @@ from backtesting.lib import crossover
 from backtesting.test import GOOG
 
 from consumers.engine.datasets import Bars
-from consumers.engine.runner import Market, costs_of, run_once
+from consumers.engine.job import run_once
+from consumers.engine.market import Market, costs_of
 from consumers.engine.strategies import STRATEGIES
 from consumers.engine.sweep import admissible, make_row, ranked
 from orchestrator.domain.spec import BacktestSpec

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from consumers.engine.datasets import Catalog
-from consumers.engine.indicators import rolling_mean_exact, rolling_mean_fast, rolling_std
+from consumers.engine.rolling import rolling_mean_exact, rolling_mean_fast, rolling_std
 from consumers.engine.runner import start_run
 from orchestrator.domain.spec import BacktestSpec
 

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from consumers.engine.datasets import Catalog
-from consumers.engine.runner import Market, costs_of, run_once
+from consumers.engine.job import run_once
+from consumers.engine.market import Market, costs_of
 from consumers.engine.sweep import admissible, make_row, ranked
 from orchestrator.domain.spec import BacktestSpec
 

@@ -28,7 +28,10 @@ class DatasetError(EngineError):
 
 class DataUnavailable(DatasetError, domain.DataUnavailable):
     """The data could not be read at all (a missing directory, an I/O error): unlike invalid
-    contents, this may pass (a remounted share, a file being replaced), so it is retried."""
+    contents, this may pass (a remounted share, a file being replaced), so it is retried.
+
+    Also the core's `orchestrator.domain.errors.DataUnavailable`, which the `SpecChecker` port
+    promises: a caller of the port catches that one and never names the engine's."""
 
     retryable = True
 
@@ -38,7 +41,7 @@ class UnknownSymbolError(DatasetError):
 
 
 class InvalidSymbolError(UnknownSymbolError):
-    """The requested text cannot name any dataset (see `datasets.SYMBOL_RULE`)."""
+    """The requested text cannot name any dataset (see `csvdata.SYMBOL_RULE`)."""
 
 
 class SpecError(EngineError):

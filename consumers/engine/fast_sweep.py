@@ -24,10 +24,11 @@ import numpy as np
 import numpy.typing as npt
 
 from consumers.engine import batch_kernel as bk
+from consumers.engine import batch_stats as bs
 from consumers.engine.indicators import IndicatorCache, IndicatorUnfinished
 from consumers.engine.interface import Registered
 from consumers.engine.kernel import Costs
-from consumers.engine.metrics import _period_days, _resample_last, annualisation
+from consumers.engine.periods import annualisation, period_days, resample_last
 from consumers.engine.sweep import TABLE_METRICS, SweepRow, make_row
 
 # Objectives the fast path computes for every row; another objective takes the interpreted path.
@@ -97,8 +98,8 @@ class FastSweep:
         time = dates.astype("datetime64[s]").astype(np.int64) / 86400.0
         days = dates.astype("datetime64[D]").astype(np.int64)
         weekends = float((((days + 3) % 7) >= 5).mean()) > 2 / 7 * 0.6
-        freq, self.annual = annualisation(_period_days(time), weekends)
-        self.sampled = _resample_last(days, np.arange(n, dtype=np.float64), freq).astype(
+        freq, self.annual = annualisation(period_days(time), weekends)
+        self.sampled = resample_last(days, np.arange(n, dtype=np.float64), freq).astype(
             np.int64
         )  # the bars whose equity is sampled
         m = max(self.sampled.shape[0] - 1, 0)
@@ -109,7 +110,7 @@ class FastSweep:
         self.codes = np.empty((BATCH, 3, n), dtype=np.int8)
         self.starts = np.empty(BATCH, dtype=np.int64)
         self.equity = np.empty((BATCH, n), dtype=np.float64)
-        self.stats = np.empty((BATCH, bk.N_STATS), dtype=np.float64)
+        self.stats = np.empty((BATCH, bs.N_STATS), dtype=np.float64)
         self.status = np.empty(BATCH, dtype=np.int8)
         self.slow_at = -1  # index of a combination found to need the interpreted path
 
@@ -170,11 +171,11 @@ class FastSweep:
         with np.errstate(all="ignore"):
             # numpy's own log and exp (SIMD on some machines), as compute_metrics uses them.
             np.log(self.ratio[:k], out=self.logs[:k])
-            bk.period_stats(self.returns, self.logs, k, self.period)
+            bs.period_stats(self.returns, self.logs, k, self.period)
             p = self.period[:k]
-            geo = np.exp(p[:, bk.LOG_SUM] / (m or math.nan)) - 1
+            geo = np.exp(p[:, bs.LOG_SUM] / (m or math.nan)) - 1
         # Python floats from here on: one conversion per batch, not one per number.
-        collapsed, sq, down = p[:, bk.COLLAPSED].tolist(), p[:, bk.SQ_DEV_SUM].tolist(), p[:, bk.DOWN_SQ_SUM].tolist()
+        collapsed, sq, down = p[:, bs.COLLAPSED].tolist(), p[:, bs.SQ_DEV_SUM].tolist(), p[:, bs.DOWN_SQ_SUM].tolist()
         geos = geo.tolist()
         stats = self.stats[:k].tolist()
         annual = self.annual
@@ -189,18 +190,18 @@ class FastSweep:
                 # Python floats raise where numpy scalars give inf or NaN: numpy's arithmetic then.
                 ret_ann, vol_pct, sortino = _annualised_numpy(c, g, q, d, m, annual)
             metrics = {
-                "return_pct": s[bk.RETURN_PCT],
+                "return_pct": s[bs.RETURN_PCT],
                 "return_ann_pct": ret_ann,
                 "volatility_ann_pct": vol_pct,
                 "sharpe": ret_ann / (vol_pct or math.nan),
                 "sortino": sortino,
-                "max_drawdown_pct": s[bk.MAX_DRAWDOWN_PCT],
-                "num_trades": int(s[bk.NUM_TRADES]),
-                "win_rate_pct": s[bk.WIN_RATE_PCT],
-                "profit_factor": s[bk.PROFIT_FACTOR],
-                "sqn": s[bk.SQN],
-                "equity_final": s[bk.EQUITY_FINAL],
-                "exposure_pct": s[bk.EXPOSURE_PCT],
+                "max_drawdown_pct": s[bs.MAX_DRAWDOWN_PCT],
+                "num_trades": int(s[bs.NUM_TRADES]),
+                "win_rate_pct": s[bs.WIN_RATE_PCT],
+                "profit_factor": s[bs.PROFIT_FACTOR],
+                "sqn": s[bs.SQN],
+                "equity_final": s[bs.EQUITY_FINAL],
+                "exposure_pct": s[bs.EXPOSURE_PCT],
             }
             rows.append(make_row(dict(combos[i]), metrics, objective))
         return rows
@@ -215,9 +216,9 @@ def warm_up() -> float:
     prices = np.linspace(100.0, 107.0, n)
     codes = np.zeros((1, 3, n), dtype=np.int8)  # FLAT throughout: no trade
     equity, returns, ratio = np.empty((1, n)), np.empty((1, n - 1)), np.empty((1, n - 1))
-    stats, status, period = np.empty((1, bk.N_STATS)), np.empty(1, np.int8), np.empty((1, 5))
+    stats, status, period = np.empty((1, bs.N_STATS)), np.empty(1, np.int8), np.empty((1, 5))
     starts, sampled = np.ones(1, np.int64), np.arange(n, dtype=np.int64)
     costs = (0.0, 0.0, 0.0, 0.0, 1e4)
     bk.simulate(codes, starts, 1, prices, prices, *costs, sampled, equity, returns, ratio, stats, status)
-    bk.period_stats(returns, ratio, 1, period)
+    bs.period_stats(returns, ratio, 1, period)
     return time.perf_counter() - t0

@@ -6,150 +6,60 @@ bounds, a default and a description, declared with `Annotated[int, msgspec.Meta(
 bar's close in each position state (`Decisions`). The engine fills those decisions at the next
 bar's open. STRATEGIES.md ("Writing a strategy") documents it with an example; the five built-ins
 in `strategies.py` use nothing else.
+
+This is the module plugins import from: it also names everything of `decisions.py` a strategy
+uses (the action codes, `Decisions`, `rules`, `from_target`).
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 import numpy as np
-import numpy.typing as npt
 
+from consumers.engine.decisions import (
+    FLAT,
+    HOLD,
+    LONG,
+    SHORT,
+    BoolArray,
+    CodeArray,
+    Decisions,
+    Rule,
+    Signals,
+    from_target,
+    rules,
+    to_signals,
+)
 from consumers.engine.indicators import IndicatorCache
 from orchestrator.domain.spec import MANAGEMENT_FIELDS
 
-# What a decision asks for at the next bar's open. Every entry first closes the open trade,
-# so LONG while already long re-enters (as backtesting.py's SmaCross does on a repeated cross).
-LONG, SHORT, FLAT = 1, -1, 0
-# No decision at this bar (the position is kept).
-HOLD = 9
-
-BoolArray = npt.NDArray[np.bool_]
-CodeArray = npt.NDArray[np.int8]
-Rule = tuple[BoolArray, int]
+__all__ = [
+    "FLAT",
+    "HOLD",
+    "LONG",
+    "SHORT",
+    "BoolArray",
+    "CodeArray",
+    "Decisions",
+    "InterfaceError",
+    "ParamDef",
+    "Registered",
+    "Rule",
+    "Signals",
+    "Strategy",
+    "from_target",
+    "param_defs",
+    "rules",
+    "to_signals",
+]
 
 P = TypeVar("P", bound=msgspec.Struct)
-
-
-@dataclass(frozen=True)
-class Decisions:
-    """What the strategy does at each bar's close, for each position state it may be in.
-
-    `flat`, `long` and `short` are int8 arrays of one code per bar (LONG, SHORT, FLAT or HOLD):
-    the action taken at that bar's close when the position is flat, long or short. Build them
-    with `rules()` (if/elif masks per state) or `from_target()` (a target position per bar)
-    rather than by hand. Decisions inside the warm-up are ignored by the engine.
-
-    `stop_price`, `target_price` (optional float64 arrays, one per bar, NaN for none): the
-    stop-loss and take-profit price of a trade entered on the decision taken at that bar's close
-    (backtesting.py's `buy(sl=, tp=)`). A level on the wrong side of the fill price (a long's
-    stop at or above it, its target at or below it; mirrored for a short) is ignored; the
-    request's `stop_loss_pct` / `take_profit_pct`, when set, replace these.
-    """
-
-    flat: CodeArray
-    long: CodeArray
-    short: CodeArray
-    stop_price: npt.NDArray[np.float64] | None = None
-    target_price: npt.NDArray[np.float64] | None = None
-
-    def for_state(self, state: int) -> CodeArray:
-        return self.flat if state == 0 else self.long if state > 0 else self.short
-
-
-def _codes(n: int, pairs: Sequence[Rule]) -> CodeArray:
-    code = np.full(n, HOLD, dtype=np.int8)
-    for mask, act in reversed(pairs):  # earlier pairs overwrite later ones, like if/elif
-        if act not in (LONG, SHORT, FLAT):
-            raise ValueError(f"an action is LONG, SHORT or FLAT, got {act!r}")
-        code[mask] = act
-    return code
-
-
-def rules(
-    n: int,
-    *,
-    flat: Sequence[Rule] = (),
-    long: Sequence[Rule] = (),
-    short: Sequence[Rule] = (),
-    stop_price: npt.NDArray[np.float64] | None = None,
-    target_price: npt.NDArray[np.float64] | None = None,
-) -> Decisions:
-    """Decisions from (mask, action) pairs per position state, `n` bars long, with optional
-    per-entry stop and target prices (see `Decisions`).
-
-    Within a state, the first pair whose boolean mask is true at a bar decides it (if/elif);
-    a bar no mask covers holds. States given the same list object share one array (read-only).
-    Example, an SMA cross that always reverses:
-    `rules(n, flat=[(up, LONG), (down, SHORT)], long=[(down, SHORT)], short=[(up, LONG)])`.
-    """
-    made: dict[int, CodeArray] = {}  # states given the same list of pairs share one array
-
-    def codes(pairs: Sequence[Rule]) -> CodeArray:
-        got = made.get(id(pairs))
-        if got is None:
-            got = made[id(pairs)] = _codes(n, pairs)
-        return got
-
-    return Decisions(codes(flat), codes(long), codes(short), stop_price, target_price)
-
-
-def from_target(
-    target: npt.NDArray[np.floating[Any]],
-    *,
-    stop_price: npt.NDArray[np.float64] | None = None,
-    target_price: npt.NDArray[np.float64] | None = None,
-) -> Decisions:
-    """Decisions from a target position per bar: 1 long, -1 short, 0 flat, NaN no opinion (with
-    optional per-entry stop and target prices, see `Decisions`).
-
-    The engine trades at a bar whose target differs from the position it holds (an entry
-    closes the opposite trade first); NaN bars hold whatever is held.
-    """
-    t = np.asarray(target, dtype=np.float64)
-    bad = ~np.isnan(t) & ~np.isin(t, (-1.0, 0.0, 1.0))
-    if bad.any():
-        raise ValueError(f"a target is -1, 0, 1 or NaN; bar {int(np.flatnonzero(bad)[0])} has {float(t[bad][0])!r}")
-    n = t.shape[0]
-    out = []
-    for state in (0, 1, -1):
-        code = np.full(n, HOLD, dtype=np.int8)
-        act = ~np.isnan(t) & (t != state)
-        code[act] = t[act].astype(np.int8)
-        out.append(code)
-    return Decisions(out[0], out[1], out[2], stop_price, target_price)
-
-
-@dataclass(frozen=True)
-class Signals:
-    """The engine's form of Decisions: decision bars and actions per position state (-1 short,
-    0 flat, 1 long), ascending. The kernel, in state s at bar i, acts on the first entry of
-    `bars[s]` at or after i."""
-
-    bars: dict[int, list[int]]
-    acts: dict[int, list[int]]
-    # Per-entry levels by decision bar (NaN: none), when the strategy gives them.
-    stop: list[float] | None = None
-    target: list[float] | None = None
-
-
-def to_signals(d: Decisions, start: int) -> Signals:
-    """The decisions at bars `start` and later, as event lists per state."""
-    bars: dict[int, list[int]] = {}
-    acts: dict[int, list[int]] = {}
-    for state in (-1, 0, 1):
-        code = d.for_state(state)
-        idx = np.flatnonzero(code[start:] != HOLD) + start
-        bars[state] = idx.tolist()
-        acts[state] = code[idx].tolist()
-    stop = None if d.stop_price is None else np.asarray(d.stop_price, dtype=np.float64).tolist()
-    target = None if d.target_price is None else np.asarray(d.target_price, dtype=np.float64).tolist()
-    return Signals(bars, acts, stop, target)
 
 
 @dataclass(frozen=True)
@@ -166,6 +76,8 @@ class ParamDef:
     doc: str
 
     def as_json(self) -> dict[str, Any]:
+        """The parameter as `/api/strategies` lists it (`orchestrator.domain.views.StrategyParam`):
+        infinite bounds become None."""
         return {
             "name": self.name,
             "type": "integer" if self.kind is int else "number",
@@ -279,12 +191,16 @@ class Registered:
         return self.impl.Params(**{n: full[n] for n in self.param_names if n in full})
 
     def warmup(self, combo: Mapping[str, Any]) -> int:
+        """The strategy's warm-up (bars) for this combination."""
         return int(self.impl.warmup(self.struct(combo)))
 
     def rules(self, combo: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """The strategy's cross-parameter rules this combination breaks, as (field, message)."""
         return list(self.impl.check(self.struct(combo)))
 
     def decide(self, data: IndicatorCache, combo: Mapping[str, Any], long_only: bool) -> Decisions:
+        """The strategy's decisions for this combination; raises InterfaceError when they are not
+        Decisions of one value per bar."""
         return self._checked(self.impl.decide(data, self.struct(combo), long_only), data)
 
     def decide_with_warmup(
@@ -304,6 +220,7 @@ class Registered:
         return d
 
     def as_json(self) -> dict[str, Any]:
+        """The strategy as `/api/strategies` lists it (`orchestrator.domain.views.Strategy`)."""
         return {
             "name": self.name,
             "summary": self.summary,

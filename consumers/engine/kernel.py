@@ -19,8 +19,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from consumers.engine.decisions import FLAT, Signals
 from consumers.engine.errors import RepresentationError
-from consumers.engine.interface import FLAT, Signals
 from consumers.engine.limits import MAX_UNITS
 
 # backtesting.py sizes "all equity" orders as this fraction, so the floor division below sees
@@ -31,18 +31,27 @@ FloatArray = npt.NDArray[np.float64]
 
 
 class Costs(msgspec.Struct, frozen=True):
+    """Trading costs as backtesting.py charges them: a commission rate and a fixed commission per
+    order (money), a relative spread on entry, and slippage against every fill (a fraction)."""
+
     commission: float = 0.0  # rate of traded value, on entry and on exit
     commission_fixed: float = 0.0  # per order, on entry and on exit
     spread: float = 0.0  # relative, paid on entry only
     slippage: float = 0.0  # relative (bps / 10_000), against us on every fill
 
     def fee(self, size: int, price: float) -> float:
+        """The commission of an order of `size` units at `price`: fixed + |size| x price x rate."""
         return self.commission_fixed + abs(size) * price * self.commission
 
 
 class Trade(msgspec.Struct, frozen=True, array_like=True):
-    """A closed trade. `commission` covers entry and exit; prices include spread and slippage.
-    `exit_reason`: one of EXIT_REASONS (see STRATEGIES.md, "Position management")."""
+    """A closed trade: `size` in units (negative: short), bars as indexes into the run's bars,
+    prices per unit including spread and slippage, `commission` (money) for entry and exit.
+
+    `exit_reason` says why it closed (see STRATEGIES.md, "Position management"): `signal` (the
+    strategy's decision), `stop` (its stop-loss), `target` (its take-profit), `trailing` (its
+    trailing stop), `time` (its maximum holding period) or `end` (the end of the data, or of the
+    money: the stop-out)."""
 
     size: int
     entry_bar: int
@@ -51,11 +60,6 @@ class Trade(msgspec.Struct, frozen=True, array_like=True):
     exit_price: float
     commission: float
     exit_reason: str = "signal"
-
-
-# Why a trade closed: the strategy's decision, its stop-loss, its take-profit, its trailing stop,
-# its maximum holding period, or the end of the data (or of the money: the stop-out).
-EXIT_REASONS = ("signal", "stop", "target", "trailing", "time", "end")
 
 
 class TradeColumns(NamedTuple):
@@ -72,6 +76,9 @@ class TradeColumns(NamedTuple):
 
 
 def trade_columns(trades: Sequence[Trade]) -> TradeColumns:
+    """The trades as columns, with each trade's P&L = size x (exit - entry) - commission (money) and
+    return = sign(size) x (exit / entry - 1) - commission / (|size| x entry) (a fraction), as
+    backtesting.py's trades table computes PnL and ReturnPct."""
     size = np.array([t.size for t in trades], dtype=np.int64)
     entry = np.array([t.entry_price for t in trades], dtype=np.float64)
     exit_ = np.array([t.exit_price for t in trades], dtype=np.float64)
@@ -121,6 +128,7 @@ class KernelState(msgspec.Struct):
 
 
 def initial_state(cash: float, start: int) -> KernelState:
+    """A flat account with `cash`, its first decision at bar `start` (the warm-up + 1)."""
     return KernelState(cursor=start, cash=cash, segments=[Segment(0, cash, 0, 0.0)])
 
 
@@ -238,18 +246,28 @@ class LastBar(Protocol):
     """Position management's part in the final settlement (see `managed.Manager`)."""
 
     @property
-    def size(self) -> float | None: ...
+    def size(self) -> float | None:
+        """The order size (`managed.Management.size`): None all equity."""
+        ...
 
     @property
-    def leverage(self) -> float: ...
+    def leverage(self) -> float:
+        """1 / margin."""
+        ...
 
-    def after_entry(self, acc: _Account, bar: int, costs: Costs, trades: list[Trade]) -> None: ...
+    def after_entry(self, acc: _Account, bar: int, costs: Costs, trades: list[Trade]) -> None:
+        """Check a trade entered at the last bar's open against that bar's stop and target."""
+        ...
 
 
 def settle(
     state: KernelState, open_: FloatArray, close: FloatArray, start: int, costs: Costs, pm: LastBar | None = None
 ) -> Simulation:
-    """Rebuild equity, apply the stop-out where equity first reaches zero, and close at the end."""
+    """Rebuild equity, apply the stop-out where equity first reaches zero, and close at the end.
+
+    `open_` and `close` (n,) per bar, `start` the first decision bar; `pm` position management
+    (None: all-in trading). Equity is money per bar; a stop-out closes at that bar's close and
+    leaves equity 0 from there (`Simulation.bankrupt_bar`)."""
     n = close.shape[0]
     equity, position = _expand(state.segments, close)
     trades = list(state.trades)

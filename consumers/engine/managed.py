@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
-from consumers.engine.indicators import rolling_mean_exact
-from consumers.engine.interface import FLAT, Signals
+from consumers.engine.decisions import FLAT, Signals
 from consumers.engine.kernel import (
     Costs,
     FloatArray,
@@ -28,6 +27,7 @@ from consumers.engine.kernel import (
     _enter,
     _exit_price,
 )
+from consumers.engine.rolling import rolling_mean_exact
 
 # Bars a trade is scanned for stops before the loop counts an event and may pause for a chunk.
 SCAN_BARS = 4096
@@ -80,10 +80,12 @@ class Manager:
 
     @property
     def size(self) -> float | None:
+        """The order size: None all equity, (0, 1) a fraction of it, >= 1 whole units."""
         return self.m.size
 
     @property
     def leverage(self) -> float:
+        """1 / margin (backtesting.py's leverage)."""
         return 1 / self.m.margin
 
     def levels(self, acc: _Account, sig: Signals, decided: int) -> tuple[float, float]:
@@ -166,30 +168,8 @@ def advance_managed(state: KernelState, sig: Signals, pm: Manager, costs: Costs,
         k = bisect_left(bl, i)
         j = bl[k] if k < len(bl) else n  # the next decision in this state; n: none
         if acc.size:
-            last = min(j, n - 1, i + SCAN_BARS - 1)
-            exited = paused = False
-            for b in range(i, last + 1):
-                got = pm.hit(acc, b, sl, tp, costs)
-                if got is not None:
-                    price, reason = got
-                    _close(acc, price, b, costs, trades, "trailing" if reason == "stop" and trailed else reason)
-                    segments.append(Segment(b, acc.cash, 0, 0.0))
-                    i, exited = b, True
-                    break
-                if b == j:
-                    break  # the decision at this close closes the trade at the next open
-                moved = pm.trail(acc, b, sl)
-                if moved != sl:
-                    sl, trailed = moved, True
-                if m.max_bars is not None and b - acc.entry_bar + 1 >= m.max_bars and b + 1 < n:
-                    f = b + 1
-                    _close(acc, _exit_price(acc.size, pm.open_[f], costs), f, costs, trades, "time")
-                    segments.append(Segment(f, acc.cash, 0, 0.0))
-                    i, exited = f, True
-                    break
-                if b == last:
-                    i, paused = b + 1, True
-            if exited or paused:
+            i, moved_on, sl, trailed = _hold(acc, pm, i, j, sl, tp, trailed, costs, trades, segments)
+            if moved_on:
                 if i >= n:
                     state.done = True
                     break
@@ -214,3 +194,42 @@ def advance_managed(state: KernelState, sig: Signals, pm: Manager, costs: Costs,
     state.cursor = i
     state.cash, state.size, state.entry_price, state.entry_bar = acc.cash, acc.size, acc.entry_price, acc.entry_bar
     state.sl, state.tp, state.trailed = (None if sl != sl else sl), (None if tp != tp else tp), trailed
+
+
+def _hold(
+    acc: _Account,
+    pm: Manager,
+    i: int,
+    j: int,
+    sl: float,
+    tp: float,
+    trailed: bool,
+    costs: Costs,
+    trades: list[Trade],
+    segments: list[Segment],
+) -> tuple[int, bool, float, bool]:
+    """The open trade's bars from `i` to the next decision `j` (at most SCAN_BARS of them): an exit
+    by stop, target or time, the trailing stop moved after each close. Returns (the bar to go on
+    from, whether the trade exited or the scan paused there: False means bar `j`'s decision comes
+    next, the stop, whether a trailing rule last moved it)."""
+    n = len(pm.open_)
+    last = min(j, n - 1, i + SCAN_BARS - 1)
+    max_bars = pm.m.max_bars
+    for b in range(i, last + 1):
+        got = pm.hit(acc, b, sl, tp, costs)
+        if got is not None:
+            price, reason = got
+            _close(acc, price, b, costs, trades, "trailing" if reason == "stop" and trailed else reason)
+            segments.append(Segment(b, acc.cash, 0, 0.0))
+            return b, True, sl, trailed
+        if b == j:
+            return i, False, sl, trailed  # the decision at this close closes the trade at the next open
+        moved = pm.trail(acc, b, sl)
+        if moved != sl:
+            sl, trailed = moved, True
+        if max_bars is not None and b - acc.entry_bar + 1 >= max_bars and b + 1 < n:
+            f = b + 1
+            _close(acc, _exit_price(acc.size, pm.open_[f], costs), f, costs, trades, "time")
+            segments.append(Segment(f, acc.cash, 0, 0.0))
+            return f, True, sl, trailed
+    return last + 1, True, sl, trailed  # paused after SCAN_BARS bars (or the last bar)

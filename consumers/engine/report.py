@@ -8,13 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from consumers.engine.datasets import Bars
+from consumers.engine.bars import Bars
 from consumers.engine.kernel import Simulation, trade_columns
 from consumers.engine.sweep import SweepRow
 from orchestrator.domain.results import HEADLINE_METRICS
 
 
 def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The HEADLINE_METRICS of `metrics`, in that order: the summary a `completed` event carries.
+    Raises KeyError if one is missing."""
     return {name: metrics[name] for name in HEADLINE_METRICS}
 
 
@@ -99,6 +101,8 @@ def backtest_detail(
 
 
 def sweep_detail(rows: Sequence[SweepRow], objective: str, total_grid: int, best: dict[str, Any]) -> dict[str, Any]:
+    """A sweep's full result: its objective, the grid's size and the admissible combinations' count,
+    the table (`rows` ranked best first) and `best`, the best combination's `backtest_detail`."""
     return {
         "kind": "sweep",
         "objective": objective,

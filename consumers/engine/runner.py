@@ -1,200 +1,46 @@
-"""Running a request in bounded chunks: progress, cancellation points, checkpoints and the outcome."""
+"""Running a request in bounded chunks: progress, cancellation points, checkpoints and the outcome.
+
+A run is made of jobs (`job.py`, one backtest each) on one market (`market.py`); a sweep also
+takes the compiled batch path (`fast_sweep.py`) where it applies; between chunks its state can
+be saved (`checkpoint.py`).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from consumers.engine import kernel, sweep
-from consumers.engine.datasets import Bars, Catalog, DataProvenance, NotAdjustedReason
+from consumers.engine import sweep
+from consumers.engine.checkpoint import CHECKPOINT_VERSION, Checkpoint, fingerprint, saved
+from consumers.engine.datasets import Catalog
 from consumers.engine.errors import CheckpointError, EngineError, SpecError
-from consumers.engine.indicators import IndicatorCache, IndicatorUnfinished
-from consumers.engine.interface import Registered, Signals, to_signals
-from consumers.engine.kernel import Costs, KernelState, Simulation
-from consumers.engine.managed import ATR_PERIODS, Management, Manager, advance_managed, atr
-from consumers.engine.metrics import compute_metrics
+from consumers.engine.job import Job
+from consumers.engine.kernel import KernelState
+from consumers.engine.market import Market, costs_of, in_units, scaled
 from consumers.engine.registry import strategies
 from consumers.engine.report import backtest_detail, headline, json_safe, sweep_detail, trades_table
 from consumers.engine.sweep import SweepRow
 from consumers.engine.validation import check_spec
-from orchestrator.domain.spec import MANAGEMENT_FIELDS, BacktestSpec
-
-# Decisions per kernel chunk between clock checks: ~1 µs each, so a check every ~0.1 ms.
-EVENTS_PER_CHUNK = 128
-# Bars of an exact indicator replay (for near ties) per step: ~0.3-1 µs each, so ~10-40 ms.
-EXACT_BARS_PER_STEP = 40_000
-CHECKPOINT_VERSION = 1
-
-
-class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
-    """The state between chunks, enough to resume instead of starting over.
-
-    Indicators are not saved: they are recomputed from the data, which `fingerprint` pins
-    (with the request), so a checkpoint cannot be resumed against other data.
-    """
-
-    version: int = CHECKPOINT_VERSION
-    fingerprint: str
-    kernel: KernelState | None = None  # a single backtest's progress
-    rows: list[SweepRow] = []  # a sweep's finished combinations, in grid order
+from orchestrator.domain.spec import BacktestSpec
 
 
 class Outcome(msgspec.Struct, frozen=True):
+    """A finished run: `summary` for the `completed` event (headline metrics, the data used, and
+    for a sweep its best parameters), `detail` the full result (trades, equity curve, sweep table);
+    both JSON types."""
+
     summary: dict[str, Any]
     detail: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Market:
-    """One symbol's bars in the requested date range, with what every combination shares."""
-
-    bars: Bars
-    indicators: IndicatorCache
-    open_list: list[float]
-    provenance: DataProvenance
-
-    @classmethod
-    def of(
-        cls, bars: Bars, not_adjusted_reason: NotAdjustedReason | None = None, provenance: DataProvenance | None = None
-    ) -> Market:
-        """The market of `bars` (a range of one symbol's prices, from `Bars.prices`)."""
-        cache = IndicatorCache(
-            bars.close,
-            open=bars.open,
-            high=bars.high,
-            low=bars.low,
-            volume=bars.volume,
-            exact_bars_per_call=EXACT_BARS_PER_STEP,
-        )
-        return cls(bars, cache, bars.open.tolist(), provenance or bars.provenance(not_adjusted_reason))
-
-    def manager(self, m: Management) -> Manager:
-        """Position management over these bars (the lists and the ATR made once per market)."""
-        lists = self.indicators.memo(
-            ("engine:bar-lists",), lambda: (self.bars.high.tolist(), self.bars.low.tolist(), self.bars.close.tolist())
-        )
-        atr_list = None
-        if m.trailing_atr is not None:
-            b = self.bars
-            atr_list = self.indicators.memo(("engine:atr", ATR_PERIODS), lambda: atr(b.high, b.low, b.close).tolist())
-        high, low, close = lists
-        return Manager(m, self.open_list, high, low, close, atr_list)
-
-
-def scaled(bars: Bars, unit: float) -> Bars:
-    """`bars` priced per `unit` of the asset: Open, High, Low, Close x unit, Volume / unit
-    (backtesting.py's FractionalBacktest, operation for operation)."""
-    return Bars(
-        bars.symbol,
-        bars.source,
-        bars.dates,
-        bars.open * unit,
-        bars.high * unit,
-        bars.low * unit,
-        bars.close * unit,
-        bars.volume / unit,
-        None,
-        bars.adjusted,
-    )
-
-
-def in_units(detail: dict[str, Any], unit: float) -> None:
-    """A fractional run's detail back in units of the asset: trade sizes and positions x unit,
-    trade prices / unit; money (pnl, commission, equity, position value) is unchanged."""
-    trades = detail["trades"]
-    trades["size"] = [s * unit for s in trades["size"]]
-    for col in ("entry_price", "exit_price"):
-        trades[col] = [None if p is None else p / unit for p in trades[col]]
-    curve = detail["equity_curve"]
-    curve["position"] = [p * unit for p in curve["position"]]
-
-
-def costs_of(spec: BacktestSpec) -> Costs:
-    return Costs(spec.commission, spec.commission_fixed, spec.spread, spec.slippage_bps / 10_000)
-
-
-def fingerprint(spec: BacktestSpec, bars: Bars) -> str:
-    h = hashlib.sha256(msgspec.json.encode(spec))
-    h.update(bars.dates.tobytes())
-    h.update(bars.open.tobytes())
-    h.update(bars.close.tobytes())
-    return h.hexdigest()[:32]
-
-
-def signals_for(market: Market, strategy: Registered, params: Mapping[str, Any], long_only: bool) -> Signals:
-    """The strategy's decisions after its warm-up, in the kernel's form."""
-    return to_signals(strategy.decide(market.indicators, params, long_only), strategy.warmup(params) + 1)
-
-
-class Job:
-    """One backtest advancing in bounded steps: kernel chunks, then settlement, then statistics."""
-
-    def __init__(
-        self,
-        market: Market,
-        strategy: Registered,
-        params: Mapping[str, Any],
-        costs: Costs,
-        long_only: bool,
-        cash: float,
-        state: KernelState | None = None,
-    ) -> None:
-        self.market, self.strategy, self.params = market, strategy, params
-        self.costs, self.long_only = costs, long_only
-        self.warmup = strategy.warmup(params)
-        self.state = state if state is not None else kernel.initial_state(cash, self.warmup + 1)
-        management = Management(**{k: params[k] for k in MANAGEMENT_FIELDS if k in params})
-        self.manager = market.manager(management) if management.active else None
-        self.signals: Signals | None = None
-        self.sim: Simulation | None = None
-        self.metrics: dict[str, object] | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.metrics is not None
-
-    def step(self, max_events: int = EVENTS_PER_CHUNK) -> None:
-        bars = self.market.bars
-        if not self.state.done:
-            if self.signals is None:
-                # Recomputed after a resume too (not saved): same data, same signals.
-                try:
-                    self.signals = signals_for(self.market, self.strategy, self.params, self.long_only)
-                except IndicatorUnfinished:
-                    return  # a bounded part of an exact replay is done; the next step goes on
-                if self.manager is None and (self.signals.stop is not None or self.signals.target is not None):
-                    self.manager = self.market.manager(Management())  # the strategy's own levels
-                if self.manager is not None:
-                    self.manager.signals = self.signals
-            if self.manager is None:
-                kernel.advance(self.state, self.signals, self.market.open_list, len(bars), self.costs, max_events)
-            else:
-                advance_managed(self.state, self.signals, self.manager, self.costs, max_events)
-        elif self.sim is None:
-            self.sim = kernel.settle(self.state, bars.open, bars.close, self.warmup + 1, self.costs, self.manager)
-        else:
-            self.metrics = compute_metrics(bars.dates, bars.close, self.sim.equity, self.sim.trades, self.warmup)
-
-
-def run_once(
-    market: Market, strategy: Registered, params: Mapping[str, Any], costs: Costs, long_only: bool, cash: float
-) -> tuple[Simulation, dict[str, object]]:
-    """One complete backtest without pauses."""
-    job = Job(market, strategy, params, costs, long_only, cash)
-    while not job.done:
-        job.step(1 << 30)
-    assert job.sim is not None and job.metrics is not None
-    return job.sim, job.metrics
-
-
 class BacktestRun:
     """One task's run. Call `advance()` until `done`; between calls the worker reports progress,
-    checks for a cancel and may save `checkpoint()`."""
+    checks for a cancel and may save `checkpoint()`.
+
+    Raises (from the constructor) StrategyMissing, SpecError, DatasetError or CheckpointError."""
 
     def __init__(self, spec: BacktestSpec, catalog: Catalog, checkpoint: Checkpoint | None = None) -> None:
         known = strategies()
@@ -269,10 +115,12 @@ class BacktestRun:
 
     @property
     def done(self) -> bool:
+        """True once the outcome is built (`outcome()` returns it)."""
         return self._outcome is not None
 
     @property
     def progress(self) -> float:
+        """The fraction done, in [0, 0.99] until the outcome is built, then 1.0; never decreases."""
         if self._outcome is not None:
             return 1.0
         total = len(self.combinations)
@@ -282,7 +130,8 @@ class BacktestRun:
         return 0.99 * min(1.0, (len(self.rows) + within) / total)
 
     def advance(self, max_seconds: float = 0.02) -> None:
-        """Do about `max_seconds` of work (at least one step) and return."""
+        """Do about `max_seconds` of work (at least one step) and return. Raises RepresentationError
+        when a value exceeds what the engine represents."""
         started = time.perf_counter()
         deadline = started + max_seconds
         stepped = False
@@ -305,25 +154,29 @@ class BacktestRun:
             if self._job is None:
                 self._job = self._new_job(self.combinations[0])
             self._step_last(self._job, self._single_outcome)
-            return
-        if len(self.rows) < len(self.combinations):
-            if self._job is None and self._fast is not None:
-                # A batch of rows; None: the next combination takes the interpreted path below.
-                batch = self._fast.step(self.combinations, len(self.rows))
-                if batch is not None:
-                    self.rows.extend(batch)
-                    return
-            if self._job is None:
-                self._job = self._new_job(self.combinations[len(self.rows)])
-            self._job.step()
-            if self._job.done:
-                assert self._job.metrics is not None
-                self.rows.append(sweep.make_row(dict(self._job.params), self._job.metrics, self.spec.objective))
-                self._job = None
-            return
-        if self._best is None:
-            self._best = self._new_job(self._best_params())
-        self._step_last(self._best, self._sweep_outcome)
+        elif len(self.rows) < len(self.combinations):
+            self._step_sweep()
+        else:
+            if self._best is None:
+                self._best = self._new_job(self._best_params())
+            self._step_last(self._best, self._sweep_outcome)
+
+    def _step_sweep(self) -> None:
+        """A step of the sweep's grid: a compiled batch of rows, or a step of the next combination
+        on the interpreted path."""
+        if self._job is None and self._fast is not None:
+            # A batch of rows; None: the next combination takes the interpreted path below.
+            batch = self._fast.step(self.combinations, len(self.rows))
+            if batch is not None:
+                self.rows.extend(batch)
+                return
+        if self._job is None:
+            self._job = self._new_job(self.combinations[len(self.rows)])
+        self._job.step()
+        if self._job.done:
+            assert self._job.metrics is not None
+            self.rows.append(sweep.make_row(dict(self._job.params), self._job.metrics, self.spec.objective))
+            self._job = None
 
     def _step_last(self, job: Job, outcome: Callable[[Job], Outcome]) -> None:
         """A step of the run's last job: compute it, then build the trade table, then the outcome
@@ -347,23 +200,23 @@ class BacktestRun:
             self._ranked = sweep.ranked(self.rows)
         return self._ranked
 
-    def _single_outcome(self, job: Job) -> Outcome:
+    def _detail(self, job: Job) -> dict[str, Any]:
+        """The full result of `job` (the single backtest, or a sweep's best), in the asset's units."""
         assert job.sim is not None and job.metrics is not None
         detail = backtest_detail(
             self.market.bars, job.sim, job.metrics, self.spec.strategy, job.params, trades=self._trades
         )
         if self.unit is not None:
             in_units(detail, self.unit)
+        return detail
+
+    def _single_outcome(self, job: Job) -> Outcome:
+        detail = self._detail(job)
         data = self._data()
         return Outcome({"metrics": headline(detail["metrics"]), "data": data}, {**detail, "data": data})
 
     def _sweep_outcome(self, best: Job) -> Outcome:
-        assert best.sim is not None and best.metrics is not None
-        best_detail = backtest_detail(
-            self.market.bars, best.sim, best.metrics, self.spec.strategy, best.params, trades=self._trades
-        )
-        if self.unit is not None:
-            in_units(best_detail, self.unit)
+        best_detail = self._detail(best)
         table = self._table()
         grid = sweep.grid_size({**self.spec.params, **self.spec.management})
         detail = sweep_detail(table, self.spec.objective, grid, best_detail)
@@ -383,24 +236,25 @@ class BacktestRun:
 
     def checkpoint(self) -> Checkpoint:
         """The state after the last step. A step in settlement or statistics is redone on resume."""
-        saved = None
         job = self._job or self._best
-        if job is not None:
-            state = job.state
-            saved = msgspec.structs.replace(state, trades=list(state.trades), segments=list(state.segments))
-        return Checkpoint(fingerprint=self.fingerprint, kernel=saved, rows=list(self.rows))
+        kernel = saved(job.state) if job is not None else None
+        return Checkpoint(fingerprint=self.fingerprint, kernel=kernel, rows=list(self.rows))
 
     def outcome(self) -> Outcome:
+        """The finished run's outcome; raises EngineError before `done`."""
         if self._outcome is None:
             raise EngineError("the run is not done yet: call advance() until done")
         return self._outcome
 
 
 def start_run(spec: BacktestSpec, catalog: Catalog) -> BacktestRun:
-    """Validate the request and set up its run; raises SpecError or DatasetError (not retryable)."""
+    """Validate the request and set up its run; raises SpecError or DatasetError (not retryable),
+    StrategyMissing when its plugin is not installed here, DataUnavailable (retryable)."""
     return BacktestRun(spec, catalog)
 
 
 def resume_run(spec: BacktestSpec, catalog: Catalog, checkpoint: Checkpoint) -> BacktestRun:
-    """Continue from a checkpoint; raises CheckpointError if it belongs to other input."""
+    """Continue from a checkpoint (`BacktestRun.checkpoint()`, saved and read back); raises
+    CheckpointError if it belongs to another request, other data or another engine version, and
+    what `start_run` raises."""
     return BacktestRun(spec, catalog, checkpoint)

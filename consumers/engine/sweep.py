@@ -45,6 +45,7 @@ class SweepRow(msgspec.Struct, frozen=True, gc=False):
 
 
 def grid_size(params: Mapping[str, Any]) -> int:
+    """Combinations in the full grid: the product of the lengths of the list-valued parameters."""
     return math.prod(len(v) if isinstance(v, list) else 1 for v in params.values())
 
 
@@ -69,6 +70,8 @@ def admissible(
 
 
 def objective_value(metrics: Mapping[str, Any], objective: str) -> float | None:
+    """The objective's value as a float, or None when undefined: no trades, None or NaN
+    (such a combination ranks after every one with a value)."""
     value = metrics.get(objective)
     if not metrics.get("num_trades") or value is None:
         return None
@@ -77,6 +80,8 @@ def objective_value(metrics: Mapping[str, Any], objective: str) -> float | None:
 
 
 def make_row(combo: Combination, metrics: Mapping[str, Any], objective: str) -> SweepRow:
+    """The sweep table's row of one combination: its objective value and the objective and
+    TABLE_METRICS, non-finite values as None."""
     kept = {k: _finite(metrics[k]) for k in (objective, *TABLE_METRICS)}
     return SweepRow(dict(combo), objective_value(metrics, objective), kept)
 

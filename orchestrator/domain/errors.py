@@ -14,6 +14,8 @@ class ProjectionGapError(BackstreamError):
 
 
 class TaskNotFound(BackstreamError):
+    """No task has the id `task_id` (never submitted, or its state was deleted)."""
+
     def __init__(self, task_id: str) -> None:
         super().__init__(f"task {task_id} does not exist")
         self.task_id = task_id
@@ -29,6 +31,8 @@ class TaskConflict(BackstreamError):
 
 
 class IdempotencyConflict(BackstreamError):
+    """An Idempotency-Key was reused with a request body other than the first one's."""
+
     def __init__(self, key: str) -> None:
         super().__init__(f"Idempotency-Key {key!r} was already used with a different request body")
         self.key = key

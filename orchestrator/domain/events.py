@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from orchestrator.domain.spec import BacktestSpec
+from orchestrator.domain.status import Status
 
 
 # gc=False (here, on StoredEvent, TaskState and BacktestSpec): instances are not tracked by the
@@ -38,12 +39,16 @@ class Event(
 
 
 class Submitted(Event, frozen=True, tag="submitted"):
+    """A request was accepted: the task's first event (seq 1), which queues it."""
+
     spec: BacktestSpec
     # Who submitted (the token owner when access control is on).
     by: str | None = None
 
 
 class Started(Event, frozen=True, tag="started"):
+    """A worker claimed the task: attempt `attempt` begins (a first run, a retry, or a reclaim)."""
+
     worker: str
     # True when this attempt took the task over from a worker whose lease expired.
     reclaimed: bool = False
@@ -53,6 +58,8 @@ class Started(Event, frozen=True, tag="started"):
 
 
 class Progress(Event, frozen=True, tag="progress"):
+    """How far the running attempt is: `progress` is a fraction in [0, 1]."""
+
     progress: float
 
 
@@ -126,9 +133,11 @@ class Requeued(Event, frozen=True, tag="requeued"):
 
 
 class Cancelled(Event, frozen=True, tag="cancelled"):
+    """A user cancelled the task (`by`: the token owner when access control is on)."""
+
     by: str | None = None
     # The status the task was in when it was cancelled (queued or running); set by the script.
-    previous_status: str | None = None
+    previous_status: Status | None = None
 
 
 AnyEvent = (
@@ -166,4 +175,5 @@ class StoredEvent(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def at_ms(self) -> int:
+        """When the log appended the event: the stream id's milliseconds since the Unix epoch."""
         return int(self.id.split("-", 1)[0])

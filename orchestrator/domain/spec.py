@@ -70,6 +70,7 @@ class BacktestSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
 
     @property
     def is_sweep(self) -> bool:
+        """True when any parameter or management field is a list: a grid of combinations."""
         return any(isinstance(v, list) for v in (*self.params.values(), *self.management.values()))
 
 

@@ -9,6 +9,7 @@ import msgspec
 
 from orchestrator.domain.errors import ProjectionGapError
 from orchestrator.domain.events import (
+    AnyEvent,
     Cancelled,
     Completed,
     Failed,
@@ -24,12 +25,20 @@ from orchestrator.domain.events import (
 )
 from orchestrator.domain.ids import iso_ms
 from orchestrator.domain.spec import BacktestSpec
+from orchestrator.domain.status import Status
 
 
 # gc=False: never part of a reference cycle; see Event in events.py.
 class TaskState(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
+    """One task as the fold of its events leaves it (the projection stores it, field by field).
+
+    Times are ISO 8601 UTC with milliseconds (`iso_ms`); `seq` is the last folded event's sequence
+    number and `last_event_id` its stream id; `progress` is a fraction in [0, 1]; `attempt` counts
+    claims (0 before the first). The attempt and outcome fields are reset by the transitions that
+    replace them (see `_OUTCOME`, `_NEW_ATTEMPT`, `_QUEUED`)."""
+
     task_id: str
-    status: str
+    status: Status
     spec: BacktestSpec
     created_at: str
     # The id of the `submitted` event: orders tasks newest first.
@@ -68,7 +77,7 @@ _OUTCOME: dict[str, Any] = {
 _NEW_ATTEMPT: dict[str, Any] = {**_OUTCOME, "progress": 0.0, "finished_at": None}
 # Back in the queue (retry scheduled, released, requeued): no attempt runs, so none has a worker,
 # a start, progress or an end.
-_QUEUED: dict[str, Any] = {**_NEW_ATTEMPT, "status": "queued", "worker": None, "started_at": None}
+_QUEUED: dict[str, Any] = {**_NEW_ATTEMPT, "status": Status.QUEUED, "worker": None, "started_at": None}
 
 
 def _reset(state: TaskState, cleared: dict[str, Any], **fields: Any) -> TaskState:
@@ -77,7 +86,11 @@ def _reset(state: TaskState, cleared: dict[str, Any], **fields: Any) -> TaskStat
 
 
 def evolve(state: TaskState | None, stored: StoredEvent) -> TaskState:
-    """The state after one more event. Events out of sequence raise; a repeat is a no-op."""
+    """The state after one more event; `state` None: the task has no event yet.
+
+    A repeat (a seq already folded) is a no-op, so folding is idempotent. Raises
+    ProjectionGapError when the event's seq is not the next one, or a task's first event is
+    not `submitted`."""
     event = stored.event
     expected = (state.seq if state else 0) + 1
     if state is not None and event.seq < expected:
@@ -89,39 +102,48 @@ def evolve(state: TaskState | None, stored: StoredEvent) -> TaskState:
         )
     step: dict[str, Any] = {"seq": event.seq, "last_event_id": stored.id}
     if state is None:
-        if not isinstance(event, Submitted):
-            raise ProjectionGapError(
-                f"task {event.task_id}: its first event {stored.id} is a "
-                f"{type(event).__struct_config__.tag}, not `submitted`"
-            )
-        return TaskState(
-            task_id=event.task_id,
-            status="queued",
-            spec=event.spec,
-            created_at=iso_ms(stored.at_ms),
-            submitted_id=stored.id,
-            submitted_by=event.by,
-            **step,
-        )
+        return _first(stored, step)
     if isinstance(event, Progress):  # the most frequent event, and the one that needs no time
         return msgspec.structs.replace(state, progress=event.progress, **step)
-    at = iso_ms(stored.at_ms)
+    return _transition(state, event, iso_ms(stored.at_ms), step)
+
+
+def _first(stored: StoredEvent, step: dict[str, Any]) -> TaskState:
+    """The state a task's first event makes; raises ProjectionGapError unless it is `submitted`."""
+    event = stored.event
+    if not isinstance(event, Submitted):
+        raise ProjectionGapError(
+            f"task {event.task_id}: its first event {stored.id} is a "
+            f"{type(event).__struct_config__.tag}, not `submitted`"
+        )
+    return TaskState(
+        task_id=event.task_id,
+        status=Status.QUEUED,
+        spec=event.spec,
+        created_at=iso_ms(stored.at_ms),
+        submitted_id=stored.id,
+        submitted_by=event.by,
+        **step,
+    )
+
+
+def _transition(state: TaskState, event: AnyEvent, at: str, step: dict[str, Any]) -> TaskState:
+    """`state` after `event` (not its first, not a progress), appended at time `at`."""
     match event:
         case Started(attempt=attempt, worker=worker):
             # A new attempt (first run, retry, after a release or requeue, or a reclaim): nothing
             # of the attempt before it survives; that one stays in the audit trail.
-            return _reset(state, _NEW_ATTEMPT, status="running", attempt=attempt, worker=worker, started_at=at, **step)
+            running = {"status": Status.RUNNING, "attempt": attempt, "worker": worker, "started_at": at}
+            return _reset(state, _NEW_ATTEMPT, **running, **step)
         case Completed(result=result, result_ref=ref):
-            return _reset(
-                state, _OUTCOME, status="completed", progress=1.0, result=result, result_ref=ref, finished_at=at, **step
-            )
+            done = {"status": Status.COMPLETED, "progress": 1.0, "result": result, "result_ref": ref}
+            return _reset(state, _OUTCOME, **done, finished_at=at, **step)
         case ResultDeleted():
             # Only the full result goes; the outcome and its summary stay.
             return msgspec.structs.replace(state, result_deleted_at=at, **step)
         case Failed(error=error, retryable=retryable):
-            return _reset(
-                state, _OUTCOME, status="failed", error=error, error_retryable=retryable, finished_at=at, **step
-            )
+            failed = {"status": Status.FAILED, "error": error, "error_retryable": retryable}
+            return _reset(state, _OUTCOME, **failed, finished_at=at, **step)
         case RetryScheduled(error=error):
             # Queued again; `error` says why until the next attempt starts.
             return _reset(state, _QUEUED, error=error, **step)
@@ -129,12 +151,13 @@ def evolve(state: TaskState | None, stored: StoredEvent) -> TaskState:
             return _reset(state, _QUEUED, **step)
         case Cancelled(by=by):
             # The worker and progress of a cancelled running attempt stay: who ran it, how far.
-            return _reset(state, _OUTCOME, status="cancelled", cancelled_by=by, finished_at=at, **step)
+            return _reset(state, _OUTCOME, status=Status.CANCELLED, cancelled_by=by, finished_at=at, **step)
     raise AssertionError(f"unhandled event {event!r}")
 
 
 def fold(events: Iterable[StoredEvent], states: dict[str, TaskState] | None = None) -> dict[str, TaskState]:
-    """Fold events into states by task id (into `states` when given)."""
+    """Fold events into states by task id (into `states` when given, which is updated and
+    returned). Raises ProjectionGapError as `evolve` does."""
     states = {} if states is None else states
     for stored in events:
         task_id = stored.event.task_id
@@ -144,7 +167,7 @@ def fold(events: Iterable[StoredEvent], states: dict[str, TaskState] | None = No
 
 def result_location(state: TaskState) -> Literal["store", "redis", "deleted"] | None:
     """ "store", "redis", "deleted" or None (the task has not completed)."""
-    if state.status != "completed":
+    if state.status != Status.COMPLETED:
         return None
     if state.result_deleted_at is not None:
         return "deleted"

@@ -14,8 +14,8 @@ import msgspec
 
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.state import TaskState, result_location
+from orchestrator.domain.status import Status
 
-Status = Literal["queued", "running", "cancelled", "completed", "failed"]
 MAX_PAGE = 500
 # Longest `symbol` / `strategy` filter accepted (longer names exist in no catalog).
 MAX_NAME = 100
@@ -137,6 +137,8 @@ class DeadLetter(msgspec.Struct, frozen=True):
 
 
 class DeadLetters(msgspec.Struct, frozen=True):
+    """`GET /api/dead-letters`: one page of dead letters, newest first."""
+
     dead_letters: list[DeadLetter]
 
 
@@ -153,6 +155,8 @@ class Dataset(msgspec.Struct, frozen=True):
 
 
 class Datasets(msgspec.Struct, frozen=True):
+    """`GET /api/datasets`: every symbol a request may name, sorted by symbol."""
+
     datasets: list[Dataset]
 
 
@@ -197,6 +201,8 @@ class Strategies(msgspec.Struct, frozen=True):
 
 
 class Health(msgspec.Struct, frozen=True):
+    """`GET /healthz`: `ok`, or `unavailable` with the store's error."""
+
     status: Literal["ok", "unavailable"]
     error: str | None = None
 
@@ -234,7 +240,7 @@ def to_api(state: TaskState) -> dict[str, Any]:
     """The public JSON shape of a task: `orchestrator.domain.views.TaskView`, as builtins."""
     view = TaskView(
         task_id=state.task_id,
-        status=state.status,  # type: ignore[arg-type]  # the fold only ever sets a Status
+        status=state.status,
         progress=state.progress,
         created_at=state.created_at,
         started_at=state.started_at,
@@ -247,7 +253,7 @@ def to_api(state: TaskState) -> dict[str, Any]:
         result_location=result_location(state),
         spec=state.spec,
         submitted_by=state.submitted_by,
-        cancelled_by=state.cancelled_by if state.status == "cancelled" else msgspec.UNSET,
+        cancelled_by=state.cancelled_by if state.status == Status.CANCELLED else msgspec.UNSET,
         result_deleted_at=state.result_deleted_at if state.result_deleted_at is not None else msgspec.UNSET,
     )
     body: dict[str, Any] = msgspec.to_builtins(view)

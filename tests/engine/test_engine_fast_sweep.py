@@ -8,11 +8,12 @@ import msgspec
 import numpy as np
 import pytest
 
-from consumers.engine import batch_kernel, fast_sweep
+from consumers.engine import batch_kernel, batch_stats, fast_sweep, pairwise
 from consumers.engine.datasets import Catalog
 from consumers.engine.indicators import IndicatorCache
 from consumers.engine.interface import Decisions, Registered, Strategy, from_target
-from consumers.engine.runner import BacktestRun, run_once, start_run
+from consumers.engine.job import run_once
+from consumers.engine.runner import BacktestRun, start_run
 from consumers.engine.sweep import SweepRow, make_row, ranked
 from orchestrator.domain.spec import BacktestSpec
 
@@ -210,8 +211,8 @@ def test_pairwise_sum_is_numpys() -> None:
     rng = np.random.default_rng(3)
     for n in [*range(0, 300), 1000, 2147, 2148, 4099, 20_000]:
         x = rng.normal(0, 1, n) * 10 ** rng.uniform(-6, 6, n)
-        assert batch_kernel.pairwise_sum(x, 0, n) + 0.0 == x.sum(), n
-    assert np.signbit(0.0 + batch_kernel.pairwise_sum(-np.zeros(3), 0, 3)) == np.signbit(np.sum(-np.zeros(3)))
+        assert pairwise.pairwise_sum(x, 0, n) + 0.0 == x.sum(), n
+    assert np.signbit(0.0 + pairwise.pairwise_sum(-np.zeros(3), 0, 3)) == np.signbit(np.sum(-np.zeros(3)))
 
 
 def test_signs_are_the_comparisons() -> None:
@@ -231,4 +232,4 @@ def test_signs_are_the_comparisons() -> None:
 
 def test_warm_up_loads_both_kernels() -> None:
     assert fast_sweep.warm_up() >= 0
-    assert batch_kernel.simulate.signatures and batch_kernel.period_stats.signatures
+    assert batch_kernel.simulate.signatures and batch_stats.period_stats.signatures

@@ -21,8 +21,9 @@ from test_engine_properties import SETTINGS, costs, make_bars, market, prices, s
 from consumers.engine.datasets import Catalog
 from consumers.engine.indicators import IndicatorCache
 from consumers.engine.interface import LONG, Decisions, Registered, Strategy
+from consumers.engine.job import run_once
 from consumers.engine.kernel import Costs
-from consumers.engine.runner import Market, run_once
+from consumers.engine.market import Market
 from consumers.engine.strategies import STRATEGIES
 from consumers.engine.validation import check_spec
 from orchestrator.domain.spec import BacktestSpec
@@ -222,7 +223,7 @@ def test_a_long_trade_is_scanned_in_bounded_pieces_with_the_same_result() -> Non
     """A trade open for 10,000 bars is scanned SCAN_BARS bars per event: one event at a time
     (as chunks between checkpoints would) gives the uninterrupted result."""
     from consumers.engine import kernel, managed
-    from consumers.engine.runner import signals_for
+    from consumers.engine.market import signals_for
 
     rng = np.random.default_rng(7)
     close = np.round(100 * np.exp(np.cumsum(rng.normal(0.0003, 0.01, 10_000))), 2)

@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from consumers.engine.datasets import Bars, Catalog
-from consumers.engine.indicators import rolling_mean_exact, rolling_mean_fast
+from consumers.engine.job import run_once
 from consumers.engine.kernel import Costs
-from consumers.engine.runner import Market, run_once
+from consumers.engine.market import Market
+from consumers.engine.rolling import rolling_mean_exact, rolling_mean_fast
 from consumers.engine.strategies import STRATEGIES
 from orchestrator.domain.spec import BacktestSpec
 

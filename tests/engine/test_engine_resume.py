@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from bt_oracle import write_csv
 
+from consumers.engine.checkpoint import Checkpoint
 from consumers.engine.datasets import Catalog
 from consumers.engine.errors import CheckpointError
-from consumers.engine.runner import Checkpoint, Outcome, resume_run, start_run
+from consumers.engine.runner import Outcome, resume_run, start_run
 from orchestrator.domain.spec import BacktestSpec
 
 SPECS = [

@@ -17,9 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumers.engine.datasets import Bars
-from consumers.engine.indicators import IndicatorCache, IndicatorUnfinished, rolling_mean_fast, rolling_std
+from consumers.engine.indicators import IndicatorCache, IndicatorUnfinished
+from consumers.engine.job import Job, run_once
 from consumers.engine.kernel import Costs
-from consumers.engine.runner import Job, Market, run_once
+from consumers.engine.market import Market
+from consumers.engine.rolling import rolling_mean_fast, rolling_std
 from consumers.engine.strategies import STRATEGIES
 
 
