@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, Router
+from starlette.routing import BaseRoute, Route, Router
 
 from api import auth, live, metrics, openapi, results, strategies, tasks
 from api.auth import OPEN_MOUNTS, OPEN_ROUTES, TokenAuth
@@ -27,10 +27,10 @@ from orchestrator.storage.store import EventStore
 
 
 async def healthz(request: Request) -> Response:
-    """`GET /healthz`: 200 `{"status": "ok"}` when Redis answers a PING; otherwise 503
-    `{"status": "unavailable", "error"}` with Retry-After: 2."""
+    """`GET /healthz`: 200 `{"status": "ok"}` when Redis answers a PING (the read model's);
+    otherwise 503 `{"status": "unavailable", "error"}` with Retry-After: 2."""
     try:
-        await context(request).store.redis.ping()
+        await context(request).projection.ping()
     except Exception as e:  # any failure to get an answer means unhealthy
         return JSONResponse({"status": "unavailable", "error": str(e)}, status_code=503, headers={"Retry-After": "2"})
     return JSONResponse({"status": "ok"})
@@ -47,6 +47,14 @@ routes = [
     *dashboard_routes,
     *auth.routes,
 ]
+
+
+def _route(router: Router, name: str) -> BaseRoute:
+    """The route of `router` named `name`. Raises LookupError when none has that name."""
+    for route in router.routes:
+        if getattr(route, "name", None) == name:
+            return route
+    raise LookupError(f"no route is named {name!r}")
 
 
 def create_app(
@@ -93,6 +101,6 @@ def create_app(
             form_paths={str(router.url_path_for("signin"))},
         ),
         Middleware(TokenAuth, tokens=settings.tokens, open_paths=open_paths, open_prefixes=open_prefixes),
-        Middleware(metrics.CancelTimer),
+        Middleware(metrics.CancelTimer, cancel=_route(router, "cancel")),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan, middleware=middleware)

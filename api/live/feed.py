@@ -9,6 +9,7 @@ import redis.exceptions
 import structlog
 from starlette.requests import Request
 
+from api.context import context
 from api.errors import ApiError, FieldProblem
 from orchestrator.domain.events import StoredEvent
 from orchestrator.storage.readmodel.log import LogPage, latest_id, tail
@@ -168,18 +169,24 @@ class LiveFeed:
                     self._subscribers.discard(sub)
 
 
+def running_feed(app: Any) -> LiveFeed | None:
+    """The live feed of `app` (a Starlette app), or None while no stream has opened one."""
+    feed: LiveFeed | None = getattr(app.state, "live", None)
+    return feed
+
+
 def feed_of(request: Request) -> LiveFeed:
-    """The app's live feed, made on first use from its context's blocking client."""
-    state = request.app.state
-    feed = getattr(state, "live", None)
+    """The app's live feed, made on first use from its context's blocking client. Raises
+    RuntimeError when the app has no context (see api.context.context)."""
+    feed = running_feed(request.app)
     if feed is None:
-        ctx = state.ctx
-        feed = state.live = LiveFeed(ctx.blocking, ctx.projection.keys.events)
+        ctx = context(request)
+        feed = request.app.state.live = LiveFeed(ctx.blocking, ctx.projection.keys.events)
     return feed
 
 
 def close_streams(app: Any) -> None:
     """End the open SSE streams of `app` so a shutting-down server is not held up by them."""
-    feed = getattr(app.state, "live", None)
+    feed = running_feed(app)
     if feed is not None:
         feed.close()

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from api.context import context
 from api.errors import ApiError, task_id_param
 from api.live.coalesce import TERMINAL, Coalescer
 from api.live.feed import PAGE, LiveFeed, Subscription, decodable, feed_of
@@ -226,7 +227,7 @@ def _open(request: Request) -> _Open:
     """Take one of the client's stream slots (429 when it holds its limit already)."""
     feed = feed_of(request)
     client = _client(request)
-    feed.acquire(client, request.app.state.ctx.settings.sse_streams_per_client)
+    feed.acquire(client, context(request).settings.sse_streams_per_client)
     return _Open(feed, client)
 
 
@@ -241,7 +242,7 @@ async def stream_all(request: Request) -> Response:
     feed_of(request).check_open()
     if request.method == "HEAD":
         return _head()
-    reads: ReadModel = request.app.state.ctx.projection
+    reads = context(request).projection
     if after is None:
         after = await reads.latest_id() or "0-0"
     opened = _open(request)
@@ -256,7 +257,7 @@ async def stream_task(request: Request) -> Response:
     after = _start_after(request) or "0-0"
     feed = feed_of(request)
     feed.check_open()
-    reads: ReadModel = request.app.state.ctx.projection
+    reads = context(request).projection
     # HEAD holds nothing: no slot, no subscription, just the answer a GET would start with.
     opened = None if request.method == "HEAD" else _open(request)
     try:
@@ -285,6 +286,6 @@ async def stream_task(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/stream", stream_all, methods=["GET", "HEAD"]),
-    Route("/api/backtests/tasks/{task_id}/stream", stream_task, methods=["GET", "HEAD"]),
+    Route("/api/stream", stream_all, methods=["GET", "HEAD"], name="stream"),
+    Route("/api/backtests/tasks/{task_id}/stream", stream_task, methods=["GET", "HEAD"], name="task_stream"),
 ]

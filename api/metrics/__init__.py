@@ -7,8 +7,8 @@ from api.metrics.exposition import ApiMetrics, CancelTimer, metrics, metrics_of
 from api.metrics.ready import Readiness, readiness, readyz
 
 routes = [
-    Route("/metrics", metrics),
-    Route("/readyz", readyz),
+    Route("/metrics", metrics, name="metrics"),
+    Route("/readyz", readyz, name="readyz"),
 ]
 
 __all__ = ["ApiMetrics", "CancelTimer", "Readiness", "metrics_of", "readiness", "routes"]

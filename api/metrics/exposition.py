@@ -3,7 +3,6 @@ format; and the cancel-latency timer."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +13,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 
+from api.context import context
 from api.metrics.follower import LogFollower
 from orchestrator.domain.status import Status
 from orchestrator.storage.codec import text
@@ -164,7 +165,7 @@ def gauge_families(g: Gauges, *, lease_ms: int) -> list[Metric]:
 
 async def metrics(request: Request) -> Response:
     """GET /metrics in Prometheus's text format. Raises redis errors (a 500)."""
-    ctx = request.app.state.ctx
+    ctx = context(request)
     m = metrics_of(request.app)
     started = time.monotonic()
     await m.follower.catch_up(ctx.projection)
@@ -173,17 +174,16 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-_CANCEL_PATH = re.compile(r"^/api/backtests/tasks/[^/]+$")
-
-
 class CancelTimer:
-    """Pure ASGI: times DELETE /api/backtests/tasks/{id} from arrival to the answer's start."""
+    """Pure ASGI: times the requests `cancel` matches (DELETE /api/backtests/tasks/{id}, the route
+    named `cancel`) from arrival to the answer's start, into the app's cancel-latency histogram."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, cancel: BaseRoute) -> None:
         self.app = app
+        self.cancel = cancel
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "DELETE" or not _CANCEL_PATH.match(scope["path"]):
+        if scope["type"] != "http" or self.cancel.matches(scope)[0] is not Match.FULL:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from api.context import AppContext, context
+from api.live.feed import running_feed
 
 
 class Readiness(msgspec.Struct, frozen=True):
@@ -20,7 +21,7 @@ class Readiness(msgspec.Struct, frozen=True):
     workers_alive: int
 
 
-async def readiness(ctx: Any) -> Readiness:
+async def readiness(ctx: AppContext) -> Readiness:
     """Is the read side keeping up? Not when no projector has beaten within the lease
     (stopped, or never started), nor when the oldest log entry not yet projected is older
     than `ready_max_lag_s` (stuck or far behind). Raises redis errors."""
@@ -57,8 +58,8 @@ async def readyz(request: Request) -> Response:
     """Ready to take traffic: Redis answers, the server is not shutting down, and a projector
     is alive and keeping up (so lists and the dashboard show what was written). The body says
     why when not. (/healthz only says the process and Redis are up.)"""
-    ctx = request.app.state.ctx
-    feed = getattr(request.app.state, "live", None)
+    ctx = context(request)
+    feed = running_feed(request.app)
     if feed is not None and feed.closed:
         return JSONResponse({"status": "shutting_down"}, status_code=503, headers={"Retry-After": "2"})
     try:

@@ -1,4 +1,5 @@
 // Backstream dashboard: live updates over Server-Sent Events, the action buttons, the submit form.
+// Every URL comes from pathFor (routes.js): the page hands over its routes' paths by name.
 "use strict";
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
@@ -36,8 +37,7 @@ function showActions(scope, status) {
 }
 
 async function act(taskId, action) {
-  const url = "/api/backtests/tasks/" + taskId + (action === "retry" ? "/retry" : "");
-  const reply = await fetch(url, {
+  const reply = await fetch(pathFor(action, { task_id: taskId }), {
     method: action === "retry" ? "POST" : "DELETE", credentials: "same-origin", headers: CSRF,
   });
   if (!reply.ok) {
@@ -111,7 +111,7 @@ function newRow(ev) {
     '<td class="age"></td><td class="actions"><button class="cancel">Cancel</button>' +
     '<button class="retry">Retry</button></td>';
   const link = row.querySelector("a");
-  link.href = "/tasks/" + ev.task_id;
+  link.href = pathFor("task_page", { task_id: ev.task_id });
   link.textContent = ev.task_id.slice(0, 8);
   row.querySelector("td.symbol").textContent = spec.symbol || "";
   row.querySelector("td.strategy").textContent = spec.strategy || "";
@@ -135,7 +135,7 @@ function tasksPage() {
   });
   tick();
   setInterval(tick, 1000);
-  listen("/api/stream?last_event_id=" + encodeURIComponent(body.dataset.since), (ev) => {
+  listen(pathFor("stream") + "?last_event_id=" + encodeURIComponent(body.dataset.since), (ev) => {
     let row = tbody.querySelector('tr[data-task="' + ev.task_id + '"]');
     if (!row) {
       if (ev.type !== "submitted" || (filter && filter !== "queued")) return;
@@ -170,7 +170,8 @@ function taskPage() {
     if ((await act(taskId, retry ? "retry" : "cancel")) && retry) location.reload(); // follow the new run
   });
   if (TERMINAL.has(view.status) && view.status !== "failed") return;
-  listen("/api/backtests/tasks/" + taskId + "/stream?last_event_id=" + encodeURIComponent(body.dataset.since), (ev) => {
+  const stream = pathFor("task_stream", { task_id: taskId });
+  listen(stream + "?last_event_id=" + encodeURIComponent(body.dataset.since), (ev) => {
     if (ev.seq <= seq) return;
     seq = ev.seq;
     const status = apply(ev, view);
@@ -229,13 +230,13 @@ function submitPage() {
     });
     spec.long_only = form.elements.long_only.checked;
     spec.objective = form.elements.objective.value;
-    const reply = await fetch("/api/backtests", {
+    const reply = await fetch(pathFor("submit"), {
       method: "POST", credentials: "same-origin",
       headers: { "content-type": "application/json", ...CSRF }, body: JSON.stringify(spec),
     });
     const answer = await reply.json().catch(() => ({}));
     if (reply.status === 202) {
-      location.href = "/tasks/" + answer.task_id;
+      location.href = pathFor("task_page", { task_id: answer.task_id });
       return;
     }
     const general = [];

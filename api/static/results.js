@@ -1,9 +1,10 @@
 // Backstream results: a task's equity chart against buy-and-hold with drawdown and trades, a sweep's
 // heatmap and full table, and the compare page. Everything is drawn in the browser from the JSON
-// every client reads (GET /api/backtests/tasks/{id}/result), with the vendored uPlot (MIT).
+// every client reads (GET /api/backtests/tasks/{id}/result), with the vendored uPlot (MIT). Every URL
+// comes from pathFor (routes.js): the page hands over its routes' paths by name.
 "use strict";
 (() => {
-  // Counts show whole units; every other number two decimals (api/dashboard.py WHOLE_METRICS agrees).
+  // Counts show whole units; every other number two decimals (api/dashboard/format.py WHOLE_METRICS agrees).
   const WHOLE = new Set([
     "num_trades", "duration_days", "max_drawdown_duration_days", "max_trade_duration_days", "size",
     "entry_bar", "exit_bar", "combinations",
@@ -331,16 +332,16 @@
     const canon = (value) => JSON.stringify(value, (k, v) => (v && typeof v === "object" && !Array.isArray(v)
       ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v));
     const single = (spec) => { const s = { ...spec }; delete s.objective; delete s.constraint; return s; };
-    const task = await getJSON("/api/backtests/tasks/" + taskId);
+    const task = await getJSON(pathFor("task", { task_id: taskId }));
     const spec = single({ ...task.spec, params });
     const key = canon(spec);
-    const { tasks } = await getJSON("/api/backtests/tasks?limit=500");
+    const { tasks } = await getJSON(pathFor("tasks") + "?limit=500");
     const same = tasks.find((t) => t.status !== "failed" && t.status !== "cancelled" && canon(single(t.spec)) === key);
     if (same) {
-      location.href = "/tasks/" + same.task_id;
+      location.href = pathFor("task_page", { task_id: same.task_id });
       return;
     }
-    const reply = await fetch("/api/backtests", {
+    const reply = await fetch(pathFor("submit"), {
       method: "POST", credentials: "same-origin", headers: { "content-type": "application/json", ...CSRF },
       body: JSON.stringify(spec),
     });
@@ -349,7 +350,7 @@
       readout.textContent = "Could not submit that run: " + (answer.message || reply.status);
       return;
     }
-    location.href = "/tasks/" + answer.task_id;
+    location.href = pathFor("task_page", { task_id: answer.task_id });
   }
 
   function sweepSection(taskId, detail) {
@@ -428,7 +429,7 @@
     // Every table of the result, in each format the API serves (GET …/result?table=&format=).
     const tables = (result.kind === "sweep" ? ["sweep"] : []).concat(["equity", "trades"]);
     const box = el("p", { id: "downloads", class: "note" }, "Download: ");
-    const base = "/api/backtests/tasks/" + taskId + "/result";
+    const base = pathFor("task_result", { task_id: taskId });
     box.append(el("a", { href: base, download: taskId + ".json" }, "full result (JSON)"));
     for (const table of tables) {
       box.append(" · " + table + ": ");
@@ -445,7 +446,7 @@
     const taskId = document.body.dataset.task;
     let result;
     try {
-      result = await getJSON("/api/backtests/tasks/" + taskId + "/result");
+      result = await getJSON(pathFor("task_result", { task_id: taskId }));
     } catch (error) {
       section.replaceChildren(el("p", { class: "flash" }, "The result could not be read: " + error.message));
       return;
@@ -478,7 +479,9 @@
     let runs;
     try {
       runs = await Promise.all(ids.map(async (id) => {
-        const [task, result] = await Promise.all([getJSON("/api/backtests/tasks/" + id), getJSON("/api/backtests/tasks/" + id + "/result")]);
+        const [task, result] = await Promise.all([
+          getJSON(pathFor("task", { task_id: id })), getJSON(pathFor("task_result", { task_id: id })),
+        ]);
         const detail = result.kind === "sweep" ? result.best || {} : result;
         const params = Object.entries(detail.params || {}).map(([k, v]) => k + "=" + paramText(v)).join(", ");
         return { id, task, detail, label: `${task.spec.strategy} ${task.spec.symbol} ${params} (${id.slice(0, 8)})` };
@@ -510,7 +513,7 @@
     head.append(el("th", {}, "metric"));
     runs.forEach((r, i) => {
       const th = el("th", { class: "num" });
-      const link = el("a", { href: "/tasks/" + r.id, style: "color:" + COLORS[i % COLORS.length] }, r.label);
+      const link = el("a", { href: pathFor("task_page", { task_id: r.id }), style: "color:" + COLORS[i % COLORS.length] }, r.label);
       th.append(link);
       head.append(th);
     });

@@ -56,6 +56,11 @@ class ReadModel:
         self.follow_live = follow_live
         self._checked_at = float("-inf")
 
+    async def ping(self) -> None:
+        """One PING on the commands client: returns once Redis answers. Raises redis errors
+        (ConnectionError, TimeoutError: the client's socket timeout) when it does not."""
+        await self.redis.ping()
+
     async def refresh(self, *, force: bool = False) -> None:
         """Follow the live-projection pointer (at most once per POINTER_TTL_S unless forced)."""
         if not self.follow_live:
