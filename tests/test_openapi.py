@@ -40,7 +40,7 @@ def test_every_api_route_is_documented_with_its_methods() -> None:
         if not isinstance(route, Route) or route.path in NOT_API:
             continue
         methods = {m.lower() for m in route.methods or ()} - {"head"}
-        assert route.path in doc["paths"], f"{route.path} is missing from api/openapi.py OPERATIONS"
+        assert route.path in doc["paths"], f"{route.path} is missing from api/openapi/operations.py OPERATIONS"
         assert methods <= set(doc["paths"][route.path]), route.path
 
 
