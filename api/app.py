@@ -18,6 +18,7 @@ from api.auth import SIGNIN_PATH, TokenAuth
 from api.csrf import SameOriginOnly
 from api.errors import EXCEPTION_HANDLERS
 from orchestrator.settings import Settings
+from orchestrator.storage.commands import Commands
 from orchestrator.storage.connections import Connections
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.projection import Projection
@@ -30,6 +31,7 @@ class AppContext(msgspec.Struct):
 
     settings: Settings
     store: EventStore
+    commands: Commands
     projection: Projection
     catalog: Any
     # For reads that block (live streams): its own connections, so they never starve commands.
@@ -70,6 +72,7 @@ def create_app(settings: Settings, *, catalog: Any, connections: Connections | N
         app.state.ctx = AppContext(
             settings=settings,
             store=EventStore(conns.commands, keys),
+            commands=Commands(conns.commands, keys),
             projection=Projection(conns.commands, keys, follow_live=True),
             catalog=catalog,
             blocking=conns.blocking,

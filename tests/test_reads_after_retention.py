@@ -45,11 +45,10 @@ def backstream(backend: Backend, *args: str) -> subprocess.CompletedProcess[str]
 
 async def failed_task(system: System) -> str:
     """A task that failed for good, through the real scripts."""
-    store = system.store
-    task_id = (await store.submit(str(uuid.uuid4()), msgspec.convert(SHORT, BacktestSpec))).task_id
-    [taken] = await store.take(worker="w-x", count=1)
+    task_id = (await system.commands.submit(str(uuid.uuid4()), msgspec.convert(SHORT, BacktestSpec))).task_id
+    [taken] = await system.queue.take(worker="w-x", count=1)
     failed = Failed(task_id=task_id, attempt=taken.claim.attempt, error="ValueError: bad data", retryable=False)
-    assert await store.finish(failed, message_id=taken.message_id, reason="error") is None
+    assert await system.queue.finish(failed, message_id=taken.message_id, reason="error") is None
     return task_id
 
 
@@ -59,7 +58,7 @@ async def test_every_reader_agrees_after_retention_and_says_where_history_went(
 ) -> None:
     backend, keys = real_backend, real_backend.keys
     system = System(backend)
-    await system.store.ensure_group()
+    await system.queue.ensure_group()
     async with served(system) as http:
         done = (await http.post("/api/backtests", json=SHORT)).json()["task_id"]
         await system.run_workers()

@@ -12,6 +12,7 @@ import structlog
 from orchestrator.domain.events import Completed, ResultDeleted
 from orchestrator.domain.state import TaskState
 from orchestrator.storage.codec import text
+from orchestrator.storage.commands import Commands
 from orchestrator.storage.projection import Projection
 from orchestrator.storage.results import ResultStore
 from orchestrator.storage.store import EventStore
@@ -108,7 +109,7 @@ async def apply_result_retention(
         deleted.append(DeletedResult(state.task_id, ref.key, reason, ref.bytes))
         if dry_run:
             continue
-        outcome = await store.record_result_deleted(
+        outcome = await Commands(store.redis, store.keys).record_result_deleted(
             state.task_id, ref.key, reason=reason, live_projection=projection.keys
         )
         if outcome in ("ok", "done"):

@@ -22,7 +22,7 @@ from orchestrator.settings import Settings
 from orchestrator.storage.connections import Connections
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.projection import Projection
-from orchestrator.storage.store import EventStore
+from orchestrator.storage.workqueue import WorkQueue
 
 log = structlog.get_logger("backstream")
 
@@ -47,8 +47,7 @@ def _worker(settings: Settings, conns: Connections, catalog: Any, name: str, con
 
     keys = Keys(prefix=settings.prefix)
     return Worker(
-        EventStore(conns.commands, keys),
-        conns.blocking,
+        WorkQueue(conns.commands, keys, reader=conns.blocking),
         functools.partial(start_run, catalog=catalog),
         settings,
         name=name,

@@ -51,18 +51,6 @@ def event_data(event: Event) -> bytes:
     return _json_encoder.encode(payload)
 
 
-def entry_fields(event: Event) -> dict[str, str | bytes | int]:
-    """All stream fields of an event, as the scripts write them."""
-    return {
-        "type": type(event).__struct_config__.tag,  # type: ignore[dict-item]
-        "v": type(event).SCHEMA_VERSION,
-        "task_id": event.task_id,
-        "seq": event.seq,
-        "attempt": event.attempt,
-        "data": event_data(event),
-    }
-
-
 def text(value: Any) -> str:
     """A reply from Redis (bytes) or a value we made (str, int) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)

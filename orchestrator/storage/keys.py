@@ -19,6 +19,9 @@ STAGED_RESULT_TTL_MS = 3600 * 1000
 # or projector that died (or was renamed) stays listed as silent for a day, then goes.
 HEARTBEAT_KEEP_MS = 24 * 3600 * 1000
 
+# A task's log index is named `control(task_id) + TASK_LOG_SUFFIX` (see `Keys.task_prefix`).
+TASK_LOG_SUFFIX = ":log"
+
 # An Idempotency-Key is remembered this long; a client retrying a submit after a day is a new submit.
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
@@ -63,11 +66,20 @@ class Keys(msgspec.Struct, frozen=True):
     # The write model of a task: the few fields the command scripts check (status, attempt,
     # seq, owner). Kept for the task's lifetime.
     def control(self, task_id: str) -> str:
-        return f"{self.prefix}:task:{task_id}"
+        return f"{self.task_prefix}{task_id}"
 
     # The ids of a task's events in the log, in order: its audit trail index.
     def task_log(self, task_id: str) -> str:
-        return f"{self.prefix}:task:{task_id}:log"
+        return f"{self.control(task_id)}{TASK_LOG_SUFFIX}"
+
+    # What a task's control key is named from: `control(id)` is this followed by the id.
+    # `take.lua` reads work items and claims their tasks in one call, so it cannot be given
+    # their keys (the ids come from its own read): it gets this and TASK_LOG_SUFFIX instead and
+    # joins them around each id, naming the keys exactly as `control` and `task_log` do. They
+    # share the work stream's hash tag (in the prefix), so they are in its slot on a cluster.
+    @property
+    def task_prefix(self) -> str:
+        return f"{self.prefix}:task:"
 
     # The full result of a completed task (equity curve, trades, sweep table), JSON.
     def result(self, task_id: str) -> str:
@@ -91,6 +103,7 @@ class Keys(msgspec.Struct, frozen=True):
     def projector_heartbeats(self) -> str:
         return f"{self.prefix}:heartbeats:projectors"
 
+    # An Idempotency-Key's claim: `<task id>|<body sha256>`, for IDEMPOTENCY_TTL_SECONDS.
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
 
