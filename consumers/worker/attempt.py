@@ -237,7 +237,7 @@ class Execution:
             return  # keep computing; the fenced writes decide later
         if state.is_running(self.job.attempt):
             return
-        reason = "cancelled" if state.status == Status.CANCELLED else "lost_claim"
+        reason = Status.CANCELLED.value if state.status == Status.CANCELLED else "lost_claim"
         log.info("task.stopped", reason=reason, status=state.status)
         raise Stop
 

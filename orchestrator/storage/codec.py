@@ -36,10 +36,13 @@ UPCASTERS: dict[tuple[str, int], Upcaster] = {
 
 
 def encode_json(value: Any) -> bytes:
+    """`value` (builtins or msgspec Structs) as JSON bytes. Raises TypeError for a value msgspec
+    cannot encode."""
     return _json_encoder.encode(value)
 
 
 def decode_json(raw: bytes | str) -> Any:
+    """JSON as builtins. Raises msgspec.DecodeError for malformed JSON."""
     return _json_decoder.decode(raw)
 
 
