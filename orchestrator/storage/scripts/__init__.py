@@ -39,8 +39,8 @@ class ScriptCall:
 
     async def __call__(self, keys: list[str], args: list[Any], before: tuple[tuple[Any, ...], ...] = ()) -> Any:
         """Run the script (EVALSHA, loading it on NOSCRIPT) and return its raw reply. `before`:
-        plain commands sent just before it in the same round trip (batched calls only). Raises
-        redis errors, and the script's own error replies as ResponseError."""
+        plain commands sent just before it in the same round trip (batched calls only, else
+        ValueError). Raises redis errors, and the script's own error replies as ResponseError."""
         if self._batcher is not None:
             return await self._batcher.call(self.script, keys=keys, args=args, before=before)
         if before:
