@@ -19,11 +19,11 @@ from api.dashboard.routes import routes as dashboard_routes
 from api.errors import EXCEPTION_HANDLERS
 from orchestrator.domain.ports import Catalog, SpecChecker
 from orchestrator.settings import Settings
+from orchestrator.storage.commands import Commands
 from orchestrator.storage.connections import Connections
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.results import results_for
-from orchestrator.storage.store import EventStore
 
 
 async def healthz(request: Request) -> Response:
@@ -76,7 +76,7 @@ def create_app(
         keys = Keys(prefix=settings.prefix)
         app.state.ctx = AppContext(
             settings=settings,
-            store=EventStore(conns.commands, keys),
+            commands=Commands(conns.commands, keys),
             projection=ReadModel(conns.commands, keys, follow_live=True),
             checker=checker,
             catalog=catalog,

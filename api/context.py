@@ -9,21 +9,22 @@ from starlette.requests import HTTPConnection
 
 from orchestrator.domain.ports import Catalog, SpecChecker
 from orchestrator.settings import Settings
+from orchestrator.storage.commands import Commands
 from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.results import ResultStore
-from orchestrator.storage.store import EventStore
 
 
 @dataclass(frozen=True, slots=True)
 class AppContext:
-    """The app's collaborators, typed. `store` writes commands and reads the log; `projection` is
+    """The app's collaborators, typed. `commands` appends the API's events (submit, cancel,
+    retry); `projection` is
     the read model every reader of a task's state asks; `checker` and `catalog` are the engine's
     ports (blocking: call them off the event loop); `blocking` is a client without a socket timeout
     for blocking reads (live streams), so they never starve commands; `results` is where full
     results are (None: only Redis-stored results)."""
 
     settings: Settings
-    store: EventStore
+    commands: Commands
     projection: ReadModel
     checker: SpecChecker
     catalog: Catalog

@@ -120,7 +120,7 @@ async def submit(request: Request) -> Response:
     key = request.headers.get("idempotency-key")
     if key is not None and not (0 < len(key) <= _IDEMPOTENCY_KEY_MAX and key.isprintable()):
         raise ApiError.invalid("Idempotency-Key", f"must be 1 to {_IDEMPOTENCY_KEY_MAX} printable characters")
-    submitted = await ctx.store.submit(
+    submitted = await ctx.commands.submit(
         str(uuid.uuid4()), spec, by=request.scope.get("user"), idempotency_key=key, body=body
     )
     status: str = Status.QUEUED
@@ -181,7 +181,7 @@ async def cancel(request: Request) -> Response:
     ctx = context(request)
     task_id = task_id_param(request)
     try:
-        await ctx.store.cancel(task_id, by=request.scope.get("user"))
+        await ctx.commands.cancel(task_id, by=request.scope.get("user"))
     except TaskNotFound as e:
         raise await _compacted(request, task_id) from e
     return JSONResponse(to_api(await _current(request, task_id)))
@@ -192,7 +192,7 @@ async def retry(request: Request) -> Response:
     ctx = context(request)
     task_id = task_id_param(request)
     try:
-        await ctx.store.requeue(task_id, by=request.scope.get("user"))
+        await ctx.commands.requeue(task_id, by=request.scope.get("user"))
     except TaskNotFound as e:
         raise await _compacted(request, task_id) from e
     return JSONResponse(to_api(await _current(request, task_id)), status_code=202)

@@ -66,7 +66,7 @@ def append(redis_url: str, events: int, per_call: int) -> dict[str, Any]:
     import redis
 
     from orchestrator.domain.events import Submitted
-    from orchestrator.storage.codec import entry_fields
+    from tests.log_entries import entry_fields
 
     r = redis.Redis.from_url(redis_url)
     key = f"bench:bound:{uuid.uuid4().hex}"

@@ -21,8 +21,9 @@ import redis.asyncio as aioredis
 
 from bench.work import LONG_SPEC_FIELDS, SMA_SPEC_FIELDS, sma_spec
 from orchestrator.domain.spec import BacktestSpec
+from orchestrator.storage.commands import Commands
 from orchestrator.storage.keys import Keys
-from orchestrator.storage.store import EventStore
+from orchestrator.storage.workqueue import WorkQueue
 
 
 def _ms(entry_id: bytes) -> int:
@@ -50,7 +51,7 @@ async def throughput(
     concurrency: int = 32,
     timeout: float = 300.0,
 ) -> dict[str, Any]:
-    """Submit `n` SMA specs (through EventStore.submit or POST /api/backtests, `concurrency` in
+    """Submit `n` SMA specs (through Commands.submit or POST /api/backtests, `concurrency` in
     flight) and follow the event log until each has its `completed` event.
 
     Times: a task's submit time is the client's clock just before its submit call; its completion
@@ -58,8 +59,8 @@ async def throughput(
     keys = Keys(prefix=prefix)
     r = aioredis.Redis.from_url(redis_url, protocol=2, socket_timeout=30)
     reader = aioredis.Redis.from_url(redis_url, protocol=2, socket_timeout=None)
-    store = EventStore(r, keys)
-    await store.ensure_group()
+    store = Commands(r, keys)
+    await WorkQueue(r, keys).ensure_group()
     spec: BacktestSpec = sma_spec()
     body = msgspec.json.encode(spec)
     proj_done = keys.projected_index("completed")

@@ -18,7 +18,7 @@ from orchestrator.domain.spec import BacktestSpec
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import Connections
 from orchestrator.storage.keys import Keys
-from orchestrator.storage.store import EventStore
+from orchestrator.storage.workqueue import WorkQueue
 
 
 class _NoopOutcome:
@@ -48,8 +48,7 @@ async def main(name: str, concurrency: int) -> None:
     settings = Settings.from_env()
     conns = Connections(settings)
     worker = Worker(
-        EventStore(conns.commands, Keys(prefix=settings.prefix)),
-        conns.blocking,
+        WorkQueue(conns.commands, Keys(prefix=settings.prefix), reader=conns.blocking),
         start_noop,
         settings,
         name=name,

@@ -48,7 +48,7 @@ AREAS = [
     ("_run_once", "event loop"),
 ]
 CALLS = [
-    "_next_items",
+    "next_items",
     "xreadgroup",
     "claim",
     "finish",

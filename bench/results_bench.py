@@ -59,7 +59,7 @@ async def memory_per_task(url: str, tasks: int, results_url: str | None) -> dict
     client = aioredis.Redis.from_url(url, protocol=2)
     blocking = aioredis.Redis.from_url(url, protocol=2, socket_timeout=None)
     system = System(Backend("real", client, blocking, Keys(prefix=prefix), url), results_url=results_url)
-    await system.store.ensure_group()
+    await system.queue.ensure_group()
     ids = []
     async with system.client() as http:
         for i in range(tasks):

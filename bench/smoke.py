@@ -4,7 +4,7 @@
     numbers = run_smoke("redis://127.0.0.1:6379/0", "{smoke-1}", tasks=300)
 
 Starts a projector and one worker (`python -m orchestrator.cli ...` with the caller's interpreter)
-on the given Redis and prefix, submits `tasks` SMA backtests through EventStore.submit, follows the
+on the given Redis and prefix, submits `tasks` SMA backtests through Commands.submit, follows the
 event log until each has its `completed` event and the projection has caught up, stops the
 processes and returns the numbers (it asserts nothing about speed).
 """

@@ -41,6 +41,9 @@ Source = Callable[[str | None, int, int | None], Awaitable[list[StoredEvent]]]
 
 
 class Batch(msgspec.Struct):
+    """A folded batch of events: the task states before and after them, to be stored together
+    with the new position (the last event's id)."""
+
     position: str | None  # the stored position the batch was read after
     events: list[StoredEvent]
     before: dict[str, TaskState]
@@ -48,6 +51,11 @@ class Batch(msgspec.Struct):
 
 
 class Projector:
+    """Folds the log into `projection` in batches of up to `batch_size` events (a blocking read
+    waits up to `block_ms` ms). `source`: where events are read (default: the log itself; replay
+    passes archives too); `on_batch(n)`: called after each stored batch; `heartbeat`: the live
+    projector's liveness. `applied` counts the events stored."""
+
     def __init__(
         self,
         projection: Projection,
@@ -70,6 +78,7 @@ class Projector:
         self.applied = 0
 
     def stop(self) -> None:
+        """Stop following; the batch in flight is still stored."""
         self._stopping.set()
 
     async def _read(self, position: str | None, *, block: bool) -> list[StoredEvent]:
@@ -149,95 +158,116 @@ class Projector:
                 await heartbeat.remove()
 
     async def _follow(self, burst: bool) -> None:
-        delay = 0.1
-        position = None
-        inflight: asyncio.Task[bool] | None = None
-        # The events after `position`, read ahead; dropped whenever the projector starts again
-        # from the stored position.
-        ahead: asyncio.Task[list[StoredEvent]] | None = None
-        fresh = True
-        gap_seen = False
-        on_unstored = False
-        loop = asyncio.get_running_loop()
-        next_read = 0.0
-        following = self.projection.keys.projection_name
+        """The loop of `run`: one `_turn` after another, outages and gaps handled here."""
+        s = _Following(self.projection.keys.projection_name)
         while not self._stopping.is_set():
             try:
-                if fresh:
-                    await _settle(ahead)
-                    ahead = None
-                    self._cache.clear()
-                    position, fresh = await self.projection.position(), False
-                    following = self.projection.keys.projection_name
-                else:
-                    await self.projection.refresh()
-                    if self.projection.keys.projection_name != following:
-                        log.info("projector.following", projection=self.projection.keys.projection_name)
-                        await _settle(inflight)
-                        inflight = None
-                        fresh = True
-                        continue
-                if not burst and loop.time() < next_read:
-                    await asyncio.sleep(next_read - loop.time())
-                on_unstored = inflight is not None
-                if ahead is not None:
-                    events, ahead = await ahead, None
-                else:
-                    events = await self._read(position, block=not burst and not on_unstored)
-                full = len(events) >= self.batch_size
-                if full:
-                    ahead = asyncio.create_task(self._read(events[-1].id, block=False))
-                batch = await self._fold(position, events)
-                next_read = 0.0 if full else loop.time() + FOLLOW_INTERVAL_S
-                if inflight is not None:
-                    accepted = await inflight
-                    inflight = None
-                    if not accepted:
-                        # The batch just folded was folded onto states that were never stored,
-                        # and its fold may have refilled the cache after _store cleared it.
-                        fresh = True
-                        continue
-                    gap_seen = False
-                if batch is None:
-                    if burst:
-                        break
-                    continue
-                inflight = asyncio.create_task(self._store(batch))
-                position = batch.events[-1].id
-                delay = 0.1
+                if await self._turn(s, burst):
+                    break
             except ProjectionGapError as e:
-                await _settle(inflight)
-                await _settle(ahead)
-                ahead = None
-                inflight = None
-                if gap_seen and not on_unstored:
+                await s.settle()
+                if s.gap_seen and not s.on_unstored:
                     raise
                 # Folded onto a batch not stored yet (perhaps never), or seen once: again, from
                 # the stored position and the stored states only.
-                gap_seen = gap_seen or not on_unstored
-                fresh = True
+                s.gap_seen = s.gap_seen or not s.on_unstored
+                s.fresh = True
                 log.info("projector.rechecking_gap", error=str(e))
             except redis.exceptions.RedisError as e:
-                await _settle(inflight)
-                await _settle(ahead)
-                ahead = None
-                inflight = None
+                await s.settle()
                 if not store_unavailable(e):
                     raise
-                log.warning("store.unavailable", error=str(e), error_type=type(e).__name__, retry_in_s=delay)
-                fresh = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("store.unavailable", error=str(e), error_type=type(e).__name__, retry_in_s=s.delay)
+                s.fresh = True
+                await asyncio.sleep(s.delay)
+                s.delay = min(s.delay * 2, 5.0)
             except BaseException:
                 # Stopping on a bad event (or cancelled): what was folded before it still lands.
-                _drop(ahead)
-                if inflight is not None:
-                    await asyncio.shield(inflight)
+                _drop(s.ahead)
+                if s.inflight is not None:
+                    await asyncio.shield(s.inflight)
                 raise
-        await _settle(ahead)
-        if inflight is not None:
-            await inflight
+        await _settle(s.ahead)
+        if s.inflight is not None:
+            await s.inflight
         log.info("projector.stopped", applied=self.applied)
+
+    async def _turn(self, s: _Following, burst: bool) -> bool:
+        """Read and fold the next batch, and send its store once the one before was accepted.
+        Returns True when a burst has folded the whole log."""
+        loop = asyncio.get_running_loop()
+        if not await self._resume(s):
+            return False
+        if not burst and loop.time() < s.next_read:
+            await asyncio.sleep(s.next_read - loop.time())
+        s.on_unstored = s.inflight is not None
+        if s.ahead is not None:
+            events, s.ahead = await s.ahead, None
+        else:
+            events = await self._read(s.position, block=not burst and not s.on_unstored)
+        full = len(events) >= self.batch_size
+        if full:
+            s.ahead = asyncio.create_task(self._read(events[-1].id, block=False))
+        batch = await self._fold(s.position, events)
+        s.next_read = 0.0 if full else loop.time() + FOLLOW_INTERVAL_S
+        if s.inflight is not None:
+            accepted = await s.inflight
+            s.inflight = None
+            if not accepted:
+                # The batch just folded was folded onto states that were never stored,
+                # and its fold may have refilled the cache after _store cleared it.
+                s.fresh = True
+                return False
+            s.gap_seen = False
+        if batch is None:
+            return burst
+        s.inflight = asyncio.create_task(self._store(batch))
+        s.position = batch.events[-1].id
+        s.delay = 0.1
+        return False
+
+    async def _resume(self, s: _Following) -> bool:
+        """Start again from the stored position when `s.fresh`; else follow a switch of the live
+        projection. Returns False when the live projection changed (the turn starts over)."""
+        if s.fresh:
+            await _settle(s.ahead)
+            s.ahead = None
+            self._cache.clear()
+            s.position, s.fresh = await self.projection.position(), False
+            s.following = self.projection.keys.projection_name
+            return True
+        await self.projection.refresh()
+        if self.projection.keys.projection_name != s.following:
+            log.info("projector.following", projection=self.projection.keys.projection_name)
+            await _settle(s.inflight)
+            s.inflight = None
+            s.fresh = True
+            return False
+        return True
+
+
+class _Following:
+    """Where a following projector is: the position it folds after, the store in flight, the
+    batch read ahead (dropped whenever it starts again from the stored position), and whether a
+    gap was seen once already."""
+
+    def __init__(self, following: str) -> None:
+        self.delay = 0.1  # the next wait on an outage, s
+        self.position: str | None = None
+        self.inflight: asyncio.Task[bool] | None = None
+        self.ahead: asyncio.Task[list[StoredEvent]] | None = None
+        self.fresh = True
+        self.gap_seen = False
+        self.on_unstored = False
+        self.next_read = 0.0  # event-loop time of the next read
+        self.following = following
+
+    async def settle(self) -> None:
+        """Let the store in flight and the read ahead finish, and forget both."""
+        await _settle(self.inflight)
+        await _settle(self.ahead)
+        self.ahead = None
+        self.inflight = None
 
 
 def collect_less_often() -> None:

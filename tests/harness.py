@@ -17,10 +17,11 @@ from consumers.engine.runner import start_run
 from consumers.projector import Projector
 from consumers.worker.loop import Worker
 from orchestrator.settings import Settings
+from orchestrator.storage.commands import Commands
 from orchestrator.storage.connections import Connections
 from orchestrator.storage.readmodel import Projection
 from orchestrator.storage.results import results_for
-from orchestrator.storage.store import EventStore
+from orchestrator.storage.workqueue import WorkQueue
 from tests.conftest import Backend
 
 
@@ -40,7 +41,8 @@ class System:
         # The API's ports over the engine, as the composition root (orchestrator.cli) builds them.
         data = Catalog.from_env_dir(data_dir)
         self.checker, self.catalog = EngineSpecChecker(data), EngineCatalog(data)
-        self.store = EventStore(backend.redis, backend.keys)
+        self.commands = Commands(backend.redis, backend.keys)
+        self.queue = WorkQueue(backend.redis, backend.keys, reader=backend.blocking)
         self.projection = Projection(backend.redis, backend.keys, follow_live=True)
         self.connections = _SharedConnections(backend, self.settings)
 
@@ -48,8 +50,7 @@ class System:
         # Its own catalog, as a worker process has: it reads the data files when it runs.
         catalog = Catalog.from_env_dir(self.settings.data_dir)
         return Worker(
-            self.store,
-            self.backend.blocking,
+            self.queue,
             functools.partial(start_run, catalog=catalog),
             self.settings,
             name=name,

@@ -78,14 +78,15 @@ async def test_events_record_who_submitted_and_cancelled(system: System) -> None
 
 
 async def test_a_retry_records_who_asked(system: System, backend: Backend) -> None:
-    store = system.store
-    await store.ensure_group()
+    await system.queue.ensure_group()
     task_id = str(uuid.uuid4())
-    await store.submit(task_id, BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20}))
+    await system.commands.submit(
+        task_id, BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20})
+    )
     reply = await backend.redis.xreadgroup(WORKER_GROUP, "w1", {backend.keys.work: ">"}, count=1)
     message_id = reply[0][1][0][0].decode()
-    await store.claim(task_id, worker="w1", token="t", message_id=message_id, reclaim=False, max_attempts=1)
-    await store.finish(Failed(task_id=task_id, attempt=1, error="boom"), message_id=message_id, reason="boom")
+    await system.queue.claim(task_id, worker="w1", token="t", message_id=message_id, reclaim=False, max_attempts=1)
+    await system.queue.finish(Failed(task_id=task_id, attempt=1, error="boom"), message_id=message_id, reason="boom")
     async with system.client() as http:
         assert (await http.post(f"/api/backtests/tasks/{task_id}/retry", headers=ALICE)).status_code == 202
         events = (await http.get(f"/api/backtests/tasks/{task_id}/events", headers=ALICE)).json()["events"]

@@ -16,8 +16,9 @@ from consumers.engine.runner import start_run
 from consumers.worker.loop import Worker
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.settings import Settings
+from orchestrator.storage.commands import Commands
 from orchestrator.storage.keys import Keys
-from orchestrator.storage.store import EventStore
+from orchestrator.storage.workqueue import WorkQueue
 from tests.processes import RedisServer
 
 SMA = msgspec.convert(
@@ -44,21 +45,20 @@ async def test_a_short_task_costs_at_most_25_commands_from_submit_to_outcome(tmp
     blocking = aioredis.Redis.from_url(server.url)
     try:
         keys = Keys(prefix="{t}")
-        store = EventStore(r, keys)
+        queue = WorkQueue(r, keys, reader=blocking)
         settings = Settings(prefix=keys.prefix)
         worker = Worker(
-            store,
-            blocking,
+            queue,
             functools.partial(start_run, catalog=Catalog.from_env_dir(None)),
             settings,
             name="w1",
             concurrency=8,
         )
-        await store.ensure_group()
+        await queue.ensure_group()
         await r.config_resetstat()
         task_ids = [str(uuid.uuid4()) for _ in range(TASKS)]
         for task_id in task_ids:
-            await store.submit(task_id, SMA)
+            await Commands(r, keys).submit(task_id, SMA)
         submitted = await _command_calls(r)
         await worker.run(burst=True)
         after = await _command_calls(r)

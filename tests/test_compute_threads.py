@@ -21,8 +21,9 @@ from consumers.worker.compute import THREAD_NAME
 from consumers.worker.loop import Worker
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.settings import Settings
+from orchestrator.storage.commands import Commands
 from orchestrator.storage.readmodel import ReadModel
-from orchestrator.storage.store import EventStore
+from orchestrator.storage.workqueue import WorkQueue
 from tests.conftest import Backend
 from tests.processes import eventually
 
@@ -86,13 +87,14 @@ class _WatchedRun:
 async def test_a_worker_computes_on_at_most_its_compute_threads(
     real_backend: Backend, threads: int, concurrency: int
 ) -> None:
-    store = EventStore(real_backend.redis, real_backend.keys)
+    commands = Commands(real_backend.redis, real_backend.keys)
+    queue = WorkQueue(real_backend.redis, real_backend.keys, reader=real_backend.blocking)
     watched = Watched(functools.partial(start_run, catalog=Catalog.from_env_dir(None)))
     settings = Settings(prefix=real_backend.keys.prefix, compute_threads=threads)
-    worker = Worker(store, real_backend.blocking, watched, settings, name="w1", concurrency=concurrency)
+    worker = Worker(queue, watched, settings, name="w1", concurrency=concurrency)
     task_ids = [str(uuid.uuid4()) for _ in range(concurrency)]
     for task_id in task_ids:
-        await store.submit(task_id, SWEEP)
+        await commands.submit(task_id, SWEEP)
     with capture_logs(processors=[merge_contextvars]) as logs:
         await asyncio.wait_for(worker.run(burst=True), 120)
     finished = {e["task_id"]: e["outcome"] for e in logs if e["event"] == "task.finished"}
@@ -135,11 +137,12 @@ class Gated(Watched):
 async def test_a_task_waiting_for_its_turn_notices_a_cancel(real_backend: Backend) -> None:
     """Two sweeps on one compute thread; one holds the thread. The other, waiting for its turn,
     is cancelled: it stops there and then, before the thread is free, and writes nothing more."""
-    store = EventStore(real_backend.redis, real_backend.keys)
+    commands = Commands(real_backend.redis, real_backend.keys)
+    queue = WorkQueue(real_backend.redis, real_backend.keys, reader=real_backend.blocking)
     keep_spec = msgspec.structs.replace(SWEEP, params={**SWEEP.params, "fast": list(range(3, 22))})
     gated = Gated(functools.partial(start_run, catalog=Catalog.from_env_dir(None)), keep_spec)
     settings = Settings(prefix=real_backend.keys.prefix, compute_threads=1)
-    worker = Worker(store, real_backend.blocking, gated, settings, name="w1", concurrency=2)
+    worker = Worker(queue, gated, settings, name="w1", concurrency=2)
     keep, cancel = str(uuid.uuid4()), str(uuid.uuid4())
     stopped = asyncio.Event()
 
@@ -148,14 +151,14 @@ async def test_a_task_waiting_for_its_turn_notices_a_cancel(real_backend: Backen
             stopped.set()
         return event
 
-    await store.submit(keep, keep_spec)
-    await store.submit(cancel, SWEEP)
+    await commands.submit(keep, keep_spec)
+    await commands.submit(cancel, SWEEP)
     with capture_logs(processors=[merge_contextvars, on_stop]) as logs:
         running = asyncio.create_task(worker.run(burst=True))
         try:
             assert await asyncio.to_thread(gated.holding.wait, 60)
             assert await real_backend.redis.hget(real_backend.keys.control(cancel), "status") == b"running"
-            await store.cancel(cancel)
+            await commands.cancel(cancel)
             await asyncio.wait_for(stopped.wait(), 10)
             assert not gated.go.is_set()  # the only compute thread was held all along
         finally:
@@ -164,7 +167,10 @@ async def test_a_task_waiting_for_its_turn_notices_a_cancel(real_backend: Backen
     finished = {e["task_id"]: e["outcome"] for e in logs if e["event"] == "task.finished"}
     assert finished == {keep: "completed"}
     assert [e["reason"] for e in logs if e["event"] == "task.stopped"] == ["cancelled"]
-    events = [type(e.event).__name__.lower() for e in await ReadModel(store.redis, store.keys).task_events(cancel)]
+    events = [
+        type(e.event).__name__.lower()
+        for e in await ReadModel(real_backend.redis, real_backend.keys).task_events(cancel)
+    ]
     assert events[-1] == "cancelled"
 
 
@@ -173,14 +179,15 @@ async def test_a_task_waiting_for_its_turn_keeps_its_lease(real_backend: Backend
     """One sweep holds the only compute thread for three leases; the other, waiting for its
     turn all that time, keeps renewing its lease (its work item's idle time stays under the
     lease, so no other worker would reclaim it), then runs to completion."""
-    store = EventStore(real_backend.redis, real_backend.keys)
+    commands = Commands(real_backend.redis, real_backend.keys)
+    queue = WorkQueue(real_backend.redis, real_backend.keys, reader=real_backend.blocking)
     keep_spec = msgspec.structs.replace(SWEEP, params={**SWEEP.params, "fast": list(range(3, 22))})
     gated = Gated(functools.partial(start_run, catalog=Catalog.from_env_dir(None)), keep_spec)
     settings = Settings(prefix=real_backend.keys.prefix, compute_threads=1, lease_ms=300, heartbeat_ms=50)
-    worker = Worker(store, real_backend.blocking, gated, settings, name="w1", concurrency=2)
+    worker = Worker(queue, gated, settings, name="w1", concurrency=2)
     holder, waiter = str(uuid.uuid4()), str(uuid.uuid4())
-    await store.submit(holder, keep_spec)
-    await store.submit(waiter, SWEEP)
+    await commands.submit(holder, keep_spec)
+    await commands.submit(waiter, SWEEP)
     with capture_logs(processors=[merge_contextvars]) as logs:
         running = asyncio.create_task(worker.run(burst=True))
         try:

@@ -26,11 +26,10 @@ SHORT: dict[str, Any] = {"strategy": "sma_cross", "symbol": "GOOG", "params": {"
 
 async def failed_task(system: System) -> str:
     """A task that failed for good, through the real scripts."""
-    store = system.store
-    task_id = (await store.submit(str(uuid.uuid4()), msgspec.convert(SHORT, BacktestSpec))).task_id
-    [taken] = await store.take(worker="w-x", count=1)
+    task_id = (await system.commands.submit(str(uuid.uuid4()), msgspec.convert(SHORT, BacktestSpec))).task_id
+    [taken] = await system.queue.take(worker="w-x", count=1)
     failed = Failed(task_id=task_id, attempt=taken.claim.attempt, error="ValueError: bad data", retryable=False)
-    assert await store.finish(failed, message_id=taken.message_id, reason="error") is None
+    assert await system.queue.finish(failed, message_id=taken.message_id, reason="error") is None
     return task_id
 
 
@@ -58,7 +57,7 @@ async def test_the_task_page_agrees_with_the_api_before_and_after_retention(
 ) -> None:
     backend, keys = real_backend, real_backend.keys
     system = System(backend)
-    await system.store.ensure_group()
+    await system.queue.ensure_group()
     async with system.client() as http:
         done = (await http.post("/api/backtests", json=SHORT)).json()["task_id"]
         await system.run_workers()

@@ -23,7 +23,7 @@ import redis
 from orchestrator.domain.events import Failed, Started
 from orchestrator.storage.codec import decode_entry
 from orchestrator.storage.keys import WORKER_GROUP, Keys
-from orchestrator.storage.store import LOST_WORKERS_PER_ATTEMPT
+from orchestrator.storage.workqueue import LOST_WORKERS_PER_ATTEMPT
 from tests.folding import verify
 from tests.processes import Cluster, RedisServer, Role, wait_until
 

@@ -8,7 +8,7 @@ import time
 
 import structlog.testing
 
-from consumers.worker.attempt import LeaseTimer
+from consumers.worker.lease import LeaseTimer
 
 
 def compute_until(flag: threading.Event, limit_s: float) -> int:

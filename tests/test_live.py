@@ -138,14 +138,13 @@ async def test_task_stream_sends_history_then_live_events_and_ends(system: Syste
 
 
 async def test_progress_is_coalesced_but_the_latest_value_arrives(system: System, backend: Backend) -> None:
-    store = system.store
-    await store.ensure_group()
+    await system.queue.ensure_group()
     spec = BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20})
     task_id = str(uuid.uuid4())
-    await store.submit(task_id, spec)
+    await system.commands.submit(task_id, spec)
     reply = await backend.redis.xreadgroup(WORKER_GROUP, "w1", {backend.keys.work: ">"}, count=1)
     message_id = reply[0][1][0][0].decode()
-    await store.claim(task_id, worker="w1", token="t", message_id=message_id, reclaim=False, max_attempts=3)
+    await system.queue.claim(task_id, worker="w1", token="t", message_id=message_id, reclaim=False, max_attempts=3)
     async with (
         served(system) as (_, http),
         asyncio.timeout(DEADLINE_S),
@@ -155,7 +154,7 @@ async def test_progress_is_coalesced_but_the_latest_value_arrives(system: System
         assert [(await anext(events))["data"]["type"] for _ in range(2)] == ["submitted", "started"]
         # 50 progress events in a burst, far faster than COALESCE_S.
         for step in range(1, 51):
-            await store.heartbeat(task_id, 1, worker="w1", message_id=message_id, progress=step / 50)
+            await system.queue.heartbeat(task_id, 1, worker="w1", message_id=message_id, progress=step / 50)
         seen: list[float] = []
         while not seen or seen[-1] != 1.0:
             event = await anext(events)

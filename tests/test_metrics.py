@@ -51,23 +51,26 @@ async def take(system: System, backend: Backend, worker: str) -> tuple[str, str]
 
 
 async def test_counters_and_histograms_come_from_the_log(system: System, backend: Backend) -> None:
-    store = system.store
-    await store.ensure_group()
+    await system.queue.ensure_group()
     async with system.client() as http:
         # A task that fails for good, and one whose worker is presumed dead and is taken over.
         failing, reclaimed = str(uuid.uuid4()), str(uuid.uuid4())
-        await store.submit(failing, SPEC)
-        await store.submit(reclaimed, SPEC)
+        await system.commands.submit(failing, SPEC)
+        await system.commands.submit(reclaimed, SPEC)
         message_id, _ = await take(system, backend, "w1")
-        claim = await store.claim(failing, worker="w1", token="a", message_id=message_id, reclaim=False, max_attempts=1)
-        await store.finish(
+        claim = await system.queue.claim(
+            failing, worker="w1", token="a", message_id=message_id, reclaim=False, max_attempts=1
+        )
+        await system.queue.finish(
             Failed(task_id=failing, attempt=claim.attempt, error="boom", error_type="ValueError"),
             message_id=message_id,
             reason="boom",
         )
         message_id, _ = await take(system, backend, "w1")
-        await store.claim(reclaimed, worker="w1", token="b", message_id=message_id, reclaim=False, max_attempts=3)
-        await store.claim(reclaimed, worker="w2", token="c", message_id=message_id, reclaim=True, max_attempts=3)
+        await system.queue.claim(
+            reclaimed, worker="w1", token="b", message_id=message_id, reclaim=False, max_attempts=3
+        )
+        await system.queue.claim(reclaimed, worker="w2", token="c", message_id=message_id, reclaim=True, max_attempts=3)
         assert (await http.delete(f"/api/backtests/tasks/{reclaimed}")).status_code == 200  # running
         # Two that complete, one cancelled while queued.
         ids = [(await http.post("/api/backtests", json=BODY)).json()["task_id"] for _ in range(3)]
@@ -123,7 +126,7 @@ async def test_gauges_show_lag_pending_and_the_queue(system: System, backend: Ba
     async with system.client() as http:
         for _ in range(3):
             await http.post("/api/backtests", json=BODY)
-    await system.store.ensure_group()
+    await system.queue.ensure_group()
     await take(system, backend, "w7")  # delivered, not acknowledged
     samples = await scrape(system)
     # Nothing projected yet: the projector is three submits behind.

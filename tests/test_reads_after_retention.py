@@ -46,11 +46,10 @@ def backstream(backend: Backend, *args: str) -> subprocess.CompletedProcess[str]
 
 async def failed_task(system: System) -> str:
     """A task that failed for good, through the real scripts."""
-    store = system.store
-    task_id = (await store.submit(str(uuid.uuid4()), msgspec.convert(SHORT, BacktestSpec))).task_id
-    [taken] = await store.take(worker="w-x", count=1)
+    task_id = (await system.commands.submit(str(uuid.uuid4()), msgspec.convert(SHORT, BacktestSpec))).task_id
+    [taken] = await system.queue.take(worker="w-x", count=1)
     failed = Failed(task_id=task_id, attempt=taken.claim.attempt, error="ValueError: bad data", retryable=False)
-    assert await store.finish(failed, message_id=taken.message_id, reason="error") is None
+    assert await system.queue.finish(failed, message_id=taken.message_id, reason="error") is None
     return task_id
 
 
@@ -60,7 +59,7 @@ async def test_every_reader_agrees_after_retention_and_says_where_history_went(
 ) -> None:
     backend, keys = real_backend, real_backend.keys
     system = System(backend)
-    await system.store.ensure_group()
+    await system.queue.ensure_group()
     async with served(system) as http:
         done = (await http.post("/api/backtests", json=SHORT)).json()["task_id"]
         await system.run_workers()
@@ -140,14 +139,14 @@ async def test_a_compacted_task_whose_result_is_then_deleted_reads_the_same_ever
     deleted, the task is completed, and the stream sends what the log holds and ends."""
     backend, keys = real_backend, real_backend.keys
     system = System(backend)
-    await system.store.ensure_group()
+    await system.queue.ensure_group()
     async with served(system) as http:
         done = (await http.post("/api/backtests", json=SHORT)).json()["task_id"]
         await system.run_workers()
         last = (await backend.redis.xrevrange(keys.events, count=1))[0][0].decode()
         await backend.redis.set(keys.archived_through, last)
         assert (await apply_retention(backend.redis, keys, horizon_ms=0)).tasks_compacted == 1
-        outcome = await system.store.record_result_deleted(
+        outcome = await system.commands.record_result_deleted(
             done, f"{done}/1-x", reason="age", live_projection=system.projection.keys
         )
         assert outcome == "ok"

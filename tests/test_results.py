@@ -266,13 +266,13 @@ async def test_retention_deletes_by_count_size_and_age_records_it_and_reads_say_
         assert all(refs.values())
 
         async def retain(policy: ResultPolicy, **kw: Any) -> list[tuple[str, str]]:
-            report = await apply_result_retention(system.store, system.projection, results, policy, **kw)
+            report = await apply_result_retention(system.commands, system.projection, results, policy, **kw)
             await system.project()
             return [(d.task_id, d.reason) for d in report.deleted]
 
         # Dry run: says what would go, writes nothing.
         report = await apply_result_retention(
-            system.store, system.projection, results, ResultPolicy(max_count=2), dry_run=True
+            system.commands, system.projection, results, ResultPolicy(max_count=2), dry_run=True
         )
         assert [(d.task_id, d.reason) for d in report.deleted] == [(tasks[0], "count")]
         assert await keys_in_store(system, refs[tasks[0]].key) != []  # type: ignore[union-attr]
@@ -317,9 +317,11 @@ async def test_orphans_are_collected_after_the_grace_period_and_named_results_ne
         fenced = await results.put(named, 2, engine_detail(SINGLE))
         now = int(time.time() * 1000)
         policy = ResultPolicy(orphan_grace_ms=3_600_000)
-        soon = await apply_result_retention(system.store, system.projection, results, policy, now_ms=now)
+        soon = await apply_result_retention(system.commands, system.projection, results, policy, now_ms=now)
         assert soon.orphans_deleted == [] and soon.deleted == []
-        later = await apply_result_retention(system.store, system.projection, results, policy, now_ms=now + 7_200_000)
+        later = await apply_result_retention(
+            system.commands, system.projection, results, policy, now_ms=now + 7_200_000
+        )
         assert sorted(later.orphans_deleted) == sorted([orphan.key, fenced.key]) and later.deleted == []
         assert await keys_in_store(system, orphan.key) == [] and await keys_in_store(system, fenced.key) == []
         await system.project()
@@ -339,13 +341,13 @@ async def test_deleting_the_result_of_a_task_retention_compacted(real_backend: B
         await real_backend.redis.set(keys.archived_through, last)
         assert (await apply_retention(real_backend.redis, keys, horizon_ms=0)).tasks_compacted == 1
         assert await real_backend.redis.exists(keys.control(task_id)) == 0
-        report = await apply_result_retention(system.store, system.projection, results, ResultPolicy(max_count=0))
+        report = await apply_result_retention(system.commands, system.projection, results, ResultPolicy(max_count=0))
         assert [d.task_id for d in report.deleted] == [task_id]
         await system.project()
         state = (await system.projection.load([task_id]))[task_id]
         assert state.result_deleted_at is not None and state.seq == 4 and state.status == "completed"
         assert (await http.get(f"/api/backtests/tasks/{task_id}/result")).status_code == 410
-        again = await apply_result_retention(system.store, system.projection, results, ResultPolicy(max_count=0))
+        again = await apply_result_retention(system.commands, system.projection, results, ResultPolicy(max_count=0))
         assert again.deleted == []
 
 

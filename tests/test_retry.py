@@ -14,7 +14,7 @@ from consumers.engine.errors import (
     SpecError,
     UnknownSymbolError,
 )
-from consumers.worker.attempt import UnreadableSpec
+from consumers.worker.assignment import UnreadableSpec
 from consumers.worker.retry import TaskTimeout, is_retryable
 
 

@@ -21,10 +21,10 @@ from api.live import PAGE, QUEUE_EVENTS, LiveFeed
 from orchestrator.domain.events import Progress, Started, Submitted
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.settings import ApiToken
-from orchestrator.storage.codec import entry_fields
 from orchestrator.storage.readmodel.log import log_pages
 from tests.conftest import Backend
 from tests.harness import System
+from tests.log_entries import entry_fields
 from tests.processes import InProcessServer, eventually
 from tests.test_live import sse
 

@@ -163,17 +163,16 @@ async def test_a_completion_after_a_retryable_failure_shows_no_error(backend: Ba
     """The issue's case through the real scripts: attempt 1 fails with a retryable error, attempt
     2 completes. The task and the list show the completion alone; the audit trail keeps both."""
     system = System(backend)
-    store = system.store
-    await store.ensure_group()
-    task_id = (await store.submit("6f1e8a4e-0000-4000-8000-000000000001", SPEC)).task_id
-    [first] = await store.take(worker="w-a", count=1)
+    await system.queue.ensure_group()
+    task_id = (await system.commands.submit("6f1e8a4e-0000-4000-8000-000000000001", SPEC)).task_id
+    [first] = await system.queue.take(worker="w-a", count=1)
     retry = RetryScheduled(task_id=task_id, attempt=first.claim.attempt, error="OSError: data away", delay_ms=0)
-    assert await store.finish(retry, message_id=first.message_id) is None
-    assert await store.promote_due_retries() == 1
-    [second] = await store.take(worker="w-b", count=1)
+    assert await system.queue.finish(retry, message_id=first.message_id) is None
+    assert await system.queue.promote_due_retries() == 1
+    [second] = await system.queue.take(worker="w-b", count=1)
     assert second.claim.attempt == 2
     done = Completed(task_id=task_id, attempt=2, result={"metrics": {"return_pct": 1.5}})
-    assert await store.finish(done, message_id=second.message_id) is None
+    assert await system.queue.finish(done, message_id=second.message_id) is None
     await system.project()
     async with system.client() as http:
         task = (await http.get(f"/api/backtests/tasks/{task_id}")).json()

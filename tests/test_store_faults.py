@@ -24,13 +24,13 @@ from structlog.testing import capture_logs
 
 from api.live import READ_BLOCK_MS as LIVE_BLOCK_MS
 from consumers.projector import Projector
-from consumers.worker.loop import READ_BLOCK_MS as WORKER_BLOCK_MS
+from consumers.worker.intake import READ_BLOCK_MS as WORKER_BLOCK_MS
 from orchestrator.domain.events import StoredEvent
 from orchestrator.domain.spec import BacktestSpec
+from orchestrator.storage.commands import Commands
 from orchestrator.storage.connections import BLOCKING_TIMEOUT_S, LONGEST_BLOCK_MS, store_unavailable
 from orchestrator.storage.keys import DEFAULT_PROJECTION, WORKER_GROUP
 from orchestrator.storage.readmodel import Projection
-from orchestrator.storage.store import EventStore
 from tests.blackhole import BlackholeProxy
 from tests.conftest import Backend
 from tests.folding import verify
@@ -206,11 +206,11 @@ def test_the_live_projector_follows_a_rebuild_and_carries_on(real_url: str, real
 
 
 async def test_a_batch_folded_onto_a_refused_one_is_not_taken_for_a_gap(backend: Backend) -> None:
-    store = EventStore(backend.redis, backend.keys)
+    commands = Commands(backend.redis, backend.keys)
     other_task, task = str(uuid.uuid4()), str(uuid.uuid4())
-    await store.submit(other_task, SPEC)  # event 1
-    await store.submit(task, SPEC)  # event 2: the task's seq 1
-    await store.cancel(task)  # event 3: its seq 2
+    await commands.submit(other_task, SPEC)  # event 1
+    await commands.submit(task, SPEC)  # event 2: the task's seq 1
+    await commands.cancel(task)  # event 3: its seq 2
     projection = Projection(backend.redis, backend.keys, follow_live=True)
     other = Projector(Projection(backend.redis, backend.keys, follow_live=True), batch_size=1)
     reads = 0

@@ -66,7 +66,7 @@ async def workers_page(request: Request) -> Response:
     """`GET /workers`: a worker is alive while its own heartbeat (sent on a timer, busy or idle)
     is younger than the lease."""
     ctx = context(request)
-    keys = ctx.store.keys
+    keys = ctx.projection.keys
     running, _ = await ctx.projection.list_tasks(status=Status.RUNNING, limit=RUNNING_LIMIT, cursor=None)
     position = await ctx.projection.position()
     fleet = await ctx.projection.workers()

@@ -17,7 +17,7 @@ from consumers.projector import Projector
 from orchestrator.storage.codec import text
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel import POINTER_TTL_S, Projection, live_keys
-from orchestrator.storage.scripts import Scripts
+from orchestrator.storage.scripts.projection import ProjectionScripts
 
 log = structlog.get_logger("backstream.replay")
 
@@ -78,7 +78,7 @@ async def _read_keys(
     if kind == "hash":
         # One script call for the whole batch (hgetall_many.lua): its reply, flat lists of bytes
         # in either protocol, is parsed in C; each hash's dict is built by C-level maps.
-        contents = await Scripts(redis).hgetall_many(keys=batch)
+        contents = await ProjectionScripts(redis).hgetall_many(hashes=batch)
         for key, content in zip(batch, contents, strict=True):
             found[key[root_len:]] = dict(zip(map(bytes.decode, content[0::2]), content[1::2], strict=True))
         return
@@ -176,19 +176,17 @@ async def rebuild(
     delete the old projection once no reader can still be using it."""
     old = await live_keys(redis, keys)
     new = keys.with_projection(f"proj-{time.time_ns()}")
-    scripts = Scripts(redis)
+    scripts = ProjectionScripts(redis)
     started = time.perf_counter()
     await redis.sadd(keys.projections, new.projection_name)
     folded = 0
     try:
         while True:
             folded += await _fold(redis, new, archives or [], on_batch)
-            verdict = await scripts.switch(
-                keys=[keys.live_projection, new.projection_position, keys.events], args=[new.projection_name]
-            )
-            if text(verdict[0]) == "ok":
+            verdict = await scripts.switch(keys=keys, new=new)
+            if verdict.outcome == "ok":
                 break
-            log.info("replay.catching_up", behind_by=text(verdict[1]))
+            log.info("replay.catching_up", behind_by=verdict.position)
     except BaseException:
         # A rebuild that fails (a gap in the log, say) leaves nothing behind: a half-built
         # projection registered here would hold retention back for good.

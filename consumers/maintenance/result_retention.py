@@ -12,9 +12,9 @@ import structlog
 from orchestrator.domain.events import Completed, ResultDeleted
 from orchestrator.domain.state import TaskState
 from orchestrator.domain.status import Status
+from orchestrator.storage.commands import Commands
 from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.results import ResultStore
-from orchestrator.storage.store import EventStore
 
 log = structlog.get_logger("backstream.retention")
 
@@ -78,7 +78,7 @@ def _reason(policy: ResultPolicy, age_ms: int, rank: int, total_bytes: int) -> s
 
 
 async def apply_result_retention(
-    store: EventStore,
+    commands: Commands,
     projection: ReadModel,
     results: ResultStore,
     policy: ResultPolicy,
@@ -105,7 +105,7 @@ async def apply_result_retention(
         deleted.append(DeletedResult(state.task_id, ref.key, reason, ref.bytes))
         if dry_run:
             continue
-        outcome = await store.record_result_deleted(
+        outcome = await commands.record_result_deleted(
             state.task_id, ref.key, reason=reason, live_projection=projection.keys
         )
         if outcome in ("ok", "done"):

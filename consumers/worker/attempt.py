@@ -1,27 +1,30 @@
-"""Running one claimed task: compute in chunks, keep its lease, honour cancels, record the outcome."""
+"""Running one claimed task: compute in chunks, keep its lease, honour cancels; the outcome is
+stored by report.py."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
-import obstore.exceptions
 import redis.exceptions
 import structlog
 
+from consumers.worker.assignment import Assignment, Stop, UnreadableSpec
 from consumers.worker.compute import ComputeThreads
 from consumers.worker.first_chunks import FirstChunks, finished
-from consumers.worker.retry import TaskTimeout, backoff_ms, is_retryable
-from orchestrator.domain.events import Completed, Failed, ResultRef, RetryScheduled
-from orchestrator.domain.spec import BacktestSpec
+from consumers.worker.lease import LeaseTimer
+from consumers.worker.report import Reporter
+from consumers.worker.retry import TaskTimeout, failure_event
+from orchestrator.domain.events import Completed, Failed, RetryScheduled
+from orchestrator.domain.status import Status
 from orchestrator.settings import Settings
-from orchestrator.storage.connections import store_unavailable, until_reachable
+from orchestrator.storage.connections import store_unavailable
 from orchestrator.storage.results import EncodedResult, ResultStore, encode_result, with_top_rows
-from orchestrator.storage.store import EventStore
+from orchestrator.storage.workqueue import WorkQueue
 
 log = structlog.get_logger("backstream.worker")
 
@@ -35,113 +38,25 @@ CHUNK_SECONDS = 0.01
 WAITING_CHECK_SECONDS = 0.05
 
 
-class Run(Protocol):
-    """A backtest (or any task) that computes in chunks: what a worker needs of the engine."""
+class Computed(msgspec.Struct):
+    """What the computing of an attempt produced: a completion (`outcome`, with the full result
+    JSON-encoded in `result` for Redis or `encoded` for the results store), or a run the worker's
+    shutdown interrupted (`releasing`)."""
 
-    @property
-    def done(self) -> bool: ...
-    @property
-    def progress(self) -> float: ...
-    def advance(self, max_seconds: float) -> None: ...
-    def outcome(self) -> Any: ...  # with .summary (dict) and .detail (dict)
-
-
-# Starts the run of a spec; `consumers.engine.runner.start_run` bound to a data catalog.
-StartRun = Callable[[BacktestSpec], Run]
-
-
-class Assignment(msgspec.Struct, frozen=True):
-    """A claimed attempt of a task."""
-
-    task_id: str
-    attempt: int
-    message_id: str
-    spec: BacktestSpec | None  # None: claimed, but unreadable here (`unreadable` says why)
-    # Attempts charged to the task before this one (retryable errors since submit or requeue).
-    failures: int = 0
-    unreadable: str = ""
-
-
-class Stop(Exception):
-    """The attempt must stop here without writing anything more (cancelled, or claim lost)."""
-
-
-class UnreadableSpec(Exception):
-    """The task's spec does not decode in this worker (a newer version wrote it, say). Retried
-    like a crash: another attempt may land on a worker that reads it."""
-
-    retryable = True
-
-
-class LeaseTimer:
-    """Calls `renew` whenever `interval` seconds have passed since `last_renewal()`, on the event
-    loop, until stopped (`async with`) or `renew` returns False; past `deadline` plus one
-    interval it calls `time_out` instead, once. Times are seconds of `time.monotonic()`. A timer
-    handle, not a task, between renewals: a task done within one interval costs a heap push and
-    a cancel. An unexpected error in `renew` is logged and renewing goes on."""
-
-    def __init__(
-        self,
-        interval: float,
-        deadline: float,
-        *,
-        last_renewal: Callable[[], float],
-        renew: Callable[[], Awaitable[bool]],
-        time_out: Callable[[], Awaitable[None]],
-    ) -> None:
-        self.interval = interval
-        self.deadline = deadline
-        self._last_renewal = last_renewal
-        self._renew = renew
-        self._time_out = time_out
-        self._handle: asyncio.TimerHandle | None = None
-        self._busy: asyncio.Future[None] | None = None
-        self._stopped = False
-
-    async def __aenter__(self) -> LeaseTimer:
-        self._schedule()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._stopped = True
-        if self._handle is not None:
-            self._handle.cancel()
-        if self._busy is not None:
-            await asyncio.wait([self._busy])
-
-    def _schedule(self) -> None:
-        if not self._stopped:
-            delay = max(0.0, self._last_renewal() + self.interval - time.monotonic())
-            self._handle = asyncio.get_running_loop().call_later(delay, self._due)
-
-    def _due(self) -> None:
-        self._handle = None
-        if self._stopped:
-            return
-        now = time.monotonic()
-        if now > self.deadline + self.interval:
-            self._busy = asyncio.ensure_future(self._time_out())
-        elif now < self._last_renewal() + self.interval:
-            self._schedule()  # renewed meanwhile (a progress report)
-        else:
-            self._busy = asyncio.ensure_future(self._renew_then_schedule())
-
-    async def _renew_then_schedule(self) -> None:
-        try:
-            renewed = await self._renew()
-        except Exception:  # a bug, not a refusal: say so, and keep the lease rather than lose it
-            log.exception("task.lease_renewal_failed")
-            renewed = True
-        if renewed:
-            self._schedule()
+    releasing: bool = False
+    outcome: Any = None
+    result: bytes = b""
+    encoded: EncodedResult | None = None
 
 
 class Execution:
-    """One attempt of one task on this worker."""
+    """One attempt of one task on this worker: computes it on `compute` (its first chunk through
+    `first_chunks`), renews its lease, stops on a cancel or a lost claim, and has its outcome
+    stored. `on_computed` is called once only the outcome remains to be stored."""
 
     def __init__(
         self,
-        store: EventStore,
+        queue: WorkQueue,
         first_chunks: FirstChunks,
         settings: Settings,
         worker: str,
@@ -151,17 +66,19 @@ class Execution:
         on_computed: Callable[[], None] = lambda: None,
         results: ResultStore | None = None,
     ) -> None:
-        self.store = store
+        self.queue = queue
         # Where the full result goes; None: into Redis beside the task (the way before).
         self.results = results
         # The worker's compute threads, which this attempt's chunks take turns on.
         self.compute = compute
-        # Called when the computing is over and only the outcome remains to be stored.
         self.on_computed = on_computed
         self.first_chunks = first_chunks
         self.settings = settings
         self.worker = worker
         self.job = job
+        self.report = Reporter(
+            queue, job, worker=worker, settings=settings, results=results, stopped_by=lambda: self._stopped_by
+        )
         # Set by the worker when it shuts down: give the task back after the current chunk.
         self.release_requested = asyncio.Event()
         self._last_beat = time.monotonic()  # the last lease renewal sent (the claim renewed it)
@@ -170,31 +87,19 @@ class Execution:
         self._stopped_by: str | None = None
 
     async def run(self) -> str:
-        """Returns how the attempt ended: completed, failed, retry_scheduled, released or stopped."""
+        """Returns how the attempt ended: completed, failed, retry_scheduled, released or stopped.
+        Raises store errors that do not pass (a bug), leaving the work item to be reclaimed."""
         job = self.job
         started = time.monotonic()
+        encoded: EncodedResult | None = None
         try:
             if job.spec is None:
                 raise UnreadableSpec(job.unreadable)
-            limit = min(self.settings.task_timeout_s, job.spec.timeout_s or self.settings.task_timeout_s)
-            async with self._lease_kept(started + limit, limit):
-                first = await self.first_chunks.compute(job.spec)
-                run = first.run
-                await self._compute(run, started + limit, limit)
-                releasing = self.release_requested.is_set() and not run.done
-                if first.outcome is not None:
-                    outcome, result = first.outcome, first.result
-                elif not releasing:
-                    # A long run's outcome (a sweep's table, say) can take a while to build and encode.
-                    async with self.compute.turn():
-                        outcome, result = await self.compute.call(finished, run, self.results is None)
-                if self.results is not None and not releasing:
-                    # Encoded once, here: an error is the attempt's; retried uploads reuse it.
-                    async with self.compute.turn():
-                        encoded = await self.compute.call(encode_result, job.task_id, job.attempt, outcome.detail)
+            computed = await self._computed(started)
             self._stop_if_told()
-            if releasing:
-                return await self._release()
+            if computed.releasing:
+                return await self.report.release()
+            outcome, result, encoded = computed.outcome, computed.result, computed.encoded
             event: Completed | Failed | RetryScheduled = Completed(
                 task_id=job.task_id, attempt=job.attempt, result=with_top_rows(outcome.summary, outcome.detail)
             )
@@ -205,6 +110,41 @@ class Execution:
                 log.info("task.stopped", reason=self._stopped_by, error_type=type(error).__name__)
                 return "stopped"
             event, result = self._failure(error), b""
+        written = await self._store(event, result, encoded)
+        if written not in ("stopped", ""):
+            log.info("task.finished", outcome=written, seconds=round(time.monotonic() - started, 4))
+        return written or "stopped"
+
+    async def _computed(self, started: float) -> Computed:
+        """Compute the run within the task's time limit, the lease kept meanwhile: its outcome
+        built and encoded off the event loop, or `releasing` if the worker is shutting down."""
+        job = self.job
+        assert job.spec is not None
+        limit = min(self.settings.task_timeout_s, job.spec.timeout_s or self.settings.task_timeout_s)
+        async with self._lease_kept(started + limit, limit):
+            first = await self.first_chunks.compute(job.spec)
+            run = first.run
+            await self._compute(run, started + limit, limit)
+            if self.release_requested.is_set() and not run.done:
+                return Computed(releasing=True)
+            if first.outcome is not None:
+                outcome, result = first.outcome, first.result
+            else:
+                # A long run's outcome (a sweep's table, say) can take a while to build and encode.
+                async with self.compute.turn():
+                    outcome, result = await self.compute.call(finished, run, self.results is None)
+            encoded = None
+            if self.results is not None:
+                # Encoded once, here: an error is the attempt's; retried uploads reuse it.
+                async with self.compute.turn():
+                    encoded = await self.compute.call(encode_result, job.task_id, job.attempt, outcome.detail)
+        return Computed(outcome=outcome, result=result, encoded=encoded)
+
+    async def _store(
+        self, event: Completed | Failed | RetryScheduled, result: bytes, encoded: EncodedResult | None
+    ) -> str:
+        """Store the outcome: the name of the one stored, 'stopped' if refused, '' if the attempt
+        was stopped while its result waited for the results store."""
         uploading = self.results is not None and isinstance(event, Completed)
         if not uploading:
             self.on_computed()
@@ -213,50 +153,16 @@ class Execution:
         # memory), so no worker takes the task over to compute it again.
         async with self._lease_kept(math.inf, 0.0):
             if uploading:
-                ref = await self._upload(encoded)
+                assert encoded is not None
+                ref = await self.report.upload(encoded)
                 if ref is None:
-                    return "stopped"
+                    return ""
                 # Only now is the slot given up: while the results store is down, a worker holds
                 # its computed results and takes no more work, rather than pile up results it
                 # cannot store (the work waits in the stream for the store, or another worker).
                 self.on_computed()
                 event, result = msgspec.structs.replace(event, result_ref=ref), b""
-            fenced = await until_reachable(
-                lambda: self.store.finish(
-                    event, message_id=job.message_id, result=result, reason=getattr(event, "error_type", "")
-                ),
-                doing="storing the outcome",
-            )
-        outcome_name = type(event).__struct_config__.tag
-        if fenced is not None:
-            log.warning("task.write_refused", write=outcome_name, status=fenced.status, current_attempt=fenced.attempt)
-            return "stopped"
-        log.info("task.finished", outcome=outcome_name, seconds=round(time.monotonic() - started, 4))
-        return str(outcome_name)
-
-    async def _upload(self, encoded: EncodedResult) -> ResultRef | None:
-        """Upload the full result to the results store, retrying (with backoff, the lease kept)
-        until it is stored: an object store that is down or slow delays the outcome, never loses
-        it, and the computed result is kept in memory meanwhile. None if the attempt was stopped
-        while waiting (cancelled or taken over): what was uploaded is an orphan, collected later."""
-        assert self.results is not None
-        delay = 0.1
-        failures = 0
-        started = time.monotonic()
-        while True:
-            try:
-                ref = await asyncio.wait_for(self.results.upload(encoded), self.settings.results_timeout_s)
-            except (OSError, TimeoutError, obstore.exceptions.BaseError) as e:
-                failures += 1
-                log.warning("result.upload_failed", error=str(e)[:500], error_type=type(e).__name__, failures=failures)
-                if self._stopped_by is not None:
-                    log.info("task.stopped", reason=self._stopped_by)
-                    return None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            log.info("result.uploaded", key=ref.key, bytes=ref.bytes, seconds=round(time.monotonic() - started, 4))
-            return ref
+            return await self.report.finish(event, result)
 
     def _lease_kept(self, deadline: float, limit: float) -> LeaseTimer:
         """While the body runs, a timer renews the lease every heartbeat interval, whatever the
@@ -288,15 +194,9 @@ class Execution:
     async def _time_out_within_step(self, limit: float) -> None:
         """Record TaskTimeout while a step is still computing; whatever that step returns, the
         attempt writes nothing more (its thread cannot be stopped, only ignored)."""
-        job = self.job
         self._stopped_by = "timed_out"
         event = self._failure(TaskTimeout(f"the task ran past its time limit of {limit:g} s (within one step)"))
-        fenced = await until_reachable(
-            lambda: self.store.finish(event, message_id=job.message_id, reason=getattr(event, "error_type", "")),
-            doing="storing the outcome",
-        )
-        if fenced is not None:
-            log.warning("task.write_refused", write="failed", status=fenced.status, current_attempt=fenced.attempt)
+        await self.report.finish(event)
 
     def _stop_if_told(self) -> None:
         if self._stopped_by is not None:
@@ -304,6 +204,8 @@ class Execution:
             raise Stop
 
     async def _compute(self, run: Any, deadline: float, limit: float) -> None:
+        """Advance `run` a chunk at a time until done, a release is requested, or the attempt
+        stops. Raises TaskTimeout past `deadline` (`limit` s after the start), Stop."""
         progress_s = self.settings.progress_interval_ms / 1000
         last_progress = time.monotonic()
         reported = 0.0
@@ -326,25 +228,26 @@ class Execution:
 
     async def _check_still_mine(self) -> None:
         """Between chunks: is the task still running under this attempt? A cancel or a takeover
-        stops the run here; nothing more is written for it."""
-        job = self.job
+        stops the run here (raises Stop); nothing more is written for it."""
         try:
-            status, current = await self.store.redis.hmget(self.store.keys.control(job.task_id), "status", "attempt")
+            state = await self.queue.attempt_state(self.job.task_id)
         except redis.exceptions.RedisError as e:
             if not store_unavailable(e):
                 raise
             return  # keep computing; the fenced writes decide later
-        status = status.decode() if status else "missing"
-        if status == "running" and int(current or 0) == job.attempt:
+        if state.is_running(self.job.attempt):
             return
-        log.info("task.stopped", reason="cancelled" if status == "cancelled" else "lost_claim", status=status)
+        reason = Status.CANCELLED.value if state.status == Status.CANCELLED else "lost_claim"
+        log.info("task.stopped", reason=reason, status=state.status)
         raise Stop
 
     async def _heartbeat(self, progress: float | None) -> None:
+        """Renew the lease (with `progress`, 0..1, when given). Raises Stop if refused; an outage
+        is logged and computing goes on."""
         job = self.job
         self._last_beat = time.monotonic()
         try:
-            fenced = await self.store.heartbeat(
+            fenced = await self.queue.heartbeat(
                 job.task_id, job.attempt, worker=self.worker, message_id=job.message_id, progress=progress
             )
         except redis.exceptions.RedisError as e:
@@ -357,29 +260,8 @@ class Execution:
             log.warning("task.write_refused", write="heartbeat", status=fenced.status, current_attempt=fenced.attempt)
             raise Stop
 
-    async def _release(self) -> str:
-        job = self.job
-        fenced = await until_reachable(
-            lambda: self.store.release(job.task_id, job.attempt, worker=self.worker, message_id=job.message_id),
-            doing="releasing the task",
-        )
-        if fenced is not None:
-            log.warning("task.write_refused", write="released", status=fenced.status)
-            return "stopped"
-        log.info("task.released")
-        return "released"
-
     def _failure(self, error: Exception) -> Failed | RetryScheduled:
         job = self.job
-        message = str(error) or type(error).__name__
-        kind = type(error).__name__
-        if is_retryable(error) and job.failures + 1 < self.settings.max_attempts:
-            delay = backoff_ms(job.attempt, self.settings)
-            log.warning("task.attempt_failed", error=message, error_type=kind, retry_in_ms=delay)
-            return RetryScheduled(
-                task_id=job.task_id, attempt=job.attempt, error=message, error_type=kind, delay_ms=delay
-            )
-        log.warning("task.failed", error=message, error_type=kind)
-        return Failed(
-            task_id=job.task_id, attempt=job.attempt, error=message, error_type=kind, retryable=is_retryable(error)
+        return failure_event(
+            error, task_id=job.task_id, attempt=job.attempt, failures=job.failures, settings=self.settings
         )

@@ -21,6 +21,8 @@ from orchestrator.storage.codec import encode_json
 
 
 class FirstChunk(msgspec.Struct):
+    """A run after its first chunk; finished within it when `outcome` is set."""
+
     run: Any  # consumers.worker.attempt.Run
     # Set when the run finished within the chunk: its outcome and the encoded full result.
     outcome: Any = None
@@ -51,6 +53,8 @@ class FirstChunks:
         self._flush_scheduled = False
 
     async def compute(self, spec: BacktestSpec) -> FirstChunk:
+        """Start the run of `spec` and compute its first chunk, in the next hop. Raises what
+        starting or computing the run raised (the task's own failure)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[FirstChunk] = loop.create_future()
         self._queue.append((spec, future))

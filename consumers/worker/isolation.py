@@ -53,6 +53,9 @@ class IsolatedTaskError(EngineError):
 
 
 class IsolatedOutcome(msgspec.Struct, frozen=True):
+    """The outcome of a run computed in a child process: its `summary` (headline metrics) and
+    its full result (`detail`)."""
+
     summary: dict[str, Any]
     # The full result as the child sent it: a dict, like an in-process run's, since the parent
     # may read it (a sweep's top rows, the results store's tables) as well as store it.
@@ -80,6 +83,7 @@ class IsolatedRun:
 
     @property
     def done(self) -> bool:
+        """True once the child has reported its outcome."""
         return self._outcome is not None
 
     def advance(self, max_seconds: float) -> None:
@@ -100,6 +104,7 @@ class IsolatedRun:
                 self._take(line)
 
     def outcome(self) -> IsolatedOutcome:
+        """The outcome the child reported; only once `done`."""
         assert self._outcome is not None, "outcome() before done"
         return self._outcome
 
@@ -155,6 +160,7 @@ class IsolatedRuns:
         return run
 
     def close(self) -> None:
+        """Kill and reap every child still computing."""
         for run in self._runs:
             run.close()
         self._runs.clear()

@@ -1,56 +1,46 @@
-"""The worker: a member of the consumer group that takes work and runs it, until told to stop."""
+"""The worker: a member of the consumer group that takes work and runs it, until told to stop.
+
+Its parts: intake.py reads the next items, attempt.py runs one claimed task, report.py stores
+its outcome, retry.py decides between a retry and a failure."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
-import time
 import uuid
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import structlog
 
-from consumers.worker.attempt import CHUNK_SECONDS, Assignment, Execution, StartRun
+from consumers.worker.assignment import Assignment, StartRun
+from consumers.worker.attempt import CHUNK_SECONDS, Execution
 from consumers.worker.compute import ComputeThreads
 from consumers.worker.first_chunks import FirstChunks
+from consumers.worker.intake import Intake, Item
 from consumers.worker.isolation import IsolatedRuns
-from consumers.worker.reclaim import reclaim_expired
 from orchestrator.settings import Settings
-from orchestrator.storage.codec import text
 from orchestrator.storage.connections import until_reachable
-from orchestrator.storage.keys import WORKER_GROUP
-from orchestrator.storage.presence import Heartbeat
 from orchestrator.storage.results import ResultStore
-from orchestrator.storage.store import Claim, EventStore
+from orchestrator.storage.workqueue import Claim, WorkQueue
 
 log = structlog.get_logger("backstream.worker")
 
-
-class Item(NamedTuple):
-    """A work item to run: read (then claimed by its own task) or already claimed by `take`."""
-
-    message_id: str
-    task_id: str
-    reclaim: bool = False
-    claim: Claim | None = None
-
-
-# An idle read blocks this long before the loop looks at stop requests, reclaims and retries.
-READ_BLOCK_MS = 500
+# How a handled item ended, counted in `Worker.outcomes`: an item not claimed is 'skipped'.
+SKIPPED = "skipped"
 
 
 class Worker:
-    """Runs up to `concurrency` tasks at once. The backtest kernel computes on the worker's
-    compute threads (`settings.compute_threads`, default 1; consumers/worker/compute.py), whatever the
-    concurrency, so the event loop keeps heartbeating and noticing cancels while it does, and
-    concurrency overlaps round trips rather than splitting a core between threads."""
+    """Runs up to `concurrency` tasks at once, taken from `queue` as worker `name`. The backtest
+    kernel computes on the worker's compute threads (`settings.compute_threads`, default 1;
+    consumers/worker/compute.py), whatever the concurrency, so the event loop keeps heartbeating
+    and noticing cancels while it does, and concurrency overlaps round trips rather than
+    splitting a core between threads. `strategies`: the names it can run (the workers page);
+    `results`: the results store full results go to (None: Redis)."""
 
     def __init__(
         self,
-        store: EventStore,
-        reader: Any,
+        queue: WorkQueue,
         start_run: StartRun,
         settings: Settings,
         *,
@@ -59,10 +49,8 @@ class Worker:
         strategies: Sequence[str] = (),
         results: ResultStore | None = None,
     ) -> None:
-        self.store = store
-        # The results store full results go to (None: Redis, as before it existed).
+        self.queue = queue
         self.results = results
-        self.reader = reader  # a client without a socket timeout, for blocking reads
         self.compute = ComputeThreads(settings.compute_threads)
         # An isolated run's child process computes; its parent's thread only waits on a pipe.
         self._waiting_threads = ComputeThreads(None)
@@ -70,15 +58,16 @@ class Worker:
         self.settings = settings
         self.name = name
         self.concurrency = concurrency
-        self.strategies = list(strategies)  # what this worker can run, shown on the workers page
-        self._running: dict[asyncio.Task[str], Execution] = {}
+        self.strategies = list(strategies)
+        self.intake = Intake(queue, settings, name=name, running=self._running_messages)
+        # Every task handling an item, with its attempt once claimed (None until then).
+        self._running: dict[asyncio.Task[str], Execution | None] = {}
         # The tasks holding a slot: a task gives its slot up once it has computed, so the next
         # one is read and claimed while the outcome is being stored (their round trips overlap).
         self._computing: set[asyncio.Task[str]] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._releasing = False  # the grace period is over: unfinished tasks go back to the queue
-        self._next_sweep = 0.0
         self.outcomes: dict[str, int] = {}
 
     def stop(self) -> None:
@@ -86,7 +75,8 @@ class Worker:
         self._stopping.set()
 
     async def run(self, *, burst: bool = False) -> None:
-        """Take and run work until stopped; in burst mode, until no work is left."""
+        """Take and run work until stopped; in burst mode, until no work is left. Store outages
+        are waited out; a bug in handling one task is logged, not raised."""
         log.info(
             "worker.started",
             worker=self.name,
@@ -95,11 +85,8 @@ class Worker:
         )
         # Its liveness, for /readyz, the workers page and metrics: beats on a timer, so an idle
         # worker is seen alive too (see orchestrator/storage/presence.py).
-        heartbeat = Heartbeat(
-            self.store.redis,
-            self.store.keys.worker_heartbeats,
-            self.name,
-            interval_s=min(self.settings.heartbeat_ms, self.settings.lease_ms / 3) / 1000,
+        heartbeat = self.queue.liveness(
+            self.name, interval_s=min(self.settings.heartbeat_ms, self.settings.lease_ms / 3) / 1000
         )
         beating = asyncio.create_task(heartbeat.run())
         try:
@@ -110,11 +97,12 @@ class Worker:
             await heartbeat.remove()
 
     async def _run(self, burst: bool) -> None:
-        await self._with_reconnect(self.store.ensure_group, "creating the group")
+        await self._with_reconnect(self.queue.ensure_group, "creating the group")
         if self.strategies:
-            await self._with_reconnect(self._publish_strategies, "publishing the strategies")
+            publish = functools.partial(self.queue.publish_strategies, self.name, self.strategies)
+            await self._with_reconnect(publish, "publishing the strategies")
         # A worker restarted under the same name first takes back what it held before.
-        backlog = await self._with_reconnect(self._own_pending, "reading own pending work")
+        backlog: list[Item] = await self._with_reconnect(self.intake.own_pending, "reading own pending work")
         while not self._stopping.is_set():
             free = self.concurrency - len(self._computing)
             if free <= 0:
@@ -122,7 +110,8 @@ class Worker:
                 continue
             items, backlog = backlog[:free], backlog[free:]
             if not items:
-                items = await self._with_reconnect(functools.partial(self._next_items, free, burst), "reading work")
+                read = functools.partial(self.intake.next_items, free, burst)
+                items = await self._with_reconnect(read, "reading work")
             if not items and burst:
                 if not self._running:
                     break
@@ -131,46 +120,12 @@ class Worker:
                 self._start(item)
         await self._drain()
         if self.strategies:
-            await self._with_reconnect(
-                lambda: self.store.redis.hdel(self.store.keys.worker_strategies, self.name), "removing the strategies"
-            )
+            withdraw = functools.partial(self.queue.withdraw_strategies, self.name)
+            await self._with_reconnect(withdraw, "removing the strategies")
         log.info("worker.stopped", worker=self.name, outcomes=self.outcomes)
 
-    async def _publish_strategies(self) -> None:
-        await self.store.redis.hset(self.store.keys.worker_strategies, self.name, json.dumps(self.strategies))
-
-    async def _next_items(self, free: int, burst: bool) -> list[Item]:
-        now = time.monotonic()
-        if now >= self._next_sweep:
-            # Reclaims and due retries are looked for a few times per lease, not on every read.
-            self._next_sweep = now + min(self.settings.lease_ms / 4000, 1.0)
-            await self.store.promote_due_retries()
-            reclaimed = await reclaim_expired(
-                self.store.redis, self.store.keys, self.name, min_idle_ms=self.settings.lease_ms, count=free
-            )
-            # Never its own running tasks: their leases lapse only while the store refuses the
-            # renewals (out of memory, say), and the outcome they hold is stored once it passes.
-            mine = {e.job.message_id for e in self._running.values() if e is not None}
-            reclaimed = [(m, t) for m, t in reclaimed if m not in mine]
-            if reclaimed:
-                log.info("worker.reclaimed", count=len(reclaimed))
-                return [Item(m, t, reclaim=True) for m, t in reclaimed]
-        # With work waiting, read and claim in one round trip; only an idle worker blocks.
-        taken = await self.store.take(worker=self.name, count=free)
-        if taken:
-            return [Item(t.message_id, t.task_id, claim=t.claim) for t in taken]
-        reply = await self.reader.xreadgroup(
-            WORKER_GROUP,
-            self.name,
-            {self.store.keys.work: ">"},
-            count=free,
-            block=None if burst else READ_BLOCK_MS,
-        )
-        return [Item(text(m), text(f[b"task_id"])) for _, entries in reply or [] for m, f in entries]
-
-    async def _own_pending(self) -> list[Item]:
-        reply = await self.reader.xreadgroup(WORKER_GROUP, self.name, {self.store.keys.work: "0"}, count=10_000)
-        return [Item(text(m), text(f[b"task_id"]), reclaim=True) for _, entries in reply or [] for m, f in entries if f]
+    def _running_messages(self) -> set[str]:
+        return {e.job.message_id for e in self._running.values() if e is not None}
 
     async def _wait_for_a_slot(self) -> None:
         self._slot_freed.clear()
@@ -182,12 +137,12 @@ class Worker:
 
     def _start(self, item: Item) -> None:
         task = asyncio.create_task(self._handle(item))
-        self._running[task] = None  # type: ignore[assignment]  # filled in once claimed
+        self._running[task] = None  # filled in once claimed
         self._computing.add(task)
         task.add_done_callback(self._finished)
 
-    def _free_slot(self, task: asyncio.Task[str] | None) -> None:
-        if task in self._computing:
+    def _free_slot(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None and task in self._computing:
             self._computing.discard(task)
             self._slot_freed.set()
 
@@ -205,39 +160,29 @@ class Worker:
         self.outcomes[task.result()] = self.outcomes.get(task.result(), 0) + 1
 
     async def _handle(self, item: Item) -> str:
-        message_id, task_id = item.message_id, item.task_id
-        structlog.contextvars.bind_contextvars(task_id=task_id, worker=self.name)
+        """Claim `item` (unless `take` did) and run its attempt. Returns how it ended."""
+        structlog.contextvars.bind_contextvars(task_id=item.task_id, worker=self.name)
         claim = item.claim or await self._claim(item)
         if claim.outcome not in ("ok", "unreadable"):
             log.info("task.not_claimed", outcome=claim.outcome)
-            return "skipped"
+            return SKIPPED
         structlog.contextvars.bind_contextvars(attempt=claim.attempt)
         log.debug("task.claimed", reclaim=item.reclaim, isolated=claim.isolated)
         job = Assignment(
-            task_id=task_id,
+            task_id=item.task_id,
             attempt=claim.attempt,
-            message_id=message_id,
+            message_id=item.message_id,
             spec=claim.spec,
             failures=claim.failures,
             unreadable=claim.error,
         )
         current = asyncio.current_task()
+        assert current is not None  # a coroutine run as a task
         # A task whose worker was lost under it runs in a process of its own: if it kills that
         # process, only it fails (see consumers/worker/isolation.py and streams.md).
         isolated = IsolatedRuns(self.settings.data_dir) if claim.isolated else None
-        execution = Execution(
-            self.store,
-            FirstChunks(isolated, CHUNK_SECONDS, self._waiting_threads, encode=self.results is None)
-            if isolated
-            else self.first_chunks,
-            self.settings,
-            self.name,
-            job,
-            compute=self._waiting_threads if isolated else self.compute,
-            on_computed=lambda: self._free_slot(current),
-            results=self.results,
-        )
-        self._running[current] = execution  # type: ignore[index]
+        execution = self._execution(job, isolated, on_computed=lambda: self._free_slot(current))
+        self._running[current] = execution
         if self._releasing:
             execution.release_requested.set()
         try:
@@ -246,10 +191,26 @@ class Worker:
             if isolated is not None:
                 isolated.close()
 
+    def _execution(self, job: Assignment, isolated: IsolatedRuns | None, on_computed: Callable[[], None]) -> Execution:
+        """The attempt of `job`: on this worker's compute threads, or in a process of its own."""
+        first_chunks = self.first_chunks
+        if isolated is not None:
+            first_chunks = FirstChunks(isolated, CHUNK_SECONDS, self._waiting_threads, encode=self.results is None)
+        return Execution(
+            self.queue,
+            first_chunks,
+            self.settings,
+            self.name,
+            job,
+            compute=self._waiting_threads if isolated else self.compute,
+            on_computed=on_computed,
+            results=self.results,
+        )
+
     async def _claim(self, item: Item) -> Claim:
         token = uuid.uuid4().hex  # one token for every re-send: the claim is made once
         return await until_reachable(
-            lambda: self.store.claim(
+            lambda: self.queue.claim(
                 item.task_id,
                 worker=self.name,
                 token=token,
@@ -274,7 +235,7 @@ class Worker:
                     execution.release_requested.set()
             await asyncio.wait(unfinished)
 
-    async def _with_reconnect(self, call: Any, doing: str) -> Any:
+    async def _with_reconnect(self, call: Callable[[], Awaitable[Any]], doing: str) -> Any:
         """Redis restarts and network blips are waited out with backoff, not fatal; a worker
         asked to stop stops waiting."""
         return await until_reachable(call, doing=doing, give_up=self._stopping.is_set, fallback=[])

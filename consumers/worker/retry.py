@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import random
 
+import structlog
+
+from orchestrator.domain.events import Failed, RetryScheduled
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import REDIS_UNAVAILABLE
+
+log = structlog.get_logger("backstream.worker")
 
 
 class TaskTimeout(Exception):
@@ -42,3 +47,19 @@ def backoff_ms(attempt: int, settings: Settings, rng: random.Random | None = Non
     capped, so retries of many tasks that failed together spread out."""
     ceiling = min(settings.retry_cap_ms, settings.retry_base_ms * 2 ** max(0, attempt - 1))
     return int((rng or random).uniform(ceiling / 2, ceiling))
+
+
+def failure_event(
+    error: Exception, *, task_id: str, attempt: int, failures: int, settings: Settings
+) -> Failed | RetryScheduled:
+    """The outcome of an attempt that raised `error`: a retry after `backoff_ms` when the error
+    is retryable and the task's budget (`failures` charged so far, of `settings.max_attempts`)
+    allows another attempt; else a failure (dead-lettered). Logs which."""
+    message = str(error) or type(error).__name__
+    kind = type(error).__name__
+    if is_retryable(error) and failures + 1 < settings.max_attempts:
+        delay = backoff_ms(attempt, settings)
+        log.warning("task.attempt_failed", error=message, error_type=kind, retry_in_ms=delay)
+        return RetryScheduled(task_id=task_id, attempt=attempt, error=message, error_type=kind, delay_ms=delay)
+    log.warning("task.failed", error=message, error_type=kind)
+    return Failed(task_id=task_id, attempt=attempt, error=message, error_type=kind, retryable=is_retryable(error))

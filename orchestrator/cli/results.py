@@ -19,11 +19,11 @@ from orchestrator.cli.home import HOME_HELP
 from orchestrator.cli.stores import needs_redis
 from orchestrator.client.http import Api, HttpError, Unreachable
 from orchestrator.settings import Settings
+from orchestrator.storage.commands import Commands
 from orchestrator.storage.connections import Connections
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.results import results_for
-from orchestrator.storage.store import EventStore
 
 TABLES = ("equity", "trades", "sweep", "symbols")
 REQUEST_TIMEOUT_S = 60.0
@@ -84,7 +84,7 @@ async def _retention(args: argparse.Namespace, settings: Settings) -> int:
     keys = Keys(prefix=settings.prefix)
     try:
         report = await apply_result_retention(
-            EventStore(conns.commands, keys),
+            Commands(conns.commands, keys),
             ReadModel(conns.commands, keys, follow_live=True),
             results,
             policy,

@@ -38,7 +38,7 @@ from orchestrator.storage.keys import Keys
 from orchestrator.storage.presence import Heartbeat
 from orchestrator.storage.readmodel import Projection
 from orchestrator.storage.results import results_for
-from orchestrator.storage.store import EventStore
+from orchestrator.storage.workqueue import WorkQueue
 
 log = structlog.get_logger("backstream")
 
@@ -67,8 +67,7 @@ def _on_signals(stop: Callable[[], None]) -> None:
 def _worker(settings: Settings, conns: Connections, catalog: Catalog, name: str, concurrency: int) -> Worker:
     keys = Keys(prefix=settings.prefix)
     return Worker(
-        EventStore(conns.commands, keys),
-        conns.blocking,
+        WorkQueue(conns.commands, keys, reader=conns.blocking),
         functools.partial(start_run, catalog=catalog),
         settings,
         name=name,

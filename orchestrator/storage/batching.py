@@ -47,6 +47,9 @@ class ScriptBatcher:
     async def call(
         self, script: AsyncScript, keys: list[Any], args: list[Any], before: tuple[tuple[Any, ...], ...] = ()
     ) -> Any:
+        """Run `script` with `keys` and `args` (after the plain commands `before`) in the next
+        round trip, and return its raw reply. Raises the script's error (ResponseError), that of
+        a command sent before it, or the round trip's (an outage) to this caller only."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((Call(script, keys, args, before), future))
         if not self._flush_scheduled:

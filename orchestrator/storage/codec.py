@@ -36,10 +36,13 @@ UPCASTERS: dict[tuple[str, int], Upcaster] = {
 
 
 def encode_json(value: Any) -> bytes:
+    """`value` (builtins or msgspec Structs) as JSON bytes. Raises TypeError for a value msgspec
+    cannot encode."""
     return _json_encoder.encode(value)
 
 
 def decode_json(raw: bytes | str) -> Any:
+    """JSON as builtins. Raises msgspec.DecodeError for malformed JSON."""
     return _json_decoder.decode(raw)
 
 
@@ -49,18 +52,6 @@ def event_data(event: Event) -> bytes:
     for name in _BASE_FIELDS:
         payload.pop(name, None)
     return _json_encoder.encode(payload)
-
-
-def entry_fields(event: Event) -> dict[str, str | bytes | int]:
-    """All stream fields of an event, as the scripts write them."""
-    return {
-        "type": type(event).__struct_config__.tag,  # type: ignore[dict-item]
-        "v": type(event).SCHEMA_VERSION,
-        "task_id": event.task_id,
-        "seq": event.seq,
-        "attempt": event.attempt,
-        "data": event_data(event),
-    }
 
 
 def text(value: Any) -> str:

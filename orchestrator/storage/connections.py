@@ -145,5 +145,6 @@ class Connections:
             self.blocking = client(settings.redis_url, socket_timeout=BLOCKING_TIMEOUT_S)
 
     async def close(self) -> None:
+        """Close both clients' connections. Raises redis errors only for a broken connection."""
         await self.commands.aclose()
         await self.blocking.aclose()

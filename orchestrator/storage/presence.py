@@ -11,8 +11,7 @@ import structlog
 
 from orchestrator.storage.codec import text
 from orchestrator.storage.connections import store_unavailable
-from orchestrator.storage.keys import HEARTBEAT_KEEP_MS
-from orchestrator.storage.scripts import Scripts
+from orchestrator.storage.scripts.presence import BeatScript
 
 log = structlog.get_logger("backstream.presence")
 
@@ -27,12 +26,12 @@ class Heartbeat:
         self.key = key
         self.name = name
         self.interval_s = interval_s
-        self._script = Scripts(redis).beat
+        self._script = BeatScript(redis, key)
         self._failing = False
 
     async def beat(self) -> None:
         """One heartbeat, timed by Redis. Raises redis errors."""
-        await self._script(keys=[self.key], args=[self.name, HEARTBEAT_KEEP_MS])
+        await self._script.beat(name=self.name)
 
     async def run(self) -> None:
         """Beat until cancelled."""

@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.domain.state import TaskState
-from orchestrator.storage.codec import text
 from orchestrator.storage.hashform import changed_fields, index_member, to_hash
-from orchestrator.storage.keys import DEFAULT_PROJECTION, Keys
+from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel.model import ReadModel
-from orchestrator.storage.scripts import Scripts
+from orchestrator.storage.scripts.projection import ProjectionScripts
 
 
 class _Ops:
@@ -40,7 +39,7 @@ class Projection(ReadModel):
 
     def __init__(self, redis: Any, keys: Keys, *, follow_live: bool = False, reader: Any = None) -> None:
         super().__init__(redis, keys, follow_live=follow_live, reader=reader)
-        self.scripts = Scripts(redis)
+        self.scripts = ProjectionScripts(redis)
 
     async def store(
         self,
@@ -75,12 +74,12 @@ class Projection(ReadModel):
             index_ops.setdefault((b"ZADD", self.keys.projected_index(state.status)), []).append(member)
         for (name, key), members in index_ops.items():
             ops.add(name, key, b"\0".join(members))
-        args: list[str | bytes] = [
-            expected_position or "",
-            new_position,
-            self.keys.projection_name if self.follow_live else "",
-            DEFAULT_PROJECTION,
-            b"\x02".join(ops.ops),
-        ]
-        reply = await self.scripts.apply(keys=ops.keys, args=args)
-        return text(reply[0])
+        verdict = await self.scripts.apply(
+            keys=self.keys,
+            op_keys=ops.keys[2:],
+            expected=expected_position,
+            position=new_position,
+            live=self.follow_live,
+            ops=b"\x02".join(ops.ops),
+        )
+        return verdict.outcome

@@ -2,21 +2,23 @@
 -- the claims in one round trip. Each item is judged as claim.lua judges a fresh (not reclaimed)
 -- one: a task that is gone, finished or no longer behind this item is retired; a running one
 -- is left alone.
--- Each task's control hash and log list are named from the prefix (they are not known before
--- the read); they carry the same hash tag as the work stream, so they live in its slot.
+-- Each task's control hash and log list cannot be KEYS (the task ids come from this script's
+-- own read): they are named here from the two parts keys.py gives (`Keys.task_prefix`, the
+-- id, `TASK_LOG_SUFFIX`), as `Keys.control` and `Keys.task_log` name them. They carry the
+-- same hash tag as the work stream, so they live in its slot.
 -- KEYS: work, events
--- ARGV: group, worker, count, key prefix, started-event data, started schema version,
---       claim token prefix
+-- ARGV: group, worker, count, control key prefix, started-event data, started schema version,
+--       claim token prefix, log key suffix
 -- Returns one entry per item read: {msg, task_id, 'ok', attempt, spec, failures, isolated} or
 -- {msg, task_id, 'skipped'|'busy', status}.
 local work, events = KEYS[1], KEYS[2]
-local group, worker, prefix = ARGV[1], ARGV[2], ARGV[4]
+local group, worker, ctl_prefix, log_suffix = ARGV[1], ARGV[2], ARGV[4], ARGV[8]
 local read = redis.call('XREADGROUP', 'GROUP', group, worker, 'COUNT', ARGV[3], 'STREAMS', work, '>')
 local out = {}
 if not read then return out end
 for _, entry in ipairs(read[1][2]) do
   local msg, task_id = entry[1], entry[2][2]
-  local ctl = prefix .. ':task:' .. task_id
+  local ctl = ctl_prefix .. task_id
   -- Everything the claim needs, in one read; the claim's writes in one HSET.
   local status, current_msg, attempt, seq, spec, failures, isolate = unpack(redis.call(
     'HMGET', ctl, 'status', 'msg', 'attempt', 'seq', 'spec', 'failures', 'isolate'))
@@ -32,7 +34,7 @@ for _, entry in ipairs(read[1][2]) do
       'attempt', attempt, 'seq', seq)
     local data = ARGV[5]
     if isolate == '1' then data = with_true(data, 'isolated') end
-    append_at(ctl .. ':log', events, task_id, 'started', ARGV[6], attempt, data, seq)
+    append_at(ctl .. log_suffix, events, task_id, 'started', ARGV[6], attempt, data, seq)
     out[#out + 1] = {msg, task_id, 'ok', tostring(attempt), spec, failures or '0', isolate or '0'}
   end
 end

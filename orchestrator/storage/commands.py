@@ -1,0 +1,109 @@
+"""The API's commands (and retention's): each appends its event through one atomic, idempotent
+script. The worker's writes are in workqueue.py; the reads of the log in store.py."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgspec
+
+from orchestrator.domain.errors import IdempotencyConflict, TaskConflict, TaskNotFound
+from orchestrator.domain.events import Cancelled, Requeued, ResultDeleted, Submitted
+from orchestrator.domain.spec import BacktestSpec
+from orchestrator.storage.batching import ScriptBatcher
+from orchestrator.storage.codec import encode_json, event_data
+from orchestrator.storage.keys import Keys
+from orchestrator.storage.scripts.commands import CommandScripts
+
+
+class SubmitResult(msgspec.Struct, frozen=True):
+    """The task a submit names: `created` is False when an earlier identical submit (the same
+    Idempotency-Key and body, or a re-sent call) made it."""
+
+    task_id: str
+    created: bool
+
+
+def body_fingerprint(body: bytes) -> str:
+    """The sha256 of a request body, hex: what an Idempotency-Key is remembered with."""
+    return hashlib.sha256(body).hexdigest()
+
+
+class Commands:
+    """Submit, cancel, requeue, and record a deleted result, on the keys under one prefix.
+    Commands issued concurrently share one round trip (see batching.py). Every method raises
+    redis errors when the store cannot be reached or refuses the call."""
+
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self.keys = keys
+        self._scripts = CommandScripts(redis, keys, ScriptBatcher(redis))
+
+    async def submit(
+        self,
+        task_id: str,
+        spec: BacktestSpec,
+        *,
+        by: str | None = None,
+        idempotency_key: str | None = None,
+        body: bytes = b"",
+    ) -> SubmitResult:
+        """Append `submitted` and enqueue the task's first work item, once. `by`: the user;
+        `idempotency_key`: the client's key, scoped to `by` (two users may use the same one);
+        `body`: the request body it is remembered with. Raises IdempotencyConflict when the key
+        was used with another body."""
+        scoped = f"{by or ''}:{idempotency_key}" if idempotency_key else None
+        reply = await self._scripts.submit(
+            task_id=task_id,
+            data=event_data(Submitted(task_id=task_id, spec=spec, by=by)),
+            version=Submitted.SCHEMA_VERSION,
+            spec=encode_json(spec),
+            idempotency_key=scoped,
+            body_hash=body_fingerprint(body),
+        )
+        if reply.outcome == "idempotency_conflict":
+            raise IdempotencyConflict(idempotency_key or "")
+        if reply.outcome == "existing":
+            return SubmitResult(task_id=reply.value, created=False)
+        return SubmitResult(task_id=task_id, created=True)
+
+    async def cancel(self, task_id: str, *, by: str | None = None) -> bool:
+        """Cancel a queued or running task. True if this call cancelled it, False if it already
+        was. Raises TaskNotFound, or TaskConflict when the task is completed or failed."""
+        verdict = await self._scripts.cancel(
+            task_id=task_id, data=event_data(Cancelled(task_id=task_id, by=by)), version=Cancelled.SCHEMA_VERSION
+        )
+        if verdict.outcome == "missing":
+            raise TaskNotFound(task_id)
+        if verdict.outcome == "conflict":
+            status = verdict.detail
+            raise TaskConflict(
+                task_id, status, f"task {task_id} is {status}; only queued or running tasks can be cancelled"
+            )
+        return verdict.outcome == "ok"
+
+    async def requeue(self, task_id: str, *, by: str | None = None) -> None:
+        """Send a failed task back to the queue as a new attempt with a fresh budget. Raises
+        TaskNotFound, or TaskConflict when the task is not failed."""
+        verdict = await self._scripts.requeue(
+            task_id=task_id, data=event_data(Requeued(task_id=task_id, by=by)), version=Requeued.SCHEMA_VERSION
+        )
+        if verdict.outcome == "missing":
+            raise TaskNotFound(task_id)
+        if verdict.outcome == "conflict":
+            status = verdict.detail
+            raise TaskConflict(task_id, status, f"task {task_id} is {status}; only failed tasks can be retried")
+
+    async def record_result_deleted(self, task_id: str, key: str, *, reason: str, live_projection: Keys) -> str:
+        """Record that retention deletes the full result at `key` of a completed task (before
+        deleting its objects). Returns 'ok' (recorded now), 'done' (recorded before), 'missing'
+        or 'conflict' (the task is not completed). `live_projection`: the keys of the live
+        projection, which restores a compacted task's control hash."""
+        verdict = await self._scripts.drop_result(
+            task_id=task_id,
+            data=event_data(ResultDeleted(task_id=task_id, key=key, reason=reason)),
+            version=ResultDeleted.SCHEMA_VERSION,
+            object_key=key,
+            live_projection=live_projection,
+        )
+        return verdict.outcome
