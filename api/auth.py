@@ -98,6 +98,8 @@ class TokenAuth:
         self._checked_hosts: set[str] = set()  # our own addresses that requests reached
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The ASGI entry: a request without a valid token (where tokens are configured) gets 401,
+        or a redirect to the sign-in page for a browser; open paths pass."""
         if not self.tokens and scope["type"] == "http" and scope.get("server"):
             host = str(scope["server"][0])
             if host not in self._checked_hosts:

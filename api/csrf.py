@@ -89,6 +89,7 @@ class SameOriginOnly:
         self.form_paths = frozenset(form_paths)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The ASGI entry: an unsafe request (not GET/HEAD/OPTIONS) from another origin gets 403."""
         if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
             await self.app(scope, receive, send)
             return

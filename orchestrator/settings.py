@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
 import urllib.parse
 from collections.abc import Mapping
+from typing import TypeVar
 
 import msgspec
+
+N = TypeVar("N", int, float)
 
 # All keys of one deployment share the hash tag in the prefix (`{bs}` by default), so every
 # script's keys live in one Redis Cluster slot and the scripts stay atomic there too.
@@ -74,6 +78,22 @@ def parse_origins(text: str) -> tuple[str, ...]:
     return tuple(normalize_origin(o) for o in text.split(",") if o.strip())
 
 
+def _env_number(env: Mapping[str, str], name: str, default: N) -> N:
+    """The number in variable `name` of `env` (`default` when unset or empty), of `default`'s type.
+    Raises ValueError naming the variable for anything else, `nan` and infinities included."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    kind = type(default)
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={text!r} is not a finite number")
+    return value
+
+
 def default_home(env: Mapping[str, str]) -> str:
     """Where the embedded store lives unless BACKSTREAM_HOME or --home says otherwise: the
     user's data directory ($XDG_DATA_HOME, else ~/Library/Application Support on macOS, else
@@ -92,6 +112,9 @@ DEFAULT_API_URL = "http://127.0.0.1:8000"
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every setting of a process, read once from the environment (`from_env`) and passed in
+    explicitly; durations in ms unless a name says otherwise."""
+
     # None means the embedded store: a valkey-server that `backstream up` runs on `home` (or an
     # in-process fake Redis where no valkey-server wheel exists).
     redis_url: str | None = None
@@ -163,6 +186,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings `environ` (default: os.environ) gives, defaults for the rest. Raises
+        ValueError naming the variable when one cannot be read (a number that is not one, a
+        token entry or origin that does not parse), OSError when BACKSTREAM_TOKENS_FILE cannot."""
         env = os.environ if environ is None else environ
         defaults = cls()
         tokens = parse_tokens(env.get("BACKSTREAM_TOKENS", ""))
@@ -176,20 +202,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             home=env.get("BACKSTREAM_HOME") or default_home(env),
             results_url=env.get("BACKSTREAM_RESULTS_URL") or None,
             results_options={k: v for k, v in env.items() if k.startswith("AWS_")},
-            results_timeout_s=float(env.get("BACKSTREAM_RESULTS_TIMEOUT_S", defaults.results_timeout_s)),
+            results_timeout_s=_env_number(env, "BACKSTREAM_RESULTS_TIMEOUT_S", defaults.results_timeout_s),
             prefix=env.get("BACKSTREAM_PREFIX", defaults.prefix),
             data_dir=env.get("BACKSTREAM_DATA_DIR") or None,
-            lease_ms=int(env.get("BACKSTREAM_LEASE_MS", defaults.lease_ms)),
-            heartbeat_ms=int(env.get("BACKSTREAM_HEARTBEAT_MS", defaults.heartbeat_ms)),
-            compute_threads=int(env.get("BACKSTREAM_COMPUTE_THREADS", defaults.compute_threads)),
-            progress_interval_ms=int(env.get("BACKSTREAM_PROGRESS_INTERVAL_MS", defaults.progress_interval_ms)),
-            max_attempts=int(env.get("BACKSTREAM_MAX_ATTEMPTS", defaults.max_attempts)),
-            retry_base_ms=int(env.get("BACKSTREAM_RETRY_BASE_MS", defaults.retry_base_ms)),
-            retry_cap_ms=int(env.get("BACKSTREAM_RETRY_CAP_MS", defaults.retry_cap_ms)),
-            task_timeout_s=float(env.get("BACKSTREAM_TASK_TIMEOUT_S", defaults.task_timeout_s)),
-            shutdown_grace_s=float(env.get("BACKSTREAM_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s)),
-            sse_streams_per_client=int(env.get("BACKSTREAM_SSE_STREAMS_PER_CLIENT", defaults.sse_streams_per_client)),
-            ready_max_lag_s=float(env.get("BACKSTREAM_READY_MAX_LAG_S", defaults.ready_max_lag_s)),
+            lease_ms=_env_number(env, "BACKSTREAM_LEASE_MS", defaults.lease_ms),
+            heartbeat_ms=_env_number(env, "BACKSTREAM_HEARTBEAT_MS", defaults.heartbeat_ms),
+            compute_threads=_env_number(env, "BACKSTREAM_COMPUTE_THREADS", defaults.compute_threads),
+            progress_interval_ms=_env_number(env, "BACKSTREAM_PROGRESS_INTERVAL_MS", defaults.progress_interval_ms),
+            max_attempts=_env_number(env, "BACKSTREAM_MAX_ATTEMPTS", defaults.max_attempts),
+            retry_base_ms=_env_number(env, "BACKSTREAM_RETRY_BASE_MS", defaults.retry_base_ms),
+            retry_cap_ms=_env_number(env, "BACKSTREAM_RETRY_CAP_MS", defaults.retry_cap_ms),
+            task_timeout_s=_env_number(env, "BACKSTREAM_TASK_TIMEOUT_S", defaults.task_timeout_s),
+            shutdown_grace_s=_env_number(env, "BACKSTREAM_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
+            sse_streams_per_client=_env_number(
+                env, "BACKSTREAM_SSE_STREAMS_PER_CLIENT", defaults.sse_streams_per_client
+            ),
+            ready_max_lag_s=_env_number(env, "BACKSTREAM_READY_MAX_LAG_S", defaults.ready_max_lag_s),
             tokens=tokens,
             allowed_origins=parse_origins(env.get("BACKSTREAM_ALLOWED_ORIGINS", "")),
             api_url=env.get("BACKSTREAM_URL") or defaults.api_url,

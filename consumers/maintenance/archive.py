@@ -84,6 +84,8 @@ class ArchiveThenLive:
         self.archived = len(self._ids)
 
     async def __call__(self, after: str | None, count: int, block_ms: int | None) -> list[StoredEvent]:
+        """Up to `count` archived events after stream id `after` (None: from the first), in log
+        order; [] at the end. `block_ms` is ignored: an archive never grows."""
         start = bisect.bisect_right(self._keys, id_order(after)) if after else 0
         if start < len(self._ids):
             chunk = self._ids[start : start + count]

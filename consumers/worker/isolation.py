@@ -155,6 +155,7 @@ class IsolatedRuns:
         self._runs: list[IsolatedRun] = []
 
     def __call__(self, spec: BacktestSpec) -> IsolatedRun:
+        """Start `spec` in a child process of its own; the run is tracked so `close` can end it."""
         run = IsolatedRun(spec, self.data_dir)
         self._runs.append(run)
         return run

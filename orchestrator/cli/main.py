@@ -58,7 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(json=args.log_json)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except (ValueError, OSError) as e:
+        print(f"backstream: {e}", file=sys.stderr)
+        return 2
     if getattr(args, "home", None):
         settings = msgspec.structs.replace(settings, home=args.home)
     # No --url and no BACKSTREAM_URL (or BACKSTREAM_URL at the default, which the home's `up`

@@ -14,6 +14,7 @@ from orchestrator.storage.codec import decode_json, encode_json
 
 
 def to_hash(state: TaskState) -> dict[str, bytes]:
+    """The whole hash of `state`: field name -> JSON bytes, None fields left out."""
     return {name: encode_json(value) for name, value in msgspec.structs.asdict(state).items() if value is not None}
 
 
@@ -33,6 +34,8 @@ def changed_fields(old: TaskState, new: TaskState) -> tuple[dict[str, bytes], li
 
 
 def from_hash(fields: dict[Any, Any]) -> TaskState:
+    """The state a projected hash holds (names and values as bytes or str). Raises
+    msgspec.ValidationError for a hash that is not a TaskState."""
     data = {(k.decode() if isinstance(k, bytes) else k): decode_json(v) for k, v in fields.items()}
     return msgspec.convert(data, TaskState)
 
