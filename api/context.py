@@ -11,7 +11,7 @@ from orchestrator.domain.ports import Catalog, SpecChecker
 from orchestrator.settings import Settings
 from orchestrator.storage.commands import Commands
 from orchestrator.storage.readmodel import ReadModel
-from orchestrator.storage.results import ResultStore
+from orchestrator.storage.results.store import ResultStore
 
 
 @dataclass(frozen=True, slots=True)

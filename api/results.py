@@ -22,19 +22,11 @@ from api.tasks import _current  # the one read of a task's state
 from orchestrator.domain.state import TaskState
 from orchestrator.domain.status import Status
 from orchestrator.storage.codec import decode_json, encode_json
-from orchestrator.storage.results import (
-    TABLES,
-    QueryError,
-    ResultGone,
-    ResultStore,
-    detail_of,
-    parse_sort,
-    parse_where,
-    scan,
-    table_csv,
-    table_json,
-    tables_of_legacy,
-)
+from orchestrator.storage.results.encoding import TABLES, table_csv, table_json
+from orchestrator.storage.results.errors import QueryError, ResultGone
+from orchestrator.storage.results.query import parse_sort, parse_where, scan
+from orchestrator.storage.results.shape import detail_of, tables_of_legacy
+from orchestrator.storage.results.store import ResultStore
 
 log = structlog.get_logger("backstream.api")
 

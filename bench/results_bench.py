@@ -23,7 +23,7 @@ import redis
 import redis.asyncio as aioredis
 
 from orchestrator.storage.keys import Keys
-from orchestrator.storage.results import open_results
+from orchestrator.storage.results.location import open_results
 from tests.conftest import Backend
 from tests.harness import System
 from tests.objectstores import S3Server

@@ -20,7 +20,7 @@ from orchestrator.settings import Settings
 from orchestrator.storage.commands import Commands
 from orchestrator.storage.connections import Connections
 from orchestrator.storage.readmodel import Projection
-from orchestrator.storage.results import results_for
+from orchestrator.storage.results.location import results_for
 from orchestrator.storage.workqueue import WorkQueue
 from tests.conftest import Backend
 

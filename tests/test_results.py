@@ -26,7 +26,8 @@ from consumers.maintenance.retention import apply_retention
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.state import fold
 from orchestrator.storage.codec import decode_entry, encode_json
-from orchestrator.storage.results import RESULT_SCHEMA_VERSION, results_for
+from orchestrator.storage.results.encoding import RESULT_SCHEMA_VERSION
+from orchestrator.storage.results.location import results_for
 from tests.conftest import Backend
 from tests.harness import System
 from tests.objectstores import S3Server

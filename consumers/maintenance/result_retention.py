@@ -14,7 +14,7 @@ from orchestrator.domain.state import TaskState
 from orchestrator.domain.status import Status
 from orchestrator.storage.commands import Commands
 from orchestrator.storage.readmodel import ReadModel
-from orchestrator.storage.results import ResultStore
+from orchestrator.storage.results.store import ResultStore
 
 log = structlog.get_logger("backstream.retention")
 

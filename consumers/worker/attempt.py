@@ -23,7 +23,9 @@ from orchestrator.domain.events import Completed, Failed, RetryScheduled
 from orchestrator.domain.status import Status
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import store_unavailable
-from orchestrator.storage.results import EncodedResult, ResultStore, encode_result, with_top_rows
+from orchestrator.storage.results.encoding import EncodedResult, encode_result
+from orchestrator.storage.results.shape import with_top_rows
+from orchestrator.storage.results.store import ResultStore
 from orchestrator.storage.workqueue import WorkQueue
 
 log = structlog.get_logger("backstream.worker")

@@ -21,7 +21,7 @@ from consumers.worker.intake import Intake, Item
 from consumers.worker.isolation import IsolatedRuns
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import until_reachable
-from orchestrator.storage.results import ResultStore
+from orchestrator.storage.results.store import ResultStore
 from orchestrator.storage.workqueue import Claim, WorkQueue
 
 log = structlog.get_logger("backstream.worker")

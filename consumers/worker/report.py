@@ -14,7 +14,8 @@ from consumers.worker.assignment import Assignment
 from orchestrator.domain.events import Completed, Failed, ResultRef, RetryScheduled
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import until_reachable
-from orchestrator.storage.results import EncodedResult, ResultStore
+from orchestrator.storage.results.encoding import EncodedResult
+from orchestrator.storage.results.store import ResultStore
 from orchestrator.storage.workqueue import WorkQueue
 
 log = structlog.get_logger("backstream.worker")

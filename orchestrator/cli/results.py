@@ -23,7 +23,7 @@ from orchestrator.storage.commands import Commands
 from orchestrator.storage.connections import Connections
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel import ReadModel
-from orchestrator.storage.results import results_for
+from orchestrator.storage.results.location import results_for
 
 TABLES = ("equity", "trades", "sweep", "symbols")
 REQUEST_TIMEOUT_S = 60.0

@@ -37,7 +37,7 @@ from orchestrator.storage.connections import Connections
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.presence import Heartbeat
 from orchestrator.storage.readmodel import Projection
-from orchestrator.storage.results import results_for
+from orchestrator.storage.results.location import results_for
 from orchestrator.storage.workqueue import WorkQueue
 
 log = structlog.get_logger("backstream")
