@@ -14,7 +14,7 @@ from orchestrator.domain.spec import BacktestSpec
 from orchestrator.storage.batching import ScriptBatcher
 from orchestrator.storage.codec import encode_json, event_data
 from orchestrator.storage.keys import Keys
-from orchestrator.storage.scripts.commands import CommandScripts
+from orchestrator.storage.scripts.commands import CommandScripts, Verdict
 
 
 class SubmitResult(msgspec.Struct, frozen=True):
@@ -73,13 +73,7 @@ class Commands:
         verdict = await self._scripts.cancel(
             task_id=task_id, data=event_data(Cancelled(task_id=task_id, by=by)), version=Cancelled.SCHEMA_VERSION
         )
-        if verdict.outcome == "missing":
-            raise TaskNotFound(task_id)
-        if verdict.outcome == "conflict":
-            status = verdict.detail
-            raise TaskConflict(
-                task_id, status, f"task {task_id} is {status}; only queued or running tasks can be cancelled"
-            )
+        _refuse(task_id, verdict, "only queued or running tasks can be cancelled")
         return verdict.outcome == "ok"
 
     async def requeue(self, task_id: str, *, by: str | None = None) -> None:
@@ -88,11 +82,7 @@ class Commands:
         verdict = await self._scripts.requeue(
             task_id=task_id, data=event_data(Requeued(task_id=task_id, by=by)), version=Requeued.SCHEMA_VERSION
         )
-        if verdict.outcome == "missing":
-            raise TaskNotFound(task_id)
-        if verdict.outcome == "conflict":
-            status = verdict.detail
-            raise TaskConflict(task_id, status, f"task {task_id} is {status}; only failed tasks can be retried")
+        _refuse(task_id, verdict, "only failed tasks can be retried")
 
     async def record_result_deleted(self, task_id: str, key: str, *, reason: str, live_projection: Keys) -> str:
         """Record that retention deletes the full result at `key` of a completed task (before
@@ -107,3 +97,12 @@ class Commands:
             live_projection=live_projection,
         )
         return verdict.outcome
+
+
+def _refuse(task_id: str, verdict: Verdict, rule: str) -> None:
+    """Raise TaskNotFound for a `missing` verdict, TaskConflict (its status, then `rule`) for a
+    `conflict`; return for any other."""
+    if verdict.outcome == "missing":
+        raise TaskNotFound(task_id)
+    if verdict.outcome == "conflict":
+        raise TaskConflict(task_id, verdict.detail, f"task {task_id} is {verdict.detail}; {rule}")

@@ -72,6 +72,11 @@ class Keys(msgspec.Struct, frozen=True):
         """The ids of a task's events in the log, in order: its audit trail index."""
         return f"{self.control(task_id)}{TASK_LOG_SUFFIX}"
 
+    def task_scope(self, task_id: str) -> list[str]:
+        """The first KEYS of every script that appends a task's event, in this order: its control
+        hash, its log index and the events stream (`lib.lua` reads them so)."""
+        return [self.control(task_id), self.task_log(task_id), self.events]
+
     @property
     def task_prefix(self) -> str:
         """What a task's control key is named from: `control(id)` is this followed by the id. `take.lua`

@@ -87,10 +87,6 @@ class AttemptScripts:
         self._release = ScriptCall(redis, "release", with_lib=True, batcher=batcher)
         self._promote = ScriptCall(redis, "promote", with_lib=False, batcher=batcher)
 
-    def _task(self, task_id: str) -> list[str]:
-        k = self.keys
-        return [k.control(task_id), k.task_log(task_id), k.events]
-
     async def take(
         self, *, worker: str, count: int, started_data: bytes, started_version: int, token_prefix: str
     ) -> list[TakenItem]:
@@ -135,7 +131,7 @@ class AttemptScripts:
         `reclaim` takes over a running task whose lease expired; the `max_losses`-th loss fails
         it with the `lost_*` event, dead-lettered with `history` (JSON list of attempts)."""
         reply = await self._claim(
-            keys=[*self._task(task_id), self.keys.work, self.keys.dead_letters],
+            keys=[*self.keys.task_scope(task_id), self.keys.work, self.keys.dead_letters],
             args=[
                 task_id,
                 worker,
@@ -169,7 +165,7 @@ class AttemptScripts:
         """heartbeat.lua: renew the lease of `attempt` and, when `progress_data` is given, append
         that progress event. None if accepted, Fenced if refused."""
         reply = await self._heartbeat(
-            keys=[*self._task(task_id), self.keys.work],
+            keys=[*self.keys.task_scope(task_id), self.keys.work],
             args=[
                 task_id,
                 attempt,
@@ -207,7 +203,7 @@ class AttemptScripts:
         k = self.keys
         reply = await self._finish(
             keys=[
-                *self._task(task_id),
+                *self.keys.task_scope(task_id),
                 k.work,
                 k.result(task_id),
                 k.delayed,
@@ -239,7 +235,7 @@ class AttemptScripts:
         """release.lua: give `attempt` back to the queue with a fresh work item, appending the
         `released` event `data`. None if accepted, Fenced if refused."""
         reply = await self._release(
-            keys=[*self._task(task_id), self.keys.work],
+            keys=[*self.keys.task_scope(task_id), self.keys.work],
             args=[task_id, attempt, WORKER_GROUP, message_id, data, version],
         )
         return _fenced(reply)

@@ -48,10 +48,6 @@ class CommandScripts:
         self._requeue = ScriptCall(redis, "requeue", with_lib=True, batcher=batcher)
         self._drop_result = ScriptCall(redis, "drop_result", with_lib=True, batcher=batcher)
 
-    def _task(self, task_id: str) -> list[str]:
-        k = self.keys
-        return [k.control(task_id), k.task_log(task_id), k.events]
-
     async def submit(
         self,
         *,
@@ -66,7 +62,7 @@ class CommandScripts:
         hash, enqueue a work item. `idempotency_key`: the owner-scoped key (None: none given),
         remembered with `body_hash` for IDEMPOTENCY_TTL_SECONDS."""
         reply = await self._submit(
-            keys=[*self._task(task_id), self.keys.work, self.keys.idempotency(idempotency_key or "-")],
+            keys=[*self.keys.task_scope(task_id), self.keys.work, self.keys.idempotency(idempotency_key or "-")],
             args=[
                 task_id,
                 data,
@@ -82,14 +78,16 @@ class CommandScripts:
     async def cancel(self, *, task_id: str, data: bytes, version: int) -> Verdict:
         """cancel.lua: 'ok', 'already' (cancelled before), 'missing' or 'conflict' (finished)."""
         reply = await self._cancel(
-            keys=[*self._task(task_id), self.keys.work, self.keys.delayed],
+            keys=[*self.keys.task_scope(task_id), self.keys.work, self.keys.delayed],
             args=[task_id, data, version, WORKER_GROUP],
         )
         return _verdict(reply)
 
     async def requeue(self, *, task_id: str, data: bytes, version: int) -> Verdict:
         """requeue.lua: 'ok', 'missing' or 'conflict' (the task is not failed)."""
-        reply = await self._requeue(keys=[*self._task(task_id), self.keys.work], args=[task_id, data, version])
+        reply = await self._requeue(
+            keys=[*self.keys.task_scope(task_id), self.keys.work], args=[task_id, data, version]
+        )
         return _verdict(reply)
 
     async def drop_result(
@@ -99,7 +97,7 @@ class CommandScripts:
         (recorded before), 'missing' or 'conflict'. `live_projection`: the keys of the live
         projection, which restore a compacted task's control hash."""
         reply = await self._drop_result(
-            keys=[*self._task(task_id), live_projection.projected_task(task_id)],
+            keys=[*self.keys.task_scope(task_id), live_projection.projected_task(task_id)],
             args=[task_id, data, version, object_key],
         )
         return _verdict(reply)
