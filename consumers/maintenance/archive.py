@@ -12,7 +12,7 @@ import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from orchestrator.domain.events import StoredEvent
 from orchestrator.domain.ids import id_order
@@ -23,9 +23,9 @@ from orchestrator.storage.keys import Keys
 ARCHIVE_FORMAT = "backstream-log"
 
 
-def _open(path: Path, mode: str) -> IO[str]:
+def _open(path: Path, mode: Literal["r", "w"]) -> IO[str]:
     if path.suffix == ".gz":
-        return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
+        return gzip.open(path, "rt" if mode == "r" else "wt", encoding="utf-8")
     return open(path, mode, encoding="utf-8")  # noqa: SIM115
 
 

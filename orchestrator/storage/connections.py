@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar, overload
 
 import fakeredis
 import redis.asyncio as aioredis
@@ -52,13 +52,28 @@ def store_unavailable(error: BaseException) -> bool:
     return False
 
 
+@overload
+async def until_reachable(call: Callable[[], Awaitable[T]], *, doing: str) -> T: ...
+
+
+@overload
 async def until_reachable(
-    call: Callable[[], Awaitable[T]], *, doing: str, give_up: Callable[[], bool] = lambda: False, fallback: Any = None
-) -> T:
+    call: Callable[[], Awaitable[T]], *, doing: str, give_up: Callable[[], bool], fallback: T
+) -> T: ...
+
+
+async def until_reachable(
+    call: Callable[[], Awaitable[T]],
+    *,
+    doing: str,
+    give_up: Callable[[], bool] = lambda: False,
+    fallback: T | None = None,
+) -> T | None:
     """Run `call` until Redis answers, waiting out outages and refusals that pass (see
     `store_unavailable`) with exponential backoff (0.1 s to 5 s). Only for calls that are safe
     to re-send (our scripts are idempotent). Returns `fallback` instead once `give_up()` says so
-    (e.g. the process is stopping). Other store errors are raised."""
+    (e.g. the process is stopping): a caller that can give up names what it gets then. Other
+    store errors are raised."""
     delay = 0.1
     while True:
         try:
@@ -67,7 +82,7 @@ async def until_reachable(
             if not store_unavailable(e):
                 raise
             if give_up():
-                return fallback  # type: ignore[no-any-return]
+                return fallback
             log.warning("store.unavailable", doing=doing, error=str(e), error_type=type(e).__name__, retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
