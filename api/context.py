@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from starlette.requests import HTTPConnection
 
 from orchestrator.domain.ports import Catalog, SpecChecker
 from orchestrator.settings import Settings
 from orchestrator.storage.commands import Commands
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.results.store import ResultStore
 
@@ -28,7 +28,7 @@ class AppContext:
     projection: ReadModel
     checker: SpecChecker
     catalog: Catalog
-    blocking: Redis
+    blocking: RedisClient
     results: ResultStore | None = None
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import redis.exceptions
 import structlog
+from starlette.applications import Starlette
 from starlette.requests import Request
 
 from api.context import context
 from api.errors import ApiError, FieldProblem
 from orchestrator.domain.events import StoredEvent
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.readmodel.log import LogPage, latest_id, tail
 
 log = structlog.get_logger("backstream.live")
@@ -76,7 +77,7 @@ class LiveFeed:
     browsers cost one Redis connection. It runs only while someone listens. `blocking`: a Redis
     client without a socket timeout; `stream`: the events stream's key."""
 
-    def __init__(self, blocking: Any, stream: str) -> None:
+    def __init__(self, blocking: RedisClient, stream: str) -> None:
         self.blocking = blocking
         self.stream = stream
         self.closed = False
@@ -169,7 +170,7 @@ class LiveFeed:
                     self._subscribers.discard(sub)
 
 
-def running_feed(app: Any) -> LiveFeed | None:
+def running_feed(app: Starlette) -> LiveFeed | None:
     """The live feed of `app` (a Starlette app), or None while no stream has opened one."""
     feed: LiveFeed | None = getattr(app.state, "live", None)
     return feed
@@ -185,7 +186,7 @@ def feed_of(request: Request) -> LiveFeed:
     return feed
 
 
-def close_streams(app: Any) -> None:
+def close_streams(app: Starlette) -> None:
     """End the open SSE streams of `app` so a shutting-down server is not held up by them."""
     feed = running_feed(app)
     if feed is not None:

@@ -11,6 +11,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
@@ -55,7 +56,7 @@ class ApiMetrics:
         )
 
 
-def metrics_of(app: Any) -> ApiMetrics:
+def metrics_of(app: Starlette) -> ApiMetrics:
     """The app's ApiMetrics, made on first use."""
     metrics = getattr(app.state, "metrics", None)
     if metrics is None:

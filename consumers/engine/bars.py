@@ -60,6 +60,7 @@ class Bars:
     def __len__(self) -> int:
         return int(self.dates.shape[0])
 
+    # numpy's stubs type a datetime64 scalar's astype(dt.date) as Any: hence the ignores below.
     @property
     def start(self) -> dt.date:
         """The date of the first bar; raises IndexError when there are no bars."""

@@ -9,10 +9,12 @@ import gzip
 import io
 import re
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 
-from consumers.engine.bars import Bars
+from consumers.engine.bars import Bars, FloatArray
 from consumers.engine.errors import DatasetError, DataUnavailable, InvalidSymbolError
 
 BUNDLED_PATH = Path(__file__).with_name("data") / "stocks.csv.gz"
@@ -39,7 +41,19 @@ def check_symbol(symbol: str) -> str:
     return symbol.upper()
 
 
-def _parse_rows(rows: list[tuple[int, list[str]]], index: dict[str, int], name: str) -> dict[str, object]:
+class _Columns(TypedDict):
+    """The parsed columns of one symbol, named as Bars' fields (adj_close only when the file has it)."""
+
+    dates: npt.NDArray[np.datetime64]
+    open: FloatArray
+    high: FloatArray
+    low: FloatArray
+    close: FloatArray
+    volume: FloatArray
+    adj_close: NotRequired[FloatArray]
+
+
+def _parse_rows(rows: list[tuple[int, list[str]]], index: dict[str, int], name: str) -> _Columns:
     """Parse and check rows of one symbol; `rows` carries each row's line number for messages.
 
     `index` maps each column to parse to its position; Adj Close is parsed when it is there.
@@ -80,7 +94,12 @@ def _parse_rows(rows: list[tuple[int, list[str]]], index: dict[str, int], name: 
             cols[col][k] = value
     for arr in (dates, *cols.values()):
         arr.flags.writeable = False
-    return {"dates": dates, **{c.lower().replace(" ", "_"): a for c, a in cols.items()}}
+    parsed = _Columns(
+        dates=dates, open=cols["Open"], high=cols["High"], low=cols["Low"], close=cols["Close"], volume=cols["Volume"]
+    )
+    if ADJ_CLOSE in cols:
+        parsed["adj_close"] = cols[ADJ_CLOSE]
+    return parsed
 
 
 def _header_index(
@@ -117,7 +136,7 @@ def read_user_csv(path: Path) -> Bars:
     index = _header_index(header, path.name, COLUMNS, (ADJ_CLOSE,))
     rows = [(line, row) for line, row in enumerate(reader, start=2) if any(c.strip() for c in row)]
     parsed = _parse_rows(rows, index, path.name)
-    return Bars(symbol=symbol, source="user", **parsed)  # type: ignore[arg-type]
+    return Bars(symbol=symbol, source="user", **parsed)
 
 
 def read_bundled(path: Path = BUNDLED_PATH) -> dict[str, Bars]:
@@ -130,6 +149,6 @@ def read_bundled(path: Path = BUNDLED_PATH) -> dict[str, Bars]:
         for line, row in enumerate(reader, start=2):
             by_symbol.setdefault(row[index["Ticker"]].strip().upper(), []).append((line, row))
     return {
-        sym: Bars(symbol=sym, source="bundled", **_parse_rows(rows, index, f"{path.name} ({sym})"))  # type: ignore[arg-type]
+        sym: Bars(symbol=sym, source="bundled", **_parse_rows(rows, index, f"{path.name} ({sym})"))
         for sym, rows in sorted(by_symbol.items())
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -223,7 +224,8 @@ def _risk(m: dict[str, object], close: FloatArray, equity: FloatArray, dd: Float
         eq_dev = eq_log - eq_log.mean()
         mk_dev = mk_log - mk_log.mean()
         beta = float(np.dot(eq_dev, mk_dev) / np.dot(mk_dev, mk_dev))
-    m["alpha_pct"] = m["return_pct"] - beta * m["buy_hold_return_pct"]  # type: ignore[operator]
+    # Both floats, set by _overview.
+    m["alpha_pct"] = cast(float, m["return_pct"]) - beta * cast(float, m["buy_hold_return_pct"])
     m["beta"] = beta
     m["max_drawdown_pct"] = max_dd * 100
 

@@ -38,7 +38,7 @@ def json_safe(value: Any) -> Any:
 
 def _floats(arr: np.ndarray) -> list[float | None]:
     if np.isfinite(arr).all():
-        return arr.tolist()  # type: ignore[no-any-return]
+        return arr.tolist()  # type: ignore[no-any-return]  # numpy's stubs: tolist() -> Any
     return [v if math.isfinite(v) else None for v in arr.tolist()]
 
 

@@ -12,24 +12,25 @@ import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from orchestrator.domain.events import StoredEvent
 from orchestrator.domain.ids import id_order
-from orchestrator.storage.codec import decode_entry, text
+from orchestrator.storage.codec import decode_entry, stream_entries, text
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import Keys
 
 ARCHIVE_FORMAT = "backstream-log"
 
 
-def _open(path: Path, mode: str) -> IO[str]:
+def _open(path: Path, mode: Literal["r", "w"]) -> IO[str]:
     if path.suffix == ".gz":
-        return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
+        return gzip.open(path, "rt" if mode == "r" else "wt", encoding="utf-8")
     return open(path, mode, encoding="utf-8")  # noqa: SIM115
 
 
 async def export(
-    redis: Any, keys: Keys, path: Path, *, since: str = "-", until: str = "+", page: int = 10_000
+    redis: RedisClient, keys: Keys, path: Path, *, since: str = "-", until: str = "+", page: int = 10_000
 ) -> tuple[int, str | None]:
     """Write the log entries with since <= id <= until to `path`. Returns (count, last id)."""
     count, last = 0, None
@@ -40,7 +41,7 @@ async def export(
         )
         start = since
         while True:
-            entries = await redis.xrange(keys.events, start, until, count=page)
+            entries = stream_entries(await redis.xrange(keys.events, start, until, count=page))
             for entry_id, fields in entries:
                 last = text(entry_id)
                 out.write(

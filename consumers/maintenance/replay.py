@@ -15,6 +15,7 @@ import structlog
 from consumers.maintenance.archive import ArchiveThenLive
 from consumers.projector import Projector
 from orchestrator.storage.codec import text
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel import POINTER_TTL_S, Projection, live_keys
 from orchestrator.storage.scripts.projection import ProjectionScripts
@@ -47,7 +48,7 @@ def _pattern(root: str) -> str:
     return root.replace("[", "\\[") + ":*"
 
 
-async def snapshot(redis: Any, keys: Keys) -> dict[str, dict[str, bytes]]:
+async def snapshot(redis: RedisClient, keys: Keys) -> dict[str, dict[str, bytes]]:
     """Every key of a projection as {relative key: {field or member: value}}, position excluded.
     Hashes give their fields and values, sorted sets their members (value b""); keys of other
     types are left out, and a key deleted between the scan and the read gives {}. The scan picks
@@ -71,7 +72,7 @@ async def snapshot(redis: Any, keys: Keys) -> dict[str, dict[str, bytes]]:
 
 
 async def _read_keys(
-    redis: Any, kind: str, batch: list[str], root_len: int, found: dict[str, dict[str, bytes]]
+    redis: RedisClient, kind: str, batch: list[str], root_len: int, found: dict[str, dict[str, bytes]]
 ) -> None:
     """Add the contents of `batch` (full key names of hashes or of sorted sets, as `kind` says) to
     `found` under their names relative to the projection root, in one pipelined round trip."""
@@ -113,7 +114,7 @@ def compare(live: dict[str, dict[str, bytes]], replayed: dict[str, dict[str, byt
     return differences
 
 
-async def delete_projection(redis: Any, keys: Keys) -> int:
+async def delete_projection(redis: RedisClient, keys: Keys) -> int:
     """Delete every key of the projection `keys` names (SCAN, 1000 keys per DEL); how many went."""
     deleted = 0
     batch: list[Any] = []
@@ -141,7 +142,7 @@ class Replay(msgspec.Struct):
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
-async def _fold(redis: Any, keys: Keys, archives: list[Path], on_batch: Callable[[int], None] | None) -> int:
+async def _fold(redis: RedisClient, keys: Keys, archives: list[Path], on_batch: Callable[[int], None] | None) -> int:
     projection = Projection(redis, keys)
     source = ArchiveThenLive(archives, projection.read_log) if archives else None
     projector = Projector(projection, batch_size=REPLAY_BATCH, source=source, on_batch=on_batch)
@@ -150,7 +151,7 @@ async def _fold(redis: Any, keys: Keys, archives: list[Path], on_batch: Callable
 
 
 async def verify_replay(
-    redis: Any, keys: Keys, *, archives: list[Path] | None = None, on_batch: Callable[[int], None] | None = None
+    redis: RedisClient, keys: Keys, *, archives: list[Path] | None = None, on_batch: Callable[[int], None] | None = None
 ) -> Replay:
     """Fold the whole log into fresh keys, compare them field by field with the live projection,
     and drop the fresh keys. The live projector should have caught up with the log first (the
@@ -169,7 +170,7 @@ async def verify_replay(
 
 
 async def rebuild(
-    redis: Any, keys: Keys, *, archives: list[Path] | None = None, on_batch: Callable[[int], None] | None = None
+    redis: RedisClient, keys: Keys, *, archives: list[Path] | None = None, on_batch: Callable[[int], None] | None = None
 ) -> Replay:
     """Fold the log into a new projection while the old one keeps serving, catch up with what
     was written meanwhile, switch the live pointer atomically (only when fully caught up), and

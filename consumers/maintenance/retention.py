@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 import structlog
+from redis.typing import EncodableT
 
 from orchestrator.domain.ids import id_order
-from orchestrator.storage.codec import text
+from orchestrator.storage.codec import stream_entries, text
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.readmodel.pointer import projection_positions
@@ -34,14 +34,14 @@ def _after(stream_id: str) -> str:
     return f"{ms}-{seq + 1}"
 
 
-async def _used_memory(redis: Any) -> int | None:
+async def _used_memory(redis: RedisClient) -> int | None:
     try:
         return int((await redis.info("memory"))["used_memory"])
     except Exception:  # the embedded store has no INFO
         return None
 
 
-async def apply_retention(redis: Any, keys: Keys, *, horizon_ms: int, dry_run: bool = False) -> RetentionReport:
+async def apply_retention(redis: RedisClient, keys: Keys, *, horizon_ms: int, dry_run: bool = False) -> RetentionReport:
     """Trim log entries older than the horizon that are archived (`backstream export`) and folded
     into every projection; drop the control hash and log index of tasks that finished before
     that point (their state stays in the projection, their result stays readable); trim dead
@@ -66,10 +66,13 @@ async def apply_retention(redis: Any, keys: Keys, *, horizon_ms: int, dry_run: b
         present = await pipe.execute()
     finished = [t for t, here in zip(finished, present, strict=True) if here]
     if dry_run:
-        trimmed = len(await redis.xrange(keys.events, "-", f"({keep_from}"))
+        trimmed = len(stream_entries(await redis.xrange(keys.events, "-", f"({keep_from}")))
         return RetentionReport(keep_from, limited_by, trimmed, len(finished), 0, memory_before, memory_before)
     # Recorded before anything is trimmed, so a reader never meets a trimmed task without it.
-    mark = {"log_starts_at": keep_from, "at_ms": str(int(seconds) * 1000 + int(micros) // 1000)}
+    mark: dict[EncodableT, EncodableT] = {
+        "log_starts_at": keep_from,
+        "at_ms": str(int(seconds) * 1000 + int(micros) // 1000),
+    }
     if archived:
         mark["archived_through"] = text(archived)
     await redis.hset(keys.retention, mapping=mark)

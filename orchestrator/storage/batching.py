@@ -8,6 +8,8 @@ from typing import Any, NamedTuple
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from orchestrator.storage.connections import RedisClient
+
 
 def resolve(future: asyncio.Future[Any], outcome: Any) -> None:
     """Hand a waiting caller its outcome: an exception is raised in it, anything else returned.
@@ -39,7 +41,7 @@ class ScriptBatcher:
     lone call waits only for that one turn of the loop. Replies, and errors, go back to each
     caller. Scripts missing on the server (after a restart) are loaded and the calls retried."""
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
         self._queue: list[tuple[Call, asyncio.Future[Any]]] = []
         self._flush_scheduled = False

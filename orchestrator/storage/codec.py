@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import msgspec
+from redis.typing import StreamRangeResponse
 
 from orchestrator.domain.errors import EventDecodeError
 from orchestrator.domain.events import EVENT_TYPES, AnyEvent, Event, StoredEvent
@@ -52,6 +53,18 @@ def event_data(event: Event) -> bytes:
     for name in _BASE_FIELDS:
         payload.pop(name, None)
     return _json_encoder.encode(payload)
+
+
+# A stream entry as our clients read it: its id and {field: value}, bytes (RESP2, replies not
+# decoded: see connections.client).
+Entry: TypeAlias = tuple[bytes, dict[bytes, bytes]]
+
+
+def stream_entries(reply: StreamRangeResponse | None) -> list[Entry]:
+    """An XRANGE/XREVRANGE reply's entries as our clients get them ([] for none). redis-py types
+    its replies for RESP3 and decoded responses too, neither of which our clients ask for: the
+    one place that says what they are."""
+    return cast(list[Entry], reply) if reply else []
 
 
 def text(value: Any) -> str:

@@ -4,7 +4,6 @@ script. The worker's writes are in workqueue.py; the reads of the log in store.p
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import msgspec
 
@@ -13,6 +12,7 @@ from orchestrator.domain.events import Cancelled, Requeued, ResultDeleted, Submi
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.storage.batching import ScriptBatcher
 from orchestrator.storage.codec import encode_json, event_data
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.scripts.commands import CommandScripts, Verdict
 
@@ -35,7 +35,7 @@ class Commands:
     Commands issued concurrently share one round trip (see batching.py). Every method raises
     redis errors when the store cannot be reached or refuses the call."""
 
-    def __init__(self, redis: Any, keys: Keys) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
         self.keys = keys
         self._scripts = CommandScripts(redis, keys, ScriptBatcher(redis))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar, overload
 
 import fakeredis
 import redis.asyncio as aioredis
@@ -19,6 +19,10 @@ from orchestrator.settings import Settings
 log = structlog.get_logger("backstream.connections")
 
 T = TypeVar("T")
+
+# The async client every store function takes: the one name to widen when a cluster client
+# (redis.asyncio.RedisCluster) joins it. fakeredis's FakeRedis (the embedded fallback) is one.
+RedisClient: TypeAlias = aioredis.Redis
 
 # What Redis being unreachable (down, restarting, a network blip) looks like to a client.
 REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -48,13 +52,28 @@ def store_unavailable(error: BaseException) -> bool:
     return False
 
 
+@overload
+async def until_reachable(call: Callable[[], Awaitable[T]], *, doing: str) -> T: ...
+
+
+@overload
 async def until_reachable(
-    call: Callable[[], Awaitable[T]], *, doing: str, give_up: Callable[[], bool] = lambda: False, fallback: Any = None
-) -> T:
+    call: Callable[[], Awaitable[T]], *, doing: str, give_up: Callable[[], bool], fallback: T
+) -> T: ...
+
+
+async def until_reachable(
+    call: Callable[[], Awaitable[T]],
+    *,
+    doing: str,
+    give_up: Callable[[], bool] = lambda: False,
+    fallback: T | None = None,
+) -> T | None:
     """Run `call` until Redis answers, waiting out outages and refusals that pass (see
     `store_unavailable`) with exponential backoff (0.1 s to 5 s). Only for calls that are safe
     to re-send (our scripts are idempotent). Returns `fallback` instead once `give_up()` says so
-    (e.g. the process is stopping). Other store errors are raised."""
+    (e.g. the process is stopping): a caller that can give up names what it gets then. Other
+    store errors are raised."""
     delay = 0.1
     while True:
         try:
@@ -63,7 +82,7 @@ async def until_reachable(
             if not store_unavailable(e):
                 raise
             if give_up():
-                return fallback  # type: ignore[no-any-return]
+                return fallback
             log.warning("store.unavailable", doing=doing, error=str(e), error_type=type(e).__name__, retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -111,7 +130,7 @@ _KEEPALIVE = {
 }
 
 
-def client(url: str, *, socket_timeout: float) -> Any:
+def client(url: str, *, socket_timeout: float) -> RedisClient:
     """A redis-py asyncio client that notices a dead peer: socket timeouts, TCP keepalive (over
     TCP; a unix socket, the embedded store's, has no peer to lose), and a read re-sent once on a
     fresh connection after a timeout. RESP2 replies."""
@@ -132,12 +151,12 @@ class Connections:
     """The clients of one process. Without a Redis URL (`up`'s fallback where no valkey-server wheel
     exists), all share one in-process fake server."""
 
-    def __init__(self, settings: Settings, *, fake_server: Any = None) -> None:
+    def __init__(self, settings: Settings, *, fake_server: fakeredis.FakeServer | None = None) -> None:
         self.settings = settings
         if settings.redis_url is None:
             server = fake_server or fakeredis.FakeServer()
-            self.commands: Any = fakeredis.aioredis.FakeRedis(server=server, protocol=2)
-            self.blocking: Any = fakeredis.aioredis.FakeRedis(server=server, protocol=2)
+            self.commands: RedisClient = fakeredis.aioredis.FakeRedis(server=server, protocol=2)
+            self.blocking: RedisClient = fakeredis.aioredis.FakeRedis(server=server, protocol=2)
         else:
             self.commands = client(settings.redis_url, socket_timeout=COMMAND_TIMEOUT_S)
             # Blocking XREAD/XREADGROUP wait up to their BLOCK time, so blocking readers get a

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import msgspec
 import redis.exceptions
 import structlog
 
 from orchestrator.storage.codec import text
-from orchestrator.storage.connections import store_unavailable
+from orchestrator.storage.connections import RedisClient, store_unavailable
 from orchestrator.storage.scripts.presence import BeatScript
 
 log = structlog.get_logger("backstream.presence")
@@ -21,7 +20,7 @@ class Heartbeat:
     A beat the store refuses (unreachable, out of memory, or any other error) is logged once
     and retried at the next interval; the process carries on either way."""
 
-    def __init__(self, redis: Any, key: str, name: str, *, interval_s: float) -> None:
+    def __init__(self, redis: RedisClient, key: str, name: str, *, interval_s: float) -> None:
         self.redis = redis
         self.key = key
         self.name = name
@@ -68,7 +67,7 @@ class Beats(msgspec.Struct, frozen=True):
         return sorted(name for name, age in self.ages_s.items() if age * 1000 < within_ms)
 
 
-async def read_beats(redis: Any, key: str) -> Beats:
+async def read_beats(redis: RedisClient, key: str) -> Beats:
     """Every heartbeat in `key` with its age by Redis's clock (one round trip)."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.time()

@@ -4,11 +4,12 @@ claims and the fenced writes of an attempt."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import structlog
 
 from orchestrator.storage.codec import text
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import WORKER_GROUP, Keys
 
 log = structlog.get_logger("backstream.reclaim")
@@ -34,7 +35,7 @@ class WorkItems:
     `reader` (a client without a socket timeout, for blocking reads; default `redis`). Every
     method raises redis errors."""
 
-    def __init__(self, redis: Any, keys: Keys, *, reader: Any = None) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, *, reader: RedisClient | None = None) -> None:
         self.redis = redis
         self.reader = reader or redis
         self.keys = keys
@@ -51,7 +52,9 @@ class WorkItems:
         """Up to `count` new items for `worker`, waiting up to `block_ms` ms for one (None: not
         at all). They become pending under `worker` until retired or reclaimed."""
         reply = await self.reader.xreadgroup(WORKER_GROUP, worker, {self.keys.work: ">"}, count=count, block=block_ms)
-        return [WorkItem(text(m), text(f[b"task_id"])) for _, entries in reply or [] for m, f in entries]
+        # RESP2 (see connections.client): [[stream, [(id, {field: value})]]], None when none came.
+        streams = cast(list[list[Any]] | None, reply)
+        return [WorkItem(text(m), text(f[b"task_id"])) for _, entries in streams or [] for m, f in entries]
 
     async def read_own_pending(self, *, worker: str) -> list[WorkItem]:
         """The items still pending under `worker` (a worker restarted under the same name holds

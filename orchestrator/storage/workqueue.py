@@ -20,6 +20,7 @@ from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.status import Status
 from orchestrator.storage.batching import ScriptBatcher
 from orchestrator.storage.codec import encode_json, event_data, text
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import STAGED_RESULT_TTL_MS, Keys
 from orchestrator.storage.presence import Heartbeat
 from orchestrator.storage.readmodel.log import task_events
@@ -91,7 +92,7 @@ class WorkQueue(WorkItems):
     calls made concurrently share one round trip (see batching.py). Every method raises redis
     errors when the store cannot be reached or refuses the call."""
 
-    def __init__(self, redis: Any, keys: Keys, *, reader: Any = None) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, *, reader: RedisClient | None = None) -> None:
         super().__init__(redis, keys, reader=reader)
         self._scripts = AttemptScripts(redis, keys, ScriptBatcher(redis))
 

@@ -3,9 +3,8 @@ stored atomically through `apply.lua`."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from orchestrator.domain.state import TaskState
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.hashform import changed_fields, index_member, to_hash
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel.model import ReadModel
@@ -37,7 +36,9 @@ class Projection(ReadModel):
     """A read model that the projector (or a replay) also writes: one projection, or with
     `follow_live` whichever one the live-projection pointer names."""
 
-    def __init__(self, redis: Any, keys: Keys, *, follow_live: bool = False, reader: Any = None) -> None:
+    def __init__(
+        self, redis: RedisClient, keys: Keys, *, follow_live: bool = False, reader: RedisClient | None = None
+    ) -> None:
         super().__init__(redis, keys, follow_live=follow_live, reader=reader)
         self.scripts = ProjectionScripts(redis)
 

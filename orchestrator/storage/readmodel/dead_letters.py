@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.domain.ids import FIRST_ID, id_order
-from orchestrator.storage.codec import decode_json, text
+from orchestrator.storage.codec import decode_json, stream_entries, text
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import Keys
 
 
@@ -24,10 +25,12 @@ def dead_letter(entry_id: Any, fields: dict[Any, Any]) -> dict[str, Any]:
     }
 
 
-async def dead_letters(redis: Any, keys: Keys, *, limit: int, before: str | None) -> list[dict[str, Any]]:
+async def dead_letters(redis: RedisClient, keys: Keys, *, limit: int, before: str | None) -> list[dict[str, Any]]:
     """Up to `limit` dead letters newest first (ids before the stream id `before` when given), as
     `dead_letter` shapes them. Raises redis errors."""
     if before is not None and id_order(before) == FIRST_ID:
         return []
-    entries = await redis.xrevrange(keys.dead_letters, f"({before}" if before else "+", "-", count=limit)
+    entries = stream_entries(
+        await redis.xrevrange(keys.dead_letters, f"({before}" if before else "+", "-", count=limit)
+    )
     return [dead_letter(entry_id, fields) for entry_id, fields in entries]

@@ -10,7 +10,8 @@ import redis.exceptions
 
 from orchestrator.domain.ids import id_order
 from orchestrator.domain.status import Status
-from orchestrator.storage.codec import text
+from orchestrator.storage.codec import stream_entries, text
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.presence import Beats, read_beats
 
@@ -46,7 +47,9 @@ class Readiness(msgspec.Struct, frozen=True):
     workers: Beats
 
 
-async def consumer_groups(client: Any, stream: str) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+async def consumer_groups(
+    client: RedisClient, stream: str
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """The consumer groups of `stream` (XINFO GROUPS) and each group's consumers (XINFO CONSUMERS),
     as redis-py gives them; ([], {}) when the stream does not exist yet. Raises redis errors."""
     try:
@@ -63,7 +66,7 @@ async def consumer_groups(client: Any, stream: str) -> tuple[list[dict[str, Any]
 
 
 async def projector_lag(
-    redis: Any, stream: str, position: str | None, *, cap: int = LAG_COUNT_CAP
+    redis: RedisClient, stream: str, position: str | None, *, cap: int = LAG_COUNT_CAP
 ) -> tuple[int, float]:
     """Log entries after the projector's position (counted up to `cap`), and the age in
     seconds of the newest entry it has not applied relative to its position."""
@@ -75,7 +78,7 @@ async def projector_lag(
     return len(pending), max(newest - id_order(after)[0], 0) / 1000 if position else 0.0
 
 
-async def read_gauges(redis: Any, keys: Keys, position: str | None, *, lag_cap: int = LAG_COUNT_CAP) -> Gauges:
+async def read_gauges(redis: RedisClient, keys: Keys, position: str | None, *, lag_cap: int = LAG_COUNT_CAP) -> Gauges:
     """The gauges of the projection `keys` names, whose position is `position`. Raises redis errors."""
     statuses = list(Status)
     async with redis.pipeline(transaction=False) as pipe:
@@ -104,17 +107,19 @@ async def read_gauges(redis: Any, keys: Keys, position: str | None, *, lag_cap: 
     )
 
 
-async def read_readiness(redis: Any, keys: Keys, position: str | None, *, lag_cap: int = READY_LAG_CAP) -> Readiness:
+async def read_readiness(
+    redis: RedisClient, keys: Keys, position: str | None, *, lag_cap: int = READY_LAG_CAP
+) -> Readiness:
     """The entries after `position` not yet projected (up to `lag_cap`) and the heartbeats.
     Raises redis errors."""
-    behind = await redis.xrange(keys.events, f"({position or '0-0'}", "+", count=lag_cap)
+    behind = stream_entries(await redis.xrange(keys.events, f"({position or '0-0'}", "+", count=lag_cap))
     projectors = await read_beats(redis, keys.projector_heartbeats)
     workers = await read_beats(redis, keys.worker_heartbeats)
     oldest = id_order(text(behind[0][0]))[0] if behind else None
     return Readiness(behind=len(behind), oldest_ms=oldest, projectors=projectors, workers=workers)
 
 
-async def worker_strategies(redis: Any, keys: Keys) -> dict[str, str]:
+async def worker_strategies(redis: RedisClient, keys: Keys) -> dict[str, str]:
     """{worker name: what it can run} as each worker announced it (the dashboard's workers page)."""
     return {text(k): text(v) for k, v in (await redis.hgetall(keys.worker_strategies)).items()}
 
@@ -133,7 +138,7 @@ class Workers(msgspec.Struct, frozen=True):
     beats: Beats
 
 
-async def read_workers(redis: Any, keys: Keys, position: str | None) -> Workers:
+async def read_workers(redis: RedisClient, keys: Keys, position: str | None) -> Workers:
     """The workers page's reads, for the projection at `position`. Raises redis errors."""
     groups, consumers = await consumer_groups(redis, keys.work)
     lag_events, lag_seconds = await projector_lag(redis, keys.events, position)

@@ -3,8 +3,6 @@ and, once retention trimmed the first of them, where they went."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from orchestrator.domain.errors import BackstreamError
@@ -13,6 +11,7 @@ from orchestrator.domain.ids import id_order, iso_ms
 from orchestrator.domain.state import TaskState
 from orchestrator.domain.timeline import state_as_of
 from orchestrator.storage.codec import text
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import Keys
 
 
@@ -42,7 +41,7 @@ class Archived(msgspec.Struct, frozen=True):
         return f"{trimmed}; they are in {where}"
 
 
-async def read_archived(redis: Any, keys: Keys, events: int) -> Archived:
+async def read_archived(redis: RedisClient, keys: Keys, events: int) -> Archived:
     """An Archived for a task missing its first `events` events, from the mark the last
     retention run left in `{bs}:retention` (its fields None when no run was recorded)."""
     mark = {text(k): text(v) for k, v in (await redis.hgetall(keys.retention)).items()}

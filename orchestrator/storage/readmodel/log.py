@@ -7,8 +7,8 @@ Undecodable entries (written by a newer Backstream) are never fatal to a lenient
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 import msgspec
 
@@ -16,6 +16,7 @@ from orchestrator.domain.errors import EventDecodeError
 from orchestrator.domain.events import StoredEvent
 from orchestrator.domain.ids import LAST_ID, id_order
 from orchestrator.storage.codec import decode_entries, decode_entry, text
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import Keys
 
 
@@ -40,13 +41,13 @@ def decode_page(entries: list[Any]) -> LogPage:
     return LogPage(last_id=text(entries[-1][0]), events=events, undecodable=undecodable)
 
 
-async def latest_id(redis: Any, stream: str) -> str | None:
+async def latest_id(redis: RedisClient, stream: str) -> str | None:
     """The id of the newest entry of `stream` (None: empty or missing). Raises redis errors."""
     latest = await redis.xrevrange(stream, "+", "-", count=1)
     return text(latest[0][0]) if latest else None
 
 
-async def log_pages(redis: Any, stream: str, after: str, page: int) -> AsyncIterator[LogPage]:
+async def log_pages(redis: RedisClient, stream: str, after: str, page: int) -> AsyncIterator[LogPage]:
     """The log after stream id `after`, read lazily one `XRANGE … COUNT page` at a time. At most
     one page is in memory however long the log is; the next page is read only when the caller
     asks for it. Ends at the log's end as of the last read (a page of fewer than `page` entries)."""
@@ -64,14 +65,17 @@ async def log_pages(redis: Any, stream: str, after: str, page: int) -> AsyncIter
             return
 
 
-async def tail(redis: Any, stream: str, after: str, *, count: int, block_ms: int) -> LogPage | None:
+async def tail(redis: RedisClient, stream: str, after: str, *, count: int, block_ms: int) -> LogPage | None:
     """Up to `count` entries after `after`, waiting up to `block_ms` ms for one (XREAD BLOCK, on
     a client without a socket timeout); None if none came. Raises redis errors and OSError."""
-    reply = await redis.xread({stream: after}, count=count, block=block_ms)
+    # RESP2 (see connections.client): [[stream, entries]], None when none came.
+    reply = cast(list[list[Any]] | None, await redis.xread({stream: after}, count=count, block=block_ms))
     return decode_page(reply[0][1]) if reply else None
 
 
-async def read_batch(redis: Any, stream: str, after: str | None, count: int, block_ms: int | None) -> list[StoredEvent]:
+async def read_batch(
+    redis: RedisClient, stream: str, after: str | None, count: int, block_ms: int | None
+) -> list[StoredEvent]:
     """Events after `after` in log order (XREAD, blocking up to block_ms when given): the
     projector's read. Raises EventDecodeError on an entry this version cannot read.
 
@@ -79,9 +83,8 @@ async def read_batch(redis: Any, stream: str, after: str | None, count: int, blo
     response callbacks (looked up by name as text) do not match, so its XREAD callback does
     not turn every entry into a dict; `decode_entries` reads the flat field lists itself."""
     block = (b"BLOCK", block_ms) if block_ms is not None else ()
-    reply = await redis.execute_command(
-        b"XREAD", b"COUNT", count, *block, b"STREAMS", stream, after or "0-0", NEVER_DECODE=True
-    )
+    send: Callable[..., Awaitable[Any]] = redis.execute_command  # redis-py leaves it untyped
+    reply = await send(b"XREAD", b"COUNT", count, *block, b"STREAMS", stream, after or "0-0", NEVER_DECODE=True)
     if not reply:
         return []
     # RESP2: [[stream, entries]]; RESP3: {stream: entries}.
@@ -89,7 +92,7 @@ async def read_batch(redis: Any, stream: str, after: str | None, count: int, blo
     return decode_entries(entries)
 
 
-async def task_events(redis: Any, keys: Keys, task_id: str, *, start: int = 0) -> list[StoredEvent]:
+async def task_events(redis: RedisClient, keys: Keys, task_id: str, *, start: int = 0) -> list[StoredEvent]:
     """The task's events still in the log, in order, from position `start` of its log index
     (LRANGE, then one pipelined XRANGE per id; ids retention trimmed are skipped)."""
     ids = await redis.lrange(keys.task_log(task_id), start, -1)
@@ -103,7 +106,7 @@ async def task_events(redis: Any, keys: Keys, task_id: str, *, start: int = 0) -
 
 
 async def task_event_pages(
-    redis: Any, keys: Keys, task_id: str, after: str, page: int
+    redis: RedisClient, keys: Keys, task_id: str, after: str, page: int
 ) -> AsyncIterator[list[StoredEvent]]:
     """The task's events after stream id `after` that are still in the log, in order, read
     lazily `page` ids of its log index at a time (LRANGE, then one pipelined XRANGE per id):
@@ -125,7 +128,7 @@ async def task_event_pages(
             return
 
 
-async def last_task_event_id(redis: Any, keys: Keys, task_id: str) -> str | None:
+async def last_task_event_id(redis: RedisClient, keys: Keys, task_id: str) -> str | None:
     """The id of the task's newest event still in the log (None once retention trimmed it or
     dropped the task's log index)."""
     last = await redis.lindex(keys.task_log(task_id), -1)

@@ -12,6 +12,7 @@ from orchestrator.domain.ids import id_order
 from orchestrator.domain.state import TaskState, evolve
 from orchestrator.domain.status import Status
 from orchestrator.storage.codec import decode_json, text
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.hashform import from_hash, index_position
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel import dead_letters as letters
@@ -47,7 +48,9 @@ class ReadModel:
     one the live-projection pointer names (what the API and the live projector use), and of the
     log beside it. Every method raises redis errors as they come."""
 
-    def __init__(self, redis: Any, keys: Keys, *, follow_live: bool = False, reader: Any = None) -> None:
+    def __init__(
+        self, redis: RedisClient, keys: Keys, *, follow_live: bool = False, reader: RedisClient | None = None
+    ) -> None:
         self.redis = redis
         # Blocking reads of the log need a client without a socket timeout (see connections.py);
         # everything else uses `redis`, whose timeout turns an outage into an error, not a hang.
@@ -108,11 +111,11 @@ class ReadModel:
         index = self.keys.projected_index(status)
         upper = f"({cursor}" if cursor else "+"
         if symbol is None and strategy is None:
-            members = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)
-            page = [text(m) for m in members[:limit]]
+            found = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)
+            page = [text(m) for m in found[:limit]]
             states = await self.load([_task_id(m) for m in page])
             tasks = [states[_task_id(m)] for m in page if _task_id(m) in states]
-            return tasks, (page[-1] if len(members) > limit else None)
+            return tasks, (page[-1] if len(found) > limit else None)
         wanted = symbol.casefold() if symbol is not None else None
         tasks = []
         scanned = 0
@@ -243,7 +246,8 @@ class ReadModel:
     async def result(self, task_id: str) -> bytes | None:
         """A full result stored in Redis (before results moved to the results store), or None."""
         value = await self.redis.get(self.keys.result(task_id))
-        return bytes(value) if value is not None else None
+        # Our clients leave replies undecoded (see connections.client): a value is bytes.
+        return value.encode() if isinstance(value, str) else value
 
     async def gauges(self, *, lag_cap: int = LAG_COUNT_CAP) -> Gauges:
         """The ops gauges at this moment (see gauges.read_gauges)."""

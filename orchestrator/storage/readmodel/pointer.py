@@ -6,9 +6,8 @@ the read model, the projector, replay and retention all ask here.
 
 from __future__ import annotations
 
-from typing import Any
-
 from orchestrator.storage.codec import text
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import DEFAULT_PROJECTION, Keys
 
 # How long a reader trusts its knowledge of which projection is live, in seconds. A rebuild keeps
@@ -17,14 +16,14 @@ from orchestrator.storage.keys import DEFAULT_PROJECTION, Keys
 POINTER_TTL_S = 1.0
 
 
-async def live_keys(redis: Any, keys: Keys) -> Keys:
+async def live_keys(redis: RedisClient, keys: Keys) -> Keys:
     """`keys` pointing at the projection the API serves now (DEFAULT_PROJECTION until a rebuild
     switched the pointer). One GET; raises redis errors."""
     name = await redis.get(keys.live_projection)
     return keys.with_projection(text(name) if name else DEFAULT_PROJECTION)
 
 
-async def projection_positions(redis: Any, keys: Keys) -> dict[str, str | None]:
+async def projection_positions(redis: RedisClient, keys: Keys) -> dict[str, str | None]:
     """{projection name: the id of the last event folded into it (None: nothing yet)} for the
     live projection and every one registered in `{bs}:projections` (being rebuilt), sorted by
     name. Raises redis errors."""

@@ -15,6 +15,7 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from orchestrator.storage.batching import ScriptBatcher
+from orchestrator.storage.connections import RedisClient
 
 
 def source(name: str) -> str:
@@ -22,7 +23,7 @@ def source(name: str) -> str:
     return resources.files(__name__).joinpath(f"{name}.lua").read_text()
 
 
-def register(redis: Any, name: str, *, with_lib: bool) -> AsyncScript:
+def register(redis: RedisClient, name: str, *, with_lib: bool) -> AsyncScript:
     """`<name>.lua` registered on the client `redis` (lib.lua prepended when `with_lib`). No
     round trip: the script is loaded on its first NOSCRIPT."""
     script: AsyncScript = redis.register_script((source("lib") if with_lib else "") + source(name))
@@ -33,7 +34,7 @@ class ScriptCall:
     """One registered script and how its calls travel: through `batcher` (calls made in one turn
     of the event loop share a round trip, see batching.py) or, without one, each on its own."""
 
-    def __init__(self, redis: Any, name: str, *, with_lib: bool, batcher: ScriptBatcher | None = None) -> None:
+    def __init__(self, redis: RedisClient, name: str, *, with_lib: bool, batcher: ScriptBatcher | None = None) -> None:
         self.script = register(redis, name, with_lib=with_lib)
         self._batcher = batcher
 

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from orchestrator.storage.batching import ScriptBatcher
 from orchestrator.storage.codec import text
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import TASK_LOG_SUFFIX, WORKER_GROUP, Keys
 from orchestrator.storage.scripts import ScriptCall
 
@@ -78,7 +79,7 @@ class AttemptScripts:
     `batcher`, so the calls of many tasks made in one turn of the event loop share a round trip.
     Every method raises redis errors (an outage, a script error as ResponseError)."""
 
-    def __init__(self, redis: Any, keys: Keys, batcher: ScriptBatcher) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, batcher: ScriptBatcher) -> None:
         self.keys = keys
         self._take = ScriptCall(redis, "take", with_lib=True, batcher=batcher)
         self._claim = ScriptCall(redis, "claim", with_lib=True, batcher=batcher)

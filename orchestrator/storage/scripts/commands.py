@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from orchestrator.storage.batching import ScriptBatcher
 from orchestrator.storage.codec import text
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import IDEMPOTENCY_TTL_SECONDS, WORKER_GROUP, Keys
 from orchestrator.storage.scripts import ScriptCall
 
@@ -41,7 +42,7 @@ class CommandScripts:
     """The API-side scripts on one client, for the keys under one prefix. Calls go through
     `batcher` (concurrent requests share a round trip). Every method raises redis errors."""
 
-    def __init__(self, redis: Any, keys: Keys, batcher: ScriptBatcher) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, batcher: ScriptBatcher) -> None:
         self.keys = keys
         self._submit = ScriptCall(redis, "submit", with_lib=True, batcher=batcher)
         self._cancel = ScriptCall(redis, "cancel", with_lib=True, batcher=batcher)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import HEARTBEAT_KEEP_MS
 from orchestrator.storage.scripts import ScriptCall
 
@@ -11,7 +10,7 @@ from orchestrator.storage.scripts import ScriptCall
 class BeatScript:
     """beat.lua on one client, for one heartbeats sorted set (`key`)."""
 
-    def __init__(self, redis: Any, key: str) -> None:
+    def __init__(self, redis: RedisClient, key: str) -> None:
         self.key = key
         self._beat = ScriptCall(redis, "beat", with_lib=False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from orchestrator.storage.codec import text
+from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import DEFAULT_PROJECTION, Keys
 from orchestrator.storage.scripts import ScriptCall
 
@@ -25,7 +26,7 @@ def _verdict(reply: list[Any]) -> ProjectionVerdict:
 class ProjectionScripts:
     """The projection's scripts on one client. Every method raises redis errors."""
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._apply = ScriptCall(redis, "apply", with_lib=False)
         self._switch = ScriptCall(redis, "switch", with_lib=False)
         self._hgetall_many = ScriptCall(redis, "hgetall_many", with_lib=False)
