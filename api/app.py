@@ -72,7 +72,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         """Builds the AppContext; closes only the connections it opened."""
-        conns = connections or await connect(settings, wait=True)
+        conns = connections or await connect(settings, long_running=True)
         keys = Keys(prefix=settings.prefix)
         app.state.ctx = AppContext(
             settings=settings,

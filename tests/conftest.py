@@ -148,6 +148,10 @@ async def open_backend(kind: str, prefix: str, request: pytest.FixtureRequest | 
         delete_prefix(url, prefix)
 
 
+# BACKSTREAM_TEST_CLUSTER=all: every test that takes `backend` or `real_backend` runs on the
+# cluster too (a wider check than CI's, for work on the cluster layout).
+EVERY_STORE_TEST_ON_CLUSTER = os.environ.get("BACKSTREAM_TEST_CLUSTER") == "all"
+
 STORES = {
     "fake": pytest.param("fake"),
     "real": pytest.param("real", marks=pytest.mark.redis),
@@ -159,7 +163,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """`backend` runs each test on fakeredis and on real Redis, and, in a module marked
     `also_on_cluster`, on the real Redis Cluster too; there `real_backend` runs on real Redis and
     on the cluster."""
-    on_cluster = metafunc.definition.get_closest_marker("also_on_cluster") is not None
+    on_cluster = EVERY_STORE_TEST_ON_CLUSTER or metafunc.definition.get_closest_marker("also_on_cluster") is not None
     if "backend" in metafunc.fixturenames:
         kinds = ["fake", "real", "cluster"] if on_cluster else ["fake", "real"]
         metafunc.parametrize("backend", [STORES[k] for k in kinds], indirect=True)

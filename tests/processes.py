@@ -277,6 +277,17 @@ class RedisCluster:
         except redis.RedisError:
             return False
 
+    def port_serving(self, key: str) -> int:
+        """The port of the master that serves `key`'s slot."""
+        slot = int(self._nodes[0].cluster("KEYSLOT", key))
+        return next(int(node[1]) for start, end, node, *_ in self._nodes[0].cluster("SLOTS") if start <= slot <= end)
+
+    def url_away_from(self, key: str) -> str:
+        """The URL of a node that does not serve `key`'s slot: a client started there must
+        follow the cluster's slot map to reach the key."""
+        serving = self.port_serving(key)
+        return next(f"redis://127.0.0.1:{port}/0" for port in self.ports if port != serving)
+
     def flushall(self) -> None:
         """Empty every master (their keys and their script caches)."""
         for node in self._nodes:

@@ -199,6 +199,19 @@ def unparsed(redis: Any, name: str) -> str | bytes:
     return name.encode()
 
 
+async def routed_to(redis: Any, key: str) -> dict[str, Any]:
+    """Options for `execute_command` that send a keyless command (TIME) to the server holding
+    `key`, on `redis` or on a pipeline of it: on a cluster, the node serving `key`'s slot, whose
+    clock that slot's scripts read (redis-py would pick a random node, and its cluster pipeline
+    refuses `time()`); nothing to add on a standalone client. Loads the slot map if need be."""
+    if isinstance(redis, aioredis.cluster.ClusterPipeline):
+        redis = redis.cluster_client
+    if not isinstance(redis, aioredis.RedisCluster):
+        return {}
+    await redis.initialize()
+    return {"target_nodes": redis.get_node_from_key(key)}
+
+
 async def is_cluster(url: str) -> bool:
     """True when the server at `url` runs in cluster mode (`INFO cluster` says cluster_enabled:1),
     False for a standalone server and for a unix socket (the embedded store). One round trip on a
@@ -231,19 +244,18 @@ def cluster_client(url: str, *, socket_timeout: float) -> aioredis.RedisCluster:
     )
 
 
-async def connect(settings: Settings, *, wait: bool = False) -> Connections:
+async def connect(settings: Settings, *, long_running: bool = False) -> Connections:
     """The process's `Connections`: cluster clients when the server at `settings.redis_url` is a
     node of a Redis Cluster (`is_cluster`), plain clients otherwise, the in-process fake without
-    a URL. With `wait` (the long-running roles), an unreachable store is waited out as
-    `until_reachable` does; without it, its redis error is raised (a one-shot command fails at
-    once, as its first command would)."""
+    a URL. A `long_running` role (API, worker, projector) waits out an unreachable store as
+    `until_reachable` does and logs `store.cluster_detected` on a cluster; a one-shot command
+    raises the redis error at once (as its first command would) and logs nothing."""
     url = settings.redis_url
     if url is None:
         return Connections(settings)
-    if wait:
-        cluster = await until_reachable(lambda: is_cluster(url), doing="detect cluster mode")
-    else:
-        cluster = await is_cluster(url)
+    if not long_running:
+        return Connections(settings, cluster=await is_cluster(url))
+    cluster = await until_reachable(lambda: is_cluster(url), doing="detect cluster mode")
     if cluster:
         log.info("store.cluster_detected")
     return Connections(settings, cluster=cluster)
