@@ -288,11 +288,16 @@ class RedisCluster:
         serving = self.port_serving(key)
         return next(f"redis://127.0.0.1:{port}/0" for port in self.ports if port != serving)
 
+    def flush_scripts(self) -> None:
+        """Empty every master's script cache (as a restart or a failover to a replica would)."""
+        for node in self._nodes:
+            node.script_flush()
+
     def flushall(self) -> None:
         """Empty every master (their keys and their script caches)."""
         for node in self._nodes:
             node.flushall()
-            node.script_flush()
+        self.flush_scripts()
 
     def stop(self) -> None:
         """End every node's process (SIGTERM, then SIGKILL after 10 s), by PID."""
