@@ -20,9 +20,10 @@ log = structlog.get_logger("backstream.connections")
 
 T = TypeVar("T")
 
-# The async client every store function takes: the one name to widen when a cluster client
-# (redis.asyncio.RedisCluster) joins it. fakeredis's FakeRedis (the embedded fallback) is one.
-RedisClient: TypeAlias = aioredis.Redis
+# The async client every store function takes: a plain client, or a cluster client when
+# REDIS_URL names a node of a Redis Cluster (see `connect`). fakeredis's FakeRedis (the embedded
+# fallback) is a plain one.
+RedisClient: TypeAlias = aioredis.Redis | aioredis.RedisCluster
 
 # What Redis being unreachable (down, restarting, a network blip) looks like to a client.
 REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -189,7 +190,7 @@ CLUSTER_MAX_CONNECTIONS_PER_NODE = 10_000
 _CLUSTER_RETRY = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), retries=3)
 
 
-def unparsed(redis: Any, name: str) -> str | bytes:
+def unparsed(redis: object, name: str) -> str | bytes:
     """`name` (an upper-case command name) spelled so that `redis`'s response callbacks match
     none, and the reply comes back as Redis sent it: as bytes for a standalone client (its
     callbacks are looked up by text); in lower case for a cluster client, which needs text (to
@@ -199,7 +200,7 @@ def unparsed(redis: Any, name: str) -> str | bytes:
     return name.encode()
 
 
-async def routed_to(redis: Any, key: str) -> dict[str, Any]:
+async def routed_to(redis: object, key: str) -> dict[str, Any]:
     """Options for `execute_command` that send a keyless command (TIME) to the server holding
     `key`, on `redis` or on a pipeline of it: on a cluster, the node serving `key`'s slot, whose
     clock that slot's scripts read (redis-py would pick a random node, and its cluster pipeline
