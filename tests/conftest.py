@@ -61,7 +61,7 @@ class Backend(msgspec.Struct):
     redis: Any
     blocking: Any
     keys: Keys
-    url: str | None = None  # set for real Redis, so tests can hand it to subprocesses
+    url: str | None = None  # set for real Redis and the cluster, so tests can hand it to subprocesses
 
 
 def another_client(backend: Backend, **options: Any) -> Any:
