@@ -20,7 +20,7 @@ from api.errors import EXCEPTION_HANDLERS
 from orchestrator.domain.ports import Catalog, SpecChecker
 from orchestrator.settings import Settings
 from orchestrator.storage.commands import Commands
-from orchestrator.storage.connections import Connections
+from orchestrator.storage.connections import Connections, connect
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.results.location import results_for
@@ -72,7 +72,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         """Builds the AppContext; closes only the connections it opened."""
-        conns = connections or Connections(settings)
+        conns = connections or await connect(settings, long_running=True)
         keys = Keys(prefix=settings.prefix)
         app.state.ctx = AppContext(
             settings=settings,

@@ -214,6 +214,109 @@ class RedisServer:
         self.start()
 
 
+def free_cluster_port() -> int:
+    """A free loopback port whose cluster bus port (the port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10_000 > 65_535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+
+
+class RedisCluster:
+    """A real Redis Cluster of `masters` masters (no replicas) on free loopback ports: plain
+    `redis-server --cluster-enabled yes` processes joined by `redis-cli --cluster create`, ready
+    once every node says cluster_state:ok. `stop()` ends the processes by PID. `started_in_s`:
+    how long the start took (processes, join, cluster_state:ok), in seconds."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        assert binary and cli, "redis-server and redis-cli are not installed (.ci/run installs them)"
+        began = time.monotonic()
+        self.ports = [free_cluster_port() for _ in range(masters)]
+        self.url = f"redis://127.0.0.1:{self.ports[0]}/0"  # any node will do: the client finds the rest
+        self.procs: list[subprocess.Popen[bytes]] = []
+        try:
+            for port in self.ports:
+                node_dir = workdir / f"cluster-{port}"
+                node_dir.mkdir()
+                self.procs.append(subprocess.Popen([binary, *self._node_args(port, node_dir)], **_QUIET))
+            self._nodes = [redis.Redis(port=port, socket_connect_timeout=0.5) for port in self.ports]
+            wait_until(self._all_answer, timeout=20, what=f"redis-server on ports {self.ports}")
+            nodes = [f"127.0.0.1:{port}" for port in self.ports]
+            create = [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+            subprocess.run(create, check=True, timeout=60, **_QUIET)
+            wait_until(self._state_ok, timeout=30, what="cluster_state:ok on every node")
+        except BaseException:
+            self.stop()
+            raise
+        self.started_in_s = time.monotonic() - began
+
+    @staticmethod
+    def _node_args(port: int, node_dir: Path) -> list[str]:
+        return [
+            *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir)),
+            *("--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf")),
+            *("--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no"),
+        ]
+
+    def _all_answer(self) -> bool:
+        try:
+            return all(node.ping() for node in self._nodes)
+        except redis.RedisError:
+            return False
+
+    def _state_ok(self) -> bool:
+        try:
+            return all(node.cluster("INFO")["cluster_state"] == "ok" for node in self._nodes)
+        except redis.RedisError:
+            return False
+
+    def port_serving(self, key: str) -> int:
+        """The port of the master that serves `key`'s slot."""
+        slot = int(self._nodes[0].cluster("KEYSLOT", key))
+        return next(int(node[1]) for start, end, node, *_ in self._nodes[0].cluster("SLOTS") if start <= slot <= end)
+
+    def url_away_from(self, key: str) -> str:
+        """The URL of a node that does not serve `key`'s slot: a client started there must
+        follow the cluster's slot map to reach the key."""
+        serving = self.port_serving(key)
+        return next(f"redis://127.0.0.1:{port}/0" for port in self.ports if port != serving)
+
+    def flush_scripts(self) -> None:
+        """Empty every master's script cache (as a restart or a failover to a replica would)."""
+        for node in self._nodes:
+            node.script_flush()
+
+    def flushall(self) -> None:
+        """Empty every master (their keys and their script caches)."""
+        for node in self._nodes:
+            node.flushall()
+        self.flush_scripts()
+
+    def stop(self) -> None:
+        """End every node's process (SIGTERM, then SIGKILL after 10 s), by PID."""
+        for node in getattr(self, "_nodes", []):
+            node.close()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+_QUIET: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+
+
 class InProcessServer:
     """An ASGI app served by uvicorn on a free port inside the test's event loop, for clients
     that need a real socket (streamed responses, the CLI). `async with` starts and stops it."""

@@ -15,6 +15,9 @@ from orchestrator.storage.keys import WORKER_GROUP
 from tests.conftest import Backend
 from tests.harness import System
 
+# The store tests here run on fakeredis, real Redis and a real Redis Cluster (conftest).
+pytestmark = pytest.mark.also_on_cluster
+
 SHORT: dict[str, Any] = {"strategy": "sma_cross", "symbol": "GOOG", "params": {"fast": 10, "slow": 20}}
 # A sweep of 6,000 backtests: seconds of work, long enough to cancel while it runs.
 LONG: dict[str, Any] = {

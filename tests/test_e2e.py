@@ -1,4 +1,5 @@
-"""End to end through real processes on real Redis: an API, a projector and two workers."""
+"""End to end through real processes on real Redis (and on a real Redis Cluster, REDIS_URL at
+one of its nodes): an API, a projector and two workers."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
+from orchestrator.storage.connections import client as plain_client
+from orchestrator.storage.connections import cluster_client, is_cluster
 from orchestrator.storage.keys import WORKER_GROUP, Keys
 from tests.folding import verify
 from tests.processes import Cluster, wait_until
@@ -26,8 +28,15 @@ SWEEP: dict[str, Any] = {
 
 
 @pytest.fixture
-def cluster(real_url: str, real_prefix: str, tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(real_url, real_prefix, tmp_path, progress_interval_ms="50")
+def cluster(request: pytest.FixtureRequest, real_prefix: str, tmp_path: Path) -> Iterator[Cluster]:
+    """The processes of the test, on the shared Redis, or (param "cluster") on the session's Redis
+    Cluster, REDIS_URL at a node that does not hold the test's keys."""
+    if getattr(request, "param", "real") == "cluster":
+        request.getfixturevalue("cluster_url")  # the cluster, empty
+        url = request.getfixturevalue("redis_cluster").url_away_from(real_prefix)
+    else:
+        url = request.getfixturevalue("real_url")
+    c = Cluster(url, real_prefix, tmp_path, progress_interval_ms="50")
     yield c
     c.close()
 
@@ -36,7 +45,8 @@ def statuses(url: str, ids: list[str]) -> dict[str, dict[str, Any]]:
     return {i: httpx.get(f"{url}/api/backtests/tasks/{i}", timeout=5).json() for i in ids}
 
 
-def test_tasks_submitted_over_http_complete_on_both_workers(cluster: Cluster) -> None:
+@pytest.mark.parametrize("cluster", ["real", pytest.param("cluster", marks=pytest.mark.cluster)], indirect=True)
+def test_tasks_submitted_over_http_complete_on_both_workers(cluster: Cluster, request: pytest.FixtureRequest) -> None:
     api, url = cluster.api()
     projector = cluster.start("projector")
     workers = [cluster.start("worker", "--name", name) for name in ("worker-a", "worker-b")]
@@ -69,11 +79,16 @@ def test_tasks_submitted_over_http_complete_on_both_workers(cluster: Cluster) ->
     for role in (*workers, projector, api):
         assert role.stop() == 0, role.log_path.read_text()[-3000:]
     completed = [e for w in workers for e in w.logs() if e["event"] == "task.finished"]
+    # Each role found out for itself whether REDIS_URL names a cluster node.
+    on_cluster = request.node.callspec.params["cluster"] == "cluster"
+    assert asyncio.run(is_cluster(cluster.redis_url)) == on_cluster
+    for role in (*workers, projector, api):
+        assert any(e["event"] == "store.cluster_detected" for e in role.logs()) == on_cluster, role.args
     assert sorted(e["task_id"] for e in completed) == sorted(ids)
     assert all(e["attempt"] == 1 and e["outcome"] == "completed" for e in completed)
 
     async def replayed() -> tuple[list[Any], int]:
-        client = aioredis.Redis.from_url(cluster.redis_url, protocol=2)
+        client = (cluster_client if on_cluster else plain_client)(cluster.redis_url, socket_timeout=5)
         keys = Keys(prefix=cluster.prefix)
         try:
             differences = await verify(client, keys)

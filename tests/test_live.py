@@ -21,6 +21,9 @@ from tests.conftest import Backend
 from tests.harness import System
 from tests.processes import InProcessServer
 
+# The live feed runs on fakeredis, real Redis and a real Redis Cluster (conftest).
+pytestmark = pytest.mark.also_on_cluster
+
 BODY: dict[str, Any] = {"strategy": "sma_cross", "symbol": "GOOG", "params": {"fast": 10, "slow": 20}}
 DEADLINE_S = 20
 

@@ -21,8 +21,11 @@ from orchestrator.domain.state import fold
 from orchestrator.storage.codec import decode_entry
 from orchestrator.storage.hashform import to_hash
 from orchestrator.storage.readmodel import Projection
-from tests.conftest import Backend
+from tests.conftest import Backend, another_client
 from tests.folding import fold_log, verify
+
+# The store tests here run on fakeredis, real Redis and a real Redis Cluster (conftest).
+pytestmark = pytest.mark.also_on_cluster
 
 LOGS = Path(__file__).parent / "replay" / "logs"
 GOLDEN = sorted(p.stem for p in LOGS.glob("*.jsonl"))
@@ -190,8 +193,7 @@ async def test_snapshot_reads_keys_in_pipelined_batches(real_backend: Backend) -
             round_trips.append(packed.split(b"\r\n", 3)[2].upper())
             await super().send_packed_command(command, check_health)
 
-    assert b.url is not None
-    counted = aioredis.Redis.from_url(b.url, protocol=2, connection_class=Counting)
+    counted = another_client(b, protocol=2, connection_class=Counting)
     try:
         assert await snapshot(counted, b.keys) == before
     finally:
@@ -209,7 +211,7 @@ async def test_snapshot_is_the_same_over_resp3(backend: Backend) -> None:
     if backend.url is None:
         client = type(backend.redis)(server=backend.redis.connection_pool.connection_kwargs["server"], protocol=3)
     else:
-        client = aioredis.Redis.from_url(backend.url, protocol=3)
+        client = another_client(backend, protocol=3)
     try:
         resp2 = await snapshot(backend.redis, backend.keys)
         assert await snapshot(client, backend.keys) == resp2

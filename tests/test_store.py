@@ -20,6 +20,9 @@ from orchestrator.storage.scripts.attempts import AttemptScripts
 from orchestrator.storage.workqueue import WorkQueue
 from tests.conftest import Backend
 
+# The store tests here run on fakeredis, real Redis and a real Redis Cluster (conftest).
+pytestmark = pytest.mark.also_on_cluster
+
 SPEC = BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20})
 
 

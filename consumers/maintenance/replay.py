@@ -15,7 +15,7 @@ import structlog
 from consumers.maintenance.archive import ArchiveThenLive
 from consumers.projector import Projector
 from orchestrator.storage.codec import text
-from orchestrator.storage.connections import RedisClient
+from orchestrator.storage.connections import RedisClient, unparsed
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel import POINTER_TTL_S, Projection, live_keys
 from orchestrator.storage.scripts.projection import ProjectionScripts
@@ -83,11 +83,11 @@ async def _read_keys(
         for key, content in zip(batch, contents, strict=True):
             found[key[root_len:]] = dict(zip(map(bytes.decode, content[0::2]), content[1::2], strict=True))
         return
-    # The few index keys: replies read as Redis sent them (command names as bytes match none of
-    # redis-py's callbacks).
+    # The few index keys: replies read as Redis sent them (the command name spelled so that it
+    # matches none of redis-py's callbacks).
     async with redis.pipeline(transaction=False) as pipe:
         for key in batch:
-            pipe.execute_command(b"ZRANGE", key, 0, -1, NEVER_DECODE=True)
+            pipe.execute_command(unparsed(pipe, "ZRANGE"), key, 0, -1, NEVER_DECODE=True)
         contents = await pipe.execute()
     for key, content in zip(batch, contents, strict=True):
         found[key[root_len:]] = dict.fromkeys(map(bytes.decode, content), b"")

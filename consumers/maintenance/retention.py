@@ -8,7 +8,7 @@ from redis.typing import EncodableT
 
 from orchestrator.domain.ids import id_order
 from orchestrator.storage.codec import stream_entries, text
-from orchestrator.storage.connections import RedisClient
+from orchestrator.storage.connections import RedisClient, routed_to
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.readmodel.pointer import projection_positions
@@ -34,9 +34,10 @@ def _after(stream_id: str) -> str:
     return f"{ms}-{seq + 1}"
 
 
-async def _used_memory(redis: RedisClient) -> int | None:
+async def _used_memory(redis: RedisClient, keys: Keys) -> int | None:
+    """used_memory of the server holding the deployment's keys (on a cluster, that slot's node)."""
     try:
-        return int((await redis.info("memory"))["used_memory"])
+        return int((await redis.info("memory", **await routed_to(redis, keys.events)))["used_memory"])
     except Exception:  # the embedded store has no INFO
         return None
 
@@ -47,8 +48,9 @@ async def apply_retention(redis: RedisClient, keys: Keys, *, horizon_ms: int, dr
     that point (their state stays in the projection, their result stays readable); trim dead
     letters older than the horizon. Acknowledged work items need nothing: they are deleted
     when their task ends."""
-    memory_before = await _used_memory(redis)
-    seconds, micros = await redis.time()
+    memory_before = await _used_memory(redis, keys)
+    # Redis's clock where the log is: stream ids are that server's milliseconds.
+    seconds, micros = await redis.execute_command("TIME", **await routed_to(redis, keys.events))
     candidates = {"horizon": f"{int(seconds) * 1000 + int(micros) // 1000 - horizon_ms}-0"}
     archived = await redis.get(keys.archived_through)
     candidates["archive"] = _after(text(archived)) if archived else "0-0"
@@ -82,7 +84,7 @@ async def apply_retention(redis: RedisClient, keys: Keys, *, horizon_ms: int, dr
         await redis.delete(*[k for t in chunk for k in (keys.control(t), keys.task_log(t))])
     dead = await redis.xtrim(keys.dead_letters, minid=candidates["horizon"], approximate=False)
     report = RetentionReport(
-        keep_from, limited_by, int(trimmed), len(finished), int(dead), memory_before, await _used_memory(redis)
+        keep_from, limited_by, int(trimmed), len(finished), int(dead), memory_before, await _used_memory(redis, keys)
     )
     log.info("retention.applied", **msgspec.to_builtins(report))
     return report

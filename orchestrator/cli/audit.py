@@ -22,7 +22,7 @@ from orchestrator.domain.history import event_view
 from orchestrator.domain.timeline import as_of_id
 from orchestrator.domain.views import to_api
 from orchestrator.settings import Settings
-from orchestrator.storage.connections import Connections
+from orchestrator.storage.connections import connect
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel import HistoryArchived, ReadModel
 
@@ -55,7 +55,7 @@ class _Progress:
 
 
 async def _audit(args: argparse.Namespace, settings: Settings) -> int:
-    conns = Connections(settings)
+    conns = await connect(settings)
     try:
         keys = Keys(prefix=settings.prefix)
         # The same read model as the API and the dashboard: a task retention compacted still exists.
@@ -90,7 +90,7 @@ async def _audit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _replay(args: argparse.Namespace, settings: Settings) -> int:
-    conns = Connections(settings)
+    conns = await connect(settings)
     keys = Keys(prefix=settings.prefix)
     archives = [Path(p) for p in args.archive]
     total = await conns.commands.xlen(keys.events) + sum(1 for p in archives for _ in read_entries(p))
@@ -119,7 +119,7 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _export(args: argparse.Namespace, settings: Settings) -> int:
-    conns = Connections(settings)
+    conns = await connect(settings)
     keys = Keys(prefix=settings.prefix)
     try:
         since = _range_bound(args.since, "-", low=True)
@@ -134,7 +134,7 @@ async def _export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _retention(args: argparse.Namespace, settings: Settings) -> int:
-    conns = Connections(settings)
+    conns = await connect(settings)
     try:
         report = await apply_retention(
             conns.commands, Keys(prefix=settings.prefix), horizon_ms=args.horizon, dry_run=args.dry_run

@@ -20,7 +20,7 @@ from orchestrator.cli.stores import needs_redis
 from orchestrator.client.http import Api, HttpError, Unreachable
 from orchestrator.settings import Settings
 from orchestrator.storage.commands import Commands
-from orchestrator.storage.connections import Connections
+from orchestrator.storage.connections import connect
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.results.location import results_for
@@ -80,7 +80,7 @@ async def _retention(args: argparse.Namespace, settings: Settings) -> int:
     policy = ResultPolicy(
         max_age_ms=args.max_age, max_count=args.max_count, max_bytes=args.max_bytes, orphan_grace_ms=args.orphan_grace
     )
-    conns = Connections(settings)
+    conns = await connect(settings)
     keys = Keys(prefix=settings.prefix)
     try:
         report = await apply_result_retention(

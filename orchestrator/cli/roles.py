@@ -33,7 +33,7 @@ from orchestrator.cli.embedded import EmbeddedStore
 from orchestrator.cli.home import HOME_HELP, HomeError, api_host
 from orchestrator.cli.stores import needs_redis
 from orchestrator.settings import Settings
-from orchestrator.storage.connections import Connections
+from orchestrator.storage.connections import Connections, connect
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.presence import Heartbeat
 from orchestrator.storage.readmodel import Projection
@@ -144,7 +144,7 @@ async def _run_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    conns = Connections(settings)
+    conns = await connect(settings, long_running=True)
     worker = _worker(settings, conns, _catalog(settings), args.name, args.concurrency)
     _on_signals(worker.stop)
     try:
@@ -155,7 +155,7 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run_projector(args: argparse.Namespace, settings: Settings) -> int:
-    conns = Connections(settings)
+    conns = await connect(settings, long_running=True)
     projector = _projector(settings, conns)
     _on_signals(projector.stop)
     try:
@@ -167,7 +167,7 @@ async def _run_projector(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _run_all(settings: Settings, host: str, port: int, workers: int, store: str) -> None:
     """Every role in one process: the API, the projector and the workers share one store."""
-    conns = Connections(settings)
+    conns = await connect(settings, long_running=True)
     catalog = _catalog(settings)
     projector = _projector(settings, conns)
     worker = _worker(settings, conns, catalog, f"{socket.gethostname()}-{os.getpid()}", workers)

@@ -75,7 +75,9 @@ class ScriptBatcher:
             for script, keys, args, before in calls:
                 for command in before:
                     pipe.execute_command(*command)
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                # Not `pipe.evalsha`: redis-py 8.1's cluster pipeline refuses it (redis-py#2914);
+                # the raw command is the same EVALSHA on both clients.
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             sent = await pipe.execute(raise_on_error=False)
         replies, at = [], 0
         for call in calls:
@@ -85,6 +87,7 @@ class ScriptBatcher:
             replies.append(next((r for r in own[:-1] if isinstance(r, Exception)), own[-1]))
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
+            # On a cluster SCRIPT LOAD goes to every primary: each node has its own script cache.
             for script in {id(calls[i].script): calls[i].script for i in missing}.values():
                 script.sha = await self.redis.script_load(script.script)
             retried = await self._execute([calls[i] for i in missing])

@@ -20,9 +20,10 @@ log = structlog.get_logger("backstream.connections")
 
 T = TypeVar("T")
 
-# The async client every store function takes: the one name to widen when a cluster client
-# (redis.asyncio.RedisCluster) joins it. fakeredis's FakeRedis (the embedded fallback) is one.
-RedisClient: TypeAlias = aioredis.Redis
+# The async client every store function takes: a plain client, or a cluster client when
+# REDIS_URL names a node of a Redis Cluster (see `connect`). fakeredis's FakeRedis (the embedded
+# fallback) is a plain one.
+RedisClient: TypeAlias = aioredis.Redis | aioredis.RedisCluster
 
 # What Redis being unreachable (down, restarting, a network blip) looks like to a client.
 REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -149,21 +150,113 @@ def client(url: str, *, socket_timeout: float) -> RedisClient:
 
 class Connections:
     """The clients of one process. Without a Redis URL (`up`'s fallback where no valkey-server wheel
-    exists), all share one in-process fake server."""
+    exists), all share one in-process fake server. With `cluster` (see `connect`, which detects
+    it), both are cluster clients (`cluster_client`)."""
 
-    def __init__(self, settings: Settings, *, fake_server: fakeredis.FakeServer | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, fake_server: fakeredis.FakeServer | None = None, cluster: bool = False
+    ) -> None:
         self.settings = settings
+        self.cluster = cluster and settings.redis_url is not None
         if settings.redis_url is None:
             server = fake_server or fakeredis.FakeServer()
             self.commands: RedisClient = fakeredis.aioredis.FakeRedis(server=server, protocol=2)
             self.blocking: RedisClient = fakeredis.aioredis.FakeRedis(server=server, protocol=2)
         else:
-            self.commands = client(settings.redis_url, socket_timeout=COMMAND_TIMEOUT_S)
+            make = cluster_client if self.cluster else client
+            self.commands = make(settings.redis_url, socket_timeout=COMMAND_TIMEOUT_S)
             # Blocking XREAD/XREADGROUP wait up to their BLOCK time, so blocking readers get a
             # client of their own whose timeout is above the longest BLOCK.
-            self.blocking = client(settings.redis_url, socket_timeout=BLOCKING_TIMEOUT_S)
+            self.blocking = make(settings.redis_url, socket_timeout=BLOCKING_TIMEOUT_S)
 
     async def close(self) -> None:
         """Close both clients' connections. Raises redis errors only for a broken connection."""
         await self.commands.aclose()
         await self.blocking.aclose()
+
+
+# --- Redis Cluster: detected, not configured --------------------------------------------------
+# The same REDIS_URL names a standalone server or any node of a cluster; `connect` asks the
+# server which it is and builds the matching clients. Every key of a deployment shares one hash
+# tag (keys.py), so on a cluster everything lives in one slot: scripts stay atomic, pipelines go
+# to one node, blocking reads name one key.
+
+# Connections per cluster node and client: redis-py's default (100) would refuse a blocking
+# reader beyond it (MaxConnectionsError), where a standalone client's pool has no such bound.
+CLUSTER_MAX_CONNECTIONS_PER_NODE = 10_000
+
+# A command that met a dropped connection or a topology change (a failover, a slot moved) is
+# re-sent after the cluster client reloads the slot map: our scripts are idempotent.
+_CLUSTER_RETRY = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), retries=3)
+
+
+def unparsed(redis: object, name: str) -> str | bytes:
+    """`name` (an upper-case command name) spelled so that `redis`'s response callbacks match
+    none, and the reply comes back as Redis sent it: as bytes for a standalone client (its
+    callbacks are looked up by text); in lower case for a cluster client, which needs text (to
+    route it) and looks its callbacks up by their upper-case names."""
+    if isinstance(redis, aioredis.RedisCluster | aioredis.cluster.ClusterPipeline):
+        return name.lower()
+    return name.encode()
+
+
+async def routed_to(redis: object, key: str) -> dict[str, Any]:
+    """Options for `execute_command` that send a keyless command (TIME) to the server holding
+    `key`, on `redis` or on a pipeline of it: on a cluster, the node serving `key`'s slot, whose
+    clock that slot's scripts read (redis-py would pick a random node, and its cluster pipeline
+    refuses `time()`); nothing to add on a standalone client. Loads the slot map if need be."""
+    if isinstance(redis, aioredis.cluster.ClusterPipeline):
+        redis = redis.cluster_client
+    if not isinstance(redis, aioredis.RedisCluster):
+        return {}
+    await redis.initialize()
+    return {"target_nodes": redis.get_node_from_key(key)}
+
+
+async def is_cluster(url: str) -> bool:
+    """True when the server at `url` runs in cluster mode (`INFO cluster` says cluster_enabled:1),
+    False for a standalone server and for a unix socket (the embedded store). One round trip on a
+    client of its own, closed after. Raises redis errors (unreachable, refused)."""
+    if url.startswith("unix:"):
+        return False
+    probe = aioredis.Redis.from_url(
+        url, protocol=2, socket_timeout=COMMAND_TIMEOUT_S, socket_connect_timeout=COMMAND_TIMEOUT_S
+    )
+    try:
+        info = await probe.info("cluster")
+    finally:
+        await probe.aclose()
+    return str(info.get("cluster_enabled", 0)) == "1"
+
+
+def cluster_client(url: str, *, socket_timeout: float) -> aioredis.RedisCluster:
+    """A redis-py asyncio cluster client started from the node `url` names (it discovers the
+    others): socket timeouts, TCP keepalive, RESP2 replies, as `client`. It follows MOVED/ASK
+    redirections and reloads the slot map on a topology change (see `_CLUSTER_RETRY`)."""
+    return aioredis.RedisCluster.from_url(
+        url,
+        protocol=2,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=COMMAND_TIMEOUT_S,
+        socket_keepalive=True,
+        socket_keepalive_options=_KEEPALIVE,
+        max_connections=CLUSTER_MAX_CONNECTIONS_PER_NODE,
+        retry=_CLUSTER_RETRY,
+    )
+
+
+async def connect(settings: Settings, *, long_running: bool = False) -> Connections:
+    """The process's `Connections`: cluster clients when the server at `settings.redis_url` is a
+    node of a Redis Cluster (`is_cluster`), plain clients otherwise, the in-process fake without
+    a URL. A `long_running` role (API, worker, projector) waits out an unreachable store as
+    `until_reachable` does and logs `store.cluster_detected` on a cluster; a one-shot command
+    raises the redis error at once (as its first command would) and logs nothing."""
+    url = settings.redis_url
+    if url is None:
+        return Connections(settings)
+    if not long_running:
+        return Connections(settings, cluster=await is_cluster(url))
+    cluster = await until_reachable(lambda: is_cluster(url), doing="detect cluster mode")
+    if cluster:
+        log.info("store.cluster_detected")
+    return Connections(settings, cluster=cluster)

@@ -9,7 +9,7 @@ import redis.exceptions
 import structlog
 
 from orchestrator.storage.codec import text
-from orchestrator.storage.connections import RedisClient, store_unavailable
+from orchestrator.storage.connections import RedisClient, routed_to, store_unavailable
 from orchestrator.storage.scripts.presence import BeatScript
 
 log = structlog.get_logger("backstream.presence")
@@ -70,7 +70,7 @@ class Beats(msgspec.Struct, frozen=True):
 async def read_beats(redis: RedisClient, key: str) -> Beats:
     """Every heartbeat in `key` with its age by Redis's clock (one round trip)."""
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.time()
+        pipe.execute_command("TIME", **await routed_to(pipe, key))  # the clock the beats were scored by
         pipe.zrange(key, 0, -1, withscores=True)
         (seconds, micros), members = await pipe.execute()
     now_ms = int(seconds) * 1000 + int(micros) // 1000

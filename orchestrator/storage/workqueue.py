@@ -20,7 +20,7 @@ from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.status import Status
 from orchestrator.storage.batching import ScriptBatcher
 from orchestrator.storage.codec import encode_json, event_data, text
-from orchestrator.storage.connections import RedisClient
+from orchestrator.storage.connections import RedisClient, routed_to
 from orchestrator.storage.keys import STAGED_RESULT_TTL_MS, Keys
 from orchestrator.storage.presence import Heartbeat
 from orchestrator.storage.readmodel.log import task_events
@@ -204,7 +204,7 @@ class WorkQueue(WorkItems):
 
     async def promote_due_retries(self, limit: int = 100) -> int:
         """Give up to `limit` tasks whose retry delay has passed a new work item. Returns how many."""
-        now_s, now_us = await self.redis.time()
+        now_s, now_us = await self.redis.execute_command("TIME", **await routed_to(self.redis, self.keys.delayed))
         due = await self.redis.zrangebyscore(
             self.keys.delayed, "-inf", now_s * 1000 + now_us // 1000, start=0, num=limit
         )

@@ -16,7 +16,7 @@ from orchestrator.domain.errors import EventDecodeError
 from orchestrator.domain.events import StoredEvent
 from orchestrator.domain.ids import LAST_ID, id_order
 from orchestrator.storage.codec import decode_entries, decode_entry, text
-from orchestrator.storage.connections import RedisClient
+from orchestrator.storage.connections import RedisClient, unparsed
 from orchestrator.storage.keys import Keys
 
 
@@ -79,12 +79,14 @@ async def read_batch(
     """Events after `after` in log order (XREAD, blocking up to block_ms when given): the
     projector's read. Raises EventDecodeError on an entry this version cannot read.
 
-    The reply is read as Redis sent it: the command name is passed as bytes, which redis-py's
-    response callbacks (looked up by name as text) do not match, so its XREAD callback does
-    not turn every entry into a dict; `decode_entries` reads the flat field lists itself."""
+    The reply is read as Redis sent it: the command name is spelled so that redis-py's response
+    callbacks do not match it (`unparsed`), so its XREAD callback does not turn every entry into
+    a dict; `decode_entries` reads the flat field lists itself."""
     block = (b"BLOCK", block_ms) if block_ms is not None else ()
     send: Callable[..., Awaitable[Any]] = redis.execute_command  # redis-py leaves it untyped
-    reply = await send(b"XREAD", b"COUNT", count, *block, b"STREAMS", stream, after or "0-0", NEVER_DECODE=True)
+    reply = await send(
+        unparsed(redis, "XREAD"), b"COUNT", count, *block, b"STREAMS", stream, after or "0-0", NEVER_DECODE=True
+    )
     if not reply:
         return []
     # RESP2: [[stream, entries]]; RESP3: {stream: entries}.
