@@ -8,12 +8,12 @@ import ipaddress
 import urllib.parse
 from collections.abc import Iterable
 from http.cookies import CookieError, SimpleCookie
-from typing import Any
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.context import context
 from api.csrf import cross_origin_problem, csrf_problem, csrf_token
@@ -45,7 +45,7 @@ def match_token(tokens: Iterable[ApiToken], presented: str) -> ApiToken | None:
     return found
 
 
-def _presented(scope: dict[str, Any]) -> tuple[str | None, bool]:
+def _presented(scope: Scope) -> tuple[str | None, bool]:
     """The token the request carries, and whether it came in the cookie: the `Authorization: Bearer`
     header first, then the `backstream_token` cookie. A `?token=` in the URL is not a credential
     here: only the sign-in (`/signin`) takes one, and trades it for the cookie."""
@@ -85,7 +85,7 @@ class TokenAuth:
 
     def __init__(
         self,
-        app: Any,
+        app: ASGIApp,
         tokens: Iterable[ApiToken],
         open_paths: Iterable[str] = (),
         open_prefixes: Iterable[str] = (),
@@ -97,7 +97,7 @@ class TokenAuth:
         self.open_prefixes = tuple(open_prefixes)
         self._checked_hosts: set[str] = set()  # our own addresses that requests reached
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry: a request without a valid token (where tokens are configured) gets 401,
         or a redirect to the sign-in page for a browser; open paths pass."""
         if not self.tokens and scope["type"] == "http" and scope.get("server"):

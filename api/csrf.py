@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from starlette.datastructures import Headers
 from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import ApiError, FieldProblem, api_error
 from orchestrator.settings import normalize_origin
@@ -61,7 +62,7 @@ def cross_origin_problem(scope: MutableMapping[str, Any], allowed: frozenset[str
     return None
 
 
-def _has_body(scope: dict[str, Any]) -> bool:
+def _has_body(scope: Scope) -> bool:
     for name, value in scope.get("headers", []):
         if name == b"transfer-encoding":
             return True
@@ -83,12 +84,12 @@ class SameOriginOnly:
     415 `unsupported_media_type` (only `form_paths`, the sign-in, take a form). A page cannot send
     JSON to another origin without a CORS preflight, which this server never grants."""
 
-    def __init__(self, app: Any, allowed_origins: Iterable[str] = (), form_paths: Iterable[str] = ()) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: Iterable[str] = (), form_paths: Iterable[str] = ()) -> None:
         self.app = app
         self.allowed = frozenset(normalize_origin(o) for o in allowed_origins)
         self.form_paths = frozenset(form_paths)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry: an unsafe request (not GET/HEAD/OPTIONS) from another origin gets 403."""
         if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
             await self.app(scope, receive, send)
@@ -126,7 +127,7 @@ def csrf_token(secret: str) -> str:
     return hmac.new(secret.encode(), _CSRF_PURPOSE, hashlib.sha256).hexdigest()
 
 
-def csrf_problem(scope: dict[str, Any], secret: str) -> ApiError | None:
+def csrf_problem(scope: Scope, secret: str) -> ApiError | None:
     """For a state-changing request signed in by the cookie: a 403 unless it carries the session's
     token in `X-CSRF-Token` (the dashboard's scripts send it)."""
     if scope["method"] in SAFE_METHODS:

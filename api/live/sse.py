@@ -7,12 +7,12 @@ import asyncio
 import json
 import math
 from collections.abc import AsyncIterator
-from typing import Any
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from api.context import context
 from api.errors import ApiError, task_id_param
@@ -80,7 +80,7 @@ class _SseResponse(StreamingResponse):
         super().__init__(body, media_type="text/event-stream", headers=_HEADERS)
         self.opened = opened
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:

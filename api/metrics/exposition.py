@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Histogram
@@ -15,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.context import context
 from api.metrics.follower import LogFollower
@@ -179,11 +179,11 @@ class CancelTimer:
     """Pure ASGI: times the requests `cancel` matches (DELETE /api/backtests/tasks/{id}, the route
     named `cancel`) from arrival to the answer's start, into the app's cancel-latency histogram."""
 
-    def __init__(self, app: Any, *, cancel: BaseRoute) -> None:
+    def __init__(self, app: ASGIApp, *, cancel: BaseRoute) -> None:
         self.app = app
         self.cancel = cancel
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry: times each request the `cancel` route fully matches (seconds, into the
         cancel-latency histogram) and passes every request on unchanged."""
         if scope["type"] != "http" or self.cancel.matches(scope)[0] is not Match.FULL:
@@ -191,7 +191,7 @@ class CancelTimer:
             return
         started = time.perf_counter()
 
-        async def timed(message: dict[str, Any]) -> None:
+        async def timed(message: Message) -> None:
             if message["type"] == "http.response.start":
                 outcome = Status.CANCELLED if message["status"] == 200 else "refused"
                 metrics_of(scope["app"]).cancel_latency.labels(outcome).observe(time.perf_counter() - started)
