@@ -126,10 +126,13 @@ async def test_submit_a_range_and_ls_by_symbol_and_strategy_with_the_metric(
 @pytest.mark.redis
 @pytest.mark.parametrize("command", ["up", "up-embedded", "api"])
 def test_a_busy_port_says_which_option_to_change(command: str, real_url: str, real_prefix: str, tmp_path: Any) -> None:
+    # A home of the test's own in every case: with REDIS_URL the results store is still `results/` in
+    # the home, which the command opens before it finds the port taken.
+    home = {"BACKSTREAM_HOME": str(tmp_path / "home")}
     if command == "up-embedded":  # the default: its own store in a home directory, no REDIS_URL
-        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | {"BACKSTREAM_HOME": str(tmp_path / "home")}
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | home
     else:
-        env = {**os.environ, "REDIS_URL": real_url, "BACKSTREAM_PREFIX": real_prefix}
+        env = {**os.environ, "REDIS_URL": real_url, "BACKSTREAM_PREFIX": real_prefix} | home
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         run = subprocess.run(
