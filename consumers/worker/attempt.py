@@ -258,9 +258,15 @@ class Execution:
             # Out of memory or unreachable: keep computing, the outcome is stored once it passes.
             log.warning("store.unavailable", write="heartbeat", error=str(e), error_type=type(e).__name__)
             return
-        if fenced is not None:
-            log.warning("task.write_refused", write="heartbeat", status=fenced.status, current_attempt=fenced.attempt)
-            raise Stop
+        if fenced is None:
+            return
+        if fenced.attempt == job.attempt and fenced.status not in (Status.RUNNING, Status.CANCELLED):
+            # This attempt's own outcome (finish or release) was stored while the renewal was in
+            # flight: the lease is kept until the outcome is, so the two can cross. Nothing is lost.
+            log.info("task.renewal_after_outcome", status=fenced.status)
+            return
+        log.warning("task.write_refused", write="heartbeat", status=fenced.status, current_attempt=fenced.attempt)
+        raise Stop
 
     def _failure(self, error: Exception) -> Failed | RetryScheduled:
         job = self.job
