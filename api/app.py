@@ -21,7 +21,7 @@ from orchestrator.domain.ports import Catalog, SpecChecker
 from orchestrator.settings import Settings
 from orchestrator.storage.commands import Commands
 from orchestrator.storage.connections import Connections, connect
-from orchestrator.storage.keys import Keys
+from orchestrator.storage.partitions import deployment_layout
 from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.results.location import results_for
 
@@ -73,11 +73,11 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         """Builds the AppContext; closes only the connections it opened."""
         conns = connections or await connect(settings, long_running=True)
-        keys = Keys(prefix=settings.prefix)
+        layout = await deployment_layout(conns)
         app.state.ctx = AppContext(
             settings=settings,
-            commands=Commands(conns.commands, keys),
-            projection=ReadModel(conns.commands, keys, follow_live=True),
+            commands=Commands(conns.commands, layout),
+            projection=ReadModel(conns.commands, layout.home, follow_live=True),
             checker=checker,
             catalog=catalog,
             blocking=conns.blocking,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any, TypeVar
 
 import msgspec
@@ -120,9 +119,7 @@ async def submit(request: Request) -> Response:
     key = request.headers.get("idempotency-key")
     if key is not None and not (0 < len(key) <= _IDEMPOTENCY_KEY_MAX and key.isprintable()):
         raise ApiError.invalid("Idempotency-Key", f"must be 1 to {_IDEMPOTENCY_KEY_MAX} printable characters")
-    submitted = await ctx.commands.submit(
-        str(uuid.uuid4()), spec, by=request.scope.get("user"), idempotency_key=key, body=body
-    )
+    submitted = await ctx.commands.submit(None, spec, by=request.scope.get("user"), idempotency_key=key, body=body)
     status: str = Status.QUEUED
     headers = {"Location": str(request.app.url_path_for("task", task_id=submitted.task_id))}
     if not submitted.created:

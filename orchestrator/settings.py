@@ -122,6 +122,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # directory); not the user's CSV files (data_dir).
     home: str | None = None
     prefix: str = DEFAULT_PREFIX
+    # Partitions new tasks are spread over (BACKSTREAM_PARTITIONS), fixed when the deployment is
+    # created; None: 16 on a Redis Cluster, 1 on a standalone server (storage/partitions.py).
+    partitions: int | None = None
     data_dir: str | None = None
     # A worker that has not renewed its lease for this long is presumed dead; its task is reclaimed.
     lease_ms: int = 15_000
@@ -204,6 +207,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             results_options={k: v for k, v in env.items() if k.startswith("AWS_")},
             results_timeout_s=_env_number(env, "BACKSTREAM_RESULTS_TIMEOUT_S", defaults.results_timeout_s),
             prefix=env.get("BACKSTREAM_PREFIX", defaults.prefix),
+            partitions=_env_number(env, "BACKSTREAM_PARTITIONS", 0) or None,
             data_dir=env.get("BACKSTREAM_DATA_DIR") or None,
             lease_ms=_env_number(env, "BACKSTREAM_LEASE_MS", defaults.lease_ms),
             heartbeat_ms=_env_number(env, "BACKSTREAM_HEARTBEAT_MS", defaults.heartbeat_ms),

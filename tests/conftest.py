@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from orchestrator.storage.connections import cluster_client
 from orchestrator.storage.keys import Keys
+from orchestrator.storage.partitions import CLUSTER_PARTITIONS, Layout
 from tests.processes import RedisCluster
 
 REQUIRE_REDIS = os.environ.get("BACKSTREAM_REQUIRE_REDIS") == "1"
@@ -47,8 +48,9 @@ def real_redis_url() -> str:
 
 def delete_prefix(url: str, prefix: str) -> None:
     client = redis.Redis.from_url(url)
-    # The prefix holds `{`, a glob metacharacter only inside `[...]`, so it matches literally.
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    # The prefix holds `{`, a glob metacharacter only inside `[...]`, so it matches literally;
+    # without its closing brace it matches every partition's keys (`{bst-…:p03}:…`) too.
+    keys = list(client.scan_iter(match=f"{prefix.rstrip('}')}*", count=1000))
     if keys:
         client.delete(*keys)
     client.close()
@@ -62,6 +64,9 @@ class Backend(msgspec.Struct):
     blocking: Any
     keys: Keys
     url: str | None = None  # set for real Redis and the cluster, so tests can hand it to subprocesses
+    # The deployment's partitions: one on a standalone server, CLUSTER_PARTITIONS on the cluster,
+    # as a deployment gets by default; `keys` are its partition 0's.
+    layout: Layout = Layout()
 
 
 def another_client(backend: Backend, **options: Any) -> Any:
@@ -121,7 +126,7 @@ async def open_backend(kind: str, prefix: str, request: pytest.FixtureRequest | 
         server = fakeredis.FakeServer()
         client = fakeredis.aioredis.FakeRedis(server=server, protocol=2)
         blocking = fakeredis.aioredis.FakeRedis(server=server, protocol=2)
-        yield Backend("fake", client, blocking, keys)
+        yield Backend("fake", client, blocking, keys, layout=Layout(prefix=prefix))
         await client.aclose()
         await blocking.aclose()
         return
@@ -132,7 +137,7 @@ async def open_backend(kind: str, prefix: str, request: pytest.FixtureRequest | 
         client = cluster_client(url, socket_timeout=5.0)
         blocking = cluster_client(url, socket_timeout=30.0)
         try:
-            yield Backend("cluster", client, blocking, keys, url)
+            yield Backend("cluster", client, blocking, keys, url, Layout(prefix=prefix, count=CLUSTER_PARTITIONS))
         finally:
             await client.aclose()
             await blocking.aclose()
@@ -141,7 +146,7 @@ async def open_backend(kind: str, prefix: str, request: pytest.FixtureRequest | 
     client = aioredis.Redis.from_url(url, protocol=2)
     blocking = aioredis.Redis.from_url(url, protocol=2, socket_timeout=None)
     try:
-        yield Backend("real", client, blocking, keys, url)
+        yield Backend("real", client, blocking, keys, url, Layout(prefix=prefix))
     finally:
         await client.aclose()
         await blocking.aclose()

@@ -32,6 +32,7 @@ class _SharedConnections(Connections):
         self.settings = settings
         self.commands = backend.redis
         self.blocking = backend.blocking
+        self.cluster = backend.name == "cluster"
 
 
 class System:
@@ -41,7 +42,7 @@ class System:
         # The API's ports over the engine, as the composition root (orchestrator.cli) builds them.
         data = Catalog.from_env_dir(data_dir)
         self.checker, self.catalog = EngineSpecChecker(data), EngineCatalog(data)
-        self.commands = Commands(backend.redis, backend.keys)
+        self.commands = Commands(backend.redis, backend.layout)
         self.queue = WorkQueue(backend.redis, backend.keys, reader=backend.blocking)
         self.projection = Projection(backend.redis, backend.keys, follow_live=True)
         self.connections = _SharedConnections(backend, self.settings)

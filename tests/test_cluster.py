@@ -50,7 +50,7 @@ async def test_a_dead_workers_item_is_reclaimed(on_cluster: Backend) -> None:
     queue = WorkQueue(on_cluster.redis, on_cluster.keys, reader=on_cluster.blocking)
     await queue.ensure_group()
     task_id = str(uuid.uuid4())
-    await Commands(on_cluster.redis, on_cluster.keys).submit(task_id, SPEC)
+    await Commands(on_cluster.redis, on_cluster.layout).submit(task_id, SPEC)
     [read] = await queue.read_new(worker="w1", count=1, block_ms=1000)
     assert read.task_id == task_id
     assert await queue.read_own_pending(worker="w1") == [read]
@@ -75,7 +75,7 @@ async def test_keyless_reads_go_to_the_node_holding_the_slot(on_cluster: Backend
 async def test_a_node_that_lost_its_scripts_gets_them_again(on_cluster: Backend, redis_cluster: RedisCluster) -> None:
     """NOSCRIPT on the node holding the slot (a restart, a failover to a replica): batched and
     single script calls load the script there and carry on."""
-    commands = Commands(on_cluster.redis, on_cluster.keys)
+    commands = Commands(on_cluster.redis, on_cluster.layout)
     queue = WorkQueue(on_cluster.redis, on_cluster.keys)
     await queue.ensure_group()
     await commands.submit(str(uuid.uuid4()), SPEC)

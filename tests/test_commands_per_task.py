@@ -18,6 +18,7 @@ from orchestrator.domain.spec import BacktestSpec
 from orchestrator.settings import Settings
 from orchestrator.storage.commands import Commands
 from orchestrator.storage.keys import Keys
+from orchestrator.storage.partitions import Layout
 from orchestrator.storage.workqueue import WorkQueue
 from tests.processes import RedisServer
 
@@ -58,7 +59,7 @@ async def test_a_short_task_costs_at_most_25_commands_from_submit_to_outcome(tmp
         await r.config_resetstat()
         task_ids = [str(uuid.uuid4()) for _ in range(TASKS)]
         for task_id in task_ids:
-            await Commands(r, keys).submit(task_id, SMA)
+            await Commands(r, Layout(prefix=keys.prefix)).submit(task_id, SMA)
         submitted = await _command_calls(r)
         await worker.run(burst=True)
         after = await _command_calls(r)

@@ -87,7 +87,7 @@ class _WatchedRun:
 async def test_a_worker_computes_on_at_most_its_compute_threads(
     real_backend: Backend, threads: int, concurrency: int
 ) -> None:
-    commands = Commands(real_backend.redis, real_backend.keys)
+    commands = Commands(real_backend.redis, real_backend.layout)
     queue = WorkQueue(real_backend.redis, real_backend.keys, reader=real_backend.blocking)
     watched = Watched(functools.partial(start_run, catalog=Catalog.from_env_dir(None)))
     settings = Settings(prefix=real_backend.keys.prefix, compute_threads=threads)
@@ -137,7 +137,7 @@ class Gated(Watched):
 async def test_a_task_waiting_for_its_turn_notices_a_cancel(real_backend: Backend) -> None:
     """Two sweeps on one compute thread; one holds the thread. The other, waiting for its turn,
     is cancelled: it stops there and then, before the thread is free, and writes nothing more."""
-    commands = Commands(real_backend.redis, real_backend.keys)
+    commands = Commands(real_backend.redis, real_backend.layout)
     queue = WorkQueue(real_backend.redis, real_backend.keys, reader=real_backend.blocking)
     keep_spec = msgspec.structs.replace(SWEEP, params={**SWEEP.params, "fast": list(range(3, 22))})
     gated = Gated(functools.partial(start_run, catalog=Catalog.from_env_dir(None)), keep_spec)
@@ -179,7 +179,7 @@ async def test_a_task_waiting_for_its_turn_keeps_its_lease(real_backend: Backend
     """One sweep holds the only compute thread for three leases; the other, waiting for its
     turn all that time, keeps renewing its lease (its work item's idle time stays under the
     lease, so no other worker would reclaim it), then runs to completion."""
-    commands = Commands(real_backend.redis, real_backend.keys)
+    commands = Commands(real_backend.redis, real_backend.layout)
     queue = WorkQueue(real_backend.redis, real_backend.keys, reader=real_backend.blocking)
     keep_spec = msgspec.structs.replace(SWEEP, params={**SWEEP.params, "fast": list(range(3, 22))})
     gated = Gated(functools.partial(start_run, catalog=Catalog.from_env_dir(None)), keep_spec)

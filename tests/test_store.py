@@ -57,7 +57,7 @@ class Stores(NamedTuple):
 @pytest.fixture
 async def store(backend: Backend) -> Stores:
     s = Stores(
-        Commands(backend.redis, backend.keys),
+        Commands(backend.redis, backend.layout),
         WorkQueue(backend.redis, backend.keys, reader=backend.blocking),
         ReadModel(backend.redis, backend.keys),
     )

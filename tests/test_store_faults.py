@@ -206,7 +206,7 @@ def test_the_live_projector_follows_a_rebuild_and_carries_on(real_url: str, real
 
 
 async def test_a_batch_folded_onto_a_refused_one_is_not_taken_for_a_gap(backend: Backend) -> None:
-    commands = Commands(backend.redis, backend.keys)
+    commands = Commands(backend.redis, backend.layout)
     other_task, task = str(uuid.uuid4()), str(uuid.uuid4())
     await commands.submit(other_task, SPEC)  # event 1
     await commands.submit(task, SPEC)  # event 2: the task's seq 1

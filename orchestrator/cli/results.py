@@ -21,7 +21,7 @@ from orchestrator.client.http import Api, HttpError, Unreachable
 from orchestrator.settings import Settings
 from orchestrator.storage.commands import Commands
 from orchestrator.storage.connections import connect
-from orchestrator.storage.keys import Keys
+from orchestrator.storage.partitions import deployment_layout
 from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.results.location import results_for
 
@@ -81,11 +81,11 @@ async def _retention(args: argparse.Namespace, settings: Settings) -> int:
         max_age_ms=args.max_age, max_count=args.max_count, max_bytes=args.max_bytes, orphan_grace_ms=args.orphan_grace
     )
     conns = await connect(settings)
-    keys = Keys(prefix=settings.prefix)
     try:
+        layout = await deployment_layout(conns)
         report = await apply_result_retention(
-            Commands(conns.commands, keys),
-            ReadModel(conns.commands, keys, follow_live=True),
+            Commands(conns.commands, layout),
+            ReadModel(conns.commands, layout.home, follow_live=True),
             results,
             policy,
             dry_run=args.dry_run,

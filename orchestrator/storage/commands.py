@@ -14,6 +14,7 @@ from orchestrator.storage.batching import ScriptBatcher
 from orchestrator.storage.codec import encode_json, event_data
 from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import Keys
+from orchestrator.storage.partitions import Layout
 from orchestrator.storage.scripts.commands import CommandScripts, Verdict
 
 
@@ -31,29 +32,41 @@ def body_fingerprint(body: bytes) -> str:
 
 
 class Commands:
-    """Submit, cancel, requeue, and record a deleted result, on the keys under one prefix.
-    Commands issued concurrently share one round trip (see batching.py). Every method raises
-    redis errors when the store cannot be reached or refuses the call."""
+    """Submit, cancel, requeue, and record a deleted result, on the partitions of `layout`: each
+    command goes to the partition its task id names. Commands issued concurrently share one round
+    trip (see batching.py; on a cluster, one per node). Every method raises redis errors when the
+    store cannot be reached or refuses the call."""
 
-    def __init__(self, redis: RedisClient, keys: Keys) -> None:
-        self.keys = keys
-        self._scripts = CommandScripts(redis, keys, ScriptBatcher(redis))
+    def __init__(self, redis: RedisClient, layout: Layout) -> None:
+        self.layout = layout
+        batcher = ScriptBatcher(redis)
+        self._partitions = [CommandScripts(redis, keys, batcher) for keys in layout.partitions]
+
+    def _scripts(self, task_id: str) -> CommandScripts:
+        """The scripts on `task_id`'s partition. Raises TaskNotFound for an id that names a
+        partition this deployment does not have (no such task can exist)."""
+        try:
+            return self._partitions[self.layout.partition_index(task_id)]
+        except IndexError:
+            raise TaskNotFound(task_id) from None
 
     async def submit(
         self,
-        task_id: str,
+        task_id: str | None,
         spec: BacktestSpec,
         *,
         by: str | None = None,
         idempotency_key: str | None = None,
         body: bytes = b"",
     ) -> SubmitResult:
-        """Append `submitted` and enqueue the task's first work item, once. `by`: the user;
-        `idempotency_key`: the client's key, scoped to `by` (two users may use the same one);
-        `body`: the request body it is remembered with. Raises IdempotencyConflict when the key
-        was used with another body."""
+        """Append `submitted` and enqueue the task's first work item, once. `task_id`: None for a
+        new id in the partition the idempotency key hashes to (a random one without), which is
+        how the API submits; `by`: the user; `idempotency_key`: the client's key, scoped to `by`
+        (two users may use the same one); `body`: the request body it is remembered with. Raises
+        IdempotencyConflict when the key was used with another body."""
         scoped = f"{by or ''}:{idempotency_key}" if idempotency_key else None
-        reply = await self._scripts.submit(
+        task_id = task_id or self.layout.new_task_id(scoped)
+        reply = await self._scripts(task_id).submit(
             task_id=task_id,
             data=event_data(Submitted(task_id=task_id, spec=spec, by=by)),
             version=Submitted.SCHEMA_VERSION,
@@ -70,7 +83,7 @@ class Commands:
     async def cancel(self, task_id: str, *, by: str | None = None) -> bool:
         """Cancel a queued or running task. True if this call cancelled it, False if it already
         was. Raises TaskNotFound, or TaskConflict when the task is completed or failed."""
-        verdict = await self._scripts.cancel(
+        verdict = await self._scripts(task_id).cancel(
             task_id=task_id, data=event_data(Cancelled(task_id=task_id, by=by)), version=Cancelled.SCHEMA_VERSION
         )
         _refuse(task_id, verdict, "only queued or running tasks can be cancelled")
@@ -79,7 +92,7 @@ class Commands:
     async def requeue(self, task_id: str, *, by: str | None = None) -> None:
         """Send a failed task back to the queue as a new attempt with a fresh budget. Raises
         TaskNotFound, or TaskConflict when the task is not failed."""
-        verdict = await self._scripts.requeue(
+        verdict = await self._scripts(task_id).requeue(
             task_id=task_id, data=event_data(Requeued(task_id=task_id, by=by)), version=Requeued.SCHEMA_VERSION
         )
         _refuse(task_id, verdict, "only failed tasks can be retried")
@@ -89,7 +102,7 @@ class Commands:
         deleting its objects). Returns 'ok' (recorded now), 'done' (recorded before), 'missing'
         or 'conflict' (the task is not completed). `live_projection`: the keys of the live
         projection, which restores a compacted task's control hash."""
-        verdict = await self._scripts.drop_result(
+        verdict = await self._scripts(task_id).drop_result(
             task_id=task_id,
             data=event_data(ResultDeleted(task_id=task_id, key=key, reason=reason)),
             version=ResultDeleted.SCHEMA_VERSION,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from orchestrator.storage.codec import text
 from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import DEFAULT_PROJECTION, Keys
+from orchestrator.storage.partitions import Layout
 
 # How long a reader trusts its knowledge of which projection is live, in seconds. A rebuild keeps
 # the old projection intact for longer than this after switching, so a reader a moment behind
@@ -21,6 +22,13 @@ async def live_keys(redis: RedisClient, keys: Keys) -> Keys:
     switched the pointer). One GET; raises redis errors."""
     name = await redis.get(keys.live_projection)
     return keys.with_projection(text(name) if name else DEFAULT_PROJECTION)
+
+
+async def live_layout(redis: RedisClient, layout: Layout) -> Layout:
+    """`layout` pointing at the projection the API serves now, in every partition: the pointer is
+    one key, in partition 0 (`Layout.home`). One GET; raises redis errors."""
+    name = await redis.get(layout.home.live_projection)
+    return layout.with_projection(text(name) if name else DEFAULT_PROJECTION)
 
 
 async def projection_positions(redis: RedisClient, keys: Keys) -> dict[str, str | None]:

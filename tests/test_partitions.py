@@ -1,0 +1,88 @@
+"""Partitions: key names per partition, ids that say their partition, and the recorded layout."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from orchestrator.storage.partitions import (
+    CLUSTER_PARTITIONS,
+    Layout,
+    LayoutMismatch,
+    load_layout,
+    partition_of,
+    partition_prefix,
+    set_partitions,
+    task_id_in,
+)
+from tests.conftest import Backend
+
+
+def test_partition_zero_is_the_prefix_itself_and_the_others_extend_its_hash_tag() -> None:
+    assert partition_prefix("{bs}", 0) == "{bs}"
+    assert partition_prefix("{bs}", 7) == "{bs:p07}"
+    assert partition_prefix("{bs}", 123) == "{bs:p123}"
+    assert partition_prefix("app:{bs}:x", 3) == "app:{bs:p03}:x"
+    assert partition_prefix("plain", 2) == "plain:p02"
+    layout = Layout(prefix="{bs}", count=16)
+    assert layout.partition(0).events == "{bs}:events"
+    assert layout.partition(15).work == "{bs:p15}:work"
+    assert layout.home == layout.partition(0)
+    with pytest.raises(IndexError):
+        layout.partition(16)
+
+
+def test_an_id_says_its_partition_and_stays_a_uuid() -> None:
+    for partition in (0, 1, 9, 255, 65_535):
+        task_id = task_id_in(partition)
+        assert uuid.UUID(task_id).version == 8
+        assert partition_of(task_id) == partition
+    # Ids made before partitions existed are partition 0's.
+    assert partition_of(str(uuid.uuid4())) == 0
+    with pytest.raises(ValueError):
+        partition_of("not-a-uuid")
+
+
+def test_new_ids_spread_over_the_partitions_and_an_idempotency_key_always_lands_in_the_same() -> None:
+    layout = Layout(count=16)
+    seen = {partition_of(layout.new_task_id()) for _ in range(2_000)}
+    assert seen == set(range(16))
+    keyed = {partition_of(layout.new_task_id("alice:key-1")) for _ in range(20)}
+    assert len(keyed) == 1
+    assert layout.of(layout.new_task_id("alice:key-1")).prefix == layout.partition(keyed.pop()).prefix
+
+
+@pytest.mark.parametrize("count", [0, -1, 70_000])
+def test_an_impossible_count_is_refused(count: int) -> None:
+    with pytest.raises(ValueError, match="partitions"):
+        Layout(count=count)
+
+
+async def test_a_new_deployment_records_its_count_and_later_processes_read_it(backend: Backend) -> None:
+    prefix = backend.keys.prefix
+    layout = await load_layout(backend.redis, prefix, requested=None, cluster=True)
+    assert layout.count == CLUSTER_PARTITIONS
+    assert await load_layout(backend.redis, prefix, requested=None, cluster=False) == layout
+    with pytest.raises(LayoutMismatch, match="BACKSTREAM_PARTITIONS=4"):
+        await load_layout(backend.redis, prefix, requested=4, cluster=False)
+
+
+async def test_a_log_written_before_partitions_is_partition_zero_of_one(backend: Backend) -> None:
+    prefix = backend.keys.prefix
+    await backend.redis.xadd(backend.keys.events, {"type": "submitted"})
+    layout = await load_layout(backend.redis, prefix, requested=None, cluster=True)
+    assert (layout.count, layout.width) == (1, 1)
+    with pytest.raises(LayoutMismatch):
+        await load_layout(backend.redis, prefix, requested=16, cluster=True)
+
+
+async def test_changing_the_count_is_a_migration_that_keeps_reading_the_old_partitions(backend: Backend) -> None:
+    prefix = backend.keys.prefix
+    layout = await load_layout(backend.redis, prefix, requested=8, cluster=False)
+    lowered = await set_partitions(backend.redis, layout, 2)
+    assert (lowered.count, lowered.width) == (2, 8)
+    assert await load_layout(backend.redis, prefix, requested=2, cluster=False) == lowered
+    # New tasks go to the two partitions only, while all eight are still read.
+    assert {partition_of(lowered.new_task_id()) for _ in range(200)} == {0, 1}
+    assert len(lowered.partitions) == 8
