@@ -178,8 +178,9 @@ async def test_a_one_partition_archive_and_report_are_what_they_were(backend: Ba
     assert only.partition is None and "partition" not in msgspec.to_builtins(only)
 
 
-def backstream(backend: Backend, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "REDIS_URL": backend.url or "", "BACKSTREAM_PREFIX": backend.keys.prefix}
+def backstream(backend: Backend, *args: str, **more_env: str) -> subprocess.CompletedProcess[str]:
+    """Run `backstream ARGS` on `backend`'s store as a user would, with `more_env` set too."""
+    env = {**os.environ, "REDIS_URL": backend.url or "", "BACKSTREAM_PREFIX": backend.keys.prefix, **more_env}
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True, text=True, timeout=120
     )

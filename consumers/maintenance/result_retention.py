@@ -142,7 +142,9 @@ async def apply_result_retention(
             log.info("results.deleted", task_id=state.task_id, key=ref.key, reason=reason, bytes=ref.bytes)
         else:
             log.warning("results.not_deleted", task_id=state.task_id, key=ref.key, outcome=outcome)
-    named = {s.result_ref.key for s in live if s.result_ref is not None} - {d.key for d in deleted}
+    named = {s.result_ref.key for s in live if s.result_ref is not None}
+    if not dry_run:  # a dry run's deletions are not orphans as well (their task's log may be compacted)
+        named -= {d.key for d in deleted}
     orphans = await collect_orphans(
         redis, layout, results, named, grace_ms=policy.orphan_grace_ms, now_ms=now_ms, dry_run=dry_run
     )
