@@ -37,6 +37,8 @@ class IdleReads:
         self.block_ms = block_ms
         self.drained: set[int] = set()
         self._reads: dict[int, asyncio.Task[list[WorkItem]]] = {}
+        # Items of ended reads not yet handed out (a harvest that raised keeps them here).
+        self._brought: list[WorkItem] = []
 
     @property
     def watched(self) -> set[int]:
@@ -56,9 +58,8 @@ class IdleReads:
 
     def harvest(self) -> list[WorkItem]:
         """The items of the reads that ended, their partitions no longer watched (and `drained`
-        if the read came back empty). Raises the error of a read that failed (after collecting
-        the others): the partition is read again at the next wait."""
-        items: list[WorkItem] = []
+        if the read came back empty). Raises the error of a read that failed (its partition is
+        read again at the next wait); what the others brought is kept for the next harvest."""
         error: BaseException | None = None
         for partition, read in list(self._reads.items()):
             if not read.done():
@@ -74,9 +75,10 @@ class IdleReads:
                 self.drained.discard(partition)
             else:
                 self.drained.add(partition)
-            items += got
+            self._brought += got
         if error is not None:
             raise error
+        items, self._brought = self._brought, []
         return items
 
     async def close(self) -> list[WorkItem]:
@@ -85,7 +87,7 @@ class IdleReads:
         reads = list(self._reads.items())
         self._reads.clear()
         outcomes = await asyncio.gather(*(read for _, read in reads), return_exceptions=True)
-        items: list[WorkItem] = []
+        items, self._brought = self._brought, []
         for (partition, _), outcome in zip(reads, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 log.warning("worker.read_failed", partition=partition, error=str(outcome))

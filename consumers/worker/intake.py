@@ -46,6 +46,11 @@ class Intake:
         # Items the idle reads brought beyond the free slots: pending under this worker already.
         self._backlog: list[Item] = []
 
+    @property
+    def waiting_on(self) -> set[int]:
+        """The partitions an idle read is outstanding on (every one, while the worker is idle)."""
+        return self._idle.watched
+
     async def own_pending(self) -> list[Item]:
         """What a worker restarted under the same name held before: to be taken back (reclaims)."""
         return [Item(m, t, reclaim=True) for m, t in await self.queue.read_own_pending(worker=self.name)]
