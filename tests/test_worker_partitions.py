@@ -158,6 +158,26 @@ async def test_a_worker_with_one_slot_takes_from_every_partition_in_turn(real_ba
     assert partitions == list(range(width))
 
 
+async def test_a_busy_worker_comes_back_to_a_partition_it_found_drained(real_backend: Backend) -> None:
+    """A worker kept busy by one partition (it never waits on its idle reads) still looks at the
+    partitions it found empty again, within two rounds over them."""
+    parts = _Parts(real_backend)
+    await parts.queue.ensure_group()
+    width = parts.layout.width
+    for task_id in [task_id_in(0) for _ in range(4 * width)]:
+        await parts.commands.submit(task_id, SPEC)
+    intake = Intake(parts.queue, parts.settings, name="w1", running=lambda: ())
+    for _ in range(width + 1):  # every other partition is found drained
+        [item] = await intake.next_items(1, burst=False)
+        assert parts.layout.partition_index(item.task_id) == 0
+    lone = task_id_in(width - 1)
+    await parts.commands.submit(lone, SPEC)
+    taken = [item.task_id for _ in range(2 * width) for item in await intake.next_items(1, burst=False)]
+    assert lone in taken and len(taken) == 2 * width
+    [group] = await real_backend.redis.xinfo_groups(parts.layout.home.work)
+    assert group["lag"] > 0  # partition 0 never ran dry: items not yet read remain
+
+
 async def test_an_expired_lease_is_reclaimed_in_a_partition_other_than_0(real_backend: Backend) -> None:
     parts = _Parts(real_backend, lease_ms=300)
     await parts.queue.ensure_group()

@@ -5,6 +5,7 @@ reads (idle_reads.py)."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Collection
 from typing import NamedTuple
@@ -45,6 +46,7 @@ class Intake:
         self._idle = IdleReads(queue, name=name, block_ms=READ_BLOCK_MS)
         # Items the idle reads brought beyond the free slots: pending under this worker already.
         self._backlog: list[Item] = []
+        self._rounds = itertools.count()
 
     @property
     def waiting_on(self) -> set[int]:
@@ -80,9 +82,14 @@ class Intake:
 
     async def _take(self, free: int, burst: bool) -> list[Item]:
         """Waiting work, read and claimed from the partitions in turn until `free` are filled.
-        Partitions an idle read watches, or known drained, are skipped: a read (outstanding, or
-        started at the next wait) brings what arrives there. In `burst` mode (no reads) every
-        partition is tried. One round trip per partition tried: one with one partition."""
+        Partitions an idle read watches, or found drained in the last `width` rounds, are skipped:
+        a read (outstanding, or started at the next wait) brings what arrives there. In `burst`
+        mode (no reads) every partition is tried. One round trip per partition tried: one with
+        one partition; a busy worker whose work is all in one partition spends about two a round."""
+        if next(self._rounds) % self.queue.width == 0:
+            # What was drained may have filled since, and a busy worker never waits on its reads:
+            # every `width` rounds each partition is looked at again (every round, with one).
+            self._idle.drained.clear()
         skip = set() if burst else self._idle.watched | self._idle.drained
         taken: list[Item] = []
         for partition in self.queue.rotation():
