@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -226,3 +227,20 @@ def test_a_log_cursor_is_the_plain_stream_id_with_one_partition_and_a_list_with_
     for bad in ("", "yesterday", "1-0,,2-0", "1-0,2-0,3-0,4-0,5-0"):
         with pytest.raises(BadCursor):
             LogCursor.parse(bad, 4)
+
+
+async def test_the_dashboard_lists_every_partition_and_follows_from_each_one_s_projection(
+    backend: Backend, layout: Layout
+) -> None:
+    system = System(backend, partitions=layout.count)
+    task_ids = await submit(backend, layout, 12)
+    await project(backend, layout)
+    async with system.client() as http:
+        page = (await http.get("/")).text
+        workers = await http.get("/workers")
+    assert all(t[:8] in page for t in task_ids)
+    [since] = re.findall(r'data-since="([^"]*)"', page)
+    positions = LogCursor.parse(since, layout.width)
+    assert positions == await ReadModel(backend.redis, layout).latest()  # everything is projected
+    assert since.count(",") == layout.width - 1
+    assert workers.status_code == 200 and since in workers.text
