@@ -4,8 +4,10 @@ cluster), and an id naming a partition the deployment lacks is an unknown task."
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,9 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from consumers.projector import Projector
+from orchestrator.cli.main import build_parser
 from orchestrator.domain.ids import id_order
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.state import TaskState
+from orchestrator.settings import Settings
 from orchestrator.storage.commands import Commands
 from orchestrator.storage.hashform import index_member
 from orchestrator.storage.keys import WORKER_GROUP
@@ -244,3 +248,23 @@ async def test_the_dashboard_lists_every_partition_and_follows_from_each_one_s_p
     assert positions == await ReadModel(backend.redis, layout).latest()  # everything is projected
     assert since.count(",") == layout.width - 1
     assert workers.status_code == 200 and since in workers.text
+
+
+async def test_backstream_tail_follows_every_partition(
+    backend: Backend, layout: Layout, capsys: pytest.CaptureFixture[str]
+) -> None:
+    system = System(backend, partitions=layout.count)
+    before = await submit(backend, layout, 12)
+    async with served(system) as http:
+        settings = Settings(api_url=str(http.base_url))
+        argv = ["tail", "--since", "0", "--count", "16", "--json"]
+        tail = asyncio.create_task(asyncio.to_thread(_run, build_parser().parse_args(argv), settings))
+        after = await submit(backend, layout, 4, start=12)  # while it follows: the live feed's
+        assert await asyncio.wait_for(tail, DEADLINE_S) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert sorted(e["task_id"] for e in printed) == sorted(before + after)
+    assert {e["type"] for e in printed} == {"submitted"}
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    return int(args.run(args, settings))
