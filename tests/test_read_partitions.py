@@ -106,9 +106,11 @@ async def test_an_id_naming_a_partition_the_deployment_lacks_is_an_unknown_task(
     assert await reads.current(stranger) is None and await reads.history(stranger) is None
     assert await reads.task_events(stranger) == [] and await reads.result(stranger) is None
     async with system.client() as http:
-        for path in ("", "/events", "/stream"):
-            reply = await http.get(f"/api/backtests/tasks/{stranger}{path}")
+        for method, path in (("GET", ""), ("GET", "/events"), ("GET", "/stream"), ("DELETE", ""), ("POST", "/retry")):
+            reply = await http.request(method, f"/api/backtests/tasks/{stranger}{path}")
             assert reply.status_code == 404 and reply.json()["error"] == "task_not_found", path
+        assert (await http.get(f"/api/backtests/tasks/{stranger}?as_of=0")).status_code == 404
+        assert (await http.get(f"/tasks/{stranger}")).status_code == 404  # the dashboard's page
 
 
 async def test_dead_letters_merge_newest_first_and_a_page_never_splits_an_id(backend: Backend, layout: Layout) -> None:
