@@ -122,10 +122,12 @@ async def all_consumer_groups(
 async def all_lag(
     redis: RedisClient, partitions: list[Keys], positions: list[str | None], *, cap: int = LAG_COUNT_CAP
 ) -> tuple[int, float]:
-    """`projector_lag` of every partition: the entries summed (each counted up to `cap`), the
-    seconds of the partition furthest behind."""
+    """`projector_lag` of every partition: the entries summed (each partition's counted up to
+    its share of `cap`, so a scrape reads at most `cap` entries however many partitions
+    there are), the seconds of the partition furthest behind."""
+    share = max(cap // len(partitions), 1)
     lags = [
-        await projector_lag(redis, keys.events, position, cap=cap)
+        await projector_lag(redis, keys.events, position, cap=share)
         for keys, position in zip(partitions, positions, strict=True)
     ]
     return sum(n for n, _ in lags), max(s for _, s in lags)
@@ -171,11 +173,13 @@ async def read_gauges(
 async def read_readiness(
     redis: RedisClient, partitions: list[Keys], positions: list[str | None], *, lag_cap: int = READY_LAG_CAP
 ) -> Readiness:
-    """The entries not yet projected after each partition's position (up to `lag_cap` each,
-    summed; the oldest of them all) and the heartbeats (partition 0's). Raises redis errors."""
+    """The entries not yet projected after each partition's position (each partition's counted
+    up to its share of `lag_cap`, summed; the oldest of them all) and the heartbeats (partition
+    0's). Raises redis errors."""
     behind, oldest = 0, None
+    share = max(lag_cap // len(partitions), 1)
     for keys, position in zip(partitions, positions, strict=True):
-        found = stream_entries(await redis.xrange(keys.events, f"({position or '0-0'}", "+", count=lag_cap))
+        found = stream_entries(await redis.xrange(keys.events, f"({position or '0-0'}", "+", count=share))
         behind += len(found)
         if found:
             first = id_order(text(found[0][0]))[0]

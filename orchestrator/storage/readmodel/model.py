@@ -128,7 +128,6 @@ class ReadModel:
     async def load(self, task_ids: list[str]) -> dict[str, TaskState]:
         """{task id: projected state} for those of `task_ids` the projection holds (one round
         trip; each hash read in its task's partition)."""
-        await self.refresh()
         return await listing.load(self.redis, self.keys_of, task_ids)
 
     async def list_tasks(
