@@ -35,6 +35,7 @@ from orchestrator.cli.stores import needs_redis
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import Connections, connect
 from orchestrator.storage.keys import Keys
+from orchestrator.storage.partitions import deployment_layout
 from orchestrator.storage.presence import Heartbeat
 from orchestrator.storage.readmodel import Projection
 from orchestrator.storage.results.location import results_for
@@ -77,16 +78,16 @@ def _worker(settings: Settings, conns: Connections, catalog: Catalog, name: str,
     )
 
 
-def _projector(settings: Settings, conns: Connections) -> Projector:
-    keys = Keys(prefix=settings.prefix)
-    projection = Projection(conns.commands, keys, follow_live=True, reader=conns.blocking)
+async def _projector(settings: Settings, conns: Connections) -> Projector:
+    layout = await deployment_layout(conns)
+    projection = Projection(conns.commands, layout, follow_live=True, reader=conns.blocking)
     heartbeat = Heartbeat(
         conns.commands,
-        keys.projector_heartbeats,
+        layout.home.projector_heartbeats,
         f"{socket.gethostname()}-{os.getpid()}",
         interval_s=min(settings.heartbeat_ms, settings.lease_ms / 3) / 1000,
     )
-    return Projector(projection, heartbeat=heartbeat)
+    return Projector(projection, heartbeat=heartbeat, lease_ms=settings.lease_ms)
 
 
 class _Server(uvicorn.Server):
@@ -156,7 +157,7 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _run_projector(args: argparse.Namespace, settings: Settings) -> int:
     conns = await connect(settings, long_running=True)
-    projector = _projector(settings, conns)
+    projector = await _projector(settings, conns)
     _on_signals(projector.stop)
     try:
         await projector.run()
@@ -169,7 +170,7 @@ async def _run_all(settings: Settings, host: str, port: int, workers: int, store
     """Every role in one process: the API, the projector and the workers share one store."""
     conns = await connect(settings, long_running=True)
     catalog = _catalog(settings)
-    projector = _projector(settings, conns)
+    projector = await _projector(settings, conns)
     worker = _worker(settings, conns, catalog, f"{socket.gethostname()}-{os.getpid()}", workers)
     server = _server(settings, catalog, conns, host, port)
     log.info("backstream.up", url=f"http://{host}:{port}", store=store, workers=workers, home=settings.home)

@@ -16,6 +16,12 @@ from orchestrator.storage.partitions import Layout
 # still sees a whole projection.
 POINTER_TTL_S = 1.0
 
+# What a projection's position in a partition reads once a rebuild replaced it: never a stream id,
+# so `apply.lua` refuses ('moved') every later store into it, even one folded from no position.
+# It expires after RETIRED_KEEP_MS (a store in flight for that long is not waited for).
+RETIRED = "retired"
+RETIRED_KEEP_MS = 24 * 3600 * 1000
+
 
 async def live_keys(redis: RedisClient, keys: Keys) -> Keys:
     """`keys` pointing at the projection the API serves now (DEFAULT_PROJECTION until a rebuild
