@@ -94,6 +94,7 @@ class Projector:
         """Fold and store one batch of each partition after its stored position (whatever the
         leases say). Returns how many events were read."""
         read = 0
+        await self.projection.connect()
         for index in range(self.projection.layout.width):
             stepper = self._steppers.setdefault(index, self.folder(index))
             read += await stepper.step(block=block)
@@ -112,6 +113,7 @@ class Projector:
         beating = asyncio.create_task(heartbeat.run()) if heartbeat is not None else None
         crashed = False
         try:
+            await self.projection.connect()
             if burst:
                 width = self.projection.layout.width
                 await _all_or_none([asyncio.create_task(self.folder(i).run(burst=True)) for i in range(width)])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import redis.asyncio as aioredis
+
 from orchestrator.domain.events import StoredEvent
 from orchestrator.domain.state import TaskState
 from orchestrator.storage.codec import text
@@ -154,6 +156,15 @@ class Projection(ReadModel):
             self.layout = await live_layout(self.redis, self.layout)
             self.keys = self.layout.home
             self._pointer_read_at = now
+
+    async def connect(self) -> None:
+        """Load the slot map of cluster clients before the partitions' folders use them at once:
+        redis-py's asyncio cluster client, first used by many coroutines together, fails some of
+        their commands (ConnectionError; AttributeError on a connection another one closed)
+        while it initializes. Nothing to do on a standalone client. Raises redis errors."""
+        for client in (self.redis, self.reader):
+            if isinstance(client, aioredis.RedisCluster):
+                await client.initialize()
 
     def partition(self, index: int) -> PartitionProjection:
         """Partition `index` of the projection `layout` names now. Raises IndexError outside
