@@ -67,7 +67,13 @@ class Projector:
         self.leases = PartitionLeases(projection.redis, projection.layout, self.name, lease_ms=lease_ms)
         self._stopping = asyncio.Event()
         self._steppers: dict[int, PartitionFolder] = {}
+        self._leading: _Leading | None = None
         self.applied = 0
+
+    @property
+    def folding(self) -> list[int]:
+        """The partitions this following projector folds now (it holds their leases), sorted."""
+        return sorted(self._leading.held) if self._leading is not None else []
 
     def stop(self) -> None:
         """Stop following; the batches in flight are still stored, the leases given back."""
@@ -118,7 +124,8 @@ class Projector:
                 width = self.projection.layout.width
                 await _all_or_none([asyncio.create_task(self.folder(i).run(burst=True)) for i in range(width)])
             else:
-                await _Leading(self).run()
+                self._leading = _Leading(self)
+                await self._leading.run()
         except asyncio.CancelledError:
             crashed = True  # as a crash leaves it: the heartbeat ages out, the leases expire
             raise

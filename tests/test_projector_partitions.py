@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from consumers.maintenance.replay import Difference, rebuild, snapshots, verify_replay
+from consumers.partition_leases import PartitionLeases, Share
 from consumers.projector import Projector
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.storage.commands import Commands
@@ -211,3 +212,53 @@ async def test_rebuild_and_verify_over_partitions_under_a_live_projector(real_ba
     finally:
         live.stop()
         await asyncio.wait_for(running, timeout=10)
+
+
+async def test_a_lease_is_taken_free_renewed_by_its_holder_and_released_only_by_it(backend: Backend) -> None:
+    layout = partitioned(backend)
+    mine, theirs = (PartitionLeases(backend.redis, layout, name, lease_ms=60_000) for name in ("pa", "pb"))
+    share = await mine.share()
+    assert share.quota == layout.width and sorted(share.order) == list(range(layout.width))
+    assert await mine.take(Share(quota=2, order=[1, 0]), set()) == [1, 0]
+    assert await theirs.take(Share(quota=layout.width, order=share.order), set()) == list(range(2, layout.width))
+    assert await theirs.renew([0]) == [0] and await mine.renew([0, 1]) == []
+    await theirs.release([0, 1, 2])  # only its own goes
+    assert (await mine.holders())[:3] == ["pa", "pa", None]
+    assert mine.extras(Share(quota=1, order=[1, 0]), {0, 1}) == [0]
+
+
+@pytest.mark.redis
+async def test_a_projector_that_lost_a_lease_while_folding_stores_nothing_twice(real_backend: Backend) -> None:
+    """A projector's lease on a partition expires and another takes it while the first still
+    folds it: until the first renews and stops, both fold the partition, and apply.lua's
+    position check refuses whichever store comes second."""
+    backend = real_backend
+    layout = partitioned(backend)
+    commands = Commands(backend.redis, layout)
+    appended = await submit_everywhere(commands, layout, cancel=True)
+    first = following(backend, layout, "first")
+    running = asyncio.create_task(first.run())
+    reader = Projection(backend.redis, layout, follow_live=True)
+    await eventually(lambda: caught_up(backend, reader), timeout=10, what="the first projector")
+    # As if its lease on partition 1 expired unrenewed and a projector named `second` took it.
+    await backend.redis.set(layout.partition(1).projector_lease, "second", px=60_000)
+    second = Projector(Projection(backend.redis, layout), batch_size=1)
+    intruder = second.folder(1)
+    racing = asyncio.create_task(intruder.run())
+    for _ in range(20):
+        task_id = task_id_in(1)
+        await commands.submit(task_id, SPEC)
+        await commands.cancel(task_id)
+        appended += 2
+    await eventually(lambda: _holds(first, 1, "second"), timeout=10, what="the first to let go")
+    await eventually(lambda: caught_up(backend, reader), timeout=10, what="partition 1 folded")
+    intruder.stop()
+    first.stop()
+    await asyncio.wait_for(asyncio.gather(racing, running), timeout=10)
+    assert (await verify_replay(backend.redis, layout)).differences == []
+    assert first.applied + second.applied == appended  # every event stored once, by one of them
+
+
+async def _holds(projector: Projector, index: int, name: str) -> bool:
+    """`name` holds partition `index`'s lease and `projector` folds it no more."""
+    return (await projector.leases.holders())[index] == name and index not in projector.folding

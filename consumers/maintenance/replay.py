@@ -180,7 +180,8 @@ async def rebuild(
     # Readers and projectors re-read the pointer within POINTER_TTL_S; the old projection stays
     # whole until then, and refuses every store once retired.
     await asyncio.sleep(POINTER_TTL_S * 2)
+    # Unregistered first: retention no longer waits for it (and never reads a retired position).
+    await redis.srem(home.projections, old.projection_name)
     await retire(redis, old)
     await delete_projection(redis, old, keep_positions=True)
-    await redis.srem(home.projections, old.projection_name)
     return Replay(events=folded, seconds=seconds, projection=new.projection_name)
