@@ -114,7 +114,8 @@ async def test_cancel_unknown_task_stores_nothing(system: System, backend: Backe
         task_id = str(uuid.uuid4())
         reply = await http.delete(f"/api/backtests/tasks/{task_id}")
         assert reply.status_code == 404 and reply.json()["error"] == "task_not_found"
-    assert await backend.redis.exists(backend.layout.of(task_id).control(task_id), backend.layout.of(task_id).task_log(task_id)) == 0
+    keys = backend.layout.of(task_id)
+    assert await backend.redis.exists(keys.control(task_id), keys.task_log(task_id)) == 0
     assert await backend.redis.xlen(backend.keys.events) == 0
 
 
