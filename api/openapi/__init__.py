@@ -61,7 +61,10 @@ def _content(answer: Any, refs: dict[Any, Any]) -> dict[str, Any]:
             "required": ["data"],
             "properties": {
                 "event": {"enum": ["message", "end"]},
-                "id": {"type": "string", "description": "the log's stream id; send it back as Last-Event-ID"},
+                "id": {
+                    "type": "string",
+                    "description": "the log cursor after this event; send it back as Last-Event-ID",
+                },
                 "retry": {"type": "integer"},
                 "data": data,
             },

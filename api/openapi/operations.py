@@ -16,7 +16,7 @@ TASK_ID = {
     "description": "the task's id (a UUID); any id that names no task gets 404 task_not_found",
     "schema": {"type": "string"},
 }
-# An answer that is a stream of Server-Sent Events (`id:` the stream id, `data:` an EventView).
+# An answer that is a stream of Server-Sent Events (`id:` the log cursor, `data:` an EventView).
 SSE = "text/event-stream"
 
 
@@ -58,7 +58,10 @@ _LAST_EVENT_ID = {
     "name": "Last-Event-ID",
     "in": "header",
     "required": False,
-    "description": "resume after this stream id",
+    "description": (
+        "resume after this log cursor: the `id` of an event received (a stream id with one partition; "
+        "one id per partition, comma-separated, with several)"
+    ),
     "schema": {"type": "string"},
 }
 
