@@ -23,6 +23,7 @@ from bench.work import LONG_SPEC_FIELDS, SMA_SPEC_FIELDS, sma_spec
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.storage.commands import Commands
 from orchestrator.storage.keys import Keys
+from orchestrator.storage.partitions import Layout
 from orchestrator.storage.workqueue import WorkQueue
 
 
@@ -59,8 +60,9 @@ async def throughput(
     keys = Keys(prefix=prefix)
     r = aioredis.Redis.from_url(redis_url, protocol=2, socket_timeout=30)
     reader = aioredis.Redis.from_url(redis_url, protocol=2, socket_timeout=None)
-    store = Commands(r, keys)
-    await WorkQueue(r, keys).ensure_group()
+    layout = Layout(prefix=prefix)
+    store = Commands(r, layout)
+    await WorkQueue(r, layout).ensure_group()
     spec: BacktestSpec = sma_spec()
     body = msgspec.json.encode(spec)
     proj_done = keys.projected_index("completed")

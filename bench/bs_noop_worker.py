@@ -17,7 +17,7 @@ from orchestrator.cli import logs
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import Connections
-from orchestrator.storage.keys import Keys
+from orchestrator.storage.partitions import deployment_layout
 from orchestrator.storage.workqueue import WorkQueue
 
 
@@ -48,7 +48,7 @@ async def main(name: str, concurrency: int) -> None:
     settings = Settings.from_env()
     conns = Connections(settings)
     worker = Worker(
-        WorkQueue(conns.commands, Keys(prefix=settings.prefix), reader=conns.blocking),
+        WorkQueue(conns.commands, await deployment_layout(conns), reader=conns.blocking),
         start_noop,
         settings,
         name=name,

@@ -33,6 +33,7 @@ from bench.procs import REPO, Proc, RedisServer  # noqa: E402
 from orchestrator.domain.spec import BacktestSpec  # noqa: E402
 from orchestrator.storage.commands import Commands  # noqa: E402
 from orchestrator.storage.keys import Keys  # noqa: E402
+from orchestrator.storage.partitions import Layout  # noqa: E402
 
 PREFIX = "{sweep}"
 # 100 SMA crossovers over the 2,148 bundled GOOG bars (a corner of the 10,000-combination
@@ -60,7 +61,7 @@ def _cpu_s(pid: int) -> float:
 async def _drive(url: str, n: int, spec: BacktestSpec, pid: int, timeout: float) -> dict[str, float]:
     keys = Keys(prefix=PREFIX)
     r = aioredis.Redis.from_url(url, protocol=2)
-    store = Commands(r, keys)
+    store = Commands(r, Layout(prefix=PREFIX))
     cpu0 = _cpu_s(pid)
     t0 = time.time()
     ids = [str(uuid.uuid4()) for _ in range(n)]

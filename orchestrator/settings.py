@@ -94,6 +94,21 @@ def _env_number(env: Mapping[str, str], name: str, default: N) -> N:
     return value
 
 
+# Task ids carry their partition in two bytes (storage/partitions.py).
+MAX_PARTITIONS = 1 << 16
+
+
+def _partitions(env: Mapping[str, str]) -> int | None:
+    """BACKSTREAM_PARTITIONS: None when unset (the store's default), else 1 to MAX_PARTITIONS.
+    Raises ValueError naming the variable for anything else."""
+    count = _env_number(env, "BACKSTREAM_PARTITIONS", 0)
+    if not env.get("BACKSTREAM_PARTITIONS", "").strip():
+        return None
+    if not 1 <= count <= MAX_PARTITIONS:
+        raise ValueError(f"BACKSTREAM_PARTITIONS={count} is not 1 to {MAX_PARTITIONS}")
+    return count
+
+
 def default_home(env: Mapping[str, str]) -> str:
     """Where the embedded store lives unless BACKSTREAM_HOME or --home says otherwise: the
     user's data directory ($XDG_DATA_HOME, else ~/Library/Application Support on macOS, else
@@ -211,7 +226,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             results_options={k: v for k, v in env.items() if k.startswith("AWS_")},
             results_timeout_s=_env_number(env, "BACKSTREAM_RESULTS_TIMEOUT_S", defaults.results_timeout_s),
             prefix=env.get("BACKSTREAM_PREFIX", defaults.prefix),
-            partitions=_env_number(env, "BACKSTREAM_PARTITIONS", 0) or None,
+            partitions=_partitions(env),
             replica_acks=max(0, _env_number(env, "BACKSTREAM_REPLICA_ACKS", defaults.replica_acks)),
             data_dir=env.get("BACKSTREAM_DATA_DIR") or None,
             lease_ms=_env_number(env, "BACKSTREAM_LEASE_MS", defaults.lease_ms),

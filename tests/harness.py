@@ -43,7 +43,7 @@ class System:
         data = Catalog.from_env_dir(data_dir)
         self.checker, self.catalog = EngineSpecChecker(data), EngineCatalog(data)
         self.commands = Commands(backend.redis, backend.layout)
-        self.queue = WorkQueue(backend.redis, backend.keys, reader=backend.blocking)
+        self.queue = WorkQueue(backend.redis, backend.layout, reader=backend.blocking)
         self.projection = Projection(backend.redis, backend.keys, follow_live=True)
         self.connections = _SharedConnections(backend, self.settings)
 

@@ -47,7 +47,7 @@ async def test_the_same_url_form_names_a_standalone_server_or_a_cluster(cluster_
 
 async def test_a_dead_workers_item_is_reclaimed(on_cluster: Backend) -> None:
     """XREADGROUP (blocking), then XAUTOCLAIM by another worker, on the node holding the slot."""
-    queue = WorkQueue(on_cluster.redis, on_cluster.keys, reader=on_cluster.blocking)
+    queue = WorkQueue(on_cluster.redis, on_cluster.layout, reader=on_cluster.blocking)
     await queue.ensure_group()
     task_id = str(uuid.uuid4())
     await Commands(on_cluster.redis, on_cluster.layout).submit(task_id, SPEC)
@@ -64,7 +64,7 @@ async def test_keyless_reads_go_to_the_node_holding_the_slot(on_cluster: Backend
     keys = on_cluster.keys
     target = (await routed_to(on_cluster.redis, keys.events))["target_nodes"]
     assert target.port == redis_cluster.port_serving(keys.events)
-    queue = WorkQueue(on_cluster.redis, keys)
+    queue = WorkQueue(on_cluster.redis, on_cluster.layout)
     assert await queue.promote_due_retries() == 0
     await queue.liveness("w1", interval_s=1).beat()
     assert (await read_beats(on_cluster.redis, keys.worker_heartbeats)).alive(within_ms=60_000) == ["w1"]
@@ -76,7 +76,7 @@ async def test_a_node_that_lost_its_scripts_gets_them_again(on_cluster: Backend,
     """NOSCRIPT on the node holding the slot (a restart, a failover to a replica): batched and
     single script calls load the script there and carry on."""
     commands = Commands(on_cluster.redis, on_cluster.layout)
-    queue = WorkQueue(on_cluster.redis, on_cluster.keys)
+    queue = WorkQueue(on_cluster.redis, on_cluster.layout)
     await queue.ensure_group()
     await commands.submit(str(uuid.uuid4()), SPEC)
     redis_cluster.flush_scripts()

@@ -46,7 +46,7 @@ async def test_a_short_task_costs_at_most_25_commands_from_submit_to_outcome(tmp
     blocking = aioredis.Redis.from_url(server.url)
     try:
         keys = Keys(prefix="{t}")
-        queue = WorkQueue(r, keys, reader=blocking)
+        queue = WorkQueue(r, Layout(prefix=keys.prefix), reader=blocking)
         settings = Settings(prefix=keys.prefix)
         worker = Worker(
             queue,

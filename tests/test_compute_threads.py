@@ -88,7 +88,7 @@ async def test_a_worker_computes_on_at_most_its_compute_threads(
     real_backend: Backend, threads: int, concurrency: int
 ) -> None:
     commands = Commands(real_backend.redis, real_backend.layout)
-    queue = WorkQueue(real_backend.redis, real_backend.keys, reader=real_backend.blocking)
+    queue = WorkQueue(real_backend.redis, real_backend.layout, reader=real_backend.blocking)
     watched = Watched(functools.partial(start_run, catalog=Catalog.from_env_dir(None)))
     settings = Settings(prefix=real_backend.keys.prefix, compute_threads=threads)
     worker = Worker(queue, watched, settings, name="w1", concurrency=concurrency)
@@ -138,7 +138,7 @@ async def test_a_task_waiting_for_its_turn_notices_a_cancel(real_backend: Backen
     """Two sweeps on one compute thread; one holds the thread. The other, waiting for its turn,
     is cancelled: it stops there and then, before the thread is free, and writes nothing more."""
     commands = Commands(real_backend.redis, real_backend.layout)
-    queue = WorkQueue(real_backend.redis, real_backend.keys, reader=real_backend.blocking)
+    queue = WorkQueue(real_backend.redis, real_backend.layout, reader=real_backend.blocking)
     keep_spec = msgspec.structs.replace(SWEEP, params={**SWEEP.params, "fast": list(range(3, 22))})
     gated = Gated(functools.partial(start_run, catalog=Catalog.from_env_dir(None)), keep_spec)
     settings = Settings(prefix=real_backend.keys.prefix, compute_threads=1)
@@ -180,7 +180,7 @@ async def test_a_task_waiting_for_its_turn_keeps_its_lease(real_backend: Backend
     turn all that time, keeps renewing its lease (its work item's idle time stays under the
     lease, so no other worker would reclaim it), then runs to completion."""
     commands = Commands(real_backend.redis, real_backend.layout)
-    queue = WorkQueue(real_backend.redis, real_backend.keys, reader=real_backend.blocking)
+    queue = WorkQueue(real_backend.redis, real_backend.layout, reader=real_backend.blocking)
     keep_spec = msgspec.structs.replace(SWEEP, params={**SWEEP.params, "fast": list(range(3, 22))})
     gated = Gated(functools.partial(start_run, catalog=Catalog.from_env_dir(None)), keep_spec)
     settings = Settings(prefix=real_backend.keys.prefix, compute_threads=1, lease_ms=300, heartbeat_ms=50)

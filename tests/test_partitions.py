@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -86,3 +89,38 @@ async def test_changing_the_count_is_a_migration_that_keeps_reading_the_old_part
     # New tasks go to the two partitions only, while all eight are still read.
     assert {partition_of(lowered.new_task_id()) for _ in range(200)} == {0, 1}
     assert len(lowered.partitions) == 8
+
+
+def backstream(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.redis
+def test_the_count_is_changed_only_by_the_partitions_command(real_prefix: str, real_url: str) -> None:
+    env = {"REDIS_URL": real_url, "BACKSTREAM_PREFIX": real_prefix}
+    shown = backstream(env, "partitions")
+    assert shown.returncode == 0, shown.stderr
+    assert "partitions: 1 take new tasks, 1 are read" in shown.stdout
+    # A process asking for another count than the deployment's refuses to start: no silent rehash.
+    refused = backstream({**env, "BACKSTREAM_PARTITIONS": "4"}, "replay", "--verify")
+    assert refused.returncode == 2
+    assert "BACKSTREAM_PARTITIONS=4, but this deployment has 1 partitions" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    migrated = backstream(env, "partitions", "4")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "partitions: 4 take new tasks, 4 are read" in migrated.stdout
+    lowered = backstream(env, "partitions", "2")
+    assert "partitions: 2 take new tasks, 4 are read" in lowered.stdout
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many", "70000"])
+def test_a_bad_partition_count_names_the_variable(value: str) -> None:
+    failed = backstream({"BACKSTREAM_PARTITIONS": value, "REDIS_URL": "redis://127.0.0.1:1"}, "partitions")
+    assert failed.returncode == 2
+    assert f"BACKSTREAM_PARTITIONS={value!r}" in failed.stderr or f"BACKSTREAM_PARTITIONS={value} " in failed.stderr

@@ -58,7 +58,7 @@ class Stores(NamedTuple):
 async def store(backend: Backend) -> Stores:
     s = Stores(
         Commands(backend.redis, backend.layout),
-        WorkQueue(backend.redis, backend.keys, reader=backend.blocking),
+        WorkQueue(backend.redis, backend.layout, reader=backend.blocking),
         ReadModel(backend.redis, backend.keys),
     )
     await s.queue.ensure_group()

@@ -1,5 +1,7 @@
 """Retention of full results: delete the oldest beyond an age, a count or a total size, each
-recorded as a `result_deleted` event first; and collect orphans (uploads no outcome names)."""
+recorded as a `result_deleted` event first; and collect orphans (uploads no outcome names).
+The results of every partition are ranked together; each deletion is recorded in its task's
+partition."""
 
 from __future__ import annotations
 
@@ -12,8 +14,15 @@ import structlog
 from orchestrator.domain.events import Completed, ResultDeleted
 from orchestrator.domain.state import TaskState
 from orchestrator.domain.status import Status
+from orchestrator.storage.codec import text
 from orchestrator.storage.commands import Commands
+from orchestrator.storage.connections import RedisClient
+from orchestrator.storage.hashform import from_hash
+from orchestrator.storage.keys import Keys
+from orchestrator.storage.partitions import Layout
 from orchestrator.storage.readmodel import ReadModel
+from orchestrator.storage.readmodel.log import task_events
+from orchestrator.storage.readmodel.pointer import live_layout
 from orchestrator.storage.results.store import ResultStore
 
 log = structlog.get_logger("backstream.retention")
@@ -22,6 +31,8 @@ log = structlog.get_logger("backstream.retention")
 # newest object is older than this are collected (far above the time from upload to outcome,
 # which waits out a Redis outage with the lease kept, and above the projector's lag).
 DEFAULT_ORPHAN_GRACE_MS = 6 * 3600 * 1000
+# Projected states loaded per pipelined round trip when a partition's completed tasks are read.
+LOAD_BATCH = 500
 
 
 class ResultPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,10 +71,25 @@ def _ms(iso: str | None) -> int:
     return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-async def _stored_results(reads: ReadModel) -> list[TaskState]:
-    """Completed tasks whose full result is in the store, newest completion first."""
-    completed = await reads.all_tasks(Status.COMPLETED)
-    states = [s for s in completed if s.result_ref is not None and s.result_deleted_at is None]
+async def _completed(redis: RedisClient, projection: Keys) -> list[TaskState]:
+    """Every completed task of one partition's projection `projection`, LOAD_BATCH states per
+    round trip."""
+    members = await redis.zrangebylex(projection.projected_index(Status.COMPLETED), "-", "+")
+    ids = [text(m).split("|", 1)[1] for m in members]
+    states: list[TaskState] = []
+    for start in range(0, len(ids), LOAD_BATCH):
+        async with redis.pipeline(transaction=False) as pipe:
+            for task_id in ids[start : start + LOAD_BATCH]:
+                pipe.hgetall(projection.projected_task(task_id))
+            states += [from_hash(fields) for fields in await pipe.execute() if fields]
+    return states
+
+
+async def _stored_results(redis: RedisClient, live: Layout) -> list[TaskState]:
+    """Completed tasks of every partition whose full result is in the store, newest completion
+    first (`live`: the layout naming the live projection)."""
+    states = [s for keys in live.partitions for s in await _completed(redis, keys)]
+    states = [s for s in states if s.result_ref is not None and s.result_deleted_at is None]
     return sorted(states, key=lambda s: (s.finished_at or "", s.task_id), reverse=True)
 
 
@@ -86,14 +112,17 @@ async def apply_result_retention(
     now_ms: int | None = None,
     dry_run: bool = False,
 ) -> ResultRetentionReport:
-    """Delete the results the policy does not keep, then the orphans. Each deletion is recorded
-    (`result_deleted`, in the task's log, through `drop_result.lua`) before its objects are
-    deleted: a crash in between leaves objects that no live result names, which the orphan
-    collector deletes on a later run. Idempotent: a second run deletes nothing more."""
+    """Delete the results the policy does not keep, then the orphans, over every partition of
+    `commands.layout`, reading the live projection (`projection` lends its client). Each deletion
+    is recorded (`result_deleted`, in the task's log, through `drop_result.lua` on its partition)
+    before its objects are deleted: a crash in between leaves objects that no live result names,
+    which the orphan collector deletes on a later run. Idempotent: a second run deletes nothing more."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     deleted: list[DeletedResult] = []
     kept = kept_bytes = total = 0
-    live = await _stored_results(projection)
+    redis = projection.redis
+    layout = await live_layout(redis, commands.layout)
+    live = await _stored_results(redis, layout)
     for rank, state in enumerate(live, start=1):
         ref = state.result_ref
         assert ref is not None
@@ -106,28 +135,35 @@ async def apply_result_retention(
         if dry_run:
             continue
         outcome = await commands.record_result_deleted(
-            state.task_id, ref.key, reason=reason, live_projection=projection.keys
+            state.task_id, ref.key, reason=reason, live_projection=layout.of(state.task_id)
         )
         if outcome in ("ok", "done"):
             await results.delete(ref.key)
             log.info("results.deleted", task_id=state.task_id, key=ref.key, reason=reason, bytes=ref.bytes)
         else:
             log.warning("results.not_deleted", task_id=state.task_id, key=ref.key, outcome=outcome)
-    named = {s.result_ref.key for s in live if s.result_ref is not None} - {d.key for d in deleted}
+    named = {s.result_ref.key for s in live if s.result_ref is not None}
+    if not dry_run:  # a dry run's deletions are not orphans as well (their task's log may be compacted)
+        named -= {d.key for d in deleted}
     orphans = await collect_orphans(
-        projection, results, named, grace_ms=policy.orphan_grace_ms, now_ms=now_ms, dry_run=dry_run
+        redis, layout, results, named, grace_ms=policy.orphan_grace_ms, now_ms=now_ms, dry_run=dry_run
     )
     report = ResultRetentionReport(kept, kept_bytes, deleted, orphans, dry_run)
     log.info("results.retention_applied", kept=kept, kept_bytes=kept_bytes, deleted=len(deleted), orphans=len(orphans))
     return report
 
 
-async def _named_in_log(reads: ReadModel, key: str) -> bool:
-    """Does the task's log name `key` as a live result (completed with it, not deleted since)?
-    For a task the projection has not folded yet."""
+async def _named_in_log(redis: RedisClient, layout: Layout, key: str) -> bool:
+    """Does the task's log (in its partition) name `key` as a live result (completed with it, not
+    deleted since)? For a task the projection has not folded yet. False for a prefix that names
+    no task of the deployment (not a task id, or a partition it lacks)."""
     task_id = key.split("/", 1)[0]
+    try:
+        keys = layout.of(task_id)
+    except (ValueError, IndexError):
+        return False
     named = False
-    for stored in await reads.task_events(task_id):
+    for stored in await task_events(redis, keys, task_id):
         event = stored.event
         if isinstance(event, Completed) and event.result_ref is not None and event.result_ref.key == key:
             named = True
@@ -137,14 +173,21 @@ async def _named_in_log(reads: ReadModel, key: str) -> bool:
 
 
 async def collect_orphans(
-    reads: ReadModel, results: ResultStore, named: set[str], *, grace_ms: int, now_ms: int, dry_run: bool = False
+    redis: RedisClient,
+    layout: Layout,
+    results: ResultStore,
+    named: set[str],
+    *,
+    grace_ms: int,
+    now_ms: int,
+    dry_run: bool = False,
 ) -> list[str]:
     """Delete result prefixes (`<task_id>/<attempt>-<nonce>`) that no live result names, whose
     newest object is older than `grace_ms`: uploads whose outcome was never recorded (the worker
     died or lost its claim between the upload and the outcome; a fenced outcome), and leftovers
     of a deletion a crash interrupted. `named`: the keys the projection calls live; a prefix it
-    does not name is checked against the task's log too (the projector may lag). Returns the
-    prefixes deleted."""
+    does not name is checked against the task's log too, in its partition of `layout` (the
+    projector may lag). Returns the prefixes deleted."""
     newest: dict[str, int] = {}
     async for obj in results.objects():
         parts = obj.path.split("/")
@@ -153,7 +196,7 @@ async def collect_orphans(
             newest[prefix] = max(newest.get(prefix, 0), obj.last_modified_ms)
     collected = []
     for prefix, modified in sorted(newest.items()):
-        if prefix in named or now_ms - modified <= grace_ms or await _named_in_log(reads, prefix):
+        if prefix in named or now_ms - modified <= grace_ms or await _named_in_log(redis, layout, prefix):
             continue
         collected.append(prefix)
         if not dry_run:

@@ -118,6 +118,11 @@ class Worker:
                 await asyncio.wait(list(self._running), return_when=asyncio.FIRST_COMPLETED)
             for item in items:
                 self._start(item)
+        # What the idle reads still outstanding bring is pending under this worker: it runs
+        # within the grace period or is released with the rest, as an item read just before a
+        # stop always was, rather than wait out a lease for another worker to reclaim it.
+        for item in await self.intake.close():
+            self._start(item)
         await self._drain()
         if self.strategies:
             withdraw = functools.partial(self.queue.withdraw_strategies, self.name)

@@ -12,8 +12,8 @@ from pathlib import Path
 import msgspec
 
 from consumers.maintenance import replay
-from consumers.maintenance.archive import export, read_entries
-from consumers.maintenance.retention import apply_retention
+from consumers.maintenance.archive import export_layout, read_entries
+from consumers.maintenance.retention import apply_layout_retention
 from orchestrator.cli.args import Subcommands, duration_ms
 from orchestrator.cli.home import HOME_HELP
 from orchestrator.cli.render import audit_line
@@ -24,6 +24,7 @@ from orchestrator.domain.views import to_api
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import connect
 from orchestrator.storage.keys import Keys
+from orchestrator.storage.partitions import deployment_layout
 from orchestrator.storage.readmodel import HistoryArchived, ReadModel
 
 
@@ -120,14 +121,21 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _export(args: argparse.Namespace, settings: Settings) -> int:
     conns = await connect(settings)
-    keys = Keys(prefix=settings.prefix)
     try:
+        layout = await deployment_layout(conns)
         since = _range_bound(args.since, "-", low=True)
         until = _range_bound(args.until, "+", low=False)
-        count, last = await export(conns.commands, keys, Path(args.file), since=since, until=until)
-        if last is not None and since == "-":
-            await conns.commands.set(keys.archived_through, last)
-        print(f"exported {count:,} events to {args.file}" + (f" (through {last})" if last else ""))
+        written = await export_layout(conns.commands, layout, Path(args.file), since=since, until=until)
+        if since == "-":
+            for part in written:
+                if part.last is not None:
+                    await conns.commands.set(layout.partition(part.partition).archived_through, part.last)
+        count = sum(part.count for part in written)
+        if layout.width == 1:
+            last = written[0].last
+            print(f"exported {count:,} events to {args.file}" + (f" (through {last})" if last else ""))
+        else:
+            print(f"exported {count:,} events of {layout.width} partitions to {args.file}")
         return 0
     finally:
         await conns.close()
@@ -136,10 +144,11 @@ async def _export(args: argparse.Namespace, settings: Settings) -> int:
 async def _retention(args: argparse.Namespace, settings: Settings) -> int:
     conns = await connect(settings)
     try:
-        report = await apply_retention(
-            conns.commands, Keys(prefix=settings.prefix), horizon_ms=args.horizon, dry_run=args.dry_run
-        )
-        print(json.dumps(msgspec.to_builtins(report), indent=2))
+        layout = await deployment_layout(conns)
+        report = await apply_layout_retention(conns.commands, layout, horizon_ms=args.horizon, dry_run=args.dry_run)
+        # One partition: its report alone, as before partitions existed.
+        shown = report.partitions[0] if layout.width == 1 else report
+        print(json.dumps(msgspec.to_builtins(shown), indent=2))
         return 0
     finally:
         await conns.close()

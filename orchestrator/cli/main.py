@@ -10,13 +10,14 @@ from pathlib import Path
 
 import msgspec
 
-from orchestrator.cli import audit, logs, results, roles, tasks
+from orchestrator.cli import audit, logs, partitions, results, roles, tasks
 from orchestrator.cli.home import HOME_HELP, running_api_url
 from orchestrator.settings import DEFAULT_API_URL, Settings
+from orchestrator.storage.partitions import LayoutMismatch
 
 # Modules that add subcommands: each has `register(subparsers)`, and every subcommand it adds
 # sets `run(args, settings) -> exit code`.
-COMMAND_GROUPS = [roles, audit, tasks, results]
+COMMAND_GROUPS = [roles, audit, tasks, results, partitions]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,4 +70,9 @@ def _main(argv: Sequence[str] | None) -> int:
     # then overrides): the API of the `up` running on the home, if one is.
     if getattr(args, "url", "") is None and settings.api_url == DEFAULT_API_URL and settings.home:
         args.url = running_api_url(Path(settings.home))
-    return int(args.run(args, settings))
+    try:
+        return int(args.run(args, settings))
+    except LayoutMismatch as e:
+        # BACKSTREAM_PARTITIONS asks for another count than the deployment's: refuse, never rehash.
+        print(f"backstream: {e}", file=sys.stderr)
+        return 2

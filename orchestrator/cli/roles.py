@@ -33,8 +33,9 @@ from orchestrator.cli.embedded import EmbeddedStore
 from orchestrator.cli.home import HOME_HELP, HomeError, api_host
 from orchestrator.cli.stores import needs_redis
 from orchestrator.settings import Settings
-from orchestrator.storage.connections import Connections, connect
+from orchestrator.storage.connections import Connections, connect, until_reachable
 from orchestrator.storage.keys import Keys
+from orchestrator.storage.partitions import deployment_layout
 from orchestrator.storage.presence import Heartbeat
 from orchestrator.storage.readmodel import Projection
 from orchestrator.storage.results.location import results_for
@@ -64,10 +65,11 @@ def _on_signals(stop: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, stop)
 
 
-def _worker(settings: Settings, conns: Connections, catalog: Catalog, name: str, concurrency: int) -> Worker:
-    keys = Keys(prefix=settings.prefix)
+async def _worker(settings: Settings, conns: Connections, catalog: Catalog, name: str, concurrency: int) -> Worker:
+    # Every partition of the deployment (recorded in the store) is read; an outage is waited out.
+    layout = await until_reachable(lambda: deployment_layout(conns), doing="reading the partitions")
     return Worker(
-        WorkQueue(conns.commands, keys, reader=conns.blocking),
+        WorkQueue(conns.commands, layout, reader=conns.blocking),
         functools.partial(start_run, catalog=catalog),
         settings,
         name=name,
@@ -145,7 +147,7 @@ async def _run_api(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     conns = await connect(settings, long_running=True)
-    worker = _worker(settings, conns, _catalog(settings), args.name, args.concurrency)
+    worker = await _worker(settings, conns, _catalog(settings), args.name, args.concurrency)
     _on_signals(worker.stop)
     try:
         await worker.run()
@@ -170,7 +172,7 @@ async def _run_all(settings: Settings, host: str, port: int, workers: int, store
     conns = await connect(settings, long_running=True)
     catalog = _catalog(settings)
     projector = _projector(settings, conns)
-    worker = _worker(settings, conns, catalog, f"{socket.gethostname()}-{os.getpid()}", workers)
+    worker = await _worker(settings, conns, catalog, f"{socket.gethostname()}-{os.getpid()}", workers)
     server = _server(settings, catalog, conns, host, port)
     log.info("backstream.up", url=f"http://{host}:{port}", store=store, workers=workers, home=settings.home)
     working = asyncio.create_task(worker.run())

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from orchestrator.settings import DEFAULT_PREFIX
+from orchestrator.settings import DEFAULT_PREFIX, MAX_PARTITIONS
 from orchestrator.storage.codec import text
 from orchestrator.storage.connections import Connections, RedisClient
 from orchestrator.storage.keys import Keys
@@ -25,9 +25,6 @@ from orchestrator.storage.keys import Keys
 # The default on a Redis Cluster: enough for 16 shards, few enough that an idle process's reads of
 # every partition stay cheap. A standalone server and the embedded default have one.
 CLUSTER_PARTITIONS = 16
-
-# Ids carry their partition in their first two bytes, so there can be no more than this.
-MAX_PARTITIONS = 1 << 16
 
 
 class LayoutMismatch(Exception):

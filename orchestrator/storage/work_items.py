@@ -1,16 +1,20 @@
-"""Reading the work stream as a member of the workers' group: new items, a restarted worker's own
-pending items, and items whose lease expired (XAUTOCLAIM). `WorkQueue` (workqueue.py) adds the
-claims and the fenced writes of an attempt."""
+"""Reading the work streams of every partition as a member of the workers' group: new items, a
+restarted worker's own pending items, and items whose lease expired (XAUTOCLAIM). `WorkQueue`
+(workqueue.py) adds the claims and the fenced writes of an attempt."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from typing import Any, NamedTuple, cast
 
+import redis.asyncio as aioredis
 import structlog
 
 from orchestrator.storage.codec import text
 from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.keys import WORKER_GROUP, Keys
+from orchestrator.storage.partitions import Layout
 
 log = structlog.get_logger("backstream.reclaim")
 
@@ -18,8 +22,18 @@ log = structlog.get_logger("backstream.reclaim")
 OWN_PENDING_MAX = 10_000
 
 
+async def ready_for_concurrent_calls(client: RedisClient) -> None:
+    """Load a cluster client's slot map before calls are made on it concurrently: redis-py 8.1's
+    async cluster client fails some of the concurrent first calls of a fresh client (AttributeError
+    on a connection it is still opening) and re-sends others (measured here). No round trip once
+    loaded; nothing to do on a standalone client."""
+    if isinstance(client, aioredis.RedisCluster):
+        await client.initialize()
+
+
 class WorkItem(NamedTuple):
-    """A work item read from the stream: its message id and the task it is an attempt of."""
+    """A work item read from a work stream: its message id and the task it is an attempt of (the
+    task's id names its partition, so everything done with the item routes by it)."""
 
     message_id: str
     task_id: str
@@ -31,39 +45,76 @@ def _items(reply: Any) -> list[WorkItem]:
 
 
 class WorkItems:
-    """The work stream of the keys under one prefix, read through `redis` (commands) and
-    `reader` (a client without a socket timeout, for blocking reads; default `redis`). Every
-    method raises redis errors."""
+    """The work streams of the partitions of `layout`, read through `redis` (commands) and
+    `reader` (a client without a socket timeout, for blocking reads; default `redis`). Each
+    command names one partition's stream (on a cluster, no command may name two). Every method
+    raises redis errors."""
 
-    def __init__(self, redis: RedisClient, keys: Keys, *, reader: RedisClient | None = None) -> None:
+    def __init__(self, redis: RedisClient, layout: Layout, *, reader: RedisClient | None = None) -> None:
         self.redis = redis
         self.reader = reader or redis
-        self.keys = keys
+        self.layout = layout
+        self.partitions: list[Keys] = layout.partitions
+        # Where the next round over the partitions starts: one further each round, so that a
+        # worker that fills its slots early in a round still visits every partition first in turn.
+        self._turn = itertools.count()
+
+    @property
+    def width(self) -> int:
+        """How many partitions are read (every one that holds tasks)."""
+        return len(self.partitions)
+
+    def rotation(self) -> list[int]:
+        """Every partition once, starting from the one after where the last rotation started."""
+        start = next(self._turn) % self.width
+        return [*range(start, self.width), *range(start)]
 
     async def ensure_group(self) -> None:
-        """Create the workers' group on the work stream (and the stream) unless it exists."""
+        """Create the workers' group on every partition's work stream (and the stream) unless it exists."""
+        await ready_for_concurrent_calls(self.redis)
+        await asyncio.gather(*(self._ensure_group(keys) for keys in self.partitions))
+
+    async def _ensure_group(self, keys: Keys) -> None:
         try:
-            await self.redis.xgroup_create(self.keys.work, WORKER_GROUP, id="0", mkstream=True)
+            await self.redis.xgroup_create(keys.work, WORKER_GROUP, id="0", mkstream=True)
         except Exception as e:  # BUSYGROUP: it exists, which is what we want
             if "BUSYGROUP" not in str(e):
                 raise
 
-    async def read_new(self, *, worker: str, count: int, block_ms: int | None) -> list[WorkItem]:
-        """Up to `count` new items for `worker`, waiting up to `block_ms` ms for one (None: not
-        at all). They become pending under `worker` until retired or reclaimed."""
-        reply = await self.reader.xreadgroup(WORKER_GROUP, worker, {self.keys.work: ">"}, count=count, block=block_ms)
+    async def read_new(self, *, worker: str, count: int, block_ms: int | None, partition: int = 0) -> list[WorkItem]:
+        """Up to `count` new items of `partition` for `worker`, waiting up to `block_ms` ms for one
+        (None: not at all). They become pending under `worker` until retired or reclaimed. Raises
+        IndexError for a partition the layout lacks."""
+        stream = self.partitions[partition].work
+        reply = await self.reader.xreadgroup(WORKER_GROUP, worker, {stream: ">"}, count=count, block=block_ms)
         # RESP2 (see connections.client): [[stream, [(id, {field: value})]]], None when none came.
         streams = cast(list[list[Any]] | None, reply)
         return [WorkItem(text(m), text(f[b"task_id"])) for _, entries in streams or [] for m, f in entries]
 
     async def read_own_pending(self, *, worker: str) -> list[WorkItem]:
-        """The items still pending under `worker` (a worker restarted under the same name holds
-        them), up to OWN_PENDING_MAX; deleted entries are skipped."""
-        reply = await self.reader.xreadgroup(WORKER_GROUP, worker, {self.keys.work: "0"}, count=OWN_PENDING_MAX)
-        return _items(reply)
+        """The items still pending under `worker` in every partition (a worker restarted under the
+        same name holds them), up to OWN_PENDING_MAX per partition; deleted entries are skipped.
+        One read per partition."""
+        taken: list[WorkItem] = []
+        for keys in self.partitions:
+            reply = await self.reader.xreadgroup(WORKER_GROUP, worker, {keys.work: "0"}, count=OWN_PENDING_MAX)
+            taken += _items(reply)
+        return taken
 
     async def reclaim_expired(self, *, worker: str, min_idle_ms: int, count: int) -> list[WorkItem]:
-        """Claim up to `count` pending work items idle for `min_idle_ms` or more, as `worker`.
+        """Claim up to `count` pending work items idle for `min_idle_ms` or more, as `worker`,
+        from the partitions in turn (`rotation`: a worker that fills `count` early in a round
+        starts the next one further on, so no partition's expired leases wait behind another's).
+        Costs at least one round trip per partition visited."""
+        taken: list[WorkItem] = []
+        for partition in self.rotation():
+            if len(taken) >= count:
+                break
+            taken += await self._reclaim_in(self.partitions[partition], worker, min_idle_ms, count - len(taken))
+        return taken
+
+    async def _reclaim_in(self, keys: Keys, worker: str, min_idle_ms: int, count: int) -> list[WorkItem]:
+        """XAUTOCLAIM on one partition's stream.
 
         XAUTOCLAIM scans at most COUNT*10 pending entries per call, so an empty page with a
         non-zero cursor means "go on", not "done": this pages until the cursor wraps to 0-0.
@@ -73,12 +124,7 @@ class WorkItems:
         cursor = "0-0"
         while len(taken) < count:
             reply = await self.redis.xautoclaim(
-                self.keys.work,
-                WORKER_GROUP,
-                worker,
-                min_idle_time=min_idle_ms,
-                start_id=cursor,
-                count=count - len(taken),
+                keys.work, WORKER_GROUP, worker, min_idle_time=min_idle_ms, start_id=cursor, count=count - len(taken)
             )
             cursor = text(reply[0])
             taken += [WorkItem(text(mid), text(fields[b"task_id"])) for mid, fields in reply[1] if fields]

@@ -1,7 +1,9 @@
 """The worker's side of the store: reading work items, claiming them, and the writes of an
 attempt (lease renewals, progress, outcome, release), each fenced by the attempt it belongs to.
 
-Reading the work stream (take, the blocking read, a restarted worker's own pending items, the
+Everything about one task goes to the partition its id names (`Layout.of`); what is the
+deployment's as a whole (heartbeats, the workers' strategies) to the home partition. Reading the
+work streams (take, the blocking read, a restarted worker's own pending items, the
 reclaim of expired leases) is in work_items.py; this module holds the claim and every write."""
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from orchestrator.domain.status import Status
 from orchestrator.storage.batching import ScriptBatcher
 from orchestrator.storage.codec import encode_json, event_data, text
 from orchestrator.storage.connections import RedisClient, routed_to
-from orchestrator.storage.keys import STAGED_RESULT_TTL_MS, Keys
+from orchestrator.storage.keys import STAGED_RESULT_TTL_MS
+from orchestrator.storage.partitions import Layout
 from orchestrator.storage.presence import Heartbeat
 from orchestrator.storage.readmodel.log import task_events
 from orchestrator.storage.scripts.attempts import AttemptScripts, ClaimReply, Fenced
-from orchestrator.storage.work_items import WorkItem, WorkItems
+from orchestrator.storage.work_items import WorkItem, WorkItems, ready_for_concurrent_calls
 
 __all__ = ["LOST_WORKERS_PER_ATTEMPT", "Claim", "Fenced", "Taken", "WorkItem", "WorkQueue"]
 
@@ -87,19 +90,41 @@ class AttemptState(NamedTuple):
 
 
 class WorkQueue(WorkItems):
-    """The worker-side store on the keys under one prefix. `redis`: the command client;
+    """The worker-side store on the partitions of `layout`. `redis`: the command client;
     `reader`: a client without a socket timeout, for blocking reads (default `redis`). Script
-    calls made concurrently share one round trip (see batching.py). Every method raises redis
-    errors when the store cannot be reached or refuses the call."""
+    calls made concurrently share one round trip, whatever their partitions (see batching.py).
+    Every method raises redis errors when the store cannot be reached or refuses the call; a
+    method given a task id raises ValueError when it is not a UUID and IndexError when it names
+    a partition the layout lacks."""
 
-    def __init__(self, redis: RedisClient, keys: Keys, *, reader: RedisClient | None = None) -> None:
-        super().__init__(redis, keys, reader=reader)
-        self._scripts = AttemptScripts(redis, keys, ScriptBatcher(redis))
+    def __init__(self, redis: RedisClient, layout: Layout, *, reader: RedisClient | None = None) -> None:
+        super().__init__(redis, layout, reader=reader)
+        batcher = ScriptBatcher(redis)
+        self._scripts = [AttemptScripts(redis, keys, batcher) for keys in self.partitions]
+
+    def _of(self, task_id: str) -> AttemptScripts:
+        """The scripts on the partition `task_id` belongs to."""
+        return self._scripts[self.layout.partition_index(task_id)]
 
     async def take(self, *, worker: str, count: int) -> list[Taken]:
-        """Read up to `count` new work items as `worker` and claim them, in one round trip; []
-        if none are waiting. Never blocks: an idle worker waits in `read_new`, then claims."""
-        items = await self._scripts.take(
+        """Read up to `count` new work items as `worker` and claim them, from the partitions in
+        turn (`rotation`) until `count` are read or every partition was tried; [] if none are
+        waiting. Never blocks: an idle worker waits in `read_new`, then claims.
+
+        A round costs one round trip per partition visited: one when the first has `count`
+        waiting (always, with one partition), `width` when all are idle."""
+        taken: list[Taken] = []
+        for partition in self.rotation():
+            taken += await self.take_from(partition, worker=worker, count=count - len(taken))
+            if len(taken) >= count:
+                break
+        return taken
+
+    async def take_from(self, partition: int, *, worker: str, count: int) -> list[Taken]:
+        """`take` on one partition, in one round trip: fewer than `count` back means that
+        partition had no more new items when read. Raises IndexError for a partition the layout
+        lacks."""
+        items = await self._scripts[partition].take(
             worker=worker,
             count=count,
             started_data=event_data(Started(task_id="", worker=worker)),
@@ -125,7 +150,7 @@ class WorkQueue(WorkItems):
             retryable=True,
         )
         history = await self._history(task_id, lost) if reclaim else b"[]"
-        reply = await self._scripts.claim(
+        reply = await self._of(task_id).claim(
             task_id=task_id,
             worker=worker,
             token=token,
@@ -142,7 +167,7 @@ class WorkQueue(WorkItems):
 
     async def _history(self, task_id: str, failed: Failed) -> bytes:
         """The task's attempts as a dead letter lists them (JSON), `failed` ending the last."""
-        events = await task_events(self.redis, self.keys, task_id)
+        events = await task_events(self.redis, self.layout.of(task_id), task_id)
         return encode_json(attempt_history([*events, StoredEvent(id="0-0", event=failed)]))
 
     async def heartbeat(
@@ -150,7 +175,7 @@ class WorkQueue(WorkItems):
     ) -> Fenced | None:
         """Renew the lease of `attempt` and, if `progress` (0..1) is given, record it. Returns
         Fenced if refused (the task is no longer running under this attempt)."""
-        return await self._scripts.heartbeat(
+        return await self._of(task_id).heartbeat(
             task_id=task_id,
             attempt=attempt,
             worker=worker,
@@ -174,10 +199,11 @@ class WorkQueue(WorkItems):
         history = await self._history(task_id, event) if isinstance(event, Failed) else b"[]"
         # The full result is SET beside the script, not passed through it: Lua copies an argument
         # (~1.3 µs per KB, blocking Redis), a RENAME of the staged value costs the same at any size.
+        scripts = self._of(task_id)
         stage: tuple[tuple[Any, ...], ...] = ()
         if result and isinstance(event, Completed):
-            stage = (self._scripts.staged_result_command(task_id, event.attempt, result, STAGED_RESULT_TTL_MS),)
-        return await self._scripts.finish(
+            stage = (scripts.staged_result_command(task_id, event.attempt, result, STAGED_RESULT_TTL_MS),)
+        return await scripts.finish(
             task_id=task_id,
             attempt=event.attempt,
             message_id=message_id,
@@ -194,7 +220,7 @@ class WorkQueue(WorkItems):
     async def release(self, task_id: str, attempt: int, *, worker: str, message_id: str) -> Fenced | None:
         """Give an unfinished attempt back to the queue (on shutdown), for another worker at
         once. Returns Fenced if refused."""
-        return await self._scripts.release(
+        return await self._of(task_id).release(
             task_id=task_id,
             attempt=attempt,
             message_id=message_id,
@@ -203,28 +229,36 @@ class WorkQueue(WorkItems):
         )
 
     async def promote_due_retries(self, limit: int = 100) -> int:
-        """Give up to `limit` tasks whose retry delay has passed a new work item. Returns how many."""
-        now_s, now_us = await self.redis.execute_command("TIME", **await routed_to(self.redis, self.keys.delayed))
-        due = await self.redis.zrangebyscore(
-            self.keys.delayed, "-inf", now_s * 1000 + now_us // 1000, start=0, num=limit
-        )
+        """Give up to `limit` tasks per partition whose retry delay has passed a new work item,
+        in every partition at once. Returns how many."""
+        await ready_for_concurrent_calls(self.redis)
+        promoted = await asyncio.gather(*(self._promote_in(i, limit) for i in range(self.width)))
+        return sum(promoted)
+
+    async def _promote_in(self, partition: int, limit: int) -> int:
+        keys = self.partitions[partition]
+        # The clock of the node serving the partition, the one its scripts read.
+        now_s, now_us = await self.redis.execute_command("TIME", **await routed_to(self.redis, keys.delayed))
+        due = await self.redis.zrangebyscore(keys.delayed, "-inf", now_s * 1000 + now_us // 1000, start=0, num=limit)
         # Called together, the promotions share one round trip (see batching.py).
-        replies = await asyncio.gather(*(self._scripts.promote(task_id=text(raw)) for raw in due))
+        scripts = self._scripts[partition]
+        replies = await asyncio.gather(*(scripts.promote(task_id=text(raw)) for raw in due))
         return sum(reply.outcome == "ok" for reply in replies)
 
     async def attempt_state(self, task_id: str) -> AttemptState:
         """The task's status and attempt now (one HMGET): a worker's check between chunks."""
-        status, attempt = await self.redis.hmget(self.keys.control(task_id), "status", "attempt")
+        control = self.layout.of(task_id).control(task_id)
+        status, attempt = await self.redis.hmget(control, "status", "attempt")
         return AttemptState(text(status) if status else "missing", int(attempt or 0))
 
     async def publish_strategies(self, worker: str, names: Sequence[str]) -> None:
         """Record the strategies `worker` can run (for the workers page)."""
-        await self.redis.hset(self.keys.worker_strategies, worker, json.dumps(list(names)))
+        await self.redis.hset(self.layout.home.worker_strategies, worker, json.dumps(list(names)))
 
     async def withdraw_strategies(self, worker: str) -> None:
         """Remove `worker`'s strategies (it stops cleanly)."""
-        await self.redis.hdel(self.keys.worker_strategies, worker)
+        await self.redis.hdel(self.layout.home.worker_strategies, worker)
 
     def liveness(self, worker: str, *, interval_s: float) -> Heartbeat:
         """The timer that beats `worker` into the workers' heartbeats every `interval_s` seconds."""
-        return Heartbeat(self.redis, self.keys.worker_heartbeats, worker, interval_s=interval_s)
+        return Heartbeat(self.redis, self.layout.home.worker_heartbeats, worker, interval_s=interval_s)
