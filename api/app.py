@@ -77,7 +77,7 @@ def create_app(
         app.state.ctx = AppContext(
             settings=settings,
             commands=Commands(conns.commands, layout, replica_acks=settings.replica_acks),
-            projection=ReadModel(conns.commands, layout.home, follow_live=True),
+            projection=ReadModel(conns.commands, layout, follow_live=True),
             checker=checker,
             catalog=catalog,
             blocking=conns.blocking,

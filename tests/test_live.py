@@ -17,6 +17,7 @@ from api.live import COALESCE_S, Coalescer, close_streams
 from orchestrator.domain.events import Progress, StoredEvent, Submitted
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.storage.keys import WORKER_GROUP
+from orchestrator.storage.readmodel import LogCursor
 from tests.conftest import Backend
 from tests.harness import System
 from tests.processes import InProcessServer
@@ -70,8 +71,17 @@ async def collect(
     return out
 
 
-async def log_ids(backend: Backend) -> list[str]:
-    return [i.decode() for i, _ in await backend.redis.xrange(backend.keys.events)]
+async def log_ids(backend: Backend, task_id: str | None = None) -> list[str]:
+    """The log's ids: partition 0's, or those of `task_id`'s partition."""
+    keys = backend.layout.of(task_id) if task_id else backend.keys
+    return [i.decode() for i, _ in await backend.redis.xrange(keys.events)]
+
+
+def own_position(backend: Backend, event: dict[str, Any]) -> str:
+    """The position an event's SSE id (a log cursor: the plain stream id with one partition)
+    gives for its task's partition."""
+    cursor = LogCursor.parse(event["id"], backend.layout.width)
+    return cursor.positions[backend.layout.partition_index(event["data"]["task_id"])]
 
 
 async def test_all_tasks_stream_carries_stream_ids_and_resumes_with_last_event_id(
@@ -83,18 +93,23 @@ async def test_all_tasks_stream_carries_stream_ids_and_resumes_with_last_event_i
         reading = asyncio.create_task(collect(http, "/api/stream?last_event_id=0-0", count=3))
         await system.run_workers()
         events = await reading
-        ids = await log_ids(backend)
-        assert [e["id"] for e in events] == ids[:3]
+        ids = await log_ids(backend, first)
+        assert [e["data"]["id"] for e in events] == ids[:3]
         assert [e["data"]["type"] for e in events] == ["submitted", "started", "completed"]
-        assert all(e["data"]["id"] == e["id"] and e["data"]["task_id"] == first for e in events)
+        assert all(e["data"]["id"] == own_position(backend, e) and e["data"]["task_id"] == first for e in events)
 
         # A client that saw only the first event reconnects with Last-Event-ID: it misses nothing,
         # including what was appended while it was away.
         second = (await http.post("/api/backtests", json=BODY)).json()["task_id"]
         await system.run_workers()
         resumed = await collect(http, "/api/stream", count=5, headers={"Last-Event-ID": events[0]["id"]})
-        assert [e["id"] for e in resumed] == (await log_ids(backend))[1:6]
-        assert [e["data"]["task_id"] for e in resumed][2:] == [second] * 3
+        # In each partition's log order (there is none across partitions).
+        firsts = [e["data"]["id"] for e in resumed if e["data"]["task_id"] == first]
+        assert firsts == (await log_ids(backend, first))[1:3]
+        seconds = [e["data"]["id"] for e in resumed if e["data"]["task_id"] == second]
+        assert seconds == (await log_ids(backend, second))[-3:]  # its partition's last three
+        if backend.layout.width == 1:
+            assert [e["id"] for e in resumed] == (await log_ids(backend))[1:6]
 
 
 async def test_a_stream_without_last_event_id_starts_now(system: System, backend: Backend) -> None:
@@ -105,7 +120,7 @@ async def test_a_stream_without_last_event_id_starts_now(system: System, backend
             later = (await http.post("/api/backtests", json=BODY)).json()["task_id"]
             event = await anext(events)
         assert event["data"]["task_id"] == later and event["data"]["type"] == "submitted"
-        assert event["id"] == (await log_ids(backend))[-1]
+        assert own_position(backend, event) == (await log_ids(backend, later))[-1]
 
 
 async def test_a_stream_resumed_after_the_last_possible_id_opens(system: System, backend: Backend) -> None:

@@ -139,7 +139,7 @@ async def test_a_task_stream_reads_the_task_history_in_pages(real_backend: Backe
 async def test_a_subscriber_that_falls_behind_is_cut_off_by_events_not_batches(real_backend: Backend) -> None:
     """What a slow stream holds is bounded in events: past QUEUE_EVENTS it is cut off (and its
     queue dropped at once), while a stream that keeps up gets everything."""
-    feed = LiveFeed(real_backend.blocking, real_backend.keys.events)
+    feed = LiveFeed(real_backend.blocking, [real_backend.keys.events])
     slow, fast = await feed.subscribe(), await feed.subscribe()
     try:
         ids = await write_events(real_backend, QUEUE_EVENTS + PAGE)

@@ -29,8 +29,9 @@ async def tasks_page(request: Request) -> Response:
     ctx = context(request)
     raw = request.query_params.get("status")
     status = Status(raw) if raw in set(Status) else None
-    # The position first: the stream replays from it, and rows ignore events they already include.
-    position = await ctx.projection.position() or "0-0"
+    # The positions first (a log cursor: one per partition): the stream replays from them, and
+    # rows ignore events they already include.
+    position = str(await ctx.projection.positions())
     tasks, _ = await ctx.projection.list_tasks(status=status, limit=PAGE_SIZE, cursor=None)
     return page(
         request,

@@ -68,7 +68,7 @@ async def workers_page(request: Request) -> Response:
     ctx = context(request)
     keys = ctx.projection.keys
     running, _ = await ctx.projection.list_tasks(status=Status.RUNNING, limit=RUNNING_LIMIT, cursor=None)
-    position = await ctx.projection.position()
+    position = str(await ctx.projection.positions())
     fleet = await ctx.projection.workers()
     members = {text(c["name"]): c for c in fleet.consumers.get(WORKER_GROUP, [])}
     return page(

@@ -1,4 +1,5 @@
-"""The live feed: one blocking read of the log per API process, fanned out to every open stream."""
+"""The live feed: one blocking read of each partition's log per API process, fanned out to every
+open stream."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from api.context import context
 from api.errors import ApiError, FieldProblem
 from orchestrator.domain.events import StoredEvent
 from orchestrator.storage.connections import RedisClient
-from orchestrator.storage.readmodel.log import LogPage, latest_id, tail
+from orchestrator.storage.readmodel.log import LogPage, latest_cursor, tail
 
 log = structlog.get_logger("backstream.live")
 
@@ -73,18 +74,20 @@ class Subscription:
 
 
 class LiveFeed:
-    """One blocking XREAD loop per API process, fanned out to every open stream, so a hundred
-    browsers cost one Redis connection. It runs only while someone listens. `blocking`: a Redis
-    client without a socket timeout; `stream`: the events stream's key."""
+    """One blocking XREAD loop per partition per API process, fanned out to every open stream, so
+    a hundred browsers cost one Redis connection per partition. It runs only while someone
+    listens. `blocking`: a Redis client without a socket timeout; `streams`: the partitions'
+    events streams' keys (on a cluster one XREAD cannot name two partitions' streams, so each
+    has its own read). A batch holds events of one partition, in its log order."""
 
-    def __init__(self, blocking: RedisClient, stream: str) -> None:
+    def __init__(self, blocking: RedisClient, streams: list[str]) -> None:
         self.blocking = blocking
-        self.stream = stream
+        self.streams = streams
         self.closed = False
         self._subscribers: set[Subscription] = set()
         # Open streams per client (see acquire); in memory, per API process.
         self._streams: dict[str, int] = {}
-        self._reader: asyncio.Task[None] | None = None
+        self._readers: list[asyncio.Task[None]] = []
         # Streams opening together must not start a reader each (only one would be stopped).
         self._starting = asyncio.Lock()
 
@@ -123,10 +126,14 @@ class LiveFeed:
         self.check_open()
         sub = Subscription()
         async with self._starting:
-            if self._reader is None or self._reader.done():
-                # Start at the end of the log as it is now: every stream catches up on its own first.
-                start = await latest_id(self.blocking, self.stream) or "0-0"
-                self._reader = asyncio.create_task(self._read(start))
+            if not self._readers or any(r.done() for r in self._readers):
+                self._stop_readers()
+                # Start at the end of each log as it is now: every stream catches up on its own first.
+                start = await latest_cursor(self.blocking, self.streams)
+                self._readers = [
+                    asyncio.create_task(self._read(stream, position))
+                    for stream, position in zip(self.streams, start.positions, strict=True)
+                ]
             # Added before the reader's first read can run: no event falls between the two.
             self._subscribers.add(sub)
             if self.closed:  # closed while this one waited: it ends at once, as the others did
@@ -136,23 +143,25 @@ class LiveFeed:
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop feeding `sub`; the reader stops with the last subscriber."""
         self._subscribers.discard(sub)
-        if not self._subscribers and self._reader is not None:
-            self._reader.cancel()
-            self._reader = None
+        if not self._subscribers:
+            self._stop_readers()
+
+    def _stop_readers(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
+        self._readers = []
 
     def close(self) -> None:
         """End every open stream (on shutdown) and refuse new ones."""
         self.closed = True
         for sub in list(self._subscribers):
             sub.put(None)
-        if self._reader is not None:
-            self._reader.cancel()
-            self._reader = None
+        self._stop_readers()
 
-    async def _read(self, position: str) -> None:
+    async def _read(self, stream: str, position: str) -> None:
         while True:
             try:
-                page = await tail(self.blocking, self.stream, position, count=PAGE, block_ms=READ_BLOCK_MS)
+                page = await tail(self.blocking, stream, position, count=PAGE, block_ms=READ_BLOCK_MS)
             except asyncio.CancelledError:
                 raise
             except (redis.exceptions.RedisError, OSError) as e:  # Redis away: end the streams; clients reconnect
@@ -182,7 +191,8 @@ def feed_of(request: Request) -> LiveFeed:
     feed = running_feed(request.app)
     if feed is None:
         ctx = context(request)
-        feed = request.app.state.live = LiveFeed(ctx.blocking, ctx.projection.keys.events)
+        streams = [keys.events for keys in ctx.projection.partitions]
+        feed = request.app.state.live = LiveFeed(ctx.blocking, streams)
     return feed
 
 

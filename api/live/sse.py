@@ -20,9 +20,8 @@ from api.live.coalesce import TERMINAL, Coalescer
 from api.live.feed import PAGE, LiveFeed, Subscription, decodable, feed_of
 from orchestrator.domain.events import StoredEvent
 from orchestrator.domain.history import event_view
-from orchestrator.domain.ids import canonical_stream_id, id_order
 from orchestrator.domain.status import TERMINAL_STATUSES
-from orchestrator.storage.readmodel import ReadModel
+from orchestrator.storage.readmodel import BadCursor, LogCursor, ReadModel
 
 log = structlog.get_logger("backstream.live")
 
@@ -39,19 +38,22 @@ _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _END = "event: end\ndata: {}\n\n"
 
 
-def _frame(stored: StoredEvent, with_id: bool) -> str:
+def _frame(stored: StoredEvent, event_id: str | None) -> str:
     data = json.dumps(event_view(stored), separators=(",", ":"))
-    return (f"id: {stored.id}\n" if with_id else "") + f"data: {data}\n\n"
+    return (f"id: {event_id}\n" if event_id is not None else "") + f"data: {data}\n\n"
 
 
-def _start_after(request: Request) -> str | None:
+def _start_after(request: Request, width: int) -> LogCursor | None:
+    """The client's Last-Event-ID (or `?last_event_id=`) as a log cursor of `width` partitions
+    (see readmodel.cursor: the plain stream id when there is one partition, one id per partition
+    otherwise); None without one. A 422 naming Last-Event-ID when it is not a cursor."""
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     if raw is None:
         return None
-    after = canonical_stream_id(raw.strip())
-    if after is None:
-        raise ApiError.invalid("Last-Event-ID", "must be a stream id such as 1700000000000-0 (or 0: the start)")
-    return after
+    try:
+        return LogCursor.parse(raw, width)
+    except BadCursor as e:
+        raise ApiError.invalid("Last-Event-ID", str(e)) from None
 
 
 class _Open:
@@ -88,38 +90,45 @@ class _SseResponse(StreamingResponse):
 
 
 class _Stream:
-    """The SSE body of one stream: the backlog after `after` (the whole log's, or the task's
-    events still in the log), read a page at a time, then live events, progress coalesced.
+    """The SSE body of one stream: the backlog after `after` (every partition's log, or the
+    task's events still in the log), read a page at a time, then live events, progress coalesced.
     Every keep-alive carries a resume point. A task stream ends after the task's terminal
     event, or, when the read model said the task was `finished` as it opened, once its backlog
-    is sent (retention may have trimmed the terminal event)."""
+    is sent (retention may have trimmed the terminal event).
 
-    def __init__(self, opened: _Open, reads: ReadModel, after: str, task_id: str | None, finished: bool) -> None:
+    Positions are kept per partition (a task stream's cursor has one: its task's partition's),
+    since there is no order across partitions; the `id:` lines carry the whole cursor."""
+
+    def __init__(self, opened: _Open, reads: ReadModel, after: LogCursor, task_id: str | None, finished: bool) -> None:
         self.opened, self.reads, self.task_id, self.finished = opened, reads, task_id, finished
         self.loop = asyncio.get_running_loop()
         self.coalescer = Coalescer(COALESCE_S)
         self.after = after
-        self.seen = after  # the newest id looked at (sent, coalesced away, or another task's)
-        self.sent = after  # the newest id sent with an `id:` line: what the browser would resume from
+        self.seen = after.copy()  # the newest ids looked at (sent, coalesced away, or another task's)
+        self.sent = after.copy()  # the newest ids sent with an `id:` line: what the browser resumes from
         self.opened_at = self.last_write = self.loop.time()
         self.ended = False
+
+    def _partition(self, stored: StoredEvent) -> int | None:
+        """The cursor's index of the partition `stored` was read from (its task's)."""
+        return 0 if self.task_id is not None else self.reads.partition_index(stored.event.task_id)
 
     def frames(self, batch: list[StoredEvent], now: float) -> str:
         """The frames to write for `batch` at time `now` (loop seconds), and any held progress due."""
         out: list[StoredEvent] = []
         for stored in batch:
-            if id_order(stored.id) <= id_order(self.seen):
+            partition = self._partition(stored)
+            if partition is None or not self.seen.advance(partition, stored.id):
                 continue
-            self.seen = stored.id
             if self.task_id is not None and stored.event.task_id != self.task_id:
                 continue
             out += self.coalescer.offer(stored, now)
         out += self.coalescer.due(now)
         chunks = []
         for stored in out:
-            newer = id_order(stored.id) > id_order(self.sent)
-            chunks.append(_frame(stored, newer))
-            self.sent = stored.id if newer else self.sent
+            partition = self._partition(stored)
+            newer = partition is not None and self.sent.advance(partition, stored.id)
+            chunks.append(_frame(stored, str(self.sent) if newer else None))
         if self.task_id is not None and any(isinstance(s.event, TERMINAL) for s in out):
             chunks.append(_END)
             self.ended = True
@@ -128,9 +137,9 @@ class _Stream:
     def resume_point(self) -> str:
         """An `id:` line moving the client's Last-Event-ID up to what it has seen, when nothing
         it has not been sent lies behind that (no progress held back)."""
-        if self.coalescer.next_due() is None and id_order(self.seen) > id_order(self.sent):
-            self.sent = self.seen
-            return f"id: {self.seen}\n"
+        if self.coalescer.next_due() is None and self.seen.ahead_of(self.sent):
+            self.sent = self.seen.copy()
+            return f"id: {self.sent}\n"
         return ""
 
     def _out_of_time(self) -> bool:
@@ -146,7 +155,7 @@ class _Stream:
                     self.ended = True
                     return
                 self.opened.sub = await feed.subscribe()
-            async for page in self.reads.log_pages(self.seen, PAGE):
+            async for _, page in self.reads.cursor_pages(self.seen, PAGE):
                 chunk = self.frames(decodable(page), self.loop.time())
                 if chunk:
                     self.last_write = self.loop.time()
@@ -157,7 +166,7 @@ class _Stream:
 
     async def _task_backlog(self, task_id: str) -> AsyncIterator[str]:
         """One task: its events still in the log after `after`, a page of its log index at a time."""
-        async for page in self.reads.task_event_pages(task_id, self.after, PAGE):
+        async for page in self.reads.task_event_pages(task_id, self.after.positions[0], PAGE):
             chunk = self.frames(page, self.loop.time())
             if chunk:
                 self.last_write = self.loop.time()
@@ -199,7 +208,7 @@ class _Stream:
 
     async def body(self) -> AsyncIterator[str]:
         """The whole body, releasing the stream's slot and subscription however it ends."""
-        log.info("sse.connected", task_id=self.task_id, after=self.after, client=self.opened.client)
+        log.info("sse.connected", task_id=self.task_id, after=str(self.after), client=self.opened.client)
         try:
             # The resume point from the first byte on: a client that loses the stream before any
             # event resumes from here, not from "now" at its reconnect.
@@ -212,7 +221,7 @@ class _Stream:
                     yield chunk
         finally:
             self.opened.close()
-            log.info("sse.disconnected", task_id=self.task_id, last_event_id=self.sent)
+            log.info("sse.disconnected", task_id=self.task_id, last_event_id=str(self.sent))
 
 
 def _client(request: Request) -> str:
@@ -237,14 +246,15 @@ def _head() -> Response:
 
 
 async def stream_all(request: Request) -> Response:
-    """GET /api/stream: every task's events from now on (or after Last-Event-ID)."""
-    after = _start_after(request)
+    """GET /api/stream: every task's events from now on (or after Last-Event-ID: a log cursor,
+    see readmodel.cursor)."""
+    reads = context(request).projection
+    after = _start_after(request, reads.width)
     feed_of(request).check_open()
     if request.method == "HEAD":
         return _head()
-    reads = context(request).projection
     if after is None:
-        after = await reads.latest_id() or "0-0"
+        after = await reads.latest()
     opened = _open(request)
     return _SseResponse(_Stream(opened, reads, after, None, finished=False).body(), opened)
 
@@ -254,7 +264,7 @@ async def stream_task(request: Request) -> Response:
     Last-Event-ID), live, ending after its terminal event. 204 once there is nothing more;
     404 when the read model knows no such task."""
     task_id = task_id_param(request)
-    after = _start_after(request) or "0-0"
+    after = _start_after(request, 1) or LogCursor.start(1)
     feed = feed_of(request)
     feed.check_open()
     reads = context(request).projection
@@ -271,7 +281,7 @@ async def stream_task(request: Request) -> Response:
             raise ApiError.task_not_found(f"task {task_id} does not exist")
         finished = state.status in TERMINAL_STATUSES
         last = await reads.last_task_event_id(task_id)
-        if finished and (last is None or id_order(last) <= id_order(after)):
+        if finished and (last is None or after.passed(0, last)):
             if opened is not None:
                 opened.close()
             return Response(status_code=204)  # tells an EventSource to stop reconnecting

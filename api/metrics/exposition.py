@@ -171,7 +171,7 @@ async def metrics(request: Request) -> Response:
     started = time.monotonic()
     await m.follower.catch_up(ctx.projection)
     m.snapshot.families = gauge_families(await ctx.projection.gauges(), lease_ms=ctx.settings.lease_ms)
-    log.debug("metrics.scraped", seconds=round(time.monotonic() - started, 4), position=m.follower.position)
+    log.debug("metrics.scraped", seconds=round(time.monotonic() - started, 4), position=str(m.follower.position))
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 

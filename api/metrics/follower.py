@@ -19,7 +19,7 @@ from orchestrator.domain.events import (
     Submitted,
 )
 from orchestrator.domain.status import Status
-from orchestrator.storage.readmodel import ReadModel
+from orchestrator.storage.readmodel import LogCursor, ReadModel
 
 log = structlog.get_logger("backstream.metrics")
 
@@ -32,11 +32,13 @@ WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 
 class LogFollower:
     """Folds the event log, from its start, into counters and histograms: exact (each event is
-    counted once, in log order) and the same after an API restart (a new follower re-reads the
-    log). Reads incrementally with XRANGE after its position, at each scrape."""
+    counted once, each partition's in its log order; a task's events are all in one partition)
+    and the same after an API restart (a new follower re-reads the log). Reads incrementally with
+    XRANGE after its position in each partition, at each scrape."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.position = "0-0"
+        # Where it got to in each partition's log (a LogCursor once the first scrape read the layout).
+        self.position: LogCursor | None = None
         self.folded = 0
         self._lock = asyncio.Lock()
         self._runnable_at: dict[str, int] = {}  # task -> ms it became runnable (queued)
@@ -74,14 +76,17 @@ class LogFollower:
         )
 
     async def catch_up(self, reads: ReadModel) -> None:
-        """Fold every log entry after `position`, a page at a time. Raises redis errors."""
+        """Fold every log entry after `position`, every partition's, a page at a time. Raises
+        redis errors."""
         async with self._lock:
-            async for page in reads.log_pages(self.position, PAGE):
+            if self.position is None:
+                self.position = LogCursor.start(reads.width)
+            async for partition, page in reads.cursor_pages(self.position, PAGE):
                 for entry, error in page.undecodable:  # newer writer: skip it here, the projector stops
                     log.warning("metrics.undecodable", entry=entry, error=error)
                 for stored in page.events:
                     self.fold(stored)
-                self.position = page.last_id
+                self.position.advance(partition, page.last_id)
 
     def fold(self, stored: StoredEvent) -> None:
         """Count one event (in log order) into the counters and histograms."""

@@ -58,9 +58,9 @@ class _Progress:
 async def _audit(args: argparse.Namespace, settings: Settings) -> int:
     conns = await connect(settings)
     try:
-        keys = Keys(prefix=settings.prefix)
         # The same read model as the API and the dashboard: a task retention compacted still exists.
-        history = await ReadModel(conns.commands, keys, follow_live=True).history(args.task_id)
+        reads = ReadModel(conns.commands, await deployment_layout(conns), follow_live=True)
+        history = await reads.history(args.task_id)
         if history is None:
             print(f"backstream audit: no task {args.task_id}", file=sys.stderr)
             return 1

@@ -85,7 +85,7 @@ async def _retention(args: argparse.Namespace, settings: Settings) -> int:
         layout = await deployment_layout(conns)
         report = await apply_result_retention(
             Commands(conns.commands, layout),
-            ReadModel(conns.commands, layout.home, follow_live=True),
+            ReadModel(conns.commands, layout, follow_live=True),
             results,
             policy,
             dry_run=args.dry_run,

@@ -167,7 +167,11 @@ def register(sub: Subcommands) -> None:
 
     tail = sub.add_parser("tail", parents=[common], help="live events of every task (or one), until Ctrl-C")
     tail.add_argument("--task", help="only this task's events, from its start; ends with the task")
-    tail.add_argument("--since", help="a stream id (or 0: from the first event): start after it instead of now")
+    tail.add_argument(
+        "--since",
+        help="a stream id or millisecond time (0: from the first event), in every partition, or a "
+        "cursor an earlier stream gave (one id per partition): start after it instead of now",
+    )
     tail.add_argument("--count", type=int, help="stop after this many events")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.set_defaults(run=_guarded(_tail))

@@ -1,7 +1,10 @@
 """The read model: the one read path of current state, of a task's events and of ops gauges.
 
 - `model`: ReadModel (task, list, read-your-writes, audit trail, dead letters, stored results,
-  gauges), following the live-projection pointer.
+  gauges) over every partition of a Layout (or one partition's Keys), following the
+  live-projection pointer.
+- `listing`: the task list merged over the partitions' indexes, with an exact cursor.
+- `cursor`: LogCursor, a position per partition for readers that follow the whole log.
 - `pointer`: which projection is live, and every projection's position.
 - `log`: reads of the event log (pages, the live tail, the projector's batches, a task's events).
 - `history`: TaskHistory, Archived, HistoryArchived.
@@ -10,6 +13,7 @@
 """
 
 from orchestrator.storage.readmodel.apply import Projection
+from orchestrator.storage.readmodel.cursor import BadCursor, LogCursor
 from orchestrator.storage.readmodel.history import Archived, HistoryArchived, TaskHistory
 from orchestrator.storage.readmodel.model import FILTER_BATCH, FILTER_SCAN, ReadModel
 from orchestrator.storage.readmodel.pointer import POINTER_TTL_S, live_keys
@@ -19,7 +23,9 @@ __all__ = [
     "FILTER_SCAN",
     "POINTER_TTL_S",
     "Archived",
+    "BadCursor",
     "HistoryArchived",
+    "LogCursor",
     "Projection",
     "ReadModel",
     "TaskHistory",

@@ -78,45 +78,115 @@ async def projector_lag(
     return len(pending), max(newest - id_order(after)[0], 0) / 1000 if position else 0.0
 
 
-async def read_gauges(redis: RedisClient, keys: Keys, position: str | None, *, lag_cap: int = LAG_COUNT_CAP) -> Gauges:
-    """The gauges of the projection `keys` names, whose position is `position`. Raises redis errors."""
+def merge_groups(
+    found: list[tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]],
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """The consumer groups of several partitions' work streams (`consumer_groups` of each) as
+    one deployment's: per group name, `pending` and `lag` summed (lag None when any partition's
+    is unknown), `consumers` counted once per name; per consumer, `pending` summed and `idle` the
+    least (its latest touch of any partition). Other fields are partition 0's."""
+    groups: dict[str, dict[str, Any]] = {}
+    members: dict[str, dict[str, dict[str, Any]]] = {}
+    for partition_groups, partition_consumers in found:
+        for group in partition_groups:
+            name = text(group["name"])
+            if name not in groups:
+                groups[name] = {**group, "pending": 0, "lag": 0}
+            merged = groups[name]
+            merged["pending"] += int(group["pending"])
+            lag = group.get("lag")
+            merged["lag"] = None if lag is None or merged["lag"] is None else merged["lag"] + int(lag)
+        for name, consumers in partition_consumers.items():
+            held = members.setdefault(name, {})
+            for consumer in consumers:
+                who = text(consumer["name"])
+                if who not in held:
+                    held[who] = dict(consumer)
+                else:
+                    held[who]["pending"] += consumer["pending"]
+                    held[who]["idle"] = min(held[who]["idle"], consumer["idle"])
+    for name, merged in groups.items():
+        merged["consumers"] = len(members.get(name, {}))
+    return list(groups.values()), {name: list(held.values()) for name, held in members.items()}
+
+
+async def all_consumer_groups(
+    client: RedisClient, partitions: list[Keys]
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Every partition's work-stream groups and consumers, merged (see merge_groups)."""
+    if len(partitions) == 1:
+        return await consumer_groups(client, partitions[0].work)
+    return merge_groups([await consumer_groups(client, keys.work) for keys in partitions])
+
+
+async def all_lag(
+    redis: RedisClient, partitions: list[Keys], positions: list[str | None], *, cap: int = LAG_COUNT_CAP
+) -> tuple[int, float]:
+    """`projector_lag` of every partition: the entries summed (each partition's counted up to
+    its share of `cap`, so a scrape reads at most `cap` entries however many partitions
+    there are), the seconds of the partition furthest behind."""
+    share = max(cap // len(partitions), 1)
+    lags = [
+        await projector_lag(redis, keys.events, position, cap=share)
+        for keys, position in zip(partitions, positions, strict=True)
+    ]
+    return sum(n for n, _ in lags), max(s for _, s in lags)
+
+
+async def read_gauges(
+    redis: RedisClient, partitions: list[Keys], positions: list[str | None], *, lag_cap: int = LAG_COUNT_CAP
+) -> Gauges:
+    """The gauges of the projection the `partitions`' keys name (partition 0 first, which also
+    holds the heartbeats), whose positions are `positions` (one per partition), summed over the
+    partitions. Raises redis errors."""
     statuses = list(Status)
     async with redis.pipeline(transaction=False) as pipe:
-        for status in statuses:
-            pipe.zcard(keys.projected_index(status))
-        pipe.xlen(keys.dead_letters)
-        pipe.zcard(keys.delayed)
-        pipe.xlen(keys.events)
-        pipe.xlen(keys.work)
+        for keys in partitions:
+            for status in statuses:
+                pipe.zcard(keys.projected_index(status))
+            pipe.xlen(keys.dead_letters)
+            pipe.zcard(keys.delayed)
+            pipe.xlen(keys.events)
+            pipe.xlen(keys.work)
         replies = await pipe.execute()
-    counts, (dead, delayed, log_len, work_len) = replies[: len(statuses)], replies[len(statuses) :]
-    lag_events, lag_seconds = await projector_lag(redis, keys.events, position, cap=lag_cap)
-    groups, consumers = await consumer_groups(redis, keys.work)
+    step = len(statuses) + 4
+    sums = [sum(int(r) for r in replies[i::step]) for i in range(step)]
+    counts, (dead, delayed, log_len, work_len) = sums[: len(statuses)], sums[len(statuses) :]
+    lag_events, lag_seconds = await all_lag(redis, partitions, positions, cap=lag_cap)
+    groups, consumers = await all_consumer_groups(redis, partitions)
+    home = partitions[0]
     return Gauges(
-        tasks={s: int(c) for s, c in zip(statuses, counts, strict=True)},
-        dead_letters=int(dead),
-        retries_waiting=int(delayed),
-        log_entries=int(log_len),
-        work_entries=int(work_len),
+        tasks=dict(zip(statuses, counts, strict=True)),
+        dead_letters=dead,
+        retries_waiting=delayed,
+        log_entries=log_len,
+        work_entries=work_len,
         lag_events=lag_events,
         lag_seconds=lag_seconds,
         groups=groups,
         consumers=consumers,
-        workers=await read_beats(redis, keys.worker_heartbeats),
-        projectors=await read_beats(redis, keys.projector_heartbeats),
+        workers=await read_beats(redis, home.worker_heartbeats),
+        projectors=await read_beats(redis, home.projector_heartbeats),
     )
 
 
 async def read_readiness(
-    redis: RedisClient, keys: Keys, position: str | None, *, lag_cap: int = READY_LAG_CAP
+    redis: RedisClient, partitions: list[Keys], positions: list[str | None], *, lag_cap: int = READY_LAG_CAP
 ) -> Readiness:
-    """The entries after `position` not yet projected (up to `lag_cap`) and the heartbeats.
-    Raises redis errors."""
-    behind = stream_entries(await redis.xrange(keys.events, f"({position or '0-0'}", "+", count=lag_cap))
-    projectors = await read_beats(redis, keys.projector_heartbeats)
-    workers = await read_beats(redis, keys.worker_heartbeats)
-    oldest = id_order(text(behind[0][0]))[0] if behind else None
-    return Readiness(behind=len(behind), oldest_ms=oldest, projectors=projectors, workers=workers)
+    """The entries not yet projected after each partition's position (each partition's counted
+    up to its share of `lag_cap`, summed; the oldest of them all) and the heartbeats (partition
+    0's). Raises redis errors."""
+    behind, oldest = 0, None
+    share = max(lag_cap // len(partitions), 1)
+    for keys, position in zip(partitions, positions, strict=True):
+        found = stream_entries(await redis.xrange(keys.events, f"({position or '0-0'}", "+", count=share))
+        behind += len(found)
+        if found:
+            first = id_order(text(found[0][0]))[0]
+            oldest = first if oldest is None else min(oldest, first)
+    projectors = await read_beats(redis, partitions[0].projector_heartbeats)
+    workers = await read_beats(redis, partitions[0].worker_heartbeats)
+    return Readiness(behind=behind, oldest_ms=oldest, projectors=projectors, workers=workers)
 
 
 async def worker_strategies(redis: RedisClient, keys: Keys) -> dict[str, str]:
@@ -138,16 +208,21 @@ class Workers(msgspec.Struct, frozen=True):
     beats: Beats
 
 
-async def read_workers(redis: RedisClient, keys: Keys, position: str | None) -> Workers:
-    """The workers page's reads, for the projection at `position`. Raises redis errors."""
-    groups, consumers = await consumer_groups(redis, keys.work)
-    lag_events, lag_seconds = await projector_lag(redis, keys.events, position)
+async def read_workers(redis: RedisClient, partitions: list[Keys], positions: list[str | None]) -> Workers:
+    """The workers page's reads over the `partitions` (partition 0 first: the heartbeats and the
+    strategies are its), for the projection at `positions`. Raises redis errors."""
+    groups, consumers = await all_consumer_groups(redis, partitions)
+    lag_events, lag_seconds = await all_lag(redis, partitions, positions)
+    dead = 0
+    for keys in partitions:
+        dead += int(await redis.xlen(keys.dead_letters))
+    home = partitions[0]
     return Workers(
         groups=groups,
         consumers=consumers,
         lag_events=lag_events,
         lag_seconds=lag_seconds,
-        dead_letters=int(await redis.xlen(keys.dead_letters)),
-        strategies=await worker_strategies(redis, keys),
-        beats=await read_beats(redis, keys.worker_heartbeats),
+        dead_letters=dead,
+        strategies=await worker_strategies(redis, home),
+        beats=await read_beats(redis, home.worker_heartbeats),
     )

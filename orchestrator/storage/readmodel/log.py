@@ -18,6 +18,7 @@ from orchestrator.domain.ids import LAST_ID, id_order
 from orchestrator.storage.codec import decode_entries, decode_entry, text
 from orchestrator.storage.connections import RedisClient, unparsed
 from orchestrator.storage.keys import Keys
+from orchestrator.storage.readmodel.cursor import START, LogCursor
 
 
 class LogPage(msgspec.Struct, frozen=True):
@@ -63,6 +64,27 @@ async def log_pages(redis: RedisClient, stream: str, after: str, page: int) -> A
         yield found
         if len(entries) < page:
             return
+
+
+async def latest_cursor(redis: RedisClient, streams: list[str]) -> LogCursor:
+    """The cursor at the newest entry of each of `streams` (one per partition, partition 0
+    first; `0-0` where empty): one XREVRANGE per stream, pipelined. Raises redis errors."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.xrevrange(stream, "+", "-", count=1)
+        replies = await pipe.execute()
+    return LogCursor([text(found[0][0]) if found else START for found in replies])
+
+
+async def cursor_pages(
+    redis: RedisClient, streams: list[str], cursor: LogCursor, page: int
+) -> AsyncIterator[tuple[int, LogPage]]:
+    """Each of `streams` (one per partition, partition 0 first) after its position in `cursor`,
+    a partition at a time, as (partition, page) pairs read lazily as `log_pages` reads them. The
+    caller moves `cursor` on as it takes pages: there is no order across partitions to keep."""
+    for index, stream in enumerate(streams):
+        async for found in log_pages(redis, stream, cursor.positions[index], page):
+            yield index, found
 
 
 async def tail(redis: RedisClient, stream: str, after: str, *, count: int, block_ms: int) -> LogPage | None:
