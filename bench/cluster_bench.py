@@ -128,6 +128,11 @@ async def drive(env: dict[str, str], args: argparse.Namespace, roles: list[Proc]
         await submit(commands, spec, warmup)
         await wait_for(lambda: drained(client, layout), "the warm-up tasks", 300)
         await wait_for(lambda: projected(client, layout), "the warm-up projection", 300)
+        # Idle: every role running, no task; what the nodes spend anyway (cron, the cluster bus,
+        # the workers' and projector's idle reads of every partition).
+        idle_before = {port: node_counters(port) for port in ports}
+        await asyncio.sleep(args.idle_s)
+        idle = {port: delta(node_counters(port), idle_before[port]) for port in ports}
         roles_before = {role.pid: cpu_seconds(role.pid) for role in roles}
         nodes_before = {port: node_counters(port) for port in ports}
         began = time.monotonic()
@@ -142,6 +147,7 @@ async def drive(env: dict[str, str], args: argparse.Namespace, roles: list[Proc]
             "projected_s": caught_up - began,
             "roles_cpu": {role.pid: cpu_seconds(role.pid) - roles_before[role.pid] for role in roles},
             "nodes": {port: delta(nodes_after[port], nodes_before[port]) for port in ports},
+            "idle_per_s": {port: (cpu / args.idle_s, calls / args.idle_s) for port, (cpu, calls) in idle.items()},
         }
     finally:
         await conns.close()
@@ -191,6 +197,7 @@ def summarize(
     shards = []
     for port in ports:
         cpu, calls = run["nodes"][port]
+        idle_cpu_per_s, idle_calls_per_s = run["idle_per_s"][port]
         shards.append(
             {
                 "port": port,
@@ -198,6 +205,12 @@ def summarize(
                 "tasks": held[port],
                 "cpu_s": round(cpu, 3),
                 "cpu_us_per_task_held": round(cpu / held[port] * 1e6, 1) if held[port] else None,
+                # Less what the node spends idle over as long: the cost that grows with tasks.
+                "marginal_cpu_us_per_task_held": (
+                    round((cpu - idle_cpu_per_s * run["projected_s"]) / held[port] * 1e6, 1) if held[port] else None
+                ),
+                "idle_cpu_share": round(idle_cpu_per_s, 4),
+                "idle_commands_per_s": round(idle_calls_per_s, 1),
                 "commands": calls,
                 "command_share": round(calls / total_calls, 3),
                 "commands_per_task_held": round(calls / held[port], 1) if held[port] else None,
@@ -228,10 +241,12 @@ def report(result: dict[str, Any]) -> None:
     )
     for s in result["shards"]:
         per_task = "-" if s["cpu_us_per_task_held"] is None else f"{s['cpu_us_per_task_held']:.0f}"
+        marginal = "-" if s["marginal_cpu_us_per_task_held"] is None else f"{s['marginal_cpu_us_per_task_held']:.0f}"
         print(
             f"  shard :{s['port']}  partitions {s['partitions']:>2}  tasks {s['tasks']:>6}  "
-            f"cpu {s['cpu_s']:.2f} s  {per_task} us/task held  commands {s['commands']} "
-            f"({s['command_share']:.0%})"
+            f"cpu {s['cpu_s']:.2f} s  {per_task} us/task held ({marginal} beyond idle)  "
+            f"commands {s['commands']} ({s['command_share']:.0%}); idle {s['idle_cpu_share']:.1%} CPU, "
+            f"{s['idle_commands_per_s']:.0f} commands/s"
         )
 
 
@@ -242,10 +257,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--partitions", type=int, default=16, help="the cluster's partitions (standalone: 1)")
     parser.add_argument("--spec", choices=sorted(SPECS), default="sma")
+    parser.add_argument("--idle-s", type=float, default=5.0, help="seconds idle measured before the run")
     parser.add_argument("--smoke", action="store_true", help="60 tasks, 1 worker: checks that it runs")
     args = parser.parse_args()
     if args.smoke:
-        args.tasks, args.workers, args.concurrency = 60, 1, 4
+        args.tasks, args.workers, args.concurrency, args.idle_s = 60, 1, 4, 0.5
     workdir = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
     results = []
     server = RedisServer(workdir / "standalone")

@@ -161,4 +161,5 @@ def test_cluster_bench_runs(tmp_path: Path) -> None:
         assert sum(s["partitions"] for s in setup["shards"]) == setup["partitions"]
         assert sum(s["tasks"] for s in setup["shards"]) == 60
         assert all((s["tasks"] > 0) == (s["cpu_us_per_task_held"] is not None) for s in setup["shards"])
+        assert all(s["idle_cpu_share"] >= 0 and s["idle_commands_per_s"] > 0 for s in setup["shards"])
         assert abs(sum(s["command_share"] for s in setup["shards"]) - 1) < 0.01
