@@ -113,6 +113,13 @@ def test_a_master_killed_under_load_loses_no_acknowledged_task(
         api, url = processes.api()
         roles = [api, processes.start("projector")]
         roles += [processes.start("worker", "--name", name) for name in ("worker-a", "worker-b")]
+        # Failover under load, not at start-up: each role has read the deployment and begun.
+        begun = {"projector": "projector.started", "worker": "worker.started"}
+        wait_until(
+            lambda: all(any(e["event"] == begun[r.args[0]] for e in r.logs()) for r in roles[1:]),
+            timeout=60,
+            what="the projector and the workers to start",
+        )
         submitter = Submitter(url)
         pool = submitter.run(clients=4)
         wait_until(lambda: len(submitter.acknowledged) >= 40, timeout=60, what="40 submits before the kill")
