@@ -73,6 +73,16 @@ def node_counters(port: int) -> tuple[float, int]:
     return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]), calls
 
 
+def command_mix(port: int) -> Counter[str]:
+    """Calls per command name the node has served (INFO commandstats)."""
+    node = redis.Redis(port=port)
+    try:
+        stats = node.info("commandstats")
+    finally:
+        node.close()
+    return Counter({name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()})
+
+
 def delta(after: tuple[float, int], before: tuple[float, int]) -> tuple[float, int]:
     """A node's CPU seconds and commands between two `node_counters` readings."""
     return after[0] - before[0], after[1] - before[1]
@@ -135,14 +145,17 @@ async def drive(env: dict[str, str], args: argparse.Namespace, roles: list[Proc]
         idle = {port: delta(node_counters(port), idle_before[port]) for port in ports}
         roles_before = {role.pid: cpu_seconds(role.pid) for role in roles}
         nodes_before = {port: node_counters(port) for port in ports}
+        mix_before = sum((command_mix(port) for port in ports), Counter[str]())
         began = time.monotonic()
         ids = await submit(commands, spec, args.tasks)
         ran = await wait_for(lambda: drained(client, layout), "every task to end", 600)
         caught_up = await wait_for(lambda: projected(client, layout), "the projection", 600)
         nodes_after = {port: node_counters(port) for port in ports}
+        mix = sum((command_mix(port) for port in ports), Counter[str]()) - mix_before
         return {
             "layout": layout,
             "ids": ids,
+            "mix": mix,
             "run_s": ran - began,
             "projected_s": caught_up - began,
             "roles_cpu": {role.pid: cpu_seconds(role.pid) - roles_before[role.pid] for role in roles},
@@ -227,6 +240,8 @@ def summarize(
         "redis_cpu_us_per_task": round(sum(s["cpu_s"] for s in shards) / tasks * 1e6, 1),
         "worker_cpu_us_per_task": round(worker_cpu / tasks * 1e6, 1),
         "projector_cpu_us_per_task": round(projector_cpu / tasks * 1e6, 1),
+        "commands_per_task": round(sum(run["mix"].values()) / tasks, 1),
+        "command_mix_per_task": {name: round(calls / tasks, 2) for name, calls in run["mix"].most_common(12)},
         "shards": shards,
         "logs": str(logdir),
     }
@@ -239,6 +254,8 @@ def report(result: dict[str, Any]) -> None:
         f"redis {result['redis_cpu_us_per_task']:.0f} us, workers {result['worker_cpu_us_per_task']:.0f} us, "
         f"projector {result['projector_cpu_us_per_task']:.0f} us"
     )
+    mix = ", ".join(f"{name} {calls}" for name, calls in result["command_mix_per_task"].items())
+    print(f"  {result['commands_per_task']} commands/task over the nodes: {mix}")
     for s in result["shards"]:
         per_task = "-" if s["cpu_us_per_task_held"] is None else f"{s['cpu_us_per_task_held']:.0f}"
         marginal = "-" if s["marginal_cpu_us_per_task_held"] is None else f"{s['marginal_cpu_us_per_task_held']:.0f}"
