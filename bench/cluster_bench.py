@@ -195,6 +195,7 @@ def run_setup(name: str, url: str, ports: list[int], serving: Any, args: argpars
     finally:
         for role in reversed(roles):
             role.stop()
+    run["startup_port"] = int(url.rsplit(":", 1)[1].split("/")[0])
     return summarize(name, run, ports, serving, {w.pid for w in workers}, logdir)
 
 
@@ -214,6 +215,10 @@ def summarize(
         shards.append(
             {
                 "port": port,
+                # Partition 0's node holds the deployment-wide keys (heartbeats, leases, pointer);
+                # the URL's node is where redis-py's cluster client asks COMMAND GETKEYS.
+                "home": node_of[0] == port,
+                "url_node": run["startup_port"] == port,
                 "partitions": node_of.count(port),
                 "tasks": held[port],
                 "cpu_s": round(cpu, 3),
@@ -258,9 +263,10 @@ def report(result: dict[str, Any]) -> None:
     print(f"  {result['commands_per_task']} commands/task over the nodes: {mix}")
     for s in result["shards"]:
         per_task = "-" if s["cpu_us_per_task_held"] is None else f"{s['cpu_us_per_task_held']:.0f}"
+        roles = (" home" if s["home"] else "") + (" url" if s["url_node"] else "")
         marginal = "-" if s["marginal_cpu_us_per_task_held"] is None else f"{s['marginal_cpu_us_per_task_held']:.0f}"
         print(
-            f"  shard :{s['port']}  partitions {s['partitions']:>2}  tasks {s['tasks']:>6}  "
+            f"  shard :{s['port']}{roles}  partitions {s['partitions']:>2}  tasks {s['tasks']:>6}  "
             f"cpu {s['cpu_s']:.2f} s  {per_task} us/task held ({marginal} beyond idle)  "
             f"commands {s['commands']} ({s['command_share']:.0%}); idle {s['idle_cpu_share']:.1%} CPU, "
             f"{s['idle_commands_per_s']:.0f} commands/s"
