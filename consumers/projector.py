@@ -1,34 +1,25 @@
-"""The projector: folds the event log into the current-state hashes, exactly once in effect."""
+"""The projector: folds every partition's event log into its current-state hashes, exactly once in
+effect; live projectors share the partitions through leases (see partition_leases.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Awaitable, Callable
-from typing import Any
+import uuid
+from collections.abc import Callable
 
-import msgspec
 import redis.exceptions
 import structlog
 
-from orchestrator.domain.errors import ProjectionGapError
-from orchestrator.domain.events import StoredEvent
-from orchestrator.domain.state import TaskState, evolve
+from consumers.partition_folder import FOLLOW_INTERVAL_S, Batch, PartitionFolder, Source
+from consumers.partition_leases import PartitionLeases
 from orchestrator.storage.connections import store_unavailable
 from orchestrator.storage.presence import Heartbeat
 from orchestrator.storage.readmodel import Projection
 
+__all__ = ["FOLLOW_INTERVAL_S", "GC_THRESHOLD", "LEASE_MS", "Batch", "Projector", "Source", "collect_less_often"]
+
 log = structlog.get_logger("backstream.projector")
-
-# A cache of the states this projector last wrote. It stays valid while every one of its batches
-# is accepted at the position it expected; it is dropped when another projector moved it.
-_CACHE_LIMIT = 200_000
-
-# When the last read found less than a full batch, a following projector waits this long between
-# reads: under load it then folds bigger batches (each read, fold and store has a fixed cost that
-# small batches pay per event). The API does not wait for it: a task's read folds in the events
-# not projected yet (read-your-writes), so only lists and indexes lag, by at most this much.
-FOLLOW_INTERVAL_S = 0.02
 
 # The least number of net allocations of tracked objects between two passes of the cycle
 # collector in a process that folds (CPython's default is 700). A batch's XREAD reply and its
@@ -36,25 +27,20 @@ FOLLOW_INTERVAL_S = 0.02
 # oldest generation and made full passes over the heap, ~2.4 of ~9 µs of CPU per event.
 GC_THRESHOLD = 20_000
 
-# Reads events after a position: (after, count, block_ms) -> events in log order.
-Source = Callable[[str | None, int, int | None], Awaitable[list[StoredEvent]]]
-
-
-class Batch(msgspec.Struct):
-    """A folded batch of events: the task states before and after them, to be stored together
-    with the new position (the last event's id)."""
-
-    position: str | None  # the stored position the batch was read after
-    events: list[StoredEvent]
-    before: dict[str, TaskState]
-    after: dict[str, TaskState]
+# How long a projector's lease on a partition lasts unless renewed (renewed every third of it),
+# by default: the workers' lease (Settings.lease_ms). A projector that dies without giving its
+# partitions back leaves them unfolded this long at most (the API's reads of single tasks fold
+# unprojected events themselves; lists lag).
+LEASE_MS = 15_000
 
 
 class Projector:
-    """Folds the log into `projection` in batches of up to `batch_size` events (a blocking read
-    waits up to `block_ms` ms). `source`: where events are read (default: the log itself; replay
-    passes archives too); `on_batch(n)`: called after each stored batch; `heartbeat`: the live
-    projector's liveness. `applied` counts the events stored."""
+    """Folds the partitions of `projection` in batches of up to `batch_size` events (a blocking
+    read waits up to `block_ms` ms). `source`: where a one-partition projection's events are read
+    (tests); `sources(i)`: where partition i's are (replay passes archives); default: the logs.
+    `on_batch(n)`: called after each stored batch; `heartbeat`: the live projector's liveness,
+    whose name is also the name its leases hold (else a random one). `lease_ms`: see LEASE_MS.
+    `applied` counts the events stored. Raises ValueError for `source` on several partitions."""
 
     def __init__(
         self,
@@ -63,211 +49,192 @@ class Projector:
         batch_size: int = 1000,
         block_ms: int = 1000,
         source: Source | None = None,
+        sources: Callable[[int], Source] | None = None,
         on_batch: Callable[[int], None] | None = None,
         heartbeat: Heartbeat | None = None,
+        lease_ms: int = LEASE_MS,
     ) -> None:
+        if source is not None and projection.layout.width > 1:
+            raise ValueError("`source` reads one partition; give `sources` for a projection of several")
         self.projection = projection
-        # The live projector's liveness for /readyz; replays run without one.
+        # The live projector's liveness for /readyz and for the others' shares; replays run without.
         self.heartbeat = heartbeat
         self.batch_size = batch_size
         self.block_ms = block_ms
-        self.source = source or projection.read_log
+        self.sources = sources if source is None else (lambda _: source)
         self.on_batch = on_batch
-        self._cache: dict[str, TaskState] = {}
+        self.name = heartbeat.name if heartbeat is not None else f"projector-{uuid.uuid4().hex[:12]}"
+        self.leases = PartitionLeases(projection.redis, projection.layout, self.name, lease_ms=lease_ms)
         self._stopping = asyncio.Event()
+        self._steppers: dict[int, PartitionFolder] = {}
+        self._leading: _Leading | None = None
         self.applied = 0
 
+    @property
+    def folding(self) -> list[int]:
+        """The partitions this following projector folds now (it holds their leases), sorted."""
+        return sorted(self._leading.held) if self._leading is not None else []
+
     def stop(self) -> None:
-        """Stop following; the batch in flight is still stored."""
+        """Stop following; the batches in flight are still stored, the leases given back."""
         self._stopping.set()
 
-    async def _read(self, position: str | None, *, block: bool) -> list[StoredEvent]:
-        """Up to batch_size events after `position` (waiting up to block_ms for one if `block`)."""
-        return await self.source(position, self.batch_size, self.block_ms if block else None)
-
-    async def _fold(self, position: str | None, events: list[StoredEvent]) -> Batch | None:
-        """Fold `events`, the events after `position`, onto the cached or stored states.
-        The cache is updated at once, optimistically: a batch that fails to store clears it."""
-        if not events:
-            return None
-        first_seq: dict[str, int] = {}
-        for stored in events:
-            first_seq.setdefault(stored.event.task_id, stored.event.seq)
-        # A task whose first event here is its `submitted` cannot have a stored state that this
-        # batch's position does not already cover (states and position are stored together),
-        # so only tasks seen before are looked up.
-        missing = [t for t, seq in first_seq.items() if seq > 1 and t not in self._cache]
-        before = {t: self._cache[t] for t in first_seq if t in self._cache}
-        before.update(await self.projection.load(missing))
-        after = dict(before)
-        for stored in events:
-            task_id = stored.event.task_id
-            after[task_id] = evolve(after.get(task_id), stored)
-        if len(self._cache) > _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache.update(after)
-        return Batch(position, events, before, after)
-
-    async def _store(self, batch: Batch) -> bool:
-        verdict = await self.projection.store(batch.position, batch.events[-1].id, batch.before, batch.after)
-        if verdict != "ok":
-            # Another projector got there first, or a rebuild switched the live projection:
-            # forget what this one thought it knew and read again from the stored position.
-            log.info("projector.retrying_batch", reason=verdict, expected=batch.position)
-            self._cache.clear()
-            await self.projection.refresh(force=True)
-            return False
-        self.applied += len(batch.events)
+    def _stored(self, count: int) -> None:
+        self.applied += count
         if self.on_batch is not None:
-            self.on_batch(len(batch.events))
-        return True
+            self.on_batch(count)
+
+    def folder(self, index: int) -> PartitionFolder:
+        """A new folder of partition `index` (with an empty cache), reporting to this projector."""
+        source = self.sources(index) if self.sources is not None else None
+        return PartitionFolder(
+            self.projection,
+            index,
+            batch_size=self.batch_size,
+            block_ms=self.block_ms,
+            source=source,
+            on_stored=self._stored,
+        )
 
     async def step(self, *, block: bool = False) -> int:
-        """Fold and store one batch of events after the stored position. Returns how many were read."""
-        position = await self.projection.position()
-        batch = await self._fold(position, await self._read(position, block=block))
-        if batch is None:
-            return 0
-        await self._store(batch)
-        return len(batch.events)
+        """Fold and store one batch of each partition after its stored position (whatever the
+        leases say). Returns how many events were read."""
+        read = 0
+        await self.projection.connect()
+        for index in range(self.projection.layout.width):
+            stepper = self._steppers.setdefault(index, self.folder(index))
+            read += await stepper.step(block=block)
+        return read
 
     async def run(self, *, burst: bool = False) -> None:
-        """Follow the log until stopped; in burst mode, return once the log is fully folded.
-
-        Batches are pipelined: the next batch is read and folded while Redis stores the last
-        one, and its store is sent only once the last one was accepted at the position it
-        expected. A rebuild that makes another projection live is followed (the pointer is
-        re-read at most every POINTER_TTL_S, and whenever a store is refused). Store outages and
-        refusals that pass (out of memory, read-only, loading: `store_unavailable`) are waited
-        out with backoff; the stored position says where to go on. A gap in a task's events
-        stops the projector, but only once it is seen twice folding onto stored states alone: a
-        batch folded onto one that was then refused, or onto a projection a rebuild replaced,
-        shows gaps that are not in the log. While catching up (full batches), the batch after
-        the one being folded is read at once: Redis serves that read before the store of the
-        batch being folded, and this process decodes it while Redis runs the store. The
-        process's cycle collector is made to run less often (`collect_less_often`)."""
-        log.info("projector.started", projection=self.projection.keys.projection_name)
+        """In burst mode, fold every partition (each in a task of its own, leases aside) and
+        return once all are fully folded. Else follow the partitions this projector holds a lease
+        on, rebalancing every third of a lease, until stopped (`stop`: the leases are given back;
+        cancelled: they are left to expire, as a crash leaves them). The first error of a
+        partition's folder (a gap seen twice, a store error that does not pass) stops the others
+        and is raised. The process's cycle collector is made to run less often."""
+        log.info("projector.started", projection=self.projection.layout.projection_name, name=self.name)
         collect_less_often()
         heartbeat = self.heartbeat
         beating = asyncio.create_task(heartbeat.run()) if heartbeat is not None else None
+        crashed = False
         try:
-            await self._follow(burst)
+            await self.projection.connect()
+            if burst:
+                width = self.projection.layout.width
+                await _all_or_none([asyncio.create_task(self.folder(i).run(burst=True)) for i in range(width)])
+            else:
+                self._leading = _Leading(self)
+                await self._leading.run()
+        except asyncio.CancelledError:
+            crashed = True  # as a crash leaves it: the heartbeat ages out, the leases expire
+            raise
         finally:
             if heartbeat is not None and beating is not None:
                 beating.cancel()
-                await heartbeat.remove()
-
-    async def _follow(self, burst: bool) -> None:
-        """The loop of `run`: one `_turn` after another, outages and gaps handled here."""
-        s = _Following(self.projection.keys.projection_name)
-        while not self._stopping.is_set():
-            try:
-                if await self._turn(s, burst):
-                    break
-            except ProjectionGapError as e:
-                await s.settle()
-                if s.gap_seen and not s.on_unstored:
-                    raise
-                # Folded onto a batch not stored yet (perhaps never), or seen once: again, from
-                # the stored position and the stored states only.
-                s.gap_seen = s.gap_seen or not s.on_unstored
-                s.fresh = True
-                log.info("projector.rechecking_gap", error=str(e))
-            except redis.exceptions.RedisError as e:
-                await s.settle()
-                if not store_unavailable(e):
-                    raise
-                log.warning("store.unavailable", error=str(e), error_type=type(e).__name__, retry_in_s=s.delay)
-                s.fresh = True
-                await asyncio.sleep(s.delay)
-                s.delay = min(s.delay * 2, 5.0)
-            except BaseException:
-                # Stopping on a bad event (or cancelled): what was folded before it still lands.
-                _drop(s.ahead)
-                if s.inflight is not None:
-                    await asyncio.shield(s.inflight)
-                raise
-        await _settle(s.ahead)
-        if s.inflight is not None:
-            await s.inflight
+                if not crashed:
+                    await heartbeat.remove()
         log.info("projector.stopped", applied=self.applied)
 
-    async def _turn(self, s: _Following, burst: bool) -> bool:
-        """Read and fold the next batch, and send its store once the one before was accepted.
-        Returns True when a burst has folded the whole log."""
-        loop = asyncio.get_running_loop()
-        if not await self._resume(s):
-            return False
-        if not burst and loop.time() < s.next_read:
-            await asyncio.sleep(s.next_read - loop.time())
-        s.on_unstored = s.inflight is not None
-        if s.ahead is not None:
-            events, s.ahead = await s.ahead, None
-        else:
-            events = await self._read(s.position, block=not burst and not s.on_unstored)
-        full = len(events) >= self.batch_size
-        if full:
-            s.ahead = asyncio.create_task(self._read(events[-1].id, block=False))
-        batch = await self._fold(s.position, events)
-        s.next_read = 0.0 if full else loop.time() + FOLLOW_INTERVAL_S
-        if s.inflight is not None:
-            accepted = await s.inflight
-            s.inflight = None
-            if not accepted:
-                # The batch just folded was folded onto states that were never stored,
-                # and its fold may have refilled the cache after _store cleared it.
-                s.fresh = True
-                return False
-            s.gap_seen = False
-        if batch is None:
-            return burst
-        s.inflight = asyncio.create_task(self._store(batch))
-        s.position = batch.events[-1].id
-        s.delay = 0.1
-        return False
 
-    async def _resume(self, s: _Following) -> bool:
-        """Start again from the stored position when `s.fresh`; else follow a switch of the live
-        projection. Returns False when the live projection changed (the turn starts over)."""
-        if s.fresh:
-            await _settle(s.ahead)
-            s.ahead = None
-            self._cache.clear()
-            s.position, s.fresh = await self.projection.position(), False
-            s.following = self.projection.keys.projection_name
-            return True
-        await self.projection.refresh()
-        if self.projection.keys.projection_name != s.following:
-            log.info("projector.following", projection=self.projection.keys.projection_name)
-            await _settle(s.inflight)
-            s.inflight = None
-            s.fresh = True
-            return False
-        return True
+class _Leading:
+    """A following projector's partitions: a folder task per held lease, rebalanced on a timer."""
+
+    def __init__(self, projector: Projector) -> None:
+        self.projector = projector
+        self.leases = projector.leases
+        self.held: dict[int, tuple[PartitionFolder, asyncio.Task[None]]] = {}
+        self.interval_s = projector.leases.lease_ms / 3000
+
+    async def run(self) -> None:
+        """Rebalance, then wait a third of a lease (or until stopped, or a folder ends), again.
+        Stopped or failed: the folders stop and the leases are given back. Cancelled: the
+        folders are cancelled (their stores in flight still land) and the leases left to expire."""
+        stopping = asyncio.create_task(self.projector._stopping.wait())
+        try:
+            while not stopping.done():
+                await self._rebalance()
+                self._raise_failures()
+                folding = [task for _, task in self.held.values()]
+                await asyncio.wait([stopping, *folding], timeout=self.interval_s, return_when=asyncio.FIRST_COMPLETED)
+                self._raise_failures()
+        except asyncio.CancelledError:
+            for _, task in self.held.values():
+                task.cancel()
+            await asyncio.gather(*(task for _, task in self.held.values()), return_exceptions=True)
+            raise
+        except BaseException:
+            await self._give_back(list(self.held))
+            raise
+        finally:
+            stopping.cancel()
+        errors = await self._give_back(list(self.held))
+        if errors:
+            raise errors[0]
+
+    async def _rebalance(self) -> None:
+        """Renew the held leases, stop folding the lost ones, give back extras, take free ones."""
+        try:
+            lost = await self.leases.renew(list(self.held))
+            if lost:
+                log.info("projector.leases_lost", partitions=lost, name=self.leases.name)
+                for error in await self._stop_folding(lost):
+                    raise error
+            share = await self.leases.share()
+            extras = self.leases.extras(share, set(self.held))
+            for error in await self._give_back(extras):
+                raise error
+            taken = await self.leases.take(share, set(self.held))
+        except redis.exceptions.RedisError as e:
+            if not store_unavailable(e):
+                raise
+            # The folders wait outages out themselves; the leases are renewed at the next turn.
+            log.warning("store.unavailable", error=str(e), error_type=type(e).__name__, retry_in_s=self.interval_s)
+            return
+        for index in taken:
+            folder = self.projector.folder(index)
+            self.held[index] = (folder, asyncio.create_task(folder.run()))
+        if lost or extras or taken:
+            log.info("projector.partitions", held=sorted(self.held), quota=share.quota, name=self.leases.name)
+
+    async def _stop_folding(self, indexes: list[int]) -> list[BaseException]:
+        """Stop the folders of `indexes` (their batches in flight are stored) and forget them;
+        returns the errors they ended with."""
+        stopping = [self.held.pop(i) for i in indexes if i in self.held]
+        for folder, _ in stopping:
+            folder.stop()
+        results = await asyncio.gather(*(t for _, t in stopping), return_exceptions=True)
+        return [e for e in results if isinstance(e, BaseException) and not isinstance(e, asyncio.CancelledError)]
+
+    async def _give_back(self, indexes: list[int]) -> list[BaseException]:
+        """Stop folding `indexes`, then release their leases (best effort: they expire anyway);
+        returns the errors the folders ended with."""
+        errors = await self._stop_folding(indexes)
+        try:
+            await self.leases.release(indexes)
+        except redis.exceptions.RedisError as e:
+            log.warning("projector.leases_not_released", partitions=indexes, error=str(e))
+        return errors
+
+    def _raise_failures(self) -> None:
+        """Raise the error a folder ended with (a folder ends early only on one)."""
+        for index, (_, task) in list(self.held.items()):
+            if task.done():
+                del self.held[index]
+                task.result()
 
 
-class _Following:
-    """Where a following projector is: the position it folds after, the store in flight, the
-    batch read ahead (dropped whenever it starts again from the stored position), and whether a
-    gap was seen once already."""
-
-    def __init__(self, following: str) -> None:
-        self.delay = 0.1  # the next wait on an outage, s
-        self.position: str | None = None
-        self.inflight: asyncio.Task[bool] | None = None
-        self.ahead: asyncio.Task[list[StoredEvent]] | None = None
-        self.fresh = True
-        self.gap_seen = False
-        self.on_unstored = False
-        self.next_read = 0.0  # event-loop time of the next read
-        self.following = following
-
-    async def settle(self) -> None:
-        """Let the store in flight and the read ahead finish, and forget both."""
-        await _settle(self.inflight)
-        await _settle(self.ahead)
-        self.ahead = None
-        self.inflight = None
+async def _all_or_none(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for every task; on the first error (or a cancel), cancel the others, let them finish,
+    and raise it."""
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def collect_less_often() -> None:
@@ -277,20 +244,3 @@ def collect_less_often() -> None:
     threshold, *older = gc.get_threshold()
     if threshold < GC_THRESHOLD:
         gc.set_threshold(GC_THRESHOLD, *older)
-
-
-def _drop(task: asyncio.Task[Any] | None) -> None:
-    """Cancel a read ahead that is still running, or take the error of one that failed (so it
-    is not reported as never retrieved): its events are not wanted."""
-    if task is None:
-        return
-    if not task.done():
-        task.cancel()
-    elif not task.cancelled():
-        task.exception()
-
-
-async def _settle(inflight: asyncio.Task[Any] | None) -> None:
-    """Let a store or read in flight finish, whatever its outcome (the stored position tells)."""
-    if inflight is not None:
-        await asyncio.gather(inflight, return_exceptions=True)

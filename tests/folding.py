@@ -9,6 +9,7 @@ from typing import Any
 from consumers.maintenance.replay import Difference, verify_replay
 from consumers.projector import Projector
 from orchestrator.storage.keys import Keys
+from orchestrator.storage.partitions import Layout
 from orchestrator.storage.readmodel import Projection
 
 
@@ -19,6 +20,7 @@ async def fold_log(projection: Projection, **kwargs: Any) -> int:
     return projector.applied
 
 
-async def verify(redis: Any, keys: Keys, *, archives: list[Path] | None = None) -> list[Difference]:
-    """The differences between a fresh fold of the log and the live projection ([]: none)."""
+async def verify(redis: Any, keys: Layout | Keys, *, archives: list[Path] | None = None) -> list[Difference]:
+    """The differences between a fresh fold of every partition's log and the live projection
+    ([]: none); a `Keys` stands for the one-partition layout of its prefix."""
     return (await verify_replay(redis, keys, archives=archives)).differences

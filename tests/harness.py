@@ -44,7 +44,7 @@ class System:
         self.checker, self.catalog = EngineSpecChecker(data), EngineCatalog(data)
         self.commands = Commands(backend.redis, backend.layout)
         self.queue = WorkQueue(backend.redis, backend.layout, reader=backend.blocking)
-        self.projection = Projection(backend.redis, backend.keys, follow_live=True)
+        self.projection = Projection(backend.redis, backend.layout, follow_live=True)
         self.connections = _SharedConnections(backend, self.settings)
 
     def worker(self, name: str = "w1", concurrency: int = 2) -> Worker:

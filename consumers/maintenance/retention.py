@@ -11,12 +11,11 @@ import structlog
 from redis.typing import EncodableT
 
 from orchestrator.domain.ids import id_order
-from orchestrator.domain.status import Status
-from orchestrator.storage.codec import decode_json, stream_entries, text
+from orchestrator.storage.codec import stream_entries, text
 from orchestrator.storage.connections import RedisClient, routed_to
-from orchestrator.storage.hashform import index_position
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.partitions import Layout
+from orchestrator.storage.readmodel.listing import finished_before
 from orchestrator.storage.readmodel.pointer import live_keys, projection_positions
 
 log = structlog.get_logger("backstream.retention")
@@ -74,32 +73,11 @@ async def _positions(redis: RedisClient, keys: Keys, home: Keys) -> dict[str, st
     return found
 
 
-async def _finished_before(redis: RedisClient, projection: Keys, stream_id: str) -> list[str]:
-    """Completed or cancelled tasks of the partition's projection `projection`, submitted and last
-    changed before `stream_id` (what retention may compact). Failed tasks are left out: a user
-    may still retry them."""
-    found = []
-    for status in (Status.COMPLETED, Status.CANCELLED):
-        index = projection.projected_index(status)
-        members = [text(m) for m in await redis.zrangebylex(index, "-", f"({index_position(stream_id)}")]
-        task_ids = [m.split("|", 1)[1] for m in members]
-        async with redis.pipeline(transaction=False) as pipe:
-            for task_id in task_ids:
-                pipe.hget(projection.projected_task(task_id), "last_event_id")
-            lasts = await pipe.execute()
-        found += [
-            t
-            for t, last in zip(task_ids, lasts, strict=True)
-            if last and id_order(decode_json(last)) < id_order(stream_id)
-        ]
-    return found
-
-
 async def _compactable(redis: RedisClient, keys: Keys, home: Keys, keep_from: str) -> list[str]:
     """The finished tasks below `keep_from` whose control hash is still there (what an earlier run
     compacted already is left out, so the count says what this run does)."""
     live = keys.with_projection((await live_keys(redis, home)).projection_name)
-    finished = await _finished_before(redis, live, keep_from)
+    finished = await finished_before(redis, live, keep_from)
     async with redis.pipeline(transaction=False) as pipe:
         for task_id in finished:
             pipe.exists(keys.control(task_id))

@@ -23,7 +23,6 @@ from orchestrator.domain.timeline import as_of_id
 from orchestrator.domain.views import to_api
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import connect
-from orchestrator.storage.keys import Keys
 from orchestrator.storage.partitions import deployment_layout
 from orchestrator.storage.readmodel import HistoryArchived, ReadModel
 
@@ -92,24 +91,25 @@ async def _audit(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     conns = await connect(settings)
-    keys = Keys(prefix=settings.prefix)
     archives = [Path(p) for p in args.archive]
-    total = await conns.commands.xlen(keys.events) + sum(1 for p in archives for _ in read_entries(p))
-    progress = _Progress(total, "replay")
     try:
+        layout = await deployment_layout(conns)
+        logged = sum([await conns.commands.xlen(keys.events) for keys in layout.partitions])
+        progress = _Progress(logged + sum(1 for p in archives for _ in read_entries(p)), "replay")
         if args.rebuild:
-            done = await replay.rebuild(conns.commands, keys, archives=archives, on_batch=progress)
+            done = await replay.rebuild(conns.commands, layout, archives=archives, on_batch=progress)
             progress.close()
             print(
                 f"rebuilt projection {done.projection}: {done.events:,} events in {done.seconds:.2f} s "
                 f"({done.rate:,.0f} events/s); it is live now"
             )
             return 0
-        checked = await replay.verify_replay(conns.commands, keys, archives=archives, on_batch=progress)
+        checked = await replay.verify_replay(conns.commands, layout, archives=archives, on_batch=progress)
         progress.close()
         for d in checked.differences:
-            print(f"DIFF {d.key} {d.field}: live={d.live} replayed={d.replayed}")
-        tasks = len({d.key for d in checked.differences})
+            where = f"p{d.partition:02d} " if layout.width > 1 else ""
+            print(f"DIFF {where}{d.key} {d.field}: live={d.live} replayed={d.replayed}")
+        tasks = len({(d.partition, d.key) for d in checked.differences})
         print(
             f"verified projection {checked.projection}: {checked.events:,} events in {checked.seconds:.2f} s "
             f"({checked.rate:,.0f} events/s); {len(checked.differences)} differences in {tasks} keys"

@@ -34,8 +34,7 @@ from orchestrator.cli.home import HOME_HELP, HomeError, api_host
 from orchestrator.cli.stores import needs_redis
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import Connections, connect, until_reachable
-from orchestrator.storage.keys import Keys
-from orchestrator.storage.partitions import deployment_layout
+from orchestrator.storage.partitions import Layout, deployment_layout
 from orchestrator.storage.presence import Heartbeat
 from orchestrator.storage.readmodel import Projection
 from orchestrator.storage.results.location import results_for
@@ -65,9 +64,15 @@ def _on_signals(stop: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, stop)
 
 
-async def _worker(settings: Settings, conns: Connections, catalog: Catalog, name: str, concurrency: int) -> Worker:
-    # Every partition of the deployment (recorded in the store) is read; an outage is waited out.
-    layout = await until_reachable(lambda: deployment_layout(conns), doing="reading the partitions")
+async def _layout(conns: Connections) -> Layout:
+    """The deployment's partitions as the store records them (an outage is waited out). Raises
+    LayoutMismatch when BACKSTREAM_PARTITIONS asks for another count (main exits 2 saying so)."""
+    return await until_reachable(lambda: deployment_layout(conns), doing="reading the partitions")
+
+
+def _worker(
+    settings: Settings, conns: Connections, layout: Layout, catalog: Catalog, name: str, concurrency: int
+) -> Worker:
     return Worker(
         WorkQueue(conns.commands, layout, reader=conns.blocking),
         functools.partial(start_run, catalog=catalog),
@@ -79,16 +84,15 @@ async def _worker(settings: Settings, conns: Connections, catalog: Catalog, name
     )
 
 
-def _projector(settings: Settings, conns: Connections) -> Projector:
-    keys = Keys(prefix=settings.prefix)
-    projection = Projection(conns.commands, keys, follow_live=True, reader=conns.blocking)
+def _projector(settings: Settings, conns: Connections, layout: Layout) -> Projector:
+    projection = Projection(conns.commands, layout, follow_live=True, reader=conns.blocking)
     heartbeat = Heartbeat(
         conns.commands,
-        keys.projector_heartbeats,
+        layout.home.projector_heartbeats,
         f"{socket.gethostname()}-{os.getpid()}",
         interval_s=min(settings.heartbeat_ms, settings.lease_ms / 3) / 1000,
     )
-    return Projector(projection, heartbeat=heartbeat)
+    return Projector(projection, heartbeat=heartbeat, lease_ms=settings.lease_ms)
 
 
 class _Server(uvicorn.Server):
@@ -139,6 +143,12 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 async def _run_api(args: argparse.Namespace, settings: Settings) -> int:
+    # A count the deployment does not have ends the command here, not in the app's startup.
+    conns = await connect(settings, long_running=True)
+    try:
+        await _layout(conns)
+    finally:
+        await conns.close()
     server = _server(settings, _catalog(settings), None, args.host, args.port)
     log.info("api.listening", url=f"http://{args.host}:{args.port}")
     await server.serve()
@@ -147,7 +157,7 @@ async def _run_api(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     conns = await connect(settings, long_running=True)
-    worker = await _worker(settings, conns, _catalog(settings), args.name, args.concurrency)
+    worker = _worker(settings, conns, await _layout(conns), _catalog(settings), args.name, args.concurrency)
     _on_signals(worker.stop)
     try:
         await worker.run()
@@ -158,7 +168,7 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _run_projector(args: argparse.Namespace, settings: Settings) -> int:
     conns = await connect(settings, long_running=True)
-    projector = _projector(settings, conns)
+    projector = _projector(settings, conns, await _layout(conns))
     _on_signals(projector.stop)
     try:
         await projector.run()
@@ -171,8 +181,9 @@ async def _run_all(settings: Settings, host: str, port: int, workers: int, store
     """Every role in one process: the API, the projector and the workers share one store."""
     conns = await connect(settings, long_running=True)
     catalog = _catalog(settings)
-    projector = _projector(settings, conns)
-    worker = await _worker(settings, conns, catalog, f"{socket.gethostname()}-{os.getpid()}", workers)
+    layout = await _layout(conns)
+    projector = _projector(settings, conns, layout)
+    worker = _worker(settings, conns, layout, catalog, f"{socket.gethostname()}-{os.getpid()}", workers)
     server = _server(settings, catalog, conns, host, port)
     log.info("backstream.up", url=f"http://{host}:{port}", store=store, workers=workers, home=settings.home)
     working = asyncio.create_task(worker.run())

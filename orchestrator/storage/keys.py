@@ -108,6 +108,12 @@ class Keys(msgspec.Struct, frozen=True):
         """The same for the live projectors (named `<host>-<pid>`)."""
         return f"{self.prefix}:heartbeats:projectors"
 
+    @property
+    def projector_lease(self) -> str:
+        """Which live projector folds this partition: its name, with a TTL it renews (`lease.lua`);
+        a projector that dies stops renewing, so the lease expires and another one takes it."""
+        return f"{self.prefix}:projector-lease"
+
     def idempotency(self, key: str) -> str:
         """An Idempotency-Key's claim: `<task id>|<body sha256>`, for IDEMPOTENCY_TTL_SECONDS."""
         return f"{self.prefix}:idem:{key}"

@@ -129,6 +129,14 @@ class Layout(msgspec.Struct, frozen=True):
         return f"{self.prefix}:partitions"
 
 
+def as_layout(where: Layout | Keys) -> Layout:
+    """`where`; a `Keys` as the one-partition layout whose partition 0 it is (its prefix and
+    projection): a deployment written before partitions existed, or one partition seen alone."""
+    if isinstance(where, Keys):
+        return Layout(prefix=where.prefix, projection_name=where.projection_name)
+    return where
+
+
 async def load_layout(redis: RedisClient, prefix: str, *, requested: int | None, cluster: bool) -> Layout:
     """The deployment's layout as recorded in the store, recording it first for a new deployment:
     `requested` partitions (BACKSTREAM_PARTITIONS), else CLUSTER_PARTITIONS on a cluster and 1

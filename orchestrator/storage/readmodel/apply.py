@@ -1,12 +1,18 @@
-"""The projection's one write: the projector's (and replay's) changed states and new position,
-stored atomically through `apply.lua`."""
+"""The projection's one write: the projector's (and replay's) changed states and a partition's new
+position, stored atomically through `apply.lua` on that partition's slot."""
 
 from __future__ import annotations
 
+import redis.asyncio as aioredis
+
+from orchestrator.domain.events import StoredEvent
 from orchestrator.domain.state import TaskState
+from orchestrator.storage.codec import text
 from orchestrator.storage.connections import RedisClient
-from orchestrator.storage.hashform import changed_fields, index_member, to_hash
+from orchestrator.storage.hashform import changed_fields, from_hash, index_member, to_hash
 from orchestrator.storage.keys import Keys
+from orchestrator.storage.partitions import Layout
+from orchestrator.storage.readmodel import log
 from orchestrator.storage.readmodel.model import ReadModel
 from orchestrator.storage.scripts.projection import ProjectionScripts
 
@@ -32,15 +38,37 @@ class _Ops:
         self.ops.append(b"%s\x01%s\x01%s" % (name, self.slot(key), args))
 
 
-class Projection(ReadModel):
-    """A read model that the projector (or a replay) also writes: one projection, or with
-    `follow_live` whichever one the live-projection pointer names."""
+class PartitionProjection:
+    """One partition of one projection (`keys`: the partition's keys, naming the projection):
+    its position, its states, its log and its one write. `live`: stores also check that the
+    projection is still the live one (only partition 0 can: the pointer is in its slot). Every
+    method raises redis errors."""
 
     def __init__(
-        self, redis: RedisClient, keys: Keys, *, follow_live: bool = False, reader: RedisClient | None = None
+        self, redis: RedisClient, reader: RedisClient, scripts: ProjectionScripts, keys: Keys, *, live: bool
     ) -> None:
-        super().__init__(redis, keys, follow_live=follow_live, reader=reader)
-        self.scripts = ProjectionScripts(redis)
+        self.redis, self.reader, self.scripts, self.keys, self.live = redis, reader, scripts, keys, live
+
+    async def position(self) -> str | None:
+        """The id of the last event of this partition folded into the projection (None: none yet;
+        `pointer.RETIRED` once a rebuild replaced it)."""
+        value = await self.redis.get(self.keys.projection_position)
+        return text(value) if value is not None else None
+
+    async def load(self, task_ids: list[str]) -> dict[str, TaskState]:
+        """{task id: projected state} for those of `task_ids` (all of this partition) it holds."""
+        if not task_ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hgetall(self.keys.projected_task(task_id))
+            replies = await pipe.execute()
+        return {task_id: from_hash(fields) for task_id, fields in zip(task_ids, replies, strict=True) if fields}
+
+    async def read_log(self, after: str | None, count: int, block_ms: int | None) -> list[StoredEvent]:
+        """This partition's events after `after` in log order, on the blocking client (a projector
+        `Source`; see log.read_batch)."""
+        return await log.read_batch(self.reader, self.keys.events, after, count, block_ms)
 
     async def store(
         self,
@@ -49,10 +77,10 @@ class Projection(ReadModel):
         before: dict[str, TaskState],
         after: dict[str, TaskState],
     ) -> str:
-        """Write the changed states and the new position atomically. Returns 'ok'; or 'moved'
-        if another projector moved the position since `expected_position` was read, or
-        'switched' if a rebuild made another projection live (nothing is written then).
-        Raises redis errors."""
+        """Write the changed states (tasks of this partition) and the partition's new position
+        atomically. Returns 'ok'; or 'moved' if another projector moved the position since
+        `expected_position` was read (or a rebuild retired this projection), or 'switched' if a
+        rebuild made another projection live (nothing is written then)."""
         ops = _Ops(self.keys)
         index_ops: dict[tuple[bytes, str], list[bytes]] = {}
         for task_id, state in after.items():
@@ -80,7 +108,53 @@ class Projection(ReadModel):
             op_keys=ops.keys[2:],
             expected=expected_position,
             position=new_position,
-            live=self.follow_live,
+            live=self.live,
             ops=b"\x02".join(ops.ops),
         )
         return verdict.outcome
+
+
+class Projection(ReadModel):
+    """A read model that the projector (or a replay) also writes: one projection over every
+    partition of `layout`, or with `follow_live` whichever one the live-projection pointer (in
+    `layout.home`) names. A `Keys` stands for the one-partition layout of its prefix (a
+    deployment written before partitions existed, and tests of partition 0 alone).
+
+    Its read-model methods read partition 0 (`keys`); `partition(i)` is what the projector folds."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        layout: Layout | Keys,
+        *,
+        follow_live: bool = False,
+        reader: RedisClient | None = None,
+    ) -> None:
+        super().__init__(redis, layout, follow_live=follow_live, reader=reader)
+        self.scripts = ProjectionScripts(redis)
+
+    async def connect(self) -> None:
+        """Load the slot map of cluster clients before the partitions' folders use them at once:
+        redis-py's asyncio cluster client, first used by many coroutines together, fails some of
+        their commands (ConnectionError; AttributeError on a connection another one closed)
+        while it initializes. Nothing to do on a standalone client. Raises redis errors."""
+        for client in (self.redis, self.reader):
+            if isinstance(client, aioredis.RedisCluster):
+                await client.initialize()
+
+    def partition(self, index: int) -> PartitionProjection:
+        """Partition `index` of the projection `layout` names now. Raises IndexError outside
+        0..width-1."""
+        keys = self.layout.partition(index)
+        return PartitionProjection(self.redis, self.reader, self.scripts, keys, live=self.follow_live and index == 0)
+
+    async def store(
+        self,
+        expected_position: str | None,
+        new_position: str,
+        before: dict[str, TaskState],
+        after: dict[str, TaskState],
+    ) -> str:
+        """`PartitionProjection.store` on partition 0 (a one-partition projection's write)."""
+        await self.refresh()
+        return await self.partition(0).store(expected_position, new_position, before, after)

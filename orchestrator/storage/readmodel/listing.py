@@ -120,7 +120,8 @@ async def all_tasks(redis: RedisClient, indexes: list[str], loader: Loader) -> l
 
 async def finished_before(redis: RedisClient, projection: Keys, stream_id: str) -> list[str]:
     """Completed or cancelled tasks of one partition's `projection`, submitted and last changed
-    before `stream_id` (see ReadModel.finished_before)."""
+    before `stream_id`: what retention may compact. Failed tasks are left out: a user may still
+    retry them."""
     found = []
     for status in (Status.COMPLETED, Status.CANCELLED):
         index = projection.projected_index(status)

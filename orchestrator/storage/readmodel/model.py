@@ -15,7 +15,7 @@ from orchestrator.storage.codec import text
 from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.hashform import from_hash
 from orchestrator.storage.keys import Keys
-from orchestrator.storage.partitions import Layout
+from orchestrator.storage.partitions import Layout, as_layout
 from orchestrator.storage.readmodel import dead_letters as letters
 from orchestrator.storage.readmodel import listing, log
 from orchestrator.storage.readmodel.cursor import START, LogCursor
@@ -31,7 +31,7 @@ from orchestrator.storage.readmodel.gauges import (
 )
 from orchestrator.storage.readmodel.history import TaskHistory, read_archived
 from orchestrator.storage.readmodel.listing import FILTER_BATCH, FILTER_SCAN
-from orchestrator.storage.readmodel.pointer import POINTER_TTL_S, live_keys, live_layout
+from orchestrator.storage.readmodel.pointer import POINTER_TTL_S, live_layout
 
 __all__ = ["FILTER_BATCH", "FILTER_SCAN", "ReadModel"]
 
@@ -56,10 +56,12 @@ class ReadModel:
         # Blocking reads of the log need a client without a socket timeout (see connections.py);
         # everything else uses `redis`, whose timeout turns an outage into an error, not a hang.
         self.reader = reader or redis
-        self.layout = where if isinstance(where, Layout) else None
+        # A `Keys` reads as the one-partition layout of its prefix that every task belongs to.
+        self.whole = isinstance(where, Layout)
+        self.layout = where if isinstance(where, Layout) else as_layout(where)
+        self.partitions = self.layout.partitions
         # Partition 0's keys (the home of the deployment's own keys), or the one partition's.
-        self.keys = where.home if isinstance(where, Layout) else where
-        self.partitions = where.partitions if isinstance(where, Layout) else [where]
+        self.keys = self.partitions[0]
         self.follow_live = follow_live
         self._checked_at = float("-inf")
 
@@ -71,7 +73,7 @@ class ReadModel:
     def partition_index(self, task_id: str) -> int | None:
         """The index (in `partitions`) of the partition `task_id` belongs to; None when the id
         is not a UUID or names a partition the deployment lacks (such a task is unknown)."""
-        if self.layout is None:
+        if not self.whole:
             return 0
         try:
             return self.layout.partition_index(task_id)
@@ -94,13 +96,9 @@ class ReadModel:
             return
         now = time.monotonic()
         if force or now - self._checked_at > POINTER_TTL_S:
-            if self.layout is not None:
-                self.layout = await live_layout(self.redis, self.layout)
-                self.partitions = self.layout.partitions
-                self.keys = self.partitions[0]
-            else:
-                self.keys = await live_keys(self.redis, self.keys)
-                self.partitions = [self.keys]
+            self.layout = await live_layout(self.redis, self.layout)
+            self.partitions = self.layout.partitions
+            self.keys = self.partitions[0]
             self._checked_at = now
 
     async def position(self) -> str | None:
@@ -169,19 +167,6 @@ class ReadModel:
         await self.refresh(force=True)
         indexes = [keys.projected_index(status) for keys in self.partitions]
         return await listing.all_tasks(self.redis, indexes, self.load)
-
-    async def finished_before(self, stream_id: str) -> list[str]:
-        """Completed or cancelled tasks of the live projection, submitted and last changed before
-        `stream_id` in their partition's log (what retention may compact). Failed tasks are left
-        out: a user may still retry them."""
-        if self.layout is not None:
-            projections = (await live_layout(self.redis, self.layout)).partitions
-        else:
-            projections = [await live_keys(self.redis, self.keys)]
-        found = []
-        for projection in projections:
-            found += await listing.finished_before(self.redis, projection, stream_id)
-        return found
 
     async def current(self, task_id: str) -> TaskState | None:
         """The task's state including events the projector has not folded yet (read-your-writes):

@@ -1,8 +1,8 @@
-"""Typed wrappers of the projection's scripts: apply, switch, hgetall_many."""
+"""Typed wrappers of the projection's scripts: apply, switch, hgetall_many, and the projectors' lease."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from orchestrator.storage.codec import text
 from orchestrator.storage.connections import RedisClient
@@ -30,6 +30,7 @@ class ProjectionScripts:
         self._apply = ScriptCall(redis, "apply", with_lib=False)
         self._switch = ScriptCall(redis, "switch", with_lib=False)
         self._hgetall_many = ScriptCall(redis, "hgetall_many", with_lib=False)
+        self._lease = ScriptCall(redis, "lease", with_lib=False)
 
     async def apply(
         self, *, keys: Keys, op_keys: list[str], expected: str | None, position: str, live: bool, ops: bytes
@@ -37,7 +38,8 @@ class ProjectionScripts:
         """apply.lua: write the packed `ops` (on `op_keys`, which the ops name by their index in
         KEYS: the first is 3, after the position and the pointer) and move the projection's
         position from `expected` (None: none yet) to `position`; `live`: also check that
-        `keys.projection_name` is still the live one."""
+        `keys.projection_name` is still the live one, which only `keys` of the partition that holds
+        the pointer (`Layout.home`) can ask (every key of one call shares the slot of `keys`)."""
         reply = await self._apply(
             keys=[keys.projection_position, keys.live_projection, *op_keys],
             args=[expected or "", position, keys.projection_name if live else "", DEFAULT_PROJECTION, ops],
@@ -55,3 +57,9 @@ class ProjectionScripts:
         """Each hash's fields and values, flat (`[f1, v1, f2, v2, ...]`; [] for a missing key),
         in the order of `hashes`."""
         return list(await self._hgetall_many(keys=hashes, args=[]))
+
+    async def lease(self, *, keys: Keys, op: Literal["take", "renew", "release"], name: str, lease_ms: int) -> bool:
+        """lease.lua on the partition `keys`: 'take' a free lease (or renew one `name` holds),
+        'renew' one it holds, or 'release' it. True when `name` holds the lease afterwards
+        ('release': when it let it go)."""
+        return bool(await self._lease(keys=[keys.projector_lease], args=[op, name, lease_ms]))
