@@ -143,9 +143,8 @@ def test_sweep_engine_bench_runs(tmp_path: Path) -> None:
     assert re.search(r"^backtesting\.py optimize\(\) +2 combinations", out, re.M), out
 
 
-# The cluster's partitions in the cluster benchmark's smoke run: 1 until the worker and projector
-# read every partition, then the cluster default, 16.
-CLUSTER_BENCH_PARTITIONS = 1
+# The cluster's partitions in the cluster benchmark's smoke run: the cluster default.
+CLUSTER_BENCH_PARTITIONS = 16
 
 
 def test_cluster_bench_runs(tmp_path: Path) -> None:

@@ -29,9 +29,9 @@ from tests.processes import Cluster, RedisCluster, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.cluster]
 
-# The partitions the processes use. "1" (all on one master, the one killed) until the worker,
-# projector and read side read every partition; then None, the cluster default (16).
-PARTITIONS: str | None = "1"
+# The partitions the processes use: None, the cluster default (16, spread over the three
+# masters); "1" puts everything on the master that is killed.
+PARTITIONS: str | None = None
 SPEC = BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20})
 SMALL_TASK: dict[str, Any] = {"strategy": "sma_cross", "symbol": "IBM", "params": {"fast": 10, "slow": 30}}
 TERMINAL = {b"completed", b"failed", b"cancelled"}

@@ -1,6 +1,6 @@
 """A deployment of 16 partitions on the session's three-master Redis Cluster spreads its keys and
 its commands over all three masters, each in proportion to the partitions it holds: tasks
-submitted through Commands and run by a real worker."""
+submitted through Commands, run by a real worker and folded by a real projector."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ async def test_keys_and_commands_spread_over_every_master(
         commands = Commands(backend.redis, layout)
         for _ in range(TASKS):
             assert (await commands.submit(None, SPEC)).created
-        await system.worker().run(burst=True)  # a real worker, over every partition
+        await system.run_workers()  # a real worker (burst mode), then a real projector, over every partition
         assert await completed(backend) == TASKS
         served = {port: command_calls(node) - before[port] for port, node in masters.items()}
         stored = {port: int(node.dbsize()) for port, node in masters.items()}
