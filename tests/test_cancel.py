@@ -35,7 +35,7 @@ def system(backend: Backend, tmp_path: Path) -> System:
 async def stored(system: System, task_id: str) -> tuple[list[str], str | None]:
     """The task's event types in the log, and the status in its control hash."""
     events = [type(e.event).__name__.lower() for e in await system.projection.task_events(task_id)]
-    status = await system.backend.redis.hget(system.backend.keys.control(task_id), "status")
+    status = await system.backend.redis.hget(system.backend.layout.of(task_id).control(task_id), "status")
     return events, status.decode() if status else None
 
 
@@ -114,7 +114,7 @@ async def test_cancel_unknown_task_stores_nothing(system: System, backend: Backe
         task_id = str(uuid.uuid4())
         reply = await http.delete(f"/api/backtests/tasks/{task_id}")
         assert reply.status_code == 404 and reply.json()["error"] == "task_not_found"
-    assert await backend.redis.exists(backend.keys.control(task_id), backend.keys.task_log(task_id)) == 0
+    assert await backend.redis.exists(backend.layout.of(task_id).control(task_id), backend.layout.of(task_id).task_log(task_id)) == 0
     assert await backend.redis.xlen(backend.keys.events) == 0
 
 

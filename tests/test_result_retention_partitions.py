@@ -36,10 +36,10 @@ pytestmark = pytest.mark.also_on_cluster
 async def complete_queued(redis: Any, layout: Layout, results: ResultStore, detail: dict[str, Any]) -> None:
     """Run every queued task of every partition as a worker would: upload its result, then record
     `completed` naming it."""
-    for keys in layout.partitions:
-        queue = WorkQueue(redis, keys)
-        await queue.ensure_group()
-        for taken in await queue.take(worker="w1", count=1000):
+    queue = WorkQueue(redis, layout)
+    await queue.ensure_group()
+    while taken_now := await queue.take(worker="w1", count=1000):
+        for taken in taken_now:
             ref = await results.put(taken.task_id, taken.claim.attempt, detail)
             event = Completed(task_id=taken.task_id, attempt=taken.claim.attempt, result={}, result_ref=ref)
             assert await queue.finish(event, message_id=taken.message_id) is None
