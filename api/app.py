@@ -76,7 +76,7 @@ def create_app(
         layout = await deployment_layout(conns)
         app.state.ctx = AppContext(
             settings=settings,
-            commands=Commands(conns.commands, layout),
+            commands=Commands(conns.commands, layout, replica_acks=settings.replica_acks),
             projection=ReadModel(conns.commands, layout, follow_live=True),
             checker=checker,
             catalog=catalog,

@@ -140,6 +140,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Partitions new tasks are spread over (BACKSTREAM_PARTITIONS), fixed when the deployment is
     # created; None: 16 on a Redis Cluster, 1 on a standalone server (storage/partitions.py).
     partitions: int | None = None
+    # Replicas that must have an API command's write (submit, cancel, requeue) before it is
+    # answered (BACKSTREAM_REPLICA_ACKS; WAIT on the partition's node). 0: answer once the master
+    # applied it; replication stays asynchronous (see streams.md, "On a Redis Cluster").
+    replica_acks: int = 0
     data_dir: str | None = None
     # A worker that has not renewed its lease for this long is presumed dead; its task is reclaimed.
     lease_ms: int = 15_000
@@ -223,6 +227,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             results_timeout_s=_env_number(env, "BACKSTREAM_RESULTS_TIMEOUT_S", defaults.results_timeout_s),
             prefix=env.get("BACKSTREAM_PREFIX", defaults.prefix),
             partitions=_partitions(env),
+            replica_acks=max(0, _env_number(env, "BACKSTREAM_REPLICA_ACKS", defaults.replica_acks)),
             data_dir=env.get("BACKSTREAM_DATA_DIR") or None,
             lease_ms=_env_number(env, "BACKSTREAM_LEASE_MS", defaults.lease_ms),
             heartbeat_ms=_env_number(env, "BACKSTREAM_HEARTBEAT_MS", defaults.heartbeat_ms),

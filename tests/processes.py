@@ -229,84 +229,176 @@ def free_cluster_port() -> int:
 
 
 class RedisCluster:
-    """A real Redis Cluster of `masters` masters (no replicas) on free loopback ports: plain
-    `redis-server --cluster-enabled yes` processes joined by `redis-cli --cluster create`, ready
-    once every node says cluster_state:ok. `stop()` ends the processes by PID. `started_in_s`:
-    how long the start took (processes, join, cluster_state:ok), in seconds."""
+    """A real Redis Cluster of `masters` masters, each with `replicas` replicas, on free loopback
+    ports: plain `redis-server --cluster-enabled yes` processes joined by `redis-cli --cluster
+    create --cluster-replicas N`, ready once every node says cluster_state:ok and every replica's
+    link to its master is up with the master's replication offset. `node_timeout_ms`: the
+    cluster's node timeout (a dead master's replica is promoted about this long after it stops
+    answering). `stop()` ends the processes by PID; `kill(port)` SIGKILLs one. `started_in_s`: how
+    long the start took (processes, join, state ok, replicas in sync), in seconds."""
 
-    def __init__(self, workdir: Path, masters: int = 3) -> None:
+    def __init__(self, workdir: Path, masters: int = 3, *, replicas: int = 0, node_timeout_ms: int = 2000) -> None:
         binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         assert binary and cli, "redis-server and redis-cli are not installed (.ci/run installs them)"
         began = time.monotonic()
-        self.ports = [free_cluster_port() for _ in range(masters)]
+        self.ports = [free_cluster_port() for _ in range(masters * (1 + replicas))]
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"  # any node will do: the client finds the rest
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._commands: dict[int, list[str]] = {}
         try:
             for port in self.ports:
                 node_dir = workdir / f"cluster-{port}"
                 node_dir.mkdir()
-                self.procs.append(subprocess.Popen([binary, *self._node_args(port, node_dir)], **_QUIET))
-            self._nodes = [redis.Redis(port=port, socket_connect_timeout=0.5) for port in self.ports]
+                self._commands[port] = [binary, *self._node_args(port, node_dir, node_timeout_ms)]
+                self.procs[port] = subprocess.Popen(self._commands[port], **_QUIET)
+            self._nodes = {port: redis.Redis(port=port, socket_connect_timeout=0.5) for port in self.ports}
             wait_until(self._all_answer, timeout=20, what=f"redis-server on ports {self.ports}")
             nodes = [f"127.0.0.1:{port}" for port in self.ports]
-            create = [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+            create = [cli, "--cluster", "create", *nodes, "--cluster-replicas", str(replicas), "--cluster-yes"]
             subprocess.run(create, check=True, timeout=60, **_QUIET)
             wait_until(self._state_ok, timeout=30, what="cluster_state:ok on every node")
+            wait_until(self.replicas_in_sync, timeout=30, what="every replica in sync with its master")
         except BaseException:
             self.stop()
             raise
         self.started_in_s = time.monotonic() - began
 
     @staticmethod
-    def _node_args(port: int, node_dir: Path) -> list[str]:
+    def _node_args(port: int, node_dir: Path, node_timeout_ms: int) -> list[str]:
         return [
             *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir)),
             *("--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf")),
-            *("--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no"),
+            *("--cluster-node-timeout", str(node_timeout_ms), "--save", "", "--appendonly", "no"),
         ]
+
+    @property
+    def live_ports(self) -> list[int]:
+        """The ports of the nodes whose process is running."""
+        return [port for port in self.ports if self.procs[port].poll() is None]
 
     def _all_answer(self) -> bool:
         try:
-            return all(node.ping() for node in self._nodes)
+            return all(self._nodes[port].ping() for port in self.live_ports)
         except redis.RedisError:
             return False
 
     def _state_ok(self) -> bool:
         try:
-            return all(node.cluster("INFO")["cluster_state"] == "ok" for node in self._nodes)
+            return all(self._nodes[port].cluster("INFO")["cluster_state"] == "ok" for port in self.live_ports)
         except redis.RedisError:
             return False
 
+    def role(self, port: int) -> dict[str, Any]:
+        """`INFO replication` of the node on `port` (`role`: master or slave; a master's
+        `master_repl_offset` and `slaveN` entries; a replica's `master_port`, `master_link_status`)."""
+        return dict(self._nodes[port].info("replication"))
+
+    @property
+    def masters(self) -> list[int]:
+        """The ports of the live nodes that are masters now (after a failover, a promoted replica's)."""
+        return [port for port in self.live_ports if self.role(port)["role"] == "master"]
+
+    def replicas_of(self, master: int) -> list[int]:
+        """The ports of the live replicas of the master on port `master`."""
+        return [
+            port
+            for port in self.live_ports
+            if (info := self.role(port))["role"] == "slave" and int(info["master_port"]) == master
+        ]
+
+    def replicas_in_sync(self, *, offsets: bool = True) -> bool:
+        """True when every live master's replicas are linked to it (`master_link_status:up`) and,
+        with `offsets`, have acknowledged its whole replication stream (their offset equals the
+        master's: only reachable while nothing writes)."""
+        try:
+            for master in self.masters:
+                info = self.role(master)
+                offset = int(info["master_repl_offset"])
+                links = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+                replicas = self.replicas_of(master)
+                if len(links) != len(replicas) or any(link["state"] != "online" for link in links):
+                    return False
+                if offsets and any(int(link["offset"]) != offset for link in links):
+                    return False
+                if any(self.role(r)["master_link_status"] != "up" for r in replicas):
+                    return False
+            return True
+        except redis.RedisError:
+            return False
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on `port` (no shutdown, nothing saved): a crashed master."""
+        proc = self.procs[port]
+        proc.kill()
+        proc.wait()
+        self._nodes[port].close()
+
+    def restart(self, port: int) -> None:
+        """Start the node on `port` again (after `kill`), with its cluster config: a master that was
+        failed over rejoins as a replica of the node promoted in its place. Waits until the
+        cluster is ok and every replica is linked to its master (offsets may differ under load)."""
+        assert self.procs[port].poll() is not None, f"the node on {port} is still running"
+        self.procs[port] = subprocess.Popen(self._commands[port], **_QUIET)
+        self._nodes[port] = redis.Redis(port=port, socket_connect_timeout=0.5)
+        wait_until(self._all_answer, timeout=20, what=f"the node on {port} to answer again")
+        wait_until(self._state_ok, timeout=30, what="cluster_state:ok after the restart")
+        wait_until(
+            lambda: self.replicas_in_sync(offsets=False), timeout=30, what="every replica linked after the restart"
+        )
+
+    def pause(self, port: int) -> None:
+        """SIGSTOP the node on `port`: it stops reading its connections (a replica stops acknowledging)."""
+        self.procs[port].send_signal(signal.SIGSTOP)
+
+    def resume(self, port: int) -> None:
+        """SIGCONT the node on `port` after `pause`."""
+        self.procs[port].send_signal(signal.SIGCONT)
+
+    def wait_promoted(self, dead: int, replicas: list[int], timeout: float = 30) -> int:
+        """Wait until one of `replicas` (the dead master's) is a master and every live node says
+        cluster_state:ok; its port."""
+
+        def promoted() -> int:
+            try:
+                return next((port for port in replicas if self.role(port)["role"] == "master"), 0)
+            except redis.RedisError:
+                return 0
+
+        port = wait_until(promoted, timeout=timeout, what=f"a replica of the master on {dead} to be promoted")
+        wait_until(self._state_ok, timeout=timeout, what="cluster_state:ok after the failover")
+        return port
+
     def port_serving(self, key: str) -> int:
         """The port of the master that serves `key`'s slot."""
-        slot = int(self._nodes[0].cluster("KEYSLOT", key))
-        return next(int(node[1]) for start, end, node, *_ in self._nodes[0].cluster("SLOTS") if start <= slot <= end)
+        node = self._nodes[self.live_ports[0]]
+        slot = int(node.cluster("KEYSLOT", key))
+        return next(int(owner[1]) for start, end, owner, *_ in node.cluster("SLOTS") if start <= slot <= end)
 
     def url_away_from(self, key: str) -> str:
         """The URL of a node that does not serve `key`'s slot: a client started there must
         follow the cluster's slot map to reach the key."""
         serving = self.port_serving(key)
-        return next(f"redis://127.0.0.1:{port}/0" for port in self.ports if port != serving)
+        return next(f"redis://127.0.0.1:{port}/0" for port in self.live_ports if port != serving)
 
     def flush_scripts(self) -> None:
         """Empty every master's script cache (as a restart or a failover to a replica would)."""
-        for node in self._nodes:
-            node.script_flush()
+        for port in self.masters:
+            self._nodes[port].script_flush()
 
     def flushall(self) -> None:
-        """Empty every master (their keys and their script caches)."""
-        for node in self._nodes:
-            node.flushall()
+        """Empty every master (their keys, which their replicas then drop too, and their script caches)."""
+        for port in self.masters:
+            self._nodes[port].flushall()
         self.flush_scripts()
 
     def stop(self) -> None:
         """End every node's process (SIGTERM, then SIGKILL after 10 s), by PID."""
-        for node in getattr(self, "_nodes", []):
+        for node in getattr(self, "_nodes", {}).values():
             node.close()
-        for proc in self.procs:
+        for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()
-        for proc in self.procs:
+        for proc in self.procs.values():
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:

@@ -16,6 +16,7 @@ What runs where:
 - `engine_bench.py --smoke`, `sweep_bench.py --smoke` and `replay_bench.py --smoke` run their own
   code on a 2 x 2 grid and on 400 events (`sweep_bench.py`'s vectorbt and old-tree sides need a
   separate venv and checkout, so they are left out here).
+- `cluster_bench.py --smoke` runs 60 tasks on a standalone server and on three cluster masters.
 Each script starts its own private redis-server (so redis-server and redis-benchmark must be on
 PATH, as CI's .ci/run makes sure); the first test uses the shared Redis with its own prefix.
 """
@@ -140,3 +141,24 @@ def test_sweep_engine_bench_runs(tmp_path: Path) -> None:
     out = bench_script("sweep_engine_bench.py", "--smoke", tmp_path=tmp_path)
     assert re.search(r"^engine \(this tree\) +4 combinations +[\d.]+ s +[\d,]+ combinations/s", out, re.M), out
     assert re.search(r"^backtesting\.py optimize\(\) +2 combinations", out, re.M), out
+
+
+# The cluster's partitions in the cluster benchmark's smoke run: the cluster default.
+CLUSTER_BENCH_PARTITIONS = 16
+
+
+def test_cluster_bench_runs(tmp_path: Path) -> None:
+    """A standalone server, then three cluster masters: every task ran and was projected on each,
+    and each shard's numbers add up (its tasks to the partitions it holds, commands to the whole)."""
+    out = bench_script("cluster_bench.py", "--smoke", "--partitions", str(CLUSTER_BENCH_PARTITIONS), tmp_path=tmp_path)
+    standalone, cluster = json.loads(re.search(r"^RESULT (\[.*\])$", out, re.M).group(1))  # type: ignore[union-attr]
+    assert (standalone["setup"], standalone["partitions"]) == ("standalone", 1)
+    assert (cluster["setup"], cluster["partitions"]) == ("cluster", CLUSTER_BENCH_PARTITIONS)
+    for setup, shards in ((standalone, 1), (cluster, 3)):
+        assert setup["tasks"] == 60 and setup["tasks_per_s"] > 0 and setup["redis_cpu_us_per_task"] > 0, setup
+        assert len(setup["shards"]) == shards
+        assert sum(s["partitions"] for s in setup["shards"]) == setup["partitions"]
+        assert sum(s["tasks"] for s in setup["shards"]) == 60
+        assert all((s["tasks"] > 0) == (s["cpu_us_per_task_held"] is not None) for s in setup["shards"])
+        assert all(s["idle_cpu_share"] >= 0 and s["idle_commands_per_s"] > 0 for s in setup["shards"])
+        assert abs(sum(s["command_share"] for s in setup["shards"]) - 1) < 0.01

@@ -35,11 +35,17 @@ class Commands:
     """Submit, cancel, requeue, and record a deleted result, on the partitions of `layout`: each
     command goes to the partition its task id names. Commands issued concurrently share one round
     trip (see batching.py; on a cluster, one per node). Every method raises redis errors when the
-    store cannot be reached or refuses the call."""
+    store cannot be reached or refuses the call.
 
-    def __init__(self, redis: RedisClient, layout: Layout) -> None:
+    `replica_acks` (BACKSTREAM_REPLICA_ACKS): when above 0, a command returns only once that many
+    replicas of the node holding its task's partition have its write (WAIT, sent on the
+    connection that wrote, after the script); fewer within batching.REPLICA_ACK_TIMEOUT_MS raise
+    a NOREPLICAS ResponseError (a 503 from the API: the write is applied on the master, and a
+    re-sent submit with the same Idempotency-Key names the same task)."""
+
+    def __init__(self, redis: RedisClient, layout: Layout, *, replica_acks: int = 0) -> None:
         self.layout = layout
-        batcher = ScriptBatcher(redis)
+        batcher = ScriptBatcher(redis, replica_acks=replica_acks)
         self._partitions = [CommandScripts(redis, keys, batcher) for keys in layout.partitions]
 
     def _scripts(self, task_id: str) -> CommandScripts:
