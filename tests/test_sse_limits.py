@@ -157,6 +157,29 @@ async def test_a_subscriber_that_falls_behind_is_cut_off_by_events_not_batches(r
         feed.close()
 
 
+class _BrokenClient(aioredis.Redis):
+    """A client whose XREAD breaks with what is no redis error, as redis-py's cluster client
+    did when a connection it shared was closed under a command (AttributeError)."""
+
+    async def xread(self, *args: Any, **kwargs: Any) -> Any:
+        raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+
+async def test_a_feed_reader_that_breaks_ends_its_streams_instead_of_leaving_them_waiting(
+    real_backend: Backend,
+) -> None:
+    assert real_backend.url is not None
+    broken = _BrokenClient.from_url(real_backend.url)
+    feed = LiveFeed(broken, [real_backend.keys.events])
+    try:
+        sub = await feed.subscribe()
+        # The stream ends (the client reconnects and resumes from its Last-Event-ID).
+        assert await sub.get(DEADLINE_S) is None
+    finally:
+        feed.close()
+        await broken.aclose()
+
+
 def _raw_get(port: int, path: str, headers: str = "") -> socket.socket:
     """A GET sent on a socket with a small receive buffer, whose answer nobody reads."""
     sock = socket.socket()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import redis.exceptions
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -13,7 +12,7 @@ from starlette.requests import Request
 from api.context import context
 from api.errors import ApiError, FieldProblem
 from orchestrator.domain.events import StoredEvent
-from orchestrator.storage.connections import RedisClient
+from orchestrator.storage.connections import RedisClient, ready_for_concurrent_calls
 from orchestrator.storage.readmodel.log import LogPage, latest_cursor, tail
 
 log = structlog.get_logger("backstream.live")
@@ -128,6 +127,8 @@ class LiveFeed:
         async with self._starting:
             if not self._readers or any(r.done() for r in self._readers):
                 self._stop_readers()
+                # One read per partition at once: a fresh cluster client must be ready for that.
+                await ready_for_concurrent_calls(self.blocking)
                 # Start at the end of each log as it is now: every stream catches up on its own first.
                 start = await latest_cursor(self.blocking, self.streams)
                 self._readers = [
@@ -164,8 +165,9 @@ class LiveFeed:
                 page = await tail(self.blocking, stream, position, count=PAGE, block_ms=READ_BLOCK_MS)
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, OSError) as e:  # Redis away: end the streams; clients reconnect
-                log.warning("sse.feed_failed", error=str(e))
+            except Exception as e:  # Redis away (or its client broke): end the streams; clients reconnect
+                # Anything else would end this reader silently and leave its streams waiting.
+                log.warning("sse.feed_failed", error=str(e), error_type=type(e).__name__)
                 for sub in list(self._subscribers):
                     sub.put(None)
                 return

@@ -21,7 +21,8 @@ from collections.abc import Iterable
 
 import structlog
 
-from orchestrator.storage.work_items import WorkItem, WorkItems, ready_for_concurrent_calls
+from orchestrator.storage.connections import ready_for_concurrent_calls
+from orchestrator.storage.work_items import WorkItem, WorkItems
 
 log = structlog.get_logger("backstream.worker")
 

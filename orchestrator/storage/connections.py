@@ -263,6 +263,15 @@ def _close_connections_unshared() -> None:
     node.disconnect = _disconnect_node  # type: ignore[method-assign,assignment]
 
 
+async def ready_for_concurrent_calls(client: RedisClient) -> None:
+    """Load a cluster client's slot map before calls are made on it concurrently: redis-py 8.1's
+    async cluster client fails some of the concurrent first calls of a fresh client (AttributeError
+    on a connection it is still opening) and re-sends others (measured here). No round trip once
+    loaded; nothing to do on a standalone client."""
+    if isinstance(client, aioredis.RedisCluster):
+        await client.initialize()
+
+
 def cluster_client(url: str, *, socket_timeout: float) -> aioredis.RedisCluster:
     """A redis-py asyncio cluster client started from the node `url` names (it discovers the
     others): socket timeouts, TCP keepalive, RESP2 replies, as `client`. It follows MOVED/ASK

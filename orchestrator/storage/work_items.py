@@ -8,11 +8,10 @@ import asyncio
 import itertools
 from typing import Any, NamedTuple, cast
 
-import redis.asyncio as aioredis
 import structlog
 
 from orchestrator.storage.codec import text
-from orchestrator.storage.connections import RedisClient
+from orchestrator.storage.connections import RedisClient, ready_for_concurrent_calls
 from orchestrator.storage.keys import WORKER_GROUP, Keys
 from orchestrator.storage.partitions import Layout
 
@@ -20,15 +19,6 @@ log = structlog.get_logger("backstream.reclaim")
 
 # A restarted worker takes back at most this many of its own pending items at once.
 OWN_PENDING_MAX = 10_000
-
-
-async def ready_for_concurrent_calls(client: RedisClient) -> None:
-    """Load a cluster client's slot map before calls are made on it concurrently: redis-py 8.1's
-    async cluster client fails some of the concurrent first calls of a fresh client (AttributeError
-    on a connection it is still opening) and re-sends others (measured here). No round trip once
-    loaded; nothing to do on a standalone client."""
-    if isinstance(client, aioredis.RedisCluster):
-        await client.initialize()
 
 
 class WorkItem(NamedTuple):

@@ -22,13 +22,13 @@ from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.status import Status
 from orchestrator.storage.batching import ScriptBatcher
 from orchestrator.storage.codec import encode_json, event_data, text
-from orchestrator.storage.connections import RedisClient, routed_to
+from orchestrator.storage.connections import RedisClient, ready_for_concurrent_calls, routed_to
 from orchestrator.storage.keys import STAGED_RESULT_TTL_MS
 from orchestrator.storage.partitions import Layout
 from orchestrator.storage.presence import Heartbeat
 from orchestrator.storage.readmodel.log import task_events
 from orchestrator.storage.scripts.attempts import AttemptScripts, ClaimReply, Fenced
-from orchestrator.storage.work_items import WorkItem, WorkItems, ready_for_concurrent_calls
+from orchestrator.storage.work_items import WorkItem, WorkItems
 
 __all__ = ["LOST_WORKERS_PER_ATTEMPT", "Claim", "Fenced", "Taken", "WorkItem", "WorkQueue"]
 

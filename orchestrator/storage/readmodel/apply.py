@@ -3,12 +3,10 @@ position, stored atomically through `apply.lua` on that partition's slot."""
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
 from orchestrator.domain.events import StoredEvent
 from orchestrator.domain.state import TaskState
 from orchestrator.storage.codec import text
-from orchestrator.storage.connections import RedisClient
+from orchestrator.storage.connections import RedisClient, ready_for_concurrent_calls
 from orchestrator.storage.hashform import changed_fields, from_hash, index_member, to_hash
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.partitions import Layout
@@ -134,13 +132,10 @@ class Projection(ReadModel):
         self.scripts = ProjectionScripts(redis)
 
     async def connect(self) -> None:
-        """Load the slot map of cluster clients before the partitions' folders use them at once:
-        redis-py's asyncio cluster client, first used by many coroutines together, fails some of
-        their commands (ConnectionError; AttributeError on a connection another one closed)
-        while it initializes. Nothing to do on a standalone client. Raises redis errors."""
+        """Make both clients ready for the partitions' folders to use at once (see
+        `ready_for_concurrent_calls`). Raises redis errors."""
         for client in (self.redis, self.reader):
-            if isinstance(client, aioredis.RedisCluster):
-                await client.initialize()
+            await ready_for_concurrent_calls(client)
 
     def partition(self, index: int) -> PartitionProjection:
         """Partition `index` of the projection `layout` names now. Raises IndexError outside
