@@ -6,11 +6,14 @@ import os
 import subprocess
 import sys
 import uuid
+from collections import Counter
 
 import pytest
+from redis.crc import key_slot
 
 from orchestrator.storage.partitions import (
     CLUSTER_PARTITIONS,
+    CLUSTER_SLOTS,
     Layout,
     LayoutMismatch,
     load_layout,
@@ -24,16 +27,29 @@ from tests.conftest import Backend
 
 def test_partition_zero_is_the_prefix_itself_and_the_others_extend_its_hash_tag() -> None:
     assert partition_prefix("{bs}", 0) == "{bs}"
-    assert partition_prefix("{bs}", 7) == "{bs:p07}"
-    assert partition_prefix("{bs}", 123) == "{bs:p123}"
-    assert partition_prefix("app:{bs}:x", 3) == "app:{bs:p03}:x"
+    assert partition_prefix("{bs}", 7) == "{bs:p07.776}"
+    assert partition_prefix("{bs}", 123) == "{bs:p123.261}"
+    assert partition_prefix("app:{bs}:x", 3) == "app:{bs:p03.162}:x"
     assert partition_prefix("plain", 2) == "plain:p02"
     layout = Layout(prefix="{bs}", count=16)
     assert layout.partition(0).events == "{bs}:events"
-    assert layout.partition(15).work == "{bs:p15}:work"
+    assert layout.partition(15).work == "{bs:p15.59}:work"
     assert layout.home == layout.partition(0)
     with pytest.raises(IndexError):
         layout.partition(16)
+
+
+@pytest.mark.parametrize("prefix", ["{bs}", "{bst-0a1b2c3d4e5f}", "{research}"])
+def test_the_partitions_slots_split_a_clusters_equal_slot_ranges_evenly(prefix: str) -> None:
+    """The equal slot ranges `redis-cli --cluster create` gives 3 (or 4, 5) masters each get the
+    same share of the partitions, give or take one, for any prefix (plain `{bs:pNN}` tags put
+    16 partitions 3, 7 and 6 on three masters)."""
+    for count in (4, 8, 16, 32, 64):
+        slots = [key_slot(partition_prefix(prefix, i).encode()) for i in range(count)]
+        for masters in (3, 4, 5):
+            held = Counter(slot * masters // CLUSTER_SLOTS for slot in slots)
+            shares = [held[m] for m in range(masters)]
+            assert max(shares) - min(shares) <= 1, (count, masters, shares)
 
 
 def test_an_id_says_its_partition_and_stays_a_uuid() -> None:

@@ -3,19 +3,23 @@ them on all its shards while every script stays in one slot.
 
 A deployment has `count` partitions that new tasks go to, and `span` partitions that hold tasks
 (more than `count` after the count was lowered, until the old partitions drain). Partition 0 is
-named by the deployment's prefix itself (`{bs}`), partition i > 0 by the prefix with `:pNN` in
-its hash tag (`{bs:p07}`): a deployment written before partitions existed is partition 0 of a
-one-partition deployment, unchanged. A task belongs to one partition for life, and its id says
-which (`partition_of`), so every command routes without a lookup."""
+named by the deployment's prefix itself (`{bs}`), partition i > 0 by the prefix with `:pNN` (and
+a suffix that places the slots evenly) in its hash tag (`{bs:p07.776}`): a deployment written
+before partitions existed is partition 0 of a one-partition deployment, unchanged. A task
+belongs to one partition for life, and its id says which (`partition_of`), so every command
+routes without a lookup."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import secrets
 import uuid
 from typing import Any
 
 import msgspec
+from redis.crc import key_slot
 
 from orchestrator.settings import DEFAULT_PREFIX, MAX_PARTITIONS
 from orchestrator.storage.codec import text
@@ -31,18 +35,52 @@ class LayoutMismatch(Exception):
     """The partition count asked for (BACKSTREAM_PARTITIONS) is not the deployment's."""
 
 
+# Hash slots of a Redis Cluster (CLUSTER KEYSLOT is crc16(hash tag) mod this).
+CLUSTER_SLOTS = 16384
+
+# How far from its target slot a partition's tag may land (see `partition_prefix`).
+SLOT_WINDOW = 32
+
+
+def _spread(index: int) -> float:
+    """The van der Corput sequence in base 2 (0, 1/2, 1/4, 3/4, 1/8, …): any first n of its
+    values split [0, 1) into gaps that differ by at most a factor of two."""
+    position, scale = 0.0, 1.0
+    while index:
+        scale /= 2
+        position += scale * (index & 1)
+        index >>= 1
+    return position
+
+
+@functools.lru_cache(maxsize=4096)
 def partition_prefix(prefix: str, index: int) -> str:
     """The key prefix of partition `index` of a deployment under `prefix`: the prefix itself for
-    partition 0; else `:pNN` inserted at the end of its hash tag (`{bs}` -> `{bs:p07}`), or
-    appended when the prefix has none (a standalone server only)."""
+    partition 0; else `:pNN` inserted at the end of its hash tag (`{bs}` -> `{bs:p07.776}`), or
+    appended when the prefix has none (a standalone server only).
+
+    The `.n` suffix places the partitions' slots evenly round the ring of CLUSTER_SLOTS, so that
+    the equal slot ranges a cluster gives its masters each get an equal share of the partitions
+    (16 over three masters: 5, 5 and 6, where plain `{bs:pNN}` tags land 3, 7 and 6, and a random
+    prefix leaves a master none about once in 200). Partition i's target is partition 0's slot
+    plus `_spread(i)` of the ring, so adding partitions never moves the existing ones; the
+    suffix is the first n (none for n = 0) whose slot lies within SLOT_WINDOW of it. Deterministic:
+    every process names the same keys."""
     if index == 0:
         return prefix
-    tag = f":p{index:02d}"
     opening = prefix.find("{")
     closing = prefix.find("}", opening + 1) if opening >= 0 else -1
-    if closing > opening + 1:
-        return prefix[:closing] + tag + prefix[closing:]
-    return prefix + tag
+    if closing <= opening + 1:
+        return f"{prefix}:p{index:02d}"
+    target = key_slot(prefix.encode()) + round(_spread(index) * CLUSTER_SLOTS)
+    tags = (f":p{index:02d}" + (f".{n}" if n else "") for n in itertools.count())
+    candidates = (prefix[:closing] + tag + prefix[closing:] for tag in tags)
+    return next(c for c in candidates if _ring_distance(key_slot(c.encode()), target) <= SLOT_WINDOW)
+
+
+def _ring_distance(slot: int, target: int) -> int:
+    off = (slot - target) % CLUSTER_SLOTS
+    return min(off, CLUSTER_SLOTS - off)
 
 
 def partition_of(task_id: str) -> int:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, cast
 
 import structlog
 
 from orchestrator.storage.codec import text
-from orchestrator.storage.connections import RedisClient, ready_for_concurrent_calls
+from orchestrator.storage.connections import RedisClient, ready_for_concurrent_calls, routed_to
 from orchestrator.storage.keys import WORKER_GROUP, Keys
 from orchestrator.storage.partitions import Layout
 
@@ -76,10 +77,19 @@ class WorkItems:
         (None: not at all). They become pending under `worker` until retired or reclaimed. Raises
         IndexError for a partition the layout lacks."""
         stream = self.partitions[partition].work
-        reply = await self.reader.xreadgroup(WORKER_GROUP, worker, {stream: ">"}, count=count, block=block_ms)
+        block = ("BLOCK", block_ms) if block_ms is not None else ()
+        reply = await self._read_group(worker, stream, ">", "COUNT", count, *block)
         # RESP2 (see connections.client): [[stream, [(id, {field: value})]]], None when none came.
         streams = cast(list[list[Any]] | None, reply)
         return [WorkItem(text(m), text(f[b"task_id"])) for _, entries in streams or [] for m, f in entries]
+
+    async def _read_group(self, worker: str, stream: str, after: str, *options: Any) -> Any:
+        """XREADGROUP of `stream` as `worker` on the reader, sent to the node holding `stream`:
+        redis-py's cluster client would otherwise ask `COMMAND GETKEYS` where its keys are (they
+        move with the options), a round trip to the node it started from on every read."""
+        send: Callable[..., Awaitable[Any]] = self.reader.execute_command  # redis-py leaves it untyped
+        route = await routed_to(self.reader, stream)
+        return await send("XREADGROUP", "GROUP", WORKER_GROUP, worker, *options, "STREAMS", stream, after, **route)
 
     async def read_own_pending(self, *, worker: str) -> list[WorkItem]:
         """The items still pending under `worker` in every partition (a worker restarted under the
@@ -87,7 +97,7 @@ class WorkItems:
         One read per partition."""
         taken: list[WorkItem] = []
         for keys in self.partitions:
-            reply = await self.reader.xreadgroup(WORKER_GROUP, worker, {keys.work: "0"}, count=OWN_PENDING_MAX)
+            reply = await self._read_group(worker, keys.work, "0", "COUNT", OWN_PENDING_MAX)
             taken += _items(reply)
         return taken
 

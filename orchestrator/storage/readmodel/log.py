@@ -16,7 +16,7 @@ from orchestrator.domain.errors import EventDecodeError
 from orchestrator.domain.events import StoredEvent
 from orchestrator.domain.ids import LAST_ID, id_order
 from orchestrator.storage.codec import decode_entries, decode_entry, text
-from orchestrator.storage.connections import RedisClient, unparsed
+from orchestrator.storage.connections import RedisClient, routed_to, unparsed
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.readmodel.cursor import START, LogCursor
 
@@ -90,8 +90,13 @@ async def cursor_pages(
 async def tail(redis: RedisClient, stream: str, after: str, *, count: int, block_ms: int) -> LogPage | None:
     """Up to `count` entries after `after`, waiting up to `block_ms` ms for one (XREAD BLOCK, on
     a client without a socket timeout); None if none came. Raises redis errors and OSError."""
-    # RESP2 (see connections.client): [[stream, entries]], None when none came.
-    reply = cast(list[list[Any]] | None, await redis.xread({stream: after}, count=count, block=block_ms))
+    send: Callable[..., Awaitable[Any]] = redis.execute_command  # redis-py leaves it untyped
+    # To the node holding `stream` (see read_batch). RESP2: [[stream, entries]], None when none came.
+    route = await routed_to(redis, stream)
+    reply = cast(
+        list[list[Any]] | None,
+        await send("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", stream, after, **route),
+    )
     return decode_page(reply[0][1]) if reply else None
 
 
@@ -103,11 +108,21 @@ async def read_batch(
 
     The reply is read as Redis sent it: the command name is spelled so that redis-py's response
     callbacks do not match it (`unparsed`), so its XREAD callback does not turn every entry into
-    a dict; `decode_entries` reads the flat field lists itself."""
+    a dict; `decode_entries` reads the flat field lists itself. It is sent to the node holding
+    `stream`: redis-py's cluster client would otherwise ask `COMMAND GETKEYS` where an XREAD's
+    keys are, a round trip to the node it started from on every read."""
     block = (b"BLOCK", block_ms) if block_ms is not None else ()
     send: Callable[..., Awaitable[Any]] = redis.execute_command  # redis-py leaves it untyped
     reply = await send(
-        unparsed(redis, "XREAD"), b"COUNT", count, *block, b"STREAMS", stream, after or "0-0", NEVER_DECODE=True
+        unparsed(redis, "XREAD"),
+        b"COUNT",
+        count,
+        *block,
+        b"STREAMS",
+        stream,
+        after or "0-0",
+        NEVER_DECODE=True,
+        **await routed_to(redis, stream),
     )
     if not reply:
         return []
