@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -11,6 +12,14 @@ from collections import Counter
 import pytest
 from redis.crc import key_slot
 
+from consumers.engine.datasets import Catalog
+from consumers.engine.runner import start_run
+from consumers.projector import Projector
+from consumers.worker.loop import Worker
+from orchestrator.domain.spec import BacktestSpec
+from orchestrator.domain.status import Status
+from orchestrator.settings import Settings
+from orchestrator.storage.commands import Commands
 from orchestrator.storage.partitions import (
     CLUSTER_PARTITIONS,
     CLUSTER_SLOTS,
@@ -22,7 +31,11 @@ from orchestrator.storage.partitions import (
     set_partitions,
     task_id_in,
 )
+from orchestrator.storage.readmodel import Projection, ReadModel
+from orchestrator.storage.workqueue import WorkQueue
 from tests.conftest import Backend
+
+SPEC = BacktestSpec(strategy="sma_cross", symbol="GOOG", params={"fast": 10, "slow": 20})
 
 
 def test_partition_zero_is_the_prefix_itself_and_the_others_extend_its_hash_tag() -> None:
@@ -140,3 +153,42 @@ def test_a_bad_partition_count_names_the_variable(value: str) -> None:
     failed = backstream({"BACKSTREAM_PARTITIONS": value, "REDIS_URL": "redis://127.0.0.1:1"}, "partitions")
     assert failed.returncode == 2
     assert f"BACKSTREAM_PARTITIONS={value!r}" in failed.stderr or f"BACKSTREAM_PARTITIONS={value} " in failed.stderr
+
+
+async def run_everything(backend: Backend, layout: Layout) -> dict[str, str]:
+    """A worker (burst) and a projector over `layout`, as processes started after a migration
+    build them: {task id: status} of every task listed (each partition's index merged)."""
+    queue = WorkQueue(backend.redis, layout, reader=backend.blocking)
+    await queue.ensure_group()
+    settings = Settings(prefix=layout.prefix)
+    run = functools.partial(start_run, catalog=Catalog.from_env_dir(None))
+    await Worker(queue, run, settings, name="w1", concurrency=4).run(burst=True)
+    projection = Projection(backend.redis, layout)
+    await Projector(projection).run(burst=True)
+    return {state.task_id: state.status for state in await ReadModel(backend.redis, layout).all_tasks(Status.COMPLETED)}
+
+
+async def test_a_migration_keeps_every_task_and_new_ones_spread_over_the_new_partitions(backend: Backend) -> None:
+    """One partition (a deployment from before partitions), then 4, then back to 2: every task
+    submitted under any count completes once and stays readable where its id says."""
+    prefix = backend.keys.prefix
+    one = await load_layout(backend.redis, prefix, requested=None, cluster=False)
+    old = [(await Commands(backend.redis, one).submit(None, SPEC)).task_id for _ in range(3)]
+    four = await set_partitions(backend.redis, one, 4)
+    # Tasks queued under the old count are still queued in partition 0 when the new processes start.
+    new = [(await Commands(backend.redis, four).submit(None, SPEC)).task_id for _ in range(40)]
+    assert {partition_of(t) for t in old} == {0}
+    assert {partition_of(t) for t in new} == {0, 1, 2, 3}
+    done = await run_everything(backend, four)
+    assert done == dict.fromkeys(old + new, "completed")
+    # Lowered to 2: partitions 2 and 3 take no new task but are still read (their tasks listed and
+    # found), and what is queued there still runs.
+    two = await set_partitions(backend.redis, four, 2)
+    late = [(await Commands(backend.redis, two).submit(None, SPEC)).task_id for _ in range(20)]
+    assert {partition_of(t) for t in late} == {0, 1}
+    done = await run_everything(backend, two)
+    assert done == dict.fromkeys(old + new + late, "completed")
+    reads = ReadModel(backend.redis, two)
+    for task_id in new:
+        state = await reads.current(task_id)
+        assert state is not None and state.status == "completed"
