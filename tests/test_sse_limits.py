@@ -161,8 +161,10 @@ class _BrokenClient(aioredis.Redis):
     """A client whose XREAD breaks with what is no redis error, as redis-py's cluster client
     did when a connection it shared was closed under a command (AttributeError)."""
 
-    async def xread(self, *args: Any, **kwargs: Any) -> Any:
-        raise AttributeError("'NoneType' object has no attribute 'writelines'")
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if args[0] in ("XREAD", b"XREAD"):
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+        return await super().execute_command(*args, **options)
 
 
 async def test_a_feed_reader_that_breaks_ends_its_streams_instead_of_leaving_them_waiting(
