@@ -48,22 +48,3 @@ async def projection_positions(redis: RedisClient, keys: Keys) -> dict[str, str 
         position = await redis.get(keys.with_projection(name).projection_position)
         positions[name] = text(position) if position else None
     return positions
-
-
-async def partition_positions(redis: RedisClient, layout: Layout) -> list[dict[str, str | None]]:
-    """For each partition of `layout` (partition 0 first): {projection name: the id of the last
-    event of that partition folded into it (None: nothing yet)}, for the live projection and every
-    one registered in home's `projections` set (being rebuilt), sorted by name: what retention of
-    a partition's log must stay below. Names come from home (one SMEMBERS, one GET); the positions
-    from each partition's slot (one pipelined round trip). Raises redis errors."""
-    names = {text(n) for n in await redis.smembers(layout.home.projections)}
-    names.add((await live_layout(redis, layout)).projection_name)
-    ordered = sorted(names)
-    async with redis.pipeline(transaction=False) as pipe:
-        for keys in layout.partitions:
-            for name in ordered:
-                pipe.get(keys.with_projection(name).projection_position)
-        replies = iter(await pipe.execute())
-    return [
-        {name: text(r) if (r := next(replies)) is not None else None for name in ordered} for _ in layout.partitions
-    ]
