@@ -117,10 +117,13 @@ class _Stream:
         """The frames to write for `batch` at time `now` (loop seconds), and any held progress due."""
         out: list[StoredEvent] = []
         for stored in batch:
+            # A task's stream looks at its own events only, before its cursor moves: the feed
+            # brings every partition's events, and another partition's ids say nothing of the
+            # order of this task's (a newer id there would hide an older one of this task's).
+            if self.task_id is not None and stored.event.task_id != self.task_id:
+                continue
             partition = self._partition(stored)
             if partition is None or not self.seen.advance(partition, stored.id):
-                continue
-            if self.task_id is not None and stored.event.task_id != self.task_id:
                 continue
             out += self.coalescer.offer(stored, now)
         out += self.coalescer.due(now)
