@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,10 +23,35 @@ import redis
 T = TypeVar("T")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _ephemeral_start() -> int:
+    """The first port of the kernel's range for outgoing connections (32768 unless set)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+# Ports this process handed out: never twice, even when the first server has not bound it yet.
+_HANDED_OUT: set[int] = set()
+
+
+def free_port(*, below: int | None = None) -> int:
+    """A free loopback port below the kernel's range for outgoing connections (or `below`). A
+    port from that range (what binding port 0 gives) can be taken by any client's connection while
+    a test has its server stopped, and the restart then fails: seen with `weed mini` restarted in
+    tests/test_results_faults.py ("bind: address already in use")."""
+    top = below or _ephemeral_start()
+    while True:
+        port = random.randrange(10_000, top)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 def wait_until(check: Callable[[], T], *, timeout: float, what: str, every: float = 0.05) -> T:
@@ -215,11 +241,10 @@ class RedisServer:
 
 
 def free_cluster_port() -> int:
-    """A free loopback port whose cluster bus port (the port + 10000) is free too."""
+    """A free loopback port whose cluster bus port (the port + 10000) is free too, both below the
+    range for outgoing connections (see free_port)."""
     while True:
-        port = free_port()
-        if port + 10_000 > 65_535:
-            continue
+        port = free_port(below=_ephemeral_start() - 10_000)
         with socket.socket() as bus:
             try:
                 bus.bind(("127.0.0.1", port + 10_000))
