@@ -60,19 +60,6 @@ async def _used_memory(redis: RedisClient, keys: Keys) -> int | None:
         return None
 
 
-async def _positions(redis: RedisClient, keys: Keys, home: Keys) -> dict[str, str | None]:
-    """{projection name: the last id of partition `keys` folded into it (None: nothing yet)} for
-    every projection of the deployment: the live one and those `home` registers."""
-    positions = await projection_positions(redis, home)
-    if keys.prefix == home.prefix:
-        return positions
-    found = {}
-    for name in positions:
-        position = await redis.get(keys.with_projection(name).projection_position)
-        found[name] = text(position) if position else None
-    return found
-
-
 async def _compactable(redis: RedisClient, keys: Keys, home: Keys, keep_from: str) -> list[str]:
     """The finished tasks below `keep_from` whose control hash is still there (what an earlier run
     compacted already is left out, so the count says what this run does)."""
@@ -108,7 +95,7 @@ async def apply_retention(
     candidates = {"horizon": f"{now_ms - horizon_ms}-0"}
     archived = await redis.get(keys.archived_through)
     candidates["archive"] = _after(text(archived)) if archived else "0-0"
-    for name, position in (await _positions(redis, keys, home)).items():
+    for name, position in (await projection_positions(redis, keys, home)).items():
         candidates[f"projection {name}"] = _after(position) if position else "0-0"
     limited_by, keep_from = min(candidates.items(), key=lambda item: id_order(item[1]))
     if keep_from == "0-0":

@@ -37,12 +37,14 @@ async def live_layout(redis: RedisClient, layout: Layout) -> Layout:
     return layout.with_projection(text(name) if name else DEFAULT_PROJECTION)
 
 
-async def projection_positions(redis: RedisClient, keys: Keys) -> dict[str, str | None]:
-    """{projection name: the id of the last event folded into it (None: nothing yet)} for the
-    live projection and every one registered in `{bs}:projections` (being rebuilt), sorted by
-    name. Raises redis errors."""
-    names = {text(n) for n in await redis.smembers(keys.projections)}
-    names.add((await live_keys(redis, keys)).projection_name)
+async def projection_positions(redis: RedisClient, keys: Keys, home: Keys | None = None) -> dict[str, str | None]:
+    """{projection name: the id of the last event of partition `keys` folded into it (None:
+    nothing yet)} for the live projection and every one registered in `{bs}:projections` (being
+    rebuilt), sorted by name. The names are the deployment's, read in `home` (partition 0;
+    default `keys`). Raises redis errors."""
+    home = home or keys
+    names = {text(n) for n in await redis.smembers(home.projections)}
+    names.add((await live_keys(redis, home)).projection_name)
     positions: dict[str, str | None] = {}
     for name in sorted(names):
         position = await redis.get(keys.with_projection(name).projection_position)
