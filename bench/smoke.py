@@ -39,10 +39,13 @@ def run_smoke(redis_url: str, prefix: str, tasks: int = 300, *, timeout: float =
         Proc([*cli, "worker", "--concurrency", "1", "--name", "smoke-w0"], env=env, log=logdir / "worker.log"),
     ]
     try:
-        deadline = time.monotonic() + 30
-        while b"worker.started" not in (logdir / "worker.log").read_bytes():
+        # Generous: a first start on a fresh, loaded machine imports and compiles everything.
+        deadline = time.monotonic() + 90
+        while b"worker.started" not in (log := (logdir / "worker.log").read_bytes()):
             if time.monotonic() > deadline or not procs[1].alive():
-                raise RuntimeError(f"the worker did not start; see {logdir / 'worker.log'}")
+                why = "exited" if not procs[1].alive() else "did not start in 90 s"
+                tail = log.decode(errors="replace")[-2000:]
+                raise RuntimeError(f"the worker {why}; {logdir / 'worker.log'} ends:\n{tail}")
             time.sleep(0.05)
         result = asyncio.run(throughput(redis_url, prefix, tasks, timeout=timeout))
     finally:

@@ -100,6 +100,16 @@ async def test_a_new_deployment_records_its_count_and_later_processes_read_it(ba
         await load_layout(backend.redis, prefix, requested=4, cluster=False)
 
 
+async def test_a_process_reading_a_record_another_is_still_writing_takes_its_count(backend: Backend) -> None:
+    # Two processes start at once: the first has written `count` and not yet `span` when the
+    # second reads the record. The second must finish the record with the first's count.
+    prefix = backend.keys.prefix
+    await backend.redis.hset(Layout(prefix=prefix).record_key, "count", 4)
+    layout = await load_layout(backend.redis, prefix, requested=None, cluster=True)
+    assert (layout.count, layout.width) == (4, 4)
+    assert await load_layout(backend.redis, prefix, requested=4, cluster=False) == layout
+
+
 async def test_a_log_written_before_partitions_is_partition_zero_of_one(backend: Backend) -> None:
     prefix = backend.keys.prefix
     await backend.redis.xadd(backend.keys.events, {"type": "submitted"})

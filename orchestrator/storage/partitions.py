@@ -183,13 +183,16 @@ async def load_layout(redis: RedisClient, prefix: str, *, requested: int | None,
     is not the recorded count (changing it is `set_partitions`, a migration)."""
     probe = Layout(prefix=prefix)
     record: dict[Any, Any] = await redis.hgetall(probe.record_key)
-    if not record:
-        legacy = await redis.exists(probe.home.events)
-        count = 1 if legacy else requested or (CLUSTER_PARTITIONS if cluster else 1)
-        Layout(prefix=prefix, count=count)  # raises ValueError for an impossible count
-        # Two processes starting at once both write the same default; a requested count wins.
-        await redis.hsetnx(probe.record_key, "count", count)
-        await redis.hsetnx(probe.record_key, "span", count)
+    if b"span" not in record:
+        # A new deployment, or one another process is recording right now (it may have written
+        # `count` and not yet `span`). The first `count` written wins; `span` follows it.
+        if b"count" not in record:
+            legacy = await redis.exists(probe.home.events)
+            count = 1 if legacy else requested or (CLUSTER_PARTITIONS if cluster else 1)
+            Layout(prefix=prefix, count=count)  # raises ValueError for an impossible count
+            await redis.hsetnx(probe.record_key, "count", count)
+        recorded = await redis.hget(probe.record_key, "count")
+        await redis.hsetnx(probe.record_key, "span", int(text(recorded)))
         record = await redis.hgetall(probe.record_key)
     layout = Layout(prefix=prefix, count=int(text(record[b"count"])), span=int(text(record[b"span"])))
     if requested is not None and requested != layout.count:
