@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
 import msgspec
 
 # A parameter is one value, or a list of values to sweep over.
 ParamValue = int | float | list[int | float]
+
+
+class Chunk(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    """The part of a job one chunk task computes, set by the worker that fans the job out (never
+    by a user): the job's task id (`parent`), the chunk's place among the job's chunks (`index`,
+    from 0) and the range [`start`, `stop`) of the admissible combinations of its `symbol` it
+    computes, counted in grid order (streams.md, "Jobs")."""
+
+    parent: str
+    index: int
+    start: int
+    stop: int
 
 
 # gc=False: never part of a reference cycle; see Event in events.py.
@@ -21,7 +34,11 @@ class BacktestSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     """
 
     strategy: str
-    symbol: str
+    # One symbol; or "" when `symbols` names a universe.
+    symbol: str = ""
+    # A universe: the symbols to run on (each with the whole grid), or "*" for every dataset.
+    # A universe is a job: it fans out over the fleet (streams.md, "Jobs").
+    symbols: list[str] | str | None = None
     params: dict[str, ParamValue] = {}
     start: dt.date | None = None
     end: dt.date | None = None
@@ -34,9 +51,16 @@ class BacktestSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     spread: float = 0.0
     slippage_bps: float = 0.0
     long_only: bool = False
-    # Sweeps only: the metric to maximise, and an optional constraint such as "fast < slow".
+    # Sweeps only: the metric to rank by, maximised ("-name" or direction "min": minimised), and
+    # an optional constraint such as "fast < slow".
     objective: str = "sqn"
+    direction: Literal["max", "min"] | None = None
     constraint: str | None = None
+    # Jobs only: the fraction of chunks that may fail for good before the job fails (0: the job
+    # fails at the first); below it the job completes with what succeeded, the rest listed.
+    failure_tolerance: float = 0.0
+    # Set by the system on the chunk tasks of a job; a request naming it is refused.
+    chunk: Chunk | None = None
     # A time limit for this task in seconds (the worker's limit applies when unset or larger).
     timeout_s: float | None = None
     # Split- and dividend-adjusted prices (from the data's Adj Close column, when it has one).
@@ -67,6 +91,16 @@ class BacktestSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
             if value is not None and not (name == "margin" and value == 1.0):
                 out[name] = value
         return out
+
+    @property
+    def metric(self) -> str:
+        """The objective's metric name (without a leading "-")."""
+        return self.objective[1:] if self.objective.startswith("-") else self.objective
+
+    @property
+    def minimise(self) -> bool:
+        """True when the objective is minimised: a leading "-" or direction "min"."""
+        return self.objective.startswith("-") or self.direction == "min"
 
     @property
     def is_sweep(self) -> bool:

@@ -100,6 +100,18 @@ def task_id_in(partition: int) -> str:
     return str(uuid.UUID(bytes=bytes(raw)))
 
 
+def chunk_id(parent: str, index: int) -> str:
+    """The task id of chunk `index` of the job `parent`: a version-8 UUID in the parent's
+    partition (so every key of a job shares one slot), its other bits from SHA-256 of both, so
+    every process names the same chunks: a re-sent fan-out creates nothing twice, and a reader
+    lists a job's chunks with no lookup. Raises ValueError when `parent` is not a UUID."""
+    digest = hashlib.sha256(f"{parent}/{index}".encode()).digest()
+    raw = bytearray(partition_of(parent).to_bytes(2, "big") + digest[:14])
+    raw[6] = (raw[6] & 0x0F) | 0x80  # version 8
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 9562 variant
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
 class Layout(msgspec.Struct, frozen=True):
     """The partitions of the deployment under `prefix`: `count` take new tasks, `span` (>= count)
     hold tasks. `projection_name` names the projection every partition's Keys refer to."""
