@@ -161,6 +161,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_cap_ms: int = 60_000
     # A task running longer than this is stopped and failed (a spec may ask for less).
     task_timeout_s: float = 3_600.0
+    # A job is cut into chunks that compute for about this long each (streams.md, "Jobs"):
+    # long enough that a chunk's overhead is under 1% of it, short enough to spread a job over
+    # every worker and to lose little when one dies.
+    chunk_seconds: float = 0.3
+    # A task computing longer than this saves its state this often, and an attempt that takes it
+    # over (after a lost worker or a retry) resumes from there (streams.md, "Checkpoints").
+    checkpoint_s: float = 5.0
     # On SIGTERM a worker lets running tasks finish this long, then releases the rest.
     shutdown_grace_s: float = 10.0
     # /readyz answers 503 once the oldest log entry the projector has not applied is older than
@@ -237,6 +244,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             retry_base_ms=_env_number(env, "BACKSTREAM_RETRY_BASE_MS", defaults.retry_base_ms),
             retry_cap_ms=_env_number(env, "BACKSTREAM_RETRY_CAP_MS", defaults.retry_cap_ms),
             task_timeout_s=_env_number(env, "BACKSTREAM_TASK_TIMEOUT_S", defaults.task_timeout_s),
+            chunk_seconds=_env_number(env, "BACKSTREAM_CHUNK_SECONDS", defaults.chunk_seconds),
+            checkpoint_s=_env_number(env, "BACKSTREAM_CHECKPOINT_S", defaults.checkpoint_s),
             shutdown_grace_s=_env_number(env, "BACKSTREAM_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
             sse_streams_per_client=_env_number(
                 env, "BACKSTREAM_SSE_STREAMS_PER_CLIENT", defaults.sse_streams_per_client

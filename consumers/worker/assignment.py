@@ -32,8 +32,11 @@ class Run(Protocol):
         ...
 
 
-# Starts the run of a spec; `consumers.engine.runner.start_run` bound to a data catalog.
-StartRun = Callable[[BacktestSpec], Run]
+# Starts the run of a spec, from the start or (with `checkpoint=`, JSON bytes a run's
+# `checkpoint()` saved) where an earlier attempt was; `consumers.engine.runner.start_run` bound
+# to a data catalog. A run may offer `checkpoint()`: its state now, as a msgspec Struct or JSON
+# bytes (None when it has none worth saving).
+StartRun = Callable[..., Run]
 
 
 class Assignment(msgspec.Struct, frozen=True):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -29,6 +29,13 @@ class FirstChunk(msgspec.Struct):
     result: bytes = b""
 
 
+class _Start(NamedTuple):
+    """A run to start: its spec, and the checkpoint it resumes from (None: from the start)."""
+
+    spec: BacktestSpec
+    checkpoint: bytes | None
+
+
 class FirstChunks:
     """Coalesces the first chunks requested in one turn of the event loop into one thread hop.
 
@@ -38,7 +45,7 @@ class FirstChunks:
 
     def __init__(
         self,
-        start_run: Callable[[BacktestSpec], Any],
+        start_run: Callable[..., Any],
         chunk_seconds: float,
         compute: ComputeThreads,
         *,
@@ -49,15 +56,16 @@ class FirstChunks:
         self.threads = compute
         # False when full results go to the results store (encoded there): no JSON is built.
         self.encode = encode
-        self._queue: list[tuple[BacktestSpec, asyncio.Future[FirstChunk]]] = []
+        self._queue: list[tuple[_Start, asyncio.Future[FirstChunk]]] = []
         self._flush_scheduled = False
 
-    async def compute(self, spec: BacktestSpec) -> FirstChunk:
-        """Start the run of `spec` and compute its first chunk, in the next hop. Raises what
-        starting or computing the run raised (the task's own failure)."""
+    async def compute(self, spec: BacktestSpec, checkpoint: bytes | None = None) -> FirstChunk:
+        """Start the run of `spec` (from `checkpoint`, a state an earlier attempt saved, when
+        given) and compute its first chunk, in the next hop. Raises what starting or computing
+        the run raised (the task's own failure)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[FirstChunk] = loop.create_future()
-        self._queue.append((spec, future))
+        self._queue.append((_Start(spec, checkpoint), future))
         self._schedule()
         return await future
 
@@ -67,13 +75,13 @@ class FirstChunks:
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
 
     async def _flush(self) -> None:
-        batch: list[tuple[BacktestSpec, asyncio.Future[FirstChunk]]] = []
+        batch: list[tuple[_Start, asyncio.Future[FirstChunk]]] = []
         try:
             async with self.threads.turn():
                 # Taken once the turn has come: runs requested while the hop waited join it.
                 batch, self._queue, self._flush_scheduled = self._queue, [], False
-                batch = [(spec, future) for spec, future in batch if not future.cancelled()]
-                done = await self.threads.call(self._compute_batch, [spec for spec, _ in batch])
+                batch = [(start, future) for start, future in batch if not future.cancelled()]
+                done = await self.threads.call(self._compute_batch, [start for start, _ in batch])
         except Exception as e:  # the hop itself failed: every caller hears of it
             for _, future in batch:
                 resolve(future, e)
@@ -84,20 +92,23 @@ class FirstChunks:
         self._queue[:0] = batch[len(done) :]
         self._schedule()
 
-    def _compute_batch(self, specs: list[BacktestSpec]) -> list[FirstChunk | Exception]:
+    def _compute_batch(self, starts: list[_Start]) -> list[FirstChunk | Exception]:
         out: list[FirstChunk | Exception] = []
         deadline = time.monotonic() + self.chunk_seconds
-        for spec in specs:
+        for start in starts:
             if out and time.monotonic() >= deadline:
                 break
             try:
-                out.append(self._first_chunk(spec))
+                out.append(self._first_chunk(start))
             except Exception as e:  # the task's own failure, classified by its execution
                 out.append(e)
         return out
 
-    def _first_chunk(self, spec: BacktestSpec) -> FirstChunk:
-        run = self.start_run(spec)
+    def _first_chunk(self, start: _Start) -> FirstChunk:
+        if start.checkpoint is None:
+            run = self.start_run(start.spec)
+        else:
+            run = self.start_run(start.spec, checkpoint=start.checkpoint)
         run.advance(self.chunk_seconds)
         if not run.done:
             return FirstChunk(run)

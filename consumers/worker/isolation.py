@@ -6,6 +6,7 @@ A worker runs an attempt isolated when the task's previous attempt lost its work
 child computes the run and writes newline-delimited JSON frames to its stdout:
 
     {"progress": 0.42}                                       now and then
+    {"checkpoint": {...}}                                    the run's state, every checkpoint_s
     {"summary": {...}, "detail": {...}}                      the outcome; then it exits 0
     {"error": "...", "error_type": "DatasetError", "retryable": false}   the run raised
 
@@ -13,7 +14,8 @@ The parent reads them in `IsolatedRun.advance`, which the worker's `Execution` d
 `Run`. A child that exits without an outcome or an error was killed: `advance` raises
 `TaskProcessDied`, an ordinary retryable failure of the attempt, naming the signal.
 
-Usage: python -m consumers.worker.isolation DATA_DIR  (the spec as JSON on stdin; DATA_DIR may be "")
+Usage: python -m consumers.worker.isolation DATA_DIR  (on stdin `{"spec": …, "checkpoint": … or
+null, "checkpoint_s": …}`; DATA_DIR may be "")
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ from orchestrator.storage.codec import decode_json, encode_json
 POLL_SECONDS = 0.1
 # The child reports progress at most this often.
 PROGRESS_SECONDS = 0.2
+
+
+class _Start(msgspec.Struct, frozen=True):
+    """What the child is given on stdin: the spec, the state to resume from (JSON; `null` for
+    none), how often to save."""
+
+    spec: BacktestSpec
+    checkpoint: msgspec.Raw = msgspec.Raw(b"null")
+    checkpoint_s: float = 5.0
 
 
 class TaskProcessDied(EngineError):
@@ -66,7 +77,9 @@ class IsolatedRun:
     """A `consumers.worker.attempt.Run` computed by a child process. Not thread-safe: one caller at
     a time, as `Execution` does."""
 
-    def __init__(self, spec: BacktestSpec, data_dir: str | None) -> None:
+    def __init__(
+        self, spec: BacktestSpec, data_dir: str | None, checkpoint: bytes | None = None, checkpoint_s: float = 5.0
+    ) -> None:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "consumers.worker.isolation", data_dir or ""],
             stdin=subprocess.PIPE,
@@ -74,11 +87,13 @@ class IsolatedRun:
             stderr=None,  # the child's own log lines go where the worker's go
         )
         assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._proc.stdin.write(encode_json(spec))
+        start = _Start(spec=spec, checkpoint=msgspec.Raw(checkpoint or b"null"), checkpoint_s=checkpoint_s)
+        self._proc.stdin.write(encode_json(start))
         self._proc.stdin.close()
         self._out = self._proc.stdout.fileno()
         self._buffer = b""
         self._outcome: IsolatedOutcome | None = None
+        self._checkpoint: bytes | None = None
         self.progress = 0.0
 
     @property
@@ -103,6 +118,10 @@ class IsolatedRun:
             for line in lines:
                 self._take(line)
 
+    def checkpoint(self) -> bytes | None:
+        """The last state the child saved (JSON bytes; None before its first)."""
+        return self._checkpoint
+
     def outcome(self) -> IsolatedOutcome:
         """The outcome the child reported; only once `done`."""
         assert self._outcome is not None, "outcome() before done"
@@ -121,6 +140,8 @@ class IsolatedRun:
         frame = decode_json(line)
         if "progress" in frame:
             self.progress = float(frame["progress"])
+        elif "checkpoint" in frame:
+            self._checkpoint = encode_json(frame["checkpoint"])
         elif "error" in frame:
             self._proc.wait()
             raise _raised(frame["error_type"], frame["error"], bool(frame["retryable"]))
@@ -150,13 +171,15 @@ class IsolatedRuns:
     """Starts isolated runs for one attempt (a `StartRun`) and kills whatever is left of them
     when the attempt ends (`close`)."""
 
-    def __init__(self, data_dir: str | None) -> None:
+    def __init__(self, data_dir: str | None, checkpoint_s: float = 5.0) -> None:
         self.data_dir = data_dir
+        self.checkpoint_s = checkpoint_s
         self._runs: list[IsolatedRun] = []
 
-    def __call__(self, spec: BacktestSpec) -> IsolatedRun:
-        """Start `spec` in a child process of its own; the run is tracked so `close` can end it."""
-        run = IsolatedRun(spec, self.data_dir)
+    def __call__(self, spec: BacktestSpec, checkpoint: bytes | None = None) -> IsolatedRun:
+        """Start `spec` (from `checkpoint` when given) in a child process of its own; the run is
+        tracked so `close` can end it."""
+        run = IsolatedRun(spec, self.data_dir, checkpoint, self.checkpoint_s)
         self._runs.append(run)
         return run
 
@@ -182,14 +205,18 @@ def main(data_dir: str) -> int:
     from consumers.engine.runner import start_run
 
     try:
-        spec = msgspec.json.decode(sys.stdin.buffer.read(), type=BacktestSpec)
-        run = start_run(spec, catalog=Catalog.from_env_dir(data_dir or None))
-        reported = time.monotonic()
+        start = msgspec.json.decode(sys.stdin.buffer.read(), type=_Start)
+        checkpoint = None if bytes(start.checkpoint) == b"null" else bytes(start.checkpoint)
+        run = start_run(start.spec, catalog=Catalog.from_env_dir(data_dir or None), checkpoint=checkpoint)
+        reported = saved = time.monotonic()
         while not run.done:
             run.advance(PROGRESS_SECONDS)
             if time.monotonic() - reported >= PROGRESS_SECONDS:
                 _frame({"progress": run.progress})
                 reported = time.monotonic()
+            if time.monotonic() - saved >= start.checkpoint_s and not run.done:
+                _frame({"checkpoint": run.checkpoint()})
+                saved = time.monotonic()
         outcome = run.outcome()
     except Exception as e:
         retryable = bool(e.retryable) if isinstance(e, EngineError) else True

@@ -19,6 +19,7 @@ from consumers.worker.compute import ComputeThreads
 from consumers.worker.first_chunks import FirstChunks
 from consumers.worker.intake import Intake, Item
 from consumers.worker.isolation import IsolatedRuns
+from orchestrator.domain.ports import JobPlanner
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import until_reachable
 from orchestrator.storage.results.store import ResultStore
@@ -36,7 +37,8 @@ class Worker:
     consumers/worker/compute.py), whatever the concurrency, so the event loop keeps heartbeating
     and noticing cancels while it does, and concurrency overlaps round trips rather than
     splitting a core between threads. `strategies`: the names it can run (the workers page);
-    `results`: the results store full results go to (None: Redis)."""
+    `results`: the results store full results go to (None: Redis); `planner`: cuts a job into
+    chunks (None: every request runs as one task)."""
 
     def __init__(
         self,
@@ -48,8 +50,10 @@ class Worker:
         concurrency: int = 1,
         strategies: Sequence[str] = (),
         results: ResultStore | None = None,
+        planner: JobPlanner | None = None,
     ) -> None:
         self.queue = queue
+        self.planner = planner
         self.results = results
         self.compute = ComputeThreads(settings.compute_threads)
         # An isolated run's child process computes; its parent's thread only waits on a pipe.
@@ -185,7 +189,7 @@ class Worker:
         assert current is not None  # a coroutine run as a task
         # A task whose worker was lost under it runs in a process of its own: if it kills that
         # process, only it fails (see consumers/worker/isolation.py and streams.md).
-        isolated = IsolatedRuns(self.settings.data_dir) if claim.isolated else None
+        isolated = IsolatedRuns(self.settings.data_dir, self.settings.checkpoint_s) if claim.isolated else None
         execution = self._execution(job, isolated, on_computed=lambda: self._free_slot(current))
         self._running[current] = execution
         if self._releasing:
@@ -210,6 +214,7 @@ class Worker:
             compute=self._waiting_threads if isolated else self.compute,
             on_computed=on_computed,
             results=self.results,
+            planner=self.planner,
         )
 
     async def _claim(self, item: Item) -> Claim:

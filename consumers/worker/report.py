@@ -12,6 +12,7 @@ import structlog
 
 from consumers.worker.assignment import Assignment
 from orchestrator.domain.events import Completed, Failed, ResultRef, RetryScheduled
+from orchestrator.domain.jobs import ChunkEnd, FanOut
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import until_reachable
 from orchestrator.storage.results.encoding import EncodedResult
@@ -48,14 +49,22 @@ class Reporter:
         self.results = results
         self._stopped_by = stopped_by
 
-    async def finish(self, event: Completed | Failed | RetryScheduled, result: bytes = b"") -> str:
+    async def finish(
+        self, event: Completed | Failed | RetryScheduled, result: bytes = b"", *, end: ChunkEnd | None = None
+    ) -> str:
         """Store `event` (with a completion's full `result`, JSON bytes, when it goes to Redis),
-        re-sent until stored. Returns the outcome's name, or 'stopped' if the write was refused
-        (the task was cancelled or taken over). Raises store errors that do not pass."""
+        re-sent until stored; for a chunk of a job, `end` is what its completion tells the job.
+        Returns the outcome's name, or 'stopped' if the write was refused (the task was
+        cancelled or taken over). Raises store errors that do not pass."""
         job = self.job
         fenced = await until_reachable(
             lambda: self.queue.finish(
-                event, message_id=job.message_id, result=result, reason=getattr(event, "error_type", "")
+                event,
+                message_id=job.message_id,
+                result=result,
+                reason=getattr(event, "error_type", ""),
+                spec=job.spec,
+                end=end,
             ),
             doing="storing the outcome",
         )
@@ -64,6 +73,24 @@ class Reporter:
             log.warning("task.write_refused", write=outcome_name, status=fenced.status, current_attempt=fenced.attempt)
             return "stopped"
         return outcome_name
+
+    async def fan_out(self, plan: FanOut) -> str:
+        """Hand the job over to its chunks (`plan`), re-sent until stored. Returns 'fanned_out',
+        or 'stopped' if refused (the job was cancelled or taken over)."""
+        job = self.job
+        assert job.spec is not None
+        tolerance = job.spec.failure_tolerance
+        fenced = await until_reachable(
+            lambda: self.queue.fan_out(
+                job.task_id, job.attempt, message_id=job.message_id, plan=plan, tolerance=tolerance
+            ),
+            doing="fanning the job out",
+        )
+        if fenced is not None:
+            log.warning("task.write_refused", write="fanned_out", status=fenced.status)
+            return "stopped"
+        log.info("job.fanned_out", chunks=len(plan.chunks), combinations=plan.combinations)
+        return "fanned_out"
 
     async def release(self) -> str:
         """Give the task back to the queue (the worker is shutting down). Returns 'released', or

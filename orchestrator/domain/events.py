@@ -140,6 +140,31 @@ class Cancelled(Event, frozen=True, tag="cancelled"):
     previous_status: Status | None = None
 
 
+class FannedOut(Event, frozen=True, tag="fanned_out"):
+    """The worker that claimed a job planned it and, in the same atomic step, submitted its
+    `chunks` chunk tasks (ids `chunk_id(task_id, i)`, i < chunks, in the job's partition; each
+    one's spec names the job and its range of combinations). The job's own work item is done
+    with: from here its chunks run it, and the last one to end appends its outcome (streams.md,
+    "Jobs"). `combinations`: admissible combinations over every symbol; `per_chunk`: the most a
+    chunk computes; `symbols`: the universe, resolved ("*" listed)."""
+
+    chunks: int
+    combinations: int
+    per_chunk: int
+    symbols: list[str]
+
+
+class JobProgress(Event, frozen=True, tag="job_progress"):
+    """A job passed another whole percent of its chunks ended (at most 100 per job, whatever the
+    number of chunks): `progress` = ended / chunks, in [0, 1]; `done` and `failed` chunks so far;
+    `best` the summary of the best combination so far (as the job's outcome will give it)."""
+
+    progress: float
+    done: int
+    failed: int
+    best: dict[str, Any] | None = None
+
+
 AnyEvent = (
     Submitted
     | Started
@@ -151,6 +176,8 @@ AnyEvent = (
     | Requeued
     | Cancelled
     | ResultDeleted
+    | FannedOut
+    | JobProgress
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -164,6 +191,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "requeued": Requeued,
     "cancelled": Cancelled,
     "result_deleted": ResultDeleted,
+    "fanned_out": FannedOut,
+    "job_progress": JobProgress,
 }
 
 

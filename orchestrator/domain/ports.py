@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from orchestrator.domain.jobs import FanOut
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.views import Dataset, FieldProblem, Strategies
 
@@ -37,4 +38,14 @@ class Catalog(Protocol):
 
     def datasets(self) -> list[Dataset]:
         """Every symbol a request may name, sorted by symbol. Blocking (reads the data directory)."""
+        ...
+
+
+class JobPlanner(Protocol):
+    """Decides whether a claimed request is a job, and cuts it into chunks (streams.md, "Jobs")."""
+
+    def plan(self, spec: BacktestSpec, task_id: str) -> FanOut | None:
+        """The chunks of the job `task_id` (each chunk's spec names it), or None when `spec` runs
+        as one task (a single backtest, or a sweep one chunk computes). Blocking (reads data,
+        scans the grid). Raises what checking the spec raises (a bad request, missing data)."""
         ...

@@ -13,6 +13,8 @@ from orchestrator.domain.events import (
     Cancelled,
     Completed,
     Failed,
+    FannedOut,
+    JobProgress,
     Progress,
     Released,
     Requeued,
@@ -26,6 +28,21 @@ from orchestrator.domain.events import (
 from orchestrator.domain.ids import iso_ms
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.status import Status
+
+
+class JobState(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
+    """A job's chunks, as its events tell them: how many (`chunks`), over how many admissible
+    `combinations` and which `symbols`; how many have ended `done` or `failed` (as of the last
+    `job_progress`, or the outcome); `best`: the best combination's summary so far. Bounded
+    whatever the number of chunks."""
+
+    chunks: int
+    combinations: int
+    per_chunk: int
+    symbols: list[str]
+    done: int = 0
+    failed: int = 0
+    best: dict[str, Any] | None = None
 
 
 # gc=False: never part of a reference cycle; see Event in events.py.
@@ -60,6 +77,8 @@ class TaskState(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     result_deleted_at: str | None = None
     submitted_by: str | None = None
     cancelled_by: str | None = None
+    # A job's chunks (set by `fanned_out`; None for a task that did not fan out).
+    job: JobState | None = None
 
 
 # What each kind of transition resets, so that no field of an earlier attempt (or outcome)
@@ -137,6 +156,9 @@ def _transition(state: TaskState, event: AnyEvent, at: str, step: dict[str, Any]
             return _reset(state, _NEW_ATTEMPT, **running, **step)
         case Completed(result=result, result_ref=ref):
             done = {"status": Status.COMPLETED, "progress": 1.0, "result": result, "result_ref": ref}
+            if state.job is not None:  # a job's outcome carries its final counts
+                counts = {"done": result.get("completed", 0), "failed": result.get("failed", 0)}
+                done["job"] = msgspec.structs.replace(state.job, **counts, best=state.job.best)
             return _reset(state, _OUTCOME, **done, finished_at=at, **step)
         case ResultDeleted():
             # Only the full result goes; the outcome and its summary stay.
@@ -147,8 +169,18 @@ def _transition(state: TaskState, event: AnyEvent, at: str, step: dict[str, Any]
         case RetryScheduled(error=error):
             # Queued again; `error` says why until the next attempt starts.
             return _reset(state, _QUEUED, error=error, **step)
+        case Requeued() if state.job is not None:
+            # A failed job runs its chunks that did not complete again at once: it is running.
+            return _reset(state, _OUTCOME, status=Status.RUNNING, finished_at=None, **step)
         case Released() | Requeued():
             return _reset(state, _QUEUED, **step)
+        case FannedOut(chunks=chunks, combinations=combinations, per_chunk=per_chunk, symbols=symbols):
+            # Still running: its chunks run it now. Its planner's attempt stays its own.
+            job = JobState(chunks=chunks, combinations=combinations, per_chunk=per_chunk, symbols=symbols)
+            return msgspec.structs.replace(state, job=job, **step)
+        case JobProgress(progress=progress, done=done, failed=failed, best=best):
+            job = state.job and msgspec.structs.replace(state.job, done=done, failed=failed, best=best)
+            return msgspec.structs.replace(state, progress=progress, job=job, **step)
         case Cancelled(by=by):
             # The worker and progress of a cancelled running attempt stay: who ran it, how far.
             return _reset(state, _OUTCOME, status=Status.CANCELLED, cancelled_by=by, finished_at=at, **step)
@@ -165,10 +197,13 @@ def fold(events: Iterable[StoredEvent], states: dict[str, TaskState] | None = No
     return states
 
 
-def result_location(state: TaskState) -> Literal["store", "redis", "deleted"] | None:
-    """ "store", "redis", "deleted" or None (the task has not completed)."""
+def result_location(state: TaskState) -> Literal["store", "redis", "deleted", "chunks"] | None:
+    """ "store", "redis", "deleted", "chunks" (a job's: its chunks' results, put together when
+    read) or None (the task has not completed)."""
     if state.status != Status.COMPLETED:
         return None
     if state.result_deleted_at is not None:
         return "deleted"
+    if state.job is not None:
+        return "chunks"
     return "store" if state.result_ref is not None else "redis"

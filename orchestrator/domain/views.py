@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from orchestrator.domain.spec import BacktestSpec
-from orchestrator.domain.state import TaskState, result_location
+from orchestrator.domain.state import JobState, TaskState, result_location
 from orchestrator.domain.status import Status
 
 MAX_PAGE = 500
@@ -69,10 +69,14 @@ class TaskView(msgspec.Struct, frozen=True):
     submitted_by: str | None
     cancelled_by: str | None | msgspec.UnsetType = msgspec.UNSET
     # Where the full result is: "store" (the results store), "redis" (stored before results left
-    # Redis), "deleted" (retention removed it; the summary stays), or None (no result yet).
-    result_location: Literal["store", "redis", "deleted"] | None = None
+    # Redis), "deleted" (retention removed it; the summary stays), "chunks" (a job's: its chunks'
+    # results, put together when read), or None (no result yet).
+    result_location: Literal["store", "redis", "deleted", "chunks"] | None = None
     # When retention deleted the full result (ISO 8601 UTC); only on such a task.
     result_deleted_at: str | msgspec.UnsetType = msgspec.UNSET
+    # A job's chunks: how many, how many ended done or failed, the best so far; only on a job
+    # (a request that fanned out over the fleet: streams.md, "Jobs").
+    job: JobState | msgspec.UnsetType = msgspec.UNSET
 
 
 class TaskPage(msgspec.Struct, frozen=True):
@@ -255,6 +259,7 @@ def to_api(state: TaskState) -> dict[str, Any]:
         submitted_by=state.submitted_by,
         cancelled_by=state.cancelled_by if state.status == Status.CANCELLED else msgspec.UNSET,
         result_deleted_at=state.result_deleted_at if state.result_deleted_at is not None else msgspec.UNSET,
+        job=state.job if state.job is not None else msgspec.UNSET,
     )
     body: dict[str, Any] = msgspec.to_builtins(view)
     return body

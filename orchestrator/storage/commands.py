@@ -87,8 +87,9 @@ class Commands:
         return SubmitResult(task_id=task_id, created=True)
 
     async def cancel(self, task_id: str, *, by: str | None = None) -> bool:
-        """Cancel a queued or running task. True if this call cancelled it, False if it already
-        was. Raises TaskNotFound, or TaskConflict when the task is completed or failed."""
+        """Cancel a queued or running task (a job: with every chunk of it that has not ended).
+        True if this call cancelled it, False if it already was. Raises TaskNotFound, or
+        TaskConflict when the task is completed or failed, or is a chunk of a job."""
         verdict = await self._scripts(task_id).cancel(
             task_id=task_id, data=event_data(Cancelled(task_id=task_id, by=by)), version=Cancelled.SCHEMA_VERSION
         )
@@ -96,8 +97,9 @@ class Commands:
         return verdict.outcome == "ok"
 
     async def requeue(self, task_id: str, *, by: str | None = None) -> None:
-        """Send a failed task back to the queue as a new attempt with a fresh budget. Raises
-        TaskNotFound, or TaskConflict when the task is not failed."""
+        """Send a failed task back to the queue as a new attempt with a fresh budget; a failed job
+        runs again its chunks that did not complete. Raises TaskNotFound, or TaskConflict when
+        the task is not failed or is a chunk of a job."""
         verdict = await self._scripts(task_id).requeue(
             task_id=task_id, data=event_data(Requeued(task_id=task_id, by=by)), version=Requeued.SCHEMA_VERSION
         )
@@ -125,3 +127,7 @@ def _refuse(task_id: str, verdict: Verdict, rule: str) -> None:
         raise TaskNotFound(task_id)
     if verdict.outcome == "conflict":
         raise TaskConflict(task_id, verdict.detail, f"task {task_id} is {verdict.detail}; {rule}")
+    if verdict.outcome == "chunk":
+        raise TaskConflict(
+            task_id, "chunk", f"task {task_id} is a chunk of the job {verdict.detail}: cancel or retry the job"
+        )

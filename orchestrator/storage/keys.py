@@ -15,6 +15,10 @@ DEFAULT_PROJECTION = "proj"
 # A result staged for `finish.lua` lives microseconds; this only bounds one a crash left behind.
 STAGED_RESULT_TTL_MS = 3600 * 1000
 
+# A checkpoint outlives its task's last save by this much at most (a crash between a save and the
+# task's end leaves it behind; the scripts that end a task delete it).
+CHECKPOINT_TTL_MS = 24 * 3600 * 1000
+
 # A heartbeat silent this long is dropped from its set by the next beat of any process: a worker
 # or projector that died (or was renamed) stays listed as silent for a day, then goes.
 HEARTBEAT_KEEP_MS = 24 * 3600 * 1000
@@ -85,6 +89,26 @@ class Keys(msgspec.Struct, frozen=True):
         naming the keys exactly as `control` and `task_log` do. They share the work stream's hash tag
         (in the prefix), so they are in its slot on a cluster."""
         return f"{self.prefix}:task:"
+
+    def checkpoint(self, task_id: str) -> str:
+        """A running task's last saved state (JSON), written by its attempt every
+        `BACKSTREAM_CHECKPOINT_S` (`checkpoint.lua`, fenced) and read by the attempt that takes it
+        over, which resumes from it. Deleted when the task ends; CHECKPOINT_TTL_MS bounds one left
+        behind. Named `control(task_id) + ":checkpoint"`: the scripts that end a task name it so."""
+        return f"{self.control(task_id)}:checkpoint"
+
+    def job(self, task_id: str) -> str:
+        """A job's aggregate while its chunks run (streams.md, "Jobs"): a hash of `total`, `done`,
+        `failed` and `allowed` chunks, `combinations`, the last `percent` reported, the best
+        chunk's rank (`best_bankrupt`, `best_score`, `best_index`) and summary (`best`), and the
+        `missing` ranges of failed chunks. A fixed set of fields, whatever the number of chunks.
+        Named `control(task_id) + ":job"`: the chunks' scripts name it so from their own key."""
+        return f"{self.control(task_id)}:job"
+
+    def job_chunks(self, task_id: str) -> str:
+        """A job's chunk task ids in chunk order (a list), for a cancel or a failure of the job to
+        reach every chunk in one script. Named `control(task_id) + ":chunks"`."""
+        return f"{self.control(task_id)}:chunks"
 
     def result(self, task_id: str) -> str:
         """The full result of a completed task (equity curve, trades, sweep table), JSON."""
@@ -161,6 +185,11 @@ class Keys(msgspec.Struct, frozen=True):
     def projected_index(self, status: str | None = None) -> str:
         """Tasks newest first: a sorted set ordered by member (`<submit id>|<task id>`), all scores 0."""
         return f"{self.projection_root}:index:{status or 'all'}"
+
+    def projected_chunks(self, task_id: str) -> str:
+        """A job's chunks in this projection, as `projected_index` orders tasks (chunk tasks are
+        in no status index: the task list shows their job)."""
+        return f"{self.projection_root}:chunks:{task_id}"
 
     def with_projection(self, name: str) -> Keys:
         """The same keys, for the projection named `name`."""

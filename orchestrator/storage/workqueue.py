@@ -10,21 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import msgspec
 
-from orchestrator.domain.events import Completed, Failed, Progress, Released, RetryScheduled, Started, StoredEvent
+from orchestrator.domain.events import (
+    Cancelled,
+    Completed,
+    Failed,
+    FannedOut,
+    JobProgress,
+    Progress,
+    Released,
+    RetryScheduled,
+    Started,
+    StoredEvent,
+    Submitted,
+)
 from orchestrator.domain.history import attempt_history
+from orchestrator.domain.jobs import ChunkEnd, FanOut, span_of
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.status import Status
 from orchestrator.storage.batching import ScriptBatcher
 from orchestrator.storage.codec import encode_json, event_data, text
 from orchestrator.storage.connections import RedisClient, ready_for_concurrent_calls, routed_to
-from orchestrator.storage.keys import STAGED_RESULT_TTL_MS
-from orchestrator.storage.partitions import Layout
+from orchestrator.storage.keys import CHECKPOINT_TTL_MS, STAGED_RESULT_TTL_MS
+from orchestrator.storage.partitions import Layout, chunk_id
 from orchestrator.storage.presence import Heartbeat
 from orchestrator.storage.readmodel.log import task_events
 from orchestrator.storage.scripts.attempts import AttemptScripts, ClaimReply, Fenced
@@ -162,6 +176,7 @@ class WorkQueue(WorkItems):
             lost_data=event_data(lost),
             lost_version=Failed.SCHEMA_VERSION,
             history=history,
+            job_args=_job_args(_chunk_failed(f"a chunk of this job failed for good: {lost.error}", lost))[3:],
         )
         return _claim(reply)
 
@@ -191,10 +206,14 @@ class WorkQueue(WorkItems):
         message_id: str,
         result: bytes = b"",
         reason: str = "",
+        spec: BacktestSpec | None = None,
+        end: ChunkEnd | None = None,
     ) -> Fenced | None:
         """Record the attempt's outcome (storing a completion's full `result`, JSON bytes, if
         any; scheduling a retry; or dead-lettering a failure with `reason`) and retire the work
-        item. Returns Fenced if refused. Idempotent: a re-sent outcome returns None."""
+        item. For a chunk of a job (`spec.chunk` set) the same step tells its job (`end`: what
+        a completion tells it), and may end the job. Returns Fenced if refused. Idempotent: a
+        re-sent outcome returns None (and counts nothing twice)."""
         task_id = event.task_id
         history = await self._history(task_id, event) if isinstance(event, Failed) else b"[]"
         # The full result is SET beside the script, not passed through it: Lua copies an argument
@@ -215,7 +234,49 @@ class WorkQueue(WorkItems):
             reason=reason,
             history=history,
             before=stage,
+            job_args=_chunk_args(spec, event, end),
         )
+
+    async def fan_out(self, task_id: str, attempt: int, *, message_id: str, plan: FanOut, tolerance: float) -> Fenced | None:
+        """Submit the chunks of the job `task_id` as `plan` gives them (ids `chunk_id(task_id, i)`)
+        and hand the job over to them, in one atomic step; `tolerance`: the fraction of chunks
+        that may fail for good (`BacktestSpec.failure_tolerance`). Returns Fenced if refused.
+        Idempotent: a re-sent call creates nothing twice."""
+        chunks = []
+        for index, spec in enumerate(plan.chunks):
+            chunk = chunk_id(task_id, index)
+            submitted = event_data(Submitted(task_id=chunk, spec=spec))
+            chunks.append((chunk, submitted, encode_json(spec), encode_json(span_of(spec))))
+        fanned_out = FannedOut(
+            task_id=task_id,
+            chunks=len(plan.chunks),
+            combinations=plan.combinations,
+            per_chunk=plan.per_chunk,
+            symbols=plan.symbols,
+        )
+        return await self._of(task_id).fan_out(
+            task_id=task_id,
+            attempt=attempt,
+            message_id=message_id,
+            data=event_data(fanned_out),
+            version=FannedOut.SCHEMA_VERSION,
+            submitted_version=Submitted.SCHEMA_VERSION,
+            allowed_failures=plan.allowed_failures(tolerance),
+            combinations=plan.combinations,
+            chunks=chunks,
+        )
+
+    async def save_checkpoint(self, task_id: str, attempt: int, state: bytes) -> Fenced | None:
+        """Save the run's state (JSON bytes) for an attempt that takes the task over. Returns
+        Fenced if refused (the task is no longer running under `attempt`)."""
+        return await self._of(task_id).checkpoint(
+            task_id=task_id, attempt=attempt, state=state, ttl_ms=CHECKPOINT_TTL_MS
+        )
+
+    async def checkpoint(self, task_id: str) -> bytes | None:
+        """The task's last saved state (None: none saved, or the task ended)."""
+        value: bytes | None = await self.redis.get(self.layout.of(task_id).checkpoint(task_id))
+        return value
 
     async def release(self, task_id: str, attempt: int, *, worker: str, message_id: str) -> Fenced | None:
         """Give an unfinished attempt back to the queue (on shutdown), for another worker at
@@ -262,3 +323,45 @@ class WorkQueue(WorkItems):
     def liveness(self, worker: str, *, interval_s: float) -> Heartbeat:
         """The timer that beats `worker` into the workers' heartbeats every `interval_s` seconds."""
         return Heartbeat(self.redis, self.layout.home.worker_heartbeats, worker, interval_s=interval_s)
+
+
+def _chunk_failed(error: str, failed: Failed) -> Failed:
+    """The `failed` event of a job whose chunk failed for good with `failed`."""
+    return Failed(task_id="", error=error, error_type="ChunkFailed", retryable=failed.retryable)
+
+
+def _job_args(job_failed: Failed, end: ChunkEnd | None = None) -> list[Any]:
+    """What finish.lua takes after `history` for a chunk (claim.lua takes it from the 4th on):
+    its score, bankrupt flag and summary (lib.lua, chunk_ended), the job's `failed` data, its
+    chunks' `cancelled` data, and the versions the job's events are appended with."""
+    value = None if end is None else end.score
+    return [
+        "" if value is None else _decimal(value),
+        "1" if end is not None and end.bankrupt else "0",
+        encode_json(end.best) if end is not None else b"{}",
+        event_data(job_failed),
+        event_data(Cancelled(task_id="")),
+        Completed.SCHEMA_VERSION,
+        Failed.SCHEMA_VERSION,
+        JobProgress.SCHEMA_VERSION,
+        Cancelled.SCHEMA_VERSION,
+    ]
+
+
+def _chunk_args(spec: BacktestSpec | None, event: Completed | Failed | RetryScheduled, end: ChunkEnd | None) -> list[Any]:
+    """finish.lua's arguments for a chunk's job ([] for a task that is no chunk)."""
+    if spec is None or spec.chunk is None:
+        return []
+    span = span_of(spec)
+    error = getattr(event, "error", "")
+    where = f"chunk {span['chunk']} ({span['symbol']}, combinations {span['start']}-{span['stop']})"
+    failed = event if isinstance(event, Failed) else Failed(task_id="", error="")
+    return _job_args(_chunk_failed(f"{where} failed for good: {error}", failed), end)
+
+
+def _decimal(value: float) -> str:
+    """A double as Lua's tonumber reads it back exactly: repr, with the infinities spelled as
+    numbers too large for a double."""
+    if math.isinf(value):
+        return "1e999" if value > 0 else "-1e999"
+    return repr(value)

@@ -94,6 +94,12 @@ class PartitionProjection:
             if old is not None and old.status == state.status:
                 continue
             member = index_member(state).encode()
+            if state.spec.chunk is not None:
+                # A chunk is listed under its job only, in no status index: the task list and
+                # its counts show jobs, not their thousands of chunks.
+                if old is None:
+                    index_ops.setdefault((b"ZADD", self.keys.projected_chunks(state.spec.chunk.parent)), []).append(member)
+                continue
             if old is None:
                 index_ops.setdefault((b"ZADD", self.keys.projected_index()), []).append(member)
             else:

@@ -1,4 +1,5 @@
-"""Typed wrappers of the worker's scripts: take, claim, heartbeat, finish, release, promote.
+"""Typed wrappers of the worker's scripts: take, claim, heartbeat, finish, release, promote,
+fan_out, checkpoint.
 
 Each method names its script's KEYS from `Keys` and its ARGV by keyword, and reads the reply
 into a NamedTuple. The scripts' behaviour is documented in their .lua files beside this one.
@@ -6,6 +7,7 @@ into a NamedTuple. The scripts' behaviour is documented in their .lua files besi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from orchestrator.storage.batching import ScriptBatcher
@@ -87,6 +89,8 @@ class AttemptScripts:
         self._finish = ScriptCall(redis, "finish", with_lib=True, batcher=batcher)
         self._release = ScriptCall(redis, "release", with_lib=True, batcher=batcher)
         self._promote = ScriptCall(redis, "promote", with_lib=False, batcher=batcher)
+        self._fan_out = ScriptCall(redis, "fan_out", with_lib=True, batcher=batcher)
+        self._checkpoint = ScriptCall(redis, "checkpoint", with_lib=False, batcher=batcher)
 
     async def take(
         self, *, worker: str, count: int, started_data: bytes, started_version: int, token_prefix: str
@@ -127,12 +131,14 @@ class AttemptScripts:
         lost_data: bytes,
         lost_version: int,
         history: bytes,
+        job_args: Sequence[Any] = (),
     ) -> ClaimReply:
         """claim.lua: claim the task behind work item `message_id`, idempotently by `token`. A
         `reclaim` takes over a running task whose lease expired; the `max_losses`-th loss fails
-        it with the `lost_*` event, dead-lettered with `history` (JSON list of attempts)."""
+        it with the `lost_*` event, dead-lettered with `history` (JSON list of attempts), and,
+        for a chunk of a job, tells its job (`job_args`: what claim.lua lists after `history`)."""
         reply = await self._claim(
-            keys=[*self.keys.task_scope(task_id), self.keys.work, self.keys.dead_letters],
+            keys=[*self.keys.task_scope(task_id), self.keys.work, self.keys.dead_letters, self.keys.delayed],
             args=[
                 task_id,
                 worker,
@@ -146,6 +152,7 @@ class AttemptScripts:
                 lost_data,
                 lost_version,
                 history,
+                *job_args,
             ],
         )
         outcome = text(reply[0])
@@ -194,13 +201,15 @@ class AttemptScripts:
         reason: str,
         history: bytes,
         before: tuple[tuple[Any, ...], ...] = (),
+        job_args: Sequence[Any] = (),
     ) -> Fenced | None:
         """finish.lua: record `outcome` ('completed', 'failed' or 'retry_scheduled', with its event
         `data`) for `attempt` and retire the work item. `result_staged`: a full result was SET under
         `Keys.staged_result(task_id, attempt)` (`before`, in the same round trip: see
         `staged_result_command`). `delay_ms`: a retry's wait; `reason` and `history` (JSON list of
-        attempts): a failure's dead letter. None if accepted, Fenced if refused. Raises
-        ResponseError when `result_staged` but the staged key is missing (nothing is written)."""
+        attempts): a failure's dead letter; `job_args`: for a chunk of a job, what finish.lua lists
+        after `history`. None if accepted, Fenced if refused. Raises ResponseError when
+        `result_staged` but the staged key is missing (nothing is written)."""
         k = self.keys
         reply = await self._finish(
             keys=[
@@ -223,6 +232,7 @@ class AttemptScripts:
                 delay_ms,
                 reason,
                 history,
+                *job_args,
             ],
             before=before,
         )
@@ -238,6 +248,49 @@ class AttemptScripts:
         reply = await self._release(
             keys=[*self.keys.task_scope(task_id), self.keys.work],
             args=[task_id, attempt, WORKER_GROUP, message_id, data, version],
+        )
+        return _fenced(reply)
+
+    async def fan_out(
+        self,
+        *,
+        task_id: str,
+        attempt: int,
+        message_id: str,
+        data: bytes,
+        version: int,
+        submitted_version: int,
+        allowed_failures: int,
+        combinations: int,
+        chunks: Sequence[tuple[str, bytes, bytes, bytes]],
+    ) -> Fenced | None:
+        """fan_out.lua: submit the job's `chunks` (each: task id, `submitted` data, spec JSON,
+        range JSON) and append its `fanned_out` event `data`, retiring its work item. None if
+        accepted (or done before by this attempt), Fenced if refused."""
+        k = self.keys
+        reply = await self._fan_out(
+            keys=[*k.task_scope(task_id), k.work, k.job(task_id), k.job_chunks(task_id)],
+            args=[
+                task_id,
+                attempt,
+                WORKER_GROUP,
+                message_id,
+                data,
+                version,
+                submitted_version,
+                len(chunks),
+                allowed_failures,
+                combinations,
+                *(part for chunk in chunks for part in chunk),
+            ],
+        )
+        return _fenced(reply)
+
+    async def checkpoint(self, *, task_id: str, attempt: int, state: bytes, ttl_ms: int) -> Fenced | None:
+        """checkpoint.lua: save `state` (JSON) as the run's checkpoint of `attempt`, expiring after
+        `ttl_ms`. None if saved, Fenced if refused."""
+        reply = await self._checkpoint(
+            keys=[self.keys.control(task_id), self.keys.checkpoint(task_id)], args=[attempt, state, ttl_ms]
         )
         return _fenced(reply)
 

@@ -1,7 +1,10 @@
 -- A worker claims a task it read from the work stream: a new attempt begins.
--- KEYS: control, log, events, work, dead letters
+-- KEYS: control, log, events, work, dead letters, delayed
 -- ARGV: task_id, worker, claim token, data, schema version, work message id, reclaim (1/0),
---       group, max lost workers, failed-event data, failed schema version, attempt history json
+--       group, max lost workers, failed-event data, failed schema version, attempt history json,
+--       then what a failed chunk tells its job (lib.lua, chunk_ended): the job's `failed` data,
+--       its other chunks' `cancelled` data, and the versions of completed, job_progress and
+--       cancelled.
 -- Returns {'ok', attempt, spec, failures, isolated (1/0)} or
 -- {'terminal'|'missing'|'busy'|'stale', status}.
 -- The work item of a task that is gone, finished, or no longer behind it is retired.
@@ -46,6 +49,9 @@ if lost and losses + 1 >= tonumber(ARGV[9]) then
   fail_for_good(ctl, log, events, dead, task_id, ARGV[11], attempt, ARGV[10], 'worker_lost', ARGV[12])
   retire(work, ARGV[8], msg)
   redis.call('HDEL', ctl, 'msg')
+  chunk_ended(ctl, events, work, KEYS[6], dead, {task_id = task_id, outcome = 'failed', failed_data = ARGV[13],
+    cancelled_data = ARGV[14], group = ARGV[8], failed_v = ARGV[11], completed_v = ARGV[15],
+    progress_v = ARGV[16], cancelled_v = ARGV[17]})
   return {'terminal', 'failed'}
 end
 attempt = attempt + 1

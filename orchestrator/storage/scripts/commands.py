@@ -27,8 +27,8 @@ class SubmitReply(NamedTuple):
 
 class Verdict(NamedTuple):
     """A command script's verdict: `outcome` ('ok', or the script's refusal such as 'missing',
-    'conflict', 'already', 'done'); `detail`: the event id appended on 'ok', the task's status on
-    'conflict', else ''."""
+    'conflict', 'already', 'done', 'chunk'); `detail`: the event id appended on 'ok', the task's
+    status on 'conflict', the job's id on 'chunk', else ''."""
 
     outcome: str
     detail: str = ""
@@ -77,17 +77,20 @@ class CommandScripts:
         return SubmitReply(text(reply[0]), text(reply[1]))
 
     async def cancel(self, *, task_id: str, data: bytes, version: int) -> Verdict:
-        """cancel.lua: 'ok', 'already' (cancelled before), 'missing' or 'conflict' (finished)."""
+        """cancel.lua: 'ok', 'already' (cancelled before), 'missing', 'conflict' (finished) or
+        'chunk' (a chunk of the job `detail`: its job is cancelled, not it)."""
         reply = await self._cancel(
-            keys=[*self.keys.task_scope(task_id), self.keys.work, self.keys.delayed],
+            keys=[*self.keys.task_scope(task_id), self.keys.work, self.keys.delayed, self.keys.job_chunks(task_id)],
             args=[task_id, data, version, WORKER_GROUP],
         )
         return _verdict(reply)
 
     async def requeue(self, *, task_id: str, data: bytes, version: int) -> Verdict:
-        """requeue.lua: 'ok', 'missing' or 'conflict' (the task is not failed)."""
+        """requeue.lua: 'ok', 'missing', 'conflict' (the task is not failed) or 'chunk' (a chunk
+        of the job `detail`)."""
+        k = self.keys
         reply = await self._requeue(
-            keys=[*self.keys.task_scope(task_id), self.keys.work], args=[task_id, data, version]
+            keys=[*k.task_scope(task_id), k.work, k.job_chunks(task_id), k.job(task_id)], args=[task_id, data, version]
         )
         return _verdict(reply)
 

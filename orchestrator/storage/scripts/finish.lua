@@ -9,7 +9,11 @@
 -- round trip (Lua would copy it), and it is renamed to the result key here, or dropped.
 -- KEYS: control, log, events, work, result, delayed, dead letters, staged result
 -- ARGV: task_id, attempt, group, work message id, outcome, data, version,
---       '1' if a result was staged, retry delay ms, dead-letter reason, attempt history json
+--       '1' if a result was staged, retry delay ms, dead-letter reason, attempt history json,
+--       then for a chunk of a job (else nothing): its best row's score ('' for none), bankrupt
+--       ('1'/'0'), the job's summary should it hold the job's best, the job's `failed` data,
+--       the `cancelled` data of its other chunks, and the versions of completed, failed,
+--       job_progress and cancelled (lib.lua, chunk_ended).
 -- Idempotent: re-sending the outcome already stored for this attempt returns 'ok'.
 local ctl, log, events, work, result, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local staged, has_result = KEYS[8], ARGV[8] == '1'
@@ -37,6 +41,7 @@ else
   redis.call('HSET', ctl, 'status', after, 'seq', seq)
   if outcome == 'completed' then
     redis.call('HDEL', ctl, 'owner', 'token', 'msg', 'spec')
+    forget_checkpoint(ctl)
   else
     redis.call('HDEL', ctl, 'owner', 'token', 'msg')
   end
@@ -54,4 +59,9 @@ elseif outcome == 'retry_scheduled' then
   redis.call('HINCRBY', ctl, 'failures', 1)
 end
 retire(work, ARGV[3], msg)
+if ARGV[12] and outcome ~= 'retry_scheduled' then
+  chunk_ended(ctl, events, work, delayed, dead, {task_id = task_id, outcome = outcome, score = ARGV[12],
+    bankrupt = ARGV[13], best = ARGV[14], failed_data = ARGV[15], cancelled_data = ARGV[16], group = ARGV[3],
+    completed_v = ARGV[17], failed_v = ARGV[18], progress_v = ARGV[19], cancelled_v = ARGV[20]})
+end
 return {'ok'}

@@ -31,11 +31,17 @@ local function is_terminal(status)
   return status == 'completed' or status == 'failed' or status == 'cancelled'
 end
 
+-- A task that ended needs its saved state no more (Keys.checkpoint names it so).
+local function forget_checkpoint(ctl)
+  redis.call('DEL', ctl .. ':checkpoint')
+end
+
 -- Fail the task for good and put it on the dead-letter stream, with why and how often it ran.
 local function fail_for_good(ctl, log, events, dead, task_id, v, attempt, data, reason, history)
   local id = append(ctl, log, events, task_id, 'failed', v, attempt, data)
   redis.call('HSET', ctl, 'status', 'failed')
   redis.call('HDEL', ctl, 'owner', 'token')
+  forget_checkpoint(ctl)
   redis.call('XADD', dead, '*', 'task_id', task_id, 'attempt', attempt, 'failed_event', id,
     'reason', reason, 'history', history)
   return id
@@ -52,5 +58,98 @@ local function retire(work, group, msg)
       redis.call('XACK', work, group, msg)
       redis.call('XDEL', work, msg)
     end
+  end
+end
+
+-- Jobs (streams.md, "Jobs"). A job's keys and its chunks' are named from a task's control key,
+-- as take.lua names a task's: `<partition prefix>:task:` then the id, then these suffixes
+-- (keys.py: TASK_LOG_SUFFIX, Keys.job, Keys.job_chunks). A job and its chunks share one hash
+-- tag, so every one of them is in the slot of the script that names it.
+local LOG_SUFFIX = ':log'
+
+-- Is the chunk ranked (bankrupt, score, index) better than the job's best so far (cb, cs, ci)?
+-- As the engine ranks rows: bankrupt last, then no score, then the higher score, then the
+-- earlier chunk (the grid's order). Scores are decimal strings of doubles ('' for none).
+local function better(b, s, i, cb, cs, ci)
+  if not ci then return true end
+  if b ~= cb then return b == '0' end
+  if (s == '') ~= (cs == '') then return s ~= '' end
+  if s ~= '' and tonumber(s) ~= tonumber(cs) then return tonumber(s) > tonumber(cs) end
+  return tonumber(i) < tonumber(ci)
+end
+
+-- Cancel every chunk of a job that has not ended, as cancel.lua cancels a task.
+local function cancel_chunks(task_prefix, chunks, events, work, group, delayed, data, v)
+  for _, id in ipairs(redis.call('LRANGE', chunks, 0, -1)) do
+    local cctl = task_prefix .. id
+    local status, msg, attempt = unpack(redis.call('HMGET', cctl, 'status', 'msg', 'attempt'))
+    if status and not is_terminal(status) then
+      append(cctl, cctl .. LOG_SUFFIX, events, id, 'cancelled', v, attempt or 0,
+        with_field(data, 'previous_status', status))
+      redis.call('HSET', cctl, 'status', 'cancelled')
+      retire(work, group, msg)
+      -- The spec stays: retrying a failed job runs its cancelled chunks again (requeue.lua).
+      redis.call('HDEL', cctl, 'owner', 'token', 'msg')
+      forget_checkpoint(cctl)
+      redis.call('ZREM', delayed, id)
+    end
+  end
+end
+
+-- A chunk ended for good (`j.outcome` 'completed' or 'failed'): count it in its job, keep the
+-- job's best, and append the job's outcome when this was its last chunk, or one failure more
+-- than the job tolerates (then its other chunks are cancelled). Else a `job_progress` when the
+-- job passed another whole percent. Nothing when the task is no chunk or its job has ended.
+-- j: task_id, outcome, score ('' for none), bankrupt ('1'/'0'), best (JSON object: the job's
+--    summary should this chunk hold its best), failed_data (the job's `failed` event data),
+--    cancelled_data, group, and the schema versions completed_v, failed_v, progress_v,
+--    cancelled_v.
+local function chunk_ended(ctl, events, work, delayed, dead, j)
+  local parent, index, span = unpack(redis.call('HMGET', ctl, 'parent', 'index', 'span'))
+  if not parent then return end
+  local task_prefix = string.sub(ctl, 1, #ctl - #j.task_id)
+  local pctl = task_prefix .. parent
+  local plog, job = pctl .. LOG_SUFFIX, pctl .. ':job'
+  local pstatus, pattempt = unpack(redis.call('HMGET', pctl, 'status', 'attempt'))
+  if pstatus ~= 'running' then return end
+  local total, done, failed, allowed, shown, missing, cb, cs, ci = unpack(redis.call('HMGET', job,
+    'total', 'done', 'failed', 'allowed', 'percent', 'missing', 'best_bankrupt', 'best_score', 'best_index'))
+  total, done, failed = tonumber(total), tonumber(done), tonumber(failed)
+  if j.outcome == 'completed' then
+    done = done + 1
+    if better(j.bankrupt, j.score, index, cb, cs, ci) then
+      redis.call('HSET', job, 'done', done, 'best_bankrupt', j.bankrupt, 'best_score', j.score,
+        'best_index', index, 'best', j.best)
+    else
+      redis.call('HSET', job, 'done', done)
+    end
+  else
+    failed = failed + 1
+    if missing ~= '' then missing = missing .. ',' end
+    missing = missing .. span
+    redis.call('HSET', job, 'failed', failed, 'missing', missing)
+  end
+  if j.outcome == 'failed' and failed > tonumber(allowed) then
+    fail_for_good(pctl, plog, events, dead, parent, j.failed_v, pattempt, j.failed_data, 'chunk_failed', '[]')
+    cancel_chunks(task_prefix, pctl .. ':chunks', events, work, j.group, delayed, j.cancelled_data, j.cancelled_v)
+    return
+  end
+  local best, best_index = unpack(redis.call('HMGET', job, 'best', 'best_index'))
+  if done + failed == total then
+    local combinations = redis.call('HGET', job, 'combinations')
+    local result = '{"result":{"chunks":' .. total .. ',"completed":' .. done .. ',"failed":' .. failed ..
+      ',"combinations":' .. combinations .. ',"missing":[' .. missing .. '],"best_chunk":' .. best_index ..
+      ',' .. string.sub(best, 2) .. '}'
+    append(pctl, plog, events, parent, 'completed', j.completed_v, pattempt, result)
+    redis.call('HSET', pctl, 'status', 'completed')
+    redis.call('HDEL', pctl, 'owner', 'token', 'msg', 'spec')
+    return
+  end
+  local percent = math.floor(100 * (done + failed) / total)
+  if percent > tonumber(shown) then
+    redis.call('HSET', job, 'percent', percent)
+    local data = '{"progress":' .. string.format('%.17g', (done + failed) / total) .. ',"done":' .. done ..
+      ',"failed":' .. failed .. ',"best":' .. (best or 'null') .. '}'
+    append(pctl, plog, events, parent, 'job_progress', j.progress_v, pattempt, data)
   end
 end
