@@ -111,5 +111,8 @@ def chunk_spec(spec: BacktestSpec, plan: JobPlan, index: int, parent: str) -> Ba
         raise IndexError(f"chunk {index} is not in the plan's {len(plan.spans)} chunks")
     span = plan.spans[index]
     return msgspec.structs.replace(
-        spec, symbol=span.symbol, symbols=None, chunk=Chunk(parent=parent, index=index, start=span.start, stop=span.stop)
+        spec,
+        symbol=span.symbol,
+        symbols=None,
+        chunk=Chunk(parent=parent, index=index, start=span.start, stop=span.stop),
     )

@@ -12,12 +12,14 @@ from consumers.engine.datasets import Catalog
 from consumers.engine.errors import SpecError
 from consumers.engine.runner import Outcome, resume_run, start_run
 from orchestrator.domain.ranking import rank_key
-from orchestrator.domain.spec import BacktestSpec, Chunk
+from orchestrator.domain.spec import BacktestSpec, Chunk, ParamValue
 
-GRID = {"fast": [2, 3, 5, 8, 13, 21], "slow": [5, 10, 20, 40, 60]}
+GRID: dict[str, ParamValue] = {"fast": [2, 3, 5, 8, 13, 21], "slow": [5, 10, 20, 40, 60]}
 SPECS = {
     # Maximised, on the compiled batch path, with a constraint.
-    "sharpe": BacktestSpec(strategy="sma_cross", symbol="GOOGBT", params=GRID, constraint="fast < slow", objective="sharpe"),
+    "sharpe": BacktestSpec(
+        strategy="sma_cross", symbol="GOOGBT", params=GRID, constraint="fast < slow", objective="sharpe"
+    ),
     # Minimised by a leading "-", on the compiled path.
     "-drawdown": BacktestSpec(
         strategy="sma_cross", symbol="GOOGBT", params=GRID, constraint="fast * 2 <= slow", objective="-max_drawdown_pct"
@@ -32,7 +34,10 @@ SPECS = {
     ),
     # Bankrupt combinations (the interpreted path between compiled batches) and rows without trades.
     "bankrupt": BacktestSpec(
-        strategy="sma_cross", symbol="ROCKET", params={"fast": [2, 3, 5, 20], "slow": [8, 30, 60, 90]}, objective="return_pct"
+        strategy="sma_cross",
+        symbol="ROCKET",
+        params={"fast": [2, 3, 5, 20], "slow": [8, 30, 60, 90]},
+        objective="return_pct",
     ),
     # The same, by a metric none of them has (too few trades): every row ties without a value.
     "no-value": BacktestSpec(

@@ -71,7 +71,10 @@ def assemble_job(
         "chunks": len(chunks),
         "missing": [_span(s) for s, c in zip(spans, chunks, strict=True) if c is None],
     }
-    out = {"sweep": ranked, **{name: best_tables[name] for name in ("equity", "trades") if name in best_tables}}
+    out: dict[str, pa.Table] = {
+        "sweep": ranked,
+        **{name: best_tables[name] for name in ("equity", "trades") if name in best_tables},
+    }
     if universe:
         out["symbols"] = _symbols_table(ranked)
         meta["symbols"] = {"$table": "symbols"}
