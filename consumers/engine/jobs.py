@@ -2,7 +2,7 @@
 
 A job's chunks are counted symbol by symbol (in the plan's order), each symbol's admissible
 combinations in grid order (`sweep.admissible`, as a single task's sweep counts them), cut into
-ranges of `per_chunk`; a chunk task runs its range with `runner.BacktestRun` (`chunk_spec` makes
+ranges of at most `per_chunk`; a chunk task runs its range with `runner.BacktestRun` (`chunk_spec` makes
 its request) and its rows, ranked with the others by `orchestrator.domain.ranking.rank_key`,
 give the table the whole sweep would have given as one task.
 """
@@ -45,8 +45,8 @@ class Span(msgspec.Struct, frozen=True):
 class JobPlan(msgspec.Struct, frozen=True):
     """A job's chunks: `symbols` the universe resolved (dataset names; "*": every dataset,
     sorted), `spans` one per chunk in chunk order (symbol by symbol, each in grid order),
-    `combinations` the admissible combinations over all symbols, `per_chunk` the chunk size
-    (the last chunk of a symbol may hold fewer)."""
+    `combinations` the admissible combinations over all symbols, `per_chunk` the most a chunk
+    holds (a symbol's combinations are cut into the fewest such chunks, of sizes within 1)."""
 
     symbols: list[str]
     spans: list[Span]
@@ -84,12 +84,15 @@ def plan_job(spec: BacktestSpec, catalog: Catalog, known: Registry | None = None
     per_chunk = max(1, int(CHUNK_TARGET_SECONDS / (_seconds_per_bar(spec) * longest)))
     if spec.symbols is None and (not spec.is_sweep or counts[0] <= per_chunk):
         return None
-    spans = [
-        Span(symbol, start, min(start + per_chunk, n))
-        for symbol, n in zip(symbols, counts, strict=True)
-        for start in range(0, n, per_chunk)
-    ]
+    spans = [span for symbol, n in zip(symbols, counts, strict=True) for span in _cut(symbol, n, per_chunk)]
     return JobPlan(symbols=symbols, spans=spans, combinations=sum(counts), per_chunk=per_chunk)
+
+
+def _cut(symbol: str, n: int, per_chunk: int) -> list[Span]:
+    """`n` combinations in the fewest chunks of at most `per_chunk`, their sizes within 1 of each
+    other (no small last chunk to wait for)."""
+    k = -(-n // per_chunk)
+    return [Span(symbol, i * n // k, (i + 1) * n // k) for i in range(k)]
 
 
 def _seconds_per_bar(spec: BacktestSpec) -> float:
