@@ -218,3 +218,48 @@ def too_few(spec: BacktestSpec, bars: Bars, have: int, need: int) -> str:
         f"{have} bars of {bars.symbol} between {spec.start or bars.start} and {spec.end or bars.end}; "
         f"this strategy needs at least {need} (data covers {bars.start} to {bars.end})"
     )
+
+
+def job_errors(spec: BacktestSpec, system: bool) -> list[FieldError]:
+    """The fields of a job: one of `symbol` and `symbols` (the shape of a universe; its symbols
+    are checked against the data by `check_spec`), the objective's direction, the failure
+    tolerance, and `chunk`, which only the system sets (`system`: accept it)."""
+    errors = []
+    if spec.symbols is None and not spec.symbol:
+        errors.append(FieldError("symbol", "missing: name a symbol, or a universe in symbols"))
+    elif spec.symbols is not None and spec.symbol:
+        errors.append(FieldError("symbols", f"give either symbol ({spec.symbol!r}) or symbols, not both"))
+    if isinstance(spec.symbols, str) and spec.symbols != "*":
+        errors.append(FieldError("symbols", f'a list of symbols, or "*" for every dataset; got {shown(spec.symbols)}'))
+    elif isinstance(spec.symbols, list) and not spec.symbols:
+        errors.append(FieldError("symbols", "a universe needs at least one symbol"))
+    if spec.objective.startswith("-") and spec.direction == "max":
+        errors.append(
+            FieldError("direction", f"'max' contradicts the objective {spec.objective!r} (a leading '-' minimises)")
+        )
+    tolerance = spec.failure_tolerance
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not finite(tolerance):
+        errors.append(FieldError("failure_tolerance", f"must be a finite number, got {shown(tolerance)}"))
+    elif not 0 <= tolerance < 1:
+        errors.append(
+            FieldError("failure_tolerance", f"a fraction of the chunks: at least 0 and below 1, got {tolerance:g}")
+        )
+    errors += _chunk_errors(spec, system)
+    return errors
+
+
+def _chunk_errors(spec: BacktestSpec, system: bool) -> list[FieldError]:
+    chunk = spec.chunk
+    if chunk is None:
+        return []
+    if not system:
+        return [FieldError("chunk", "set by the system on the chunk tasks of a job; leave it out")]
+    if spec.symbols is not None or not 0 <= chunk.start < chunk.stop or chunk.index < 0:
+        return [
+            FieldError(
+                "chunk",
+                f"a chunk computes combinations [start, stop) of one symbol, with 0 <= start < stop and "
+                f"index >= 0; got index {chunk.index}, [{chunk.start}, {chunk.stop})",
+            )
+        ]
+    return []

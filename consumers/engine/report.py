@@ -100,15 +100,28 @@ def backtest_detail(
     }
 
 
-def sweep_detail(rows: Sequence[SweepRow], objective: str, total_grid: int, best: dict[str, Any]) -> dict[str, Any]:
+def sweep_detail(
+    rows: Sequence[SweepRow],
+    objective: str,
+    total_grid: int,
+    best: dict[str, Any],
+    *,
+    symbol: str = "",
+    numbers: Sequence[int] | None = None,
+) -> dict[str, Any]:
     """A sweep's full result: its objective, the grid's size and the admissible combinations' count,
-    the table (`rows` ranked best first) and `best`, the best combination's `backtest_detail`."""
+    the table (`rows` ranked best first) and `best`, the best combination's `backtest_detail`.
+    `numbers` (a job's chunk): each row's place among the admissible combinations of `symbol`
+    in grid order, aligned with `rows`; each row then starts with its `symbol` and `combination`."""
+    # Already JSON-safe: make_row keeps finite numbers or None, params come from the request.
+    table: list[dict[str, Any]] = [{"params": dict(r.params), "objective": r.objective, **r.metrics} for r in rows]
+    if numbers is not None:
+        table = [{"symbol": symbol, "combination": n, **row} for n, row in zip(numbers, table, strict=True)]
     return {
         "kind": "sweep",
         "objective": objective,
         "grid_size": total_grid,
         "combinations": len(rows),
-        # Already JSON-safe: make_row keeps finite numbers or None, params come from the request.
-        "table": [{"params": dict(r.params), "objective": r.objective, **r.metrics} for r in rows],
+        "table": table,
         "best": best,
     }

@@ -7,8 +7,9 @@ be saved (`checkpoint.py`).
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import msgspec
@@ -23,7 +24,7 @@ from consumers.engine.market import Market, costs_of, in_units, scaled
 from consumers.engine.registry import strategies
 from consumers.engine.report import backtest_detail, headline, json_safe, sweep_detail, trades_table
 from consumers.engine.sweep import SweepRow
-from consumers.engine.validation import check_spec
+from consumers.engine.validation import FieldError, check_spec
 from orchestrator.domain.spec import BacktestSpec
 
 
@@ -45,7 +46,9 @@ class BacktestRun:
     def __init__(self, spec: BacktestSpec, catalog: Catalog, checkpoint: Checkpoint | None = None) -> None:
         known = strategies()
         strategy = known.require(spec.strategy)  # before validation: a missing plugin is not a bad request
-        errors = check_spec(spec, catalog, known)
+        errors = check_spec(spec, catalog, known, system=True)
+        if spec.symbols is not None and not errors:
+            errors = [FieldError("symbols", "a universe runs as a job: its chunks run (jobs.plan_job), not itself")]
         if errors:
             raise SpecError("; ".join(f"{e.field}: {e.message}" for e in errors), list(errors))
         bars, not_adjusted = catalog.load(spec.symbol).prices(spec.adjusted)
@@ -61,19 +64,36 @@ class BacktestRun:
             self.market = Market.of(scaled(bars, self.unit), provenance=self.market.provenance)
         self.costs = costs_of(spec)
         self.fingerprint = fingerprint(spec, bars)
-        params = {**strategy.with_defaults(spec.params), **spec.management}
-        self.combinations = (
-            list(sweep.admissible(self.strategy, params, spec.constraint, len(bars))) if spec.is_sweep else [params]
-        )
+        # A job's chunk always gives a sweep's outcome (a table), even of one combination.
+        self.is_sweep = spec.is_sweep or spec.chunk is not None
+        self.combinations = self._combinations(len(bars))
         self.rows: list[SweepRow] = []
-        self._ranked: list[SweepRow] | None = None
-        self._fast = self._fast_sweep() if spec.is_sweep else None
+        self._order: list[int] | None = None
+        self._fast = self._fast_sweep() if self.is_sweep else None
         self._job: Job | None = None
         self._best: Job | None = None
         self._trades: dict[str, list[Any]] | None = None
         self._outcome: Outcome | None = None
         if checkpoint is not None:
             self._restore(checkpoint)
+
+    def _combinations(self, n_bars: int) -> list[Mapping[str, Any]]:
+        """The combinations this run computes, in grid order: a sweep's admissible ones (the
+        range [start, stop) of them for a job's chunk), or the one of a single run. Raises
+        SpecError when a chunk's range lies beyond the admissible combinations."""
+        spec = self.spec
+        params = {**self.strategy.with_defaults(spec.params), **spec.management}
+        every: Iterable[Mapping[str, Any]] = (
+            sweep.admissible(self.strategy, params, spec.constraint, n_bars) if spec.is_sweep else [params]
+        )
+        if spec.chunk is None:
+            return list(every)
+        chunk = spec.chunk
+        combinations = list(itertools.islice(every, chunk.start, chunk.stop))
+        if len(combinations) != chunk.stop - chunk.start:
+            message = f"combinations [{chunk.start}, {chunk.stop}) asked, but {spec.symbol} has fewer admissible"
+            raise SpecError(f"chunk: {message}", [FieldError("chunk", message)])
+        return combinations
 
     def _fast_sweep(self) -> Any:
         """The compiled batch path for this sweep (`fast_sweep.py`), or None where it does not apply:
@@ -84,7 +104,7 @@ class BacktestRun:
             from consumers.engine import fast_sweep  # imports numba: only for a sweep
         except ImportError:
             return None
-        if not fast_sweep.eligible(self.spec.objective, self.spec.management):
+        if not fast_sweep.eligible(self.spec.metric, self.spec.management):
             return None
         return fast_sweep.FastSweep(
             self.market.indicators,
@@ -93,7 +113,7 @@ class BacktestRun:
             self.costs,
             self.spec.long_only,
             self.spec.cash,
-            self.spec.objective,
+            self.spec.metric,
         )
 
     def _new_job(self, params: Mapping[str, Any], state: KernelState | None = None) -> Job:
@@ -102,7 +122,7 @@ class BacktestRun:
     def _restore(self, cp: Checkpoint) -> None:
         if cp.version != CHECKPOINT_VERSION or cp.fingerprint != self.fingerprint:
             raise CheckpointError("checkpoint belongs to another request, data or engine version; start over")
-        if len(cp.rows) > len(self.combinations) or (not self.spec.is_sweep and cp.rows):
+        if len(cp.rows) > len(self.combinations) or (not self.is_sweep and cp.rows):
             raise CheckpointError("checkpoint has more finished combinations than the request")
         self.rows = list(cp.rows)
         if cp.kernel is None:
@@ -146,11 +166,11 @@ class BacktestRun:
                 break
 
     def _outcome_next(self) -> bool:
-        last = self._best if self.spec.is_sweep else self._job
+        last = self._best if self.is_sweep else self._job
         return last is not None and last.done
 
     def _step(self) -> None:
-        if not self.spec.is_sweep:
+        if not self.is_sweep:
             if self._job is None:
                 self._job = self._new_job(self.combinations[0])
             self._step_last(self._job, self._single_outcome)
@@ -175,7 +195,7 @@ class BacktestRun:
         self._job.step()
         if self._job.done:
             assert self._job.metrics is not None
-            self.rows.append(sweep.make_row(dict(self._job.params), self._job.metrics, self.spec.objective))
+            self.rows.append(sweep.make_row(dict(self._job.params), self._job.metrics, self.spec.metric))
             self._job = None
 
     def _step_last(self, job: Job, outcome: Callable[[Job], Outcome]) -> None:
@@ -196,9 +216,14 @@ class BacktestRun:
 
     def _table(self) -> list[SweepRow]:
         """The rows ranked (sweep.ranked), sorted once when the last row is in."""
-        if self._ranked is None or len(self._ranked) != len(self.rows):
-            self._ranked = sweep.ranked(self.rows)
-        return self._ranked
+        return [self.rows[i] for i in self._ranking()]
+
+    def _ranking(self) -> list[int]:
+        """The rows' positions (in grid order) best first (sweep.ranked_order), sorted once when
+        the last row is in."""
+        if self._order is None or len(self._order) != len(self.rows):
+            self._order = sweep.ranked_order(self.rows, self.spec.minimise)
+        return self._order
 
     def _detail(self, job: Job) -> dict[str, Any]:
         """The full result of `job` (the single backtest, or a sweep's best), in the asset's units."""
@@ -219,7 +244,10 @@ class BacktestRun:
         best_detail = self._detail(best)
         table = self._table()
         grid = sweep.grid_size({**self.spec.params, **self.spec.management})
-        detail = sweep_detail(table, self.spec.objective, grid, best_detail)
+        chunk = self.spec.chunk
+        # A chunk's rows say which symbol and which admissible combination (grid order) they are.
+        numbers = None if chunk is None else [chunk.start + i for i in self._ranking()]
+        detail = sweep_detail(table, self.spec.objective, grid, best_detail, symbol=self.spec.symbol, numbers=numbers)
         data = self._data()
         summary = {
             "metrics": headline(best_detail["metrics"]),
@@ -228,6 +256,11 @@ class BacktestRun:
             "combinations": len(self.rows),
             "data": data,
         }
+        if chunk is not None:
+            # What the job's best-so-far is ranked by (orchestrator.domain.ranking.rank_key).
+            rank = {"objective": table[0].objective, "bankrupt": sweep.bankrupt(table[0])}
+            summary |= {"symbol": self.spec.symbol, "rank": rank}
+            detail["symbol"] = self.spec.symbol
         return Outcome(summary, {**detail, "data": data})
 
     def _data(self) -> dict[str, Any]:

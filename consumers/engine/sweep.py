@@ -12,6 +12,7 @@ import msgspec
 from consumers.engine.constraints import Constraint
 from consumers.engine.interface import Registered
 from consumers.engine.strategies import min_bars
+from orchestrator.domain import ranking
 
 MAX_COMBINATIONS = 10_000
 # Metrics kept for every row of the sweep table, besides the objective.
@@ -88,20 +89,23 @@ def make_row(combo: Combination, metrics: Mapping[str, Any], objective: str) -> 
 
 def bankrupt(row: SweepRow) -> bool:
     """The combination lost everything: its equity reached 0 (the stop-out)."""
-    final = row.metrics.get("equity_final")
-    return final is not None and final <= 0
+    return ranking.bankrupt(row.metrics.get("equity_final"))
 
 
-def ranked(rows: Sequence[SweepRow]) -> list[SweepRow]:
-    """Best first: the highest objective; ties keep grid order (the first maximum wins, as with
-    pandas idxmax); then rows without an objective value (as optimize() skips them); bankrupt
-    rows come after all others, whatever the objective, so a run that lost everything never
-    outranks one that did not (backtesting.py ranks them by the objective alone)."""
+def ranked_order(rows: Sequence[SweepRow], minimise: bool = False) -> list[int]:
+    """The positions of `rows` best first, by `orchestrator.domain.ranking.rank_key` (a stable
+    sort: equal keys keep the order given)."""
+    keys = [ranking.rank_key(r.objective, r.metrics.get("equity_final"), minimise) for r in rows]
+    return sorted(range(len(rows)), key=keys.__getitem__)
 
-    def key(r: SweepRow) -> tuple[bool, bool, float]:
-        return (bankrupt(r), r.objective is None, 0.0 if r.objective is None else -r.objective)
 
-    return sorted(rows, key=key)
+def ranked(rows: Sequence[SweepRow], minimise: bool = False) -> list[SweepRow]:
+    """Best first: the highest objective (the lowest when `minimise`); ties keep grid order (the
+    first maximum wins, as with pandas idxmax); then rows without an objective value (as
+    optimize() skips them); bankrupt rows come after all others, whatever the objective, so a
+    run that lost everything never outranks one that did not (backtesting.py ranks them by the
+    objective alone). The rule is `orchestrator.domain.ranking.rank_key`."""
+    return [rows[i] for i in ranked_order(rows, minimise)]
 
 
 def _finite(v: Any) -> float | int | None:
