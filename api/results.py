@@ -18,17 +18,15 @@ from starlette.routing import Route
 
 from api.context import context
 from api.errors import RETRY_AFTER_SECONDS, ApiError, FieldProblem, task_id_param
+from api.job_results import job_result
 from api.tasks import _current  # the one read of a task's state
-from orchestrator.domain.jobs import span_of
-from orchestrator.domain.state import TaskState, result_location
+from orchestrator.domain.state import TaskState
 from orchestrator.domain.status import Status
 from orchestrator.storage.codec import decode_json, encode_json
 from orchestrator.storage.results.encoding import TABLES, table_csv, table_json
-from orchestrator.storage.results.errors import QueryError, ResultGone
+from orchestrator.storage.results.errors import QueryError, ResultGone, ResultsError
 from orchestrator.storage.results.query import parse_sort, parse_where, scan
-from orchestrator.storage.partitions import chunk_id
-from orchestrator.storage.results.job import assemble_job
-from orchestrator.storage.results.shape import detail_of, split_detail, tables_of_legacy
+from orchestrator.storage.results.shape import detail_of, tables_of_legacy
 from orchestrator.storage.results.store import ResultStore
 
 log = structlog.get_logger("backstream.api")
@@ -116,6 +114,8 @@ async def result(request: Request) -> Response:
         return await _from_redis(request, query, stored or b"{}", task_id)
     except ResultGone as e:
         raise _gone(task_id, state, "its objects are no longer in the results store") from e
+    except ResultsError as e:  # a job none of whose chunks' results is left
+        raise _gone(task_id, state, str(e)) from e
     except QueryError as e:
         raise ApiError.invalid(e.field, str(e)) from e
     except (OSError, TimeoutError, obstore.exceptions.BaseError) as e:
@@ -268,51 +268,19 @@ async def _from_redis(request: Request, query: _Query, stored: bytes, task_id: s
     return await _send_table(request, query, tables, task_id, headers)
 
 
-# How many chunks' results a job's read fetches at once.
-CHUNK_READS = 16
-
-
 async def _from_job(request: Request, query: _Query, state: TaskState) -> Response:
-    """A job's result: its chunks' results put together (orchestrator/storage/results/job.py).
-    A completed job's chunks never change, so its last event is the tag."""
-    assert state.job is not None
-    task_id = state.task_id
+    """A job's result: its chunks' results put together (api/job_results.py). A completed job's
+    chunks never change, so its last event is the tag."""
     etag = _etag(state.last_event_id, query.canonical)
-    headers = _headers(query, etag, task_id)
+    headers = _headers(query, etag, state.task_id)
     if _not_modified(request, etag):
         return Response(status_code=304, headers=headers)
-    ids = [chunk_id(task_id, index) for index in range(state.job.chunks)]
-    chunks = await context(request).projection.load(ids)
-    reads = asyncio.Semaphore(CHUNK_READS)
-
-    async def read(chunk: TaskState | None) -> tuple[dict[str, Any], dict[str, pa.Table]] | None:
-        async with reads:
-            return await _chunk_result(request, chunk)
-
-    parts = await asyncio.gather(*(read(chunks.get(i)) for i in ids))
-    spans = [span_of(chunks[i].spec) if i in chunks else None for i in ids]
-    meta, tables = await asyncio.to_thread(assemble_job, parts, spans, state.spec.minimise)
+    ctx = context(request)
+    meta, tables = await job_result(ctx.projection, ctx.results, state)
     if query.table is None:
         body = await asyncio.to_thread(lambda: encode_json(detail_of(meta, tables)))
         return _send(request, query, body, headers)
-    return await _send_table(request, query, tables, task_id, headers)
-
-
-async def _chunk_result(request: Request, chunk: TaskState | None) -> tuple[dict[str, Any], dict[str, pa.Table]] | None:
-    """A chunk's full result split into its tables, or None when it has none (it did not
-    complete, or retention deleted it)."""
-    if chunk is None or result_location(chunk) not in ("store", "redis"):
-        return None
-    ctx = context(request)
-    if chunk.result_ref is not None:
-        if ctx.results is None:
-            raise ApiError(503, "results_store_unconfigured", "this API has no results store (BACKSTREAM_RESULTS_URL)")
-        manifest = await ctx.results.manifest(chunk.result_ref)
-        tables = await ctx.results.tables(chunk.result_ref, manifest, list(manifest["tables"]))
-        meta: dict[str, Any] = manifest["meta"]
-        return meta, tables
-    stored = await ctx.projection.result(chunk.task_id)
-    return None if stored is None else split_detail(decode_json(stored))
+    return await _send_table(request, query, tables, state.task_id, headers)
 
 
 async def _send_table(

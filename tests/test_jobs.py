@@ -197,7 +197,9 @@ def test_a_cancelled_job_stops_and_nothing_of_it_runs_or_writes_after(cluster: C
     assert httpx.get(f"{url}/api/backtests/tasks/{done['task_id']}/result", timeout=30).status_code == 200
 
 
-def test_a_chunk_taken_over_after_a_sigkill_resumes_from_its_checkpoint(tmp_path: Path, real_url: str, real_prefix: str) -> None:
+def test_a_chunk_taken_over_after_a_sigkill_resumes_from_its_checkpoint(
+    tmp_path: Path, real_url: str, real_prefix: str
+) -> None:
     # One long chunk (the interpreted path: position management), saved every 0.2 s.
     c = Cluster(
         real_url, real_prefix, tmp_path, chunk_seconds="60", checkpoint_s="0.2", lease_ms="1000", heartbeat_ms="200"

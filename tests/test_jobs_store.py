@@ -4,6 +4,7 @@ engine's parts are tested in test_jobs.py; here the chunks' outcomes are written
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -25,6 +26,7 @@ from orchestrator.domain.spec import BacktestSpec, Chunk
 from orchestrator.domain.state import fold
 from orchestrator.domain.status import Status
 from orchestrator.storage.commands import Commands
+from orchestrator.storage.keys import TASK_LOG_SUFFIX, Keys
 from orchestrator.storage.partitions import Layout, chunk_id
 from orchestrator.storage.readmodel.log import task_events
 from orchestrator.storage.workqueue import LOST_WORKERS_PER_ATTEMPT, Taken, WorkQueue
@@ -262,10 +264,29 @@ async def test_a_chunk_that_loses_its_worker_too_often_fails_its_job(backend: Ba
     item = min(await job.take(2), key=lambda t: job.chunks.index(t.task_id))
     for loss in range(LOST_WORKERS_PER_ATTEMPT):
         claim = await job.queue.claim(
-            item.task_id, worker=f"w{loss + 2}", token=f"t{loss}", message_id=item.message_id, reclaim=True, max_attempts=1
+            item.task_id,
+            worker=f"w{loss + 2}",
+            token=f"t{loss}",
+            message_id=item.message_id,
+            reclaim=True,
+            max_attempts=1,
         )
     assert claim.outcome == "terminal"
     assert await job.status(item.task_id) == "failed"
     outcome = (await job.events())[-1]
     assert isinstance(outcome, Failed) and "lost its worker" in outcome.error
     assert await job.status(job.chunks[1]) == "cancelled"
+
+
+def test_the_scripts_name_a_jobs_keys_as_keys_py_does() -> None:
+    # lib.lua names a job's and its chunks' keys from a task's control key; keys.py spells them.
+    lib = (Path(__file__).parents[1] / "orchestrator/storage/scripts/lib.lua").read_text()
+    keys = Keys(prefix="{p}")
+    control = keys.control("t")
+    assert f"local LOG_SUFFIX = '{TASK_LOG_SUFFIX}'" in lib
+    for key, suffix in (
+        (keys.job("t"), ":job"),
+        (keys.job_chunks("t"), ":chunks"),
+        (keys.checkpoint("t"), ":checkpoint"),
+    ):
+        assert key == control + suffix and f"'{suffix}'" in lib

@@ -10,8 +10,10 @@ from __future__ import annotations
 import msgspec
 
 from consumers.engine import datasets, registry
+from consumers.engine.jobs import CHUNK_TARGET_SECONDS, chunk_spec, plan_job
 from consumers.engine.metrics import OBJECTIVES
 from consumers.engine.validation import check_spec, with_dataset_name
+from orchestrator.domain.jobs import FanOut
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.views import Dataset, FieldProblem, LoadFailure, Strategies, Strategy
 
@@ -55,6 +57,24 @@ class EngineCatalog:
             Dataset(d.symbol, d.start.isoformat(), d.end.isoformat(), d.rows, d.source, d.adjustable)
             for d in self.data.datasets()
         ]
+
+
+class EngineJobPlanner:
+    """`JobPlanner` over the engine's planning (`consumers.engine.jobs`): chunks that compute for
+    about `chunk_seconds` each."""
+
+    def __init__(self, data: datasets.Catalog, chunk_seconds: float = CHUNK_TARGET_SECONDS) -> None:
+        self.data = data
+        self.chunk_seconds = chunk_seconds
+
+    def plan(self, spec: BacktestSpec, task_id: str) -> FanOut | None:
+        """The chunks of the job `task_id`, each spec naming it, or None when `spec` runs as one
+        task. Blocking. Raises what `plan_job` raises."""
+        plan = plan_job(spec, self.data, target_seconds=self.chunk_seconds)
+        if plan is None:
+            return None
+        chunks = [chunk_spec(spec, plan, index, task_id) for index in range(len(plan.spans))]
+        return FanOut(chunks=chunks, symbols=plan.symbols, combinations=plan.combinations, per_chunk=plan.per_chunk)
 
 
 def engine_ports(data_dir: str | None) -> tuple[EngineSpecChecker, EngineCatalog]:

@@ -54,11 +54,17 @@ class JobPlan(msgspec.Struct, frozen=True):
     per_chunk: int
 
 
-def plan_job(spec: BacktestSpec, catalog: Catalog, known: Registry | None = None) -> JobPlan | None:
+def plan_job(
+    spec: BacktestSpec,
+    catalog: Catalog,
+    known: Registry | None = None,
+    *,
+    target_seconds: float = CHUNK_TARGET_SECONDS,
+) -> JobPlan | None:
     """The chunks of the request, or None when it is not a job: it names no universe and is a
     single backtest or a sweep one chunk computes. A universe (`symbols`) is always a job.
     `known`: the strategies (default: this process's). Chunks are sized to compute for about
-    CHUNK_TARGET_SECONDS on the longest date range of the universe, at least 1 combination.
+    `target_seconds` on the longest date range of the universe, at least 1 combination.
 
     Raises StrategyMissing, SpecError (the request fails `check_spec`), DatasetError,
     DataUnavailable (the data cannot be read now: retry)."""
@@ -81,7 +87,7 @@ def plan_job(spec: BacktestSpec, catalog: Catalog, known: Registry | None = None
         longest = max(longest, n_bars)
         admissible = sweep.admissible(strategy, params, spec.constraint, n_bars) if spec.is_sweep else [params]
         counts.append(sum(1 for _ in admissible))
-    per_chunk = max(1, int(CHUNK_TARGET_SECONDS / (_seconds_per_bar(spec) * longest)))
+    per_chunk = max(1, int(target_seconds / (_seconds_per_bar(spec) * longest)))
     if spec.symbols is None and (not spec.is_sweep or counts[0] <= per_chunk):
         return None
     spans = [span for symbol, n in zip(symbols, counts, strict=True) for span in _cut(symbol, n, per_chunk)]

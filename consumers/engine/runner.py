@@ -280,9 +280,16 @@ class BacktestRun:
         return self._outcome
 
 
-def start_run(spec: BacktestSpec, catalog: Catalog) -> BacktestRun:
-    """Validate the request and set up its run; raises SpecError or DatasetError (not retryable),
-    StrategyMissing when its plugin is not installed here, DataUnavailable (retryable)."""
+def start_run(spec: BacktestSpec, catalog: Catalog, checkpoint: bytes | None = None) -> BacktestRun:
+    """Validate the request and set up its run, from `checkpoint` (JSON, a `Checkpoint` an
+    earlier attempt saved) when given and it belongs to this request and data, else from the
+    start. Raises SpecError or DatasetError (not retryable), StrategyMissing when its plugin is
+    not installed here, DataUnavailable (retryable)."""
+    if checkpoint is not None:
+        try:
+            return BacktestRun(spec, catalog, msgspec.json.decode(checkpoint, type=Checkpoint))
+        except (msgspec.DecodeError, msgspec.ValidationError, CheckpointError):
+            pass  # another request's, data's or engine version's state: start over
     return BacktestRun(spec, catalog)
 
 

@@ -14,16 +14,16 @@ import redis.exceptions
 import structlog
 
 from consumers.worker.assignment import Assignment, Stop, UnreadableSpec
+from consumers.worker.checkpoints import Checkpoints
+from consumers.worker.chunks import chunk_end, may_be_a_job
 from consumers.worker.compute import ComputeThreads
 from consumers.worker.first_chunks import FirstChunks, finished
 from consumers.worker.lease import LeaseTimer
 from consumers.worker.report import Reporter
 from consumers.worker.retry import TaskTimeout, failure_event
 from orchestrator.domain.events import Completed, Failed, RetryScheduled
-from orchestrator.domain.jobs import ChunkEnd, FanOut
+from orchestrator.domain.jobs import FanOut
 from orchestrator.domain.ports import JobPlanner
-from orchestrator.domain.ranking import score
-from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.status import Status
 from orchestrator.settings import Settings
 from orchestrator.storage.connections import store_unavailable
@@ -89,6 +89,7 @@ class Execution:
         self.report = Reporter(
             queue, job, worker=worker, settings=settings, results=results, stopped_by=lambda: self._stopped_by
         )
+        self.checkpoints = Checkpoints(queue, job, compute)
         # Set by the worker when it shuts down: give the task back after the current chunk.
         self.release_requested = asyncio.Event()
         self._last_beat = time.monotonic()  # the last lease renewal sent (the claim renewed it)
@@ -98,7 +99,8 @@ class Execution:
 
     async def run(self) -> str:
         """Returns how the attempt ended: completed, failed, retry_scheduled, released, stopped,
-        or fanned_out (a job handed over to its chunks). Raises store errors that do not pass (a bug), leaving the work item to be reclaimed."""
+        or fanned_out (a job handed over to its chunks). Raises store errors that do not pass (a
+        bug), leaving the work item to be reclaimed."""
         job = self.job
         started = time.monotonic()
         encoded: EncodedResult | None = None
@@ -134,12 +136,12 @@ class Execution:
         assert job.spec is not None
         limit = min(self.settings.task_timeout_s, job.spec.timeout_s or self.settings.task_timeout_s)
         async with self._lease_kept(started + limit, limit):
-            if self.planner is not None and _may_be_a_job(job.spec):
+            if self.planner is not None and may_be_a_job(job.spec):
                 async with self.compute.turn():
                     plan = await self.compute.call(self.planner.plan, job.spec, job.task_id)
                 if plan is not None:
                     return Computed(fan_out=plan)
-            first = await self.first_chunks.compute(job.spec, await self._checkpoint())
+            first = await self.first_chunks.compute(job.spec, await self.checkpoints.load())
             run = first.run
             await self._compute(run, started + limit, limit)
             if self.release_requested.is_set() and not run.done:
@@ -179,7 +181,7 @@ class Execution:
                 # cannot store (the work waits in the stream for the store, or another worker).
                 self.on_computed()
                 event, result = msgspec.structs.replace(event, result_ref=ref), b""
-            return await self.report.finish(event, result, end=_chunk_end(self.job.spec, event))
+            return await self.report.finish(event, result, end=chunk_end(self.job.spec, event))
 
     def _lease_kept(self, deadline: float, limit: float) -> LeaseTimer:
         """While the body runs, a timer renews the lease every heartbeat interval, whatever the
@@ -243,46 +245,8 @@ class Execution:
             async with self.compute.turn(self._check_still_mine, WAITING_CHECK_SECONDS):
                 await self.compute.call(run.advance, CHUNK_SECONDS)
             if time.monotonic() - last_saved >= self.settings.checkpoint_s and not run.done:
-                await self._save_checkpoint(run)
+                await self.checkpoints.save(run)
                 last_saved = time.monotonic()
-
-    async def _checkpoint(self) -> bytes | None:
-        """The state an earlier attempt saved (only a second attempt or later can find one);
-        None when there is none or it cannot be read now (the run then starts over)."""
-        if self.job.attempt <= 1:
-            return None
-        try:
-            state = await self.queue.checkpoint(self.job.task_id)
-        except redis.exceptions.RedisError as e:
-            if not store_unavailable(e):
-                raise
-            log.warning("store.unavailable", read="checkpoint", error=str(e), error_type=type(e).__name__)
-            return None
-        if state is not None:
-            log.info("task.resuming", checkpoint_bytes=len(state))
-        return state
-
-    async def _save_checkpoint(self, run: Any) -> None:
-        """Save the run's state for an attempt that takes the task over. Raises Stop if refused
-        (the attempt lost the task); an outage is logged and computing goes on."""
-        saving = getattr(run, "checkpoint", None)
-        if saving is None:
-            return
-        async with self.compute.turn():
-            state = await self.compute.call(_encoded, saving)
-        if state is None:
-            return
-        try:
-            fenced = await self.queue.save_checkpoint(self.job.task_id, self.job.attempt, state)
-        except redis.exceptions.RedisError as e:
-            if not store_unavailable(e):
-                raise
-            log.warning("store.unavailable", write="checkpoint", error=str(e), error_type=type(e).__name__)
-            return
-        if fenced is not None:
-            log.info("task.stopped", reason="lost_claim", status=fenced.status)
-            raise Stop
-        log.debug("task.checkpoint_saved", bytes=len(state))
 
     async def _check_still_mine(self) -> None:
         """Between chunks: is the task still running under this attempt? A cancel or a takeover
@@ -329,29 +293,3 @@ class Execution:
         return failure_event(
             error, task_id=job.task_id, attempt=job.attempt, failures=job.failures, settings=self.settings
         )
-
-
-def _encoded(saving: Callable[[], Any]) -> bytes | None:
-    """A run's state (`run.checkpoint()`) as JSON bytes; None when it has none."""
-    state = saving()
-    if state is None or isinstance(state, bytes):
-        return state
-    return msgspec.json.encode(state)
-
-
-def _may_be_a_job(spec: BacktestSpec) -> bool:
-    """Whether `spec` may fan out: a universe, or a sweep (a chunk never does)."""
-    return spec.chunk is None and (spec.symbols is not None or spec.is_sweep)
-
-
-def _chunk_end(spec: BacktestSpec | None, event: Completed | Failed | RetryScheduled) -> ChunkEnd | None:
-    """What a chunk's completion tells its job (None for any other outcome or task): its best
-    row's rank (the engine's `rank` in the summary) and the job's summary should it be the best."""
-    if spec is None or spec.chunk is None or not isinstance(event, Completed):
-        return None
-    summary = event.result
-    rank = summary["rank"]
-    own = ("rank", "combinations", "top")
-    best = {"symbol": spec.symbol}
-    best.update((k, v) for k, v in summary.items() if k not in own)
-    return ChunkEnd(score=score(rank["objective"], spec.minimise), bankrupt=bool(rank["bankrupt"]), best=best)

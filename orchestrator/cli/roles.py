@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from api.app import create_app
 from api.auth import warn_if_exposed
 from api.live import close_streams
-from consumers.engine.adapters import EngineCatalog, EngineSpecChecker
+from consumers.engine.adapters import EngineCatalog, EngineJobPlanner, EngineSpecChecker
 from consumers.engine.datasets import Catalog
 from consumers.engine.registry import strategies
 from consumers.engine.runner import start_run
@@ -81,6 +81,7 @@ def _worker(
         concurrency=concurrency,
         strategies=list(strategies()),
         results=results_for(settings),
+        planner=EngineJobPlanner(catalog, settings.chunk_seconds),
     )
 
 

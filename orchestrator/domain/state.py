@@ -30,7 +30,7 @@ from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.status import Status
 
 
-class JobState(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
+class JobState(msgspec.Struct, frozen=True, gc=False):
     """A job's chunks, as its events tell them: how many (`chunks`), over how many admissible
     `combinations` and which `symbols`; how many have ended `done` or `failed` (as of the last
     `job_progress`, or the outcome); `best`: the best combination's summary so far. Bounded
@@ -179,8 +179,8 @@ def _transition(state: TaskState, event: AnyEvent, at: str, step: dict[str, Any]
             job = JobState(chunks=chunks, combinations=combinations, per_chunk=per_chunk, symbols=symbols)
             return msgspec.structs.replace(state, job=job, **step)
         case JobProgress(progress=progress, done=done, failed=failed, best=best):
-            job = state.job and msgspec.structs.replace(state.job, done=done, failed=failed, best=best)
-            return msgspec.structs.replace(state, progress=progress, job=job, **step)
+            progressed = msgspec.structs.replace(state.job, done=done, failed=failed, best=best) if state.job else None
+            return msgspec.structs.replace(state, progress=progress, job=progressed, **step)
         case Cancelled(by=by):
             # The worker and progress of a cancelled running attempt stay: who ran it, how far.
             return _reset(state, _OUTCOME, status=Status.CANCELLED, cancelled_by=by, finished_at=at, **step)

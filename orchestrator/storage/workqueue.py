@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import uuid
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import msgspec
 
 from orchestrator.domain.events import (
-    Cancelled,
     Completed,
     Failed,
     FannedOut,
-    JobProgress,
     Progress,
     Released,
     RetryScheduled,
@@ -31,14 +28,15 @@ from orchestrator.domain.events import (
     Submitted,
 )
 from orchestrator.domain.history import attempt_history
-from orchestrator.domain.jobs import ChunkEnd, FanOut, span_of
+from orchestrator.domain.jobs import ChunkEnd, FanOut
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.domain.status import Status
 from orchestrator.storage.batching import ScriptBatcher
 from orchestrator.storage.codec import encode_json, event_data, text
 from orchestrator.storage.connections import RedisClient, ready_for_concurrent_calls, routed_to
+from orchestrator.storage.job_args import chunk_args, chunk_failed, chunk_submits, job_args
 from orchestrator.storage.keys import CHECKPOINT_TTL_MS, STAGED_RESULT_TTL_MS
-from orchestrator.storage.partitions import Layout, chunk_id
+from orchestrator.storage.partitions import Layout
 from orchestrator.storage.presence import Heartbeat
 from orchestrator.storage.readmodel.log import task_events
 from orchestrator.storage.scripts.attempts import AttemptScripts, ClaimReply, Fenced
@@ -176,7 +174,7 @@ class WorkQueue(WorkItems):
             lost_data=event_data(lost),
             lost_version=Failed.SCHEMA_VERSION,
             history=history,
-            job_args=_job_args(_chunk_failed(f"a chunk of this job failed for good: {lost.error}", lost))[3:],
+            job_args=job_args(chunk_failed(f"a chunk of this job failed for good: {lost.error}", lost))[3:],
         )
         return _claim(reply)
 
@@ -234,19 +232,16 @@ class WorkQueue(WorkItems):
             reason=reason,
             history=history,
             before=stage,
-            job_args=_chunk_args(spec, event, end),
+            job_args=chunk_args(spec, event, end),
         )
 
-    async def fan_out(self, task_id: str, attempt: int, *, message_id: str, plan: FanOut, tolerance: float) -> Fenced | None:
+    async def fan_out(
+        self, task_id: str, attempt: int, *, message_id: str, plan: FanOut, tolerance: float
+    ) -> Fenced | None:
         """Submit the chunks of the job `task_id` as `plan` gives them (ids `chunk_id(task_id, i)`)
         and hand the job over to them, in one atomic step; `tolerance`: the fraction of chunks
         that may fail for good (`BacktestSpec.failure_tolerance`). Returns Fenced if refused.
         Idempotent: a re-sent call creates nothing twice."""
-        chunks = []
-        for index, spec in enumerate(plan.chunks):
-            chunk = chunk_id(task_id, index)
-            submitted = event_data(Submitted(task_id=chunk, spec=spec))
-            chunks.append((chunk, submitted, encode_json(spec), encode_json(span_of(spec))))
         fanned_out = FannedOut(
             task_id=task_id,
             chunks=len(plan.chunks),
@@ -263,7 +258,7 @@ class WorkQueue(WorkItems):
             submitted_version=Submitted.SCHEMA_VERSION,
             allowed_failures=plan.allowed_failures(tolerance),
             combinations=plan.combinations,
-            chunks=chunks,
+            chunks=chunk_submits(task_id, plan),
         )
 
     async def save_checkpoint(self, task_id: str, attempt: int, state: bytes) -> Fenced | None:
@@ -275,8 +270,7 @@ class WorkQueue(WorkItems):
 
     async def checkpoint(self, task_id: str) -> bytes | None:
         """The task's last saved state (None: none saved, or the task ended)."""
-        value: bytes | None = await self.redis.get(self.layout.of(task_id).checkpoint(task_id))
-        return value
+        return cast(bytes | None, await self.redis.get(self.layout.of(task_id).checkpoint(task_id)))
 
     async def release(self, task_id: str, attempt: int, *, worker: str, message_id: str) -> Fenced | None:
         """Give an unfinished attempt back to the queue (on shutdown), for another worker at
@@ -323,45 +317,3 @@ class WorkQueue(WorkItems):
     def liveness(self, worker: str, *, interval_s: float) -> Heartbeat:
         """The timer that beats `worker` into the workers' heartbeats every `interval_s` seconds."""
         return Heartbeat(self.redis, self.layout.home.worker_heartbeats, worker, interval_s=interval_s)
-
-
-def _chunk_failed(error: str, failed: Failed) -> Failed:
-    """The `failed` event of a job whose chunk failed for good with `failed`."""
-    return Failed(task_id="", error=error, error_type="ChunkFailed", retryable=failed.retryable)
-
-
-def _job_args(job_failed: Failed, end: ChunkEnd | None = None) -> list[Any]:
-    """What finish.lua takes after `history` for a chunk (claim.lua takes it from the 4th on):
-    its score, bankrupt flag and summary (lib.lua, chunk_ended), the job's `failed` data, its
-    chunks' `cancelled` data, and the versions the job's events are appended with."""
-    value = None if end is None else end.score
-    return [
-        "" if value is None else _decimal(value),
-        "1" if end is not None and end.bankrupt else "0",
-        encode_json(end.best) if end is not None else b"{}",
-        event_data(job_failed),
-        event_data(Cancelled(task_id="")),
-        Completed.SCHEMA_VERSION,
-        Failed.SCHEMA_VERSION,
-        JobProgress.SCHEMA_VERSION,
-        Cancelled.SCHEMA_VERSION,
-    ]
-
-
-def _chunk_args(spec: BacktestSpec | None, event: Completed | Failed | RetryScheduled, end: ChunkEnd | None) -> list[Any]:
-    """finish.lua's arguments for a chunk's job ([] for a task that is no chunk)."""
-    if spec is None or spec.chunk is None:
-        return []
-    span = span_of(spec)
-    error = getattr(event, "error", "")
-    where = f"chunk {span['chunk']} ({span['symbol']}, combinations {span['start']}-{span['stop']})"
-    failed = event if isinstance(event, Failed) else Failed(task_id="", error="")
-    return _job_args(_chunk_failed(f"{where} failed for good: {error}", failed), end)
-
-
-def _decimal(value: float) -> str:
-    """A double as Lua's tonumber reads it back exactly: repr, with the infinities spelled as
-    numbers too large for a double."""
-    if math.isinf(value):
-        return "1e999" if value > 0 else "-1e999"
-    return repr(value)

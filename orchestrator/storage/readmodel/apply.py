@@ -98,7 +98,9 @@ class PartitionProjection:
                 # A chunk is listed under its job only, in no status index: the task list and
                 # its counts show jobs, not their thousands of chunks.
                 if old is None:
-                    index_ops.setdefault((b"ZADD", self.keys.projected_chunks(state.spec.chunk.parent)), []).append(member)
+                    index_ops.setdefault((b"ZADD", self.keys.projected_chunks(state.spec.chunk.parent)), []).append(
+                        member
+                    )
                 continue
             if old is None:
                 index_ops.setdefault((b"ZADD", self.keys.projected_index()), []).append(member)

@@ -53,7 +53,7 @@ def _is_marker(value: Any) -> bool:
 
 def detail_of(meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
     """The JSON detail as it was before the split: columnar dicts for equity and trades, a list
-    of row objects for the sweep table. Raises KeyError for a marker naming a table not in
+    of row objects for the sweep and symbols tables. Raises KeyError for a marker naming a table not in
     `tables`."""
 
     def fill(node: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def detail_of(meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, An
         for key, value in node.items():
             if _is_marker(value):
                 name = value["$table"]
-                out[key] = tables[name].to_pylist() if name == "sweep" else tables[name].to_pydict()
+                out[key] = tables[name].to_pylist() if name in ("sweep", "symbols") else tables[name].to_pydict()
             elif isinstance(value, dict):
                 out[key] = fill(value)
             else:

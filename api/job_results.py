@@ -1,0 +1,60 @@
+"""A job's full result, read from its chunks' results and put together
+(orchestrator/storage/results/job.py) for `GET …/result`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pyarrow as pa
+
+from api.errors import ApiError
+from orchestrator.domain.jobs import span_of
+from orchestrator.domain.state import TaskState, result_location
+from orchestrator.storage.codec import decode_json
+from orchestrator.storage.partitions import chunk_id
+from orchestrator.storage.readmodel import ReadModel
+from orchestrator.storage.results.job import ChunkResult, assemble_job
+from orchestrator.storage.results.shape import split_detail
+from orchestrator.storage.results.store import ResultStore
+
+# How many chunks' results one read fetches at once.
+CHUNK_READS = 16
+
+
+async def job_result(
+    projection: ReadModel, results: ResultStore | None, job: TaskState
+) -> tuple[dict[str, Any], dict[str, pa.Table]]:
+    """The completed `job`'s result as (meta, tables), a sweep's shape: its chunks' results (from
+    the results store, or Redis for results stored there) ranked together. Raises ApiError 503
+    when a chunk's result is in a results store this API lacks, ResultsError when no chunk's
+    result is left, ResultGone, and the store's I/O errors."""
+    assert job.job is not None
+    ids = [chunk_id(job.task_id, index) for index in range(job.job.chunks)]
+    chunks = await projection.load(ids)
+    reads = asyncio.Semaphore(CHUNK_READS)
+
+    async def read(chunk: TaskState) -> ChunkResult | None:
+        async with reads:
+            return await _chunk_result(projection, results, chunk)
+
+    parts = await asyncio.gather(*(read(chunks[i]) for i in ids))
+    spans = [span_of(chunks[i].spec) for i in ids]
+    minimise, universe = job.spec.minimise, job.spec.symbols is not None
+    return await asyncio.to_thread(lambda: assemble_job(parts, spans, minimise=minimise, universe=universe))
+
+
+async def _chunk_result(projection: ReadModel, results: ResultStore | None, chunk: TaskState) -> ChunkResult | None:
+    """A chunk's full result split into its tables, or None when it has none (it did not
+    complete, or retention deleted it)."""
+    if result_location(chunk) not in ("store", "redis"):
+        return None
+    if chunk.result_ref is None:
+        stored = await projection.result(chunk.task_id)
+        return None if stored is None else split_detail(decode_json(stored))
+    if results is None:
+        raise ApiError(503, "results_store_unconfigured", "this API has no results store (BACKSTREAM_RESULTS_URL)")
+    manifest = await results.manifest(chunk.result_ref)
+    tables = await results.tables(chunk.result_ref, manifest, list(manifest["tables"]))
+    meta: dict[str, Any] = manifest["meta"]
+    return meta, tables
