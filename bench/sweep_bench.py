@@ -91,7 +91,16 @@ def run_one(root: Path, concurrency: int, n: int, fields: dict[str, Any], workdi
     redis = RedisServer(workdir)
     # The run's own home: results land in its `results/`, never in the user's data directory.
     home = str(workdir / "home")
-    env = dict(os.environ, REDIS_URL=redis.url, BACKSTREAM_PREFIX=PREFIX, BACKSTREAM_HOME=home, PYTHONPATH=str(root))
+    # The sweep runs as one task on one worker (BACKSTREAM_CHUNK_SECONDS: never fanned out): what
+    # is measured is a worker's own sweep rate at each concurrency.
+    env = dict(
+        os.environ,
+        REDIS_URL=redis.url,
+        BACKSTREAM_PREFIX=PREFIX,
+        BACKSTREAM_HOME=home,
+        BACKSTREAM_CHUNK_SECONDS="1e9",
+        PYTHONPATH=str(root),
+    )
     log = workdir / f"worker-c{concurrency}.log"
     worker = Proc(
         [sys.executable, "-m", "orchestrator.cli", "--log-json", "worker", "--concurrency", str(concurrency)],

@@ -44,6 +44,9 @@ class Env:
             BACKSTREAM_PREFIX=BS_PREFIX,
             # The run's own home: results land in its `results/`, never in the user's data directory.
             BACKSTREAM_HOME=str(self.workdir / "home"),
+            # Every request runs as one task, as the peers run it: a sweep here measures a task,
+            # not a job fanned out over the fleet (bench/job_bench.py measures those).
+            BACKSTREAM_CHUNK_SECONDS="1e9",
             BENCH_REDIS_URL=self.redis.url,
             BENCH_STAMP_DIR=str(self.workdir / "stamps"),
             BENCH_CONCURRENCY=str(self.concurrency),

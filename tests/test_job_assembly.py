@@ -134,3 +134,16 @@ def test_a_job_without_any_result_cannot_be_assembled(catalog: Catalog) -> None:
         assemble_job([None, None], [("GOOG", 0, 3), ("GOOG", 3, 5)], minimise=False, universe=False)
     with pytest.raises(ValueError, match="2 spans"):
         assemble_job([None], [("GOOG", 0, 3), ("GOOG", 3, 5)], minimise=False, universe=False)
+
+
+def test_a_universe_of_a_strategy_without_parameters_stores_and_assembles(catalog: Catalog) -> None:
+    # Buy-and-hold has no parameters: its chunks' tables have no `params` column (Parquet cannot
+    # store a struct without fields), and the job's result still assembles.
+    spec = BacktestSpec(strategy="buy_and_hold", symbols=["IBM", "GOOG"])
+    plan = jobs.plan_job(spec, catalog)
+    assert plan is not None and len(plan.spans) == 2
+    parts = chunk_results(catalog, spec, plan)
+    meta, tables = assemble_job(parts, [(s.symbol, s.start, s.stop) for s in plan.spans], minimise=False, universe=True)
+    assert tables["sweep"].num_rows == 2 and "params" not in tables["sweep"].column_names
+    assert sorted(tables["symbols"].column("symbol").to_pylist()) == ["GOOG", "IBM"]
+    pq.read_table(io.BytesIO(parquet_bytes(tables["symbols"])))  # the assembled tables store too

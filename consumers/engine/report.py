@@ -113,8 +113,12 @@ def sweep_detail(
     the table (`rows` ranked best first) and `best`, the best combination's `backtest_detail`.
     `numbers` (a job's chunk): each row's place among the admissible combinations of `symbol`
     in grid order, aligned with `rows`; each row then starts with its `symbol` and `combination`."""
-    # Already JSON-safe: make_row keeps finite numbers or None, params come from the request.
-    table: list[dict[str, Any]] = [{"params": dict(r.params), "objective": r.objective, **r.metrics} for r in rows]
+    # Already JSON-safe: make_row keeps finite numbers or None, params come from the request. A
+    # strategy without parameters (a universe's buy-and-hold) has no `params` column: Parquet
+    # cannot store a struct without fields.
+    table: list[dict[str, Any]] = [
+        {**({"params": dict(r.params)} if r.params else {}), "objective": r.objective, **r.metrics} for r in rows
+    ]
     if numbers is not None:
         table = [{"symbol": symbol, "combination": n, **row} for n, row in zip(numbers, table, strict=True)]
     return {

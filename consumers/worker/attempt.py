@@ -131,16 +131,20 @@ class Execution:
 
     async def _computed(self, started: float) -> Computed:
         """Compute the run within the task's time limit, the lease kept meanwhile: its outcome
-        built and encoded off the event loop, or `releasing` if the worker is shutting down."""
+        built and encoded off the event loop, `releasing` if the worker is shutting down, or a
+        job's chunks (`fan_out`)."""
         job = self.job
         assert job.spec is not None
-        limit = min(self.settings.task_timeout_s, job.spec.timeout_s or self.settings.task_timeout_s)
-        async with self._lease_kept(started + limit, limit):
-            if self.planner is not None and may_be_a_job(job.spec):
+        if self.planner is not None and may_be_a_job(job.spec):
+            # Planning is the worker's work, not the request's: the request's time limit is each
+            # chunk's, and the worker's own bounds the planning.
+            async with self._lease_kept(started + self.settings.task_timeout_s, self.settings.task_timeout_s):
                 async with self.compute.turn():
                     plan = await self.compute.call(self.planner.plan, job.spec, job.task_id)
-                if plan is not None:
-                    return Computed(fan_out=plan)
+            if plan is not None:
+                return Computed(fan_out=plan)
+        limit = min(self.settings.task_timeout_s, job.spec.timeout_s or self.settings.task_timeout_s)
+        async with self._lease_kept(started + limit, limit):
             first = await self.first_chunks.compute(job.spec, await self.checkpoints.load())
             run = first.run
             await self._compute(run, started + limit, limit)

@@ -97,5 +97,6 @@ def _symbols_table(ranked: pa.Table) -> pa.Table:
         first.setdefault(symbol, r)
         count[symbol] = count.get(symbol, 0) + 1
     best = ranked.take(pa.array(list(first.values()), type=pa.int64()))
-    best = best.select(["symbol", "params", "objective", *HEADLINE_METRICS])
+    kept = ["symbol", "params", "objective", *HEADLINE_METRICS]
+    best = best.select([name for name in kept if name in best.column_names])  # no params: none to show
     return best.append_column("combinations", pa.array(list(count.values()), type=pa.int64()))
