@@ -138,9 +138,9 @@ class Execution:
         if self.planner is not None and may_be_a_job(job.spec):
             # Planning is the worker's work, not the request's: the request's time limit is each
             # chunk's, and the worker's own bounds the planning.
-            async with self._lease_kept(started + self.settings.task_timeout_s, self.settings.task_timeout_s):
-                async with self.compute.turn():
-                    plan = await self.compute.call(self.planner.plan, job.spec, job.task_id)
+            most = self.settings.task_timeout_s
+            async with self._lease_kept(started + most, most), self.compute.turn():
+                plan = await self.compute.call(self.planner.plan, job.spec, job.task_id)
             if plan is not None:
                 return Computed(fan_out=plan)
         limit = min(self.settings.task_timeout_s, job.spec.timeout_s or self.settings.task_timeout_s)
