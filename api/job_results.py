@@ -27,8 +27,8 @@ async def job_result(
 ) -> tuple[dict[str, Any], dict[str, pa.Table]]:
     """The completed `job`'s result as (meta, tables), a sweep's shape: its chunks' results (from
     the results store, or Redis for results stored there) ranked together. Raises ApiError 503
-    when a chunk's result is in a results store this API lacks, ResultsError when no chunk's
-    result is left, ResultGone, and the store's I/O errors."""
+    when a chunk's result is in a results store this API lacks, ResultGone when no chunk's
+    result is left (or a chunk's objects are gone), and the store's I/O errors."""
     assert job.job is not None
     ids = [chunk_id(job.task_id, index) for index in range(job.job.chunks)]
     chunks = await projection.load(ids)

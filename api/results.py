@@ -24,7 +24,7 @@ from orchestrator.domain.state import TaskState
 from orchestrator.domain.status import Status
 from orchestrator.storage.codec import decode_json, encode_json
 from orchestrator.storage.results.encoding import TABLES, table_csv, table_json
-from orchestrator.storage.results.errors import QueryError, ResultGone, ResultsError
+from orchestrator.storage.results.errors import QueryError, ResultGone
 from orchestrator.storage.results.query import parse_sort, parse_where, scan
 from orchestrator.storage.results.shape import detail_of, tables_of_legacy
 from orchestrator.storage.results.store import ResultStore
@@ -114,8 +114,6 @@ async def result(request: Request) -> Response:
         return await _from_redis(request, query, stored or b"{}", task_id)
     except ResultGone as e:
         raise _gone(task_id, state, "its objects are no longer in the results store") from e
-    except ResultsError as e:  # a job none of whose chunks' results is left
-        raise _gone(task_id, state, str(e)) from e
     except QueryError as e:
         raise ApiError.invalid(e.field, str(e)) from e
     except (OSError, TimeoutError, obstore.exceptions.BaseError) as e:

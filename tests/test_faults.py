@@ -42,6 +42,9 @@ SHORT: dict[str, Any] = {"strategy": "sma_cross", "symbol": "MSFT", "params": {"
 OUTCOMES = ("completed", "failed", "cancelled")
 
 FAST_LEASES = {
+    # These tests are about a task's attempts: a long sweep here stays one task (never fanned
+    # out). test_jobs.py kills workers under jobs.
+    "chunk_seconds": "1e9",
     "lease_ms": "1500",
     "heartbeat_ms": "200",
     "progress_interval_ms": "100",

@@ -16,7 +16,7 @@ from consumers.engine.runner import start_run
 from orchestrator.domain.results import HEADLINE_METRICS
 from orchestrator.domain.spec import BacktestSpec, ParamValue
 from orchestrator.storage.results.encoding import parquet_bytes
-from orchestrator.storage.results.errors import ResultsError
+from orchestrator.storage.results.errors import ResultGone
 from orchestrator.storage.results.job import ChunkResult, assemble_job
 from orchestrator.storage.results.shape import split_detail
 
@@ -130,7 +130,7 @@ def test_missing_chunks_are_listed_and_the_rest_ranked(catalog: Catalog) -> None
 
 
 def test_a_job_without_any_result_cannot_be_assembled(catalog: Catalog) -> None:
-    with pytest.raises(ResultsError):
+    with pytest.raises(ResultGone):
         assemble_job([None, None], [("GOOG", 0, 3), ("GOOG", 3, 5)], minimise=False, universe=False)
     with pytest.raises(ValueError, match="2 spans"):
         assemble_job([None], [("GOOG", 0, 3), ("GOOG", 3, 5)], minimise=False, universe=False)

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from orchestrator.domain.ranking import rank_key
 from orchestrator.domain.results import HEADLINE_METRICS
-from orchestrator.storage.results.errors import ResultsError
+from orchestrator.storage.results.errors import ResultGone
 
 # A chunk's stored result as `shape.split_detail` returns it: its meta and its tables by name.
 ChunkResult = tuple[dict[str, Any], dict[str, pa.Table]]
@@ -40,13 +40,13 @@ def assemble_job(
     `best`), `combinations` the rows of the table, `chunks` their count, `missing` the spans of
     the None chunks as [{symbol, start, stop}], and the table markers.
 
-    Raises ValueError when `chunks` and `spans` differ in length, ResultsError when no chunk has
-    a result, pyarrow's errors for chunk tables whose columns do not unify."""
+    Raises ValueError when `chunks` and `spans` differ in length, ResultGone when no chunk has
+    a result left, pyarrow's errors for chunk tables whose columns do not unify."""
     if len(chunks) != len(spans):
         raise ValueError(f"{len(chunks)} chunk results for {len(spans)} spans")
     present = [(i, c) for i, c in enumerate(chunks) if c is not None and c[1]["sweep"].num_rows]
     if not present:
-        raise ResultsError("no chunk of the job has a result to assemble")
+        raise ResultGone("no chunk of the job has a result left")
     tables = [c[1]["sweep"] for _, c in present]
     every = pa.concat_tables(tables, promote_options="permissive")
     # The chunk each row of `every` came from, by its place in `present`.
