@@ -6,7 +6,7 @@ import urllib.parse
 from typing import Any
 
 from orchestrator.client.http import DEFAULT_URL, Api
-from orchestrator.client.progress import SUBMITTED, Bar, Watch, default_bar
+from orchestrator.client.progress import SUBMITTED, Bar, Watch, default_bar, draw
 from orchestrator.client.results import Result, frame
 from orchestrator.domain.spec import BacktestSpec, ParamValue
 from orchestrator.domain.status import TERMINAL_STATUSES, Status
@@ -37,12 +37,12 @@ class Run:
         notebook cell or on stderr; `progress=False` for none); return the task as it ended."""
         shown = bar or (default_bar() if progress else None)
         if shown:
-            shown.show(*SUBMITTED)
+            draw(shown, SUBMITTED)
         watch = Watch(self.status)
         for event in self.client.api.events(_task_path(self.task_id, "/stream")):
             now = watch.see(event)
             if shown:
-                shown.show(*now)
+                draw(shown, now, watch.job)
             if now.status in TERMINAL_STATUSES:
                 break
         if shown:

@@ -1,0 +1,182 @@
+"""A job as its readers show it (streams.md, "Jobs"): `GET …/chunks`, `backstream submit --symbols
+… --wait` and `status`, and the dashboard's pages, on jobs a real worker fans out and runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from consumers.engine.adapters import EngineJobPlanner
+from consumers.engine.datasets import Catalog
+from consumers.engine.runner import start_run
+from consumers.worker.loop import Worker
+from orchestrator.cli.main import build_parser
+from orchestrator.settings import Settings
+from orchestrator.storage.partitions import chunk_id
+from orchestrator.storage.results.location import results_for
+from tests.conftest import Backend
+from tests.harness import System
+from tests.processes import InProcessServer
+
+# 600 admissible combinations a symbol over four years: a few chunks at CHUNK_SECONDS each.
+UNIVERSE: dict[str, Any] = {
+    "strategy": "sma_cross",
+    "symbols": ["AAPL", "IBM"],
+    "params": {"fast": list(range(2, 22)), "slow": list(range(30, 60))},
+    "start": "2005-01-01",
+    "end": "2008-12-31",
+}
+CHUNK_SECONDS = 0.005
+PLAIN: dict[str, Any] = {"strategy": "sma_cross", "symbol": "GOOG", "params": {"fast": 10, "slow": 20}}
+
+
+@pytest.fixture
+def system(backend: Backend) -> System:
+    return System(backend, heartbeat_ms=20, progress_interval_ms=20)
+
+
+def planning_worker(system: System) -> Worker:
+    """A worker that fans jobs out, as `backstream worker` builds it (orchestrator/cli/roles.py)."""
+    catalog = Catalog.from_env_dir(None)
+    return Worker(
+        system.queue,
+        functools.partial(start_run, catalog=catalog),
+        system.settings,
+        name="w1",
+        concurrency=2,
+        results=results_for(system.settings),
+        planner=EngineJobPlanner(catalog, CHUNK_SECONDS),
+    )
+
+
+async def run_job(system: System, http: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    """Submit `body`, run a planning worker in burst mode until no work is left, fold the log;
+    the job as the API shows it then."""
+    job_id = (await http.post("/api/backtests", json=body)).json()["task_id"]
+    await planning_worker(system).run(burst=True)
+    await system.project()
+    task: dict[str, Any] = (await http.get(f"/api/backtests/tasks/{job_id}")).json()
+    return task
+
+
+async def test_chunks_are_listed_in_chunk_order_a_page_at_a_time(system: System) -> None:
+    async with system.client() as http:
+        job = await run_job(system, http, UNIVERSE)
+        assert job["status"] == "completed", job
+        total = job["job"]["chunks"]
+        assert total >= 3 and job["job"]["done"] == total
+        first = (await http.get(f"/api/backtests/tasks/{job['task_id']}/chunks", params={"limit": 2})).json()
+        assert first["job_id"] == job["task_id"] and first["total"] == total and first["next_cursor"] == 2
+        seen = first["chunks"]
+        cursor = first["next_cursor"]
+        while cursor is not None:
+            page = (await http.get(f"/api/backtests/tasks/{job['task_id']}/chunks?limit=2&cursor={cursor}")).json()
+            seen += page["chunks"]
+            cursor = page["next_cursor"]
+        assert [c["task_id"] for c in seen] == [chunk_id(job["task_id"], i) for i in range(total)]
+        assert [c["spec"]["chunk"]["index"] for c in seen] == list(range(total))
+        assert {c["spec"]["symbol"] for c in seen} == {"AAPL", "IBM"}
+        assert all(c["status"] == "completed" and c["worker"] == "w1" for c in seen)
+        whole = (await http.get(f"/api/backtests/tasks/{job['task_id']}/chunks?limit=500")).json()
+        assert whole["chunks"] == seen and whole["next_cursor"] is None
+
+
+async def test_chunks_refuses_what_is_not_a_job_and_bad_pages(system: System) -> None:
+    async with system.client() as http:
+        job = await run_job(system, http, UNIVERSE)
+        chunks = f"/api/backtests/tasks/{job['task_id']}/chunks"
+        for query, field in (("cursor=abc", "cursor"), ("cursor=-1", "cursor"), ("limit=0", "limit"), ("limit=501", "limit")):
+            reply = await http.get(f"{chunks}?{query}")
+            assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == field, (query, reply.text)
+        beyond = await http.get(f"{chunks}?cursor={job['job']['chunks']}")
+        assert beyond.status_code == 422 and beyond.json()["fields"][0]["field"] == "cursor"
+        # A chunk, and a task that ran as one task, are no jobs.
+        for task_id in (chunk_id(job["task_id"], 0), await _plain_task(system, http)):
+            reply = await http.get(f"/api/backtests/tasks/{task_id}/chunks")
+            assert reply.status_code == 422, reply.text
+            assert reply.json()["error"] == "not_a_job" and reply.json()["fields"][0]["field"] == "task_id"
+        unknown = await http.get("/api/backtests/tasks/00000000-0000-8000-8000-000000000000/chunks")
+        assert unknown.status_code == 404 and unknown.json()["error"] == "task_not_found"
+        # A universe not planned yet may still fan out: no chunks so far.
+        queued = (await http.post("/api/backtests", json=UNIVERSE)).json()["task_id"]
+        pending = (await http.get(f"/api/backtests/tasks/{queued}/chunks")).json()
+        assert pending == {"job_id": queued, "total": 0, "chunks": [], "next_cursor": None}
+
+
+async def _plain_task(system: System, http: httpx.AsyncClient) -> str:
+    task_id: str = (await http.post("/api/backtests", json=PLAIN)).json()["task_id"]
+    await system.run_workers()
+    return task_id
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def served(system: System) -> AsyncIterator[str]:
+    """The API on a real socket and a planning worker running until the block ends."""
+    app = create_app(system.settings, checker=system.checker, catalog=system.catalog, connections=system.connections)
+    async with InProcessServer(app) as server:
+        worker = planning_worker(system)
+        running = asyncio.create_task(worker.run())
+        try:
+            yield server.url
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 20)
+
+
+async def backstream(settings: Settings, *argv: str) -> int:
+    """Run a client command as `backstream …` does, in a thread (it blocks on HTTP)."""
+    args = build_parser().parse_args(list(argv))
+    return int(await asyncio.to_thread(args.run, args, settings))
+
+
+def _grid_args(body: dict[str, Any]) -> list[str]:
+    return [arg for name, values in body["params"].items() for arg in ("-p", f"{name}={values[0]}:{values[-1]}")]
+
+
+async def test_submit_a_universe_waits_with_chunks_and_best(system: System, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["submit", "sma_cross", "--symbols", "AAPL,IBM", *_grid_args(UNIVERSE), "--start", "2005-01-01"]
+    argv += ["--end", "2008-12-31", "--objective", "return_pct", "--failure-tolerance", "0.5", "--wait"]
+    async with served(system) as url:
+        code = await backstream(Settings(api_url=url), *argv)
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        bars = [line for line in err.splitlines() if line.startswith("[")]
+        assert bars[-1].startswith("[" + "#" * 30 + "] 100.0%  completed  chunks ")
+        total = int(re.search(r"chunks (\d+) done, 0 failed of (\d+)", bars[-1])[2])  # type: ignore[index]
+        assert total >= 3 and f"chunks {total} done, 0 failed of {total}  best fast=" in bars[-1]
+        assert re.search(r"best fast=\d+ slow=\d+ on (AAPL|IBM)", bars[-1])
+        best = re.search(r'best of 1200 combinations by return_pct: \{"fast": \d+, "slow": \d+\} on (AAPL|IBM)', out)
+        assert best, out
+        assert "symbols       AAPL,IBM" in out and f"chunks        {total} done, 0 failed of {total}" in out
+        assert "metric" in out and "return_pct" in out and "missing" not in out
+        job_id = re.search(r"task\s+(\S+)", out)[1]  # type: ignore[index]
+        assert await backstream(Settings(api_url=url), "status", job_id) == 0
+        shown = capsys.readouterr().out
+        assert f"chunks        {total} done, 0 failed of {total}" in shown
+        assert "universe      2 symbols: AAPL, IBM" in shown
+        assert await backstream(Settings(api_url=url), "status", chunk_id(job_id, 1)) == 0
+        assert f"chunk         1 of job {job_id}: combinations " in capsys.readouterr().out
+
+
+async def test_submit_names_its_data_once(system: System, capsys: pytest.CaptureFixture[str]) -> None:
+    async with served(system) as url:
+        for given in ([], ["AAPL", "--all-symbols"], ["AAPL", "--symbols", "IBM"], ["--symbols", "A", "--all-symbols"]):
+            assert await backstream(Settings(api_url=url), "submit", "sma_cross", *given) == 1
+            err = capsys.readouterr().err
+            assert "give exactly one of SYMBOL, --symbols A,B,… or --all-symbols" in err, err
+        assert await backstream(Settings(api_url=url), "submit", "sma_cross", "--direction", "min", "--all-symbols") == 0
+        task_id = capsys.readouterr().out.splitlines()[-1]  # after the worker's log lines
+        async with httpx.AsyncClient(base_url=url) as http:
+            spec = (await http.get(f"/api/backtests/tasks/{task_id}")).json()["spec"]
+        assert spec["symbols"] == "*" and spec["direction"] == "min"
