@@ -565,3 +565,56 @@ def test_the_form_sends_position_management(server: str, browser: Any) -> None:
     task = httpx.get(f"{server}/api/backtests/tasks/{page.url.rsplit('/', 1)[1]}", timeout=5).json()
     assert task["spec"]["stop_loss_pct"] == [2.0, 4.0] and task["spec"]["take_profit_pct"] == 6.0
     assert "size" not in task["spec"]  # an empty field is not sent
+
+
+# A universe: a job of at least one chunk a symbol, whose result has a `symbols` table.
+UNIVERSE: dict[str, Any] = {
+    "strategy": "sma_cross",
+    "symbols": ["AAPL", "IBM"],
+    "objective": "sharpe",
+    "params": {"fast": [5, 10, 15], "slow": [30, 50]},
+}
+
+
+def test_a_job_shows_its_chunks_best_and_symbols(server: str, browser: Any) -> None:
+    job_id = submit(server, UNIVERSE)
+    job = finished(server, job_id)[job_id]
+    assert job["status"] == "completed", job
+    total = job["job"]["chunks"]
+    detail = result(server, job_id)
+    page, errors = new_page(browser)
+
+    # The list shows the job (with its chunk count), never its chunks.
+    page.goto(server)
+    row = page.locator(f'#tasks tr[data-task="{job_id}"]')
+    assert f"job of {total} chunks" in row.inner_text() and "AAPL, IBM" in row.inner_text()
+    assert page.locator("#tasks small.chunks").count() >= 1
+
+    # The job's page: its counts, best, every chunk in chunk order with a link to its page.
+    page.goto(f"{server}/tasks/{job_id}")
+    assert page.inner_text("#job-counts").startswith(f"{total} done, 0 failed of {total} chunks")
+    best = job["job"]["best"]
+    assert f"on {best['symbol']}" in page.inner_text("#job-best")
+    chunks = page.locator("#chunks tbody tr")
+    assert chunks.count() == total
+    assert [chunks.nth(i).get_attribute("data-chunk") for i in range(total)] == [str(i) for i in range(total)]
+    assert {chunks.nth(i).locator("td").nth(1).inner_text() for i in range(total)} == {"AAPL", "IBM"}
+    assert all(chunks.nth(i).locator(".badge").inner_text() == "completed" for i in range(total))
+
+    # The assembled result draws as a sweep's, with the symbols table of a universe.
+    page.wait_for_selector("#symbols-table tbody tr")
+    symbols = page.locator("#symbols-table tbody tr")
+    assert symbols.count() == 2 and len(detail["symbols"]) == 2
+    assert symbols.first.locator("td").first.inner_text() == detail["symbols"][0]["symbol"]
+    assert page.inner_text("#sweep-table .where") == f"rows 1–12 of {len(detail['table'])}"
+    assert page.locator("#heatmap rect.cell").count() == 6  # the best symbol's grid
+    page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"), full_page=True)
+
+    # A chunk's page names its job, and links back to it.
+    page.click('#chunks tr[data-chunk="0"] a')
+    page.wait_for_selector("#chunk-of")
+    assert f"Chunk 0 (combinations 0–" in page.inner_text("#chunk-of")
+    page.click("#chunk-of a")
+    page.wait_for_url(f"{server}/tasks/{job_id}")
+    page.close()
+    assert errors == []
