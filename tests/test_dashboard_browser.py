@@ -613,7 +613,7 @@ def test_a_job_shows_its_chunks_best_and_symbols(server: str, browser: Any) -> N
     # A chunk's page names its job, and links back to it.
     page.click('#chunks tr[data-chunk="0"] a')
     page.wait_for_selector("#chunk-of")
-    assert f"Chunk 0 (combinations 0–" in page.inner_text("#chunk-of")
+    assert "Chunk 0 (combinations 0–" in page.inner_text("#chunk-of") and job_id in page.inner_text("#chunk-of")
     page.click("#chunk-of a")
     page.wait_for_url(f"{server}/tasks/{job_id}")
     page.close()

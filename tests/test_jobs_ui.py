@@ -93,7 +93,12 @@ async def test_chunks_refuses_what_is_not_a_job_and_bad_pages(system: System) ->
     async with system.client() as http:
         job = await run_job(system, http, UNIVERSE)
         chunks = f"/api/backtests/tasks/{job['task_id']}/chunks"
-        for query, field in (("cursor=abc", "cursor"), ("cursor=-1", "cursor"), ("limit=0", "limit"), ("limit=501", "limit")):
+        for query, field in (
+            ("cursor=abc", "cursor"),
+            ("cursor=-1", "cursor"),
+            ("limit=0", "limit"),
+            ("limit=501", "limit"),
+        ):
             reply = await http.get(f"{chunks}?{query}")
             assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == field, (query, reply.text)
         beyond = await http.get(f"{chunks}?cursor={job['job']['chunks']}")
@@ -175,7 +180,9 @@ async def test_submit_names_its_data_once(system: System, capsys: pytest.Capture
             assert await backstream(Settings(api_url=url), "submit", "sma_cross", *given) == 1
             err = capsys.readouterr().err
             assert "give exactly one of SYMBOL, --symbols A,B,… or --all-symbols" in err, err
-        assert await backstream(Settings(api_url=url), "submit", "sma_cross", "--direction", "min", "--all-symbols") == 0
+        assert (
+            await backstream(Settings(api_url=url), "submit", "sma_cross", "--direction", "min", "--all-symbols") == 0
+        )
         task_id = capsys.readouterr().out.splitlines()[-1]  # after the worker's log lines
         async with httpx.AsyncClient(base_url=url) as http:
             spec = (await http.get(f"/api/backtests/tasks/{task_id}")).json()["spec"]

@@ -50,7 +50,9 @@ def task_text(task: Mapping[str, Any]) -> str:
         rows.append(["error", task["error"]])
     chunk = spec.get("chunk")
     if chunk:
-        rows.append(["chunk", f"{chunk['index']} of job {chunk['parent']}: combinations {chunk['start']}–{chunk['stop']}"])
+        rows.append(
+            ["chunk", f"{chunk['index']} of job {chunk['parent']}: combinations {chunk['start']}–{chunk['stop']}"]
+        )
     job = task.get("job")
     if job:
         rows += job_rows(job, task.get("result") or {})

@@ -211,7 +211,9 @@ def _add_submit(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     for name, meaning in request.MANAGEMENT.items():
         submit.add_argument(f"--{name.replace('_', '-')}", metavar="V[,V2,…]", help=f"{meaning}; a list sweeps")
     submit.add_argument("--objective", help="sweeps: the metric to rank by (default sqn; -NAME minimises it)")
-    submit.add_argument("--direction", choices=["max", "min"], help="sweeps: maximise (default) or minimise the objective")
+    submit.add_argument(
+        "--direction", choices=["max", "min"], help="sweeps: maximise (default) or minimise the objective"
+    )
     submit.add_argument(
         "--failure-tolerance",
         type=float,
