@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from api.app import create_app
@@ -19,6 +20,9 @@ from consumers.engine.datasets import Catalog
 from consumers.engine.runner import start_run
 from consumers.worker.loop import Worker
 from orchestrator.cli.main import build_parser
+from orchestrator.domain.events import Completed, Failed
+from orchestrator.domain.jobs import ChunkEnd, FanOut
+from orchestrator.domain.spec import BacktestSpec, Chunk
 from orchestrator.settings import Settings
 from orchestrator.storage.partitions import chunk_id
 from orchestrator.storage.results.location import results_for
@@ -161,6 +165,12 @@ async def test_submit_a_universe_waits_with_chunks_and_best(system: System, caps
         total = int(re.search(r"chunks (\d+) done, 0 failed of (\d+)", bars[-1])[2])  # type: ignore[index]
         assert total >= 3 and f"chunks {total} done, 0 failed of {total}  best fast=" in bars[-1]
         assert re.search(r"best fast=\d+ slow=\d+ on (AAPL|IBM)", bars[-1])
+        # On the way: the chunks done so far and the best among them (a line per tenth of progress).
+        running = [line for line in bars if "%  running  chunks " in line]
+        assert running and all(f"failed of {total}" in line for line in running), bars
+        assert any(
+            re.search(rf"chunks (\d+) done, 0 failed of {total}  best fast=", line)[1] != str(total) for line in running
+        )  # type: ignore[index]
         best = re.search(r'best of 1200 combinations by return_pct: \{"fast": \d+, "slow": \d+\} on (AAPL|IBM)', out)
         assert best, out
         assert "symbols       AAPL,IBM" in out and f"chunks        {total} done, 0 failed of {total}" in out
@@ -187,3 +197,59 @@ async def test_submit_names_its_data_once(system: System, capsys: pytest.Capture
         async with httpx.AsyncClient(base_url=url) as http:
             spec = (await http.get(f"/api/backtests/tasks/{task_id}")).json()["spec"]
         assert spec["symbols"] == "*" and spec["direction"] == "min"
+
+
+# --- a job with failed chunks, its chunks finished by hand at the store (as test_jobs_store.py) --
+
+
+async def tolerated_job(system: System) -> str:
+    """A job of three chunks on AAPL, IBM, AAPL whose middle one failed for good, tolerated
+    (failure_tolerance 0.5): completed, its middle range missing. Its id."""
+    await system.queue.ensure_group()
+    spec = msgspec.convert({**UNIVERSE, "failure_tolerance": 0.5}, BacktestSpec)
+    job_id = (await system.commands.submit(None, spec)).task_id
+    (taken,) = await system.queue.take(worker="w1", count=1)
+    symbols = ["AAPL", "IBM", "AAPL"]
+    chunks = [
+        msgspec.structs.replace(spec, symbol=s, symbols=None, chunk=Chunk(parent=job_id, index=i, start=i, stop=i + 1))
+        for i, s in enumerate(symbols)
+    ]
+    plan = FanOut(chunks=chunks, symbols=["AAPL", "IBM"], combinations=3, per_chunk=1)
+    assert await system.queue.fan_out(job_id, 1, message_id=taken.message_id, plan=plan, tolerance=0.5) is None
+    for item in sorted(await system.queue.take(worker="w2", count=3), key=lambda t: t.claim.spec.chunk.index):  # type: ignore[union-attr]
+        chunk = item.claim.spec
+        assert chunk is not None and chunk.chunk is not None
+        if chunk.chunk.index == 1:
+            failed = Failed(task_id=item.task_id, attempt=1, error="boom", error_type="ValueError")
+            await system.queue.finish(failed, message_id=item.message_id, spec=chunk)
+            continue
+        best = {"symbol": chunk.symbol, "metrics": {"return_pct": 1.0 + chunk.chunk.index}, "best_params": {"fast": 5}}
+        done = Completed(task_id=item.task_id, attempt=1, result={**best, "rank": {}})
+        end = ChunkEnd(score=1.0 + chunk.chunk.index, bankrupt=False, best=best)
+        await system.queue.finish(done, message_id=item.message_id, spec=chunk, end=end)
+    return job_id
+
+
+async def test_a_jobs_missing_ranges_show_in_status_and_on_its_page(
+    system: System, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_id = await tolerated_job(system)
+    await system.project()
+    app = create_app(system.settings, checker=system.checker, catalog=system.catalog, connections=system.connections)
+    async with InProcessServer(app) as server:
+        assert await backstream(Settings(api_url=server.url), "status", job_id) == 0
+        out = capsys.readouterr().out
+        assert "status        completed" in out and "chunks        2 done, 1 failed of 3" in out
+        assert "missing       IBM combinations 1–2" in out
+        assert '{"fast": 5} on AAPL' in out  # the best: chunk 2's
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            page = (await http.get(f"/tasks/{job_id}")).text
+            listed = (await http.get("/")).text
+            chunk_page = (await http.get(f"/tasks/{chunk_id(job_id, 1)}")).text
+    assert '<b class="done">2</b> done, <b class="failed">1</b> failed' in page
+    assert "Missing (chunks that failed):\nIBM combinations 1–2</p>" in page
+    assert 'on <b class="symbol">AAPL</b>' in page  # the best: chunk 2's
+    assert [int(i) for i in re.findall(r'data-chunk="(\d+)"', page)] == [0, 1, 2]
+    assert '<span class="badge failed">failed</span>' in page
+    assert "job of 3 chunks" in listed and chunk_id(job_id, 0) not in listed
+    assert f'href="/tasks/{job_id}">{job_id}</a>' in chunk_page
