@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import io
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,9 +21,12 @@ from consumers.engine.datasets import Catalog
 from consumers.engine.runner import start_run
 from consumers.worker.loop import Worker
 from orchestrator.cli.main import build_parser
+from orchestrator.client import Client
+from orchestrator.client.progress import ProgressBar
 from orchestrator.domain.events import Completed, Failed
 from orchestrator.domain.jobs import ChunkEnd, FanOut
 from orchestrator.domain.spec import BacktestSpec, Chunk
+from orchestrator.domain.state import JobState
 from orchestrator.settings import Settings
 from orchestrator.storage.partitions import chunk_id
 from orchestrator.storage.results.location import results_for
@@ -197,6 +201,34 @@ async def test_submit_names_its_data_once(system: System, capsys: pytest.Capture
         async with httpx.AsyncClient(base_url=url) as http:
             spec = (await http.get(f"/api/backtests/tasks/{task_id}")).json()["spec"]
         assert spec["symbols"] == "*" and spec["direction"] == "min"
+
+
+class _PlainBar:
+    """A bar written before jobs: `show` takes no `job`."""
+
+    def __init__(self) -> None:
+        self.shown: list[tuple[str, float]] = []
+
+    def show(self, status: str, progress: float, attempt: int, worker: str | None) -> None:
+        self.shown.append((status, progress))
+
+    def done(self) -> None:
+        pass
+
+
+async def test_the_python_client_submits_a_universe_and_follows_it(system: System) -> None:
+    async with served(system) as url:
+        client = Client(url)
+        run = await asyncio.to_thread(
+            lambda: client.submit("sma_cross", symbols=["AAPL", "IBM"], params=UNIVERSE["params"], start="2005-01-01")
+        )
+        out = io.StringIO()
+        task = await asyncio.to_thread(lambda: run.wait(bar=ProgressBar(out)))
+        plain = _PlainBar()
+        again = await asyncio.to_thread(lambda: client.run(run.task_id).wait(bar=plain))
+    assert task.status == "completed" and isinstance(task.job, JobState) and task.job.done == task.job.chunks
+    assert f"chunks {task.job.chunks} done, 0 failed of {task.job.chunks}  best " in out.getvalue().splitlines()[-1]
+    assert again.status == "completed" and plain.shown[-1] == ("completed", 1.0)
 
 
 # --- a job with failed chunks, its chunks finished by hand at the store (as test_jobs_store.py) --
