@@ -14,7 +14,7 @@ from orchestrator.storage.readmodel import ReadModel
 CHUNK_PAGE = 100
 
 
-class ChunkPage(NamedTuple):
+class ChunkList(NamedTuple):
     """Chunks `start`.. of a job's `total`, in chunk order; `next_start`/`previous_start` are the
     first index of the next and previous page (None: none)."""
 
@@ -34,7 +34,7 @@ def first_chunk(request: Request, total: int) -> int:
 
 async def job_values(request: Request, projection: ReadModel, state: TaskState) -> dict[str, Any]:
     """The template values a task's page needs about jobs: `job` (JobState or None), `chunk_page`
-    (ChunkPage or None), `missing` (the ranges of failed chunks a completed job lists) and
+    (ChunkList or None), `missing` (the ranges of failed chunks a completed job lists) and
     `chunk` (the task's Chunk when it is one: its `parent` is its job)."""
     values: dict[str, Any] = {"job": state.job, "chunk_page": None, "missing": [], "chunk": state.spec.chunk}
     if state.job is None:
@@ -44,6 +44,6 @@ async def job_values(request: Request, projection: ReadModel, state: TaskState) 
     stop = min(start + CHUNK_PAGE, total)
     chunks = await projection.chunks(state.task_id, start, stop)
     previous = max(start - CHUNK_PAGE, 0) if start else None
-    values["chunk_page"] = ChunkPage(chunks, start, total, stop if stop < total else None, previous)
+    values["chunk_page"] = ChunkList(chunks, start, total, stop if stop < total else None, previous)
     values["missing"] = (state.result or {}).get("missing") or []
     return values
