@@ -277,6 +277,8 @@ async def test_a_jobs_missing_ranges_show_in_status_and_on_its_page(
             page = (await http.get(f"/tasks/{job_id}")).text
             listed = (await http.get("/")).text
             chunk_page = (await http.get(f"/tasks/{chunk_id(job_id, 1)}")).text
+            later = (await http.get(f"/tasks/{job_id}?chunks=1")).text
+            beyond = (await http.get(f"/tasks/{job_id}?chunks=9")).text
     assert '<b class="done">2</b> done, <b class="failed">1</b> failed' in page
     assert "Missing (chunks that failed):\nIBM combinations 1–2</p>" in page
     assert 'on <b class="symbol">AAPL</b>' in page  # the best: chunk 2's
@@ -284,3 +286,7 @@ async def test_a_jobs_missing_ranges_show_in_status_and_on_its_page(
     assert '<span class="badge failed">failed</span>' in page
     assert "job of 3 chunks" in listed and chunk_id(job_id, 0) not in listed
     assert f'href="/tasks/{job_id}">{job_id}</a>' in chunk_page
+    # A page of chunks from `?chunks=` on (an index past the last lists from the first).
+    assert [int(i) for i in re.findall(r'data-chunk="(\d+)"', later)] == [1, 2]
+    assert f'id="chunks-previous" href="/tasks/{job_id}?chunks=0"' in later and "Chunks 1 to 2 of 3" in later
+    assert [int(i) for i in re.findall(r'data-chunk="(\d+)"', beyond)] == [0, 1, 2]
