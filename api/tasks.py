@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api.chunks import chunks
 from api.context import context
 from api.errors import ApiError, FieldProblem, from_validation_error, task_id_param
 from orchestrator.domain.errors import TaskConflict, TaskNotFound
@@ -251,6 +252,7 @@ routes = [
     Route("/api/backtests/tasks/{task_id}", get_task, name="task"),
     Route("/api/backtests/tasks/{task_id}", cancel, methods=["DELETE"], name="cancel"),
     Route("/api/backtests/tasks/{task_id}/events", events, name="task_events"),
+    Route("/api/backtests/tasks/{task_id}/chunks", chunks, name="task_chunks"),
     Route("/api/backtests/tasks/{task_id}/retry", retry, methods=["POST"], name="retry"),
     Route("/api/dead-letters", dead_letters, name="dead_letters"),
     Route("/api/datasets", datasets, name="datasets"),

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
+from orchestrator.storage.partitions import chunk_id
 from tests.conftest import service_missing
 from tests.processes import Role, free_port, wait_until
 
@@ -565,3 +566,64 @@ def test_the_form_sends_position_management(server: str, browser: Any) -> None:
     task = httpx.get(f"{server}/api/backtests/tasks/{page.url.rsplit('/', 1)[1]}", timeout=5).json()
     assert task["spec"]["stop_loss_pct"] == [2.0, 4.0] and task["spec"]["take_profit_pct"] == 6.0
     assert "size" not in task["spec"]  # an empty field is not sent
+
+
+# A universe: a job of at least one chunk a symbol, whose result has a `symbols` table.
+UNIVERSE: dict[str, Any] = {
+    "strategy": "sma_cross",
+    "symbols": ["AAPL", "IBM"],
+    "objective": "sharpe",
+    "params": {"fast": [5, 10, 15], "slow": [30, 50]},
+}
+
+
+def test_a_job_shows_its_chunks_best_and_symbols(server: str, browser: Any) -> None:
+    page, errors = new_page(browser)
+    # The list shows the job live (with its chunk count once it fans out), never its chunks.
+    page.goto(server)
+    page.wait_for_function("document.body.dataset.since !== undefined")
+    job_id = submit(server, UNIVERSE)
+    row = page.locator(f'#tasks tr[data-task="{job_id}"]')
+    row.locator("small.chunks").wait_for()
+    job = finished(server, job_id)[job_id]
+    assert job["status"] == "completed", job
+    total = job["job"]["chunks"]
+    assert row.locator("small.chunks").inner_text() == f"job of {total} chunks" and "AAPL, IBM" in row.inner_text()
+    page.wait_for_function(f"document.querySelector('tr[data-task=\"{job_id}\"]').dataset.status === 'completed'")
+    listed = {
+        page.locator("#tasks tbody tr").nth(i).get_attribute("data-task")
+        for i in range(page.locator("#tasks tbody tr").count())
+    }
+    assert not listed & {chunk_id(job_id, i) for i in range(total)}
+    page.reload()
+    assert row.locator("small.chunks").inner_text() == f"job of {total} chunks"
+    detail = result(server, job_id)
+
+    # The job's page: its counts, best, every chunk in chunk order with a link to its page.
+    page.goto(f"{server}/tasks/{job_id}")
+    assert page.inner_text("#job-counts").startswith(f"{total} done, 0 failed of {total} chunks")
+    best = job["job"]["best"]
+    assert f"on {best['symbol']}" in page.inner_text("#job-best")
+    chunks = page.locator("#chunks tbody tr")
+    assert chunks.count() == total
+    assert [chunks.nth(i).get_attribute("data-chunk") for i in range(total)] == [str(i) for i in range(total)]
+    assert {chunks.nth(i).locator("td").nth(1).inner_text() for i in range(total)} == {"AAPL", "IBM"}
+    assert all(chunks.nth(i).locator(".badge").inner_text() == "completed" for i in range(total))
+
+    # The assembled result draws as a sweep's, with the symbols table of a universe.
+    page.wait_for_selector("#symbols-table tbody tr")
+    symbols = page.locator("#symbols-table tbody tr")
+    assert symbols.count() == 2 and len(detail["symbols"]) == 2
+    assert symbols.first.locator("td").first.inner_text() == detail["symbols"][0]["symbol"]
+    assert page.inner_text("#sweep-table .where") == f"rows 1–12 of {len(detail['table'])}"
+    assert page.locator("#heatmap rect.cell").count() == 6  # the best symbol's grid
+    page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"), full_page=True)
+
+    # A chunk's page names its job, and links back to it.
+    page.click('#chunks tr[data-chunk="0"] a')
+    page.wait_for_selector("#chunk-of")
+    assert "Chunk 0 (combinations 0–" in page.inner_text("#chunk-of") and job_id in page.inner_text("#chunk-of")
+    page.click("#chunk-of a")
+    page.wait_for_url(f"{server}/tasks/{job_id}")
+    page.close()
+    assert errors == []

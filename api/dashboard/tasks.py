@@ -12,6 +12,7 @@ from starlette.responses import Response
 from api.context import AppContext, context
 from api.dashboard.audit import EVENT_PAGE, read_trail
 from api.dashboard.format import params_text
+from api.dashboard.jobs import job_values
 from api.dashboard.render import page
 from orchestrator.domain.state import TaskState
 from orchestrator.domain.status import Status
@@ -79,7 +80,8 @@ async def _archived(ctx: AppContext, task_id: str, first_seq: int) -> Archived |
 async def task_page(request: Request) -> Response:
     """`GET /tasks/{id}`: the task's state as GET /api/backtests/tasks/{id} answers it (the read
     model, read-your-writes), its audit trail through the state's seq from the read model's
-    event pages, and where trimmed history went. 404 page for an id that names no task."""
+    event pages, and where trimmed history went; a job's chunks and best, a chunk's job
+    (api/dashboard/jobs.py). 404 page for an id that names no task."""
     ctx = context(request)
     raw = request.path_params["task_id"]
     try:
@@ -108,4 +110,5 @@ async def task_page(request: Request) -> Response:
         pct=f"{min(max(state.progress, 0.0), 1.0):.0%}",
         attempt=f"attempt {state.attempt}" if state.attempt else "no attempt yet",
         before=trail.cancelled_from,
+        **await job_values(request, ctx.projection, state),
     )

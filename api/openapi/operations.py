@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from api.chunks import ChunkListQuery, ChunkPage
 from orchestrator.domain import views
 from orchestrator.domain.spec import BacktestSpec
 
@@ -32,7 +33,7 @@ SUBMIT_EXAMPLE = {
 }
 # What a submit's answer leads to: each operation on the task it names (OpenAPI links, which
 # clients and stateful testers follow).
-TASK_LINKS = ("get", "delete", "get/events", "get/result", "post/retry", "get/stream")
+TASK_LINKS = ("get", "delete", "get/events", "get/chunks", "get/result", "post/retry", "get/stream")
 
 
 class Operation(NamedTuple):
@@ -103,6 +104,13 @@ OPERATIONS: list[Operation] = [
         "/api/backtests/tasks/{task_id}/events",
         "Every event of the task, in order (the audit trail)",
         {200: views.TaskEvents, 404: E},
+    ),
+    Operation(
+        "get",
+        "/api/backtests/tasks/{task_id}/chunks",
+        "A job's chunk tasks in chunk order (422 not_a_job for a task that did not fan out)",
+        {200: ChunkPage, 404: E, 422: E},
+        query=ChunkListQuery,
     ),
     Operation(
         "get",

@@ -52,7 +52,8 @@ async function act(taskId, action) {
 // The fold of an event into what a row or the task page shows; returns the new status.
 function apply(ev, view) {
   const status = STATUS_AFTER[ev.type] || view.status;
-  if (ev.type === "progress") view.setProgress(ev.data.progress);
+  if (ev.type === "progress" || ev.type === "job_progress") view.setProgress(ev.data.progress);
+  if (ev.type === "job_progress" || ev.type === "fanned_out") view.setJob?.(ev.data);
   if (ev.type === "started" || ev.type === "requeued" || ev.type === "released" || ev.type === "retry_scheduled") {
     view.setProgress(0);
   }
@@ -93,6 +94,14 @@ function rowView(row) {
       setStatus(row.querySelector("td.status .badge"), s);
       showActions(row, s);
     },
+    // A job's chunk count, once it fans out (streams.md, "Jobs").
+    setJob: (data) => {
+      if (data.chunks === undefined || row.querySelector("small.chunks")) return;
+      const note = document.createElement("small");
+      note.className = "chunks";
+      note.textContent = "job of " + data.chunks + " chunks";
+      row.cells[0].append(" ", note);
+    },
   };
 }
 
@@ -113,7 +122,7 @@ function newRow(ev) {
   const link = row.querySelector("a");
   link.href = pathFor("task_page", { task_id: ev.task_id });
   link.textContent = ev.task_id.slice(0, 8);
-  row.querySelector("td.symbol").textContent = spec.symbol || "";
+  row.querySelector("td.symbol").textContent = spec.symbol || [].concat(spec.symbols || []).join(", ");
   row.querySelector("td.strategy").textContent = spec.strategy || "";
   row.querySelector("td.age").title = ev.time;
   return row;
@@ -139,6 +148,7 @@ function tasksPage() {
     let row = tbody.querySelector('tr[data-task="' + ev.task_id + '"]');
     if (!row) {
       if (ev.type !== "submitted" || (filter && filter !== "queued")) return;
+      if (ev.data.spec && ev.data.spec.chunk) return; // a job's chunk: the list shows its job
       row = newRow(ev);
       tbody.prepend(row);
       document.querySelector("p.empty").hidden = true;
@@ -161,6 +171,13 @@ function taskPage() {
     setProgress: (p) => setProgress(document.getElementById("progress"), p),
     setRun: () => {},
     setStatus: (s) => { body.dataset.status = s; setStatus(document.getElementById("status"), s); showActions(head, s); },
+    // A job's counts as its job_progress events tell them; a job that just fanned out is drawn anew.
+    setJob: (data) => {
+      const counts = document.getElementById("job-counts");
+      if (!counts) { if (data.chunks !== undefined) setTimeout(() => location.reload(), 300); return; }
+      if (data.done !== undefined) counts.querySelector(".done").textContent = data.done;
+      if (data.failed !== undefined) counts.querySelector(".failed").textContent = data.failed;
+    },
   };
   showActions(head, view.status);
   head.querySelector(".actions").addEventListener("click", async (click) => {

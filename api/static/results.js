@@ -327,13 +327,18 @@
 
   // Opens one combination as a single run: an identical run already submitted (newest 500 tasks,
   // not failed or cancelled) is reused; otherwise the sweep's spec with these params is submitted.
-  async function openCombination(taskId, params, readout) {
+  // A job's row names its `symbol` (a universe runs each symbol): the single run is on that one.
+  async function openCombination(taskId, params, readout, symbol) {
     readout.textContent = "Opening " + Object.entries(params).map(([k, v]) => k + "=" + paramText(v)).join(", ") + "…";
     const canon = (value) => JSON.stringify(value, (k, v) => (v && typeof v === "object" && !Array.isArray(v)
       ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v));
-    const single = (spec) => { const s = { ...spec }; delete s.objective; delete s.constraint; return s; };
+    const single = (spec) => {
+      const s = { ...spec };
+      ["objective", "constraint", "direction", "failure_tolerance", "symbols"].forEach((k) => delete s[k]);
+      return s;
+    };
     const task = await getJSON(pathFor("task", { task_id: taskId }));
-    const spec = single({ ...task.spec, params });
+    const spec = single({ ...task.spec, params, ...(symbol ? { symbol } : {}) });
     const key = canon(spec);
     const { tasks } = await getJSON(pathFor("tasks") + "?limit=500");
     const same = tasks.find((t) => t.status !== "failed" && t.status !== "cancelled" && canon(single(t.spec)) === key);
@@ -362,11 +367,18 @@
     }
     const names = Object.keys(rows[0].params);
     const varying = names.filter((n) => new Set(rows.map((r) => r.params[n])).size > 1);
-    const metrics = ["objective", ...Object.keys(rows[0]).filter((k) => k !== "params" && k !== "objective")];
-    const best = rows.find((r) => canonParams(r.params) === canonParams(detail.best?.params || {})) || rows[0];
+    // A job's rows also say their symbol and place in the grid (`combination`): not metrics.
+    const own = new Set(["params", "objective", "symbol", "combination"]);
+    const metrics = ["objective", ...Object.keys(rows[0]).filter((k) => !own.has(k))];
+    const universe = Array.isArray(detail.symbols);
+    const best = rows.find((r) => canonParams(r.params) === canonParams(detail.best?.params || {})
+      && (!universe || r.symbol === detail.best?.symbol)) || rows[0];
+    // A universe's heatmap is of the best symbol's rows (each symbol has the whole grid).
+    const mapRows = universe ? rows.filter((r) => r.symbol === best.symbol) : rows;
     const readout = el("p", { class: "readout", id: "heatmap-readout" },
       "Click a cell to open that combination as a single run: an identical earlier run is reused, otherwise one is submitted.");
     section.append(el("h2", {}, `Sweep: ${num(detail.combinations, 0)} combinations of ${num(detail.grid_size, 0)}, ranked by ${detail.objective}`));
+    if (universe) section.append(symbolsSection(taskId, detail, readout));
     if (varying.length >= 2) {
       const bar = el("div", { class: "controls" });
       const select = (label, id, options, chosen) => {
@@ -390,10 +402,11 @@
         fixedNote.textContent = Object.keys(fixed).length
           ? "Other parameters held at the best combination's values: " + Object.entries(fixed).map(([k, v]) => k + "=" + paramText(v)).join(", ") + "."
           : "";
-        heatmap(map, rows, {
+        if (universe) fixedNote.textContent += ` Rows of ${best.symbol}, the best symbol.`;
+        heatmap(map, mapRows, {
           x: xSel.value, y: ySel.value, metric: metric.value, fixed, best, readout,
           name: metric.value === "objective" ? detail.objective : metric.value,
-          onPick: (r) => openCombination(taskId, r.params, readout),
+          onPick: (r) => openCombination(taskId, r.params, readout, r.symbol),
         });
       };
       [metric, xSel, ySel].forEach((s) => s.addEventListener("change", draw));
@@ -404,6 +417,7 @@
     section.append(el("h2", {}, "All combinations"));
     const flat = rows.map((r) => ({ ...r.params, ...r, _params: r.params }));
     const cols = [
+      ...(universe ? [{ key: "symbol", label: "symbol", numeric: false }] : []),
       ...names.map((n) => ({ key: n, label: n, numeric: true, text: (r) => paramText(r[n]) })),
       ...metrics.map((m) => ({ key: m, label: m === "objective" ? `objective (${detail.objective})` : m.replace(/_/g, " "), numeric: true })),
     ];
@@ -412,12 +426,39 @@
       onRow: (row, tr) => {
         const td = el("td");
         const open = el("button", { type: "button", class: "open" }, "open run");
-        open.addEventListener("click", () => openCombination(taskId, row._params, readout));
+        open.addEventListener("click", () => openCombination(taskId, row._params, readout, row.symbol));
         td.append(open);
         tr.append(td);
       },
     }));
     return section;
+  }
+
+  // A universe's `symbols` table: each symbol's best row, best symbol first.
+  function symbolsSection(taskId, detail, readout) {
+    const box = el("div", { id: "symbols" });
+    const rows = detail.symbols.map((r) => ({ ...r.params, ...r, _params: r.params }));
+    const names = Object.keys(detail.symbols[0]?.params || {});
+    const skip = new Set(["symbol", "params", "combinations"]);
+    const metrics = Object.keys(detail.symbols[0] || {}).filter((k) => !skip.has(k));
+    const cols = [
+      { key: "symbol", label: "symbol", numeric: false },
+      ...names.map((n) => ({ key: n, label: n, numeric: true, text: (r) => paramText(r[n]) })),
+      ...metrics.map((m) => ({ key: m, label: m === "objective" ? `objective (${detail.objective})` : m.replace(/_/g, " "), numeric: true })),
+      { key: "combinations", label: "combinations", numeric: true },
+    ];
+    box.append(el("h2", {}, `Symbols: the best combination of each of ${rows.length}`));
+    box.append(dataTable(cols, rows, {
+      id: "symbols-table", sortKey: "objective", desc: true,
+      onRow: (row, tr) => {
+        const td = el("td");
+        const open = el("button", { type: "button", class: "open" }, "open run");
+        open.addEventListener("click", () => openCombination(taskId, row._params, readout, row.symbol));
+        td.append(open);
+        tr.append(td);
+      },
+    }));
+    return box;
   }
 
   function canonParams(p) {
@@ -427,7 +468,7 @@
   // --- pages ---
   function downloads(taskId, result) {
     // Every table of the result, in each format the API serves (GET …/result?table=&format=).
-    const tables = (result.kind === "sweep" ? ["sweep"] : []).concat(["equity", "trades"]);
+    const tables = (result.kind === "sweep" ? ["sweep"] : []).concat(Array.isArray(result.symbols) ? ["symbols"] : [], ["equity", "trades"]);
     const box = el("p", { id: "downloads", class: "note" }, "Download: ");
     const base = pathFor("task_result", { task_id: taskId });
     box.append(el("a", { href: base, download: taskId + ".json" }, "full result (JSON)"));

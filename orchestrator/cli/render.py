@@ -35,7 +35,7 @@ def task_text(task: Mapping[str, Any]) -> str:
         ["status", task["status"]],
         ["progress", f"{task['progress'] * 100:.1f}%"],
         ["strategy", spec.get("strategy")],
-        ["symbol", spec.get("symbol")],
+        ["symbol" if spec.get("symbol") else "symbols", spec.get("symbol") or symbols_text(spec.get("symbols"))],
         ["params", params_text(spec.get("params", {}))],
         ["attempt", task["attempt"]],
         ["worker", task.get("worker")],
@@ -48,7 +48,34 @@ def task_text(task: Mapping[str, Any]) -> str:
         rows.append(["cancelled by", task["cancelled_by"]])
     if task.get("error"):
         rows.append(["error", task["error"]])
+    chunk = spec.get("chunk")
+    if chunk:
+        rows.append(
+            ["chunk", f"{chunk['index']} of job {chunk['parent']}: combinations {chunk['start']}–{chunk['stop']}"]
+        )
+    job = task.get("job")
+    if job:
+        rows += job_rows(job, task.get("result") or {})
     return table(rows) + "\n" + _result_text(task.get("result") or {})
+
+
+def symbols_text(symbols: Any) -> str | None:
+    """A universe's `symbols` as given: `*` (every dataset) or `AAPL,IBM`; None for none."""
+    return symbols if symbols is None or isinstance(symbols, str) else ",".join(symbols)
+
+
+def job_rows(job: Mapping[str, Any], result: Mapping[str, Any]) -> list[list[Any]]:
+    """A job's rows of `backstream status` (TaskView.job as builtins, and its result summary):
+    its chunks' counts, the symbols it ran on, the ranges of failed chunks (`missing`)."""
+    rows: list[list[Any]] = [
+        ["chunks", f"{job['done']} done, {job['failed']} failed of {job['chunks']}"],
+        ["combinations", job["combinations"]],
+    ]
+    if len(job.get("symbols") or []) > 1:
+        rows.append(["universe", f"{len(job['symbols'])} symbols: {', '.join(job['symbols'])}"])
+    for k, span in enumerate(result.get("missing") or []):
+        rows.append(["missing" if k == 0 else "", f"{span['symbol']} combinations {span['start']}–{span['stop']}"])
+    return rows
 
 
 def _result_text(result: Mapping[str, Any]) -> str:
@@ -56,7 +83,7 @@ def _result_text(result: Mapping[str, Any]) -> str:
     if result.get("best_params"):
         out += (
             f"\nbest of {result.get('combinations')} combinations by {result.get('objective')}: "
-            f"{json.dumps(result['best_params'])}\n"
+            f"{json.dumps(result['best_params'])}" + (f" on {result['symbol']}" if result.get("symbol") else "") + "\n"
         )
     if result.get("metrics"):
         out += "\n" + table([[k, v] for k, v in result["metrics"].items()], ["metric", "value"]) + "\n"

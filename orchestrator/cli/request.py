@@ -35,6 +35,8 @@ PLAIN_FIELDS = (
     "constraint",
     "timeout_s",
     "fractional_unit",
+    "direction",
+    "failure_tolerance",
 )
 
 
@@ -87,9 +89,28 @@ def params(pairs: list[str]) -> dict[str, Any]:
     return found
 
 
+def universe(args: argparse.Namespace) -> dict[str, Any]:
+    """Which symbols a request runs on: `{"symbol": …}` for SYMBOL, `{"symbols": [...]}` for
+    `--symbols A,B`, `{"symbols": "*"}` for `--all-symbols` (a universe: a job over the fleet).
+    Raises ClientError unless exactly one of the three is given."""
+    given = [name for name, value in (("SYMBOL", args.symbol), ("--symbols", args.symbols)) if value]
+    given += ["--all-symbols"] if args.all_symbols else []
+    if len(given) != 1:
+        named = " and ".join(given) if given else "none"
+        raise ClientError(f"give exactly one of SYMBOL, --symbols A,B,… or --all-symbols (got {named})")
+    if args.all_symbols:
+        return {"symbols": "*"}
+    if args.symbol:
+        return {"symbol": args.symbol}
+    symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
+    if not symbols:
+        raise ClientError(f"--symbols {args.symbols!r}: expected SYMBOL,SYMBOL,…")
+    return {"symbols": symbols}
+
+
 def spec(args: argparse.Namespace) -> dict[str, Any]:
     """The body of `POST /api/backtests` from `submit`'s parsed arguments. Raises ClientError."""
-    body: dict[str, Any] = {"strategy": args.strategy, "symbol": args.symbol, "params": params(args.param)}
+    body: dict[str, Any] = {"strategy": args.strategy, **universe(args), "params": params(args.param)}
     for name in PLAIN_FIELDS:
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)

@@ -81,7 +81,7 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
             t["task_id"],
             t["status"],
             f"{t['progress'] * 100:.0f}%",
-            t["spec"]["symbol"],
+            t["spec"].get("symbol") or render.symbols_text(t["spec"].get("symbols")),
             t["spec"]["strategy"],
             ((t.get("result") or {}).get("metrics") or {}).get(MAIN_METRIC),
             t["attempt"],
@@ -180,7 +180,13 @@ def register(sub: Subcommands) -> None:
 def _add_submit(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     submit = sub.add_parser("submit", parents=[common], help="submit a backtest through the API")
     submit.add_argument("strategy", help="e.g. sma_cross, or any installed plugin (`backstream strategies`)")
-    submit.add_argument("symbol", help="e.g. AAPL (GET /api/datasets lists them)")
+    submit.add_argument(
+        "symbol", nargs="?", help="e.g. AAPL (GET /api/datasets lists them); or --symbols / --all-symbols"
+    )
+    submit.add_argument(
+        "-s", "--symbols", metavar="A,B,…", help="a universe: run on each of these symbols (a job over the fleet)"
+    )
+    submit.add_argument("--all-symbols", action="store_true", help="a universe of every dataset the server has")
     submit.add_argument(
         "-p",
         "--param",
@@ -204,7 +210,16 @@ def _add_submit(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     submit.add_argument("--fractional-unit", type=float, help="trade multiples of this fraction of a unit (1e-8)")
     for name, meaning in request.MANAGEMENT.items():
         submit.add_argument(f"--{name.replace('_', '-')}", metavar="V[,V2,…]", help=f"{meaning}; a list sweeps")
-    submit.add_argument("--objective", help="sweeps: the metric to maximise (default sqn)")
+    submit.add_argument("--objective", help="sweeps: the metric to rank by (default sqn; -NAME minimises it)")
+    submit.add_argument(
+        "--direction", choices=["max", "min"], help="sweeps: maximise (default) or minimise the objective"
+    )
+    submit.add_argument(
+        "--failure-tolerance",
+        type=float,
+        metavar="F",
+        help="jobs: the fraction of chunks (0..1) that may fail before the job does (default 0)",
+    )
     submit.add_argument("--constraint", help='sweeps: e.g. "fast < slow"')
     submit.add_argument("--timeout-s", type=float, help="a time limit for this task")
     submit.add_argument("--idempotency-key", help="a retried submit with the same key makes no second task")

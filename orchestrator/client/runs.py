@@ -6,7 +6,7 @@ import urllib.parse
 from typing import Any
 
 from orchestrator.client.http import DEFAULT_URL, Api
-from orchestrator.client.progress import SUBMITTED, Bar, Watch, default_bar
+from orchestrator.client.progress import SUBMITTED, Bar, Watch, default_bar, draw
 from orchestrator.client.results import Result, frame
 from orchestrator.domain.spec import BacktestSpec, ParamValue
 from orchestrator.domain.status import TERMINAL_STATUSES, Status
@@ -37,12 +37,12 @@ class Run:
         notebook cell or on stderr; `progress=False` for none); return the task as it ended."""
         shown = bar or (default_bar() if progress else None)
         if shown:
-            shown.show(*SUBMITTED)
+            draw(shown, SUBMITTED)
         watch = Watch(self.status)
         for event in self.client.api.events(_task_path(self.task_id, "/stream")):
             now = watch.see(event)
             if shown:
-                shown.show(*now)
+                draw(shown, now, watch.job)
             if now.status in TERMINAL_STATUSES:
                 break
         if shown:
@@ -71,8 +71,9 @@ def _spec(
 ) -> BacktestSpec | dict[str, Any]:
     if isinstance(strategy, BacktestSpec):
         return strategy
-    body: dict[str, Any] = {"strategy": strategy, "symbol": symbol, "params": params or {}}
-    body.update({k: v for k, v in fields.items() if v is not None})
+    # A universe (`symbols=[...]` or `"*"`) names no single symbol.
+    body: dict[str, Any] = {"strategy": strategy, "params": params or {}}
+    body.update({k: v for k, v in {"symbol": symbol, **fields}.items() if v is not None})
     return body
 
 
@@ -100,8 +101,9 @@ class Client:
         **fields: Any,
     ) -> Run:
         """Submit a backtest (a sweep when any parameter is a list). `fields` are BacktestSpec's
-        (start, end, cash, commission, ...); or pass a whole BacktestSpec. Raises Refused with the
-        field errors when the API refuses it."""
+        (start, end, cash, commission, ...; `symbols=["AAPL", "IBM"]` or `"*"` instead of a
+        `symbol` for a universe, a job over the fleet); or pass a whole BacktestSpec. Raises
+        Refused with the field errors when the API refuses it."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         body = _spec(strategy, symbol, params, **fields)
         reply = self.api.get("/api/backtests", SubmitReply, method="POST", body=body, **headers)

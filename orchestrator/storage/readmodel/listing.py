@@ -14,6 +14,7 @@ from orchestrator.storage.codec import decode_json, text
 from orchestrator.storage.connections import RedisClient
 from orchestrator.storage.hashform import from_hash, index_position
 from orchestrator.storage.keys import Keys
+from orchestrator.storage.partitions import chunk_id
 
 # A filtered list (by symbol or strategy, which have no index) reads the status index in batches of
 # FILTER_BATCH and stops after FILTER_SCAN members, so one request's cost stays bounded.
@@ -23,6 +24,8 @@ FILTER_SCAN = 5000
 LOAD_BATCH = 500
 
 Loader = Callable[[list[str]], Awaitable[dict[str, TaskState]]]
+# One task's state read-your-writes (ReadModel.current), None when it does not exist.
+Current = Callable[[str], Awaitable[TaskState | None]]
 
 
 def task_id(member: str) -> str:
@@ -134,3 +137,17 @@ async def finished_before(redis: RedisClient, projection: Keys, stream_id: str) 
         cutoff = id_order(stream_id)
         found += [t for t, last in zip(task_ids, lasts, strict=True) if last and id_order(decode_json(last)) < cutoff]
     return found
+
+
+async def chunks(loader: Loader, current: Current, job_id: str, start: int, stop: int) -> list[TaskState]:
+    """The chunks `start` to `stop` (excluded) of the job `job_id`, in chunk order: their ids are
+    `chunk_id(job_id, index)`, so no index is read. Each is loaded from the projection in one
+    round trip; one the projector has not folded yet is read with `current` (from the log). An
+    id that names no task is left out. Raises ValueError when `job_id` is not a UUID."""
+    ids = [chunk_id(job_id, index) for index in range(start, stop)]
+    states = await loader(ids)
+    for unfolded in [i for i in ids if i not in states]:
+        state = await current(unfolded)
+        if state is not None:
+            states[unfolded] = state
+    return [states[i] for i in ids if i in states]

@@ -161,6 +161,14 @@ class ReadModel:
             batch=batch,
         )
 
+    async def chunks(self, job_id: str, start: int, stop: int) -> list[TaskState]:
+        """The job's chunks of index `start` to `stop` (excluded), in chunk order (index
+        ascending), each as the projection holds it or, before the projector folded it, as
+        `current` reads it; ids that name no task are left out. Raises ValueError when `job_id`
+        is not a UUID. See listing.chunks."""
+        await self.refresh()
+        return await listing.chunks(self.load, self.current, job_id, start, stop)
+
     async def all_tasks(self, status: Status) -> list[TaskState]:
         """Every task the projection holds under `status`, oldest submit first over every
         partition (for maintenance: it reads the whole indexes)."""
