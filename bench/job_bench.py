@@ -71,15 +71,19 @@ SYMBOLS = ["AAPL", "GOOG", "IBM", "MSFT"]
 # 96 x 100 = 9,600 combinations, every one admissible (fast < slow always).
 GRID: dict[str, Any] = {"strategy": "sma_cross", "params": {"fast": list(range(2, 98)), "slow": list(range(100, 200))}}
 SMOKE_SYMBOLS = ["GOOG", "IBM"]
-SMOKE_GRID: dict[str, Any] = {"strategy": "sma_cross", "params": {"fast": list(range(2, 12)), "slow": list(range(100, 110))}}
-# ~1 ms a combination on GOOG's 2,148 bars (interpreted: position management): ~20 s, 19,200 rows.
+SMOKE_GRID: dict[str, Any] = {
+    "strategy": "sma_cross",
+    "params": {"fast": list(range(2, 12)), "slow": list(range(100, 110))},
+}
+# One task's sweep is capped at 10,000 combinations (validation): 100 x 100 on AAPL's 3,270 bars,
+# on the interpreted path (position management), 1-2 ms a combination here: ~15 s.
 LONG: dict[str, Any] = {
     "strategy": "sma_cross",
-    "symbol": "GOOG",
-    "params": {"fast": list(range(2, 98)), "slow": list(range(100, 300))},
+    "symbol": "AAPL",
+    "params": {"fast": list(range(2, 102)), "slow": list(range(102, 202))},
     "stop_loss_pct": 5,
 }
-SMOKE_LONG: dict[str, Any] = {**LONG, "params": {"fast": list(range(2, 22)), "slow": list(range(100, 200))}}
+SMOKE_LONG: dict[str, Any] = {**LONG, "params": {"fast": list(range(2, 22)), "slow": list(range(102, 202))}}
 # Smoke grids are too small for 0.3 s chunks: smaller ones, so that they still fan out.
 SMOKE_CHUNK_SECONDS = 0.02
 NEVER = "1000000000"  # seconds: BACKSTREAM_CHUNK_SECONDS / BACKSTREAM_CHECKPOINT_S that never apply
@@ -94,7 +98,11 @@ KILL_AT = 0.9
 def machine() -> dict[str, Any]:
     """Date (UTC), nproc, CPU model, load averages (`uptime`), Python and the command line."""
     model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
         platform.processor(),
     )
     return {
@@ -132,10 +140,28 @@ def engine_alone(grid: dict[str, Any], symbols: list[str], reps: int) -> dict[st
         rows = [_best_row(spec, catalog) for spec in specs]
         if rep:
             walls.append(time.perf_counter() - t0)
-        i = min(range(len(rows)), key=lambda k: (rank_key(rows[k]["objective"], rows[k]["equity_final"], specs[k].minimise), k))
+        i = min(
+            range(len(rows)),
+            key=lambda k: (rank_key(rows[k]["objective"], rows[k]["equity_final"], specs[k].minimise), k),
+        )
         best = {"symbol": symbols[i], "params": rows[i]["params"]}
     wall = statistics.median(walls)
     return {"combinations": plan.combinations, "seconds": wall, "per_s": plan.combinations / wall, "best": best}
+
+
+def chunks_alone(lines: list[str], reps: int) -> float:
+    """The job's chunk requests (`chunk_lines`) run one after another in this process, each to
+    its outcome as a worker runs it: median seconds of `reps` passes after an untimed one."""
+    catalog = Catalog.from_env_dir(None)
+    specs = [msgspec.json.decode(line, type=BacktestSpec) for line in lines]
+    walls = []
+    for rep in range(reps + 1):
+        t0 = time.perf_counter()
+        for spec in specs:
+            _best_row(spec, catalog)
+        if rep:
+            walls.append(time.perf_counter() - t0)
+    return statistics.median(walls)
 
 
 # --- Backstream --------------------------------------------------------------------------------
@@ -163,7 +189,17 @@ class Fleet:
         for _ in range(n):
             name = f"jb-{len(self.workers)}"
             log = self.workdir / f"{name}.log"
-            argv = [sys.executable, "-m", "orchestrator.cli", "--log-json", "worker", "--concurrency", "1", "--name", name]
+            argv = [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
+                "--log-json",
+                "worker",
+                "--concurrency",
+                "1",
+                "--name",
+                name,
+            ]
             proc = Proc(argv, env=self.env, log=log)
             self.workers.append(proc)
             new.append(proc)
@@ -192,8 +228,10 @@ async def run_task(
     """Submit `fields` as one request and follow the log until it has its `completed` event.
     `kill_at`: when its progress (a job's `job_progress`, a task's `progress`) reaches it, SIGKILL
     the fleet's workers and start one new worker. Returns `seconds` (completed event time -
-    submit time), `result` (the completed event's summary), `chunks` (0: not fanned out) and
-    `killed_at` (the progress seen when the workers were killed)."""
+    submit time), `fanned_out_s` (the same for its `fanned_out` event; None: not fanned out),
+    `result` (the completed event's summary), `chunks` (0: not fanned out) and `killed_at` (the
+    progress seen when the workers were killed). Raises RuntimeError when the task fails,
+    TimeoutError when it has not completed within 900 s."""
     keys = Keys(prefix=prefix)
     r = aioredis.Redis.from_url(redis_url, protocol=2, socket_timeout=30)
     try:
@@ -204,7 +242,7 @@ async def run_task(
         task_id = str(uuid.uuid4())
         t0 = time.time()
         await Commands(r, layout).submit(task_id, spec)
-        chunks, killed_at = 0, None
+        chunks, killed_at, fanned_out = 0, None, None
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             reply: Any = await r.xread({keys.events: last}, count=1000, block=200)
@@ -217,19 +255,31 @@ async def run_task(
                     data = json.loads(f[b"data"]) if f.get(b"data") else {}
                     if kind == "fanned_out":
                         chunks = data["chunks"]
+                        fanned_out = int(entry_id.split(b"-")[0]) / 1000 - t0
                     elif kind == "failed":
                         raise RuntimeError(f"the task failed: {data}")
                     elif kind == "completed":
                         seconds = int(entry_id.split(b"-")[0]) / 1000 - t0
-                        return {"seconds": seconds, "result": data["result"], "chunks": chunks, "killed_at": killed_at}
-                    elif kind in ("job_progress", "progress") and kill_at is not None and killed_at is None:
-                        if data["progress"] >= kill_at and fleet is not None:
-                            killed_at = data["progress"]
-                            fleet.kill()
-                            fleet.start(1)
+                        return {
+                            "seconds": seconds,
+                            "fanned_out_s": fanned_out,
+                            "result": data["result"],
+                            "chunks": chunks,
+                            "killed_at": killed_at,
+                        }
+                    elif kind in ("job_progress", "progress") and _due(data["progress"], kill_at, killed_at, fleet):
+                        assert fleet is not None
+                        killed_at = data["progress"]
+                        fleet.kill()
+                        fleet.start(1)
         raise TimeoutError(f"task {task_id} did not complete within 900 s")
     finally:
         await r.aclose()
+
+
+def _due(progress: float, kill_at: float | None, killed_at: float | None, fleet: Fleet | None) -> bool:
+    """Whether the workers are to be killed now: a kill asked, not done yet, and `kill_at` reached."""
+    return fleet is not None and kill_at is not None and killed_at is None and progress >= kill_at
 
 
 def _job_best(result: dict[str, Any]) -> dict[str, Any]:
@@ -252,12 +302,15 @@ def universe_job(
         "workers": workers,
         "seconds": statistics.median(r["seconds"] for r in runs),
         "walls": [r["seconds"] for r in runs],
+        "fanned_out_s": statistics.median(r["fanned_out_s"] for r in runs),
         "chunks": runs[0]["chunks"],
         "best": _job_best(runs[0]["result"]),
     }
 
 
-def worker_loss(redis_url: str, fields: dict[str, Any], extra: dict[str, str], workdir: Path, label: str) -> dict[str, Any]:
+def worker_loss(
+    redis_url: str, fields: dict[str, Any], extra: dict[str, str], workdir: Path, label: str
+) -> dict[str, Any]:
     """`fields` on one worker with `extra` settings (and LOSS_ENV), uninterrupted, then again with
     the worker killed at KILL_AT and a new one started: seconds of both and the time lost."""
     prefix = "{jobbench-" + uuid.uuid4().hex[:10] + "}"
@@ -312,7 +365,9 @@ def chunk_lines(fields: dict[str, Any], symbols: list[str], chunk_seconds: float
     return [msgspec.json.encode(chunk_spec(spec, plan, i, "peers")).decode() for i in range(len(plan.spans))]
 
 
-def peer(system: str, python: str, lines: list[str], reps: int, redis_url: str, db: int, workdir: Path) -> dict[str, Any]:
+def peer(
+    system: str, python: str, lines: list[str], reps: int, redis_url: str, db: int, workdir: Path
+) -> dict[str, Any]:
     """Run bench/peers/job_peers.py `system` in the peers' environment; {"seconds", "walls", "best"}
     or {"error"} with the reason it could not run."""
     specs = workdir / "chunks.jsonl"
@@ -348,7 +403,11 @@ def peer(system: str, python: str, lines: list[str], reps: int, redis_url: str, 
         return {"error": f"exited {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
     out = json.loads(done.stdout.strip().splitlines()[-1])
     best = out["best"]
-    return {"seconds": statistics.median(out["walls"]), "walls": out["walls"], "best": {"symbol": best["symbol"], "params": best["params"]}}
+    return {
+        "seconds": statistics.median(out["walls"]),
+        "walls": out["walls"],
+        "best": {"symbol": best["symbol"], "params": best["params"]},
+    }
 
 
 # --- the report --------------------------------------------------------------------------------
@@ -364,19 +423,29 @@ def report(results: dict[str, Any]) -> str:
         f"load before: {m['uptime']}",
         f"command: {m['command']}",
         "",
-        f"1. Universe x grid: {results['universe']} ({n:,} combinations), {one['chunks']} chunks; median of {results['reps']}",
+        f"1. Universe x grid: {results['universe']} ({n:,} combinations), {one['chunks']} chunks; "
+        f"median of {results['reps']}",
         "",
         "| run | wall s | combinations/s | vs 1 worker | efficiency per process vs engine alone | best = engine's |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
         f"| engine alone, 1 process, one task per symbol | {alone['seconds']:.2f} | {alone['per_s']:,.0f} | | 100% | |",
     ]
+    chunks_rate = n / results["chunks_alone_s"]
+    lines.append(
+        f"| engine alone, 1 process, the job's {one['chunks']} chunk requests in turn "
+        f"| {results['chunks_alone_s']:.2f} | {chunks_rate:,.0f} | | {chunks_rate / alone['per_s']:.0%} | |"
+    )
     for k, r in (("1", one), ("2", two)):
         rate = n / r["seconds"]
         lines.append(
             f"| Backstream job, {k} worker process{'es' if k == '2' else ''} | {r['seconds']:.2f} | {rate:,.0f} "
-            f"| {one['seconds'] / r['seconds']:.2f}x | {rate / int(k) / alone['per_s']:.0%} | {r['best'] == alone['best']} |"
+            f"| {one['seconds'] / r['seconds']:.2f}x | {rate / int(k) / alone['per_s']:.0%} "
+            f"| {r['best'] == alone['best']} |"
         )
-    for system, label in (("celery", "Celery chord(group), prefork 2"), ("dask", "Dask LocalCluster, 2 processes x 1 thread")):
+    for system, label in (
+        ("celery", "Celery chord(group), prefork 2"),
+        ("dask", "Dask LocalCluster, 2 processes x 1 thread"),
+    ):
         r = results["peers"].get(system)
         if r is None:
             continue
@@ -392,12 +461,14 @@ def report(results: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             f"speedup 2 vs 1 worker: {one['seconds'] / two['seconds']:.2f}x (target >= 1.8x); "
-            f"efficiency on 1 worker: {n / one['seconds'] / alone['per_s']:.0%} (target >= 90%)"
+            f"efficiency on 1 worker: {n / one['seconds'] / alone['per_s']:.0%} (target >= 90%); "
+            f"submit to fanned_out (planning): {one['fanned_out_s']:.2f} s on 1 worker"
         )
     loss = results["loss"]
     lines += [
         "",
-        f"3. Worker lost at {KILL_AT:.0%}: {results['long']}; 1 worker, BACKSTREAM_LEASE_MS=2000, HEARTBEAT_MS=500, PROGRESS_INTERVAL_MS=100",
+        f"3. Worker lost at {KILL_AT:.0%}: {results['long']}; 1 worker, "
+        + ", ".join(f"{k}={v}" for k, v in LOSS_ENV.items()),
         "",
         "| run | chunks | uninterrupted s | killed at | with the kill s | time lost s | same best |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -422,7 +493,9 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--celery-db", type=int, default=13, help="Celery's broker and backend DB (emptied after)")
-    parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=None, help="default: on, off with --smoke")
+    parser.add_argument(
+        "--peers", action=argparse.BooleanOptionalAction, default=None, help="default: on, off with --smoke"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that the script runs")
     parser.add_argument("--json", type=Path, help="also write every number to this file")
     args = parser.parse_args()
@@ -432,13 +505,20 @@ def main() -> int:
     symbols, grid, long = (SMOKE_SYMBOLS, SMOKE_GRID, SMOKE_LONG) if smoke else (SYMBOLS, GRID, LONG)
     chunk_s = SMOKE_CHUNK_SECONDS if smoke else CHUNK_TARGET_SECONDS
     fan = {"BACKSTREAM_CHUNK_SECONDS": str(chunk_s)}
-    results: dict[str, Any] = {"machine": machine(), "reps": reps, "universe": f"{'/'.join(symbols)} x {_describe(grid)}"}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "reps": reps,
+        "universe": f"{'/'.join(symbols)} x {_describe(grid)}",
+    }
     results["long"] = _describe({**long, "params": long["params"]}) + f" on {long['symbol']}"
     print(f"[job_bench] {results['machine']['uptime']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="job-bench-") as tmp:
         work = Path(tmp)
         results["engine_alone"] = engine_alone(grid, symbols, reps)
         print(f"[job_bench] engine alone: {results['engine_alone']}", flush=True)
+        lines = chunk_lines(grid, symbols, chunk_s)
+        results["chunks_alone_s"] = chunks_alone(lines, reps)
+        print(f"[job_bench] the job's {len(lines)} chunks alone: {results['chunks_alone_s']:.2f} s", flush=True)
         universe = {**grid, "symbols": symbols}
         results["jobs"] = {}
         for workers in (1, 2):
@@ -450,16 +530,20 @@ def main() -> int:
                 python = peers_python()
             except (subprocess.CalledProcessError, OSError) as e:
                 python = ""
-                results["peers"] = {s: {"error": f"the peers' environment could not be built: {e}"} for s in ("celery", "dask")}
+                results["peers"] = {
+                    s: {"error": f"the peers' environment could not be built: {e}"} for s in ("celery", "dask")
+                }
             if python:
-                lines = chunk_lines(grid, symbols, chunk_s)
                 for system in ("celery", "dask"):
                     results["peers"][system] = peer(system, python, lines, reps, args.redis_url, args.celery_db, work)
                     print(f"[job_bench] {system}: {results['peers'][system]}", flush=True)
         results["loss"] = []
         variants = [
             ("job (fan-out, completed chunks kept)", fan),
-            ("one task, no checkpoint (restarts from zero)", {"BACKSTREAM_CHUNK_SECONDS": NEVER, "BACKSTREAM_CHECKPOINT_S": NEVER}),
+            (
+                "one task, no checkpoint (restarts from zero)",
+                {"BACKSTREAM_CHUNK_SECONDS": NEVER, "BACKSTREAM_CHECKPOINT_S": NEVER},
+            ),
             ("one task, checkpoint every 1 s", {"BACKSTREAM_CHUNK_SECONDS": NEVER, "BACKSTREAM_CHECKPOINT_S": "1"}),
         ]
         for i, (label, extra) in enumerate(variants):
