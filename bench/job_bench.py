@@ -237,7 +237,8 @@ async def run_task(
     try:
         layout = Layout(prefix=prefix)
         await WorkQueue(r, layout).ensure_group()
-        last = (await r.xrevrange(keys.events, "+", "-", count=1) or [(b"0-0", None)])[0][0]
+        newest: Any = await r.xrevrange(keys.events, "+", "-", count=1)
+        last: bytes = newest[0][0] if newest else b"0-0"
         spec = msgspec.convert(fields, BacktestSpec)
         task_id = str(uuid.uuid4())
         t0 = time.time()
