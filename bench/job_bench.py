@@ -17,12 +17,13 @@ and the cost of a worker lost at 90% of a long job, with and without resume.
    and backend on DB `--celery-db` of the same server, and as Dask `client.map` + a `submit` of
    the best on a LocalCluster of 2 worker processes of 1 thread each: wall time to the best
    (bench/peers/job_peers.py, in the peers' environment bench/.venv/peers).
-3. Worker loss at 90%: a one-symbol grid of ~20 s on 1 worker (the interpreted path:
-   `stop_loss_pct` 5, a few tens of thousands of rows, which a checkpoint carries whole) with
+3. Worker loss at 90%: a one-symbol grid of 10,000 combinations (the most one task's sweep may
+   have) on the interpreted path (`stop_loss_pct` 5: ~1 ms each, 10-15 s on 1 worker) with
    BACKSTREAM_LEASE_MS=2000 and BACKSTREAM_HEARTBEAT_MS=500, so that a dead worker's work is taken
-   over within about 2 s. Uninterrupted, then once more with the worker SIGKILLed (its process
-   group) when the task's progress passes 90% and a new worker started at once; time lost =
-   wall - uninterrupted wall. As a job (chunks of ~0.3 s, the completed ones kept), as one task
+   over within about 2 s, and BACKSTREAM_PROGRESS_INTERVAL_MS=100, so the kill lands near 90%.
+   Uninterrupted, then once more with the worker SIGKILLed (its process group) when the task's
+   progress passes 90% and a new worker started at once; time lost = wall - uninterrupted wall.
+   As a job (chunks of ~0.3 s, the completed ones kept), as one task
    that restarts from zero (BACKSTREAM_CHUNK_SECONDS=1e9: no fan-out; BACKSTREAM_CHECKPOINT_S=1e9:
    no checkpoint), and as one task checkpointed every second (BACKSTREAM_CHECKPOINT_S=1).
 
