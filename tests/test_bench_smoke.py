@@ -17,7 +17,10 @@ What runs where:
   code on a 2 x 2 grid and on 400 events (`sweep_bench.py`'s vectorbt and old-tree sides need a
   separate venv and checkout, so they are left out here).
 - `cluster_bench.py --smoke` runs 60 tasks on a standalone server and on three cluster masters.
-Each script starts its own private redis-server (so redis-server and redis-benchmark must be on
+- `job_bench.py --smoke` runs a 2-symbol x 100-combination universe job on 1 and 2 workers and a
+  ~2 s grid with its worker killed at 90%, three ways (a job, one task, one task checkpointed), on
+  the shared Redis under prefixes of its own; not Celery and Dask (the peers' environment).
+Each script but job_bench.py starts its own private redis-server (so redis-server and redis-benchmark must be on
 PATH, as CI's .ci/run makes sure); the first test uses the shared Redis with its own prefix.
 """
 
@@ -162,3 +165,21 @@ def test_cluster_bench_runs(tmp_path: Path) -> None:
         assert all((s["tasks"] > 0) == (s["cpu_us_per_task_held"] is not None) for s in setup["shards"])
         assert all(s["idle_cpu_share"] >= 0 and s["idle_commands_per_s"] > 0 for s in setup["shards"])
         assert abs(sum(s["command_share"] for s in setup["shards"]) - 1) < 0.01
+
+
+def test_job_bench_runs(tmp_path: Path) -> None:
+    """The universe job gives the engine's best on 1 and 2 workers; each of the three runs with a
+    worker killed at 90% completes with the uninterrupted run's best."""
+    out = bench_script("job_bench.py", "--smoke", "--json", str(tmp_path / "jobs.json"), tmp_path=tmp_path)
+    results = json.loads((tmp_path / "jobs.json").read_text())
+    alone = results["engine_alone"]
+    assert alone["combinations"] == 200 and alone["per_s"] > 0, alone
+    for workers in ("1", "2"):
+        job = results["jobs"][workers]
+        assert job["chunks"] == 2 and job["seconds"] > 0 and job["best"] == alone["best"], job
+    assert results["peers"] == {}
+    loss = results["loss"]
+    assert [r["chunks"] > 1 for r in loss] == [True, False, False], loss
+    assert all(r["killed_at"] >= 0.9 and r["killed_s"] > 0 and r["same_best"] for r in loss), loss
+    assert re.search(r"^\| Backstream job, 2 worker processes \| [\d.]+ \|", out, re.M), out
+    assert re.search(r"^\| one task, no checkpoint \(restarts from zero\) \| - \|", out, re.M), out
