@@ -145,7 +145,9 @@ async def get_task(request: Request) -> Response:
     task_id = task_id_param(request)
     as_of = _query(request, TaskQuery).as_of
     if as_of is None:
-        return JSONResponse(to_api(await _current(request, task_id)))
+        now = await _current(request, task_id)
+        counts = await context(request).projection.chunk_counts(task_id) if now.job is not None else None
+        return JSONResponse(to_api(now, counts))
     try:
         until = as_of_id(as_of)
     except ValueError as e:

@@ -100,6 +100,13 @@ def test_a_fanned_out_sweep_on_two_workers_equals_the_one_task_sweep(cluster: Cl
     assert job["status"] == "completed", job
     chunks = job["job"]["chunks"]
     assert chunks > 4 and job["job"]["done"] == chunks and job["job"]["failed"] == 0
+
+    def all_chunks_folded() -> dict[str, int] | None:
+        counts: dict[str, int] = _task(url, job_id)["chunk_statuses"]
+        return counts if counts["completed"] == chunks else None
+
+    counts = wait_until(all_chunks_folded, timeout=30, what="the projector to fold every chunk")
+    assert counts == {"queued": 0, "running": 0, "completed": chunks, "failed": 0, "cancelled": 0}
     expected = _one_task_sweep(body)
     assert job["result"]["best_params"] == expected["best"]["params"]
     assert job["result"]["metrics"] == {k: expected["best"]["metrics"][k] for k in job["result"]["metrics"]}
@@ -171,6 +178,8 @@ def test_a_cancelled_job_stops_and_nothing_of_it_runs_or_writes_after(cluster: C
         return job if job and job["done"] >= 1 else None
 
     job = wait_until(some_done, timeout=60, what="a chunk to complete")
+    statuses = _task(url, job_id)["chunk_statuses"]
+    assert sum(statuses.values()) == job["chunks"] and statuses["completed"] >= 1
     reply = httpx.delete(f"{url}/api/backtests/tasks/{job_id}", timeout=10)
     assert reply.status_code in (200, 202), reply.text
     cancelled_at = time.monotonic()

@@ -77,6 +77,9 @@ class TaskView(msgspec.Struct, frozen=True):
     # A job's chunks: how many, how many ended done or failed, the best so far; only on a job
     # (a request that fanned out over the fleet: streams.md, "Jobs").
     job: JobState | msgspec.UnsetType = msgspec.UNSET
+    # A job's chunks by status right now (queued, running, completed, failed, cancelled), as the
+    # projection holds them; only on a job, and only where the reader asked the projection.
+    chunk_statuses: dict[str, int] | msgspec.UnsetType = msgspec.UNSET
 
 
 class TaskPage(msgspec.Struct, frozen=True):
@@ -240,8 +243,9 @@ class TaskQuery(msgspec.Struct, frozen=True):
     as_of: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
 
-def to_api(state: TaskState) -> dict[str, Any]:
-    """The public JSON shape of a task: `orchestrator.domain.views.TaskView`, as builtins."""
+def to_api(state: TaskState, chunk_statuses: dict[str, int] | None = None) -> dict[str, Any]:
+    """The public JSON shape of a task: `orchestrator.domain.views.TaskView`, as builtins;
+    `chunk_statuses`: a job's chunks by status (`ReadModel.chunk_counts`)."""
     view = TaskView(
         task_id=state.task_id,
         status=state.status,
@@ -260,6 +264,7 @@ def to_api(state: TaskState) -> dict[str, Any]:
         cancelled_by=state.cancelled_by if state.status == Status.CANCELLED else msgspec.UNSET,
         result_deleted_at=state.result_deleted_at if state.result_deleted_at is not None else msgspec.UNSET,
         job=state.job if state.job is not None else msgspec.UNSET,
+        chunk_statuses=chunk_statuses if chunk_statuses is not None else msgspec.UNSET,
     )
     body: dict[str, Any] = msgspec.to_builtins(view)
     return body

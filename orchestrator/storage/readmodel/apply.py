@@ -3,6 +3,8 @@ position, stored atomically through `apply.lua` on that partition's slot."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from orchestrator.domain.events import StoredEvent
 from orchestrator.domain.state import TaskState
 from orchestrator.storage.codec import text
@@ -94,19 +96,12 @@ class PartitionProjection:
             if old is not None and old.status == state.status:
                 continue
             member = index_member(state).encode()
-            if state.spec.chunk is not None:
-                # A chunk is listed under its job only, in no status index: the task list and
-                # its counts show jobs, not their thousands of chunks.
-                if old is None:
-                    index_ops.setdefault((b"ZADD", self.keys.projected_chunks(state.spec.chunk.parent)), []).append(
-                        member
-                    )
-                continue
+            index = self._index_of(state)
             if old is None:
-                index_ops.setdefault((b"ZADD", self.keys.projected_index()), []).append(member)
+                index_ops.setdefault((b"ZADD", index(None)), []).append(member)
             else:
-                index_ops.setdefault((b"ZREM", self.keys.projected_index(old.status)), []).append(member)
-            index_ops.setdefault((b"ZADD", self.keys.projected_index(state.status)), []).append(member)
+                index_ops.setdefault((b"ZREM", index(old.status)), []).append(member)
+            index_ops.setdefault((b"ZADD", index(state.status)), []).append(member)
         for (name, key), members in index_ops.items():
             ops.add(name, key, b"\0".join(members))
         verdict = await self.scripts.apply(
@@ -118,6 +113,14 @@ class PartitionProjection:
             ops=b"\x02".join(ops.ops),
         )
         return verdict.outcome
+
+    def _index_of(self, state: TaskState) -> Callable[[str | None], str]:
+        """The indexes `state` is listed in, by status (None: all): the task list's, or for a
+        chunk its job's alone, so that the list and its counts show jobs, not their chunks."""
+        if state.spec.chunk is None:
+            return self.keys.projected_index
+        job_id = state.spec.chunk.parent
+        return lambda status: self.keys.projected_chunks(job_id, status)
 
 
 class Projection(ReadModel):

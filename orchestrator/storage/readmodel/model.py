@@ -169,6 +169,19 @@ class ReadModel:
         await self.refresh()
         return await listing.chunks(self.load, self.current, job_id, start, stop)
 
+    async def chunk_counts(self, job_id: str) -> dict[str, int]:
+        """How many of the job's chunks the projection holds in each status ({} for an id naming
+        a partition the deployment lacks; zeros for a task that is no job)."""
+        await self.refresh()
+        keys = self.keys_of(job_id)
+        if keys is None:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for status in Status:
+                pipe.zcard(keys.projected_chunks(job_id, status))
+            counts = await pipe.execute()
+        return {status.value: int(n) for status, n in zip(Status, counts, strict=True)}
+
     async def all_tasks(self, status: Status) -> list[TaskState]:
         """Every task the projection holds under `status`, oldest submit first over every
         partition (for maintenance: it reads the whole indexes)."""
