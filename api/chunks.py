@@ -1,9 +1,6 @@
-"""`GET …/tasks/{id}/chunks`: a job's chunk tasks in chunk order (streams.md, "Jobs"), and the
-shapes of its query and answer."""
+"""`GET …/tasks/{id}/chunks`: a job's chunk tasks in chunk order (streams.md, "Jobs")."""
 
 from __future__ import annotations
-
-from typing import Annotated
 
 import msgspec
 from starlette.requests import Request
@@ -13,29 +10,7 @@ from api.context import context
 from api.errors import ApiError, FieldProblem, from_validation_error, task_id_param
 from orchestrator.domain.state import TaskState
 from orchestrator.domain.status import TERMINAL_STATUSES
-from orchestrator.domain.views import Limit, TaskView, to_api
-
-ChunkIndex = Annotated[
-    int, msgspec.Meta(ge=0, description="a next_cursor this API returned: the index of the page's first chunk")
-]
-
-
-class ChunkListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """`GET …/tasks/{id}/chunks`: `limit` chunks from index `cursor` (default 0) on."""
-
-    limit: Limit = 50
-    cursor: ChunkIndex | None = None
-
-
-class ChunkPage(msgspec.Struct, frozen=True):
-    """One page of a job's chunks in chunk order (index ascending, each chunk's `spec.chunk.index`),
-    out of `total`; pass `next_cursor` as `cursor` for the next page (null: there is none). A
-    task that may still fan out (a sweep or universe not yet planned) has `total` 0 and no chunks."""
-
-    job_id: str
-    total: int
-    chunks: list[TaskView]
-    next_cursor: int | None
+from orchestrator.domain.views import ChunkListQuery, to_api
 
 
 def _may_fan_out(state: TaskState) -> bool:

@@ -225,7 +225,10 @@ async def test_the_python_client_submits_a_universe_and_follows_it(system: Syste
         task = await asyncio.to_thread(lambda: run.wait(bar=ProgressBar(out)))
         plain = _PlainBar()
         again = await asyncio.to_thread(lambda: client.run(run.task_id).wait(bar=plain))
+        chunks = await asyncio.to_thread(client.run(run.task_id).chunks)
     assert task.status == "completed" and isinstance(task.job, JobState) and task.job.done == task.job.chunks
+    assert [c.spec.chunk.index for c in chunks if c.spec.chunk] == list(range(task.job.chunks))
+    assert {c.status for c in chunks} == {"completed"} and {c.spec.symbol for c in chunks} == {"AAPL", "IBM"}
     assert f"chunks {task.job.chunks} done, 0 failed of {task.job.chunks}  best " in out.getvalue().splitlines()[-1]
     assert again.status == "completed" and plain.shown[-1] == ("completed", 1.0)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from api.chunks import ChunkListQuery, ChunkPage
 from orchestrator.domain import views
 from orchestrator.domain.spec import BacktestSpec
+from orchestrator.domain.views import ChunkListQuery, ChunkPage
 
 TASK_ID = {
     "name": "task_id",

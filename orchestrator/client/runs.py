@@ -10,7 +10,16 @@ from orchestrator.client.progress import SUBMITTED, Bar, Watch, default_bar, dra
 from orchestrator.client.results import Result, frame
 from orchestrator.domain.spec import BacktestSpec, ParamValue
 from orchestrator.domain.status import TERMINAL_STATUSES, Status
-from orchestrator.domain.views import Dataset, Datasets, EventView, SubmitReply, TaskEvents, TaskPage, TaskView
+from orchestrator.domain.views import (
+    ChunkPage,
+    Dataset,
+    Datasets,
+    EventView,
+    SubmitReply,
+    TaskEvents,
+    TaskPage,
+    TaskView,
+)
 
 
 def _task_path(task_id: str, tail: str = "") -> str:
@@ -56,6 +65,17 @@ class Run:
     def events(self) -> list[EventView]:
         """The task's events still in the log, oldest first."""
         return self.client.api.get(_task_path(self.task_id, "/events"), TaskEvents).events
+
+    def chunks(self) -> list[TaskView]:
+        """A job's chunk tasks in chunk order, every page of them ([] while a job is not yet
+        planned; Refused `not_a_job` for a task that ran as one task)."""
+        found: list[TaskView] = []
+        cursor: int | None = 0
+        while cursor is not None:
+            page = self.client.api.get(_task_path(self.task_id, f"/chunks?limit=500&cursor={cursor}"), ChunkPage)
+            found += page.chunks
+            cursor = page.next_cursor
+        return found
 
     def cancel(self) -> TaskView:
         """Cancel the task (a no-op on a finished one); the task as it is then."""

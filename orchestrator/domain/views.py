@@ -229,6 +229,29 @@ class TaskListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     strategy: Name | None = None
 
 
+ChunkIndex = Annotated[
+    int, msgspec.Meta(ge=0, description="a next_cursor this API returned: the index of the page's first chunk")
+]
+
+
+class ChunkListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`GET …/tasks/{id}/chunks`: `limit` chunks from index `cursor` (default 0) on."""
+
+    limit: Limit = 50
+    cursor: ChunkIndex | None = None
+
+
+class ChunkPage(msgspec.Struct, frozen=True):
+    """One page of a job's chunks in chunk order (index ascending, each chunk's `spec.chunk.index`),
+    out of `total`; pass `next_cursor` as `cursor` for the next page (null: there is none). A
+    task that may still fan out (a sweep or universe not yet planned) has `total` 0 and no chunks."""
+
+    job_id: str
+    total: int
+    chunks: list[TaskView]
+    next_cursor: int | None
+
+
 class DeadLetterQuery(msgspec.Struct, frozen=True):
     """`GET /api/dead-letters`: newest first, those before the stream id `before` when given."""
 
