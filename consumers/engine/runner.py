@@ -7,9 +7,9 @@ be saved (`checkpoint.py`).
 
 from __future__ import annotations
 
-import itertools
+import functools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import msgspec
@@ -83,13 +83,17 @@ class BacktestRun:
         SpecError when a chunk's range lies beyond the admissible combinations."""
         spec = self.spec
         params = {**self.strategy.with_defaults(spec.params), **spec.management}
-        every: Iterable[Mapping[str, Any]] = (
-            sweep.admissible(self.strategy, params, spec.constraint, n_bars) if spec.is_sweep else [params]
-        )
+        if not spec.is_sweep:
+            every: Sequence[Mapping[str, Any]] = [params]
+        elif spec.chunk is None:
+            return list(sweep.admissible(self.strategy, params, spec.constraint, n_bars))
+        else:
+            # A worker runs many chunks of one job: the grid is scanned once per process.
+            every = _admissible(spec.strategy, msgspec.json.encode(params), spec.constraint, n_bars)
         if spec.chunk is None:
             return list(every)
         chunk = spec.chunk
-        combinations = list(itertools.islice(every, chunk.start, chunk.stop))
+        combinations = [dict(c) for c in every[chunk.start : chunk.stop]]
         if len(combinations) != chunk.stop - chunk.start:
             message = f"combinations [{chunk.start}, {chunk.stop}) asked, but {spec.symbol} has fewer admissible"
             raise SpecError(f"chunk: {message}", [FieldError("chunk", message)])
@@ -278,6 +282,14 @@ class BacktestRun:
         if self._outcome is None:
             raise EngineError("the run is not done yet: call advance() until done")
         return self._outcome
+
+
+@functools.lru_cache(maxsize=16)
+def _admissible(strategy: str, params: bytes, constraint: str | None, n_bars: int) -> tuple[Mapping[str, Any], ...]:
+    """`sweep.admissible` for the strategy named `strategy` over `params` (msgspec JSON), kept:
+    the chunks of a job share it (each takes a copy of its range)."""
+    grid = msgspec.json.decode(params)
+    return tuple(sweep.admissible(strategies().require(strategy), grid, constraint, n_bars))
 
 
 def start_run(spec: BacktestSpec, catalog: Catalog, checkpoint: bytes | None = None) -> BacktestRun:
