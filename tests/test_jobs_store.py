@@ -290,3 +290,27 @@ def test_the_scripts_name_a_jobs_keys_as_keys_py_does() -> None:
         (keys.checkpoint("t"), ":checkpoint"),
     ):
         assert key == control + suffix and f"'{suffix}'" in lib
+
+
+async def test_a_tolerated_lost_chunk_reports_the_jobs_progress_in_a_version_it_reads(backend: Backend) -> None:
+    job = _Job(backend)
+    await job.start(4, tolerance=0.5)
+    item = min(await job.take(4), key=lambda t: job.chunks.index(t.task_id))
+    for loss in range(LOST_WORKERS_PER_ATTEMPT):
+        await job.queue.claim(
+            item.task_id, worker=f"w{loss}", token=f"t{loss}", message_id=item.message_id, reclaim=True, max_attempts=1
+        )
+    progress = (await job.events())[-1]  # decoded: its version is one this code reads
+    assert isinstance(progress, JobProgress) and (progress.failed, progress.progress) == (1, 0.25)
+
+
+async def test_a_chunk_whose_spec_its_worker_cannot_read_still_ends_in_its_job(backend: Backend) -> None:
+    # A newer version wrote a spec this worker cannot decode: it fails the attempt without
+    # knowing the task is a chunk, and the job must still hear of it.
+    job = _Job(backend)
+    await job.start(2)
+    item = min(await job.take(2), key=lambda t: job.chunks.index(t.task_id))
+    failed = Failed(task_id=item.task_id, attempt=item.claim.attempt, error="unreadable spec", error_type="X")
+    assert await job.queue.finish(failed, message_id=item.message_id, spec=None) is None
+    outcome = (await job.events())[-1]
+    assert isinstance(outcome, Failed) and outcome.error == "a chunk of this job failed for good: unreadable spec"

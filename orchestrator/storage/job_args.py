@@ -30,8 +30,8 @@ def chunk_failed(error: str, failed: Failed) -> Failed:
 
 
 def job_args(job_failed: Failed, end: ChunkEnd | None = None) -> list[Any]:
-    """What finish.lua takes after `history` for a chunk (claim.lua takes it from the 4th on):
-    its score, bankrupt flag and summary (lib.lua, chunk_ended), the job's `failed` data, its
+    """What finish.lua and claim.lua take after `history` for a chunk (lib.lua, job_args): its
+    score, bankrupt flag and summary (`end`, of a completion), the job's `failed` data, its
     chunks' `cancelled` data, and the versions the job's events are appended with."""
     value = None if end is None else end.score
     return [
@@ -50,14 +50,18 @@ def job_args(job_failed: Failed, end: ChunkEnd | None = None) -> list[Any]:
 def chunk_args(
     spec: BacktestSpec | None, event: Completed | Failed | RetryScheduled, end: ChunkEnd | None
 ) -> list[Any]:
-    """finish.lua's arguments for a chunk's job ([] for a task that is no chunk)."""
-    if spec is None or spec.chunk is None:
+    """finish.lua's arguments for a chunk's job: [] for a task whose spec says it is no chunk;
+    for a spec this worker could not read (None), the same arguments with a failure that names
+    no range, since the task may be a chunk (finish.lua refuses a chunk's outcome without them,
+    and a chunk that ends must reach its job)."""
+    if spec is not None and spec.chunk is None:
         return []
-    span = span_of(spec)
-    error = getattr(event, "error", "")
-    where = f"chunk {span['chunk']} ({span['symbol']}, combinations {span['start']}-{span['stop']})"
+    where = "a chunk of this job"
+    if spec is not None:
+        span = span_of(spec)
+        where = f"chunk {span['chunk']} ({span['symbol']}, combinations {span['start']}-{span['stop']})"
     failed = event if isinstance(event, Failed) else Failed(task_id="", error="")
-    return job_args(chunk_failed(f"{where} failed for good: {error}", failed), end)
+    return job_args(chunk_failed(f"{where} failed for good: {failed.error}", failed), end)
 
 
 def _decimal(value: float) -> str:

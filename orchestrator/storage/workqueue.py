@@ -174,7 +174,7 @@ class WorkQueue(WorkItems):
             lost_data=event_data(lost),
             lost_version=Failed.SCHEMA_VERSION,
             history=history,
-            job_args=job_args(chunk_failed(f"a chunk of this job failed for good: {lost.error}", lost))[3:],
+            job_args=job_args(chunk_failed(f"a chunk of this job failed for good: {lost.error}", lost)),
         )
         return _claim(reply)
 

@@ -2,9 +2,7 @@
 -- KEYS: control, log, events, work, dead letters, delayed
 -- ARGV: task_id, worker, claim token, data, schema version, work message id, reclaim (1/0),
 --       group, max lost workers, failed-event data, failed schema version, attempt history json,
---       then what a failed chunk tells its job (lib.lua, chunk_ended): the job's `failed` data,
---       its other chunks' `cancelled` data, and the versions of completed, job_progress and
---       cancelled.
+--       then what a chunk failed here tells its job (lib.lua, job_args).
 -- Returns {'ok', attempt, spec, failures, isolated (1/0)} or
 -- {'terminal'|'missing'|'busy'|'stale', status}.
 -- The work item of a task that is gone, finished, or no longer behind it is retired.
@@ -19,8 +17,8 @@
 local ctl, log, events, work, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local task_id, worker, token, msg = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
 -- Everything the claim needs, in one read; the claim's writes in one HSET.
-local status, held_by, attempt, current_msg, losses, spec, failures, isolate, seq = unpack(redis.call(
-  'HMGET', ctl, 'status', 'token', 'attempt', 'msg', 'losses', 'spec', 'failures', 'isolate', 'seq'))
+local status, held_by, attempt, current_msg, losses, spec, failures, isolate, seq, parent = unpack(redis.call(
+  'HMGET', ctl, 'status', 'token', 'attempt', 'msg', 'losses', 'spec', 'failures', 'isolate', 'seq', 'parent'))
 if not status then
   retire(work, ARGV[8], msg)
   return {'missing', ''}
@@ -43,15 +41,17 @@ if status == 'running' and ARGV[7] ~= '1' then return {'busy', status} end
 attempt = tonumber(attempt)
 local lost = status == 'running'
 losses = tonumber(losses or 0)
+local job = parent and job_args(13, task_id, 'failed', ARGV[8])
+if parent and not job then
+  return redis.error_reply('claim.lua: ' .. task_id .. ' is a chunk of ' .. parent .. ', and its job arguments are missing')
+end
 if lost and losses + 1 >= tonumber(ARGV[9]) then
   -- It lost its worker that often, even running in a process of its own: give up on it.
   redis.call('HSET', ctl, 'losses', losses + 1)
   fail_for_good(ctl, log, events, dead, task_id, ARGV[11], attempt, ARGV[10], 'worker_lost', ARGV[12])
   retire(work, ARGV[8], msg)
   redis.call('HDEL', ctl, 'msg')
-  chunk_ended(ctl, events, work, KEYS[6], dead, {task_id = task_id, outcome = 'failed', failed_data = ARGV[13],
-    cancelled_data = ARGV[14], group = ARGV[8], failed_v = ARGV[11], completed_v = ARGV[15],
-    progress_v = ARGV[16], cancelled_v = ARGV[17]})
+  if job then chunk_ended(ctl, parent, events, work, KEYS[6], dead, job) end
   return {'terminal', 'failed'}
 end
 attempt = attempt + 1

@@ -10,17 +10,15 @@
 -- KEYS: control, log, events, work, result, delayed, dead letters, staged result
 -- ARGV: task_id, attempt, group, work message id, outcome, data, version,
 --       '1' if a result was staged, retry delay ms, dead-letter reason, attempt history json,
---       then for a chunk of a job (else nothing): its best row's score ('' for none), bankrupt
---       ('1'/'0'), the job's summary should it hold the job's best, the job's `failed` data,
---       the `cancelled` data of its other chunks, and the versions of completed, failed,
---       job_progress and cancelled (lib.lua, chunk_ended).
+--       then for a chunk of a job (else nothing) what it tells its job (lib.lua, job_args).
 -- Idempotent: re-sending the outcome already stored for this attempt returns 'ok'.
 local ctl, log, events, work, result, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local staged, has_result = KEYS[8], ARGV[8] == '1'
 local task_id, outcome, msg = ARGV[1], ARGV[5], ARGV[4]
 local after = outcome
 if outcome == 'retry_scheduled' then after = 'queued' end
-local status, attempt, seq = unpack(redis.call('HMGET', ctl, 'status', 'attempt', 'seq'))
+local status, attempt, seq, parent = unpack(redis.call('HMGET', ctl, 'status', 'attempt', 'seq', 'parent'))
+local job = parent and job_args(12, task_id, outcome, ARGV[3])
 if status == after and attempt == ARGV[2] then
   if has_result then redis.call('DEL', staged) end
   return {'ok'}
@@ -32,6 +30,9 @@ end
 -- Checked before any write: a script's writes are not undone by a later error.
 if has_result and redis.call('EXISTS', staged) == 0 then
   return redis.error_reply('finish.lua: the staged result ' .. staged .. ' is missing')
+end
+if parent and not job then
+  return redis.error_reply('finish.lua: ' .. task_id .. ' is a chunk of ' .. parent .. ', and its job arguments are missing')
 end
 if outcome == 'failed' then
   fail_for_good(ctl, log, events, dead, task_id, ARGV[7], attempt, ARGV[6], ARGV[10], ARGV[11])
@@ -59,9 +60,7 @@ elseif outcome == 'retry_scheduled' then
   redis.call('HINCRBY', ctl, 'failures', 1)
 end
 retire(work, ARGV[3], msg)
-if ARGV[12] and outcome ~= 'retry_scheduled' then
-  chunk_ended(ctl, events, work, delayed, dead, {task_id = task_id, outcome = outcome, score = ARGV[12],
-    bankrupt = ARGV[13], best = ARGV[14], failed_data = ARGV[15], cancelled_data = ARGV[16], group = ARGV[3],
-    completed_v = ARGV[17], failed_v = ARGV[18], progress_v = ARGV[19], cancelled_v = ARGV[20]})
+if job and outcome ~= 'retry_scheduled' then
+  chunk_ended(ctl, parent, events, work, delayed, dead, job)
 end
 return {'ok'}

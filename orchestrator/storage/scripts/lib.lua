@@ -67,6 +67,18 @@ end
 -- tag, so every one of them is in the slot of the script that names it.
 local LOG_SUFFIX = ':log'
 
+-- What the worker tells a chunk's job (job_args.py, `job_args`), from ARGV[base] on, in this
+-- order: the chunk's best score ('' for none), bankrupt ('1'/'0'), the job's summary should it
+-- hold the job's best (JSON object), the job's `failed` data, the `cancelled` data of its other
+-- chunks, and the versions of completed, failed, job_progress and cancelled. nil when the call
+-- lacks them (a caller checks that before its first write).
+local function job_args(base, task_id, outcome, group)
+  if not ARGV[base + 8] then return nil end
+  return {task_id = task_id, outcome = outcome, group = group, score = ARGV[base], bankrupt = ARGV[base + 1],
+    best = ARGV[base + 2], failed_data = ARGV[base + 3], cancelled_data = ARGV[base + 4],
+    completed_v = ARGV[base + 5], failed_v = ARGV[base + 6], progress_v = ARGV[base + 7], cancelled_v = ARGV[base + 8]}
+end
+
 -- Is the chunk ranked (bankrupt, score, index) better than the job's best so far (cb, cs, ci)?
 -- As the engine ranks rows: bankrupt last, then no score, then the higher score, then the
 -- earlier chunk (the grid's order). Scores are decimal strings of doubles ('' for none).
@@ -100,13 +112,10 @@ end
 -- job's best, and append the job's outcome when this was its last chunk, or one failure more
 -- than the job tolerates (then its other chunks are cancelled). Else a `job_progress` when the
 -- job passed another whole percent. Nothing when the task is no chunk or its job has ended.
--- j: task_id, outcome, score ('' for none), bankrupt ('1'/'0'), best (JSON object: the job's
---    summary should this chunk hold its best), failed_data (the job's `failed` event data),
---    cancelled_data, group, and the schema versions completed_v, failed_v, progress_v,
---    cancelled_v.
-local function chunk_ended(ctl, events, work, delayed, dead, j)
-  local parent, index, span = unpack(redis.call('HMGET', ctl, 'parent', 'index', 'span'))
-  if not parent then return end
+-- `parent`: the job's id (the chunk's control hash names it). j: task_id, outcome, group, and
+-- what `job_args` reads.
+local function chunk_ended(ctl, parent, events, work, delayed, dead, j)
+  local index, span = unpack(redis.call('HMGET', ctl, 'index', 'span'))
   local task_prefix = string.sub(ctl, 1, #ctl - #j.task_id)
   local pctl = task_prefix .. parent
   local plog, job = pctl .. LOG_SUFFIX, pctl .. ':job'
