@@ -10,12 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from consumers.maintenance.archive import export_layout
 from consumers.maintenance.result_retention import ResultPolicy, apply_result_retention
 from consumers.maintenance.retention import apply_layout_retention
 from orchestrator.domain.events import Completed
+from orchestrator.domain.jobs import ChunkEnd, FanOut
+from orchestrator.domain.spec import Chunk
 from orchestrator.domain.state import TaskState
 from orchestrator.settings import Settings
 from orchestrator.storage.commands import Commands
@@ -121,3 +124,45 @@ async def test_the_results_retention_command_covers_every_partition(real_backend
     assert sorted(d["task_id"] for d in report["deleted"]) == sorted(tasks) and report["kept"] == 0
     await fold_every_partition(redis, layout)
     assert all([(await projected(redis, layout, t)).result_deleted_at is not None for t in tasks])
+
+
+async def test_a_jobs_chunk_results_outlive_their_trimmed_log(backend: Backend, tmp_path: Path) -> None:
+    # A job's chunks are in no status index of the task list, and log retention trims their
+    # events: the projection still names their results, which must not be taken for orphans.
+    redis, layout = backend.redis, partitioned(backend)
+    results = results_for(Settings(results_url=f"file://{tmp_path}/results"))
+    assert results is not None
+    commands, queue = Commands(redis, layout), WorkQueue(redis, layout)
+    await queue.ensure_group()
+    job_spec = msgspec.structs.replace(SPEC, symbol="", symbols=["IBM", "GOOG"])
+    job_id = (await commands.submit(None, job_spec)).task_id
+    (parent,) = await queue.take(worker="w1", count=1)
+    chunks = [
+        msgspec.structs.replace(job_spec, symbol=s, symbols=None, chunk=Chunk(parent=job_id, index=i, start=0, stop=1))
+        for i, s in enumerate(["IBM", "GOOG"])
+    ]
+    plan = FanOut(chunks=chunks, symbols=["IBM", "GOOG"], combinations=2, per_chunk=1)
+    assert (
+        await queue.fan_out(job_id, parent.claim.attempt, message_id=parent.message_id, plan=plan, tolerance=0) is None
+    )
+    detail = engine_detail(SINGLE)
+    keys = []
+    for taken in await queue.take(worker="w1", count=10):
+        ref = await results.put(taken.task_id, taken.claim.attempt, detail)
+        keys.append(ref.key)
+        event = Completed(task_id=taken.task_id, attempt=taken.claim.attempt, result={}, result_ref=ref)
+        end = ChunkEnd(score=1.0, bankrupt=False, best={"metrics": {}})
+        assert await queue.finish(event, message_id=taken.message_id, spec=taken.claim.spec, end=end) is None
+    await fold_every_partition(redis, layout)
+    for part in await export_layout(redis, layout, tmp_path / "log.ndjson"):
+        if part.last is not None:  # the job's partition; the others hold nothing
+            await redis.set(layout.partition(part.partition).archived_through, part.last)
+    await apply_layout_retention(redis, layout, horizon_ms=AHEAD_MS)
+    for key in keys:
+        task_id = key.split("/", 1)[0]
+        assert await task_events(redis, layout.of(task_id), task_id) == []  # its log is trimmed
+    reads = ReadModel(redis, layout.home, follow_live=True)
+    policy = ResultPolicy(orphan_grace_ms=1000)
+    report = await apply_result_retention(commands, reads, results, policy, now_ms=int(time.time() * 1000) + 60_000)
+    assert report.orphans_deleted == []
+    assert all([await stored_keys(results, key) for key in keys])

@@ -153,6 +153,22 @@ async def apply_result_retention(
     return report
 
 
+async def _named_in_projection(redis: RedisClient, live: Layout, key: str) -> bool:
+    """Does the live projection hold `key` as a task's live result? Asked of every prefix the
+    completed index does not name: a job's chunks are in no status index of the task list, and
+    their results live as long as their job's."""
+    task_id = key.split("/", 1)[0]
+    try:
+        keys = live.of(task_id)
+    except (ValueError, IndexError):
+        return False
+    fields = await redis.hgetall(keys.projected_task(task_id))
+    if not fields:
+        return False
+    state = from_hash(fields)
+    return state.result_ref is not None and state.result_ref.key == key and state.result_deleted_at is None
+
+
 async def _named_in_log(redis: RedisClient, layout: Layout, key: str) -> bool:
     """Does the task's log (in its partition) name `key` as a live result (completed with it, not
     deleted since)? For a task the projection has not folded yet. False for a prefix that names
@@ -186,8 +202,8 @@ async def collect_orphans(
     newest object is older than `grace_ms`: uploads whose outcome was never recorded (the worker
     died or lost its claim between the upload and the outcome; a fenced outcome), and leftovers
     of a deletion a crash interrupted. `named`: the keys the projection calls live; a prefix it
-    does not name is checked against the task's log too, in its partition of `layout` (the
-    projector may lag). Returns the prefixes deleted."""
+    does not name is checked against the task's projected state (a job's chunk) and its log, in
+    its partition of `layout` (the projector may lag). Returns the prefixes deleted."""
     newest: dict[str, int] = {}
     async for obj in results.objects():
         parts = obj.path.split("/")
@@ -196,7 +212,9 @@ async def collect_orphans(
             newest[prefix] = max(newest.get(prefix, 0), obj.last_modified_ms)
     collected = []
     for prefix, modified in sorted(newest.items()):
-        if prefix in named or now_ms - modified <= grace_ms or await _named_in_log(redis, layout, prefix):
+        if prefix in named or now_ms - modified <= grace_ms:
+            continue
+        if await _named_in_projection(redis, layout, prefix) or await _named_in_log(redis, layout, prefix):
             continue
         collected.append(prefix)
         if not dry_run:
