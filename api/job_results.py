@@ -8,11 +8,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from api.errors import ApiError
+from api.errors import RETRY_AFTER_SECONDS, ApiError
 from orchestrator.domain.jobs import span_of
 from orchestrator.domain.state import TaskState, result_location
 from orchestrator.storage.codec import decode_json
-from orchestrator.storage.partitions import chunk_id
 from orchestrator.storage.readmodel import ReadModel
 from orchestrator.storage.results.job import ChunkResult, assemble_job
 from orchestrator.storage.results.shape import split_detail
@@ -30,16 +29,23 @@ async def job_result(
     when a chunk's result is in a results store this API lacks, ResultGone when no chunk's
     result is left (or a chunk's objects are gone), and the store's I/O errors."""
     assert job.job is not None
-    ids = [chunk_id(job.task_id, index) for index in range(job.job.chunks)]
-    chunks = await projection.load(ids)
+    # Read-your-writes, as the job's own state: the last chunk may not be folded yet.
+    chunks = await projection.chunks(job.task_id, 0, job.job.chunks)
+    if len(chunks) != job.job.chunks:
+        raise ApiError(
+            503,
+            "job_chunks_unavailable",
+            f"{job.job.chunks - len(chunks)} of the job's chunks cannot be read now; retry shortly",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     reads = asyncio.Semaphore(CHUNK_READS)
 
     async def read(chunk: TaskState) -> ChunkResult | None:
         async with reads:
             return await _chunk_result(projection, results, chunk)
 
-    parts = await asyncio.gather(*(read(chunks[i]) for i in ids))
-    spans = [span_of(chunks[i].spec) for i in ids]
+    parts = await asyncio.gather(*(read(chunk) for chunk in chunks))
+    spans = [span_of(chunk.spec) for chunk in chunks]
     minimise, universe = job.spec.minimise, job.spec.symbols is not None
     return await asyncio.to_thread(lambda: assemble_job(parts, spans, minimise=minimise, universe=universe))
 

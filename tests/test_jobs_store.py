@@ -129,6 +129,7 @@ async def test_the_last_chunk_to_finish_appends_the_jobs_outcome_with_the_best_c
     state = await job.state()
     assert state.status == Status.COMPLETED and state.job is not None
     assert (state.job.chunks, state.job.done, state.job.failed) == (4, 4, 0)
+    assert state.job.best == {"metrics": {"sqn": 1.5}, "best_params": {"fast": 0}, "objective": "sqn"}
 
 
 async def test_a_resent_chunk_finish_counts_nothing_twice(backend: Backend) -> None:
@@ -235,8 +236,12 @@ async def test_retrying_a_failed_job_reruns_only_the_chunks_that_did_not_complet
     await job.complete(first, 2.0)
     await job.fail(second)  # fails the job, cancels chunk 2
     assert (await job.state()).status == Status.FAILED
+    failed = await job.state()
+    assert failed.finished_at is not None and failed.job is not None
     await job.commands.requeue(job.task_id, by="alice")
-    assert (await job.state()).status == Status.RUNNING
+    again = await job.state()
+    assert again.status == Status.RUNNING and again.finished_at is None and again.error is None
+    assert again.job is not None and again.job.failed == 0 and again.progress == 1 / 3
     assert isinstance((await job.events())[-1], Requeued)
     again = await job.take(10)
     assert sorted(t.task_id for t in again) == sorted(job.chunks[1:])  # not the completed one

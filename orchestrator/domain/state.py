@@ -81,6 +81,10 @@ class TaskState(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     job: JobState | None = None
 
 
+# What a job's `completed` result holds of its best combination (the rest are its counts),
+# as `job_progress` carries the best so far.
+_BEST_FIELDS = ("symbol", "metrics", "best_params", "objective", "data")
+
 # What each kind of transition resets, so that no field of an earlier attempt (or outcome)
 # survives into a later one. tests/test_state_fields.py checks every field for every transition.
 # An outcome (completed, failed, cancelled) replaces every outcome field of what came before:
@@ -156,9 +160,10 @@ def _transition(state: TaskState, event: AnyEvent, at: str, step: dict[str, Any]
             return _reset(state, _NEW_ATTEMPT, **running, **step)
         case Completed(result=result, result_ref=ref):
             done = {"status": Status.COMPLETED, "progress": 1.0, "result": result, "result_ref": ref}
-            if state.job is not None:  # a job's outcome carries its final counts
+            if state.job is not None:  # a job's outcome carries its final counts and its best
                 counts = {"done": result.get("completed", 0), "failed": result.get("failed", 0)}
-                done["job"] = msgspec.structs.replace(state.job, **counts, best=state.job.best)
+                best = {k: v for k, v in result.items() if k in _BEST_FIELDS}
+                done["job"] = msgspec.structs.replace(state.job, **counts, best=best)
             return _reset(state, _OUTCOME, **done, finished_at=at, **step)
         case ResultDeleted():
             # Only the full result goes; the outcome and its summary stay.
@@ -170,8 +175,12 @@ def _transition(state: TaskState, event: AnyEvent, at: str, step: dict[str, Any]
             # Queued again; `error` says why until the next attempt starts.
             return _reset(state, _QUEUED, error=error, **step)
         case Requeued() if state.job is not None:
-            # A failed job runs its chunks that did not complete again at once: it is running.
-            return _reset(state, _OUTCOME, status=Status.RUNNING, finished_at=None, **step)
+            # A failed job runs its chunks that did not complete again at once: it is running,
+            # its failures forgotten (requeue.lua resets them too).
+            again = msgspec.structs.replace(state.job, failed=0)
+            progress = state.job.done / state.job.chunks if state.job.chunks else 0.0
+            running = {"status": Status.RUNNING, "job": again, "progress": progress, "finished_at": None}
+            return _reset(state, _OUTCOME, **running, **step)
         case Released() | Requeued():
             return _reset(state, _QUEUED, **step)
         case FannedOut(chunks=chunks, combinations=combinations, per_chunk=per_chunk, symbols=symbols):

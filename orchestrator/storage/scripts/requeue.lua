@@ -17,7 +17,9 @@ if not job then
   return {'ok', id}
 end
 redis.call('HSET', ctl, 'status', 'running')
-redis.call('HSET', KEYS[6], 'failed', 0, 'missing', '')
+-- Its failures forgotten, and progress counted again from its completed chunks.
+local total, done = unpack(redis.call('HMGET', KEYS[6], 'total', 'done'))
+redis.call('HSET', KEYS[6], 'failed', 0, 'missing', '', 'percent', math.floor(100 * tonumber(done) / tonumber(total)))
 local task_prefix = string.sub(ctl, 1, #ctl - #ARGV[1])
 for _, chunk in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
   local cctl = task_prefix .. chunk
