@@ -14,6 +14,7 @@ import msgspec
 from consumers.engine import sweep
 from consumers.engine.datasets import Catalog
 from consumers.engine.errors import SpecError
+from consumers.engine.field_checks import FieldError
 from consumers.engine.registry import Registry, strategies
 from consumers.engine.validation import check_spec
 from orchestrator.domain.spec import BacktestSpec, Chunk
@@ -31,6 +32,12 @@ CHUNK_TARGET_SECONDS = 0.3
 # stop_loss_pct 5 (position management) 264-321 ns.
 FAST_SECONDS_PER_BAR = 30e-9
 INTERPRETED_SECONDS_PER_BAR = 300e-9
+
+
+# The most chunks a job is cut into: its fan-out is one script, whose arguments (each chunk's
+# spec, ~1 KB) and writes (~5 commands a chunk) must stay small enough not to stall Redis
+# (2,000 chunks: ~2 MB of arguments, ~10,000 writes, a few ms). Chunks grow to stay below it.
+MAX_CHUNKS = 2_000
 
 
 class Span(msgspec.Struct, frozen=True):
@@ -88,6 +95,11 @@ def plan_job(
         admissible = sweep.admissible(strategy, params, spec.constraint, n_bars) if spec.is_sweep else [params]
         counts.append(sum(1 for _ in admissible))
     per_chunk = max(1, int(target_seconds / (_seconds_per_bar(spec) * longest)))
+    if len(symbols) > MAX_CHUNKS // 2:
+        message = f"{len(symbols)} symbols; a job runs on at most {MAX_CHUNKS // 2}"
+        raise SpecError(f"symbols: {message}", [FieldError("symbols", message)])
+    # Each symbol's last chunk may be short: at most total / per_chunk + symbols chunks in all.
+    per_chunk = max(per_chunk, -(-sum(counts) // (MAX_CHUNKS - len(symbols))))
     if spec.symbols is None and (not spec.is_sweep or counts[0] <= per_chunk):
         return None
     spans = [span for symbol, n in zip(symbols, counts, strict=True) for span in _cut(symbol, n, per_chunk)]

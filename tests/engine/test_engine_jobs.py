@@ -175,3 +175,13 @@ def test_chunk_spec_is_the_job_on_one_span(catalog: Catalog) -> None:
 def test_a_bad_job_is_refused_when_planned(catalog: Catalog) -> None:
     with pytest.raises(SpecError, match=r"symbols\[1\]"):
         jobs.plan_job(BacktestSpec(strategy="sma_cross", symbols=["GOOG", "NOPE"]), catalog)
+
+
+def test_a_job_is_cut_into_at_most_max_chunks(catalog: Catalog) -> None:
+    # At a target of a nanosecond every combination would be a chunk: 4 x 9,600 of them. The
+    # chunks grow instead, so that the fan-out (one script) stays small.
+    grid: dict[str, ParamValue] = {"fast": list(range(2, 98)), "slow": list(range(100, 200))}
+    spec = BacktestSpec(strategy="sma_cross", symbols=["AAPL", "GOOG", "IBM", "MSFT"], params=grid)
+    plan = jobs.plan_job(spec, catalog, target_seconds=1e-9)
+    assert plan is not None and plan.combinations == 4 * 9_600
+    assert len(plan.spans) <= jobs.MAX_CHUNKS and sum(s.stop - s.start for s in plan.spans) == plan.combinations
