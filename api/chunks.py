@@ -8,16 +8,15 @@ from starlette.responses import JSONResponse, Response
 
 from api.context import context
 from api.errors import ApiError, FieldProblem, from_validation_error, task_id_param
+from orchestrator.domain.jobs import may_fan_out
 from orchestrator.domain.state import TaskState
 from orchestrator.domain.status import TERMINAL_STATUSES
 from orchestrator.domain.views import ChunkListQuery, to_api
 
 
 def _may_fan_out(state: TaskState) -> bool:
-    """A request not yet planned that the worker claiming it may fan out: a sweep or a universe,
-    no chunk, not ended."""
-    spec = state.spec
-    return spec.chunk is None and (spec.symbols is not None or spec.is_sweep) and state.status not in TERMINAL_STATUSES
+    """A request not yet planned that the worker claiming it may fan out (not ended)."""
+    return may_fan_out(state.spec) and state.status not in TERMINAL_STATUSES
 
 
 def _not_a_job(state: TaskState) -> ApiError:

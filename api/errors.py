@@ -95,6 +95,9 @@ async def domain_error(request: Request, exc: Exception) -> Response:
     match exc:
         case TaskNotFound():
             error = ApiError.task_not_found(str(exc))
+        case TaskConflict(status="chunk"):
+            # A chunk of a job (storage/commands.py): cancelled or retried with its job only.
+            error = ApiError(400, "invalid_for_status", str(exc), [FieldProblem("task_id", "a chunk of a job")])
         case TaskConflict(status=status):
             error = ApiError(400, "invalid_for_status", str(exc), [FieldProblem("status", f"task is {status}")])
         case IdempotencyConflict():

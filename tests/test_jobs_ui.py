@@ -116,6 +116,11 @@ async def test_chunks_refuses_what_is_not_a_job_and_bad_pages(system: System) ->
             reply = await http.get(f"/api/backtests/tasks/{task_id}/chunks")
             assert reply.status_code == 422, reply.text
             assert reply.json()["error"] == "not_a_job" and reply.json()["fields"][0]["field"] == "task_id"
+        # A chunk is cancelled and retried with its job only.
+        for method, path in (("DELETE", ""), ("POST", "/retry")):
+            reply = await http.request(method, f"/api/backtests/tasks/{chunk_id(job['task_id'], 0)}{path}")
+            assert reply.status_code == 400 and reply.json()["fields"][0]["field"] == "task_id", reply.text
+            assert job["task_id"] in reply.json()["message"]
         unknown = await http.get("/api/backtests/tasks/00000000-0000-8000-8000-000000000000/chunks")
         assert unknown.status_code == 404 and unknown.json()["error"] == "task_not_found"
         # A universe not planned yet may still fan out: no chunks so far.
@@ -282,6 +287,7 @@ async def test_a_jobs_missing_ranges_show_in_status_and_on_its_page(
             chunk_page = (await http.get(f"/tasks/{chunk_id(job_id, 1)}")).text
             later = (await http.get(f"/tasks/{job_id}?chunks=1")).text
             beyond = (await http.get(f"/tasks/{job_id}?chunks=9")).text
+            huge = await http.get(f"/tasks/{job_id}?chunks={'9' * 5000}")  # int() refuses 4,300+ digits
     assert '<b class="done">2</b> done, <b class="failed">1</b> failed' in page
     assert "Missing (chunks that failed):\nIBM combinations 1–2</p>" in page
     assert 'on <b class="symbol">AAPL</b>' in page  # the best: chunk 2's
@@ -293,3 +299,4 @@ async def test_a_jobs_missing_ranges_show_in_status_and_on_its_page(
     assert [int(i) for i in re.findall(r'data-chunk="(\d+)"', later)] == [1, 2]
     assert f'id="chunks-previous" href="/tasks/{job_id}?chunks=0"' in later and "Chunks 1 to 2 of 3" in later
     assert [int(i) for i in re.findall(r'data-chunk="(\d+)"', beyond)] == [0, 1, 2]
+    assert huge.status_code == 200 and [int(i) for i in re.findall(r'data-chunk="(\d+)"', huge.text)] == [0, 1, 2]

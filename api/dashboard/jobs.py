@@ -29,7 +29,8 @@ def first_chunk(request: Request, total: int) -> int:
     """The first chunk index the page lists: `?chunks=` when it is a whole number below `total`,
     else 0."""
     raw = request.query_params.get("chunks", "")
-    return int(raw) if raw.isascii() and raw.isdigit() and int(raw) < total else 0
+    # At most 9 digits: more is no chunk index, and int() refuses strings of over 4,300 digits.
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 and int(raw) < total else 0
 
 
 async def job_values(request: Request, projection: ReadModel, state: TaskState) -> dict[str, Any]:

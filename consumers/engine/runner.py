@@ -93,7 +93,7 @@ class BacktestRun:
         if spec.chunk is None:
             return list(every)
         chunk = spec.chunk
-        combinations = [dict(c) for c in every[chunk.start : chunk.stop]]
+        combinations: list[Mapping[str, Any]] = [dict(c) for c in every[chunk.start : chunk.stop]]
         if len(combinations) != chunk.stop - chunk.start:
             message = f"combinations [{chunk.start}, {chunk.stop}) asked, but {spec.symbol} has fewer admissible"
             raise SpecError(f"chunk: {message}", [FieldError("chunk", message)])

@@ -15,14 +15,14 @@ import structlog
 
 from consumers.worker.assignment import Assignment, Stop, UnreadableSpec
 from consumers.worker.checkpoints import Checkpoints
-from consumers.worker.chunks import chunk_end, may_be_a_job
+from consumers.worker.chunks import chunk_end
 from consumers.worker.compute import ComputeThreads
 from consumers.worker.first_chunks import FirstChunks, finished
 from consumers.worker.lease import LeaseTimer
 from consumers.worker.report import Reporter
 from consumers.worker.retry import TaskTimeout, failure_event
 from orchestrator.domain.events import Completed, Failed, RetryScheduled
-from orchestrator.domain.jobs import FanOut
+from orchestrator.domain.jobs import FanOut, may_fan_out
 from orchestrator.domain.ports import JobPlanner
 from orchestrator.domain.status import Status
 from orchestrator.settings import Settings
@@ -135,7 +135,7 @@ class Execution:
         job's chunks (`fan_out`)."""
         job = self.job
         assert job.spec is not None
-        if self.planner is not None and may_be_a_job(job.spec):
+        if self.planner is not None and may_fan_out(job.spec):
             # Planning is the worker's work, not the request's: the request's time limit is each
             # chunk's, and the worker's own bounds the planning.
             most = self.settings.task_timeout_s

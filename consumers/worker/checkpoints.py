@@ -42,12 +42,17 @@ class Checkpoints:
 
     async def save(self, run: Any) -> None:
         """Save the state of `run` (its `checkpoint()`, when it has one). Raises Stop if refused
-        (this attempt lost the task); an outage is logged and computing goes on."""
+        (this attempt lost the task); an outage, or a state that cannot be made, is logged and
+        computing goes on."""
         saving = getattr(run, "checkpoint", None)
         if saving is None:
             return
-        async with self.compute.turn():
-            state = await self.compute.call(_encoded, saving)
+        try:
+            async with self.compute.turn():
+                state = await self.compute.call(_encoded, saving)
+        except Exception as e:  # a state that does not encode costs the resume, not the task
+            log.warning("task.checkpoint_failed", error=str(e)[:500], error_type=type(e).__name__)
+            return
         if state is None:
             return
         try:

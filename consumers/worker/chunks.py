@@ -1,5 +1,4 @@
-"""What a worker does for jobs (streams.md, "Jobs"): whether a claimed request may fan out, and
-what a completed chunk tells its job."""
+"""What a completed chunk tells its job (streams.md, "Jobs")."""
 
 from __future__ import annotations
 
@@ -10,11 +9,6 @@ from orchestrator.domain.spec import BacktestSpec
 
 # What a chunk's summary holds of its own, not the job's: its rank, its count, its top rows.
 _CHUNKS_OWN = ("rank", "combinations", "top")
-
-
-def may_be_a_job(spec: BacktestSpec) -> bool:
-    """Whether `spec` may fan out: a universe, or a sweep (a chunk never does)."""
-    return spec.chunk is None and (spec.symbols is not None or spec.is_sweep)
 
 
 def chunk_end(spec: BacktestSpec | None, event: Completed | Failed | RetryScheduled) -> ChunkEnd | None:

@@ -141,7 +141,7 @@ class IsolatedRun:
         if "progress" in frame:
             self.progress = float(frame["progress"])
         elif "checkpoint" in frame:
-            self._checkpoint = encode_json(frame["checkpoint"])
+            self._checkpoint = None if frame["checkpoint"] is None else encode_json(frame["checkpoint"])
         elif "error" in frame:
             self._proc.wait()
             raise _raised(frame["error_type"], frame["error"], bool(frame["retryable"]))

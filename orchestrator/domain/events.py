@@ -155,7 +155,7 @@ class FannedOut(Event, frozen=True, tag="fanned_out"):
 
 
 class JobProgress(Event, frozen=True, tag="job_progress"):
-    """A job passed another whole percent of its chunks ended (at most 100 per job, whatever the
+    """A job passed another whole percent of its chunks ended (at most 99 per job, whatever the
     number of chunks): `progress` = ended / chunks, in [0, 1]; `done` and `failed` chunks so far;
     `best` the summary of the best combination so far (as the job's outcome will give it)."""
 

@@ -38,6 +38,12 @@ class ChunkEnd(msgspec.Struct, frozen=True):
     best: dict[str, Any]
 
 
+def may_fan_out(spec: BacktestSpec) -> bool:
+    """Whether the worker that claims `spec` may fan it out: a universe, or a sweep (a chunk
+    never does; a sweep one chunk computes runs as one task)."""
+    return spec.chunk is None and (spec.symbols is not None or spec.is_sweep)
+
+
 def span_of(spec: BacktestSpec) -> dict[str, Any]:
     """The range a chunk computes, as a job lists its missing ones: {chunk, symbol, start, stop}.
     Raises ValueError for a spec that is no chunk."""

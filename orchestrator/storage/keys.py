@@ -186,11 +186,11 @@ class Keys(msgspec.Struct, frozen=True):
         """Tasks newest first: a sorted set ordered by member (`<submit id>|<task id>`), all scores 0."""
         return f"{self.projection_root}:index:{status or 'all'}"
 
-    def projected_chunks(self, task_id: str, status: str | None = None) -> str:
-        """A job's chunks in this projection (with `status`: those in that status), as
-        `projected_index` orders tasks; chunk tasks are in no status index of their own (the
-        task list shows their job)."""
-        return f"{self.projection_root}:chunks:{task_id}" + (f":{status}" if status else "")
+    def projected_chunks(self, task_id: str, status: str) -> str:
+        """A job's chunks in `status` in this projection, as `projected_index` orders tasks, for
+        the job's counts by status; chunk tasks are in no index of the task list (it shows their
+        job)."""
+        return f"{self.projection_root}:chunks:{task_id}:{status}"
 
     def with_projection(self, name: str) -> Keys:
         """The same keys, for the projection named `name`."""

@@ -98,7 +98,8 @@ class PartitionProjection:
             member = index_member(state).encode()
             index = self._index_of(state)
             if old is None:
-                index_ops.setdefault((b"ZADD", index(None)), []).append(member)
+                if state.spec.chunk is None:  # a job's chunks are indexed by status only
+                    index_ops.setdefault((b"ZADD", index(None)), []).append(member)
             else:
                 index_ops.setdefault((b"ZREM", index(old.status)), []).append(member)
             index_ops.setdefault((b"ZADD", index(state.status)), []).append(member)
@@ -120,7 +121,7 @@ class PartitionProjection:
         if state.spec.chunk is None:
             return self.keys.projected_index
         job_id = state.spec.chunk.parent
-        return lambda status: self.keys.projected_chunks(job_id, status)
+        return lambda status: self.keys.projected_chunks(job_id, status or "")
 
 
 class Projection(ReadModel):
