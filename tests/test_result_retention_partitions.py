@@ -126,7 +126,9 @@ async def test_the_results_retention_command_covers_every_partition(real_backend
     assert all([(await projected(redis, layout, t)).result_deleted_at is not None for t in tasks])
 
 
-async def test_a_jobs_chunk_results_outlive_their_trimmed_log(backend: Backend, tmp_path: Path) -> None:
+async def test_a_job_is_compacted_with_its_chunks_whose_results_outlive_their_trimmed_log(
+    backend: Backend, tmp_path: Path
+) -> None:
     # A job's chunks are in no status index of the task list, and log retention trims their
     # events: the projection still names their results, which must not be taken for orphans.
     redis, layout = backend.redis, partitioned(backend)
@@ -157,7 +159,16 @@ async def test_a_jobs_chunk_results_outlive_their_trimmed_log(backend: Backend, 
     for part in await export_layout(redis, layout, tmp_path / "log.ndjson"):
         if part.last is not None:  # the job's partition; the others hold nothing
             await redis.set(layout.partition(part.partition).archived_through, part.last)
-    await apply_layout_retention(redis, layout, horizon_ms=AHEAD_MS)
+    # The job and its two chunks are compacted together, the job's aggregate and chunk list too.
+    assert (await apply_layout_retention(redis, layout, horizon_ms=AHEAD_MS)).tasks_compacted == 3
+    part = layout.of(job_id)
+    gone = [
+        part.control(job_id),
+        part.job(job_id),
+        part.job_chunks(job_id),
+        *(part.control(k.split("/")[0]) for k in keys),
+    ]
+    assert await redis.exists(*gone) == 0
     for key in keys:
         task_id = key.split("/", 1)[0]
         assert await task_events(redis, layout.of(task_id), task_id) == []  # its log is trimmed

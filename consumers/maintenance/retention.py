@@ -11,10 +11,10 @@ import structlog
 from redis.typing import EncodableT
 
 from orchestrator.domain.ids import id_order
-from orchestrator.storage.codec import stream_entries, text
+from orchestrator.storage.codec import decode_json, stream_entries, text
 from orchestrator.storage.connections import RedisClient, routed_to
 from orchestrator.storage.keys import Keys
-from orchestrator.storage.partitions import Layout
+from orchestrator.storage.partitions import Layout, chunk_id
 from orchestrator.storage.readmodel.listing import finished_before
 from orchestrator.storage.readmodel.pointer import live_keys, projection_positions
 
@@ -62,9 +62,17 @@ async def _used_memory(redis: RedisClient, keys: Keys) -> int | None:
 
 async def _compactable(redis: RedisClient, keys: Keys, home: Keys, keep_from: str) -> list[str]:
     """The finished tasks below `keep_from` whose control hash is still there (what an earlier run
-    compacted already is left out, so the count says what this run does)."""
+    compacted already is left out, so the count says what this run does), with the chunks of the
+    finished jobs among them: those are in no index of the task list, and ended before their job."""
     live = keys.with_projection((await live_keys(redis, home)).projection_name)
     finished = await finished_before(redis, live, keep_from)
+    async with redis.pipeline(transaction=False) as pipe:
+        for task_id in finished:
+            pipe.hget(live.projected_task(task_id), "job")
+        jobs = await pipe.execute()
+    for job_id, job in zip(list(finished), jobs, strict=True):
+        if job:
+            finished += [chunk_id(job_id, i) for i in range(int(decode_json(job)["chunks"]))]
     async with redis.pipeline(transaction=False) as pipe:
         for task_id in finished:
             pipe.exists(keys.control(task_id))
@@ -115,7 +123,10 @@ async def apply_retention(
     trimmed = await redis.xtrim(keys.events, minid=keep_from, approximate=False)
     for start in range(0, len(finished), 500):
         chunk = finished[start : start + 500]
-        await redis.delete(*[k for t in chunk for k in (keys.control(t), keys.task_log(t))])
+        # A job's aggregate and chunk list go with it (a task that is no job has neither).
+        await redis.delete(
+            *[k for t in chunk for k in (keys.control(t), keys.task_log(t), keys.job(t), keys.job_chunks(t))]
+        )
     dead = await redis.xtrim(keys.dead_letters, minid=candidates["horizon"], approximate=False)
     memory_after = await _used_memory(redis, keys)
     report = RetentionReport(
