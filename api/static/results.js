@@ -423,15 +423,20 @@
     ];
     section.append(dataTable(cols, flat, {
       id: "sweep-table", sortKey: "objective", desc: true,
-      onRow: (row, tr) => {
-        const td = el("td");
-        const open = el("button", { type: "button", class: "open" }, "open run");
-        open.addEventListener("click", () => openCombination(taskId, row._params, readout, row.symbol));
-        td.append(open);
-        tr.append(td);
-      },
+      onRow: openRunCell(taskId, readout),
     }));
     return section;
+  }
+
+  // A row's "open run" button: the row's combination (on its symbol) as a backtest of its own.
+  function openRunCell(taskId, readout) {
+    return (row, tr) => {
+      const td = el("td");
+      const open = el("button", { type: "button", class: "open" }, "open run");
+      open.addEventListener("click", () => openCombination(taskId, row._params, readout, row.symbol));
+      td.append(open);
+      tr.append(td);
+    };
   }
 
   // A universe's `symbols` table: each symbol's best row, best symbol first.
@@ -450,13 +455,7 @@
     box.append(el("h2", {}, `Symbols: the best combination of each of ${rows.length}`));
     box.append(dataTable(cols, rows, {
       id: "symbols-table", sortKey: "objective", desc: true,
-      onRow: (row, tr) => {
-        const td = el("td");
-        const open = el("button", { type: "button", class: "open" }, "open run");
-        open.addEventListener("click", () => openCombination(taskId, row._params, readout, row.symbol));
-        td.append(open);
-        tr.append(td);
-      },
+      onRow: openRunCell(taskId, readout),
     }));
     return box;
   }

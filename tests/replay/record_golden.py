@@ -87,7 +87,7 @@ def record() -> None:
             cluster.start("worker", "--name", "heir")
             wait_until(lambda: log.has(released, "completed"), timeout=60, what="the released task")
             wait_until(lambda: projector_caught_up(log), timeout=30, what="the projector")
-            asyncio.run(_write(server.url, prefix))
+            asyncio.run(write_golden(server.url, prefix, "real"))
             print(
                 f"recorded {len(log.events())} events of 6 tasks "
                 f"({plain}, {reclaimed}, {flaky}, {running}, {queued}, {released})"
@@ -98,12 +98,14 @@ def record() -> None:
             server.stop()
 
 
-async def _write(url: str, prefix: str) -> None:
+async def write_golden(url: str, prefix: str, name: str) -> None:
+    """The log under `prefix` to logs/<name>.jsonl and its live projection to
+    logs/<name>.expected.json."""
     client = aioredis.Redis.from_url(url, protocol=2)
     keys = Keys(prefix=prefix)
-    await export(client, keys, LOGS / "real.jsonl")
+    await export(client, keys, LOGS / f"{name}.jsonl")
     live = await snapshot(client, await live_keys(client, keys))
-    (LOGS / "real.expected.json").write_text(json.dumps(decoded(live), indent=1, sort_keys=True) + "\n")
+    (LOGS / f"{name}.expected.json").write_text(json.dumps(decoded(live), indent=1, sort_keys=True) + "\n")
     await client.aclose()
 
 

@@ -12,20 +12,14 @@ jobs.expected.json. The replay tests fold the log and must get exactly that proj
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
 from pathlib import Path
 
 import httpx
-import redis.asyncio as aioredis
 
-from consumers.maintenance.archive import export
-from consumers.maintenance.replay import snapshot
-from orchestrator.storage.keys import Keys
-from orchestrator.storage.readmodel import live_keys
 from tests.processes import Cluster, RedisServer, wait_until
+from tests.replay.record_golden import write_golden
 from tests.test_faults import Log, projector_caught_up, submit
-from tests.test_replay import decoded
 
 LOGS = Path(__file__).parent / "logs"
 GRID = {"strategy": "sma_cross", "params": {"fast": list(range(2, 22)), "slow": list(range(60, 100))}}
@@ -100,21 +94,12 @@ def record() -> None:
             httpx.delete(f"{url}/api/backtests/tasks/{cancelled}", timeout=5)
             wait_until(lambda: log.has(cancelled, "cancelled"), timeout=30, what="the cancel")
             wait_until(lambda: projector_caught_up(log), timeout=30, what="the projector")
-            asyncio.run(_write(server.url, prefix))
+            asyncio.run(write_golden(server.url, prefix, "jobs"))
             print(f"recorded {len(log.events())} events of 4 jobs ({universe}, {flaky}, {tolerated}, {cancelled})")
         finally:
             cluster.close()
             log.redis.close()
             server.stop()
-
-
-async def _write(url: str, prefix: str) -> None:
-    client = aioredis.Redis.from_url(url, protocol=2)
-    keys = Keys(prefix=prefix)
-    await export(client, keys, LOGS / "jobs.jsonl")
-    live = await snapshot(client, await live_keys(client, keys))
-    (LOGS / "jobs.expected.json").write_text(json.dumps(decoded(live), indent=1, sort_keys=True) + "\n")
-    await client.aclose()
 
 
 if __name__ == "__main__":
