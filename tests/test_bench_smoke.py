@@ -17,6 +17,7 @@ What runs where:
   code on a 2 x 2 grid and on 400 events (`sweep_bench.py`'s vectorbt and old-tree sides need a
   separate venv and checkout, so they are left out here).
 - `cluster_bench.py --smoke` runs 60 tasks on a standalone server and on three cluster masters.
+- `encode_bench.py --smoke` writes a small job chunk's and a backtest's result with each option set.
 - `job_bench.py --smoke` runs a 2-symbol x 100-combination universe job on 1 and 2 workers and a
   ~2 s grid with its worker killed at 90%, three ways (a job, one task, one task checkpointed), on
   the shared Redis under prefixes of its own; not Celery and Dask (the peers' environment).
@@ -137,6 +138,12 @@ def test_sweep_bench_smoke(tmp_path: Path) -> None:
     assert [r["concurrency"] for r in runs] == [1, 2]
     assert all(r["tasks"] == 2 and r["combinations_per_s"] > 0 and r["worker_cpu_ms_per_task"] >= 0 for r in runs)
     assert "| tree | concurrency | combinations/s | worker CPU ms/task |" in out
+
+
+def test_encode_bench_runs(tmp_path: Path) -> None:
+    out = bench_script("encode_bench.py", "--smoke", tmp_path=tmp_path)
+    rows = re.findall(r"^\| (a job's chunk \(\d+ rows\)|a single backtest) \| [^|]+ \| [\d.]+ \| [\d,]+ \|$", out, re.M)
+    assert len(rows) == 8, out
 
 
 def test_sweep_engine_bench_runs(tmp_path: Path) -> None:
