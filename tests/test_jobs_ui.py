@@ -65,6 +65,10 @@ def planning_worker(system: System) -> Worker:
     )
 
 
+# A line that is a task id alone (what `submit` prints).
+UUID_LINE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 async def run_job(system: System, http: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
     """Submit `body`, run a planning worker in burst mode until no work is left, fold the log;
     the job as the API shows it then."""
@@ -201,7 +205,8 @@ async def test_submit_names_its_data_once(system: System, capsys: pytest.Capture
         assert (
             await backstream(Settings(api_url=url), "submit", "sma_cross", "--direction", "min", "--all-symbols") == 0
         )
-        task_id = capsys.readouterr().out.splitlines()[-1]  # after the worker's log lines
+        # The id is a line of its own; the in-process worker's log lines come before and after it.
+        task_id = next(line for line in capsys.readouterr().out.splitlines() if UUID_LINE.fullmatch(line))
         async with httpx.AsyncClient(base_url=url) as http:
             spec = (await http.get(f"/api/backtests/tasks/{task_id}")).json()["spec"]
         assert spec["symbols"] == "*" and spec["direction"] == "min"
