@@ -184,15 +184,27 @@ def test_a_cancelled_job_stops_and_nothing_of_it_runs_or_writes_after(cluster: C
     assert reply.status_code in (200, 202), reply.text
     cancelled_at = time.monotonic()
     assert _ended(url, job_id)["status"] == "cancelled"
-    time.sleep(1.0)  # what a running chunk would still write arrives within a chunk (~50 ms)
     chunks = [_task(url, chunk_id(job_id, i)) for i in range(job["chunks"])]
     assert {c["status"] for c in chunks} <= {"completed", "cancelled"}
     assert any(c["status"] == "completed" for c in chunks) and any(c["status"] == "cancelled" for c in chunks)
-    cancel_ids = []
-    for c in chunks:
-        trail = httpx.get(f"{url}/api/backtests/tasks/{c['task_id']}/events", timeout=10).json()["events"]
-        assert trail[-1]["type"] in ("completed", "cancelled")  # the last word is the outcome
-        cancel_ids += [e["id"] for e in trail if e["type"] == "cancelled"]
+    trails = {
+        c["task_id"]: httpx.get(f"{url}/api/backtests/tasks/{c['task_id']}/events", timeout=10).json()["events"]
+        for c in chunks
+    }
+    # The chunks that were running when the job was cancelled: their workers stop computing them
+    # (or, had they computed already, their outcome is refused).
+    running = {
+        t for t, trail in trails.items() if trail[-1]["type"] == "cancelled" and trail[-2]["type"] != "submitted"
+    }
+
+    def stopped() -> bool:
+        ended = ("task.stopped", "task.write_refused")
+        return running <= {e["task_id"] for w in workers for e in w.logs() if e["event"] in ended}
+
+    wait_until(stopped, timeout=30, what="the running chunks' workers to stop them")
+    for task_id, trail in trails.items():
+        again = httpx.get(f"{url}/api/backtests/tasks/{task_id}/events", timeout=10).json()["events"]
+        assert again == trail and trail[-1]["type"] in ("completed", "cancelled")  # the last word stays
     late = [
         e
         for w in workers
@@ -227,15 +239,17 @@ def test_a_chunk_taken_over_after_a_sigkill_resumes_from_its_checkpoint(
         chunk = chunk_id(job_id, 0)
         saved = Keys(prefix=real_prefix).checkpoint(chunk)
 
-        async def has_checkpoint() -> bool:
+        async def checkpoint() -> bytes | None:
             client = plain_client(real_url, socket_timeout=5)
             try:
-                return bool(await client.exists(saved))
+                state: bytes | None = await client.get(saved)
+                return state
             finally:
                 await client.aclose()
 
-        wait_until(lambda: asyncio.run(has_checkpoint()), timeout=60, what="the chunk to save a checkpoint")
-        time.sleep(0.3)
+        first_state = wait_until(lambda: asyncio.run(checkpoint()), timeout=60, what="the chunk to save a checkpoint")
+        # Killed after a later save: the state the next attempt resumes from is mid-chunk.
+        wait_until(lambda: asyncio.run(checkpoint()) not in (None, first_state), timeout=30, what="a second save")
         first.kill()
         second = c.start("worker", "--name", "second")
         job = _ended(url, job_id)

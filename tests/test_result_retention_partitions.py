@@ -36,16 +36,20 @@ from tests.test_retention_partitions import AHEAD_MS, SPEC, backstream, fold_eve
 pytestmark = pytest.mark.also_on_cluster
 
 
-async def complete_queued(redis: Any, layout: Layout, results: ResultStore, detail: dict[str, Any]) -> None:
+async def complete_queued(redis: Any, layout: Layout, results: ResultStore, detail: dict[str, Any]) -> list[str]:
     """Run every queued task of every partition as a worker would: upload its result, then record
-    `completed` naming it."""
+    `completed` naming it (a job's chunk telling its job it holds a best row). The result keys."""
     queue = WorkQueue(redis, layout)
     await queue.ensure_group()
+    keys = []
     while taken_now := await queue.take(worker="w1", count=1000):
         for taken in taken_now:
             ref = await results.put(taken.task_id, taken.claim.attempt, detail)
+            keys.append(ref.key)
             event = Completed(task_id=taken.task_id, attempt=taken.claim.attempt, result={}, result_ref=ref)
-            assert await queue.finish(event, message_id=taken.message_id) is None
+            end = ChunkEnd(score=1.0, bankrupt=False, best={"metrics": {}})
+            assert await queue.finish(event, message_id=taken.message_id, spec=taken.claim.spec, end=end) is None
+    return keys
 
 
 async def projected(redis: Any, layout: Layout, task_id: str) -> TaskState:
@@ -147,14 +151,7 @@ async def test_a_job_is_compacted_with_its_chunks_whose_results_outlive_their_tr
     assert (
         await queue.fan_out(job_id, parent.claim.attempt, message_id=parent.message_id, plan=plan, tolerance=0) is None
     )
-    detail = engine_detail(SINGLE)
-    keys = []
-    for taken in await queue.take(worker="w1", count=10):
-        ref = await results.put(taken.task_id, taken.claim.attempt, detail)
-        keys.append(ref.key)
-        event = Completed(task_id=taken.task_id, attempt=taken.claim.attempt, result={}, result_ref=ref)
-        end = ChunkEnd(score=1.0, bankrupt=False, best={"metrics": {}})
-        assert await queue.finish(event, message_id=taken.message_id, spec=taken.claim.spec, end=end) is None
+    keys = await complete_queued(redis, layout, results, engine_detail(SINGLE))
     await fold_every_partition(redis, layout)
     for part in await export_layout(redis, layout, tmp_path / "log.ndjson"):
         if part.last is not None:  # the job's partition; the others hold nothing

@@ -87,13 +87,14 @@ def plan_job(
     else:
         symbols = [catalog.load(s).symbol for s in spec.symbols]
     params = {**strategy.with_defaults(spec.params), **spec.management}
+    grid = msgspec.json.encode(params)
     counts: list[int] = []
     longest = 1
     for symbol in symbols:
         n_bars = len(catalog.load(symbol).prices(spec.adjusted)[0].between(spec.start, spec.end))
         longest = max(longest, n_bars)
-        admissible = sweep.admissible(strategy, params, spec.constraint, n_bars) if spec.is_sweep else [params]
-        counts.append(sum(1 for _ in admissible))
+        # The scan the chunks this worker runs reuse (sweep.admissible_of).
+        counts.append(len(sweep.admissible_of(spec.strategy, grid, spec.constraint, n_bars)) if spec.is_sweep else 1)
     per_chunk = max(1, int(target_seconds / (_seconds_per_bar(spec) * longest)))
     if len(symbols) > MAX_CHUNKS // 2:
         message = f"{len(symbols)} symbols; a job runs on at most {MAX_CHUNKS // 2}"

@@ -7,7 +7,6 @@ be saved (`checkpoint.py`).
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
@@ -89,7 +88,7 @@ class BacktestRun:
             return list(sweep.admissible(self.strategy, params, spec.constraint, n_bars))
         else:
             # A worker runs many chunks of one job: the grid is scanned once per process.
-            every = _admissible(spec.strategy, msgspec.json.encode(params), spec.constraint, n_bars)
+            every = sweep.admissible_of(spec.strategy, msgspec.json.encode(params), spec.constraint, n_bars)
         if spec.chunk is None:
             return list(every)
         chunk = spec.chunk
@@ -282,14 +281,6 @@ class BacktestRun:
         if self._outcome is None:
             raise EngineError("the run is not done yet: call advance() until done")
         return self._outcome
-
-
-@functools.lru_cache(maxsize=16)
-def _admissible(strategy: str, params: bytes, constraint: str | None, n_bars: int) -> tuple[Mapping[str, Any], ...]:
-    """`sweep.admissible` for the strategy named `strategy` over `params` (msgspec JSON), kept:
-    the chunks of a job share it (each takes a copy of its range)."""
-    grid = msgspec.json.decode(params)
-    return tuple(sweep.admissible(strategies().require(strategy), grid, constraint, n_bars))
 
 
 def start_run(spec: BacktestSpec, catalog: Catalog, checkpoint: bytes | None = None) -> BacktestRun:

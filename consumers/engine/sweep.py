@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -11,6 +12,7 @@ import msgspec
 
 from consumers.engine.constraints import Constraint
 from consumers.engine.interface import Registered
+from consumers.engine.registry import strategies
 from consumers.engine.strategies import min_bars
 from orchestrator.domain import ranking
 
@@ -68,6 +70,14 @@ def admissible(
         for c in grid(params)
         if (check is None or check(c)) and not strategy.rules(c) and min_bars(strategy, c) <= n_bars
     )
+
+
+@functools.lru_cache(maxsize=16)
+def admissible_of(strategy: str, params: bytes, constraint: str | None, n_bars: int) -> tuple[Combination, ...]:
+    """`admissible` for the installed strategy named `strategy` over `params` (msgspec JSON),
+    kept: a worker plans a job and runs its chunks from one scan of the grid (each chunk copies
+    its range). Raises StrategyMissing for a strategy not installed here."""
+    return tuple(admissible(strategies().require(strategy), msgspec.json.decode(params), constraint, n_bars))
 
 
 def objective_value(metrics: Mapping[str, Any], objective: str) -> float | None:
