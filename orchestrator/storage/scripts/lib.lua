@@ -121,12 +121,15 @@ local function chunk_ended(ctl, parent, events, work, delayed, dead, j)
   local plog, job = pctl .. LOG_SUFFIX, pctl .. ':job'
   local pstatus, pattempt = unpack(redis.call('HMGET', pctl, 'status', 'attempt'))
   if pstatus ~= 'running' then return end
-  local total, done, failed, allowed, shown, missing, cb, cs, ci = unpack(redis.call('HMGET', job,
-    'total', 'done', 'failed', 'allowed', 'percent', 'missing', 'best_bankrupt', 'best_score', 'best_index'))
+  -- The aggregate, read once: every field the rest of this function needs.
+  local total, done, failed, allowed, shown, missing, cb, cs, ci, best, combinations = unpack(redis.call('HMGET',
+    job, 'total', 'done', 'failed', 'allowed', 'percent', 'missing', 'best_bankrupt', 'best_score', 'best_index',
+    'best', 'combinations'))
   total, done, failed = tonumber(total), tonumber(done), tonumber(failed)
   if j.outcome == 'completed' then
     done = done + 1
     if better(j.bankrupt, j.score, index, cb, cs, ci) then
+      ci, best = index, j.best
       redis.call('HSET', job, 'done', done, 'best_bankrupt', j.bankrupt, 'best_score', j.score,
         'best_index', index, 'best', j.best)
     else
@@ -143,11 +146,9 @@ local function chunk_ended(ctl, parent, events, work, delayed, dead, j)
     cancel_chunks(task_prefix, pctl .. ':chunks', events, work, j.group, delayed, j.cancelled_data, j.cancelled_v)
     return
   end
-  local best, best_index = unpack(redis.call('HMGET', job, 'best', 'best_index'))
   if done + failed == total then
-    local combinations = redis.call('HGET', job, 'combinations')
     local result = '{"result":{"chunks":' .. total .. ',"completed":' .. done .. ',"failed":' .. failed ..
-      ',"combinations":' .. combinations .. ',"missing":[' .. missing .. '],"best_chunk":' .. best_index ..
+      ',"combinations":' .. combinations .. ',"missing":[' .. missing .. '],"best_chunk":' .. ci ..
       ',' .. string.sub(best, 2) .. '}'
     append(pctl, plog, events, parent, 'completed', j.completed_v, pattempt, result)
     redis.call('HSET', pctl, 'status', 'completed')
