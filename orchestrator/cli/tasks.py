@@ -210,7 +210,7 @@ def _add_submit(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     submit.add_argument("--fractional-unit", type=float, help="trade multiples of this fraction of a unit (1e-8)")
     for name, meaning in request.MANAGEMENT.items():
         submit.add_argument(f"--{name.replace('_', '-')}", metavar="V[,V2,…]", help=f"{meaning}; a list sweeps")
-    submit.add_argument("--objective", help="sweeps: the metric to rank by (default sqn; -NAME minimises it)")
+    submit.add_argument("--objective", help="sweeps: rank by this metric (default sqn; --objective=-NAME minimises it)")
     submit.add_argument(
         "--direction", choices=["max", "min"], help="sweeps: maximise (default) or minimise the objective"
     )
