@@ -34,9 +34,12 @@ from orchestrator.storage.workqueue import WorkQueue
 
 log = structlog.get_logger("backstream.worker")
 
-# How much computing one chunk of a backtest may do before the worker looks up again: the
-# bound on how long a cancel waits for the running task to notice it.
+# How much computing one chunk of a backtest may do before the worker looks up again.
 CHUNK_SECONDS = 0.01
+# How often a computing task checks that it is still its attempt's (a cancel, a takeover): the
+# bound, with one chunk, on how long a cancel waits for it to notice. Checked between chunks once
+# this much time has passed since the claim or the last check, so a short task costs no check.
+RUNNING_CHECK_SECONDS = 0.02
 # How often a task waiting for its turn on a compute thread checks for a cancel: the bound on
 # how late a queued task notices one (a computing one notices it within a chunk). Each check is
 # a round trip the event loop makes, taking the GIL from the computing thread: at every chunk, a
@@ -230,7 +233,7 @@ class Execution:
         """Advance `run` a chunk at a time until done, a release is requested, or the attempt
         stops. Raises TaskTimeout past `deadline` (`limit` s after the start), Stop."""
         progress_s = self.settings.progress_interval_ms / 1000
-        last_progress = last_saved = time.monotonic()
+        last_progress = last_saved = last_checked = time.monotonic()
         reported = 0.0
         while not run.done:
             if self.release_requested.is_set():
@@ -239,7 +242,9 @@ class Execution:
             now = time.monotonic()
             if now > deadline:
                 raise TaskTimeout(f"the task ran past its time limit of {limit:g} s")
-            await self._check_still_mine()
+            if now - last_checked >= RUNNING_CHECK_SECONDS:
+                await self._check_still_mine()
+                last_checked = now
             if now - last_progress >= progress_s and run.progress > reported:
                 # A progress report renews the lease too; the timer renews it in between.
                 await self._heartbeat(run.progress)
