@@ -26,7 +26,7 @@ from orchestrator.domain.spec import BacktestSpec, Chunk
 from orchestrator.domain.state import fold
 from orchestrator.domain.status import Status
 from orchestrator.storage.commands import Commands
-from orchestrator.storage.keys import TASK_LOG_SUFFIX, Keys
+from orchestrator.storage.keys import Keys, event_field
 from orchestrator.storage.partitions import Layout, chunk_id
 from orchestrator.storage.readmodel.log import task_events
 from orchestrator.storage.workqueue import LOST_WORKERS_PER_ATTEMPT, Taken, WorkQueue
@@ -288,7 +288,7 @@ def test_the_scripts_name_a_jobs_keys_as_keys_py_does() -> None:
     lib = (Path(__file__).parents[1] / "orchestrator/storage/scripts/lib.lua").read_text()
     keys = Keys(prefix="{p}")
     control = keys.control("t")
-    assert f"local LOG_SUFFIX = '{TASK_LOG_SUFFIX}'" in lib
+    assert "return 'e:' .. seq" in lib and event_field(7) == "e:7"
     for key, suffix in (
         (keys.job("t"), ":job"),
         (keys.job_chunks("t"), ":chunks"),

@@ -21,6 +21,7 @@ from api.live import PAGE, QUEUE_EVENTS, LiveFeed
 from orchestrator.domain.events import Progress, Started, Submitted
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.settings import ApiToken
+from orchestrator.storage.keys import event_field
 from orchestrator.storage.readmodel.log import log_pages
 from tests.conftest import Backend
 from tests.harness import System
@@ -33,8 +34,8 @@ DEADLINE_S = 20
 
 
 class RecordingRedis(aioredis.Redis):
-    """A real client that notes each XRANGE / XREAD / LRANGE it sends (not those in pipelines)
-    and how many entries came back."""
+    """A real client that notes each XRANGE / XREAD / HMGET it sends (not those in pipelines)
+    and how many entries came back (HMGET: fields asked, values found)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -43,8 +44,8 @@ class RecordingRedis(aioredis.Redis):
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         reply = await super().execute_command(*args, **options)
         name = (args[0].decode() if isinstance(args[0], bytes) else str(args[0])).upper()
-        if name == "LRANGE":
-            self.reads.append((name, int(args[3]) - int(args[2]) + 1, len(reply)))
+        if name == "HMGET":
+            self.reads.append((name, len(args) - 2, sum(v is not None for v in reply)))
         elif name in ("XRANGE", "XREAD"):
             words = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
             count = next((int(words[i + 1]) for i, a in enumerate(words) if a.upper() == "COUNT"), None)
@@ -118,7 +119,8 @@ async def test_a_task_stream_reads_the_task_history_in_pages(real_backend: Backe
         for event in events:
             pipe.xadd(keys.events, entry_fields(event))
         ids = [i.decode() for i in await pipe.execute()]
-    await real_backend.redis.rpush(keys.task_log(task_id), *ids)
+    index = {event_field(seq): i for seq, i in enumerate(ids, start=1)}
+    await real_backend.redis.hset(keys.control(task_id), mapping={"seq": len(ids), **index})
     async with recording_system(real_backend) as (system, client), served(system) as (_, http):
         await system.project()  # as usual, the projection holds the task: nothing left to fold
         got: list[str] = []
@@ -132,8 +134,9 @@ async def test_a_task_stream_reads_the_task_history_in_pages(real_backend: Backe
                 if len(got) == len(ids):
                     break
         assert got == ids
-        pages = [r for r in client.reads if r[0] == "LRANGE"]
-        assert len(pages) >= 3 and all(asked == PAGE and returned <= PAGE for _, asked, returned in pages)
+        # Read in pages of the index (and one read of the newest event's id): never more at once.
+        pages = [asked for name, asked, _ in client.reads if name == "HMGET"]
+        assert pages.count(PAGE) == 2 and max(pages) == PAGE
 
 
 async def test_a_subscriber_that_falls_behind_is_cut_off_by_events_not_batches(real_backend: Backend) -> None:

@@ -29,7 +29,7 @@ class RetentionReport(msgspec.Struct, omit_defaults=True):
     keep_from: str | None  # the oldest log id kept; None when nothing could be trimmed
     limited_by: str  # what decided keep_from: horizon, archive, or a projection's position
     events_trimmed: int
-    tasks_compacted: int  # finished tasks whose control hash and log index were dropped
+    tasks_compacted: int  # finished tasks whose control hash (with its log index) was dropped
     dead_letters_trimmed: int
     used_memory_before: int | None
     used_memory_after: int | None

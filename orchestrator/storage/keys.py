@@ -23,8 +23,14 @@ CHECKPOINT_TTL_MS = 24 * 3600 * 1000
 # or projector that died (or was renamed) stays listed as silent for a day, then goes.
 HEARTBEAT_KEEP_MS = 24 * 3600 * 1000
 
-# A task's log index is named `control(task_id) + TASK_LOG_SUFFIX` (see `Keys.task_prefix`).
-TASK_LOG_SUFFIX = ":log"
+
+def event_field(seq: int) -> str:
+    """The field of a task's control hash that holds the stream id of its event number `seq`
+    (1-based, the event's `seq`): the task's log index, which the scripts write in the HSET they
+    make anyway (`lib.lua`, `event_field`). Tasks written before the index moved here have it in
+    the list `Keys.task_log`."""
+    return f"e:{seq}"
+
 
 # An Idempotency-Key is remembered this long; a client retrying a submit after a day is a new submit.
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
@@ -73,21 +79,23 @@ class Keys(msgspec.Struct, frozen=True):
         return f"{self.task_prefix}{task_id}"
 
     def task_log(self, task_id: str) -> str:
-        """The ids of a task's events in the log, in order: its audit trail index."""
-        return f"{self.control(task_id)}{TASK_LOG_SUFFIX}"
+        """The list of a task's event ids that versions before the index moved into the control
+        hash (`event_field`) wrote: still read for their tasks, and dropped with them; nothing
+        writes it any more."""
+        return f"{self.control(task_id)}:log"
 
     def task_scope(self, task_id: str) -> list[str]:
         """The first KEYS of every script that appends a task's event, in this order: its control
-        hash, its log index and the events stream (`lib.lua` reads them so)."""
-        return [self.control(task_id), self.task_log(task_id), self.events]
+        hash and the events stream (`lib.lua` reads them so)."""
+        return [self.control(task_id), self.events]
 
     @property
     def task_prefix(self) -> str:
         """What a task's control key is named from: `control(id)` is this followed by the id. `take.lua`
         reads work items and claims their tasks in one call, so it cannot be given their keys (the ids
-        come from its own read): it gets this and TASK_LOG_SUFFIX instead and joins them around each id,
-        naming the keys exactly as `control` and `task_log` do. They share the work stream's hash tag
-        (in the prefix), so they are in its slot on a cluster."""
+        come from its own read): it gets this instead and joins it to each id, naming the key exactly
+        as `control` does. It shares the work stream's hash tag (in the prefix), so it is in its slot
+        on a cluster."""
         return f"{self.prefix}:task:"
 
     def checkpoint(self, task_id: str) -> str:

@@ -17,7 +17,7 @@ from orchestrator.domain.events import StoredEvent
 from orchestrator.domain.ids import LAST_ID, id_order
 from orchestrator.storage.codec import decode_entries, decode_entry, text
 from orchestrator.storage.connections import RedisClient, routed_to, unparsed
-from orchestrator.storage.keys import Keys
+from orchestrator.storage.keys import Keys, event_field
 from orchestrator.storage.readmodel.cursor import START, LogCursor
 
 
@@ -131,46 +131,62 @@ async def read_batch(
     return decode_entries(entries)
 
 
-async def task_events(redis: RedisClient, keys: Keys, task_id: str, *, start: int = 0) -> list[StoredEvent]:
-    """The task's events still in the log, in order, from position `start` of its log index
-    (LRANGE, then one pipelined XRANGE per id; ids retention trimmed are skipped)."""
-    ids = await redis.lrange(keys.task_log(task_id), start, -1)
+async def _events_numbered(redis: RedisClient, keys: Keys, task_id: str, first: int, count: int) -> list[StoredEvent]:
+    """The task's events numbered `first` to `first + count - 1` (their `seq`) that its log index
+    names and the log still holds, in order: one HMGET of the index, then one pipelined XRANGE per
+    id. The index is the control hash's `event_field(seq)` fields; a task written before the index
+    moved there has its ids in the list `Keys.task_log`, read when a field is missing (also for a
+    task retention compacted, whose index starts again at its `result_deleted`)."""
+    if count <= 0:
+        return []
+    values = await redis.hmget(keys.control(task_id), [event_field(s) for s in range(first, first + count)])
+    ids = [text(v) for v in values if v is not None]
+    if len(ids) < count:
+        older = [text(i) for i in await redis.lrange(keys.task_log(task_id), 0, -1)]
+        ids = sorted({*ids, *older}, key=id_order)
     if not ids:
         return []
     async with redis.pipeline(transaction=False) as pipe:
         for entry_id in ids:
             pipe.xrange(keys.events, entry_id, entry_id)
         replies = await pipe.execute()
-    return [decode_entry(*entries[0]) for entries in replies if entries]
+    events = [decode_entry(*entries[0]) for entries in replies if entries]
+    return [e for e in events if first <= e.event.seq < first + count]
+
+
+async def _latest_seq(redis: RedisClient, keys: Keys, task_id: str) -> int:
+    """How many events the task has had (its control hash's `seq`; 0 when it has none)."""
+    seq = await redis.hget(keys.control(task_id), "seq")
+    return 0 if seq is None else int(seq)
+
+
+async def task_events(
+    redis: RedisClient, keys: Keys, task_id: str, *, after_seq: int = 0, latest_seq: int | None = None
+) -> list[StoredEvent]:
+    """The task's events numbered after `after_seq` still in the log, in order, up to its latest
+    (`latest_seq` when the caller read it, else read here); retention's trimmed ones skipped."""
+    if latest_seq is None:
+        latest_seq = await _latest_seq(redis, keys, task_id)
+    return await _events_numbered(redis, keys, task_id, after_seq + 1, latest_seq - after_seq)
 
 
 async def task_event_pages(
     redis: RedisClient, keys: Keys, task_id: str, after: str, page: int
 ) -> AsyncIterator[list[StoredEvent]]:
     """The task's events after stream id `after` that are still in the log, in order, read
-    lazily `page` ids of its log index at a time (LRANGE, then one pipelined XRANGE per id):
-    one page in memory however long the task's history is."""
-    start = 0
-    while True:
-        ids = [text(i) for i in await redis.lrange(keys.task_log(task_id), start, start + page - 1)]
-        start += len(ids)
-        wanted = [i for i in ids if id_order(i) > id_order(after)]
+    lazily `page` of its log index at a time: one page in memory however long the task's
+    history is."""
+    latest = await _latest_seq(redis, keys, task_id)
+    for first in range(1, latest + 1, page):
+        events = await _events_numbered(redis, keys, task_id, first, min(page, latest - first + 1))
+        wanted = [e for e in events if id_order(e.id) > id_order(after)]
         if wanted:
-            async with redis.pipeline(transaction=False) as pipe:
-                for entry_id in wanted:
-                    pipe.xrange(keys.events, entry_id, entry_id)
-                replies = await pipe.execute()
-            events = [decode_entry(*entries[0]) for entries in replies if entries]
-            if events:
-                yield events
-        if len(ids) < page:
-            return
+            yield wanted
 
 
 async def last_task_event_id(redis: RedisClient, keys: Keys, task_id: str) -> str | None:
     """The id of the task's newest event still in the log (None once retention trimmed it or
     dropped the task's log index)."""
-    last = await redis.lindex(keys.task_log(task_id), -1)
-    if last is None or not await redis.xrange(keys.events, last, last):
-        return None
-    return text(last)
+    latest = await _latest_seq(redis, keys, task_id)
+    events = await _events_numbered(redis, keys, task_id, latest, 1)
+    return events[-1].id if events else None

@@ -194,25 +194,21 @@ class ReadModel:
         the projected hash, plus any later events of the task folded here with the same evolve.
         None if the task does not exist (also when its id names a partition the deployment lacks).
 
-        The log index holds the task's events from its first on, except after retention dropped
-        a finished task's index and a later event (`result_deleted`) started a new one: the
-        control hash's `seq` (the count of the task's events) says how many the index lacks."""
+        The control hash's `seq` (the count of the task's events, read in the same round trip)
+        says whether the projection is behind; the events it lacks are read by number."""
         await self.refresh()
         keys = self.keys_of(task_id)
         if keys is None:
             return None
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.projected_task(task_id))
-            pipe.llen(keys.task_log(task_id))
             pipe.hget(keys.control(task_id), "seq")
-            fields, logged, counted = await pipe.execute()
+            fields, counted = await pipe.execute()
         state = from_hash(fields) if fields else None
-        missing = max(int(counted) - logged, 0) if counted is not None else 0
         folded = state.seq if state else 0
-        if logged and folded < missing + logged:
-            for stored in await log.task_events(self.redis, keys, task_id, start=max(folded - missing, 0)):
-                if stored.event.seq > folded:
-                    state = evolve(state, stored)
+        if counted is not None and folded < int(counted):
+            for stored in await log.task_events(self.redis, keys, task_id, after_seq=folded, latest_seq=int(counted)):
+                state = evolve(state, stored)
         return state
 
     async def history(self, task_id: str) -> TaskHistory | None:

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from orchestrator.storage.batching import ScriptBatcher
 from orchestrator.storage.codec import text
 from orchestrator.storage.connections import RedisClient
-from orchestrator.storage.keys import TASK_LOG_SUFFIX, WORKER_GROUP, Keys
+from orchestrator.storage.keys import WORKER_GROUP, Keys
 from orchestrator.storage.scripts import ScriptCall
 
 
@@ -107,7 +107,6 @@ class AttemptScripts:
                 started_data,
                 started_version,
                 token_prefix,
-                TASK_LOG_SUFFIX,
             ],
         )
         taken = []

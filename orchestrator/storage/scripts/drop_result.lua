@@ -2,12 +2,12 @@
 -- store: record it as a `result_deleted` event, once. Written before the objects are deleted,
 -- so a reader never finds a result the log still calls present; objects a crash left behind
 -- are no longer named by any live result, and the orphan collector deletes them.
--- A task whose control hash and log index retention compacted gets them back from the live
+-- A task whose control hash (with its log index) retention compacted gets them back from the live
 -- projection (which holds every event of such a task: it was compacted only once folded).
--- KEYS: control, log, events, the task's hash in the live projection
+-- KEYS: control, events, the task's hash in the live projection
 -- ARGV: task_id, data, version, object key
 -- Replies: {'ok', id} | {'done'} (recorded already) | {'missing'} | {'conflict', status}
-local ctl, log, events, projected = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ctl, events, projected = KEYS[1], KEYS[2], KEYS[3]
 local status = redis.call('HGET', ctl, 'status')
 if not status then
   local pstatus = redis.call('HGET', projected, 'status')
@@ -20,6 +20,6 @@ if not status then
 end
 if status ~= 'completed' then return {'conflict', status} end
 if redis.call('HGET', ctl, 'result_deleted') == ARGV[4] then return {'done'} end
-local id = append(ctl, log, events, ARGV[1], 'result_deleted', ARGV[3], redis.call('HGET', ctl, 'attempt') or '0', ARGV[2])
+local id = append(ctl, events, ARGV[1], 'result_deleted', ARGV[3], redis.call('HGET', ctl, 'attempt') or '0', ARGV[2])
 redis.call('HSET', ctl, 'result_deleted', ARGV[4])
 return {'ok', id}

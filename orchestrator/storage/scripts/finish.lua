@@ -7,17 +7,18 @@
 --                    against the maximum before it chooses between a retry and a failure)
 -- The full result is not an argument: the caller SETs it under the staged key in the same
 -- round trip (Lua would copy it), and it is renamed to the result key here, or dropped.
--- KEYS: control, log, events, work, result, delayed, dead letters, staged result
+-- KEYS: control, events, work, result, delayed, dead letters, staged result
 -- ARGV: task_id, attempt, group, work message id, outcome, data, version,
 --       '1' if a result was staged, retry delay ms, dead-letter reason, attempt history json,
 --       then for a chunk of a job (else nothing) what it tells its job (lib.lua, job_args).
 -- Idempotent: re-sending the outcome already stored for this attempt returns 'ok'.
-local ctl, log, events, work, result, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local staged, has_result = KEYS[8], ARGV[8] == '1'
+local ctl, events, work, result, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local staged, has_result = KEYS[7], ARGV[8] == '1'
 local task_id, outcome, msg = ARGV[1], ARGV[5], ARGV[4]
 local after = outcome
 if outcome == 'retry_scheduled' then after = 'queued' end
-local status, attempt, seq, parent = unpack(redis.call('HMGET', ctl, 'status', 'attempt', 'seq', 'parent'))
+local status, attempt, seq, parent, checkpointed = unpack(redis.call('HMGET', ctl, 'status', 'attempt', 'seq',
+  'parent', 'checkpointed'))
 local job = parent and job_args(12, task_id, outcome, ARGV[3])
 if status == after and attempt == ARGV[2] then
   if has_result then redis.call('DEL', staged) end
@@ -28,32 +29,32 @@ if status ~= 'running' or attempt ~= ARGV[2] then
   return {'fenced', status or 'missing', attempt or '0'}
 end
 -- Checked before any write: a script's writes are not undone by a later error.
-if has_result and redis.call('EXISTS', staged) == 0 then
-  return redis.error_reply('finish.lua: the staged result ' .. staged .. ' is missing')
-end
 if parent and not job then
   return redis.error_reply('finish.lua: ' .. task_id .. ' is a chunk of ' .. parent .. ', and its job arguments are missing')
 end
+-- The first write, and the check that the staged result is there (RENAME refuses a missing key).
+if outcome == 'completed' and has_result then
+  if redis.pcall('RENAME', staged, result).err then
+    return redis.error_reply('finish.lua: the staged result ' .. staged .. ' is missing')
+  end
+  redis.call('PERSIST', result)
+end
 if outcome == 'failed' then
-  fail_for_good(ctl, log, events, dead, task_id, ARGV[7], attempt, ARGV[6], ARGV[10], ARGV[11])
+  fail_for_good(ctl, events, dead, task_id, ARGV[7], attempt, ARGV[6], ARGV[10], ARGV[11])
   redis.call('HDEL', ctl, 'msg')
 else
   seq = tonumber(seq or 0) + 1
-  redis.call('HSET', ctl, 'status', after, 'seq', seq)
+  local id = log_event(events, task_id, outcome, ARGV[7], attempt, ARGV[6], seq)
+  redis.call('HSET', ctl, 'status', after, 'seq', seq, event_field(seq), id)
   if outcome == 'completed' then
     redis.call('HDEL', ctl, 'owner', 'token', 'msg', 'spec')
-    forget_checkpoint(ctl)
+    -- Only a task that saved a checkpoint has one to delete (checkpoint.lua marks it).
+    if checkpointed then forget_checkpoint(ctl) end
   else
     redis.call('HDEL', ctl, 'owner', 'token', 'msg')
   end
-  append_at(log, events, task_id, outcome, ARGV[7], attempt, ARGV[6], seq)
 end
-if outcome == 'completed' then
-  if has_result then
-    redis.call('RENAME', staged, result)
-    redis.call('PERSIST', result)
-  end
-elseif outcome == 'retry_scheduled' then
+if outcome == 'retry_scheduled' then
   local now = redis.call('TIME')
   local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[9])
   redis.call('ZADD', delayed, due, task_id)

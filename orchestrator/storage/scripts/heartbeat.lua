@@ -1,8 +1,8 @@
 -- The owner of an attempt renews its lease and, when due, records progress. Fenced: refused
 -- unless the task is still running under this very attempt.
--- KEYS: control, log, events, work
+-- KEYS: control, events, work
 -- ARGV: task_id, attempt, group, worker, work message id, emit progress (1/0), data, version
-local ctl, log, events, work = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ctl, events, work = KEYS[1], KEYS[2], KEYS[3]
 local status = redis.call('HGET', ctl, 'status')
 local attempt = redis.call('HGET', ctl, 'attempt')
 if status ~= 'running' or attempt ~= ARGV[2] then
@@ -11,6 +11,6 @@ end
 -- Reset the pending entry's idle time: XAUTOCLAIM takes only entries idle past the lease.
 redis.call('XCLAIM', work, ARGV[3], ARGV[4], 0, ARGV[5], 'JUSTID')
 if ARGV[6] == '1' then
-  append(ctl, log, events, ARGV[1], 'progress', ARGV[8], attempt, ARGV[7])
+  append(ctl, events, ARGV[1], 'progress', ARGV[8], attempt, ARGV[7])
 end
 return {'ok'}

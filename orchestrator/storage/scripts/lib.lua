@@ -1,16 +1,25 @@
 -- Shared by every command script (prepended when loaded): append one event of a task.
--- The task's seq counter lives in its control hash; the event id goes to the task's log index.
--- `append_at` appends the event numbered `seq` and leaves the counter to its caller, which sets
--- it in the HSET it makes anyway (one command fewer on the hot paths: take, claim, finish, submit).
-local function append_at(log, events, task_id, etype, v, attempt, data, seq)
-  local id = redis.call('XADD', events, '*', 'type', etype, 'v', v, 'task_id', task_id,
-    'seq', seq, 'attempt', attempt, 'data', data)
-  redis.call('RPUSH', log, id)
-  return id
+-- A task's control hash keeps its event counter (`seq`) and its log index: event number `seq`
+-- is the field `e:<seq>`, holding the event's stream id (keys.py, `event_field`). Kept in the
+-- hash the scripts write anyway, the index costs no command of its own on the hot paths.
+local function event_field(seq)
+  return 'e:' .. seq
 end
 
-local function append(ctl, log, events, task_id, etype, v, attempt, data)
-  return append_at(log, events, task_id, etype, v, attempt, data, redis.call('HINCRBY', ctl, 'seq', 1))
+-- Append the event numbered `seq` and return its stream id. The caller sets the counter and
+-- the index (`event_field(seq)` -> id) in the HSET it makes anyway (take, claim, finish, submit).
+local function log_event(events, task_id, etype, v, attempt, data, seq)
+  return redis.call('XADD', events, '*', 'type', etype, 'v', v, 'task_id', task_id,
+    'seq', seq, 'attempt', attempt, 'data', data)
+end
+
+-- Append the task's next event, counted and indexed; `...`: more control fields to set in the
+-- same HSET (field, value, ...).
+local function append(ctl, events, task_id, etype, v, attempt, data, ...)
+  local seq = redis.call('HINCRBY', ctl, 'seq', 1)
+  local id = log_event(events, task_id, etype, v, attempt, data, seq)
+  redis.call('HSET', ctl, event_field(seq), id, ...)
+  return id
 end
 
 -- Add a field whose value is a known-safe string to a JSON object made by the caller.
@@ -37,9 +46,8 @@ local function forget_checkpoint(ctl)
 end
 
 -- Fail the task for good and put it on the dead-letter stream, with why and how often it ran.
-local function fail_for_good(ctl, log, events, dead, task_id, v, attempt, data, reason, history)
-  local id = append(ctl, log, events, task_id, 'failed', v, attempt, data)
-  redis.call('HSET', ctl, 'status', 'failed')
+local function fail_for_good(ctl, events, dead, task_id, v, attempt, data, reason, history)
+  local id = append(ctl, events, task_id, 'failed', v, attempt, data, 'status', 'failed')
   redis.call('HDEL', ctl, 'owner', 'token')
   forget_checkpoint(ctl)
   redis.call('XADD', dead, '*', 'task_id', task_id, 'attempt', attempt, 'failed_event', id,
@@ -63,9 +71,8 @@ end
 
 -- Jobs (streams.md, "Jobs"). A job's keys and its chunks' are named from a task's control key,
 -- as take.lua names a task's: `<partition prefix>:task:` then the id, then these suffixes
--- (keys.py: TASK_LOG_SUFFIX, Keys.job, Keys.job_chunks). A job and its chunks share one hash
--- tag, so every one of them is in the slot of the script that names it.
-local LOG_SUFFIX = ':log'
+-- (keys.py: Keys.job, Keys.job_chunks). A job and its chunks share one hash tag, so every one
+-- of them is in the slot of the script that names it.
 
 -- What the worker tells a chunk's job (job_args.py, `job_args`), from ARGV[base] on, in this
 -- order: the chunk's best score ('' for none), bankrupt ('1'/'0'), the job's summary should it
@@ -96,9 +103,8 @@ local function cancel_chunks(task_prefix, chunks, events, work, group, delayed, 
     local cctl = task_prefix .. id
     local status, msg, attempt = unpack(redis.call('HMGET', cctl, 'status', 'msg', 'attempt'))
     if status and not is_terminal(status) then
-      append(cctl, cctl .. LOG_SUFFIX, events, id, 'cancelled', v, attempt or 0,
-        with_field(data, 'previous_status', status))
-      redis.call('HSET', cctl, 'status', 'cancelled')
+      append(cctl, events, id, 'cancelled', v, attempt or 0, with_field(data, 'previous_status', status),
+        'status', 'cancelled')
       retire(work, group, msg)
       -- The spec stays: retrying a failed job runs its cancelled chunks again (requeue.lua).
       redis.call('HDEL', cctl, 'owner', 'token', 'msg')
@@ -118,7 +124,7 @@ local function chunk_ended(ctl, parent, events, work, delayed, dead, j)
   local index, span = unpack(redis.call('HMGET', ctl, 'index', 'span'))
   local task_prefix = string.sub(ctl, 1, #ctl - #j.task_id)
   local pctl = task_prefix .. parent
-  local plog, job = pctl .. LOG_SUFFIX, pctl .. ':job'
+  local job = pctl .. ':job'
   local pstatus, pattempt = unpack(redis.call('HMGET', pctl, 'status', 'attempt'))
   if pstatus ~= 'running' then return end
   -- The aggregate, read once: every field the rest of this function needs.
@@ -142,7 +148,7 @@ local function chunk_ended(ctl, parent, events, work, delayed, dead, j)
     redis.call('HSET', job, 'failed', failed, 'missing', missing)
   end
   if j.outcome == 'failed' and failed > tonumber(allowed) then
-    fail_for_good(pctl, plog, events, dead, parent, j.failed_v, pattempt, j.failed_data, 'chunk_failed', '[]')
+    fail_for_good(pctl, events, dead, parent, j.failed_v, pattempt, j.failed_data, 'chunk_failed', '[]')
     cancel_chunks(task_prefix, pctl .. ':chunks', events, work, j.group, delayed, j.cancelled_data, j.cancelled_v)
     return
   end
@@ -150,8 +156,7 @@ local function chunk_ended(ctl, parent, events, work, delayed, dead, j)
     local result = '{"result":{"chunks":' .. total .. ',"completed":' .. done .. ',"failed":' .. failed ..
       ',"combinations":' .. combinations .. ',"missing":[' .. missing .. '],"best_chunk":' .. ci ..
       ',' .. string.sub(best, 2) .. '}'
-    append(pctl, plog, events, parent, 'completed', j.completed_v, pattempt, result)
-    redis.call('HSET', pctl, 'status', 'completed')
+    append(pctl, events, parent, 'completed', j.completed_v, pattempt, result, 'status', 'completed')
     redis.call('HDEL', pctl, 'owner', 'token', 'msg', 'spec')
     return
   end
@@ -160,6 +165,6 @@ local function chunk_ended(ctl, parent, events, work, delayed, dead, j)
     redis.call('HSET', job, 'percent', percent)
     local data = '{"progress":' .. string.format('%.17g', (done + failed) / total) .. ',"done":' .. done ..
       ',"failed":' .. failed .. ',"best":' .. (best or 'null') .. '}'
-    append(pctl, plog, events, parent, 'job_progress', j.progress_v, pattempt, data)
+    append(pctl, events, parent, 'job_progress', j.progress_v, pattempt, data)
   end
 end

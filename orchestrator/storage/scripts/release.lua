@@ -1,14 +1,14 @@
 -- A worker shutting down gives back a task it could not finish in its grace period: the task is
 -- queued again with a fresh work item, so another worker takes it at once (not after a lease).
--- KEYS: control, log, events, work
+-- KEYS: control, events, work
 -- ARGV: task_id, attempt, group, work message id, data, version
-local ctl, log, events, work = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ctl, events, work = KEYS[1], KEYS[2], KEYS[3]
 local status = redis.call('HGET', ctl, 'status')
 local attempt = redis.call('HGET', ctl, 'attempt')
 if status ~= 'running' or attempt ~= ARGV[2] then
   return {'fenced', status or 'missing', attempt or '0'}
 end
-append(ctl, log, events, ARGV[1], 'released', ARGV[6], attempt, ARGV[5])
+append(ctl, events, ARGV[1], 'released', ARGV[6], attempt, ARGV[5])
 retire(work, ARGV[3], ARGV[4])
 local msg = redis.call('XADD', work, '*', 'task_id', ARGV[1])
 redis.call('HSET', ctl, 'status', 'queued', 'msg', msg)

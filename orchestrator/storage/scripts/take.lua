@@ -2,17 +2,16 @@
 -- the claims in one round trip. Each item is judged as claim.lua judges a fresh (not reclaimed)
 -- one: a task that is gone, finished or no longer behind this item is retired; a running one
 -- is left alone.
--- Each task's control hash and log list cannot be KEYS (the task ids come from this script's
--- own read): they are named here from the two parts keys.py gives (`Keys.task_prefix`, the
--- id, `TASK_LOG_SUFFIX`), as `Keys.control` and `Keys.task_log` name them. They carry the
--- same hash tag as the work stream, so they live in its slot.
+-- Each task's control hash cannot be a KEY (the task ids come from this script's own read):
+-- it is named here from `Keys.task_prefix` and the id, as `Keys.control` names it. It carries
+-- the same hash tag as the work stream, so it lives in its slot.
 -- KEYS: work, events
 -- ARGV: group, worker, count, control key prefix, started-event data, started schema version,
---       claim token prefix, log key suffix
+--       claim token prefix
 -- Returns one entry per item read: {msg, task_id, 'ok', attempt, spec, failures, isolated} or
 -- {msg, task_id, 'skipped'|'busy', status}.
 local work, events = KEYS[1], KEYS[2]
-local group, worker, ctl_prefix, log_suffix = ARGV[1], ARGV[2], ARGV[4], ARGV[8]
+local group, worker, ctl_prefix = ARGV[1], ARGV[2], ARGV[4]
 local read = redis.call('XREADGROUP', 'GROUP', group, worker, 'COUNT', ARGV[3], 'STREAMS', work, '>')
 local out = {}
 if not read then return out end
@@ -30,11 +29,11 @@ for _, entry in ipairs(read[1][2]) do
   else
     attempt = tonumber(attempt or 0) + 1
     seq = tonumber(seq or 0) + 1
-    redis.call('HSET', ctl, 'status', 'running', 'owner', worker, 'token', ARGV[7] .. msg,
-      'attempt', attempt, 'seq', seq)
     local data = ARGV[5]
     if isolate == '1' then data = with_true(data, 'isolated') end
-    append_at(ctl .. log_suffix, events, task_id, 'started', ARGV[6], attempt, data, seq)
+    local id = log_event(events, task_id, 'started', ARGV[6], attempt, data, seq)
+    redis.call('HSET', ctl, 'status', 'running', 'owner', worker, 'token', ARGV[7] .. msg,
+      'attempt', attempt, 'seq', seq, event_field(seq), id)
     out[#out + 1] = {msg, task_id, 'ok', tostring(attempt), spec, failures or '0', isolate or '0'}
   end
 end
