@@ -20,10 +20,12 @@ import msgspec
 import redis.asyncio as aioredis
 
 from bench.work import LONG_SPEC_FIELDS, SMA_SPEC_FIELDS, sma_spec
+from orchestrator.domain.events import Cancelled
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.storage.commands import Commands
 from orchestrator.storage.keys import Keys
 from orchestrator.storage.partitions import Layout
+from orchestrator.storage.readmodel.log import task_events
 from orchestrator.storage.workqueue import WorkQueue
 
 
@@ -264,16 +266,13 @@ async def cancel_latency(
                     problems.append(f"{task_id}: no task.stopped logged")
                     return
                 await asyncio.sleep(0.002)
-            ids = await r.lrange(keys.task_log(task_id), 0, -1)
-            types = []
-            for entry_id in ids:
-                entry = await r.xrange(keys.events, entry_id, entry_id)
-                types.append((entry_id, entry[0][1][b"type"]))
-            cancelled_at = next(i for i, (_, t) in enumerate(types) if t == b"cancelled")
+            events = await task_events(r, keys, task_id)
+            types = [(e.id, type(e.event)) for e in events]
+            cancelled_at = next(i for i, (_, t) in enumerate(types) if t is Cancelled)
             rows.append(
                 {
                     "http_ms": 1000 * (t_http - t0),
-                    "cancelled_event_ms": _ms(types[cancelled_at][0]) - 1000 * t0,
+                    "cancelled_event_ms": _ms(types[cancelled_at][0].encode()) - 1000 * t0,
                     "worker_stopped_ms": 1000 * (tail.stopped[task_id] - t0),
                     "events_after_cancel": len(types) - cancelled_at - 1,
                 }
