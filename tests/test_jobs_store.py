@@ -26,7 +26,7 @@ from orchestrator.domain.spec import BacktestSpec, Chunk
 from orchestrator.domain.state import fold
 from orchestrator.domain.status import Status
 from orchestrator.storage.commands import Commands
-from orchestrator.storage.keys import Keys, event_field
+from orchestrator.storage.keys import WORKER_GROUP, Keys, event_field
 from orchestrator.storage.partitions import Layout, chunk_id
 from orchestrator.storage.readmodel.log import task_events
 from orchestrator.storage.workqueue import LOST_WORKERS_PER_ATTEMPT, Taken, WorkQueue
@@ -216,6 +216,26 @@ async def test_a_cancelled_job_cancels_its_chunks_and_keeps_the_finished_ones(ba
     assert await job.take(10) == []
     assert isinstance((await job.events())[-1], Cancelled)
     assert (await job.state()).status == Status.CANCELLED
+
+
+async def test_a_job_cancel_retires_every_chunks_work_item_and_saved_state(backend: Backend) -> None:
+    """The chunks' work items, delayed entries and checkpoints are cleared in one command each;
+    every chunk's `cancelled` is numbered and indexed like any event of it."""
+    job = _Job(backend)
+    await job.start(5)
+    running = await job.take(2)
+    saver = running[0]
+    assert await job.queue.save_checkpoint(saver.task_id, saver.claim.attempt, b'{"done": 1}') is None
+    keys = job.layout.of(job.task_id)
+    assert await backend.redis.exists(keys.checkpoint(saver.task_id)) == 1
+    assert await job.commands.cancel(job.task_id, by="alice") is True
+    assert await backend.redis.xlen(keys.work) == 0
+    assert (await backend.redis.xpending(keys.work, WORKER_GROUP))["pending"] == 0
+    assert await backend.redis.exists(keys.checkpoint(saver.task_id)) == 0
+    for chunk in job.chunks:
+        events = await job.events(chunk)
+        assert isinstance(events[-1], Cancelled)
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
 
 
 async def test_a_chunk_alone_is_neither_cancelled_nor_retried(backend: Backend) -> None:
