@@ -169,11 +169,14 @@ def chunks_alone(lines: list[str], reps: int) -> float:
 
 
 class Fleet:
-    """Backstream workers (`orchestrator.cli worker --concurrency 1`) on `redis_url` under
-    `prefix`, with `extra` environment variables; their logs and results under `workdir`."""
+    """Backstream workers (`orchestrator.cli worker --concurrency <concurrency>`) on `redis_url`
+    under `prefix`, with `extra` environment variables; their logs and results under `workdir`."""
 
-    def __init__(self, redis_url: str, prefix: str, workdir: Path, extra: dict[str, str]) -> None:
+    def __init__(
+        self, redis_url: str, prefix: str, workdir: Path, extra: dict[str, str], *, concurrency: int = 1
+    ) -> None:
         self.workdir = workdir
+        self.concurrency = concurrency
         self.env = dict(
             os.environ,
             REDIS_URL=redis_url,
@@ -197,7 +200,7 @@ class Fleet:
                 "--log-json",
                 "worker",
                 "--concurrency",
-                "1",
+                str(self.concurrency),
                 "--name",
                 name,
             ]

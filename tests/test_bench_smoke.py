@@ -21,6 +21,8 @@ What runs where:
 - `job_bench.py --smoke` runs a 2-symbol x 100-combination universe job on 1 and 2 workers and a
   ~2 s grid with its worker killed at 90%, three ways (a job, one task, one task checkpointed), on
   the shared Redis under prefixes of its own; not Celery and Dask (the peers' environment).
+- `job_cancel_bench.py --smoke` cancels a ~40-chunk job three times on 2 workers, and once more
+  with the workers stopped.
 Each script but job_bench.py starts its own private redis-server (so redis-server and redis-benchmark must be on
 PATH, as CI's .ci/run makes sure); the first test uses the shared Redis with its own prefix.
 """
@@ -190,3 +192,16 @@ def test_job_bench_runs(tmp_path: Path) -> None:
     assert all(r["killed_at"] >= 0.9 and r["killed_s"] > 0 and r["same_best"] for r in loss), loss
     assert re.search(r"^\| Backstream job, 2 worker processes \| [\d.]+ \|", out, re.M), out
     assert re.search(r"^\| one task, no checkpoint \(restarts from zero\) \| - \|", out, re.M), out
+
+
+def test_job_cancel_bench_runs(tmp_path: Path) -> None:
+    """Each cancel of a fanned-out job reaches every chunk, and nothing is appended after it."""
+    bench_script("job_cancel_bench.py", "--smoke", "--json", str(tmp_path / "cancel.json"), tmp_path=tmp_path)
+    results = json.loads((tmp_path / "cancel.json").read_text())
+    main, quiet = results["summary"], results["quiet"]
+    assert (main["cancels"], quiet["cancels"]) == (3, 1), results
+    assert main["chunks"] > 20 and all(n > 0 for n in main["cancelled_chunks"]), main
+    for summary in (main, quiet):
+        assert (summary["events_after_cancel"], summary["chunks_not_ended"]) == (0, 0), summary
+        assert summary["cancel_returned"]["n"] == summary["cancels"], summary
+    assert quiet["commands"]["evalsha"]["calls"] >= 1, quiet
