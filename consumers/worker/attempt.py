@@ -4,6 +4,7 @@ stored by report.py."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -147,23 +148,25 @@ class Execution:
             if plan is not None:
                 return Computed(fan_out=plan)
         limit = min(self.settings.task_timeout_s, job.spec.timeout_s or self.settings.task_timeout_s)
+        # The full result is encoded once: an error is the attempt's; retried uploads reuse it.
+        # A run done within its first chunk (most are) is encoded in that chunk's hop.
+        encode = None if self.results is None else functools.partial(encode_result, job.task_id, job.attempt)
         async with self._lease_kept(started + limit, limit):
-            first = await self.first_chunks.compute(job.spec, await self.checkpoints.load())
+            first = await self.first_chunks.compute(job.spec, await self.checkpoints.load(), encode)
             run = first.run
             await self._compute(run, started + limit, limit)
             if self.release_requested.is_set() and not run.done:
                 return Computed(releasing=True)
             if first.outcome is not None:
-                outcome, result = first.outcome, first.result
-            else:
-                # A long run's outcome (a sweep's table, say) can take a while to build and encode.
-                async with self.compute.turn():
-                    outcome, result = await self.compute.call(finished, run, self.results is None)
+                return Computed(outcome=first.outcome, result=first.result, encoded=first.encoded)
+            # A long run's outcome (a sweep's table, say) can take a while to build and encode:
+            # each gets a turn of its own.
+            async with self.compute.turn():
+                outcome, result = await self.compute.call(finished, run, self.results is None)
             encoded = None
-            if self.results is not None:
-                # Encoded once, here: an error is the attempt's; retried uploads reuse it.
+            if encode is not None:
                 async with self.compute.turn():
-                    encoded = await self.compute.call(encode_result, job.task_id, job.attempt, outcome.detail)
+                    encoded = await self.compute.call(encode, outcome.detail)
         return Computed(outcome=outcome, result=result, encoded=encoded)
 
     async def _store(

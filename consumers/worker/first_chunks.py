@@ -2,7 +2,9 @@
 
 Most backtests are done within their first chunk. A worker that claims a batch of them would
 otherwise hop to a thread once per task, and its compute threads would fight over the GIL; here
-they run one after another in a single hop, which also builds their outcomes off the event loop.
+they run one after another in a single hop, which also builds their outcomes off the event loop,
+and encodes those going to the results store (a second hop per task, for the encoding alone,
+cost the event loop a turn, an executor round trip and a wake-up).
 """
 
 from __future__ import annotations
@@ -24,16 +26,20 @@ class FirstChunk(msgspec.Struct):
     """A run after its first chunk; finished within it when `outcome` is set."""
 
     run: Any  # consumers.worker.attempt.Run
-    # Set when the run finished within the chunk: its outcome and the encoded full result.
+    # Set when the run finished within the chunk: its outcome and the encoded full result (JSON
+    # for Redis in `result`, or what the `encode` given to `compute` returned, in `encoded`).
     outcome: Any = None
     result: bytes = b""
+    encoded: Any = None
 
 
 class _Start(NamedTuple):
-    """A run to start: its spec, and the checkpoint it resumes from (None: from the start)."""
+    """A run to start: its spec, the checkpoint it resumes from (None: from the start), and what
+    encodes its full result for the results store if it finishes within the chunk (None: nothing)."""
 
     spec: BacktestSpec
     checkpoint: bytes | None
+    encode: Callable[[dict[str, Any]], Any] | None = None
 
 
 class FirstChunks:
@@ -59,13 +65,20 @@ class FirstChunks:
         self._queue: list[tuple[_Start, asyncio.Future[FirstChunk]]] = []
         self._flush_scheduled = False
 
-    async def compute(self, spec: BacktestSpec, checkpoint: bytes | None = None) -> FirstChunk:
+    async def compute(
+        self,
+        spec: BacktestSpec,
+        checkpoint: bytes | None = None,
+        encode: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> FirstChunk:
         """Start the run of `spec` (from `checkpoint`, a state an earlier attempt saved, when
-        given) and compute its first chunk, in the next hop. Raises what starting or computing
-        the run raised (the task's own failure)."""
+        given) and compute its first chunk, in the next hop; if the run finishes within it,
+        `encode(detail)` (when given) encodes its full result in the same hop, into
+        `FirstChunk.encoded`. Raises what starting or computing the run, or `encode`, raised
+        (the task's own failure)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[FirstChunk] = loop.create_future()
-        self._queue.append((_Start(spec, checkpoint), future))
+        self._queue.append((_Start(spec, checkpoint, encode), future))
         self._schedule()
         return await future
 
@@ -112,7 +125,9 @@ class FirstChunks:
         run.advance(self.chunk_seconds)
         if not run.done:
             return FirstChunk(run)
-        return FirstChunk(run, *finished(run, self.encode))
+        outcome, result = finished(run, self.encode)
+        encoded = None if start.encode is None else start.encode(outcome.detail)
+        return FirstChunk(run, outcome, result, encoded)
 
 
 def finished(run: Any, encode: bool = True) -> tuple[Any, bytes]:
