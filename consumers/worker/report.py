@@ -117,7 +117,9 @@ class Reporter:
         started = time.monotonic()
         while True:
             try:
-                ref = await asyncio.wait_for(self.results.upload(encoded), self.settings.results_timeout_s)
+                # A timeout scope, not wait_for: no task of its own to create and schedule.
+                async with asyncio.timeout(self.settings.results_timeout_s):
+                    ref = await self.results.upload(encoded)
             except (OSError, TimeoutError, obstore.exceptions.BaseError) as e:
                 failures += 1
                 log.warning("result.upload_failed", error=str(e)[:500], error_type=type(e).__name__, failures=failures)
