@@ -6,7 +6,8 @@
 
 One worker process on a private redis-server, warmed up, then one timed run of `--tasks` tasks.
 Prints the run's rate and, per process (worker, projector, redis-server, and the driver that
-submits and waits), CPU seconds and microseconds per task. On a 2-core machine the sum says how
+submits and waits), CPU seconds and microseconds per task, and the worker's by thread (user and
+system). On a 2-core machine the sum says how
 close the whole system is to the machine's limit; CPU per task is steadier than a rate on a
 noisy machine. Then redis-server's time per command (INFO commandstats over the run).
 """
@@ -36,6 +37,21 @@ def _cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
+    """User and system CPU seconds of each thread of `pid`, summed by thread name (comm)."""
+    out: dict[str, tuple[float, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user, system = out.get(comm, (0.0, 0.0))
+        out[comm] = (user + int(fields[11]) / tick, system + int(fields[12]) / tick)
+    return out
 
 
 def _name(pid: int) -> str:
@@ -90,6 +106,8 @@ def main() -> int:
         watched = {pid: _name(pid) for pid in _descendants([p.pid for p in block.procs])}
         watched[redis.proc.pid] = "redis-server"
         before = {pid: _cpu_seconds(pid) for pid in watched}
+        workers = [pid for pid, name in watched.items() if " worker" in name]
+        threads_before = {pid: _thread_cpu(pid) for pid in workers}
         driver_before = _children_cpu()  # the driver is the only child that exits during the run
         redis.cli("CONFIG", "RESETSTAT")
         result: dict[str, Any] = {}
@@ -99,6 +117,7 @@ def main() -> int:
         load.join()
         wall = time.monotonic() - started
         used = {f"{name} (pid {pid})": _cpu_seconds(pid) - before[pid] for pid, name in watched.items()}
+        threads_used = {pid: _thread_cpu(pid) for pid in workers}
         used["driver (submits, follows; includes its start-up)"] = _children_cpu() - driver_before
         commands = _command_stats(redis)
     finally:
@@ -110,6 +129,12 @@ def main() -> int:
         print(f"  {seconds:6.2f} s CPU  {1e6 * seconds / args.tasks:6.0f} us/task  {name}")
     total = sum(used.values())
     print(f"  {total:6.2f} s CPU  {1e6 * total / args.tasks:6.0f} us/task  all ({total / wall:.2f} cores busy)")
+    for pid, threads in threads_used.items():
+        print(f"worker (pid {pid}) by thread, user + system us/task (threads alive at the end):")
+        for comm, (user, system) in sorted(threads.items(), key=lambda kv: -sum(kv[1])):
+            user0, system0 = threads_before[pid].get(comm, (0.0, 0.0))
+            u, s_ = 1e6 * (user - user0) / args.tasks, 1e6 * (system - system0) / args.tasks
+            print(f"  {u + s_:6.0f} us/task  (user {u:5.0f}, system {s_:5.0f})  {comm}")
     print("redis-server time by command (Lua scripts' inner calls counted in both):")
     for name, (calls, usec) in sorted(commands.items(), key=lambda kv: -kv[1][1])[:12]:
         print(f"  {usec / args.tasks:6.1f} us/task  {calls / args.tasks:5.2f} calls/task  {name}")

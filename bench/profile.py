@@ -87,17 +87,20 @@ def summarise(collapsed: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kind", default="noop", choices=["noop", "sma"])
-    parser.add_argument("--tasks", type=int, default=10_000)
-    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--tasks", type=int, default=None, help="default 10,000 (3,000 with --smoke)")
+    parser.add_argument("--seconds", type=int, default=None, help="default 8 (1 with --smoke)")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--backstream-root", type=Path, default=REPO)
     parser.add_argument("--out", type=Path, default=BENCH / "out")
     parser.add_argument(
-        "--smoke", action="store_true", help="1 s of samples over 3,000 tasks, in this interpreter (needs py-spy)"
+        "--smoke",
+        action="store_true",
+        help="1 s of samples over 3,000 tasks unless --seconds/--tasks say otherwise, in this interpreter (needs py-spy)",
     )
     args = parser.parse_args()
-    if args.smoke:
-        args.tasks, args.seconds = 3_000, 1  # enough load to outlast the 0.5 s before py-spy starts
+    if args.smoke:  # enough load to outlast the 0.5 s before py-spy starts
+        args.tasks, args.seconds = args.tasks or 3_000, args.seconds or 1
+    args.tasks, args.seconds = args.tasks or 10_000, args.seconds or 8
     bs_python, peers_python = environments(args.backstream_root.resolve(), smoke=args.smoke)
     workdir = Path(tempfile.mkdtemp(prefix="backstream-profile-"))
     redis = RedisServer(workdir)
