@@ -95,7 +95,7 @@ def main() -> int:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="1 s of samples over 3,000 tasks unless --seconds/--tasks say otherwise, in this interpreter (needs py-spy)",
+        help="1 s of samples over 3,000 tasks (unless --seconds, --tasks), in this interpreter (needs py-spy)",
     )
     args = parser.parse_args()
     if args.smoke:  # enough load to outlast the 0.5 s before py-spy starts
