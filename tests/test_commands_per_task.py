@@ -38,11 +38,11 @@ async def _command_calls(r: aioredis.Redis) -> dict[str, int]:
 async def test_a_short_task_costs_at_most_20_commands_from_submit_to_outcome(tmp_path: Path) -> None:
     """Submit, take (read and claim, in batches), finish, and the worker run's own fixed costs
     spread over its tasks: 31.3 a task before issue 21's work began, 24-25 with jobs (the
-    checkpoint's DEL, the status check between chunks), 18.9 now. Gone since: an HGET each for
+    checkpoint's DEL, the status check between chunks). Gone since: an HGET each for
     status and attempt (one HMGET), a HINCRBY for `seq` beside every HSET, three HDELs, an RPUSH
     per event to the task's log index (now fields of the HSET the scripts make anyway), the
     EXISTS of the staged result (its RENAME checks), a DEL of a checkpoint never saved, and the
-    status check of a task shorter than RUNNING_CHECK_SECONDS. What is left: three XADDs to the
+    status check of a task shorter than RUNNING_CHECK_SECONDS (18.9-19.1). What is left: three XADDs to the
     log and one to the work stream, three HSETs, two HMGETs, the three script calls, submit's
     EXISTS, finish's HDEL, the staged result (SET, RENAME, PERSIST), XACK and XDEL (one
     XACKDEL on Redis 8.2+)."""
