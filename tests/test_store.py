@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from consumers.projector import Projector
@@ -14,11 +16,14 @@ from orchestrator.domain.events import Cancelled, Completed, Failed, Progress, R
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.storage.batching import ScriptBatcher
 from orchestrator.storage.commands import Commands
+from orchestrator.storage.connections import store_unavailable
 from orchestrator.storage.keys import WORKER_GROUP
+from orchestrator.storage.partitions import Layout
 from orchestrator.storage.readmodel import Projection, ReadModel
 from orchestrator.storage.scripts.attempts import AttemptScripts
 from orchestrator.storage.workqueue import WorkQueue
 from tests.conftest import Backend
+from tests.processes import RedisServer
 
 # The store tests here run on fakeredis, real Redis and a real Redis Cluster (conftest).
 pytestmark = pytest.mark.also_on_cluster
@@ -374,3 +379,30 @@ async def test_retryable_failures_are_counted_in_the_claim(store: Stores, backen
     assert await store.queue.release(task_id, 2, worker="w1", message_id=message_id) is None
     [taken] = await store.queue.take(worker="w2", count=1)
     assert (taken.claim.attempt, taken.claim.failures) == (3, 1)
+
+
+@pytest.mark.redis
+async def test_a_completion_refused_by_redis_is_passed_on_as_redis_said_it(tmp_path: Path) -> None:
+    """The staged result's RENAME is finish.lua's first write: a refusal of every write (here
+    NOREPLICAS, as a primary without its replicas answers; READONLY and MISCONF alike) reaches the
+    worker as Redis said it, which waits it out, not as a missing result, which would be a bug."""
+    server = RedisServer(tmp_path)
+    redis = aioredis.Redis.from_url(server.url)
+    try:
+        layout = Layout(prefix="{t}")
+        queue = WorkQueue(redis, layout, reader=redis)
+        await queue.ensure_group()
+        task_id = new_id()
+        await Commands(redis, layout).submit(task_id, SPEC)
+        (taken,) = await queue.take(worker="w1", count=1)
+        await redis.config_set("min-replicas-to-write", 1)
+        done = Completed(task_id=task_id, attempt=taken.claim.attempt, result={"total_return_pct": 1.0})
+        with pytest.raises(ResponseError) as refused:
+            await queue.finish(done, message_id=taken.message_id, result=b'{"full": 1}')
+        assert str(refused.value).startswith("NOREPLICAS") and store_unavailable(refused.value)
+        await redis.config_set("min-replicas-to-write", 0)
+        assert await queue.finish(done, message_id=taken.message_id, result=b'{"full": 1}') is None
+        assert await redis.get(layout.of(task_id).result(task_id)) == b'{"full": 1}'
+    finally:
+        await redis.aclose()
+        server.stop()

@@ -207,8 +207,9 @@ class AttemptScripts:
         `Keys.staged_result(task_id, attempt)` (`before`, in the same round trip: see
         `staged_result_command`). `delay_ms`: a retry's wait; `reason` and `history` (JSON list of
         attempts): a failure's dead letter; `job_args`: for a chunk of a job, what finish.lua lists
-        after `history`. None if accepted, Fenced if refused. Raises ResponseError when
-        `result_staged` but the staged key is missing (nothing is written)."""
+        after `history`. None if accepted, Fenced if refused. Raises ResponseError when a
+        completion is `result_staged` but the staged key is missing (nothing is written), and
+        Redis's own refusals (READONLY, MISCONF, ...) as they are."""
         k = self.keys
         reply = await self._finish(
             keys=[

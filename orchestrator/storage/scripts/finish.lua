@@ -32,10 +32,15 @@ end
 if parent and not job then
   return redis.error_reply('finish.lua: ' .. task_id .. ' is a chunk of ' .. parent .. ', and its job arguments are missing')
 end
--- The first write, and the check that the staged result is there (RENAME refuses a missing key).
+-- The first write, and the check that the staged result is there (RENAME refuses a missing key;
+-- any other refusal, a read-only replica say, is passed on as it is, for the caller to judge).
 if outcome == 'completed' and has_result then
-  if redis.pcall('RENAME', staged, result).err then
-    return redis.error_reply('finish.lua: the staged result ' .. staged .. ' is missing')
+  local renamed = redis.pcall('RENAME', staged, result)
+  if renamed.err then
+    if string.find(tostring(renamed.err), 'no such key', 1, true) then
+      return redis.error_reply('finish.lua: the staged result ' .. staged .. ' is missing')
+    end
+    return renamed
   end
   redis.call('PERSIST', result)
 end
