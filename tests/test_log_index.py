@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from orchestrator.domain.events import Completed, Progress, Started, Submitted
+from orchestrator.domain.events import Completed, Progress, ResultDeleted, Started, Submitted
 from orchestrator.domain.spec import BacktestSpec
 from orchestrator.storage.commands import Commands
 from orchestrator.storage.keys import WORKER_GROUP, event_field
@@ -75,3 +75,17 @@ async def test_a_task_indexed_the_old_way_reads_as_before(backend: Backend, inde
     # Nothing projected yet: read-your-writes folds all four events.
     state = await reads.current(task_id)
     assert state is not None and (state.status, state.seq, state.last_event_id) == ("completed", 4, ids[-1])
+
+
+async def test_a_compacted_task_listed_the_old_way_reads_from_its_result_deleted(backend: Backend) -> None:
+    """Retention dropped the task's control hash and list; `drop_result.lua` restored the hash
+    (seq 4) and an earlier version listed the `result_deleted` (event 5) alone."""
+    task_id = str(uuid.uuid4())
+    deleted = ResultDeleted(task_id=task_id, seq=5, key=f"{task_id}/1-abc", reason="age")
+    entry = (await backend.redis.xadd(backend.keys.events, entry_fields(deleted))).decode()
+    await backend.redis.rpush(backend.keys.task_log(task_id), entry)
+    await backend.redis.hset(backend.keys.control(task_id), mapping={"status": "completed", "attempt": 1, "seq": 5})
+    reads = ReadModel(backend.redis, backend.keys)
+    assert [(e.id, e.event) for e in await reads.task_events(task_id)] == [(entry, deleted)]
+    assert await reads.last_task_event_id(task_id) == entry
+    assert [e.id for page in [p async for p in reads.task_event_pages(task_id, "0-0", 2)] for e in page] == [entry]

@@ -15,7 +15,7 @@ import msgspec
 from orchestrator.domain.errors import EventDecodeError
 from orchestrator.domain.events import StoredEvent
 from orchestrator.domain.ids import LAST_ID, id_order
-from orchestrator.storage.codec import decode_entries, decode_entry, text
+from orchestrator.storage.codec import decode_entries, decode_entry, stream_entries, text
 from orchestrator.storage.connections import RedisClient, routed_to, unparsed
 from orchestrator.storage.keys import Keys, event_field
 from orchestrator.storage.readmodel.cursor import START, LogCursor
@@ -131,19 +131,21 @@ async def read_batch(
     return decode_entries(entries)
 
 
-async def _events_numbered(redis: RedisClient, keys: Keys, task_id: str, first: int, count: int) -> list[StoredEvent]:
-    """The task's events numbered `first` to `first + count - 1` (their `seq`) that its log index
-    names and the log still holds, in order: one HMGET of the index, then one pipelined XRANGE per
-    id. The index is the control hash's `event_field(seq)` fields; a task written before the index
-    moved there has its ids in the list `Keys.task_log`, read when a field is missing (also for a
-    task retention compacted, whose index starts again at its `result_deleted`)."""
+async def _events_numbered(
+    redis: RedisClient, keys: Keys, task_id: str, first: int, count: int, after: str = "0-0"
+) -> list[StoredEvent]:
+    """The task's events numbered `first` to `first + count - 1` (their `seq`) with stream ids
+    after `after` that its log index names and the log still holds, in order: one HMGET of the
+    index, then one pipelined XRANGE per id wanted. The index is the control hash's
+    `event_field(seq)` fields; the numbers it lacks are looked up in the list of a task written
+    before the index moved there (`_listed_ids`)."""
     if count <= 0:
         return []
     values = await redis.hmget(keys.control(task_id), [event_field(s) for s in range(first, first + count)])
     ids = [text(v) for v in values if v is not None]
     if len(ids) < count:
-        older = [text(i) for i in await redis.lrange(keys.task_log(task_id), 0, -1)]
-        ids = sorted({*ids, *older}, key=id_order)
+        ids = sorted({*ids, *await _listed_ids(redis, keys, task_id, first, count)}, key=id_order)
+    ids = [i for i in ids if id_order(i) > id_order(after)]
     if not ids:
         return []
     async with redis.pipeline(transaction=False) as pipe:
@@ -152,6 +154,28 @@ async def _events_numbered(redis: RedisClient, keys: Keys, task_id: str, first: 
         replies = await pipe.execute()
     events = [decode_entry(*entries[0]) for entries in replies if entries]
     return [e for e in events if first <= e.event.seq < first + count]
+
+
+async def _listed_ids(redis: RedisClient, keys: Keys, task_id: str, first: int, count: int) -> list[str]:
+    """The ids of events numbered `first` to `first + count - 1` in the list `Keys.task_log` that
+    versions before the index moved into the control hash wrote (none for a task written since,
+    for one retention compacted, or once the list's newest entry is trimmed from the log, with
+    every older one). The list holds consecutive numbers, its last entry's number read from that
+    entry: only the positions wanted are read."""
+    listed = keys.task_log(task_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.llen(listed)
+        pipe.lindex(listed, -1)
+        length, newest = await pipe.execute()
+    entry = stream_entries(await redis.xrange(keys.events, newest, newest)) if newest is not None else []
+    if not entry:
+        return []
+    last = decode_entry(*entry[0]).event.seq
+    offset = last - length + 1  # the number of the list's first entry
+    low, high = max(first, offset), min(first + count - 1, last)
+    if low > high:
+        return []
+    return [text(i) for i in await redis.lrange(listed, low - offset, high - offset)]
 
 
 async def _latest_seq(redis: RedisClient, keys: Keys, task_id: str) -> int:
@@ -178,10 +202,9 @@ async def task_event_pages(
     history is."""
     latest = await _latest_seq(redis, keys, task_id)
     for first in range(1, latest + 1, page):
-        events = await _events_numbered(redis, keys, task_id, first, min(page, latest - first + 1))
-        wanted = [e for e in events if id_order(e.id) > id_order(after)]
-        if wanted:
-            yield wanted
+        events = await _events_numbered(redis, keys, task_id, first, min(page, latest - first + 1), after)
+        if events:
+            yield events
 
 
 async def last_task_event_id(redis: RedisClient, keys: Keys, task_id: str) -> str | None:
