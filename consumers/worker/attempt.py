@@ -39,7 +39,7 @@ log = structlog.get_logger("backstream.worker")
 CHUNK_SECONDS = 0.01
 # How often a computing task checks that it is still its attempt's (a cancel, a takeover): the
 # bound, with one chunk, on how long a cancel waits for it to notice. Checked between chunks once
-# this much time has passed since the claim or the last check, so a short task costs no check.
+# this much time has passed since its first chunk or the last check, so a short task costs none.
 RUNNING_CHECK_SECONDS = 0.02
 # How often a task waiting for its turn on a compute thread checks for a cancel: the bound on
 # how late a queued task notices one (a computing one notices it within a chunk). Each check is

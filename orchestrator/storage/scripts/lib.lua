@@ -106,8 +106,9 @@ local function better(b, s, i, cb, cs, ci)
 end
 
 -- Cancel every chunk of a job that has not ended, as cancel.lua cancels a task. A job has up to
--- 2,000 chunks: each costs a read, its event and two writes to its control hash; the work items,
--- the delayed set and the checkpoints of all of them are cleared in one command each.
+-- 2,000 chunks (MAX_CHUNKS, consumers/engine/jobs.py): each costs a read, its event and two writes
+-- to its control hash; the work items, the delayed set and the checkpoints of all of them are
+-- cleared in one command each (`unpack` passes up to 8,000 values).
 local function cancel_chunks(task_prefix, chunks, events, work, group, delayed, data, v)
   local msgs, ids, saved = {}, {}, {}
   for _, id in ipairs(redis.call('LRANGE', chunks, 0, -1)) do
