@@ -7,18 +7,17 @@ submit through the client or HTTP and follow the log to completion; HTTP submit 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import random
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 
+from bench.procs import WorkerLogs
 from bench.work import LONG_SPEC_FIELDS, SMA_SPEC_FIELDS, sma_spec
 from orchestrator.domain.events import Cancelled
 from orchestrator.domain.spec import BacktestSpec
@@ -193,31 +192,6 @@ async def http_latency(url: str, n: int, concurrency: int, path: str = "/api/bac
     }
 
 
-class _LogTail:
-    """Follows JSON log files and collects `task.stopped` times by task id."""
-
-    def __init__(self, paths: list[str]) -> None:
-        self.offsets = {p: Path(p).stat().st_size if Path(p).exists() else 0 for p in paths}
-        self.stopped: dict[str, float] = {}
-
-    def poll(self) -> None:
-        for path, offset in self.offsets.items():
-            with open(path, "rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-            end = chunk.rfind(b"\n") + 1
-            self.offsets[path] = offset + end
-            for line in chunk[:end].splitlines():
-                if b"task.stopped" not in line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                ts = dt.datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
-                self.stopped[rec["task_id"]] = ts
-
-
 async def cancel_latency(
     redis_url: str, prefix: str, api_url: str, worker_logs: list[str], n: int, parallel: int = 1
 ) -> dict[str, Any]:
@@ -232,7 +206,7 @@ async def cancel_latency(
 
     keys = Keys(prefix=prefix)
     r = aioredis.Redis.from_url(redis_url, protocol=2, socket_timeout=30)
-    tail = _LogTail(worker_logs)
+    tail = WorkerLogs(worker_logs)
     body = json.dumps(LONG_SPEC_FIELDS).encode()
     rows: list[dict[str, float]] = []
     problems: list[str] = []
@@ -260,7 +234,7 @@ async def cancel_latency(
                 problems.append(f"{task_id}: DELETE answered {resp.status}")
                 return
             deadline = time.monotonic() + 10
-            while task_id not in tail.stopped:
+            while not (stopped := [t for t, event in tail.lines.get(task_id, []) if event == "task.stopped"]):
                 tail.poll()
                 if time.monotonic() > deadline:
                     problems.append(f"{task_id}: no task.stopped logged")
@@ -273,7 +247,7 @@ async def cancel_latency(
                 {
                     "http_ms": 1000 * (t_http - t0),
                     "cancelled_event_ms": _ms(types[cancelled_at][0].encode()) - 1000 * t0,
-                    "worker_stopped_ms": 1000 * (tail.stopped[task_id] - t0),
+                    "worker_stopped_ms": 1000 * (stopped[0] - t0),
                     "events_after_cancel": len(types) - cancelled_at - 1,
                 }
             )

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
 import random
@@ -67,7 +66,7 @@ import msgspec  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
 from bench.job_bench import Fleet, _describe, machine  # noqa: E402
-from bench.procs import Proc, RedisServer  # noqa: E402
+from bench.procs import Proc, RedisServer, WorkerLogs  # noqa: E402
 from consumers.engine.datasets import Catalog  # noqa: E402
 from consumers.engine.jobs import plan_job  # noqa: E402
 from orchestrator.domain.spec import BacktestSpec  # noqa: E402
@@ -148,31 +147,6 @@ def chunk_seconds_for(fields: dict[str, Any], chunks: int) -> tuple[float, int]:
             break
     seconds = best[1]
     return seconds, count(seconds)
-
-
-class WorkerLogs:
-    """Follows the workers' JSON logs: every line that names a task, as (time, event) by task id."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.offsets = {p: p.stat().st_size if p.exists() else 0 for p in paths}
-        self.lines: dict[str, list[tuple[float, str]]] = {}
-
-    def poll(self) -> None:
-        for path, offset in self.offsets.items():
-            with open(path, "rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-            end = chunk.rfind(b"\n") + 1
-            self.offsets[path] = offset + end
-            for line in chunk[:end].splitlines():
-                if b'"task_id"' not in line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                ts = dt.datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
-                self.lines.setdefault(rec["task_id"], []).append((ts, rec.get("event", "")))
 
 
 async def one_cancel(

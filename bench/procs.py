@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -140,3 +142,28 @@ class RedisServer:
     def stop(self) -> None:
         self.cli("SHUTDOWN", "NOSAVE")
         self.proc.stop(timeout=5)
+
+
+class WorkerLogs:
+    """Follows the workers' JSON logs: every line that names a task, as (time, event) by task id."""
+
+    def __init__(self, paths: list[Path] | list[str]) -> None:
+        self.offsets = {Path(p): Path(p).stat().st_size if Path(p).exists() else 0 for p in paths}
+        self.lines: dict[str, list[tuple[float, str]]] = {}
+
+    def poll(self) -> None:
+        for path, offset in self.offsets.items():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            end = chunk.rfind(b"\n") + 1
+            self.offsets[path] = offset + end
+            for line in chunk[:end].splitlines():
+                if b'"task_id"' not in line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                ts = dt.datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
+                self.lines.setdefault(rec["task_id"], []).append((ts, rec.get("event", "")))
