@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from bench.procs import WorkerLogs
+from bench.procs import WorkerLogs, entry_ms, percentile
 from bench.work import LONG_SPEC_FIELDS, SMA_SPEC_FIELDS, sma_spec
 from orchestrator.domain.events import Cancelled
 from orchestrator.domain.spec import BacktestSpec
@@ -26,17 +26,6 @@ from orchestrator.storage.keys import Keys
 from orchestrator.storage.partitions import Layout
 from orchestrator.storage.readmodel.log import task_events
 from orchestrator.storage.workqueue import WorkQueue
-
-
-def _ms(entry_id: bytes) -> int:
-    return int(entry_id.split(b"-", 1)[0])
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 async def _last_id(r: Any, stream: str) -> bytes:
@@ -84,7 +73,7 @@ async def throughput(
                     last = entry_id
                     counts["events"] += 1
                     if fields[b"type"] == b"completed":
-                        completed[fields[b"task_id"].decode()] = _ms(entry_id)
+                        completed[fields[b"task_id"].decode()] = entry_ms(entry_id)
             if submit_done.is_set() and len(completed) >= n and all(t in completed for t in submitted):
                 return
         raise TimeoutError(f"{len(completed)} of {n} tasks completed within {timeout}s")
@@ -144,8 +133,8 @@ async def throughput(
         "seconds": span,
         "tasks_per_s": len(submitted) / span if span > 0 else None,
         "submit_per_s": len(submitted) / (t_submitted - t0),
-        "p50_ms": 1000 * _pct(lat, 0.5),
-        "p99_ms": 1000 * _pct(lat, 0.99),
+        "p50_ms": 1000 * percentile(lat, 0.5),
+        "p99_ms": 1000 * percentile(lat, 0.99),
         "events": counts["events"],
         "events_per_task": counts["events"] / max(1, len(submitted)),
         "events_per_s": counts["events"] / span if span > 0 else None,
@@ -186,8 +175,8 @@ async def http_latency(url: str, n: int, concurrency: int, path: str = "/api/bac
     return {
         "requests": n,
         "errors": errors,
-        "p50_ms": 1000 * _pct(lat, 0.5),
-        "p99_ms": 1000 * _pct(lat, 0.99),
+        "p50_ms": 1000 * percentile(lat, 0.5),
+        "p99_ms": 1000 * percentile(lat, 0.99),
         "requests_per_s": n / wall,
     }
 
@@ -246,7 +235,7 @@ async def cancel_latency(
             rows.append(
                 {
                     "http_ms": 1000 * (t_http - t0),
-                    "cancelled_event_ms": _ms(types[cancelled_at][0].encode()) - 1000 * t0,
+                    "cancelled_event_ms": entry_ms(types[cancelled_at][0].encode()) - 1000 * t0,
                     "worker_stopped_ms": 1000 * (stopped[0] - t0),
                     "events_after_cancel": len(types) - cancelled_at - 1,
                 }
@@ -266,7 +255,11 @@ async def cancel_latency(
     }
     for name in ("http_ms", "cancelled_event_ms", "worker_stopped_ms"):
         values = [x[name] for x in rows]
-        out[name] = {"p50": _pct(values, 0.5), "p99": _pct(values, 0.99), "max": max(values) if values else None}
+        out[name] = {
+            "p50": percentile(values, 0.5),
+            "p99": percentile(values, 0.99),
+            "max": max(values) if values else None,
+        }
     return out
 
 

@@ -66,7 +66,7 @@ import msgspec  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
 from bench.job_bench import Fleet, _describe, machine  # noqa: E402
-from bench.procs import Proc, RedisServer, WorkerLogs  # noqa: E402
+from bench.procs import Proc, RedisServer, WorkerLogs, entry_ms, percentile  # noqa: E402
 from consumers.engine.datasets import Catalog  # noqa: E402
 from consumers.engine.jobs import plan_job  # noqa: E402
 from orchestrator.domain.spec import BacktestSpec  # noqa: E402
@@ -110,17 +110,6 @@ async def redis_cpu_ms(r: Any) -> float:
     """CPU time Redis's main thread has used (user + system, ms): INFO cpu."""
     cpu = await r.info("cpu")
     return 1000 * (float(cpu["used_cpu_user_main_thread"]) + float(cpu["used_cpu_sys_main_thread"]))
-
-
-def _ms(entry_id: bytes) -> int:
-    return int(entry_id.split(b"-", 1)[0])
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def chunk_seconds_for(fields: dict[str, Any], chunks: int) -> tuple[float, int]:
@@ -236,13 +225,13 @@ async def one_cancel(
                 task = f[b"task_id"].decode()
                 if task not in ours:
                     continue
-                last_ms = _ms(entry_id)
+                last_ms = entry_ms(entry_id)
                 if task in cancelled_at:
                     after_cancel += 1
                 if f[b"type"] == b"cancelled":
-                    cancelled_at[task] = _ms(entry_id)
+                    cancelled_at[task] = entry_ms(entry_id)
                     if task == job_id:
-                        job_event_ms = _ms(entry_id)
+                        job_event_ms = entry_ms(entry_id)
                     elif json.loads(f[b"data"]).get("previous_status") == "running":
                         running.add(task)
         return pos, after_cancel
@@ -366,8 +355,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         values = [x["ms"][name] for x in rows if x["ms"][name] is not None]
         summary[name] = {
             "n": len(values),
-            "p50": _pct(values, 0.5),
-            "p99": _pct(values, 0.99),
+            "p50": percentile(values, 0.5),
+            "p99": percentile(values, 0.99),
             "max": max(values) if values else None,
         }
     names = sorted({name for x in rows for name in x["commands"]})

@@ -167,3 +167,16 @@ class WorkerLogs:
                     continue
                 ts = dt.datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
                 self.lines.setdefault(rec["task_id"], []).append((ts, rec.get("event", "")))
+
+
+def entry_ms(entry_id: bytes) -> int:
+    """A stream entry id's time: the milliseconds before its `-`."""
+    return int(entry_id.split(b"-", 1)[0])
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The `q` quantile (0..1) of `values` by nearest rank; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
