@@ -35,7 +35,8 @@ class FirstChunk(msgspec.Struct):
 
 class _Start(NamedTuple):
     """A run to start: its spec, the checkpoint it resumes from (None: from the start), and what
-    encodes its full result for the results store if it finishes within the chunk (None: nothing)."""
+    encodes its full result for the results store if it finishes within the chunk (None: JSON
+    for Redis)."""
 
     spec: BacktestSpec
     checkpoint: bytes | None
@@ -54,14 +55,10 @@ class FirstChunks:
         start_run: Callable[..., Any],
         chunk_seconds: float,
         compute: ComputeThreads,
-        *,
-        encode: bool = True,
     ) -> None:
         self.start_run = start_run
         self.chunk_seconds = chunk_seconds
         self.threads = compute
-        # False when full results go to the results store (encoded there): no JSON is built.
-        self.encode = encode
         self._queue: list[tuple[_Start, asyncio.Future[FirstChunk]]] = []
         self._flush_scheduled = False
 
@@ -72,10 +69,10 @@ class FirstChunks:
         encode: Callable[[dict[str, Any]], Any] | None = None,
     ) -> FirstChunk:
         """Start the run of `spec` (from `checkpoint`, a state an earlier attempt saved, when
-        given) and compute its first chunk, in the next hop; if the run finishes within it,
-        `encode(detail)` (when given) encodes its full result in the same hop, into
-        `FirstChunk.encoded`. Raises what starting or computing the run, or `encode`, raised
-        (the task's own failure)."""
+        given) and compute its first chunk, in the next hop. If the run finishes within it, its
+        full result is encoded in the same hop: by `encode(detail)` into `FirstChunk.encoded`
+        when given (for the results store), else as JSON for Redis into `FirstChunk.result`.
+        Raises what starting or computing the run, or `encode`, raised (the task's own failure)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[FirstChunk] = loop.create_future()
         self._queue.append((_Start(spec, checkpoint, encode), future))
@@ -125,7 +122,7 @@ class FirstChunks:
         run.advance(self.chunk_seconds)
         if not run.done:
             return FirstChunk(run)
-        outcome, result = finished(run, self.encode)
+        outcome, result = finished(run, encode=start.encode is None)
         encoded = None if start.encode is None else start.encode(outcome.detail)
         return FirstChunk(run, outcome, result, encoded)
 

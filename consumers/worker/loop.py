@@ -58,7 +58,7 @@ class Worker:
         self.compute = ComputeThreads(settings.compute_threads)
         # An isolated run's child process computes; its parent's thread only waits on a pipe.
         self._waiting_threads = ComputeThreads(None)
-        self.first_chunks = FirstChunks(start_run, CHUNK_SECONDS, self.compute, encode=results is None)
+        self.first_chunks = FirstChunks(start_run, CHUNK_SECONDS, self.compute)
         self.settings = settings
         self.name = name
         self.concurrency = concurrency
@@ -204,7 +204,7 @@ class Worker:
         """The attempt of `job`: on this worker's compute threads, or in a process of its own."""
         first_chunks = self.first_chunks
         if isolated is not None:
-            first_chunks = FirstChunks(isolated, CHUNK_SECONDS, self._waiting_threads, encode=self.results is None)
+            first_chunks = FirstChunks(isolated, CHUNK_SECONDS, self._waiting_threads)
         return Execution(
             self.queue,
             first_chunks,
