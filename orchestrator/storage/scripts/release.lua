@@ -3,8 +3,7 @@
 -- KEYS: control, events, work
 -- ARGV: task_id, attempt, group, work message id, data, version
 local ctl, events, work = KEYS[1], KEYS[2], KEYS[3]
-local status = redis.call('HGET', ctl, 'status')
-local attempt = redis.call('HGET', ctl, 'attempt')
+local status, attempt = unpack(redis.call('HMGET', ctl, 'status', 'attempt'))
 if status ~= 'running' or attempt ~= ARGV[2] then
   return {'fenced', status or 'missing', attempt or '0'}
 end
